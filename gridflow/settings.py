@@ -1,0 +1,130 @@
+"""Settings: the one place that reads the environment.
+
+Every knob is a GRIDFLOW_* environment variable with a default that runs the
+local stack started by infra/. Production points the same names at existing
+Kafka / MinIO (or S3) / PostgreSQL servers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"GRIDFLOW_{name}", default)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(f"GRIDFLOW_{name}")
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"GRIDFLOW_{name} must be an integer, got {raw!r}") from exc
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(f"GRIDFLOW_{name}")
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where downloaded / built server artifacts are cached (jars, minio binary).
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "gridflow")
+    # Where the local stack keeps its data dirs, logs and pid files.
+    state_dir: Path = field(default_factory=lambda: Path.home() / ".local" / "state" / "gridflow")
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_controller_port: int = 19093
+    topic_prefix: str = "gridflow"
+
+    # Object storage (MinIO or any S3)
+    s3_endpoint: str = "127.0.0.1:19000"
+    s3_console_port: int = 19001
+    s3_access_key: str = "gridflow"
+    s3_secret_key: str = "gridflow-secret-key"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    bucket_incoming: str = "gridflow-incoming"
+    bucket_archive: str = "gridflow-archive"
+    archive_retention_days: int = 3650
+
+    # Databases: the read models. SQLite is the zero-setup default.
+    database_url: str = ""
+    postgres_port: int = 15432
+    postgres_user: str = "gridflow"
+    postgres_db: str = "gridflow"
+
+    # HTTP ingest API
+    api_host: str = "127.0.0.1"
+    api_port: int = 18080
+
+    # Photo rules
+    max_photo_bytes: int = 10 * 1024 * 1024
+    max_photo_pixels: int = 40_000_000
+    max_photos_per_report: int = 9
+
+    # Faust worker
+    worker_web_port: int = 16066
+    faust_data_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.state_dir / 'gridflow.db'}")
+        if self.faust_data_dir is None:
+            object.__setattr__(self, "faust_data_dir", self.state_dir / "faust")
+
+    @property
+    def postgres_url(self) -> str:
+        """URL of the local PostgreSQL started by infra/ (tests and `--db postgres`)."""
+        return (
+            f"postgresql+psycopg://{self.postgres_user}@127.0.0.1:{self.postgres_port}/"
+            f"{self.postgres_db}"
+        )
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load_settings() -> Settings:
+    """Build the settings object from GRIDFLOW_* environment variables."""
+    base = Settings()
+    cache_dir = Path(_env("CACHE_DIR", str(base.cache_dir))).expanduser()
+    state_dir = Path(_env("STATE_DIR", str(base.state_dir))).expanduser()
+    return Settings(
+        cache_dir=cache_dir,
+        state_dir=state_dir,
+        kafka_bootstrap=_env("KAFKA_BOOTSTRAP", base.kafka_bootstrap),
+        kafka_controller_port=_env_int("KAFKA_CONTROLLER_PORT", base.kafka_controller_port),
+        topic_prefix=_env("TOPIC_PREFIX", base.topic_prefix),
+        s3_endpoint=_env("S3_ENDPOINT", base.s3_endpoint),
+        s3_console_port=_env_int("S3_CONSOLE_PORT", base.s3_console_port),
+        s3_access_key=_env("S3_ACCESS_KEY", base.s3_access_key),
+        s3_secret_key=_env("S3_SECRET_KEY", base.s3_secret_key),
+        s3_secure=_env_bool("S3_SECURE", base.s3_secure),
+        s3_region=_env("S3_REGION", base.s3_region),
+        bucket_incoming=_env("BUCKET_INCOMING", base.bucket_incoming),
+        bucket_archive=_env("BUCKET_ARCHIVE", base.bucket_archive),
+        archive_retention_days=_env_int("ARCHIVE_RETENTION_DAYS", base.archive_retention_days),
+        database_url=_env("DATABASE_URL", ""),
+        postgres_port=_env_int("POSTGRES_PORT", base.postgres_port),
+        postgres_user=_env("POSTGRES_USER", base.postgres_user),
+        postgres_db=_env("POSTGRES_DB", base.postgres_db),
+        api_host=_env("API_HOST", base.api_host),
+        api_port=_env_int("API_PORT", base.api_port),
+        max_photo_bytes=_env_int("MAX_PHOTO_BYTES", base.max_photo_bytes),
+        max_photo_pixels=_env_int("MAX_PHOTO_PIXELS", base.max_photo_pixels),
+        worker_web_port=_env_int("WORKER_WEB_PORT", base.worker_web_port),
+        faust_data_dir=Path(_env("FAUST_DATA_DIR", str(state_dir / "faust"))),
+    )

@@ -1,0 +1,103 @@
+"""Topic catalogue: the one home of topic names, partition counts, retention and compaction.
+
+Every topic is created explicitly (infra/ and the test fixtures call
+`ensure_topics`) before any worker starts, so faust never auto-creates a source
+topic with another partition count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FOREVER = -1
+WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    suffix: str
+    partitions: int
+    retention_ms: int
+    compacted: bool
+    key: str
+    doc: str
+
+    def name(self, prefix: str) -> str:
+        return f"{prefix}.{self.suffix}"
+
+    def configs(self) -> dict[str, str]:
+        cfg = {"retention.ms": str(self.retention_ms)}
+        if self.compacted:
+            cfg["cleanup.policy"] = "compact"
+        return cfg
+
+
+# Partition count of every case-keyed topic. Topics read together must agree.
+CASE_PARTITIONS = 4
+
+REPORTS = TopicSpec(
+    "reports", CASE_PARTITIONS, FOREVER, False, "report_id",
+    "ReportSubmitted from the ingest API (grid workers and Open311 residents).",
+)
+REPORTS_LOCATED = TopicSpec(
+    "reports-located", CASE_PARTITIONS, FOREVER, False, "township_code",
+    "Validated reports with their grid resolved, keyed by township for near-duplicate detection.",
+)
+CASE_COMMANDS = TopicSpec(
+    "case-commands", CASE_PARTITIONS, FOREVER, False, "case_id",
+    "Commands decided by the case processor against current state (file, sign, resolve, ...).",
+)
+CASE_EVENTS = TopicSpec(
+    "case-events", CASE_PARTITIONS, FOREVER, False, "case_id",
+    "Every fact about a case, totally ordered per case. The record: kept forever.",
+)
+DEAD_LETTERS = TopicSpec(
+    "dead-letters", 1, FOREVER, False, "source topic",
+    "Undecodable or invalid input: the original bytes, where they came from and why.",
+)
+
+CATALOGUE: tuple[TopicSpec, ...] = (REPORTS, REPORTS_LOCATED, CASE_COMMANDS, CASE_EVENTS, DEAD_LETTERS)
+
+
+def topic_names(prefix: str) -> dict[str, str]:
+    return {spec.suffix: spec.name(prefix) for spec in CATALOGUE}
+
+
+def ensure_topics(bootstrap: str, prefix: str, timeout_s: float = 30.0) -> list[str]:
+    """Create every catalogue topic under `prefix` that does not exist yet. Returns created names.
+
+    Fails if an existing topic has a different partition count than the catalogue says.
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="gridflow-admin",
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(spec.name(prefix), spec.partitions, 1, topic_configs=spec.configs())
+            for spec in CATALOGUE
+            if spec.name(prefix) not in existing
+        ]
+        created: list[str] = []
+        if wanted:
+            try:
+                admin.create_topics(wanted, timeout_ms=int(timeout_s * 1000))
+            except TopicAlreadyExistsError:
+                pass
+            created = [t.name for t in wanted]
+        described = admin.describe_topics([spec.name(prefix) for spec in CATALOGUE])
+        by_name = {d["topic"]: len(d["partitions"]) for d in described}
+        for spec in CATALOGUE:
+            got = by_name.get(spec.name(prefix))
+            if got is not None and got != spec.partitions:
+                raise RuntimeError(
+                    f"topic {spec.name(prefix)} has {got} partitions, the catalogue says "
+                    f"{spec.partitions}; delete it or use another GRIDFLOW_TOPIC_PREFIX"
+                )
+        return created
+    finally:
+        admin.close()
