@@ -1,0 +1,560 @@
+"""The case aggregate: one case's state, and `decide`, which turns a command into events.
+
+Pure: no clock, no I/O. `decide(state, command, deadlines)` returns the events to
+append and the new state; a command the state does not allow yields exactly one
+CommandRefused event with a reason and leaves the case unchanged. A command id
+seen before yields nothing (retries and duplicate deliveries are no-ops).
+Task states and their allowed transitions are data (TRANSITIONS below).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from gridflow import events as ev
+from gridflow.events import Message, derived_id, iso, parse_ts
+
+# --- task states -------------------------------------------------------------
+DISPATCHED = "dispatched"  # 已派遣
+SIGNED = "signed"  # 已签收
+IN_PROGRESS = "in_progress"  # 处置中
+RESOLVED = "resolved"  # 已办结 (awaiting verification)
+CLOSED = "closed"  # 已核查结案
+SENT_BACK = "sent_back"  # 已退单
+CANCELLED = "cancelled"  # 已撤销
+
+TASK_STATE_NAMES_ZH = {
+    DISPATCHED: "已派遣",
+    SIGNED: "已签收",
+    IN_PROGRESS: "处置中",
+    RESOLVED: "已办结待核查",
+    CLOSED: "已结案",
+    SENT_BACK: "已退单",
+    CANCELLED: "已撤销",
+}
+OPEN_TASK_STATES = frozenset({DISPATCHED, SIGNED, IN_PROGRESS, RESOLVED})
+FINAL_TASK_STATES = frozenset({CLOSED, SENT_BACK, CANCELLED})
+
+# Which task states each task command may act on, and who may issue it.
+# roles: dept = the task's own department; reporter = the case's reporter or a grid
+# worker of the case's grid; supervisor; system (processors).
+TRANSITIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    ev.SIGN_TASK: (frozenset({DISPATCHED}), frozenset({"dept"})),
+    ev.NOTE_PROGRESS: (frozenset({SIGNED, IN_PROGRESS}), frozenset({"dept"})),
+    ev.RESOLVE_TASK: (frozenset({SIGNED, IN_PROGRESS}), frozenset({"dept"})),
+    ev.SEND_BACK_TASK: (frozenset({DISPATCHED, SIGNED}), frozenset({"dept"})),
+    ev.VERIFY_TASK: (frozenset({RESOLVED}), frozenset({"reporter", "supervisor"})),
+    ev.REJECT_TASK: (frozenset({RESOLVED}), frozenset({"reporter", "supervisor"})),
+    ev.CANCEL_TASK: (OPEN_TASK_STATES, frozenset({"supervisor"})),
+    ev.REQUEST_EXTENSION: (frozenset({SIGNED, IN_PROGRESS}), frozenset({"dept"})),
+    ev.DECIDE_EXTENSION: (frozenset({SIGNED, IN_PROGRESS}), frozenset({"supervisor"})),
+    ev.WARN_DEADLINE: (OPEN_TASK_STATES, frozenset({"system"})),
+    ev.BREACH_DEADLINE: (OPEN_TASK_STATES, frozenset({"system"})),
+    ev.ESCALATE_TASK: (OPEN_TASK_STATES, frozenset({"system", "supervisor"})),
+}
+
+# The clock each task state runs: its deadline field, for deadline commands.
+STAGE_OF_STATE = {DISPATCHED: "sign", SIGNED: "resolve", IN_PROGRESS: "resolve", RESOLVED: "verify"}
+
+RECENT_COMMANDS_KEPT = 200
+
+
+class DeadlinePlanner(Protocol):
+    """Computes a stage's due instant from policy and the working calendar."""
+
+    def due(self, category_code: str, severity: int, stage: str, start: datetime) -> datetime: ...
+
+    def add_working_days(self, start: datetime, days: float) -> datetime: ...
+
+
+@dataclass(frozen=True)
+class TaskState:
+    task_id: str
+    department: str
+    state: str
+    dispatched_at: str
+    sign_due: str
+    resolve_due: str = ""
+    verify_due: str = ""
+    signed_at: str = ""
+    resolved_at: str = ""
+    closed_at: str = ""
+    reopened: int = 0
+    extensions: int = 0
+    pending_extension: dict[str, Any] | None = None
+    escalation_level: int = 0
+    whistled: bool = False
+
+    def due_for(self, stage: str) -> str:
+        return {"sign": self.sign_due, "resolve": self.resolve_due, "verify": self.verify_due}[stage]
+
+
+@dataclass(frozen=True)
+class CaseState:
+    case_id: str
+    status: str = "new"  # new | open | closed | not_filed
+    category_code: str = ""
+    severity: int = 1
+    grid_code: str = ""
+    village_code: str = ""
+    township_code: str = ""
+    reporter: str = ""
+    report_ids: tuple[str, ...] = ()
+    tasks: dict[str, TaskState] = field(default_factory=dict)
+    rating: int | None = None
+    seq: int = 0
+    last_hash: str = ""
+    last_at: str = ""
+    recent_commands: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CaseState:
+        tasks = {k: TaskState(**v) for k, v in d.get("tasks", {}).items()}
+        return cls(
+            **{k: v for k, v in d.items() if k not in {"tasks", "report_ids", "recent_commands"}},
+            tasks=tasks,
+            report_ids=tuple(d.get("report_ids", ())),
+            recent_commands=tuple(d.get("recent_commands", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: CaseState
+    events: list[Message]
+
+
+class _Builder:
+    """Appends events to a case: numbers them, chains their hashes, keeps time monotonic."""
+
+    def __init__(self, state: CaseState, command: Message) -> None:
+        self.state = state
+        self.command = command
+        self.events: list[Message] = []
+        cmd_at = parse_ts(command.at, "command time")
+        last = parse_ts(state.last_at, "last event time") if state.last_at else cmd_at
+        self.now = max(cmd_at, last)
+
+    def emit(self, type_: str, data: dict[str, Any], actor: str | None = None) -> Message:
+        seq = self.state.seq + 1
+        msg = Message(
+            id=derived_id(self.command.id, type_, str(len(self.events))),
+            type=type_,
+            case_id=self.state.case_id,
+            at=iso(self.now),
+            actor=actor or self.command.actor,
+            data=data,
+            causation_id=self.command.id,
+            seq=seq,
+            prev_hash=self.state.last_hash,
+        )
+        self.state = replace(self.state, seq=seq, last_hash=msg.hash(), last_at=msg.at)
+        self.events.append(msg)
+        return msg
+
+    def set_task(self, task: TaskState) -> None:
+        tasks = dict(self.state.tasks)
+        tasks[task.task_id] = task
+        self.state = replace(self.state, tasks=tasks)
+
+    def finish(self) -> Decision:
+        recent = (*self.state.recent_commands, self.command.id)[-RECENT_COMMANDS_KEPT:]
+        return Decision(replace(self.state, recent_commands=recent), self.events)
+
+
+class Refused(Exception):
+    def __init__(self, code: str, zh: str, en: str) -> None:
+        super().__init__(en)
+        self.code, self.zh, self.en = code, zh, en
+
+
+def new_case(case_id: str) -> CaseState:
+    return CaseState(case_id=case_id)
+
+
+def decide(state: CaseState, command: Message, planner: DeadlinePlanner) -> Decision:
+    """Apply one command to a case. Never raises for a bad command: refusals are events."""
+    if command.id in state.recent_commands:
+        return Decision(state, [])
+    b = _Builder(state, command)
+    handler = _HANDLERS.get(command.type)
+    try:
+        if handler is None:
+            raise Refused("unknown_command", "未知指令", f"unknown command {command.type!r}")
+        handler(b, command, planner)
+    except Refused as r:
+        b = _Builder(state, command)
+        b.emit(ev.COMMAND_REFUSED, {
+            "command_id": command.id, "command_type": command.type,
+            "task_id": command.data.get("task_id", ""), "code": r.code,
+            "reason_zh": r.zh, "reason_en": r.en,
+        })
+    return b.finish()
+
+
+# --- roles -------------------------------------------------------------------
+
+def actor_roles(state: CaseState, task: TaskState | None, actor: str) -> set[str]:
+    kind, _, ident = actor.partition(":")
+    roles: set[str] = set()
+    if kind == "system":
+        roles.add("system")
+    elif kind == "supervisor":
+        roles.add("supervisor")
+    elif kind == "dept" and task is not None and ident == task.department:
+        roles.add("dept")
+    elif kind in {"worker", "resident"}:
+        if actor == state.reporter:
+            roles.add("reporter")
+        # A grid worker of the case's grid may verify on site (actor "worker:<id>@<grid>").
+        if kind == "worker" and ident.endswith("@" + state.grid_code) and state.grid_code:
+            roles.add("reporter")
+    return roles
+
+
+def _task_for(b: _Builder, command: Message) -> TaskState:
+    task_id = command.data.get("task_id")
+    if not isinstance(task_id, str) or task_id not in b.state.tasks:
+        raise Refused("unknown_task", "该案件下没有此任务", f"case has no task {task_id!r}")
+    task = b.state.tasks[task_id]
+    allowed_states, allowed_roles = TRANSITIONS[command.type]
+    roles = actor_roles(b.state, task, command.actor)
+    if not roles & allowed_roles:
+        raise Refused(
+            "not_allowed", "无权对该任务执行此操作",
+            f"{command.actor} may not {command.type} task {task_id} "
+            f"(needs one of: {', '.join(sorted(allowed_roles))})",
+        )
+    if task.state not in allowed_states:
+        raise Refused(
+            "bad_state", f"任务当前状态为「{TASK_STATE_NAMES_ZH[task.state]}」, 不能执行此操作",
+            f"task {task_id} is {task.state}; {command.type} needs "
+            f"{' or '.join(sorted(allowed_states))}",
+        )
+    return task
+
+
+def _photos(command: Message, role: str, required: bool) -> list[dict[str, Any]]:
+    return _photo_list(command.data.get("photos", []), role, required)
+
+
+def _photo_list(photos: Any, role: str, required: bool) -> list[dict[str, Any]]:
+    if not isinstance(photos, list):
+        raise Refused("bad_photos", "照片格式错误", "photos must be a list")
+    if required and not 1 <= len(photos) <= 9:
+        raise Refused("photo_count", "须上传1至9张照片", "1 to 9 photos are required")
+    if len(photos) > 9:
+        raise Refused("photo_count", "最多上传9张照片", "at most 9 photos")
+    try:
+        return [asdict(replace(ev.PhotoRef.from_dict(p), role=role)) for p in photos]
+    except ev.SchemaError as exc:
+        raise Refused("bad_photos", "照片引用无效", str(exc)) from exc
+
+
+# --- filing and dispatch -------------------------------------------------------
+
+def _dispatch(b: _Builder, department: str, planner: DeadlinePlanner, reason: str,
+              whistled: bool = False, extra: dict[str, Any] | None = None) -> TaskState:
+    task_id = f"{b.state.case_id}-T{len(b.state.tasks) + 1:02d}"
+    sign_due = planner.due(b.state.category_code, b.state.severity, "sign", b.now)
+    resolve_due = planner.due(b.state.category_code, b.state.severity, "resolve", b.now)
+    task = TaskState(
+        task_id=task_id, department=department, state=DISPATCHED, dispatched_at=iso(b.now),
+        sign_due=iso(sign_due), resolve_due=iso(resolve_due), whistled=whistled,
+    )
+    b.set_task(task)
+    b.emit(ev.TASK_DISPATCHED, {
+        "task_id": task_id, "department": department, "reason": reason,
+        "sign_due": task.sign_due, "resolve_due": task.resolve_due, "whistled": whistled,
+        "category_code": b.state.category_code, "severity": b.state.severity,
+        "grid_code": b.state.grid_code, **(extra or {}),
+    }, actor="system")
+    return task
+
+
+def _file_report(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    d = c.data
+    report = dict(d.get("report", {}))
+    report_id = str(report.get("report_id", ""))
+    if report_id in b.state.report_ids:
+        return  # the same report filed twice (a retried upload): nothing new
+    photos = _photo_list(report.get("photos", []), "before", required=False)
+    if b.state.status == "new":
+        b.state = replace(
+            b.state, status="open", category_code=str(d["category_code"]),
+            severity=int(d.get("severity", 1)), grid_code=str(d["grid_code"]),
+            village_code=str(d.get("village_code", "")), township_code=str(d.get("township_code", "")),
+            reporter=str(report.get("reporter", c.actor)), report_ids=(report_id,),
+        )
+        b.emit(ev.CASE_FILED, {
+            "report": {**report, "photos": photos}, "category_code": b.state.category_code,
+            "category_name": d.get("category_name", ""), "severity": b.state.severity,
+            "grid_code": b.state.grid_code, "village_code": b.state.village_code,
+            "township_code": b.state.township_code, "cross_grid": bool(d.get("cross_grid", False)),
+            "departments": list(d.get("departments", [])), "routing_reason": d.get("routing_reason", ""),
+        }, actor=b.state.reporter)
+        departments = list(d.get("departments", []))
+        multi = len(departments) > 1
+        for dept in departments:
+            _dispatch(b, dept, planner, "routing", whistled=multi)
+    else:
+        b.state = replace(b.state, report_ids=(*b.state.report_ids, report_id))
+        b.emit(ev.REPORT_MERGED, {
+            "report": {**report, "photos": photos},
+            "distance_m": d.get("distance_m"), "case_status": b.state.status,
+        }, actor=str(report.get("reporter", c.actor)))
+
+
+def _refuse_report(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    if b.state.status != "new":
+        return
+    report = dict(c.data.get("report", {}))
+    b.state = replace(b.state, status="not_filed", reporter=str(report.get("reporter", c.actor)),
+                      report_ids=(str(report.get("report_id", "")),))
+    b.emit(ev.CASE_NOT_FILED, {
+        "report": report, "code": c.data.get("code", ""),
+        "reason_zh": c.data.get("reason_zh", ""), "reason_en": c.data.get("reason_en", ""),
+    }, actor=b.state.reporter)
+
+
+def _photo_archived(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    if b.state.status == "new":
+        raise Refused("unknown_case", "案件不存在", "no such case")
+    b.emit(ev.PHOTO_ARCHIVED, dict(c.data), actor="system")
+
+
+# --- task lifecycle ------------------------------------------------------------
+
+def _sign(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c)
+    b.set_task(replace(task, state=SIGNED, signed_at=iso(b.now)))
+    b.emit(ev.TASK_SIGNED, {"task_id": task.task_id, "department": task.department,
+                            "on_time": b.now <= parse_ts(task.sign_due)})
+
+
+def _progress(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c)
+    note = str(c.data.get("note", "")).strip()
+    if not note:
+        raise Refused("note_required", "请填写处置进展", "a progress note is required")
+    b.set_task(replace(task, state=IN_PROGRESS))
+    b.emit(ev.TASK_PROGRESS_NOTED, {"task_id": task.task_id, "note": note[:2000],
+                                    "photos": _photos(c, "progress", required=False)})
+
+
+def _resolve(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c)
+    note = str(c.data.get("note", "")).strip()
+    if not note:
+        raise Refused("note_required", "请填写办结说明", "a resolution note is required")
+    photos = _photos(c, "after", required=True)
+    verify_due = planner.due(b.state.category_code, b.state.severity, "verify", b.now)
+    on_time = b.now <= parse_ts(task.resolve_due)
+    b.set_task(replace(task, state=RESOLVED, resolved_at=iso(b.now), verify_due=iso(verify_due)))
+    b.emit(ev.TASK_RESOLVED, {"task_id": task.task_id, "department": task.department,
+                              "note": note[:2000], "photos": photos, "on_time": on_time,
+                              "verify_due": iso(verify_due)})
+
+
+def _send_back(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c)
+    reason = str(c.data.get("reason", "")).strip()
+    target = str(c.data.get("reroute_to", "")).strip()
+    if not reason:
+        raise Refused("reason_required", "退单须说明理由", "a send-back needs a reason")
+    if not target or target == task.department:
+        raise Refused("reroute_required", "退单须指定正确的责任部门",
+                      "a send-back needs another responsible department to re-route to")
+    b.set_task(replace(task, state=SENT_BACK, closed_at=iso(b.now)))
+    b.emit(ev.TASK_SENT_BACK, {"task_id": task.task_id, "department": task.department,
+                               "reason": reason, "reroute_to": target})
+    _dispatch(b, target, planner, "sent_back", extra={"replaces_task": task.task_id})
+
+
+def _verify(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c)
+    b.set_task(replace(task, state=CLOSED, closed_at=iso(b.now)))
+    b.emit(ev.TASK_VERIFIED, {"task_id": task.task_id, "department": task.department,
+                              "note": str(c.data.get("note", ""))[:2000],
+                              "photos": _photos(c, "verification", required=False)})
+    _maybe_close_case(b)
+
+
+def _reject(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c)
+    reason = str(c.data.get("reason", "")).strip()
+    if not reason:
+        raise Refused("reason_required", "核查不通过须说明理由", "a failed verification needs a reason")
+    _reopen(b, task, reason, planner)
+
+
+def _reopen(b: _Builder, task: TaskState, reason: str, planner: DeadlinePlanner) -> None:
+    # Rework (返工): the resolve clock restarts from now under the same policy.
+    resolve_due = planner.due(b.state.category_code, b.state.severity, "resolve", b.now)
+    b.set_task(replace(task, state=IN_PROGRESS, reopened=task.reopened + 1, closed_at="",
+                       resolve_due=iso(resolve_due), verify_due=""))
+    if b.state.status == "closed":
+        b.state = replace(b.state, status="open")
+    b.emit(ev.TASK_REOPENED, {"task_id": task.task_id, "department": task.department,
+                              "reason": reason, "reopened": task.reopened + 1,
+                              "resolve_due": iso(resolve_due)})
+
+
+def _maybe_close_case(b: _Builder) -> None:
+    if all(t.state in FINAL_TASK_STATES for t in b.state.tasks.values()) and b.state.status == "open":
+        b.state = replace(b.state, status="closed")
+        b.emit(ev.CASE_CLOSED, {"tasks": sorted(b.state.tasks)}, actor="system")
+
+
+def _rate(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    roles = actor_roles(b.state, None, c.actor)
+    if "reporter" not in roles and "supervisor" not in roles:
+        raise Refused("not_allowed", "仅报告人可评价", f"{c.actor} is not this case's reporter")
+    if b.state.status != "closed":
+        raise Refused("not_closed", "案件办结核查后方可评价", "a case can be rated once it is closed")
+    score = c.data.get("score")
+    if not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 5:
+        raise Refused("bad_score", "满意度须为1至5的整数", "score must be an integer 1-5")
+    b.state = replace(b.state, rating=score)
+    b.emit(ev.CASE_RATED, {"score": score, "comment": str(c.data.get("comment", ""))[:1000]})
+    if score <= 2:  # unsatisfied: the work goes back to the departments (不满意重办)
+        for task in list(b.state.tasks.values()):
+            if task.state == CLOSED:
+                _reopen(b, task, "回访不满意 / unsatisfied rating", planner)
+
+
+def _cancel(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c)
+    reason = str(c.data.get("reason", "")).strip()
+    if not reason:
+        raise Refused("reason_required", "撤销须说明理由", "a cancellation needs a reason")
+    b.set_task(replace(task, state=CANCELLED, closed_at=iso(b.now)))
+    b.emit(ev.TASK_CANCELLED, {"task_id": task.task_id, "department": task.department,
+                               "reason": reason})
+    _maybe_close_case(b)
+
+
+def _request_extension(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c)
+    if task.pending_extension:
+        raise Refused("extension_pending", "已有延期申请待审批", "an extension request is pending")
+    reason = str(c.data.get("reason", "")).strip()
+    days = c.data.get("days")
+    if not reason or not isinstance(days, (int, float)) or isinstance(days, bool) or not 0 < days <= 30:
+        raise Refused("bad_extension", "延期须说明理由并给出1至30个工作日",
+                      "an extension needs a reason and 0 < days <= 30 working days")
+    request = {"request_id": c.id, "days": days, "reason": reason}
+    b.set_task(replace(task, pending_extension=request))
+    b.emit(ev.EXTENSION_REQUESTED, {"task_id": task.task_id, "department": task.department,
+                                    **request})
+
+
+def _decide_extension(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c)
+    req = task.pending_extension
+    if not req:
+        raise Refused("no_extension", "没有待审批的延期申请", "no pending extension request")
+    if c.data.get("approve") is True:
+        new_due = planner.add_working_days(parse_ts(task.resolve_due), float(req["days"]))
+        b.set_task(replace(task, pending_extension=None, extensions=task.extensions + 1,
+                           resolve_due=iso(new_due)))
+        b.emit(ev.EXTENSION_GRANTED, {"task_id": task.task_id, "department": task.department,
+                                      "request_id": req["request_id"], "days": req["days"],
+                                      "previous_due": task.resolve_due, "resolve_due": iso(new_due)})
+    else:
+        b.set_task(replace(task, pending_extension=None))
+        b.emit(ev.EXTENSION_REFUSED, {"task_id": task.task_id, "department": task.department,
+                                      "request_id": req["request_id"],
+                                      "reason": str(c.data.get("reason", ""))[:1000]})
+
+
+def _whistle(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    if "supervisor" not in actor_roles(b.state, None, c.actor):
+        raise Refused("not_allowed", "仅督办人员可吹哨", "only a supervisor may whistle a case up")
+    if b.state.status != "open":
+        raise Refused("not_open", "案件未在办理中", "the case is not open")
+    departments = c.data.get("departments")
+    if not isinstance(departments, list) or not departments:
+        raise Refused("departments_required", "吹哨须指定报到部门", "name the departments to whistle up")
+    active = {t.department for t in b.state.tasks.values() if t.state in OPEN_TASK_STATES}
+    new = [str(d) for d in dict.fromkeys(departments) if str(d) not in active]
+    if not new:
+        raise Refused("already_assigned", "所列部门均已在办理", "every department named already has an open task")
+    b.emit(ev.CASE_WHISTLED, {"departments": new, "reason": str(c.data.get("reason", ""))[:1000]})
+    for dept in new:
+        _dispatch(b, dept, planner, "whistle", whistled=True)
+
+
+def _deadline_applies(b: _Builder, c: Message) -> TaskState | None:
+    """Deadline commands are stale when the task moved on: then they are dropped silently."""
+    task = b.state.tasks.get(str(c.data.get("task_id", "")))
+    if task is None or task.state not in OPEN_TASK_STATES:
+        return None
+    stage = str(c.data.get("stage", ""))
+    if STAGE_OF_STATE.get(task.state) != stage:
+        return None
+    if str(c.data.get("due_at", "")) != task.due_for(stage):
+        return None  # the deadline moved (extension, rework) since this was scheduled
+    return task
+
+
+def _warn(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    task = _deadline_applies(b, c)
+    if task is None:
+        return
+    b.emit(ev.DEADLINE_WARNED, {"task_id": task.task_id, "department": task.department,
+                                "stage": c.data["stage"], "due_at": c.data["due_at"],
+                                "fraction": c.data.get("fraction")})
+
+
+def _breach(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    task = _deadline_applies(b, c)
+    if task is None:
+        return
+    b.emit(ev.DEADLINE_BREACHED, {"task_id": task.task_id, "department": task.department,
+                                  "stage": c.data["stage"], "due_at": c.data["due_at"]})
+
+
+def _escalate(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    if c.actor.startswith("system"):
+        task = _deadline_applies(b, c)
+        if task is None:
+            return
+    else:
+        task = _task_for(b, c)
+    level = int(c.data.get("level", task.escalation_level + 1))
+    if level <= task.escalation_level:
+        return
+    b.set_task(replace(task, escalation_level=level))
+    b.emit(ev.TASK_ESCALATED, {
+        "task_id": task.task_id, "department": task.department, "level": level,
+        "level_code": c.data.get("level_code", ""), "level_name": c.data.get("level_name", ""),
+        "notify": c.data.get("notify", []), "stage": c.data.get("stage", ""),
+        "reason": c.data.get("reason", "deadline breached without progress"),
+    })
+
+
+_HANDLERS = {
+    ev.FILE_REPORT: _file_report,
+    ev.REFUSE_REPORT: _refuse_report,
+    ev.RECORD_PHOTO_ARCHIVED: _photo_archived,
+    ev.SIGN_TASK: _sign,
+    ev.NOTE_PROGRESS: _progress,
+    ev.RESOLVE_TASK: _resolve,
+    ev.SEND_BACK_TASK: _send_back,
+    ev.VERIFY_TASK: _verify,
+    ev.REJECT_TASK: _reject,
+    ev.RATE_CASE: _rate,
+    ev.CANCEL_TASK: _cancel,
+    ev.REQUEST_EXTENSION: _request_extension,
+    ev.DECIDE_EXTENSION: _decide_extension,
+    ev.WHISTLE_CASE: _whistle,
+    ev.WARN_DEADLINE: _warn,
+    ev.BREACH_DEADLINE: _breach,
+    ev.ESCALATE_TASK: _escalate,
+}

@@ -1,0 +1,236 @@
+"""The case aggregate: every transition, every refusal, idempotency and the hash chain."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gridflow import events as ev
+from gridflow.core.case import CaseState, decide, new_case
+from gridflow.events import Message, iso
+
+T0 = datetime(2026, 11, 2, 1, 0, tzinfo=UTC)  # a Monday, 09:00 in Beijing
+PHOTO = {"bucket": "in", "key": "k1", "size": 10, "sha256": "a" * 64, "content_type": "image/jpeg"}
+
+
+class HoursPlanner:
+    """Plain-clock planner for the aggregate's tests (the calendar has its own)."""
+
+    HOURS = {"sign": 2, "resolve": 48, "verify": 24}
+
+    def due(self, category_code, severity, stage, start):
+        return start + timedelta(hours=self.HOURS[stage])
+
+    def add_working_days(self, start, days):
+        return start + timedelta(days=days)
+
+
+PLANNER = HoursPlanner()
+_n = 0
+
+
+def cmd(type_, data=None, actor="system", case_id="AJ1", minutes=0):
+    global _n
+    _n += 1
+    return Message(id=f"c{_n}", type=type_, case_id=case_id, at=iso(T0 + timedelta(minutes=minutes)),
+                   actor=actor, data=data or {})
+
+
+def run(state, *commands):
+    out = []
+    for c in commands:
+        d = decide(state, c, PLANNER)
+        state = d.state
+        out.extend(d.events)
+    return state, out
+
+
+def filed(departments=("D-CG",), report_id="r1"):
+    return cmd(ev.FILE_REPORT, {
+        "report": {"report_id": report_id, "reporter": "worker:W1@G1", "photos": [PHOTO]},
+        "category_code": "E0101", "severity": 1, "grid_code": "G1", "village_code": "V1",
+        "township_code": "T1", "departments": list(departments),
+    })
+
+
+def types(events):
+    return [e.type for e in events]
+
+
+def test_filing_opens_case_and_dispatches_one_task_per_department():
+    state, events = run(new_case("AJ1"), filed(("D-CG", "D-ST")))
+    assert types(events) == [ev.CASE_FILED, ev.TASK_DISPATCHED, ev.TASK_DISPATCHED]
+    assert state.status == "open"
+    assert {t.department for t in state.tasks.values()} == {"D-CG", "D-ST"}
+    task = events[1].data
+    assert task["sign_due"] == iso(T0 + timedelta(hours=2))
+    assert task["resolve_due"] == iso(T0 + timedelta(hours=48))
+    assert all(e.data["whistled"] for e in events[1:])  # several at once: 吹哨报到
+
+
+def test_same_report_twice_and_same_command_twice_change_nothing():
+    state, _ = run(new_case("AJ1"), filed())
+    again = filed()
+    s2, events = run(state, again)
+    assert events == [] and s2.seq == state.seq
+    s3, events = run(s2, again)  # same command id delivered twice
+    assert events == [] and s3 == s2
+
+
+def test_near_duplicate_report_is_merged_not_dispatched_again():
+    state, _ = run(new_case("AJ1"), filed())
+    state, events = run(state, filed(report_id="r2"))
+    assert types(events) == [ev.REPORT_MERGED]
+    assert len(state.tasks) == 1 and state.report_ids == ("r1", "r2")
+
+
+def full_cycle():
+    state, _ = run(new_case("AJ1"), filed())
+    tid = next(iter(state.tasks))
+    return state, tid
+
+
+def test_happy_path_sign_progress_resolve_verify_closes_case():
+    state, tid = full_cycle()
+    state, events = run(
+        state,
+        cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG", minutes=30),
+        cmd(ev.NOTE_PROGRESS, {"task_id": tid, "note": "已到现场"}, "dept:D-CG", minutes=60),
+        cmd(ev.RESOLVE_TASK, {"task_id": tid, "note": "已清理", "photos": [PHOTO]}, "dept:D-CG", minutes=90),
+        cmd(ev.VERIFY_TASK, {"task_id": tid}, "worker:W1@G1", minutes=120),
+        cmd(ev.RATE_CASE, {"score": 5, "comment": "很满意"}, "worker:W1@G1", minutes=130),
+    )
+    assert types(events) == [ev.TASK_SIGNED, ev.TASK_PROGRESS_NOTED, ev.TASK_RESOLVED,
+                             ev.TASK_VERIFIED, ev.CASE_CLOSED, ev.CASE_RATED]
+    assert events[0].data["on_time"] is True
+    assert events[2].data["photos"][0]["role"] == "after"
+    assert state.status == "closed" and state.rating == 5
+
+
+@pytest.mark.parametrize(
+    "command_type, data, actor, code",
+    [
+        (ev.RESOLVE_TASK, {"note": "x", "photos": [PHOTO]}, "dept:D-CG", "bad_state"),  # unsigned
+        (ev.SIGN_TASK, {}, "dept:D-OTHER", "not_allowed"),  # another department's task
+        (ev.VERIFY_TASK, {}, "worker:W1@G1", "bad_state"),  # nothing to verify yet
+        (ev.CANCEL_TASK, {"reason": "x"}, "dept:D-CG", "not_allowed"),  # only supervisors cancel
+        (ev.SEND_BACK_TASK, {"reason": "非我部门职责"}, "dept:D-CG", "reroute_required"),
+        (ev.SIGN_TASK, {"task_id": "nope"}, "dept:D-CG", "unknown_task"),
+    ],
+)
+def test_commands_the_state_does_not_allow_are_refused_and_change_nothing(command_type, data, actor, code):
+    state, tid = full_cycle()
+    data = {"task_id": tid, **data}
+    after, events = run(state, cmd(command_type, data, actor))
+    assert types(events) == [ev.COMMAND_REFUSED]
+    assert events[0].data["code"] == code and events[0].data["reason_zh"]
+    assert after.tasks == state.tasks and after.status == state.status
+
+
+def test_signing_twice_is_refused_second_time():
+    state, tid = full_cycle()
+    state, events = run(state, cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG"),
+                        cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG"))
+    assert types(events) == [ev.TASK_SIGNED, ev.COMMAND_REFUSED]
+
+
+def test_resolve_needs_one_to_nine_after_photos():
+    state, tid = full_cycle()
+    state, _ = run(state, cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG"))
+    _, events = run(state, cmd(ev.RESOLVE_TASK, {"task_id": tid, "note": "ok", "photos": []}, "dept:D-CG"))
+    assert events[0].data["code"] == "photo_count"
+    _, events = run(state, cmd(ev.RESOLVE_TASK, {"task_id": tid, "note": "ok", "photos": [PHOTO] * 10}, "dept:D-CG"))
+    assert events[0].data["code"] == "photo_count"
+
+
+def test_send_back_reroutes_to_the_right_department_with_a_fresh_clock():
+    state, tid = full_cycle()
+    state, events = run(state, cmd(ev.SEND_BACK_TASK, {"task_id": tid, "reason": "属水利局职责",
+                                                       "reroute_to": "D-SL"}, "dept:D-CG", minutes=45))
+    assert types(events) == [ev.TASK_SENT_BACK, ev.TASK_DISPATCHED]
+    new = events[1].data
+    assert new["department"] == "D-SL" and new["replaces_task"] == tid
+    assert new["sign_due"] == iso(T0 + timedelta(minutes=45, hours=2))
+    assert state.tasks[tid].state == "sent_back"
+
+
+def test_failed_verification_reopens_and_counts_rework():
+    state, tid = full_cycle()
+    state, _ = run(state, cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG"),
+                   cmd(ev.RESOLVE_TASK, {"task_id": tid, "note": "ok", "photos": [PHOTO]}, "dept:D-CG"))
+    state, events = run(state, cmd(ev.REJECT_TASK, {"task_id": tid, "reason": "垃圾仍在"}, "worker:W1@G1"))
+    assert types(events) == [ev.TASK_REOPENED]
+    assert state.tasks[tid].state == "in_progress" and state.tasks[tid].reopened == 1
+
+
+def test_unsatisfied_rating_reopens_the_closed_case():
+    state, tid = full_cycle()
+    state, _ = run(state, cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG"),
+                   cmd(ev.RESOLVE_TASK, {"task_id": tid, "note": "ok", "photos": [PHOTO]}, "dept:D-CG"),
+                   cmd(ev.VERIFY_TASK, {"task_id": tid}, "worker:W1@G1"))
+    state, events = run(state, cmd(ev.RATE_CASE, {"score": 1}, "worker:W1@G1"))
+    assert types(events) == [ev.CASE_RATED, ev.TASK_REOPENED]
+    assert state.status == "open"
+
+
+def test_extension_granted_moves_the_deadline_refused_keeps_it():
+    state, tid = full_cycle()
+    state, _ = run(state, cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG"))
+    due = state.tasks[tid].resolve_due
+    state, events = run(
+        state,
+        cmd(ev.REQUEST_EXTENSION, {"task_id": tid, "days": 3, "reason": "需采购材料"}, "dept:D-CG"),
+        cmd(ev.DECIDE_EXTENSION, {"task_id": tid, "approve": True}, "supervisor:S1"),
+    )
+    assert types(events) == [ev.EXTENSION_REQUESTED, ev.EXTENSION_GRANTED]
+    assert state.tasks[tid].extensions == 1
+    assert state.tasks[tid].resolve_due == iso(T0 + timedelta(hours=48, days=3))
+    assert state.tasks[tid].resolve_due != due
+    state, events = run(state, cmd(ev.DECIDE_EXTENSION, {"task_id": tid, "approve": False}, "supervisor:S1"))
+    assert events[0].data["code"] == "no_extension"
+
+
+def test_whistle_dispatches_several_departments_at_once():
+    state, _ = full_cycle()
+    state, events = run(state, cmd(ev.WHISTLE_CASE, {"departments": ["D-SL", "D-HB", "D-CG"],
+                                                     "reason": "河道大面积污染"}, "supervisor:S1"))
+    assert types(events) == [ev.CASE_WHISTLED, ev.TASK_DISPATCHED, ev.TASK_DISPATCHED]
+    assert events[0].data["departments"] == ["D-SL", "D-HB"]  # D-CG already has an open task
+    _, events = run(state, cmd(ev.WHISTLE_CASE, {"departments": ["D-SL"]}, "dept:D-CG"))
+    assert events[0].data["code"] == "not_allowed"
+
+
+def test_deadline_commands_fire_once_and_are_dropped_when_stale():
+    state, tid = full_cycle()
+    due = state.tasks[tid].sign_due
+    warn = cmd(ev.WARN_DEADLINE, {"task_id": tid, "stage": "sign", "due_at": due, "fraction": 0.5})
+    breach = cmd(ev.BREACH_DEADLINE, {"task_id": tid, "stage": "sign", "due_at": due})
+    esc = cmd(ev.ESCALATE_TASK, {"task_id": tid, "stage": "sign", "due_at": due, "level": 1,
+                                 "level_code": "village"})
+    state, events = run(state, warn, breach, esc, esc)
+    assert types(events) == [ev.DEADLINE_WARNED, ev.DEADLINE_BREACHED, ev.TASK_ESCALATED]
+    assert state.tasks[tid].escalation_level == 1
+    state, _ = run(state, cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG"))
+    # the sign clock stopped: a late sign-for breach is no longer news
+    _, events = run(state, cmd(ev.BREACH_DEADLINE, {"task_id": tid, "stage": "sign", "due_at": due}))
+    assert events == []
+
+
+def test_events_form_a_hash_chain_and_state_round_trips():
+    state, first = run(new_case("AJ1"), filed())
+    tid = next(iter(state.tasks))
+    state, events = run(state, cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG"))
+    chain = first + events
+    assert [e.seq for e in chain] == list(range(1, len(chain) + 1))
+    for prev, nxt in zip(chain, chain[1:], strict=False):
+        assert nxt.prev_hash == prev.hash()
+    assert CaseState.from_dict(state.to_dict()) == state
+
+
+def test_event_ids_are_deterministic_for_a_replayed_command():
+    c = filed()
+    a = decide(new_case("AJ1"), c, PLANNER).events
+    b = decide(new_case("AJ1"), c, PLANNER).events
+    assert [e.id for e in a] == [e.id for e in b]
+    assert [e.hash() for e in a] == [e.hash() for e in b]
