@@ -71,6 +71,9 @@ class Settings:
     max_photo_pixels: int = 40_000_000
     max_photos_per_report: int = 9
 
+    # Time: "wall", or a scaled simulated clock shared by every process (see gridflow.clock)
+    clock: str = "wall"
+
     # Faust worker
     worker_web_port: int = 16066
     faust_data_dir: Path | None = None
@@ -126,5 +129,6 @@ def load_settings() -> Settings:
         max_photo_bytes=_env_int("MAX_PHOTO_BYTES", base.max_photo_bytes),
         max_photo_pixels=_env_int("MAX_PHOTO_PIXELS", base.max_photo_pixels),
         worker_web_port=_env_int("WORKER_WEB_PORT", base.worker_web_port),
+        clock=_env("CLOCK", base.clock),
         faust_data_dir=Path(_env("FAUST_DATA_DIR", str(state_dir / "faust"))),
     )

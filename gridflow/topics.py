@@ -51,12 +51,18 @@ CASE_EVENTS = TopicSpec(
     "case-events", CASE_PARTITIONS, FOREVER, False, "case_id",
     "Every fact about a case, totally ordered per case. The record: kept forever.",
 )
+DEADLINE_TICKS = TopicSpec(
+    "deadline-ticks", CASE_PARTITIONS, 24 * 3600 * 1000, False, "partition number",
+    "Clock ticks, one per partition, that make the deadline processor pop what is due.",
+)
 DEAD_LETTERS = TopicSpec(
     "dead-letters", 1, FOREVER, False, "source topic",
     "Undecodable or invalid input: the original bytes, where they came from and why.",
 )
 
-CATALOGUE: tuple[TopicSpec, ...] = (REPORTS, REPORTS_LOCATED, CASE_COMMANDS, CASE_EVENTS, DEAD_LETTERS)
+CATALOGUE: tuple[TopicSpec, ...] = (
+    REPORTS, REPORTS_LOCATED, CASE_COMMANDS, CASE_EVENTS, DEADLINE_TICKS, DEAD_LETTERS,
+)
 
 
 def topic_names(prefix: str) -> dict[str, str]:

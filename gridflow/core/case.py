@@ -334,7 +334,8 @@ def _sign(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
     task = _task_for(b, c)
     b.set_task(replace(task, state=SIGNED, signed_at=iso(b.now)))
     b.emit(ev.TASK_SIGNED, {"task_id": task.task_id, "department": task.department,
-                            "on_time": b.now <= parse_ts(task.sign_due)})
+                            "on_time": b.now <= parse_ts(task.sign_due),
+                            "dispatched_at": task.dispatched_at, "resolve_due": task.resolve_due})
 
 
 def _progress(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
