@@ -1,0 +1,437 @@
+"""Working calendar: which instants are office working time, and exact arithmetic over them.
+
+Pure: timezone, working hours, weekends, holidays and 调休 make-up days are configuration;
+every operation costs O(calendar days spanned) and never steps minute by minute.
+
+Conventions
+-----------
+* Every datetime argument must be timezone-aware; results are UTC-aware. Working time is
+  computed in the calendar's local zone (Asia/Shanghai for the bundled calendars).
+* Working intervals are half-open, ``[08:30, 12:00)``: 12:00 itself is not working time.
+* ``add_working_hours(start, h)`` is the *earliest* instant ``t >= start`` with exactly ``h``
+  hours of working time in ``[start, t)``. A deadline therefore lands at 17:30 (close of
+  business), never at 08:30 the next working day, and a start outside working hours
+  effectively begins at the next working instant.
+* ``add_working_days(start, n)`` adds ``n × day_length`` of working time (day_length = the sum
+  of the daily working intervals, 7 h for 08:30–12:00 + 14:00–17:30). From a working instant
+  that is the same clock time on the n-th following working day; from outside working hours
+  it counts from the next working instant, so 1 working day from Friday 18:00 is Monday
+  17:30, and from 12:30 (lunch) it is 12:00 the next working day. ``n`` may be fractional.
+* Dates in years that no loaded file configures raise ``CalendarRangeError`` (the default,
+  ``"unknown_years": "error"``): a deadline computed without the State Council's notice for
+  that year could be days off. ``"unknown_years": "weekdays"`` treats such years as plain
+  Monday–Friday (minus the configured weekend) instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+REFDATA_DIR = Path(__file__).resolve().parent.parent / "refdata"
+UNKNOWN_YEARS_ERROR = "error"
+UNKNOWN_YEARS_WEEKDAYS = "weekdays"
+_MAX_SCAN_DAYS = (
+    3 * 366
+)  # no deadline spans this far; guards against a calendar with no working day
+
+CalendarSource = str | Path | Mapping[str, Any]
+
+
+class CalendarError(ValueError):
+    """A calendar file that cannot be loaded; the message names the file and the reason."""
+
+
+class CalendarRangeError(ValueError):
+    """A date in a year that no loaded calendar configures (with ``unknown_years: error``)."""
+
+
+@dataclass(frozen=True)
+class WorkingCalendar:
+    """A working calendar; build it with `WorkingCalendar.load` or `load_bundled_calendar`."""
+
+    timezone: str
+    working_hours: tuple[tuple[time, time], ...]
+    weekend: frozenset[int]  # ISO weekdays, 1 = Monday ... 7 = Sunday
+    holidays: Mapping[date, str]  # day off -> festival name (放假)
+    makeup_workdays: Mapping[date, str]  # weekend day worked -> festival name (调休上班)
+    years: frozenset[int]
+    unknown_years: str = UNKNOWN_YEARS_ERROR
+    sources: tuple[str, ...] = ()
+    _tz: ZoneInfo = field(init=False, repr=False, compare=False)
+    _segments_cache: dict[date, tuple[tuple[datetime, datetime], ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_tz", ZoneInfo(self.timezone))
+
+    # --- loading ---------------------------------------------------------------
+
+    @classmethod
+    def load(cls, source: CalendarSource | Sequence[CalendarSource]) -> WorkingCalendar:
+        """Load one calendar (a JSON file path or an already-parsed dict) or several, merged.
+
+        Several sources must agree on timezone, working hours, weekend and unknown_years;
+        each configures its own years (a year configured twice is an error).
+        """
+        if isinstance(source, (str, Path, Mapping)):
+            sources: list[CalendarSource] = [source]
+        else:
+            sources = list(source)
+        if not sources:
+            raise CalendarError("no calendar sources given")
+        parts = [_parse_source(s) for s in sources]
+        return _merge(parts)
+
+    # --- days ----------------------------------------------------------------------
+
+    @property
+    def tzinfo(self) -> ZoneInfo:
+        return self._tz
+
+    @property
+    def day_length(self) -> timedelta:
+        """Working time in one working day (the unit of `add_working_days`)."""
+        return sum((_wall(e) - _wall(s) for s, e in self.working_hours), timedelta(0))
+
+    def covers(self, day: date) -> bool:
+        """Whether `day` is in a configured year (or unknown years are plain weekdays)."""
+        return day.year in self.years or self.unknown_years == UNKNOWN_YEARS_WEEKDAYS
+
+    def is_working_day(self, day: date | datetime) -> bool:
+        """A make-up day (调休上班) works; a holiday does not; otherwise the weekend rule."""
+        d = self._local_date(day) if isinstance(day, datetime) else day
+        self._check_covered(d)
+        if d in self.makeup_workdays:
+            return True
+        if d in self.holidays:
+            return False
+        return d.isoweekday() not in self.weekend
+
+    def holiday_name(self, day: date) -> str | None:
+        """The festival a day off or a make-up working day belongs to, if any."""
+        return self.holidays.get(day) or self.makeup_workdays.get(day)
+
+    # --- instants ----------------------------------------------------------------
+
+    def next_working_instant(self, t: datetime) -> datetime:
+        """`t` itself if it is working time, else the start of the next working interval."""
+        cursor = _utc(t)
+        day = self._local_date(t)
+        for _ in range(_MAX_SCAN_DAYS):
+            for seg_start, seg_end in self._segments(day):
+                if cursor < seg_end:
+                    return max(seg_start, cursor)
+            day += timedelta(days=1)
+        raise CalendarRangeError(f"no working time within {_MAX_SCAN_DAYS} days after {t}")
+
+    def add_working_time(self, start: datetime, amount: timedelta) -> datetime:
+        """The earliest instant with exactly `amount` of working time since `start`."""
+        if amount < timedelta(0):
+            raise ValueError(f"working time to add must not be negative, got {amount}")
+        cursor = _utc(start)
+        if amount == timedelta(0):
+            return cursor
+        remaining = amount
+        day = self._local_date(start)
+        for _ in range(_MAX_SCAN_DAYS):
+            for seg_start, seg_end in self._segments(day):
+                if seg_end <= cursor:
+                    continue
+                begin = max(seg_start, cursor)
+                available = seg_end - begin
+                if remaining <= available:
+                    return begin + remaining
+                remaining -= available
+            day += timedelta(days=1)
+        raise CalendarRangeError(f"no deadline within {_MAX_SCAN_DAYS} days after {start}")
+
+    def add_working_hours(self, start: datetime, hours: float) -> datetime:
+        """`start` plus `hours` (may be fractional) of working time; see module conventions."""
+        return self.add_working_time(start, timedelta(hours=hours))
+
+    def add_working_days(self, start: datetime, days: float) -> datetime:
+        """`start` plus `days` × day_length of working time: same clock time, n working days on."""
+        if days < 0:
+            raise ValueError(f"working days to add must not be negative, got {days}")
+        return self.add_working_time(start, self.day_length * days)
+
+    def working_time_between(self, a: datetime, b: datetime) -> timedelta:
+        """Working time in [a, b); negative when b is before a."""
+        if b < a:
+            return -self.working_time_between(b, a)
+        lo, hi = _utc(a), _utc(b)
+        total = timedelta(0)
+        day, last = self._local_date(a), self._local_date(b)
+        while day <= last:
+            for seg_start, seg_end in self._segments(day):
+                overlap = min(seg_end, hi) - max(seg_start, lo)
+                if overlap > timedelta(0):
+                    total += overlap
+            day += timedelta(days=1)
+        return total
+
+    def working_seconds_between(self, a: datetime, b: datetime) -> float:
+        """Working seconds in [a, b); negative when b is before a."""
+        return self.working_time_between(a, b).total_seconds()
+
+    # --- internals -------------------------------------------------------------
+
+    def _local_date(self, t: datetime) -> date:
+        return _require_aware(t).astimezone(self._tz).date()
+
+    def _check_covered(self, d: date) -> None:
+        if not self.covers(d):
+            configured = ", ".join(str(y) for y in sorted(self.years)) or "none"
+            raise CalendarRangeError(
+                f"{d.isoformat()} is outside the configured calendar years ({configured}): "
+                f"add gridflow/refdata/calendar_{d.year}.json from the State Council's "
+                f'holiday notice for {d.year}, or set "unknown_years": "weekdays"'
+            )
+
+    def _segments(self, day: date) -> tuple[tuple[datetime, datetime], ...]:
+        """The day's working intervals as UTC instants; empty on a non-working day."""
+        cached = self._segments_cache.get(day)
+        if cached is not None:
+            return cached
+        segments: tuple[tuple[datetime, datetime], ...] = ()
+        if self.is_working_day(day):
+            segments = tuple(
+                (
+                    datetime.combine(day, s, self._tz).astimezone(UTC),
+                    datetime.combine(day, e, self._tz).astimezone(UTC),
+                )
+                for s, e in self.working_hours
+            )
+        self._segments_cache[day] = segments
+        return segments
+
+
+def load_bundled_calendar(years: Sequence[int] | None = None) -> WorkingCalendar:
+    """The calendars shipped in gridflow/refdata (calendar_<year>.json), merged."""
+    paths = sorted(REFDATA_DIR.glob("calendar_*.json"))
+    if years is not None:
+        wanted = {f"calendar_{y}.json" for y in years}
+        paths = [p for p in paths if p.name in wanted]
+    if not paths:
+        raise CalendarError(f"no calendar_*.json for years {years} in {REFDATA_DIR}")
+    return WorkingCalendar.load(paths)
+
+
+# --- parsing -------------------------------------------------------------------
+
+
+@dataclass
+class _Parsed:
+    origin: str
+    timezone: str
+    working_hours: tuple[tuple[time, time], ...]
+    weekend: frozenset[int]
+    unknown_years: str
+    years: frozenset[int]
+    holidays: dict[date, str]
+    makeup_workdays: dict[date, str]
+
+
+def _parse_source(source: CalendarSource) -> _Parsed:
+    if isinstance(source, Mapping):
+        return _parse(source, "<calendar dict>")
+    path = Path(source)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CalendarError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise CalendarError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(raw, Mapping):
+        raise CalendarError(f"{path}: a calendar must be a JSON object")
+    return _parse(raw, str(path))
+
+
+def _parse(raw: Mapping[str, Any], origin: str) -> _Parsed:
+    try:
+        return _parse_fields(raw, origin)
+    except CalendarError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CalendarError(f"{origin}: {exc}") from exc
+
+
+def _parse_fields(raw: Mapping[str, Any], origin: str) -> _Parsed:
+    allowed = {"source", "note", "timezone", "working_hours", "weekend", "unknown_years", "years"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)} (allowed: {sorted(allowed)})")
+    tz_name = raw.get("timezone", "Asia/Shanghai")
+    try:
+        ZoneInfo(str(tz_name))
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown timezone {tz_name!r}") from exc
+    unknown_years = str(raw.get("unknown_years", UNKNOWN_YEARS_ERROR))
+    if unknown_years not in {UNKNOWN_YEARS_ERROR, UNKNOWN_YEARS_WEEKDAYS}:
+        raise ValueError(f"unknown_years must be 'error' or 'weekdays', got {unknown_years!r}")
+    weekend = _parse_weekend(raw.get("weekend", [6, 7]))
+    years_raw = raw.get("years", {})
+    if not isinstance(years_raw, Mapping):
+        raise ValueError("'years' must be an object keyed by year, e.g. {\"2026\": {...}}")
+    holidays: dict[date, str] = {}
+    makeup: dict[date, str] = {}
+    years: set[int] = set()
+    for year_key, year_raw in years_raw.items():
+        years.add(_parse_year_key(year_key))
+        _parse_year(year_key, year_raw, weekend, holidays, makeup)
+    return _Parsed(
+        origin=origin,
+        timezone=str(tz_name),
+        working_hours=_parse_working_hours(raw.get("working_hours")),
+        weekend=weekend,
+        unknown_years=unknown_years,
+        years=frozenset(years),
+        holidays=holidays,
+        makeup_workdays=makeup,
+    )
+
+
+def _parse_working_hours(value: Any) -> tuple[tuple[time, time], ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError('\'working_hours\' must be a non-empty list of ["HH:MM", "HH:MM"] pairs')
+    intervals: list[tuple[time, time]] = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            raise ValueError(f'working interval {item!r} must be a pair ["HH:MM", "HH:MM"]')
+        start, end = _parse_time(item[0]), _parse_time(item[1])
+        if start >= end:
+            raise ValueError(f"working interval {item!r} must end after it starts")
+        if intervals and start < intervals[-1][1]:
+            raise ValueError(f"working interval {item!r} overlaps or precedes the one before it")
+        intervals.append((start, end))
+    return tuple(intervals)
+
+
+def _parse_time(value: Any) -> time:
+    if not isinstance(value, str):
+        raise ValueError(f'time of day must be a string "HH:MM", got {value!r}')
+    try:
+        return time.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f'bad time of day {value!r} (expected "HH:MM")') from exc
+
+
+def _parse_weekend(value: Any) -> frozenset[int]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and 1 <= d <= 7 for d in value):
+        raise ValueError(f"'weekend' must list ISO weekdays 1 (Mon) to 7 (Sun), got {value!r}")
+    if len(set(value)) == 7:
+        raise ValueError("'weekend' cannot cover all seven days")
+    return frozenset(value)
+
+
+def _parse_year_key(key: Any) -> int:
+    try:
+        year = int(key)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"year key {key!r} is not a year") from exc
+    if not 1970 <= year <= 2200:
+        raise ValueError(f"year key {key!r} is out of range")
+    return year
+
+
+def _parse_year(
+    key: str,
+    value: Any,
+    weekend: frozenset[int],
+    holidays: dict[date, str],
+    makeup: dict[date, str],
+) -> None:
+    if not isinstance(value, Mapping) or set(value) - {"holidays", "source", "note"}:
+        raise ValueError(f'year {key}: expected {{"holidays": [...]}}')
+    festivals = value.get("holidays", [])
+    if not isinstance(festivals, list):
+        raise ValueError(f"year {key}: 'holidays' must be a list")
+    for fest in festivals:
+        if not isinstance(fest, Mapping) or not isinstance(fest.get("name"), str):
+            raise ValueError(f"year {key}: each holiday needs a 'name', got {fest!r}")
+        name = fest["name"]
+        for d in _parse_dates(fest.get("off", []), f"{key} {name} off"):
+            _put(holidays, d, name, "day off")
+        for d in _parse_dates(fest.get("makeup_workdays", []), f"{key} {name} makeup_workdays"):
+            if d.isoweekday() not in weekend:
+                raise ValueError(f"{name}: make-up working day {d} is not a weekend day")
+            _put(makeup, d, name, "make-up working day")
+    clash = sorted(set(holidays) & set(makeup))
+    if clash:
+        raise ValueError(f"year {key}: {clash[0]} is both a day off and a make-up working day")
+
+
+def _parse_dates(value: Any, what: str) -> list[date]:
+    if not isinstance(value, list):
+        raise ValueError(f'{what}: expected a list of "YYYY-MM-DD" dates')
+    days: list[date] = []
+    for item in value:
+        try:
+            days.append(date.fromisoformat(item))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f'{what}: bad date {item!r} (expected "YYYY-MM-DD")') from exc
+    return days
+
+
+def _put(target: dict[date, str], d: date, name: str, what: str) -> None:
+    if target.get(d, name) != name:
+        raise ValueError(f"{d} is a {what} of both {target[d]} and {name}")
+    target[d] = name
+
+
+def _merge(parts: list[_Parsed]) -> WorkingCalendar:
+    first = parts[0]
+    holidays: dict[date, str] = {}
+    makeup: dict[date, str] = {}
+    years: set[int] = set()
+    for part in parts:
+        for attr in ("timezone", "working_hours", "weekend", "unknown_years"):
+            if getattr(part, attr) != getattr(first, attr):
+                raise CalendarError(
+                    f"{part.origin}: {attr} differs from {first.origin}; merged calendars must agree"
+                )
+        twice = years & part.years
+        if twice:
+            raise CalendarError(f"{part.origin}: year {min(twice)} is configured by two files")
+        years |= part.years
+        try:
+            for d, name in part.holidays.items():
+                _put(holidays, d, name, "day off")
+            for d, name in part.makeup_workdays.items():
+                _put(makeup, d, name, "make-up working day")
+        except ValueError as exc:
+            raise CalendarError(f"{part.origin}: {exc}") from exc
+        clash = sorted(set(holidays) & set(makeup))
+        if clash:
+            raise CalendarError(f"{part.origin}: {clash[0]} is both a day off and a working day")
+    return WorkingCalendar(
+        timezone=first.timezone,
+        working_hours=first.working_hours,
+        weekend=first.weekend,
+        holidays=holidays,
+        makeup_workdays=makeup,
+        years=frozenset(years),
+        unknown_years=first.unknown_years,
+        sources=tuple(p.origin for p in parts),
+    )
+
+
+def _require_aware(t: datetime) -> datetime:
+    if not isinstance(t, datetime) or t.tzinfo is None or t.utcoffset() is None:
+        raise ValueError(f"datetimes must be timezone-aware, got {t!r}")
+    return t
+
+
+def _utc(t: datetime) -> datetime:
+    return _require_aware(t).astimezone(UTC)
+
+
+def _wall(t: time) -> timedelta:
+    return timedelta(hours=t.hour, minutes=t.minute, seconds=t.second, microseconds=t.microsecond)
