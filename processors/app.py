@@ -1,0 +1,159 @@
+"""The faust app: thin agents that move records between topics through processors.steps.
+
+Delivery: at-least-once from Kafka; every output carries a deterministic id, so a
+redelivered input produces the same ids and the case processor / sinks drop the
+repeats. Each agent owns one kind of state in a changelog-backed faust table,
+keyed like its source topic, so a restarted worker recovers it from Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import faust
+
+from gridflow import events as ev
+from gridflow import topics
+from gridflow.clock import Clock, clock_from_spec
+from gridflow.core.case import DeadlinePlanner
+from gridflow.core.refdata import ReferenceData
+from gridflow.events import decode_message
+from gridflow.settings import Settings
+from processors import steps
+
+log = logging.getLogger("gridflow.processors")
+
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
+
+
+@dataclass
+class Runtime:
+    """Everything the agents need, built once by the composition root (processors.worker)."""
+
+    settings: Settings
+    ref: ReferenceData
+    planner: DeadlinePlanner
+    clock: Clock
+    object_store: Any = None  # minio.Minio; None disables the archive agent
+    deadlines: Any = None  # processors.deadlines.DeadlineRuntime; None disables deadlines
+
+
+async def with_retry(what: str, fn: Any, *args: Any) -> Any:
+    """Run blocking I/O in a thread; on failure retry with capped exponential backoff, forever."""
+    delay = RETRY_FIRST_S
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return await loop.run_in_executor(None, fn, *args)
+        except Exception as exc:  # transient I/O: MinIO or network down
+            log.warning("%s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+
+def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
+    s = rt.settings
+    prefix = s.topic_prefix
+    app = faust.App(
+        app_id or f"{prefix}-processor",
+        broker=f"kafka://{s.kafka_bootstrap}",
+        store="memory://",
+        topic_partitions=topics.CASE_PARTITIONS,
+        key_serializer="raw",
+        value_serializer="raw",
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        web_enabled=False,
+        datadir=str(s.faust_data_dir),
+        topic_disable_leader=False,
+        stream_wait_empty=False,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+    )
+
+    def topic(spec: topics.TopicSpec) -> faust.TopicT:
+        return app.topic(spec.name(prefix), partitions=spec.partitions, key_type=bytes,
+                         value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    t = {spec.suffix: topic(spec) for spec in topics.CATALOGUE}
+
+    recent_cases = app.Table("recent-cases", default=None, partitions=topics.CASE_PARTITIONS,
+                             key_serializer="json", value_serializer="json")
+    cases = app.Table("cases", default=None, partitions=topics.CASE_PARTITIONS,
+                      key_serializer="json", value_serializer="json")
+
+    async def emit(out: steps.Outputs) -> None:
+        for suffix, key, value in out.sends:
+            await t[suffix].send(key=key.encode(), value=value)
+
+    @app.agent(t["reports"])
+    async def intake(stream: Any) -> None:
+        async for event in stream.events():
+            m = event.message
+            out = steps.intake_step(event.value, rt.ref, rt.clock(), m.topic, m.partition, m.offset)
+            await emit(out)
+
+    @app.agent(t["reports-located"])
+    async def filing(stream: Any) -> None:
+        async for event in stream.events():
+            m = event.message
+            key = (event.key or b"").decode("utf-8", "replace")
+            out, live = steps.filing_step(event.value, recent_cases[key] or [], rt.clock(), m.topic,
+                                          m.partition, m.offset)
+            recent_cases[key] = live
+            await emit(out)
+
+    @app.agent(t["case-commands"])
+    async def case_processor(stream: Any) -> None:
+        async for event in stream.events():
+            m = event.message
+            key = (event.key or b"").decode("utf-8", "replace")
+            out, state = steps.case_step(event.value, cases[key], rt.planner, rt.clock(), m.topic,
+                                         key, m.partition, m.offset)
+            if state is not None:
+                cases[key] = state
+            await emit(out)
+
+    if rt.object_store is not None:
+        from processors import archive
+
+        cfg = archive.ArchiveConfig(s.bucket_archive, s.archive_retention_days,
+                                    s.max_photo_bytes, s.max_photo_pixels)
+
+        @app.agent(t["case-events"])
+        async def photo_archive(stream: Any) -> None:
+            async for raw in stream:
+                try:
+                    event = decode_message(raw, ev.EVENT_TYPES)
+                except ev.SchemaError:
+                    continue  # the sinks dead-letter what they cannot read
+                for ref in archive.photos_of(event):
+                    cmd = await with_retry(f"archive {ref.get('key')}", archive.archive_photo,
+                                           rt.object_store, cfg, event, ref, rt.clock())
+                    fut = await t["case-commands"].send(key=event.case_id.encode(), value=cmd.encode())
+                    await fut  # acknowledged before the incoming copy goes
+                    if cmd.data.get("status") == "archived":
+                        await with_retry(f"remove {ref.get('key')}", archive.remove_incoming,
+                                         rt.object_store, ref)
+
+    if rt.deadlines is not None:
+        rt.deadlines.install(app, t, rt)
+
+    return app
+
+
+def decode_tick(raw: bytes) -> datetime | None:
+    try:
+        return ev.parse_ts(json.loads(raw)["now"], "tick")
+    except (ValueError, KeyError, TypeError, ev.SchemaError):
+        return None
+
+
+def clock_for(settings: Settings) -> Clock:
+    return clock_from_spec(settings.clock)

@@ -1,0 +1,148 @@
+"""Photo archive: verify each incoming photo, keep a content-addressed, retention-locked copy.
+
+For each photo an event references: read the incoming object, check its size and
+sha256 against the claim check, read EXIF, write the archive copy under
+`sha256/<aa>/<sha>.<ext>` with object-lock retention, write an EXIF-stripped
+thumbnail, then ask the case processor to record PhotoArchived, and only then
+delete the incoming copy. Every step is idempotent, so a crash anywhere and a
+re-run yields the same archive and the same command id. Object-store errors
+propagate to the caller, which retries with backoff: nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from minio import Minio
+from minio.commonconfig import GOVERNANCE
+from minio.error import S3Error
+from minio.retention import Retention
+
+from gridflow import events as ev
+from gridflow.core import photos as photo_core
+from gridflow.events import Message, iso
+from processors.steps import command
+
+# Events whose data carries photos, and where.
+PHOTO_FIELDS = {
+    ev.CASE_FILED: ("report", "photos"),
+    ev.REPORT_MERGED: ("report", "photos"),
+    ev.TASK_RESOLVED: ("photos",),
+    ev.TASK_PROGRESS_NOTED: ("photos",),
+    ev.TASK_VERIFIED: ("photos",),
+}
+EXT = {"image/jpeg": "jpg", "image/png": "png", "image/heic": "heic"}
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    archive_bucket: str
+    retention_days: int
+    max_bytes: int
+    max_pixels: int
+
+
+def photos_of(event: Message) -> list[dict[str, Any]]:
+    path = PHOTO_FIELDS.get(event.type)
+    if path is None:
+        return []
+    node: Any = event.data
+    for part in path:
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return [p for p in node if isinstance(p, dict)] if isinstance(node, list) else []
+
+
+def archive_key(sha256: str, content_type: str) -> str:
+    return f"sha256/{sha256[:2]}/{sha256}.{EXT.get(content_type, 'bin')}"
+
+
+def thumbnail_key(sha256: str) -> str:
+    return f"thumbs/{sha256[:2]}/{sha256}.jpg"
+
+
+def _exists(client: Minio, bucket: str, key: str) -> bool:
+    try:
+        client.stat_object(bucket, key)
+        return True
+    except S3Error as exc:
+        if exc.code in {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}:
+            return False
+        raise
+
+
+def _read(client: Minio, bucket: str, key: str) -> bytes | None:
+    try:
+        resp = client.get_object(bucket, key)
+    except S3Error as exc:
+        if exc.code in {"NoSuchKey", "NoSuchObject"}:
+            return None
+        raise
+    try:
+        return resp.read()
+    finally:
+        resp.close()
+        resp.release_conn()
+
+
+def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[str, Any],
+                  now: datetime) -> Message:
+    """Archive one photo; return the RecordPhotoArchived command for the case processor."""
+    sha = str(ref.get("sha256", ""))
+    content_type = str(ref.get("content_type", "application/octet-stream"))
+    akey, tkey = archive_key(sha, content_type), thumbnail_key(sha)
+    base = {
+        "source_bucket": ref.get("bucket"), "source_key": ref.get("key"), "sha256": sha,
+        "size": ref.get("size"), "role": ref.get("role", "before"),
+        "report_id": (event.data.get("report") or {}).get("report_id", ""),
+        "task_id": event.data.get("task_id", ""), "archive_bucket": cfg.archive_bucket,
+    }
+    data = _read(client, str(ref.get("bucket")), str(ref.get("key")))
+    if data is None:
+        status = "archived" if _exists(client, cfg.archive_bucket, akey) else "missing"
+        result = {**base, "status": status, "archive_key": akey if status == "archived" else "",
+                  "thumbnail_key": tkey if status == "archived" else "", "exif": {}}
+        return command(ev.RECORD_PHOTO_ARCHIVED, event.case_id, event.at, result,
+                       cause=f"{event.id}:{sha}:{ref.get('key')}")
+    problem = ""
+    if len(data) != int(ref.get("size", -1)) or hashlib.sha256(data).hexdigest() != sha:
+        problem = "sha256 or size does not match the claim check"
+    info = None
+    if not problem:
+        try:
+            info = photo_core.inspect_photo(data, cfg.max_bytes, cfg.max_pixels)
+        except photo_core.PhotoRejected as exc:
+            problem = f"not a valid photo: {exc.message_en}"
+    if problem or info is None:
+        result = {**base, "status": "corrupt", "problem": problem, "archive_key": "",
+                  "thumbnail_key": "", "exif": {}}
+        return command(ev.RECORD_PHOTO_ARCHIVED, event.case_id, event.at, result,
+                       cause=f"{event.id}:{sha}:{ref.get('key')}")
+    if not _exists(client, cfg.archive_bucket, akey):
+        retain = Retention(GOVERNANCE, now + timedelta(days=cfg.retention_days))
+        client.put_object(cfg.archive_bucket, akey, io.BytesIO(data), len(data),
+                          content_type=content_type, retention=retain,
+                          metadata={"x-amz-meta-sha256": sha})
+    if not _exists(client, cfg.archive_bucket, tkey):
+        thumb = photo_core.make_thumbnail(data)
+        client.put_object(cfg.archive_bucket, tkey, io.BytesIO(thumb), len(thumb),
+                          content_type="image/jpeg")
+    exif = {
+        "taken_at": iso(info.taken_at) if getattr(info, "taken_at", None) else None,
+        "lat": getattr(info, "gps_lat", None), "lon": getattr(info, "gps_lon", None),
+    }
+    result = {**base, "status": "archived", "archive_key": akey, "thumbnail_key": tkey,
+              "width": info.width, "height": info.height, "exif": exif}
+    return command(ev.RECORD_PHOTO_ARCHIVED, event.case_id, event.at, result,
+                   cause=f"{event.id}:{sha}:{ref.get('key')}")
+
+
+def remove_incoming(client: Minio, ref: dict[str, Any]) -> None:
+    try:
+        client.remove_object(str(ref.get("bucket")), str(ref.get("key")))
+    except S3Error as exc:
+        if exc.code not in {"NoSuchKey", "NoSuchObject"}:
+            raise

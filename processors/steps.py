@@ -1,0 +1,143 @@
+"""The processors' steps as plain functions: bytes in, messages out, no Kafka.
+
+Each faust agent in processors/app.py decodes nothing itself: it hands the
+record to one of these steps and sends what comes back. Steps never raise for
+bad input: an undecodable or invalid record becomes a dead letter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from gridflow import events as ev
+from gridflow.core import dedupe, intake
+from gridflow.core.case import CaseState, DeadlinePlanner, decide, new_case
+from gridflow.core.refdata import ReferenceData
+from gridflow.events import Message, SchemaError, decode_message, derived_id, iso
+
+
+@dataclass
+class Outputs:
+    """What a step asks its agent to send: (topic suffix, key, value bytes) triples."""
+
+    sends: list[tuple[str, str, bytes]] = field(default_factory=list)
+
+    def send(self, topic_suffix: str, key: str, value: bytes) -> None:
+        self.sends.append((topic_suffix, key, value))
+
+    def dead(self, source_topic: str, partition: int | None, offset: int | None, raw: bytes | None,
+             reason: str, now: datetime) -> None:
+        record = ev.dead_letter(source_topic, partition, offset, raw, reason, now)
+        self.send("dead-letters", source_topic, ev.canonical_json(record))
+
+
+def command(type_: str, case_id: str, at: datetime | str, data: dict[str, Any], cause: str,
+            actor: str = "system") -> Message:
+    at_s = at if isinstance(at, str) else iso(at)
+    return Message(id=derived_id(cause, type_), type=type_, case_id=case_id, at=at_s, actor=actor,
+                   data=data, causation_id=cause)
+
+
+# --- intake (立案): validate and locate ---------------------------------------
+
+def intake_step(raw: bytes, ref: ReferenceData, now: datetime, source: str,
+                partition: int | None = None, offset: int | None = None) -> Outputs:
+    """ReportSubmitted → ReportLocated (keyed by township), a refusal, or a dead letter."""
+    out = Outputs()
+    try:
+        msg = decode_message(raw, frozenset({ev.REPORT_SUBMITTED}))
+        report = intake.validate_report(msg.data, now=msg.at_dt)
+    except SchemaError as exc:
+        out.dead(source, partition, offset, raw, f"undecodable: {exc}", now)
+        return out
+    except intake.ReportInvalid as exc:
+        out.dead(source, partition, offset, raw, f"invalid report: {exc.field}: {exc.reason_en}", now)
+        return out
+    filing = intake.file_report(ref, report, now=msg.at_dt)
+    case_id = intake.case_id_for(report.report_id, msg.at_dt)
+    if not filing.filed:
+        cmd = command(ev.REFUSE_REPORT, case_id, msg.at, {
+            "report": msg.data, "code": filing.reason_code,
+            "reason_zh": filing.reason_zh, "reason_en": filing.reason_en,
+        }, cause=msg.id, actor=msg.actor)
+        out.send("case-commands", case_id, cmd.encode())
+        return out
+    located = Message(
+        id=derived_id(msg.id, ev.REPORT_LOCATED), type=ev.REPORT_LOCATED, case_id=case_id,
+        at=msg.at, actor=msg.actor, causation_id=msg.id,
+        data={"report": msg.data, **filing.to_dict()},
+    )
+    out.send("reports-located", filing.township_code, located.encode())
+    return out
+
+
+# --- filing: near-duplicate detection per township, then FileReport -------------
+
+DEDUPE_RADIUS_M = 50.0
+DEDUPE_WINDOW = timedelta(hours=24)
+
+
+def filing_step(raw: bytes, candidates: list[dict[str, Any]], now: datetime, source: str,
+                partition: int | None = None, offset: int | None = None,
+                radius_m: float = DEDUPE_RADIUS_M, window: timedelta = DEDUPE_WINDOW,
+                ) -> tuple[Outputs, list[dict[str, Any]]]:
+    """ReportLocated → FileReport for a new case or for the open case it duplicates.
+
+    `candidates` are this township's recent cases (JSON dicts); the updated list
+    is returned for the agent to store.
+    """
+    out = Outputs()
+    try:
+        msg = decode_message(raw, frozenset({ev.REPORT_LOCATED}))
+        data = msg.data
+        report = data["report"]
+        lat, lon = float(report["lat"]), float(report["lon"])
+        category = str(data["category_code"])
+    except (SchemaError, KeyError, TypeError, ValueError) as exc:
+        out.dead(source, partition, offset, raw, f"undecodable located report: {exc!r}", now)
+        return out, candidates
+    at = msg.at_dt
+    live = dedupe.prune(candidates, at, window)
+    match = dedupe.find_duplicate(live, category, lat, lon, at, radius_m, window)
+    case_id = match.case_id if match else msg.case_id
+    file_data = {**data}
+    if match:
+        file_data["distance_m"] = round(match.distance_m, 1)
+    else:
+        live = [*live, {"case_id": case_id, "category_code": category, "lat": lat, "lon": lon,
+                        "filed_at": msg.at}]
+    cmd = command(ev.FILE_REPORT, case_id, msg.at, file_data, cause=msg.id, actor=msg.actor)
+    out.send("case-commands", case_id, cmd.encode())
+    return out, live
+
+
+# --- cases: decide commands against current state --------------------------------
+
+def case_step(raw: bytes, state: dict[str, Any] | None, planner: DeadlinePlanner, now: datetime,
+              source: str, key: str = "", partition: int | None = None, offset: int | None = None,
+              ) -> tuple[Outputs, dict[str, Any] | None]:
+    """A command → the case's new events (sent to case-events) and its new state."""
+    out = Outputs()
+    try:
+        cmd = decode_message(raw, ev.COMMAND_TYPES)
+        if not cmd.case_id:
+            raise SchemaError("command has no case_id")
+    except SchemaError as exc:
+        out.dead(source, partition, offset, raw, f"undecodable command: {exc}", now)
+        return out, state
+    current = CaseState.from_dict(state) if state else new_case(cmd.case_id)
+    try:
+        decision = decide(current, cmd, planner)
+    except (KeyError, TypeError, ValueError) as exc:  # a malformed payload of a known command
+        out.dead(source, partition, offset, raw, f"malformed {cmd.type}: {exc!r}", now)
+        return out, state
+    for event in decision.events:
+        out.send("case-events", cmd.case_id, event.encode())
+    return out, decision.state.to_dict()
+
+
+def decode_json(raw: bytes) -> Any:
+    return json.loads(raw)
