@@ -1,0 +1,98 @@
+"""Publishing messages to Kafka: the API's only way onto the log.
+
+Guarantee: `publish` returns only after the broker acknowledged the record with acks=all
+on an idempotent producer; any failure raises PublishError, so the caller answers 503 and
+the client retries (at-least-once; the event id is deterministic, consumers dedupe on it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Protocol
+
+from gridflow.events import Message
+
+log = logging.getLogger(__name__)
+
+
+class PublishError(Exception):
+    """The record was not acknowledged.
+
+    `maybe_written` is True when the record was handed to the broker but the ack did not
+    arrive in time: it may be on the log, so what it references must not be removed.
+    """
+
+    def __init__(self, reason: str, maybe_written: bool = False) -> None:
+        super().__init__(reason)
+        self.maybe_written = maybe_written
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, key: str, message: Message) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class KafkaPublisher:
+    """A kafka-python KafkaProducer (acks=all, idempotent), built on first use, rebuilt after
+    it could not reach the cluster; one producer is shared by all request threads."""
+
+    def __init__(self, bootstrap: str, timeout_s: float = 10.0, client_id: str = "gridflow-api") -> None:
+        self.bootstrap = bootstrap
+        self.timeout_s = timeout_s
+        self.client_id = client_id
+        self._producer: object | None = None
+        self._lock = threading.Lock()
+
+    def _get(self):  # type: ignore[no-untyped-def]
+        from kafka import KafkaProducer
+
+        with self._lock:
+            if self._producer is None:
+                ms = int(self.timeout_s * 1000)
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self.bootstrap,
+                    client_id=self.client_id,
+                    acks="all",
+                    enable_idempotence=True,
+                    allow_auto_create_topics=False,
+                    linger_ms=0,
+                    max_block_ms=ms,
+                    request_timeout_ms=ms,
+                    delivery_timeout_ms=ms + 1000,
+                    bootstrap_timeout_ms=ms,
+                )
+            return self._producer
+
+    def _drop(self) -> None:
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=1)  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001 - closing a broken producer is best effort
+                log.debug("closing a broken producer failed", exc_info=True)
+
+    def publish(self, topic: str, key: str, message: Message) -> None:
+        from kafka.errors import KafkaError, KafkaTimeoutError
+
+        try:
+            producer = self._get()
+            future = producer.send(topic, key=key.encode(), value=message.encode())  # type: ignore[attr-defined]
+        except KafkaError as exc:
+            # Not handed over: no metadata, cluster unreachable, record refused locally.
+            self._drop()
+            raise PublishError(f"kafka unavailable: {exc}") from exc
+        try:
+            future.get(timeout=self.timeout_s + 2)
+        except KafkaTimeoutError as exc:
+            raise PublishError(f"kafka ack timed out: {exc}", maybe_written=True) from exc
+        except KafkaError as exc:
+            raise PublishError(f"kafka refused the record: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close(timeout=5)  # type: ignore[attr-defined]
