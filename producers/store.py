@@ -11,9 +11,19 @@ import io
 from datetime import timedelta
 from typing import Protocol
 
+from minio import Minio
+from minio.error import MinioException
+from urllib3.exceptions import HTTPError
+
+from gridflow.objectstore import make_client
+from gridflow.settings import Settings
+
 
 class StoreError(Exception):
     """The object store could not be reached or refused the operation."""
+
+
+_STORE_ERRORS = (MinioException, HTTPError, OSError)
 
 
 class ObjectStore(Protocol):
@@ -26,30 +36,26 @@ class ObjectStore(Protocol):
 
 
 class MinioStore:
-    def __init__(self, endpoint: str, access_key: str, secret_key: str, secure: bool = False,
-                 region: str = "us-east-1") -> None:
-        from minio import Minio
+    def __init__(self, client: Minio) -> None:
+        # The client carries its region, so presigning never has to ask the server.
+        self.client = client
 
-        # The region is given so presigning never has to ask the server.
-        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key,
-                            secure=secure, region=region)
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MinioStore:
+        return cls(make_client(settings))
 
     def put(self, bucket: str, key: str, data: bytes, content_type: str,
             metadata: dict[str, str] | None = None) -> None:
-        from minio.error import MinioException
-
         try:
             self.client.put_object(bucket, key, io.BytesIO(data), len(data),
                                    content_type=content_type, metadata=metadata or None)
-        except (MinioException, OSError) as exc:
+        except _STORE_ERRORS as exc:
             raise StoreError(f"put {bucket}/{key} failed: {exc}") from exc
 
     def remove(self, bucket: str, key: str) -> None:
-        from minio.error import MinioException
-
         try:
             self.client.remove_object(bucket, key)
-        except (MinioException, OSError) as exc:
+        except _STORE_ERRORS as exc:
             raise StoreError(f"remove {bucket}/{key} failed: {exc}") from exc
 
     def url(self, bucket: str, key: str, expires_s: int = 3600) -> str:
