@@ -1,0 +1,1 @@
+"""Helpers for tests, the demo simulator and benchmarks (never imported by production paths)."""
