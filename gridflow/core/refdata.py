@@ -229,6 +229,10 @@ class ReferenceData:
 # --- JSON with positions -----------------------------------------------------------
 
 
+_JSONObject: Callable[..., tuple[Any, int]] = json.decoder.JSONObject  # type: ignore[attr-defined]
+_JSONArray: Callable[..., tuple[Any, int]] = json.decoder.JSONArray  # type: ignore[attr-defined]
+
+
 class _DuplicateKey(Exception):
     pass
 
@@ -260,14 +264,14 @@ class _Doc:
     def _parse_object(self, s_and_end: tuple[str, int], *args: Any) -> tuple[Any, int]:
         s, end = s_and_end
         try:
-            obj, new_end = json.decoder.JSONObject(s_and_end, *args)
+            obj, new_end = _JSONObject(s_and_end, *args)
         except _DuplicateKey as exc:
             raise RefDataError(self.name, self._line(end - 1), "$", f"duplicate key {exc.args[0]!r}") from None
         self._pos[id(obj)] = end - 1
         return obj, new_end
 
     def _parse_array(self, s_and_end: tuple[str, int], scan_once: Callable[..., Any]) -> tuple[Any, int]:
-        arr, new_end = json.decoder.JSONArray(s_and_end, scan_once)
+        arr, new_end = _JSONArray(s_and_end, scan_once)
         self._pos[id(arr)] = s_and_end[1] - 1
         return arr, new_end
 
@@ -309,10 +313,12 @@ class _Obj:
             self.fail(key, f"expected {_type_names(kind)}, got {_kind(value)}")
         return value
 
+    def opt_text(self, key: str) -> str | None:
+        value: str | None = self.get(key, str, None)
+        return value
+
     def text(self, key: str, default: Any = _MISSING, pattern: re.Pattern[str] | None = None) -> str:
-        value = self.get(key, str, default)
-        if value is None:
-            return value
+        value: str = self.get(key, str, default)
         if pattern is not None and not pattern.match(value):
             self.fail(key, f"{value!r} does not match {pattern.pattern}")
         if default is _MISSING and not value.strip():
@@ -520,7 +526,7 @@ def _load_departments(doc: _Doc, areas: set[str]) -> dict[str, Department]:
         area = o.text("area")
         if area not in areas or len(area) != area_len[level]:
             o.fail("area", f"{area!r} is not a known {level}-level area code")
-        parent = o.text("parent", None)
+        parent = o.opt_text("parent")
         depts[code] = Department(code, o.text("name"), o.text("short_name", ""), level, parent, area)
         objs[code] = o
     for code, dept in depts.items():

@@ -142,13 +142,13 @@ def png_pixel_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
 
 def jpeg_declaring(width: int, height: int, data: bytes | None = None) -> bytes:
     """A real JPEG whose frame header (SOF) is patched to declare another size."""
-    data = bytearray(data if data is not None else make_jpeg(64, 48, seed=3))
+    buf = bytearray(data if data is not None else make_jpeg(64, 48, seed=3))
     pos = 2
-    while pos < len(data):
-        marker, length = data[pos + 1], int.from_bytes(data[pos + 2:pos + 4], "big")
+    while pos < len(buf):
+        marker, length = buf[pos + 1], int.from_bytes(buf[pos + 2:pos + 4], "big")
         if marker in (0xC0, 0xC1, 0xC2):
-            data[pos + 5:pos + 9] = struct.pack(">HH", height, width)
-            return bytes(data)
+            buf[pos + 5:pos + 9] = struct.pack(">HH", height, width)
+            return bytes(buf)
         pos += 2 + length
     raise ValueError("no SOF marker found")
 
