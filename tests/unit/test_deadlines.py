@@ -1,0 +1,425 @@
+"""Deadline book: a day of ticks, restart from the same maps, cancel, escalation, tick cost."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, MutableMapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from gridflow import events as ev
+from gridflow.core.calendar import load_bundled_calendar
+from gridflow.core.case import decide, new_case
+from gridflow.core.deadlines import (
+    BREACH,
+    ESCALATE,
+    WARN,
+    DeadlineBook,
+    DeadlineEntry,
+    DueItem,
+    plan_deadlines,
+)
+from gridflow.core.sla import SlaPlanner, load_bundled_policy
+from gridflow.events import Message, iso
+
+CST = ZoneInfo("Asia/Shanghai")
+CAL = load_bundled_calendar()
+POLICY = load_bundled_policy()
+
+
+def local(*args: int) -> datetime:
+    return datetime(*args, tzinfo=CST)
+
+
+class CountingMap(MutableMapping[str, Any]):
+    """A dict that records which keys were read or written, and any full scans."""
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        self.data: dict[str, Any] = dict(data or {})
+        self.touched: set[str] = set()
+        self.scans = 0
+
+    def __getitem__(self, key: str) -> Any:
+        self.touched.add(key)
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        json.dumps(value)  # values must be JSON, as in a faust table
+        self.touched.add(key)
+        self.data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self.touched.add(key)
+        del self.data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self.scans += 1
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        self.scans += 1
+        return len(self.data)
+
+
+def plan(
+    task_id: str,
+    start: datetime,
+    stage: str = "sign",
+    code: str = "E0101",
+    severity: int = 1,
+    **kw: Any,
+) -> DeadlineEntry:
+    return plan_deadlines(
+        case_id=f"C-{task_id}",
+        task_id=task_id,
+        stage=stage,
+        start=start,
+        policy=POLICY,
+        calendar=CAL,
+        category_code=code,
+        severity=severity,
+        **kw,
+    )
+
+
+def tick(
+    book: DeadlineBook, start: datetime, end: datetime, step: timedelta = timedelta(minutes=1)
+) -> list[tuple[datetime, DueItem]]:
+    fired: list[tuple[datetime, DueItem]] = []
+    now = start
+    while now <= end:
+        fired.extend((now, item) for item in book.pop_due(now))
+        now += step
+    return fired
+
+
+# --- planning -------------------------------------------------------------------------
+
+
+def test_plan_deadlines_from_policy_and_calendar() -> None:
+    entry = plan("T1", local(2026, 9, 30, 9, 0), stage="resolve")  # E01: 3 working days
+    assert entry.key == "T1#resolve" and entry.case_id == "C-T1"
+    assert entry.due_at.astimezone(CST) == local(2026, 10, 10, 9, 0)  # 国庆, then 调休 Saturday
+    assert [(d.kind, d.fraction) for d in entry.dues] == [(WARN, 0.5), (WARN, 0.8), (BREACH, None)]
+    assert entry.dues[0].at.astimezone(CST) == local(2026, 10, 8, 14, 30)
+    assert DeadlineEntry.from_dict(json.loads(json.dumps(entry.to_dict()))) == entry
+
+
+def test_plan_with_a_given_due_and_not_before_skips_stale_warnings() -> None:
+    start, due = local(2026, 11, 23, 9, 0), local(2026, 11, 24, 9, 0)
+    entry = plan("T1", start, stage="resolve", due_at=due, not_before=local(2026, 11, 23, 15, 0))
+    assert [(d.kind, d.fraction) for d in entry.dues] == [(WARN, 0.8), (BREACH, None)]
+    assert entry.due_at == due.astimezone(UTC)
+
+
+# --- a day of ticks -------------------------------------------------------------------------
+
+
+def seeded_book(
+    entries: MutableMapping[str, Any] | None = None, buckets: MutableMapping[str, Any] | None = None
+) -> tuple[DeadlineBook, list]:
+    book = DeadlineBook(entries, buckets, policy=POLICY, calendar=CAL)
+    planned = []
+    t0 = local(2026, 11, 23, 8, 0)
+    for i in range(120):  # a task every 7 minutes over ~14 hours, sign and resolve clocks
+        start = t0 + timedelta(minutes=7 * i)
+        code = ["E0101", "E0102", "E0501", "P0101"][i % 4]
+        for stage in ("sign", "resolve"):
+            planned.append(book.upsert(plan(f"T{i:03d}", start, stage=stage, code=code)))
+    return book, planned
+
+
+def test_one_day_of_ticks_fires_each_due_once_on_time_and_in_order() -> None:
+    book, planned = seeded_book()
+    day_start, day_end = local(2026, 11, 23, 8, 0), local(2026, 11, 24, 8, 0)
+    fired = tick(book, day_start, day_end)
+    ids = [item.id for _, item in fired]
+    assert len(ids) == len(set(ids))
+    for at, item in fired:
+        assert item.fire_at <= at < item.fire_at + timedelta(minutes=1)
+    planned_in_day = {
+        (e.task_id, e.stage, d.kind, d.fraction) for e in planned for d in e.dues if d.at <= day_end
+    }
+    fired_plain = {(i.task_id, i.stage, i.kind, i.fraction) for _, i in fired if i.kind != ESCALATE}
+    assert fired_plain == planned_in_day
+    assert any(i.kind == ESCALATE for _, i in fired)  # breached sign clocks went up the ladder
+    times = [i.fire_at for _, i in fired]
+    per_tick: dict[datetime, list[datetime]] = {}
+    for at, item in fired:
+        per_tick.setdefault(at, []).append(item.fire_at)
+    assert all(v == sorted(v) for v in per_tick.values())
+    assert len(times) > 200
+
+
+def test_restart_from_the_same_maps_loses_nothing_and_fires_nothing_twice() -> None:
+    day_start, noon, day_end = (
+        local(2026, 11, 23, 8, 0),
+        local(2026, 11, 23, 12, 0),
+        local(2026, 11, 24, 8, 0),
+    )
+    reference, _ = seeded_book()
+    expected = [i.id for _, i in tick(reference, day_start, day_end)]
+
+    entries: dict[str, Any] = {}
+    buckets: dict[str, Any] = {}
+    first, planned = seeded_book(entries, buckets)
+    before = [i.id for _, i in tick(first, day_start, noon)]
+    # The worker dies; a new one restores the tables (JSON, as from the changelog).
+    entries2, buckets2 = json.loads(json.dumps(entries)), json.loads(json.dumps(buckets))
+    second = DeadlineBook(entries2, buckets2, policy=POLICY, calendar=CAL)
+    assert second.pop_due(noon) == []  # the same tick again: nothing twice
+    for entry in planned:  # the source events are redelivered: re-planning changes nothing
+        second.upsert(entry)
+    after = [i.id for _, i in tick(second, noon + timedelta(minutes=1), day_end)]
+    assert before + after == expected
+
+
+def test_cancel_stops_firing_and_is_idempotent() -> None:
+    book = DeadlineBook(policy=POLICY, calendar=CAL)
+    start = local(2026, 11, 23, 9, 0)
+    book.upsert(plan("T1", start, stage="sign"))
+    book.upsert(plan("T1", start, stage="resolve"))
+    book.upsert(plan("T2", start, stage="sign"))
+    assert book.cancel("T1", "sign") == 1  # signed: the sign clock stops
+    assert book.cancel("T1", "sign") == 0
+    fired = tick(book, start, local(2026, 11, 23, 12, 0))
+    assert {(i.task_id, i.stage) for _, i in fired} == {("T2", "sign")}
+    assert book.cancel("T1") == 1  # closed: every remaining clock of the task
+    later = tick(book, local(2026, 11, 23, 12, 1), local(2026, 12, 31, 0, 0), timedelta(hours=1))
+    assert all(i.task_id == "T2" for _, i in later)
+    assert book.get("T1", "resolve") is None
+
+
+# --- what a tick costs ------------------------------------------------------------------------
+
+
+def test_pop_due_touches_only_due_buckets_and_fired_entries() -> None:
+    entries, buckets = CountingMap(), CountingMap()
+    book = DeadlineBook(entries, buckets, policy=POLICY, calendar=CAL)
+    t0 = local(2026, 11, 2, 8, 30)
+    for i in range(600):  # six hundred open tasks over a week
+        book.upsert(plan(f"T{i:04d}", t0 + timedelta(minutes=17 * i), stage="sign"))
+    book.pop_due(local(2026, 11, 2, 8, 29))
+    now = local(2026, 11, 2, 12, 0)
+    entries.touched.clear()
+    buckets.touched.clear()
+    items = book.pop_due(now)
+    assert items, "something is due by noon"
+    fired_keys = {f"{i.task_id}#{i.stage}" for i in items}
+    assert entries.touched == fired_keys
+    lo, hi = int(local(2026, 11, 2, 8, 29).timestamp() // 60), int(now.timestamp() // 60)
+    # Firing a breach files the next escalation: that bucket is written too, nothing else.
+    scheduled = {str(d["bucket"]) for k in fired_keys for d in entries.data[k]["dues"]}
+    outside = {k for k in buckets.touched - {"~cursor"} if not lo <= int(k) <= hi}
+    assert outside <= scheduled
+    assert entries.scans == 0 and buckets.scans == 0
+    # The next tick a second later reads one bucket and the cursor only.
+    entries.touched.clear()
+    buckets.touched.clear()
+    assert book.pop_due(now + timedelta(seconds=1)) == []
+    assert entries.touched == set()
+    assert buckets.touched <= {"~cursor", str(hi)}
+
+
+# --- escalation one level at a time ---------------------------------------------------------
+
+
+def breached_book(base_level: int = 0) -> tuple[DeadlineBook, DeadlineEntry]:
+    book = DeadlineBook(policy=POLICY, calendar=CAL)
+    entry = book.upsert(plan("T1", local(2026, 9, 29, 15, 0), stage="sign", base_level=base_level))
+    return book, entry
+
+
+def test_breach_then_escalation_up_the_ladder_in_working_hours() -> None:
+    book, entry = breached_book()
+    fired = [
+        i
+        for _, i in tick(
+            book, local(2026, 9, 29, 15, 0), local(2026, 10, 20, 0, 0), timedelta(minutes=5)
+        )
+    ]
+    kinds = [(i.kind, i.level, i.level_code) for i in fired]
+    assert kinds == [
+        (WARN, None, ""),
+        (WARN, None, ""),
+        (BREACH, 0, "grid"),
+        (ESCALATE, 1, "village"),
+        (ESCALATE, 2, "township"),
+        (ESCALATE, 3, "county_department"),
+        (ESCALATE, 4, "county_leadership"),
+    ]
+    breach, village = fired[2], fired[3]
+    assert breach.fire_at.astimezone(CST) == local(2026, 9, 29, 17, 0)  # 2 working hours
+    # grid waits 3.5 working hours: 17:00-17:30 on 9-29, then 08:30-11:30 on 9-30.
+    assert village.fire_at.astimezone(CST) == local(2026, 9, 30, 11, 30)
+    # township waits 14 h after village's 7 h, across 国庆.
+    assert fired[4].fire_at.astimezone(CST) == local(2026, 10, 8, 11, 30)
+    assert all(i.due_at == entry.due_at for i in fired)
+    data = fired[3].command_data()
+    assert data["level"] == 1 and data["level_name"] == "村(社区)" and data["stage"] == "sign"
+    assert data["due_at"] == iso(entry.due_at) and data["notify"]
+    assert fired[3].command_type == ev.ESCALATE_TASK
+
+
+def test_county_department_task_starts_high_and_stops_at_the_top() -> None:
+    book, _ = breached_book(base_level=POLICY.start_level("county"))
+    fired = [
+        i
+        for _, i in tick(
+            book, local(2026, 9, 29, 15, 0), local(2026, 10, 30, 0, 0), timedelta(minutes=30)
+        )
+    ]
+    assert [(i.kind, i.level) for i in fired if i.kind != WARN] == [(BREACH, 3), (ESCALATE, 4)]
+
+
+def test_catch_up_after_downtime_fires_the_whole_chain_in_one_tick() -> None:
+    book, _ = breached_book()
+    book.pop_due(local(2026, 9, 29, 15, 0))
+    items = book.pop_due(local(2026, 10, 30, 0, 0))  # the worker was down for a month
+    assert [i.kind for i in items] == [WARN, WARN, BREACH, ESCALATE, ESCALATE, ESCALATE, ESCALATE]
+    assert [i.fire_at for i in items] == sorted(i.fire_at for i in items)
+    assert book.pop_due(local(2026, 10, 30, 0, 0)) == []
+
+
+def test_progress_restarts_the_wait_at_the_current_level() -> None:
+    book, _ = breached_book()
+    tick(book, local(2026, 9, 29, 15, 0), local(2026, 9, 29, 17, 0))  # breached at 17:00
+    assert book.get("T1", "sign").level == 0
+    book.note_progress("T1", "sign", local(2026, 9, 30, 10, 0))
+    nxt = [d for d in book.get("T1", "sign").dues if d.kind == ESCALATE]
+    assert [(d.level, d.at.astimezone(CST)) for d in nxt] == [(1, local(2026, 9, 30, 15, 30))]
+    items = tick(book, local(2026, 9, 29, 17, 1), local(2026, 9, 30, 15, 30))
+    assert [(i.kind, i.level) for _, i in items] == [(ESCALATE, 1)]
+
+
+# --- extension, idempotence, late planning --------------------------------------------------
+
+
+def test_reschedule_moves_the_deadline_and_is_idempotent() -> None:
+    book = DeadlineBook(policy=POLICY, calendar=CAL)
+    start = local(2026, 11, 23, 9, 0)
+    entry = book.upsert(plan("T1", start, stage="resolve", code="E0102"))  # 1 working day
+    decided = local(2026, 11, 24, 8, 45)  # before the 09:00 deadline, after both warnings
+    first = [i for _, i in tick(book, start, decided)]
+    assert [i.fraction for i in first] == [0.5, 0.8]
+    new_due = CAL.add_working_days(entry.due_at, 0.5)  # ExtensionGranted: +0.5 working day
+    assert new_due.astimezone(CST) == local(2026, 11, 24, 14, 30)
+    deadline = POLICY.deadline_until("E0102", "resolve", start, new_due, CAL)
+    book.reschedule("T1", "resolve", deadline, not_before=decided)
+    snapshot = json.dumps([book.entries, book.buckets], sort_keys=True)
+    book.reschedule("T1", "resolve", deadline, not_before=decided)
+    assert json.dumps([book.entries, book.buckets], sort_keys=True) == snapshot
+    later = [i for _, i in tick(book, decided, local(2026, 11, 27, 0, 0), timedelta(minutes=10))]
+    # The new 50% mark (11-23 16:15) lies before the decision: only 80% (11-24 10:24) warns.
+    assert [(i.kind, i.fraction) for i in later if i.kind != ESCALATE] == [
+        (WARN, 0.8),
+        (BREACH, None),
+    ]
+    assert all(i.due_at == new_due for i in later)
+    assert later[-1].kind == ESCALATE
+    assert book.reschedule("T9", "resolve", deadline) is None
+
+
+def test_upsert_twice_changes_nothing_and_ids_are_deterministic() -> None:
+    a, b = DeadlineBook(), DeadlineBook()
+    start = local(2026, 11, 23, 9, 0)
+    a.upsert(plan("T1", start))
+    snapshot = json.dumps([a.entries, a.buckets], sort_keys=True)
+    a.upsert(plan("T1", start))
+    assert json.dumps([a.entries, a.buckets], sort_keys=True) == snapshot
+    b.upsert(plan("T1", start))
+    end = local(2026, 11, 23, 18, 0)
+    assert [i.id for _, i in tick(a, start, end)] == [i.id for _, i in tick(b, start, end)]
+
+
+def test_a_deadline_planned_after_it_passed_fires_on_the_next_tick() -> None:
+    book = DeadlineBook()
+    book.pop_due(local(2026, 11, 23, 12, 0))
+    book.upsert(plan("T1", local(2026, 11, 23, 9, 0)))  # sign due 11:00, planned at 12:00
+    items = book.pop_due(local(2026, 11, 23, 12, 0))
+    assert [i.kind for i in items] == [WARN, WARN, BREACH]
+    assert items[-1].fire_at.astimezone(CST) == local(2026, 11, 23, 11, 0)
+
+
+def test_entries_planned_before_the_first_tick_all_fire() -> None:
+    book = DeadlineBook()
+    book.upsert(plan("T1", local(2026, 11, 24, 9, 0)))  # tomorrow
+    book.upsert(plan("T2", local(2026, 11, 23, 9, 0)))  # today, filed later
+    book.pop_due(local(2026, 11, 23, 8, 0))
+    book.upsert(plan("T3", local(2026, 11, 23, 9, 30)))  # after the first tick, still future
+    fired = tick(book, local(2026, 11, 23, 8, 1), local(2026, 11, 24, 12, 0))
+    assert {i.task_id for _, i in fired if i.kind == BREACH} == {"T1", "T2", "T3"}
+    assert all(i.fire_at <= at < i.fire_at + timedelta(minutes=1) for at, i in fired)
+
+
+def test_namespaces_keep_partition_books_apart() -> None:
+    entries: dict[str, Any] = {}
+    buckets: dict[str, Any] = {}
+    p0 = DeadlineBook(entries, buckets, namespace="p0:")
+    p1 = DeadlineBook(entries, buckets, namespace="p1:")
+    p0.upsert(plan("A", local(2026, 11, 23, 9, 0)))
+    p1.upsert(plan("B", local(2026, 11, 23, 9, 0)))
+    end = local(2026, 11, 23, 18, 0)
+    assert {i.task_id for _, i in tick(p0, local(2026, 11, 23, 9, 0), end)} == {"A"}
+    assert {i.task_id for _, i in tick(p1, local(2026, 11, 23, 9, 0), end)} == {"B"}
+
+
+def test_book_needs_policy_and_calendar_together() -> None:
+    with pytest.raises(ValueError):
+        DeadlineBook(policy=POLICY)
+
+
+# --- the case aggregate accepts what the book fires -------------------------------------------
+
+
+def test_fired_items_become_commands_the_case_accepts() -> None:
+    planner = SlaPlanner(POLICY, CAL)
+    at = local(2026, 11, 23, 9, 0).astimezone(UTC)
+    filing = Message(
+        id="c1",
+        type=ev.FILE_REPORT,
+        case_id="AJ1",
+        at=iso(at),
+        actor="worker:W1@G1",
+        data={
+            "report": {"report_id": "r1", "reporter": "worker:W1@G1"},
+            "category_code": "E0102",
+            "severity": 1,
+            "grid_code": "G1",
+            "departments": ["county.chengguan"],
+        },
+    )
+    decision = decide(new_case("AJ1"), filing, planner)
+    dispatched = next(e for e in decision.events if e.type == ev.TASK_DISPATCHED).data
+    book = DeadlineBook(policy=POLICY, calendar=CAL)
+    book.upsert(
+        plan_deadlines(
+            case_id="AJ1",
+            task_id=dispatched["task_id"],
+            stage="sign",
+            start=at,
+            due_at=ev.parse_ts(dispatched["sign_due"]),
+            policy=POLICY,
+            calendar=CAL,
+            category_code="E0102",
+        )
+    )
+    state = decision.state
+    out = []
+    for _, item in tick(book, at, local(2026, 11, 24, 9, 0), timedelta(minutes=5)):
+        command = Message(
+            id=ev.derived_id(item.id, item.command_type),
+            type=item.command_type,
+            case_id=item.case_id,
+            at=iso(item.fire_at),
+            actor="system",
+            data=item.command_data(),
+        )
+        decision = decide(state, command, planner)
+        state = decision.state
+        out.extend(e.type for e in decision.events)
+    assert out[:3] == [ev.DEADLINE_WARNED, ev.DEADLINE_WARNED, ev.DEADLINE_BREACHED]
+    assert out[3:] and set(out[3:]) == {ev.TASK_ESCALATED}
