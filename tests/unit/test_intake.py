@@ -15,7 +15,7 @@ from gridflow.core.intake import ReportInvalid, case_id_for, file_report, valida
 from gridflow.core.refdata import ReferenceData, load_reference_data
 
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)  # 10:00 in 青山县
-GRID_A = "421099101202001"  # 桃园村一组, worker GW0010's grid
+GRID_A = "421099101202001"  # 桃园村一组 (worker GW0004's grid)
 GRID_B = "421099201202003"  # 白鹤村集镇
 SHA = "ab" * 32
 
