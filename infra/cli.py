@@ -54,7 +54,6 @@ def up(only: str | None) -> None:
     except (stack.ServerError, TimeoutError) as exc:
         click.echo(f"\ngridflow up FAILED:\n{exc}", err=True)
         sys.exit(1)
-    stack.disown(settings, names or stack.SERVER_NAMES)
     what = f"started {', '.join(started)}" if started else "all were already running"
     _echo(f"gridflow up: ready in {time.monotonic() - t0:.1f} s ({what})")
 

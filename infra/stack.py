@@ -12,7 +12,7 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -280,11 +280,11 @@ def _write_owned(settings: Settings, names: set[str]) -> None:
         path.unlink(missing_ok=True)
 
 
-def disown(settings: Settings, names: Iterable[str]) -> None:
-    """An explicit `gridflow up` keeps these servers: test sessions will no longer stop them."""
-    owned = _read_owned(settings)
-    if owned & set(names):
-        _write_owned(settings, owned - set(names))
+def install(settings: Settings, only: Iterable[str] | None = None, echo: Echo = _quiet) -> None:
+    """Download/build every selected server into the cache without starting anything."""
+    for server in servers(settings, only):
+        server.check_local()
+        server.install(echo)
 
 
 def running(settings: Settings) -> set[str]:
@@ -293,34 +293,48 @@ def running(settings: Settings) -> set[str]:
             if (rec := PidRecord.read(srv.pid_path)) is not None and rec.alive()}
 
 
-@contextlib.contextmanager
-def test_session(settings: Settings, echo: Echo = _quiet) -> Iterator[list[str]]:
-    """Share the stack between concurrent test sessions; yields the names this session started.
+def join_test_session(settings: Settings, echo: Echo = _quiet) -> list[str]:
+    """Register this process as a test session and bring the stack up. Returns what it started.
 
-    Servers already running (e.g. started by a developer) are used and never stopped. Servers
-    a test session starts are stopped when the last live test session ends.
+    Servers already running (e.g. started by a developer with `gridflow up`) are used and
+    never stopped by tests. Servers a test session starts are stopped when the last live
+    test session leaves (concurrent sessions share them). On failure the session is left.
     """
-    lease = _leases_dir(settings) / f"{os.getpid()}.lease"
-    lease.parent.mkdir(parents=True, exist_ok=True)
+    lease = _lease_path(settings)
     PidRecord(os.getpid(), process_start_ticks(os.getpid()) or -1, "", [], time.time()).write(lease)
     before = running(settings)
     try:
-        try:
-            up(settings, echo=echo)
-        finally:
-            started = running(settings) - before
-            if started:
-                with stack_lock(settings, echo):
-                    _write_owned(settings, _read_owned(settings) | started)
-        yield sorted(started)
-    finally:
-        lease.unlink(missing_ok=True)
+        up(settings, echo=echo)
+    except BaseException:
+        _mark_owned(settings, running(settings) - before, echo)
+        leave_test_session(settings, echo)
+        raise
+    started = running(settings) - before
+    _mark_owned(settings, started, echo)
+    return sorted(started)
+
+
+def leave_test_session(settings: Settings, echo: Echo = _quiet) -> list[str]:
+    """Unregister this test session; the last one out stops the servers test sessions started."""
+    _lease_path(settings).unlink(missing_ok=True)
+    with stack_lock(settings, echo):
+        if _other_live_sessions(settings):
+            return []
+        owned = _read_owned(settings)
+        _write_owned(settings, set())
+        if not owned:
+            return []
+        return _stop_all(list(reversed(servers(settings, owned))), echo)
+
+
+def _lease_path(settings: Settings) -> Path:
+    return _leases_dir(settings) / f"{os.getpid()}.lease"
+
+
+def _mark_owned(settings: Settings, names: set[str], echo: Echo) -> None:
+    if names:
         with stack_lock(settings, echo):
-            if not _other_live_sessions(settings):
-                owned = _read_owned(settings)
-                _write_owned(settings, set())
-                if owned:
-                    _stop_all(list(reversed(servers(settings, owned))), echo)
+            _write_owned(settings, _read_owned(settings) | names)
 
 
 def _other_live_sessions(settings: Settings) -> bool:
