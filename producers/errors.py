@@ -68,23 +68,45 @@ def _loc_to_field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts)
 
 
+# pydantic error types → what is wrong, in Chinese ("{f}" is the field).
+_ZH = {
+    "missing": "缺少必填项「{f}」",
+    "extra_forbidden": "不允许的字段「{f}」",
+    "string_too_short": "「{f}」不能为空",
+    "string_too_long": "「{f}」过长",
+    "string_type": "「{f}」必须是文本",
+    "int_type": "「{f}」必须是整数",
+    "float_type": "「{f}」必须是数字",
+    "float_parsing": "「{f}」必须是数字",
+    "int_parsing": "「{f}」必须是整数",
+    "bool_type": "「{f}」必须是 true 或 false",
+    "bool_parsing": "「{f}」必须是 true 或 false",
+    "list_type": "「{f}」必须是列表",
+    "too_short": "「{f}」至少需要一项",
+    "too_long": "「{f}」项数过多",
+    "greater_than": "「{f}」超出允许范围",
+    "greater_than_equal": "「{f}」超出允许范围",
+    "less_than": "「{f}」超出允许范围",
+    "less_than_equal": "「{f}」超出允许范围",
+    "json_invalid": "请求体不是有效的 JSON",
+    "model_attributes_type": "请求体必须是 JSON 对象",
+    "dict_type": "请求体必须是 JSON 对象",
+}
+
+
 def validation_error(exc: RequestValidationError) -> ApiError:
     """FastAPI's shape validation (JSON bodies, query, path) in our bilingual error shape."""
     details = []
     for err in exc.errors():
         field = _loc_to_field(err.get("loc", ()))
-        details.append({
-            "field": field,
-            "code": str(err.get("type", "invalid")),
-            "message_zh": f"字段「{field or '请求体'}」无效",
-            "message_en": str(err.get("msg", "invalid value")),
-        })
-    first = details[0] if details else {"field": None, "message_en": "invalid request"}
-    return ApiError(
-        422, "invalid_request", f"请求内容无效: 字段「{first['field'] or '请求体'}」",
-        f"invalid request: {first['field'] or 'body'}: {first['message_en']}",
-        field=first["field"] or None, details=details,
-    )
+        kind = str(err.get("type", "invalid"))
+        zh = _ZH.get(kind, "「{f}」无效").format(f=field or "请求体")
+        details.append({"field": field or None, "code": kind, "message_zh": zh,
+                        "message_en": f"{field or 'body'}: {err.get('msg', 'invalid value')}"})
+    first = details[0] if details else {"field": None, "message_zh": "请求内容无效",
+                                        "message_en": "invalid request"}
+    return ApiError(422, "invalid_request", first["message_zh"], first["message_en"],
+                    field=first["field"], details=details)
 
 
 def install_handlers(app: FastAPI) -> None:

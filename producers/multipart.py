@@ -162,6 +162,19 @@ class MultipartReader:
             else:
                 raise MultipartError(f"unexpected {kind} inside a part")
 
+    async def drain(self, budget: int) -> bool:
+        """Discard the rest of the body unparsed (so the client gets to read our early answer),
+        up to `budget` bytes; False if more was left (the connection will be closed)."""
+        if self._finished:
+            return True
+        seen = 0
+        async for chunk in self._body:
+            seen += len(chunk)
+            if seen > budget:
+                return False
+        self._finished = True
+        return True
+
     async def read_all(self, limit: int) -> bytes | None:
         """The whole current part if it has at most `limit` bytes, else None (rest skipped)."""
         buf = bytearray()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -41,6 +41,8 @@ ingest_receipts = Table(
     metadata,
     Column("report_id", String(128), primary_key=True),
     Column("state", String(16), nullable=False),  # pending | done
+    # The ticket number answered (intake.case_id_for): residents look their request up by it.
+    Column("ticket", String(64), nullable=False, index=True),
     Column("request_hash", String(64), nullable=False),  # the report part / form fields
     Column("photos_hash", String(64), nullable=False, default=""),  # the photos' sha256 list
     Column("response", Text, nullable=False),  # the JSON body answered
@@ -53,29 +55,36 @@ def create_tables(engine: Engine) -> None:
     metadata.create_all(engine, checkfirst=True)
 
 
+class ClaimLost(Exception):
+    """The receipt in the way vanished while we looked (its holder gave up): retry."""
+
+
 @dataclass(frozen=True)
 class Receipt:
     report_id: str
     state: str
     request_hash: str
     photos_hash: str
-    response: dict[str, Any]
+    response: Any  # the JSON body answered
+    created_at: datetime
 
-    def matches(self, request_hash: str, photos_hash: str | None = None) -> bool:
-        if request_hash != self.request_hash:
-            return False
-        return photos_hash is None or photos_hash == self.photos_hash
+    def same_photos(self, photos_hash: str) -> bool:
+        """Whether a retry carries the photos this receipt was written for ('' = not known yet)."""
+        return not self.photos_hash or self.photos_hash == photos_hash
 
 
 @dataclass(frozen=True)
 class Claim:
-    won: bool  # True: this request holds the claim and must complete or release it
-    receipt: Receipt | None  # the existing receipt when not won
+    won: bool  # True: this request holds the claim and must complete, expire or release it
+    # When won: None for a fresh claim, or the receipt taken over (publish exactly its answer,
+    # with its time). When not won: the receipt in the way (replay it, wait, or refuse).
+    receipt: Receipt | None
 
 
 def _row_to_receipt(row: Any) -> Receipt:
+    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
     return Receipt(row.report_id, row.state, row.request_hash, row.photos_hash,
-                   json.loads(row.response))
+                   json.loads(row.response), created)
 
 
 def get(engine: Engine, report_id: str) -> Receipt | None:
@@ -86,7 +95,15 @@ def get(engine: Engine, report_id: str) -> Receipt | None:
     return _row_to_receipt(row) if row else None
 
 
-def claim(engine: Engine, report_id: str, request_hash: str, response: dict[str, Any],
+def by_ticket(engine: Engine, ticket: str) -> Receipt | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(ingest_receipts).where(ingest_receipts.c.ticket == ticket).limit(1)
+        ).first()
+    return _row_to_receipt(row) if row else None
+
+
+def claim(engine: Engine, report_id: str, ticket: str, request_hash: str, response: Any,
           created_at: datetime, lease_s: float = 120.0) -> Claim:
     """Insert a pending receipt. If one exists: take it over when its lease ran out
     (pending only), else hand it back so the caller can replay or refuse."""
@@ -95,26 +112,27 @@ def claim(engine: Engine, report_id: str, request_hash: str, response: dict[str,
     try:
         with engine.begin() as conn:
             conn.execute(insert(ingest_receipts).values(
-                report_id=report_id, state=PENDING, request_hash=request_hash, photos_hash="",
+                report_id=report_id, state=PENDING, ticket=ticket,
+                request_hash=request_hash, photos_hash="",
                 response=body, created_at=created_at, claimed_at=now,
             ))
         return Claim(True, None)
     except IntegrityError:
         pass
-    with engine.begin() as conn:
-        taken = conn.execute(
-            update(ingest_receipts)
-            .where(ingest_receipts.c.report_id == report_id)
-            .where(ingest_receipts.c.state == PENDING)
-            .where(ingest_receipts.c.request_hash == request_hash)
-            .where(ingest_receipts.c.claimed_at < now - lease_s)
-            .values(claimed_at=now)
-        ).rowcount
-    if taken == 1:
-        return Claim(True, None)
     existing = get(engine, report_id)
-    if existing is None:  # released between our insert and read: try once more
-        return claim(engine, report_id, request_hash, response, created_at, lease_s)
+    if existing is None:  # released between our insert and read: the next retry claims it
+        raise ClaimLost(report_id)
+    if existing.state == PENDING and existing.request_hash == request_hash:
+        with engine.begin() as conn:
+            taken = conn.execute(
+                update(ingest_receipts)
+                .where(ingest_receipts.c.report_id == report_id)
+                .where(ingest_receipts.c.state == PENDING)
+                .where(ingest_receipts.c.claimed_at < now - lease_s)
+                .values(claimed_at=now)
+            ).rowcount
+        if taken == 1:
+            return Claim(True, existing)
     return Claim(False, existing)
 
 
@@ -124,6 +142,18 @@ def complete(engine: Engine, report_id: str, photos_hash: str) -> None:
             update(ingest_receipts)
             .where(ingest_receipts.c.report_id == report_id)
             .values(state=DONE, photos_hash=photos_hash)
+        )
+
+
+def expire(engine: Engine, report_id: str, photos_hash: str) -> None:
+    """End a pending claim's lease now, keeping its answer: the publish may have reached the log,
+    so the retry must take the claim over and publish the very same event again."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(ingest_receipts)
+            .where(ingest_receipts.c.report_id == report_id)
+            .where(ingest_receipts.c.state == PENDING)
+            .values(claimed_at=0.0, photos_hash=photos_hash)
         )
 
 

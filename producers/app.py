@@ -1,0 +1,106 @@
+"""Composition root of the ingest API: `create_app(settings, deps)` wires the routes to their
+adapters; `build_deps(settings)` makes the real ones; `serve(settings)` runs uvicorn.
+
+Nothing else in producers/ builds a client or reads the environment: tests and the demo pass
+their own Deps (a simulated clock, a publisher pointed at a dead port, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from gridflow.clock import Clock, clock_from_spec, wall_clock
+from gridflow.core.refdata import ReferenceData, load_reference_data
+from gridflow.settings import Settings
+from producers import commands, open311, receipts, reports, status
+from producers.auth import Authenticator
+from producers.context import Context
+from producers.errors import install_handlers
+from producers.publisher import KafkaPublisher, Publisher
+from producers.store import MinioStore, ObjectStore
+from producers.uploads import PhotoLimits, photo_inspector
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+网格化管理上报接口: 网格员拍照上报、群众诉求(Open311 GeoReport v2)、部门签收办结等任务指令、
+办理进度查询。Grid workers' photo reports, residents' Open311 GeoReport v2 requests, task
+commands for department staff and supervisors, and status from the read models.
+
+Every write is on the event log (Kafka, acks=all) before the API answers; photos go to the
+object store first (claim-check). Errors carry `code`, `field`, `message_zh`, `message_en`.
+"""
+
+
+@dataclass
+class Deps:
+    """The adapters the API runs on. `clock` returns an aware UTC datetime."""
+
+    ref: ReferenceData
+    publisher: Publisher
+    store: ObjectStore
+    engine: Engine
+    clock: Clock = field(default=wall_clock)
+
+
+def build_deps(settings: Settings) -> Deps:
+    """The real adapters from settings: sample-county reference data, Kafka, MinIO, the database."""
+    from sinks.models import make_engine
+
+    if settings.database_url.startswith("sqlite:///"):
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    return Deps(
+        ref=load_reference_data(),
+        publisher=KafkaPublisher(settings.kafka_bootstrap),
+        store=MinioStore.from_settings(settings),
+        engine=make_engine(settings.database_url),
+        clock=clock_from_spec(settings.clock),
+    )
+
+
+def create_app(settings: Settings, deps: Deps) -> FastAPI:
+    """The FastAPI app. Creates the ingest_receipts table if missing."""
+    receipts.create_tables(deps.engine)
+    limits = PhotoLimits(settings.max_photo_bytes, settings.max_photo_pixels,
+                         settings.max_photos_per_report)
+    context = Context(
+        settings=settings, ref=deps.ref, auth=Authenticator(deps.ref), publisher=deps.publisher,
+        store=deps.store, engine=deps.engine, clock=deps.clock,
+        inspect=photo_inspector(limits), photo_limits=limits,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        deps.publisher.close()
+
+    app = FastAPI(
+        title="gridflow 上报接口 / ingest API", version="1", description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.ctx = context
+    install_handlers(app)
+    app.include_router(reports.router)
+    app.include_router(status.router)
+    app.include_router(commands.router)
+    app.include_router(open311.router)
+
+    @app.get("/api/v1/health", tags=["ops"], summary="存活检查 / liveness")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def serve(settings: Settings, log_level: str = "info") -> None:
+    """Run the API with uvicorn on settings.api_host:api_port until stopped."""
+    import uvicorn
+
+    app = create_app(settings, build_deps(settings))
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level=log_level)

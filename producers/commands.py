@@ -1,0 +1,307 @@
+"""Task and case commands from department staff, supervisors and grid workers.
+
+The API only authenticates, checks the shape and publishes the command to case-commands
+(keyed by case id) once Kafka acknowledged it; the case processor decides it (accepted or
+refused with a reason), and `GET /api/v1/commands/{id}` reads the outcome. A client-sent
+`Idempotency-Key` header makes the command id deterministic, so a retried POST is the same
+command and the processor applies it once.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+from starlette.concurrency import run_in_threadpool
+
+from gridflow import events as ev
+from gridflow import topics
+from gridflow.core.refdata import ReferenceData
+from gridflow.events import Message, derived_id, iso
+from producers.auth import DEPT, SUPERVISOR, WORKER, Principal
+from producers.context import Context, ctx
+from producers.errors import ApiError
+from producers.publisher import PublishError
+from producers.reports import NotPublished, read_json_part, receive_photos, with_multipart
+from producers.uploads import PhotoUpload
+
+router = APIRouter(tags=["commands 任务指令"])
+
+TASK_ID_RE = re.compile(r"^(?P<case>[A-Za-z0-9_.-]{1,60})-T(?P<n>\d{2,4})$")
+CASE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+Note = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SignBody(_Body):
+    note: Text = ""
+
+
+class ProgressBody(_Body):
+    note: Note = Field(description="处置进展 / progress note")
+
+
+class ResolutionPart(_Body):
+    note: Note = Field(description="办结说明 / what was done")
+
+
+class SendBackBody(_Body):
+    reason: Reason = Field(description="退单理由 / why this is not ours")
+    reroute_to: str | None = Field(
+        None, description="改派部门编码; 缺省为案件所在乡镇(街道)综治中心 / department code to "
+                          "re-route to; default: the case's township 综治中心")
+
+
+class ExtensionBody(_Body):
+    days: float = Field(gt=0, le=30, description="延期工作日数 / working days (0 < days <= 30)")
+    reason: Reason
+
+
+class ExtensionDecisionBody(_Body):
+    approve: StrictBool
+    reason: Text = ""
+
+
+class VerifyBody(_Body):
+    note: Text = ""
+
+
+class ReasonBody(_Body):
+    reason: Reason
+
+
+class RatingBody(_Body):
+    score: StrictInt = Field(ge=1, le=5, description="满意度 1–5 / satisfaction 1–5")
+    comment: Text = ""
+
+
+class WhistleBody(_Body):
+    departments: list[str] = Field(min_length=1, max_length=20,
+                                   description="报到部门编码 / departments to whistle up")
+    reason: Text = ""
+
+
+class Accepted(BaseModel):
+    command_id: str
+    case_id: str
+    task_id: str | None = None
+    status: str = "submitted"
+    status_url: str
+
+
+# --- pure parts ------------------------------------------------------------------------
+
+
+def case_of_task(task_id: str) -> str:
+    """`<case_id>-T01` → case id; 422 for anything else."""
+    m = TASK_ID_RE.match(task_id)
+    if not m:
+        raise ApiError(422, "bad_task_id", "任务编号格式错误(应为 <案件编号>-T01)",
+                       "task id must look like <case_id>-T01", field="task_id")
+    return m.group("case")
+
+
+def check_case_id(case_id: str) -> str:
+    if not CASE_ID_RE.match(case_id):
+        raise ApiError(422, "bad_case_id", "案件编号格式错误", "malformed case id", field="case_id")
+    return case_id
+
+
+def check_department(ref: ReferenceData, code: str, field: str) -> str:
+    if code not in ref.departments:
+        raise ApiError(422, "unknown_department", f"部门编码「{code}」不存在",
+                       f"unknown department code {code!r}", field=field)
+    return code
+
+
+def township_centre(ref: ReferenceData, township_code: str) -> str | None:
+    """The township's 综治中心 (comprehensive governance centre), where send-backs go by default."""
+    for dept in ref.departments.values():
+        if dept.level == "township" and dept.area_code == township_code and \
+                dept.short_name == "综治中心":
+            return dept.code
+    return None
+
+
+def command_id_for(actor: str, type_: str, target: str, idempotency_key: str | None) -> str:
+    if idempotency_key:
+        return derived_id("command", actor, type_, target, idempotency_key.strip())
+    return uuid.uuid4().hex
+
+
+def command_message(command_id: str, type_: str, case_id: str, actor: str, at: str,
+                    data: dict[str, Any]) -> Message:
+    return Message(id=command_id, type=type_, case_id=case_id, at=at, actor=actor, data=data)
+
+
+# --- publishing ----------------------------------------------------------------------------
+
+
+async def publish_command(c: Context, principal: Principal, type_: str, case_id: str,
+                          data: dict[str, Any], idempotency_key: str | None,
+                          command_id: str | None = None) -> JSONResponse:
+    target = data.get("task_id") or case_id
+    command_id = command_id or command_id_for(principal.actor, type_, target, idempotency_key)
+    msg = command_message(command_id, type_, case_id, principal.actor, iso(c.clock()), data)
+    try:
+        await run_in_threadpool(c.publisher.publish, c.topic(topics.CASE_COMMANDS), case_id, msg)
+    except PublishError as exc:
+        raise NotPublished("系统繁忙, 指令未提交, 请稍后重试",
+                           "the event log is unavailable; the command was not submitted, retry later",
+                           exc.maybe_written) from exc
+    body = Accepted(command_id=command_id, case_id=case_id, task_id=data.get("task_id"),
+                    status_url=f"/api/v1/commands/{command_id}")
+    return JSONResponse(body.model_dump(), status_code=202)
+
+
+TaskId = Annotated[str, Path(description="任务编号 / task id, e.g. AJ20261123-ABCDEFGH-T01")]
+IdemKey = Annotated[str | None, Header(alias="Idempotency-Key",
+                                       description="重试时保持不变 / same value on retries")]
+Auth = Annotated[str | None, Header(alias="Authorization", description="Bearer <token>")]
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"description": "submitted: the command is on the log; poll status_url"},
+    401: {"description": "no/unknown token"}, 403: {"description": "suspended or wrong role"},
+    422: {"description": "invalid body"}, 503: {"description": "log unavailable: retry"},
+}
+
+
+def _task_command(path: str, type_: str, kinds: tuple[str, ...], model: type[BaseModel],
+                  summary: str) -> None:
+    async def handler(task_id: TaskId, body: model, request: Request,  # type: ignore[valid-type]
+                      authorization: Auth = None, idempotency_key: IdemKey = None) -> JSONResponse:
+        c = ctx(request)
+        principal = c.auth.require(authorization, *kinds)
+        case_id = case_of_task(task_id)
+        data = {"task_id": task_id, **body.model_dump()}  # type: ignore[attr-defined]
+        return await publish_command(c, principal, type_, case_id, data, idempotency_key)
+
+    handler.__annotations__["body"] = model  # a class, not the string "model", for FastAPI
+    handler.__name__ = f"{type_[0].lower()}{type_[1:]}"
+    router.post(f"/api/v1/tasks/{{task_id}}/{path}", status_code=202, response_model=Accepted,
+                summary=summary, responses=RESPONSES)(handler)
+
+
+_task_command("sign", ev.SIGN_TASK, (DEPT,), SignBody, "签收 / sign for a task")
+_task_command("progress", ev.NOTE_PROGRESS, (DEPT,), ProgressBody, "处置进展 / note progress")
+_task_command("extension", ev.REQUEST_EXTENSION, (DEPT,), ExtensionBody,
+              "延期申请 / request an extension")
+_task_command("extension/decision", ev.DECIDE_EXTENSION, (SUPERVISOR,), ExtensionDecisionBody,
+              "延期审批 / approve or refuse an extension")
+_task_command("verify", ev.VERIFY_TASK, (WORKER, SUPERVISOR), VerifyBody,
+              "核查通过 / verify the fix on site")
+_task_command("reject", ev.REJECT_TASK, (WORKER, SUPERVISOR), ReasonBody,
+              "核查不通过 / the fix failed verification")
+_task_command("cancel", ev.CANCEL_TASK, (SUPERVISOR,), ReasonBody, "撤销 / cancel a task")
+
+
+@router.post("/api/v1/tasks/{task_id}/send-back", status_code=202, response_model=Accepted,
+             summary="退单 / send a task back as not this department's", responses=RESPONSES)
+async def send_back(task_id: TaskId, body: SendBackBody, request: Request,
+                    authorization: Auth = None, idempotency_key: IdemKey = None) -> JSONResponse:
+    c = ctx(request)
+    principal = c.auth.require(authorization, DEPT)
+    case_id = case_of_task(task_id)
+    if body.reroute_to:
+        target = check_department(c.ref, body.reroute_to.strip(), "reroute_to")
+    else:
+        target = await default_reroute(c, case_id)
+    data = {"task_id": task_id, "reason": body.reason, "reroute_to": target}
+    return await publish_command(c, principal, ev.SEND_BACK_TASK, case_id, data, idempotency_key)
+
+
+async def default_reroute(c: Context, case_id: str) -> str:
+    from producers import status
+
+    township = await run_in_threadpool(status.case_township, c.engine, case_id)
+    centre = township_centre(c.ref, township) if township else None
+    if centre is None:
+        raise ApiError(422, "reroute_required", "无法确定案件所在乡镇, 请指定改派部门 reroute_to",
+                       "the case's township is not known (yet): name reroute_to",
+                       field="reroute_to")
+    return centre
+
+
+RESOLVE_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["resolution", "photos"],
+            "properties": {
+                "resolution": {"type": "string",
+                               "description": 'JSON {"note": "..."}; the first part 须为第一个部分'},
+                "photos": {"type": "array", "items": {"type": "string", "format": "binary"},
+                           "description": "1–9 after photos 整改后照片"},
+            }}}},
+    }
+}
+
+
+@router.post("/api/v1/tasks/{task_id}/resolve", status_code=202, response_model=Accepted,
+             openapi_extra=RESOLVE_DOC, responses=RESPONSES,
+             summary="办结 / resolve a task with after photos")
+async def resolve(task_id: TaskId, request: Request, authorization: Auth = None,
+                  idempotency_key: IdemKey = None) -> JSONResponse:
+    c = ctx(request)
+    principal = c.auth.require(authorization, DEPT)
+    case_id = case_of_task(task_id)
+    command_id = command_id_for(principal.actor, ev.RESOLVE_TASK, task_id, idempotency_key)
+
+    async def handle(reader: Any) -> JSONResponse:
+        raw = await read_json_part(reader, "resolution")
+        try:
+            part = ResolutionPart.model_validate(raw)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_resolution", "办结说明不能为空, 且仅含 note 字段",
+                           f"the resolution part needs a non-empty note: {exc}",
+                           field="resolution.note") from exc
+        upload = PhotoUpload(c.store, c.settings.bucket_incoming,
+                             f"tasks/{task_id}/{command_id[:12]}", "after", c.photo_limits,
+                             c.inspect)
+        try:
+            await receive_photos(reader, upload, store=True)
+            data = {"task_id": task_id, "note": part.note, "photos": upload.ref_dicts()}
+            return await publish_command(c, principal, ev.RESOLVE_TASK, case_id, data,
+                                         idempotency_key, command_id)
+        except NotPublished as exc:
+            if not exc.maybe_written:  # else the command may be out: its photos must stay
+                await upload.cleanup()
+            raise
+        except BaseException:
+            await upload.cleanup()
+            raise
+
+    return await with_multipart(request, handle)
+
+
+@router.post("/api/v1/cases/{case_id}/rating", status_code=202, response_model=Accepted,
+             summary="回访评价 / rate a closed case", responses=RESPONSES)
+async def rate(case_id: str, body: RatingBody, request: Request, authorization: Auth = None,
+               idempotency_key: IdemKey = None) -> JSONResponse:
+    c = ctx(request)
+    principal = c.auth.require(authorization, WORKER, SUPERVISOR)
+    data = body.model_dump()
+    return await publish_command(c, principal, ev.RATE_CASE, check_case_id(case_id), data,
+                                 idempotency_key)
+
+
+@router.post("/api/v1/cases/{case_id}/whistle", status_code=202, response_model=Accepted,
+             summary="吹哨报到 / whistle departments up to a case", responses=RESPONSES)
+async def whistle(case_id: str, body: WhistleBody, request: Request, authorization: Auth = None,
+                  idempotency_key: IdemKey = None) -> JSONResponse:
+    c = ctx(request)
+    principal = c.auth.require(authorization, SUPERVISOR)
+    departments = [check_department(c.ref, d.strip(), f"departments[{i}]")
+                   for i, d in enumerate(body.departments)]
+    data = {"departments": list(dict.fromkeys(departments)), "reason": body.reason}
+    return await publish_command(c, principal, ev.WHISTLE_CASE, check_case_id(case_id), data,
+                                 idempotency_key)

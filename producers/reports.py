@@ -1,0 +1,322 @@
+"""Grid workers' photo reports: `POST /api/v1/reports` (multipart: report JSON + 1–9 photos).
+
+Guarantee: 202 only after the ReportSubmitted event is acknowledged by Kafka (acks=all) and
+every photo it references is in the incoming bucket; any failure leaves no photo behind and
+no event, and a retry of the same report id answers 200 with the first answer, publishing
+nothing new. Validation is gridflow.core.intake's, the one the processor applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from gridflow import events as ev
+from gridflow import topics
+from gridflow.core import intake
+from gridflow.events import Message, PhotoRef, canonical_json, derived_id, iso
+from producers import receipts
+from producers.auth import WORKER, Principal
+from producers.context import Context, ctx
+from producers.errors import ApiError
+from producers.multipart import MultipartError, MultipartReader
+from producers.publisher import PublishError
+from producers.uploads import PhotoUpload
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["reports 上报"])
+
+REPORT_PART_MAX = 64 * 1024
+SOURCE_WORKER = "grid_worker"
+# What a client may put in the report part; the rest (reporter, photos, ...) the API sets.
+CLIENT_FIELDS = ("report_id", "category_code", "description", "lat", "lon", "captured_at",
+                 "address", "severity")
+_PLACEHOLDER_PHOTO = asdict(PhotoRef("-", "-", 1, "0" * 64, "image/jpeg"))
+
+
+# --- pure parts --------------------------------------------------------------------
+
+
+def bad_request(code: str, zh: str, en: str, field: str | None = None) -> ApiError:
+    return ApiError(400, code, zh, en, field=field)
+
+
+def invalid(exc: intake.ReportInvalid) -> ApiError:
+    """A report the intake rules refuse → 422 naming the field."""
+    return ApiError(422, "invalid_report", exc.reason_zh, exc.reason_en, field=exc.field)
+
+
+def parse_report_part(raw: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad_request("bad_json", "report 部分不是有效的 JSON", f"the report part is not valid JSON: {exc}",
+                          "report") from exc
+    if not isinstance(obj, dict):
+        raise bad_request("bad_json", "report 部分须为 JSON 对象",
+                          f"the report part must be a JSON object, got {type(obj).__name__}", "report")
+    return obj
+
+
+def worker_report_data(obj: dict[str, Any], worker: Principal) -> dict[str, Any]:
+    """The ReportSubmitted data before validation: the client's fields, our reporter."""
+    data = {k: obj[k] for k in CLIENT_FIELDS if k in obj}
+    data.update(source=SOURCE_WORKER, channel="app", reporter=worker.actor,
+                worker_grid_code=worker.grid_code, photos=[])
+    return data
+
+
+def precheck(data: dict[str, Any], now: datetime) -> intake.Report:
+    """Every rule but the photos, before any photo is read (they are checked once stored)."""
+    try:
+        return intake.validate_report({**data, "photos": [_PLACEHOLDER_PHOTO]}, now)
+    except intake.ReportInvalid as exc:
+        raise invalid(exc) from exc
+
+
+def finalize(data: dict[str, Any], photos: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
+    """The event data: validated, normalised (UTC times, stripped text), with the photo refs."""
+    try:
+        report = intake.validate_report({**data, "photos": photos}, now)
+    except intake.ReportInvalid as exc:
+        raise invalid(exc) from exc
+    extra = {k: v for k, v in data.items() if k in ("source", "channel", "worker_grid_code")}
+    # The reporter as the case processor compares actors: worker:<id>@<grid>, unshortened.
+    return {**report.to_dict(), **extra, "reporter": data["reporter"]}
+
+
+def request_hash(reporter: str, payload: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json({"reporter": reporter, "payload": payload})).hexdigest()
+
+
+def accepted_body(report_id: str, case_id: str) -> dict[str, Any]:
+    return {"report_id": report_id, "case_id": case_id, "status": "accepted",
+            "status_url": f"/api/v1/reports/{report_id}"}
+
+
+def report_submitted(data: dict[str, Any], at: datetime) -> Message:
+    return Message(id=derived_id("report", data["report_id"]), type=ev.REPORT_SUBMITTED,
+                   case_id="", at=iso(at), actor=data["reporter"], data=data)
+
+
+def conflict() -> ApiError:
+    return ApiError(409, "report_id_conflict", "该上报编号已用于另一份内容不同的上报",
+                    "this report_id was already used for a different report", field="report_id")
+
+
+def in_progress() -> ApiError:
+    return ApiError(409, "in_progress", "该上报正在处理中, 请稍后重试",
+                    "this report is being processed; retry shortly",
+                    headers={"Retry-After": "2"})
+
+
+class NotPublished(ApiError):
+    """503: the log did not acknowledge. `maybe_written`: the record may be on it all the same,
+    so what it references must stay."""
+
+    def __init__(self, zh: str, en: str, maybe_written: bool) -> None:
+        super().__init__(503, "log_unavailable", zh, en, headers={"Retry-After": "5"})
+        self.maybe_written = maybe_written
+
+
+def publish_failed(maybe_written: bool) -> NotPublished:
+    return NotPublished("系统繁忙, 上报未成功, 请稍后重试(内容不会丢失, 可直接重发)",
+                        "the event log is unavailable; the report was not accepted, retry later",
+                        maybe_written)
+
+
+# --- shared by workers' and residents' reports --------------------------------------
+
+
+async def claim(c: Context, report_id: str, ticket: str, req_hash: str, response: Any,
+                now: datetime) -> receipts.Claim:
+    try:
+        return await run_in_threadpool(receipts.claim, c.engine, report_id, ticket, req_hash,
+                                       response, now)
+    except receipts.ClaimLost as exc:
+        raise in_progress() from exc
+
+
+async def settled(c: Context, report_id: str) -> receipts.Receipt | None:
+    """The receipt once done, waiting up to `receipt_wait_s` for a concurrent request."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + c.receipt_wait_s
+    while True:
+        receipt = await run_in_threadpool(receipts.get, c.engine, report_id)
+        if receipt is None or receipt.state == receipts.DONE or loop.time() >= deadline:
+            return receipt
+        await asyncio.sleep(0.1)
+
+
+async def replay(c: Context, report_id: str, photos_hash: str) -> JSONResponse:
+    """Answer a retry with the first answer, once the first request finished."""
+    receipt = await settled(c, report_id)
+    if receipt is None or receipt.state != receipts.DONE:
+        raise in_progress()
+    if not receipt.same_photos(photos_hash):
+        raise conflict()
+    return JSONResponse(receipt.response, status_code=200)
+
+
+async def abandon(c: Context, report_id: str, upload: PhotoUpload | None,
+                  taken_over: bool, photos_hash: str = "") -> None:
+    """Undo a request that will not be accepted. A fresh claim is freed and its photos removed;
+    a claim taken over from a request whose event may be on the log keeps every object (they
+    may be referenced) and stays open for the next retry."""
+    if taken_over:
+        await run_in_threadpool(receipts.expire, c.engine, report_id, photos_hash)
+        return
+    if upload:
+        await upload.cleanup()
+    await run_in_threadpool(receipts.release, c.engine, report_id)
+
+
+async def publish_report(c: Context, data: dict[str, Any], at: datetime,
+                         upload: PhotoUpload | None, taken_over: bool = False) -> None:
+    """Publish and record the receipt; on failure undo (see `abandon`) and raise the 503."""
+    report_id = data["report_id"]
+    photos_hash = upload.photos_hash() if upload else ""
+    try:
+        await run_in_threadpool(c.publisher.publish, c.topic(topics.REPORTS), report_id,
+                                report_submitted(data, at))
+    except PublishError as exc:
+        log.warning("report %s not published: %s", report_id, exc)
+        # An ack that timed out may still be on the log: then its photos stay and the retry
+        # takes the claim over and republishes the very same event (same id, same time).
+        await abandon(c, report_id, upload, taken_over or exc.maybe_written, photos_hash)
+        raise publish_failed(exc.maybe_written) from exc
+    try:
+        await run_in_threadpool(receipts.complete, c.engine, report_id, photos_hash)
+    except Exception:  # noqa: BLE001 - the report is on the log: accepted all the same
+        log.exception("receipt of %s not completed; a retry will republish the same event", report_id)
+
+
+# --- the route --------------------------------------------------------------------
+
+UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["report", "photos"],
+                    "properties": {
+                        "report": {
+                            "type": "string",
+                            "description": "JSON: {report_id, category_code, description, lat, "
+                                           "lon, captured_at, address?, severity?}. Must be the "
+                                           "first part. 须为第一个部分。",
+                        },
+                        "photos": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                   "description": "1–9 JPEG/PNG photos 照片"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/api/v1/reports", status_code=202, openapi_extra=UPLOAD_DOC,
+    summary="网格员上报 / a grid worker uploads a report with photos",
+    responses={200: {"description": "a retry: the first answer again"},
+               202: {"description": "accepted: the event is on the log"},
+               400: {"description": "malformed body"}, 401: {"description": "no/unknown token"},
+               403: {"description": "suspended"}, 409: {"description": "report_id reused"},
+               413: {"description": "photo too large"}, 415: {"description": "not an image"},
+               422: {"description": "invalid field or photo"},
+               503: {"description": "log or store unavailable: retry (Retry-After)"}},
+)
+async def submit_report(request: Request) -> JSONResponse:
+    c = ctx(request)
+    worker = c.auth.require(request.headers.get("authorization"), WORKER)
+    return await with_multipart(request, lambda reader: _submit(c, worker, reader))
+
+
+async def with_multipart(request: Request, handle: Any) -> JSONResponse:
+    """Run `handle(reader)` over the streamed body; on a refusal drain what the client is still
+    sending (bounded), so it reads our answer instead of a reset connection."""
+    c = ctx(request)
+    try:
+        reader = MultipartReader(request.headers.get("content-type"), request.stream())
+    except MultipartError as exc:
+        raise bad_request("not_multipart", "请求须为 multipart/form-data", str(exc)) from exc
+    limits = c.photo_limits
+    budget = limits.max_count * (limits.max_bytes + 1) + REPORT_PART_MAX * 2
+    try:
+        return await handle(reader)
+    except MultipartError as exc:
+        raise bad_request("bad_multipart", "上传内容格式错误或不完整", str(exc)) from exc
+    except ApiError:
+        try:
+            await reader.drain(budget)
+        except (ClientDisconnect, MultipartError):
+            pass
+        raise
+
+
+async def read_json_part(reader: MultipartReader, name: str) -> dict[str, Any]:
+    part = await reader.next_part()
+    if part is None or part.name != name:
+        raise bad_request("missing_part", f"缺少 {name} 部分(须为第一个部分)",
+                          f"the first part must be the '{name}' JSON part", name)
+    raw = await reader.read_all(REPORT_PART_MAX)
+    if raw is None:
+        raise ApiError(413, "part_too_large", f"{name} 部分过大", f"the {name} part exceeds "
+                       f"{REPORT_PART_MAX} bytes", field=name)
+    return parse_report_part(raw)
+
+
+async def receive_photos(reader: MultipartReader, upload: PhotoUpload, store: bool) -> None:
+    while (part := await reader.next_part()) is not None:
+        if part.name != "photos":
+            raise bad_request("unexpected_part", f"无法识别的部分「{part.name}」",
+                              f"unexpected part {part.name!r}; only 'photos' may follow", part.name)
+        if store:
+            await upload.receive(reader)
+        else:
+            await upload.hash_only(reader)
+    upload.check_count()
+
+
+async def _submit(c: Context, worker: Principal, reader: MultipartReader) -> JSONResponse:
+    obj = await read_json_part(reader, "report")
+    now = c.clock()
+    data = worker_report_data(obj, worker)
+    report = precheck(data, now)
+    req_hash = request_hash(worker.actor, {k: obj[k] for k in CLIENT_FIELDS if k in obj})
+    upload = PhotoUpload(c.store, c.settings.bucket_incoming, f"reports/{report.report_id}",
+                         "before", c.photo_limits, c.inspect)
+    ticket = intake.case_id_for(report.report_id, now)
+    first = accepted_body(report.report_id, ticket)
+    won = await claim(c, report.report_id, ticket, req_hash, first, now)
+    if not won.won:
+        assert won.receipt is not None
+        if won.receipt.request_hash != req_hash:
+            raise conflict()
+        await receive_photos(reader, upload, store=False)
+        return await replay(c, report.report_id, upload.photos_hash())
+    at, body = (won.receipt.created_at, won.receipt.response) if won.receipt else (now, first)
+    try:
+        await receive_photos(reader, upload, store=True)
+        if won.receipt and not won.receipt.same_photos(upload.photos_hash()):
+            raise conflict()
+        event_data = finalize(data, upload.ref_dicts(), at)
+    except BaseException:
+        await abandon(c, report.report_id, upload, taken_over=won.receipt is not None)
+        raise
+    await publish_report(c, event_data, at, upload, taken_over=won.receipt is not None)
+    return JSONResponse(body, status_code=202)
