@@ -11,6 +11,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("infra.cli", "up"),
     ("infra.cli", "down"),
     ("infra.cli", "status"),
+    ("processors.worker", "worker_command"),
 ]
 
 

@@ -96,7 +96,8 @@ def ensure_topics(bootstrap: str, prefix: str, timeout_s: float = 30.0) -> list[
                 pass
             created = [t.name for t in wanted]
         described = admin.describe_topics([spec.name(prefix) for spec in CATALOGUE])
-        by_name = {d["topic"]: len(d["partitions"]) for d in described}
+        # kafka-python 2.x names the key "topic", 3.x "name"
+        by_name = {d.get("topic", d.get("name")): len(d["partitions"]) for d in described}
         for spec in CATALOGUE:
             got = by_name.get(spec.name(prefix))
             if got is not None and got != spec.partitions:

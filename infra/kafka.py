@@ -199,28 +199,8 @@ class Kafka(Server):
 
 
 def ensure_catalogue(bootstrap: str, prefix: str) -> list[str]:
-    """gridflow.topics.ensure_topics, tolerant of kafka-python 3.x's describe_topics shape.
-
-    ensure_topics reads describe_topics()[i]["topic"]; kafka-python 3.x calls that key "name"
-    and the call fails with KeyError('topic') after the topics were created. Then the partition
-    counts are checked here. Drop this wrapper once gridflow.topics handles both shapes.
-    """
-    try:
-        return ensure_topics(bootstrap, prefix)
-    except KeyError as exc:
-        if exc.args != ("topic",):
-            raise
-    admin = _admin(bootstrap, timeout_ms=30000)
-    try:
-        described = admin.describe_topics([spec.name(prefix) for spec in CATALOGUE])
-    finally:
-        admin.close()
-    partitions = {d.get("topic", d.get("name")): len(d["partitions"]) for d in described}
-    for spec in CATALOGUE:
-        if partitions.get(spec.name(prefix)) != spec.partitions:
-            raise RuntimeError(f"topic {spec.name(prefix)} has {partitions.get(spec.name(prefix))} "
-                               f"partitions, the catalogue says {spec.partitions}")
-    return []
+    """Create the catalogue topics under `prefix` (gridflow.topics.ensure_topics)."""
+    return ensure_topics(bootstrap, prefix)
 
 
 def _admin(bootstrap: str, timeout_ms: int):  # type: ignore[no-untyped-def]

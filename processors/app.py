@@ -9,10 +9,8 @@ keyed like its source topic, so a restarted worker recovers it from Kafka.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import faust
@@ -146,13 +144,6 @@ def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
         rt.deadlines.install(app, t, rt)
 
     return app
-
-
-def decode_tick(raw: bytes) -> datetime | None:
-    try:
-        return ev.parse_ts(json.loads(raw)["now"], "tick")
-    except (ValueError, KeyError, TypeError, ev.SchemaError):
-        return None
 
 
 def clock_for(settings: Settings) -> Clock:

@@ -101,7 +101,8 @@ def filing_step(raw: bytes, candidates: list[dict[str, Any]], now: datetime, sou
         return out, candidates
     at = msg.at_dt
     live = dedupe.prune(candidates, at, window)
-    match = dedupe.find_duplicate(live, category, lat, lon, at, radius_m, window)
+    match = dedupe.find_match(live, {"category_code": category, "lat": lat, "lon": lon}, at,
+                              radius_m, window)
     case_id = match.case_id if match else msg.case_id
     file_data = {**data}
     if match:

@@ -1,0 +1,149 @@
+"""Deadline processor: keeps every open stage clock in changelog-backed faust tables.
+
+It follows the case events (a task dispatched starts its sign-for clock, signing
+stops it and starts the resolve clock, ...) and, on each clock tick, pops only
+what is due (the book is indexed by minute) and sends WarnDeadline /
+BreachDeadline / EscalateTask commands to the case processor, which drops stale
+or repeated ones. Commands carry the instant they were due as their event time,
+so a replay decides exactly as the live run did. Ticks come from a leader timer
+that stamps the injectable clock's `now` onto every partition of the ticks topic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+import faust
+
+from gridflow import events as ev
+from gridflow.core.calendar import WorkingCalendar
+from gridflow.core.deadlines import DeadlineBook, DueItem, plan_deadlines
+from gridflow.core.sla import SlaPolicy
+from gridflow.events import Message, iso, parse_ts
+
+log = logging.getLogger("gridflow.deadlines")
+
+TICK_INTERVAL_S = 1.0
+
+
+def command_for(item: DueItem) -> Message:
+    return Message(id=item.id, type=item.command_type, case_id=item.case_id, at=iso(item.fire_at),
+                   actor="system:deadlines", data=item.command_data(), causation_id=item.id)
+
+
+def follow_event(book: DeadlineBook, event: Message, policy: SlaPolicy,
+                 calendar: WorkingCalendar) -> None:
+    """Start, move or stop stage clocks as the case's events say. Idempotent."""
+    d = event.data
+    task_id = str(d.get("task_id", ""))
+    at = event.at_dt
+
+    def start(stage: str, start_at: str | datetime, due: str) -> None:
+        start_dt = parse_ts(start_at) if isinstance(start_at, str) else start_at
+        book.upsert(plan_deadlines(
+            case_id=event.case_id, task_id=task_id, stage=stage, start=start_dt, policy=policy,
+            calendar=calendar, category_code=str(d.get("category_code", "")),
+            due_at=parse_ts(due), not_before=None,
+        ))
+
+    match event.type:
+        case ev.TASK_DISPATCHED:
+            start("sign", event.at, d["sign_due"])
+        case ev.TASK_SIGNED:
+            book.cancel(task_id, "sign")
+            start("resolve", d.get("dispatched_at") or event.at, d["resolve_due"])
+        case ev.TASK_PROGRESS_NOTED:
+            book.note_progress(task_id, "resolve", at)
+        case ev.TASK_RESOLVED:
+            book.cancel(task_id, "resolve")
+            start("verify", event.at, d["verify_due"])
+        case ev.TASK_REOPENED:
+            book.cancel(task_id)
+            start("resolve", event.at, d["resolve_due"])
+        case ev.EXTENSION_GRANTED:
+            entry = book.get(task_id, "resolve")
+            if entry is not None:
+                book.cancel(task_id, "resolve")
+                book.upsert(plan_deadlines(
+                    case_id=event.case_id, task_id=task_id, stage="resolve", start=entry.start,
+                    policy=policy, calendar=calendar, due_at=parse_ts(d["resolve_due"]),
+                    base_level=entry.base_level, not_before=at,
+                ))
+        case ev.TASK_VERIFIED | ev.TASK_CANCELLED | ev.TASK_SENT_BACK | ev.TASK_CLOSED:
+            book.cancel(task_id)
+        case _:
+            pass
+
+
+class DeadlineRuntime:
+    """Installs the deadline agent and the ticker into a faust app."""
+
+    def __init__(self, policy: SlaPolicy, calendar: WorkingCalendar,
+                 tick_interval_s: float = TICK_INTERVAL_S) -> None:
+        self.policy = policy
+        self.calendar = calendar
+        self.tick_interval_s = tick_interval_s
+
+    def install(self, app: faust.App, t: dict[str, Any], rt: Any) -> None:
+        prefix = rt.settings.topic_prefix
+        entries = app.Table("deadline-entries", partitions=t["case-events"].partitions,
+                            key_serializer="json", value_serializer="json")
+        buckets = app.Table("deadline-buckets", partitions=t["case-events"].partitions,
+                            key_serializer="json", value_serializer="json")
+        source = app.topic(f"{prefix}.case-events", f"{prefix}.deadline-ticks",
+                           key_type=bytes, value_type=bytes, key_serializer="raw",
+                           value_serializer="raw")
+        ticks_name = f"{prefix}.deadline-ticks"
+        commands = t["case-commands"]
+        policy, calendar = self.policy, self.calendar
+
+        def book_for(partition: int) -> DeadlineBook:
+            return DeadlineBook(entries, buckets, policy=policy, calendar=calendar,
+                                namespace=f"p{partition}:")
+
+        async def send(item: DueItem) -> Any:
+            cmd = command_for(item)
+            return await commands.send(key=item.case_id.encode(), value=cmd.encode())
+
+        @app.agent(source, name="deadlines")
+        async def deadlines(stream: Any) -> None:
+            async for event in stream.events():
+                m = event.message
+                book = book_for(m.partition)
+                if m.topic == ticks_name:
+                    now = _tick_time(event.value)
+                    if now is None:
+                        continue
+                    peeked = book.peek_due(now)
+                    futures = [await send(item) for item in peeked]
+                    for fut in futures:
+                        await fut
+                    sent = {item.id for item in peeked}
+                    for item in book.pop_due(now):
+                        if item.id not in sent:
+                            await send(item)
+                    continue
+                try:
+                    msg = ev.decode_message(event.value, ev.EVENT_TYPES)
+                    follow_event(book, msg, policy, calendar)
+                except (ev.SchemaError, KeyError, TypeError, ValueError) as exc:
+                    log.warning("deadlines: skipped %s@%s: %s", m.partition, m.offset, exc)
+
+        ticks = t["deadline-ticks"]
+        clock = rt.clock
+
+        @app.timer(self.tick_interval_s, on_leader=True)
+        async def tick() -> None:
+            value = json.dumps({"now": iso(clock())}).encode()
+            for p in range(ticks.partitions or 1):
+                await ticks.send(key=str(p).encode(), value=value, partition=p)
+
+
+def _tick_time(raw: bytes) -> datetime | None:
+    try:
+        return parse_ts(json.loads(raw)["now"], "tick")
+    except (ValueError, KeyError, TypeError, ev.SchemaError):
+        return None

@@ -1,0 +1,52 @@
+"""Composition root of the stream processors, and the `gridflow worker` command.
+
+Builds reference data, deadline policy, calendar, clock and object-store client
+from settings, wires them into the faust app and runs a worker until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from gridflow.core.calendar import load_bundled_calendar
+from gridflow.core.refdata import load_reference_data
+from gridflow.core.sla import SlaPlanner, load_bundled_policy
+from gridflow.objectstore import make_client
+from gridflow.settings import Settings, load_settings
+from processors.app import Runtime, build_app, clock_for
+
+
+def build_runtime(settings: Settings, with_archive: bool = True, with_deadlines: bool = True) -> Runtime:
+    ref = load_reference_data()
+    planner = SlaPlanner(load_bundled_policy(), load_bundled_calendar())
+    rt = Runtime(settings=settings, ref=ref, planner=planner, clock=clock_for(settings),
+                 object_store=make_client(settings) if with_archive else None)
+    if with_deadlines:
+        from processors.deadlines import DeadlineRuntime
+
+        rt.deadlines = DeadlineRuntime(planner.policy, planner.calendar)
+    return rt
+
+
+def run_worker(settings: Settings, loglevel: str = "warning") -> None:
+    import faust
+
+    from gridflow import topics
+
+    topics.ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
+    app = build_app(build_runtime(settings))
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()
+
+
+@click.command("worker")
+@click.option("--loglevel", default="warning", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def worker_command(loglevel: str) -> None:
+    """Run the stream processors (intake, filing, cases, archive, deadlines) until stopped."""
+    logging.basicConfig(level=loglevel.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_worker(load_settings(), loglevel)
