@@ -14,7 +14,7 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
-from gridflow.topics import CATALOGUE, ensure_topics
+from gridflow.topics import ensure_topics
 from infra.procs import Echo, ServerError, file_lock, port_open, run_logged, split_host_port
 from infra.server import Server, require_tool
 
