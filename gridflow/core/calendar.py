@@ -100,6 +100,16 @@ class WorkingCalendar:
         """Working time in one working day (the unit of `add_working_days`)."""
         return sum((_wall(e) - _wall(s) for s, e in self.working_hours), timedelta(0))
 
+    @property
+    def covered_until(self) -> date | None:
+        """The last day of the latest configured year (None when unknown years are weekdays).
+
+        Deadlines past it raise `CalendarRangeError`; check it at start-up to warn in time.
+        """
+        if self.unknown_years == UNKNOWN_YEARS_WEEKDAYS:
+            return None
+        return date(max(self.years), 12, 31) if self.years else date.min
+
     def covers(self, day: date) -> bool:
         """Whether `day` is in a configured year (or unknown years are plain weekdays)."""
         return day.year in self.years or self.unknown_years == UNKNOWN_YEARS_WEEKDAYS

@@ -238,6 +238,11 @@ def test_unconfigured_year_is_a_clear_error_by_default() -> None:
     assert plus_hours(local(2026, 12, 31, 16, 0), 1.5) == local(2026, 12, 31, 17, 30)
 
 
+def test_covered_until_tells_operators_when_the_next_notice_is_needed() -> None:
+    assert CAL.covered_until == date(2026, 12, 31)
+    assert WorkingCalendar.load(base_config(unknown_years="weekdays")).covered_until is None
+
+
 def test_unknown_years_as_plain_weekdays_when_configured() -> None:
     cal = WorkingCalendar.load(base_config(unknown_years="weekdays"))
     # Thursday 12-31 16:00 + 2 h: 1.5 h Thursday, then Friday 2027-01-01 counted as a weekday.
