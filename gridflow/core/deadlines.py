@@ -11,7 +11,9 @@ Storage
 * ``entries``: ``"<task_id>#<stage>"`` → entry dict (see `DeadlineEntry.to_dict`; each stored
   due also carries the ``bucket`` it is indexed under).
 * ``buckets``: ``"<namespace><minute number>"`` → sorted list of entry keys with a due in that
-  minute, plus ``"<namespace>~cursor"`` → ``{"low": n}``: every bucket below ``low`` is empty.
+  minute, plus ``"<namespace>~cursor"`` → ``{"low": n, "primed": bool}``: every bucket below
+  ``low`` is empty (``primed`` once ticking started; before that ``low`` follows the earliest
+  filing). A tick reads buckets ``low`` … ``now`` and moves ``low`` to now's minute.
   A due whose minute is already below the cursor (planned late, caught up after downtime) is
   filed under the cursor bucket, so it fires on the next call.
 
@@ -339,56 +341,76 @@ class DeadlineBook:
     # --- firing -----------------------------------------------------------------------
 
     def pop_due(self, now: datetime) -> list[DueItem]:
-        """Every item due at or before `now` not returned before, in time order; removes them."""
-        last = self._bucket_of(now.astimezone(UTC))
+        """Every item due at or before `now` not returned before, in time order; removes them.
+
+        Firing a breach or escalation files the next escalation no earlier than the next
+        bucket, so one call never chains: after downtime the ladder climbs one level per tick,
+        and `peek_due(now)` just before returns exactly these items. For at-least-once
+        delivery, send what `peek_due` returns, await the acks, then `pop_due` (and send any
+        item it returns that the peek did not: a clock planned in between).
+        """
+        now = now.astimezone(UTC)
+        last = self._bucket_of(now)
         cursor = self.buckets.get(self._cursor_key())
         items: list[DueItem] = []
         if cursor is not None:
             for b in range(int(cursor["low"]), last + 1):
-                items.extend(self._pop_bucket(b, now.astimezone(UTC)))
+                items.extend(self._pop_bucket(b, now, last + 1))
         if cursor != {"low": last, "primed": True}:
             self.buckets[self._cursor_key()] = {"low": last, "primed": True}
         return sorted(items, key=_item_order)
 
-    def _pop_bucket(self, b: int, now: datetime) -> list[DueItem]:
-        """Fire what is due in bucket b; repeat while firing files new due items under b."""
-        bkey = self._bucket_key(b)
+    def peek_due(self, now: datetime) -> list[DueItem]:
+        """What `pop_due(now)` would return, changing nothing."""
+        now = now.astimezone(UTC)
+        cursor = self.buckets.get(self._cursor_key())
+        if cursor is None:
+            return []
         items: list[DueItem] = []
-        again = True
-        while again:
-            keys = self.buckets.get(bkey)
-            if not keys:
-                break
-            again = False
-            keep: list[str] = []
-            for key in keys:
+        for b in range(int(cursor["low"]), self._bucket_of(now) + 1):
+            for key in self.buckets.get(self._bucket_key(b)) or []:
                 raw = self.entries.get(key)
                 if raw is None:
                     continue
-                fired, raw = self._fire_entry(raw, b, now)
-                items.extend(fired)
-                here = [s for s in raw["dues"] if s["bucket"] == b]
-                if here:
-                    keep.append(key)
-                again = again or bool(fired and any(parse_ts(s["at"]) <= now for s in here))
-            if keep != list(keys):
-                if keep:
-                    self.buckets[bkey] = keep
-                else:
-                    del self.buckets[bkey]
+                due = [Due.from_dict(s) for s in raw["dues"] if _due_in(s, b, now)]
+                if due:
+                    entry = DeadlineEntry.from_dict(raw)
+                    items.extend(self._item(entry, d) for d in due)
+        return sorted(items, key=_item_order)
+
+    def _pop_bucket(self, b: int, now: datetime, next_bucket: int) -> list[DueItem]:
+        """Fire what is due in bucket b and rewrite its key list once."""
+        bkey = self._bucket_key(b)
+        keys = self.buckets.get(bkey)
+        if not keys:
+            return []
+        items: list[DueItem] = []
+        keep: list[str] = []
+        for key in keys:
+            raw = self.entries.get(key)
+            if raw is None:
+                continue
+            fired, raw = self._fire_entry(raw, b, now, next_bucket)
+            items.extend(fired)
+            if any(s["bucket"] == b for s in raw["dues"]):
+                keep.append(key)
+        if keep != list(keys):
+            if keep:
+                self.buckets[bkey] = keep
+            else:
+                del self.buckets[bkey]
         return items
 
     def _fire_entry(
-        self, raw: dict[str, Any], b: int, now: datetime
+        self, raw: dict[str, Any], b: int, now: datetime, next_bucket: int
     ) -> tuple[list[DueItem], dict[str, Any]]:
         """Fire the entry's dues filed under bucket b that are due; returns the stored entry."""
-        due_now = [
-            Due.from_dict(s) for s in raw["dues"] if s["bucket"] == b and parse_ts(s["at"]) <= now
-        ]
+        due_now = [Due.from_dict(s) for s in raw["dues"] if _due_in(s, b, now)]
         if not due_now:
             return [], raw
         entry = DeadlineEntry.from_dict(raw)
-        remaining = [d for d in entry.dues if d not in set(due_now)]
+        firing = set(due_now)
+        remaining = [d for d in entry.dues if d not in firing]
         level = entry.level
         items: list[DueItem] = []
         for due in sorted(due_now, key=lambda d: d.at):
@@ -398,7 +420,7 @@ class DeadlineBook:
                 remaining.extend(self._next_escalation(due.at, level, entry, remaining))
         fired = tuple(sorted({*entry.fired, *(i.id for i in items)}))
         updated = replace(entry, dues=tuple(remaining), level=level, fired=fired)
-        return items, self._write(updated, raw, floor=b, owner_bucket=b)
+        return items, self._write(updated, raw, floor=next_bucket, owner_bucket=b)
 
     def _next_escalation(
         self, since: datetime, level: int | None, entry: DeadlineEntry, pending: list[Due]
@@ -518,6 +540,10 @@ class DeadlineBook:
 
     def _cursor_key(self) -> str:
         return f"{self.namespace}{CURSOR}"
+
+
+def _due_in(stored: dict[str, Any], b: int, now: datetime) -> bool:
+    return bool(stored["bucket"] == b and parse_ts(stored["at"]) <= now)
 
 
 def _signature(d: dict[str, Any]) -> tuple[Any, ...]:

@@ -275,13 +275,24 @@ def test_county_department_task_starts_high_and_stops_at_the_top() -> None:
     assert [(i.kind, i.level) for i in fired if i.kind != WARN] == [(BREACH, 3), (ESCALATE, 4)]
 
 
-def test_catch_up_after_downtime_fires_the_whole_chain_in_one_tick() -> None:
+def test_catch_up_after_downtime_climbs_one_level_per_tick() -> None:
     book, _ = breached_book()
     book.pop_due(local(2026, 9, 29, 15, 0))
-    items = book.pop_due(local(2026, 10, 30, 0, 0))  # the worker was down for a month
-    assert [i.kind for i in items] == [WARN, WARN, BREACH, ESCALATE, ESCALATE, ESCALATE, ESCALATE]
-    assert [i.fire_at for i in items] == sorted(i.fire_at for i in items)
-    assert book.pop_due(local(2026, 10, 30, 0, 0)) == []
+    back = local(2026, 10, 30, 0, 0)  # the worker was down for a month
+    rounds = [[i.kind for i in book.pop_due(back + timedelta(minutes=n))] for n in range(6)]
+    assert rounds == [[WARN, WARN, BREACH], [ESCALATE], [ESCALATE], [ESCALATE], [ESCALATE], []]
+
+
+def test_peek_shows_what_pop_will_fire_and_changes_nothing() -> None:
+    book, _ = breached_book()
+    book.pop_due(local(2026, 9, 29, 15, 0))
+    now = local(2026, 9, 29, 17, 0)
+    snapshot = json.dumps([book.entries, book.buckets], sort_keys=True)
+    peeked = book.peek_due(now)
+    assert json.dumps([book.entries, book.buckets], sort_keys=True) == snapshot
+    assert [i.kind for i in peeked] == [WARN, WARN, BREACH]
+    assert book.pop_due(now) == peeked
+    assert book.peek_due(now) == []
 
 
 def test_progress_restarts_the_wait_at_the_current_level() -> None:
