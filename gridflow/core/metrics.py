@@ -8,7 +8,7 @@ Row contract (one row per task, as the case aggregate keeps it)
 --------------------------------------------------------------
 ``state`` is a task state of gridflow.core.case; ``closed_at`` is when the task reached a final
 state (closed, sent_back or cancelled); ``resolved_at`` is the latest resolution (kept after a
-rework); ``extended`` / ``sent_back`` / ``reopened`` are counts; ``rating`` (1–5) with an
+rework); ``extended`` / ``sent_back`` / ``reopened`` are counts (or flags); ``rating`` (1–5) with an
 optional ``rated_at``. Empty strings read as None; datetimes may be ISO 8601 strings; a
 case-aggregate TaskState dict reads directly (``resolve_due`` and ``extensions`` are aliases).
 
@@ -294,7 +294,9 @@ def _when(value: Any, name: str, where: str) -> datetime | None:
 def _count(value: Any, name: str, where: str) -> int:
     if value is None or value == "":
         return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool):  # a read model may keep a flag (sent back: yes/no)
+        return int(value)
+    if not isinstance(value, int) or value < 0:
         raise ValueError(f"{where}: {name} must be a count, got {value!r}")
     return value
 
