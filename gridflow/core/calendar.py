@@ -405,7 +405,7 @@ def _merge(parts: list[_Parsed]) -> WorkingCalendar:
         for attr in ("timezone", "working_hours", "weekend", "unknown_years"):
             if getattr(part, attr) != getattr(first, attr):
                 raise CalendarError(
-                    f"{part.origin}: {attr} differs from {first.origin}; merged calendars must agree"
+                    f"{part.origin}: {attr} differs from {first.origin}; merged files must agree"
                 )
         twice = years & part.years
         if twice:

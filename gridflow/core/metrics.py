@@ -8,8 +8,8 @@ Row contract (one row per task, as the case aggregate keeps it)
 --------------------------------------------------------------
 ``state`` is a task state of gridflow.core.case; ``closed_at`` is when the task reached a final
 state (closed, sent_back or cancelled); ``resolved_at`` is the latest resolution (kept after a
-rework); ``extended`` / ``sent_back`` / ``reopened`` are counts (or flags); ``rating`` (1–5) with an
-optional ``rated_at``. Empty strings read as None; datetimes may be ISO 8601 strings; a
+rework); ``extended`` / ``sent_back`` / ``reopened`` are counts (or flags); ``rating`` (1–5)
+with an optional ``rated_at``. Empty strings read as None; datetimes may be ISO 8601 strings; a
 case-aggregate TaskState dict reads directly (``resolve_due`` and ``extensions`` are aliases).
 
 Definitions (counts are tasks dispatched at or before ``as_of``)

@@ -1,4 +1,4 @@
-"""Deadline policy (时限): per-category, per-severity stage clocks, warnings, escalation, extensions.
+"""Deadline policy (时限): per-category and per-severity stage clocks, warnings, escalation.
 
 Pure configuration plus arithmetic on a `WorkingCalendar`; the same inputs always give the same
 deadlines, so a replay reproduces every decision. Load errors name the file and the reason.
