@@ -132,3 +132,27 @@ def load_settings() -> Settings:
         clock=_env("CLOCK", base.clock),
         faust_data_dir=Path(_env("FAUST_DATA_DIR", str(state_dir / "faust"))),
     )
+
+
+_ENV_FIELDS = {
+    "cache_dir": "CACHE_DIR", "state_dir": "STATE_DIR", "kafka_bootstrap": "KAFKA_BOOTSTRAP",
+    "kafka_controller_port": "KAFKA_CONTROLLER_PORT", "topic_prefix": "TOPIC_PREFIX",
+    "s3_endpoint": "S3_ENDPOINT", "s3_console_port": "S3_CONSOLE_PORT",
+    "s3_access_key": "S3_ACCESS_KEY", "s3_secret_key": "S3_SECRET_KEY", "s3_secure": "S3_SECURE",
+    "s3_region": "S3_REGION", "bucket_incoming": "BUCKET_INCOMING",
+    "bucket_archive": "BUCKET_ARCHIVE", "archive_retention_days": "ARCHIVE_RETENTION_DAYS",
+    "database_url": "DATABASE_URL", "postgres_port": "POSTGRES_PORT",
+    "postgres_user": "POSTGRES_USER", "postgres_db": "POSTGRES_DB", "api_host": "API_HOST",
+    "api_port": "API_PORT", "max_photo_bytes": "MAX_PHOTO_BYTES",
+    "max_photo_pixels": "MAX_PHOTO_PIXELS", "worker_web_port": "WORKER_WEB_PORT",
+    "clock": "CLOCK", "faust_data_dir": "FAUST_DATA_DIR",
+}
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The GRIDFLOW_* environment that makes a child process load exactly these settings."""
+    env = {}
+    for attr, name in _ENV_FIELDS.items():
+        value = getattr(settings, attr)
+        env[f"GRIDFLOW_{name}"] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return env

@@ -81,10 +81,8 @@ def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
 
     t = {spec.suffix: topic(spec) for spec in topics.CATALOGUE}
 
-    recent_cases = app.Table("recent-cases", default=None, partitions=topics.CASE_PARTITIONS,
-                             key_serializer="json", value_serializer="json")
-    cases = app.Table("cases", default=None, partitions=topics.CASE_PARTITIONS,
-                      key_serializer="json", value_serializer="json")
+    recent_cases = app.Table("recent-cases", default=None, partitions=topics.CASE_PARTITIONS)
+    cases = app.Table("cases", default=None, partitions=topics.CASE_PARTITIONS)
 
     async def emit(out: steps.Outputs) -> None:
         for suffix, key, value in out.sends:

@@ -35,18 +35,25 @@ def command_for(item: DueItem) -> Message:
 
 
 def follow_event(book: DeadlineBook, event: Message, policy: SlaPolicy,
-                 calendar: WorkingCalendar) -> None:
-    """Start, move or stop stage clocks as the case's events say. Idempotent."""
+                 calendar: WorkingCalendar, department_levels: dict[str, str]) -> None:
+    """Start, move or stop stage clocks as the case's events say. Idempotent.
+
+    Breaches are first reported at the ladder level of the task's department (a county
+    department's overdue task goes to county leadership next, not to the village).
+    Warnings already past when a clock is picked up (the resolve clock runs from
+    dispatch but is watched from signing) are not replayed.
+    """
     d = event.data
     task_id = str(d.get("task_id", ""))
     at = event.at_dt
+    base_level = policy.start_level(department_levels.get(str(d.get("department", "")), ""))
 
     def start(stage: str, start_at: str | datetime, due: str) -> None:
         start_dt = parse_ts(start_at) if isinstance(start_at, str) else start_at
         book.upsert(plan_deadlines(
             case_id=event.case_id, task_id=task_id, stage=stage, start=start_dt, policy=policy,
             calendar=calendar, category_code=str(d.get("category_code", "")),
-            due_at=parse_ts(due), not_before=None,
+            due_at=parse_ts(due), base_level=base_level, not_before=at,
         ))
 
     match event.type:
@@ -69,7 +76,8 @@ def follow_event(book: DeadlineBook, event: Message, policy: SlaPolicy,
                 book.cancel(task_id, "resolve")
                 book.upsert(plan_deadlines(
                     case_id=event.case_id, task_id=task_id, stage="resolve", start=entry.start,
-                    policy=policy, calendar=calendar, due_at=parse_ts(d["resolve_due"]),
+                    policy=policy, calendar=calendar, category_code=str(d.get("category_code", "")),
+                    due_at=parse_ts(d["resolve_due"]),
                     base_level=entry.base_level, not_before=at,
                 ))
         case ev.TASK_VERIFIED | ev.TASK_CANCELLED | ev.TASK_SENT_BACK | ev.TASK_CLOSED:
@@ -89,16 +97,15 @@ class DeadlineRuntime:
 
     def install(self, app: faust.App, t: dict[str, Any], rt: Any) -> None:
         prefix = rt.settings.topic_prefix
-        entries = app.Table("deadline-entries", partitions=t["case-events"].partitions,
-                            key_serializer="json", value_serializer="json")
-        buckets = app.Table("deadline-buckets", partitions=t["case-events"].partitions,
-                            key_serializer="json", value_serializer="json")
+        entries = app.Table("deadline-entries", partitions=t["case-events"].partitions)
+        buckets = app.Table("deadline-buckets", partitions=t["case-events"].partitions)
         source = app.topic(f"{prefix}.case-events", f"{prefix}.deadline-ticks",
                            key_type=bytes, value_type=bytes, key_serializer="raw",
                            value_serializer="raw")
         ticks_name = f"{prefix}.deadline-ticks"
         commands = t["case-commands"]
         policy, calendar = self.policy, self.calendar
+        department_levels = {code: dept.level for code, dept in rt.ref.departments.items()}
 
         def book_for(partition: int) -> DeadlineBook:
             return DeadlineBook(entries, buckets, policy=policy, calendar=calendar,
@@ -128,7 +135,7 @@ class DeadlineRuntime:
                     continue
                 try:
                     msg = ev.decode_message(event.value, ev.EVENT_TYPES)
-                    follow_event(book, msg, policy, calendar)
+                    follow_event(book, msg, policy, calendar, department_levels)
                 except (ev.SchemaError, KeyError, TypeError, ValueError) as exc:
                     log.warning("deadlines: skipped %s@%s: %s", m.partition, m.offset, exc)
 

@@ -8,20 +8,35 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 
 import click
 
-from gridflow.core.calendar import load_bundled_calendar
+from gridflow.core.calendar import UNKNOWN_YEARS_WEEKDAYS, WorkingCalendar, load_bundled_calendar
 from gridflow.core.refdata import load_reference_data
 from gridflow.core.sla import SlaPlanner, load_bundled_policy
 from gridflow.objectstore import make_client
 from gridflow.settings import Settings, load_settings
 from processors.app import Runtime, build_app, clock_for
 
+log = logging.getLogger("gridflow.worker")
+
+
+def working_calendar() -> WorkingCalendar:
+    """The bundled calendar; past its last configured year, plain Monday-Friday with a warning.
+
+    Refusing every deadline that reaches into a year whose holiday notice is not yet
+    configured would stop dispatch at year end; a warning tells operators to add it.
+    """
+    cal = load_bundled_calendar()
+    log.warning("working calendar configured until %s; later dates count Monday-Friday "
+                "until gridflow/refdata/calendar_<year>.json is added", cal.covered_until)
+    return replace(cal, unknown_years=UNKNOWN_YEARS_WEEKDAYS)
+
 
 def build_runtime(settings: Settings, with_archive: bool = True, with_deadlines: bool = True) -> Runtime:
     ref = load_reference_data()
-    planner = SlaPlanner(load_bundled_policy(), load_bundled_calendar())
+    planner = SlaPlanner(load_bundled_policy(), working_calendar())
     rt = Runtime(settings=settings, ref=ref, planner=planner, clock=clock_for(settings),
                  object_store=make_client(settings) if with_archive else None)
     if with_deadlines:

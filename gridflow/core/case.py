@@ -330,12 +330,18 @@ def _photo_archived(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
 
 # --- task lifecycle ------------------------------------------------------------
 
+def _ctx(b: _Builder) -> dict[str, Any]:
+    """Category and severity: what the deadline processor needs to plan a stage's clock."""
+    return {"category_code": b.state.category_code, "severity": b.state.severity}
+
+
 def _sign(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
     task = _task_for(b, c)
     b.set_task(replace(task, state=SIGNED, signed_at=iso(b.now)))
     b.emit(ev.TASK_SIGNED, {"task_id": task.task_id, "department": task.department,
                             "on_time": b.now <= parse_ts(task.sign_due),
-                            "dispatched_at": task.dispatched_at, "resolve_due": task.resolve_due})
+                            "dispatched_at": task.dispatched_at, "resolve_due": task.resolve_due,
+                            **_ctx(b)})
 
 
 def _progress(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
@@ -359,7 +365,7 @@ def _resolve(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
     b.set_task(replace(task, state=RESOLVED, resolved_at=iso(b.now), verify_due=iso(verify_due)))
     b.emit(ev.TASK_RESOLVED, {"task_id": task.task_id, "department": task.department,
                               "note": note[:2000], "photos": photos, "on_time": on_time,
-                              "verify_due": iso(verify_due)})
+                              "verify_due": iso(verify_due), **_ctx(b)})
 
 
 def _send_back(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
@@ -403,7 +409,7 @@ def _reopen(b: _Builder, task: TaskState, reason: str, planner: DeadlinePlanner)
         b.state = replace(b.state, status="open")
     b.emit(ev.TASK_REOPENED, {"task_id": task.task_id, "department": task.department,
                               "reason": reason, "reopened": task.reopened + 1,
-                              "resolve_due": iso(resolve_due)})
+                              "resolve_due": iso(resolve_due), **_ctx(b)})
 
 
 def _maybe_close_case(b: _Builder) -> None:
@@ -466,7 +472,8 @@ def _decide_extension(b: _Builder, c: Message, planner: DeadlinePlanner) -> None
                            resolve_due=iso(new_due)))
         b.emit(ev.EXTENSION_GRANTED, {"task_id": task.task_id, "department": task.department,
                                       "request_id": req["request_id"], "days": req["days"],
-                                      "previous_due": task.resolve_due, "resolve_due": iso(new_due)})
+                                      "previous_due": task.resolve_due, "resolve_due": iso(new_due),
+                                      **_ctx(b)})
     else:
         b.set_task(replace(task, pending_extension=None))
         b.emit(ev.EXTENSION_REFUSED, {"task_id": task.task_id, "department": task.department,
