@@ -103,9 +103,23 @@ class StackError(RuntimeError):
 
 
 def _launch_all(selected: list[Server], echo: Echo) -> tuple[list[Started], list[ServerError]]:
+    """Installs first (slow the first time), then starts everything not yet running, so each
+    server's start-up clock begins only when it is actually launched."""
     launched: list[Started] = []
+    to_start: list[Server] = []
     errors: list[ServerError] = []
     for server in selected:
+        try:
+            running_one = _already_running(server)
+            if running_one is not None:
+                launched.append(running_one)
+            else:
+                _check_ports_free(server)
+                server.install(echo)
+                to_start.append(server)
+        except ServerError as exc:
+            errors.append(exc)
+    for server in to_start:
         try:
             launched.append(_launch(server, echo))
         except ServerError as exc:
@@ -113,18 +127,21 @@ def _launch_all(selected: list[Server], echo: Echo) -> tuple[list[Started], list
     return launched, errors
 
 
-def _launch(server: Server, echo: Echo) -> Started:
-    """Start one server unless ours is already running; does not wait for health."""
+def _already_running(server: Server) -> Started | None:
+    """Our live process of this server, or None (a stale pid file is removed)."""
     server.check_local()
     record = PidRecord.read(server.pid_path)
-    if record is not None and record.alive():
-        if record.address != server.address:
-            raise ServerError(server.name, f"already running (pid {record.pid}) on {record.address}, "
-                              f"but settings say {server.address}; run `gridflow down` first")
-        return Started(server, record, False, time.monotonic())
-    server.pid_path.unlink(missing_ok=True)
-    _check_ports_free(server)
-    server.install(echo)
+    if record is None or not record.alive():
+        server.pid_path.unlink(missing_ok=True)
+        return None
+    if record.address != server.address:
+        raise ServerError(server.name, f"already running (pid {record.pid}) on {record.address}, "
+                          f"but settings say {server.address}; run `gridflow down` first")
+    return Started(server, record, False, time.monotonic())
+
+
+def _launch(server: Server, echo: Echo) -> Started:
+    """Configure and spawn an installed server; does not wait for health."""
     server.prepare(echo)
     rotate_log(server.log_path)
     command = server.command()

@@ -129,14 +129,11 @@ def workers() -> Iterator[list[Worker]]:
 
 
 def produce(bootstrap: str, topic: str, keys: list[str]) -> None:
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-        key_serializer=lambda k: json.dumps(k).encode(),
-        value_serializer=lambda v: json.dumps(v).encode(),
-    )
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     try:
         for i, key in enumerate(keys):
-            producer.send(topic, key=key, value={"seq": i, "report_id": key})
+            value = {"seq": i, "report_id": key}
+            producer.send(topic, key=json.dumps(key).encode(), value=json.dumps(value).encode())
         producer.flush(timeout=30)
     finally:
         producer.close()
