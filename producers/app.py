@@ -65,8 +65,12 @@ def build_deps(settings: Settings) -> Deps:
 
 
 def create_app(settings: Settings, deps: Deps) -> FastAPI:
-    """The FastAPI app. Creates the ingest_receipts table if missing."""
+    """The FastAPI app. Creates the ingest_receipts table and the read-model schema if missing
+    (both idempotent), so the read routes answer before the first sink has run."""
+    from sinks.models import create_schema
+
     receipts.create_tables(deps.engine)
+    create_schema(deps.engine)
     limits = PhotoLimits(settings.max_photo_bytes, settings.max_photo_pixels,
                          settings.max_photos_per_report)
     context = Context(

@@ -27,6 +27,7 @@ from producers.context import Context, ctx
 from producers.errors import ApiError
 from producers.publisher import PublishError
 from producers.reports import NotPublished, read_json_part, receive_photos, with_multipart
+from producers.status import case_township
 from producers.uploads import PhotoUpload
 
 router = APIRouter(tags=["commands 任务指令"])
@@ -220,9 +221,7 @@ async def send_back(task_id: TaskId, body: SendBackBody, request: Request,
 
 
 async def default_reroute(c: Context, case_id: str) -> str:
-    from producers import status
-
-    township = await run_in_threadpool(status.case_township, c.engine, case_id)
+    township = await run_in_threadpool(case_township, c, case_id)
     centre = township_centre(c.ref, township) if township else None
     if centre is None:
         raise ApiError(422, "reroute_required", "无法确定案件所在乡镇, 请指定改派部门 reroute_to",

@@ -7,11 +7,15 @@ error as the GeoReport v2 array of {code, description} (see producers.open311).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -124,5 +128,16 @@ def install_handlers(app: FastAPI) -> None:
         api_err = validation_error(exc)
         return JSONResponse(api_err.body(), status_code=api_err.status)
 
+    async def on_database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        err = unavailable("数据库暂不可用, 请稍后重试", "the database is unavailable, retry later",
+                          code="database_unavailable")
+        if request.url.path.startswith("/open311/"):
+            from producers.open311 import from_api_error
+
+            return from_api_error(err)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
     app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(OperationalError, on_database_down)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -33,6 +33,7 @@ from gridflow.events import derived_id, iso
 from producers.context import Context, ctx
 from producers.errors import ApiError
 from producers.reports import claim, publish_report, replay, request_hash
+from producers.status import Open311Error, Open311Filters, open311_request, open311_requests
 
 router = APIRouter(tags=["open311 群众诉求 (GeoReport v2)"])
 
@@ -42,15 +43,6 @@ FORM_FIELDS = ("service_code", "lat", "long", "address_string", "address_id", "e
                "device_id", "account_id", "first_name", "last_name", "phone", "description",
                "media_url", "api_key", "jurisdiction_id")
 MAX_FIELD = 2000
-
-
-class Open311Error(Exception):
-    def __init__(self, status: int, zh: str, en: str) -> None:
-        super().__init__(en)
-        self.status, self.zh, self.en = status, zh, en
-
-    def description(self) -> str:
-        return f"{self.zh} / {self.en}"
 
 
 def open311_error_response(status: int, description: str,
@@ -241,10 +233,8 @@ async def _accept(c: Context, req: ResidentRequest) -> JSONResponse:
 @router.get(f"{PREFIX}/requests/{{service_request_id}}.json",
             summary="诉求办理情况 / GeoReport v2 GET service request")
 async def get_request(service_request_id: str, request: Request) -> JSONResponse:
-    from producers import status
-
     c = ctx(request)
-    found = await run_in_threadpool(status.open311_request, c, service_request_id)
+    found = await run_in_threadpool(open311_request, c, service_request_id)
     if found is None:
         return open311_error_response(404, f"未找到受理编号 {service_request_id} / "
                                            f"service request {service_request_id} not found")
@@ -260,14 +250,12 @@ async def list_requests(
     end_date: str | None = Query(None, description="ISO 8601, exclusive"),
     status: str | None = Query(None, description="open | closed (comma-separated)"),
 ) -> JSONResponse:
-    from producers import status as status_mod
-
     c = ctx(request)
     try:
-        filters = status_mod.Open311Filters.parse(c.ref, service_request_id, service_code,
-                                                  start_date, end_date, status)
+        filters = Open311Filters.parse(c.ref, c.clock(), service_request_id, service_code,
+                                       start_date, end_date, status)
     except Open311Error as exc:
         return open311_error_response(exc.status, exc.description())
-    rows = await run_in_threadpool(status_mod.open311_requests, c, filters)
+    rows = await run_in_threadpool(open311_requests, c, filters)
     return JSONResponse(rows)
 

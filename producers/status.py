@@ -2,32 +2,37 @@
 
 Everything here reads the read models through sinks.queries (disposable tables rebuilt from
 the log) plus the API's own ingest receipts, so a report accepted but not yet filed by the
-pipeline shows as "accepted / 处理中" rather than unknown. Read-only: nothing is published.
+pipeline shows as "accepted / 已受理, 处理中" rather than unknown. Read-only.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import Engine
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from gridflow.core.case import TASK_STATE_NAMES_ZH
+from gridflow.core.case import FINAL_TASK_STATES, STAGE_OF_STATE, TASK_STATE_NAMES_ZH
 from gridflow.core.refdata import ReferenceData
 from gridflow.events import SchemaError, iso, parse_ts
 from producers import receipts
 from producers.auth import DEPT, SUPERVISOR
 from producers.context import Context, ctx
 from producers.errors import ApiError, forbidden
+from sinks import queries
+from sinks.models import Case, Task
 
 router = APIRouter(tags=["status 办理进度"])
 
 Auth = Annotated[str | None, Header(alias="Authorization", description="Bearer <token>")]
+Links = Callable[[str, str], str | None]
 
 REPORT_STATUS_ZH = {
     "accepted": "已受理, 处理中",
@@ -36,22 +41,19 @@ REPORT_STATUS_ZH = {
     "closed": "已办结",
     "not_filed": "不予立案",
 }
-OPEN311_OPEN = frozenset({"new", "open"})
+OPEN311_LIST_LIMIT = 1000
 PHOTO_LINK_S = 3600
 
 
-def _queries():  # type: ignore[no-untyped-def]
-    from sinks import queries
-
-    return queries
-
-
-def _ts(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
+def jsonable(value: Any) -> Any:
+    """Datetimes as ISO 8601 UTC strings, recursively; the rest as is."""
     if isinstance(value, datetime):
         return iso(value if value.tzinfo else value.replace(tzinfo=UTC))
-    return str(value)
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
 
 
 def department_name(ref: ReferenceData, code: str) -> str:
@@ -59,87 +61,82 @@ def department_name(ref: ReferenceData, code: str) -> str:
     return dept.name if dept else code
 
 
-# --- report status (pure over query results) --------------------------------------------
+def current_due(task: dict[str, Any]) -> Any:
+    """The deadline of the clock the task's state runs (None once final)."""
+    stage = STAGE_OF_STATE.get(task.get("state", ""))
+    return task.get(f"{stage}_due") if stage else None
 
 
-def report_view(ref: ReferenceData, found: dict[str, Any], links: Any) -> dict[str, Any]:
-    """The status answer from sinks.queries' report view; `links(bucket, key)` presigns."""
-    case = found.get("case") or {}
-    case_status = case.get("status") or "new"
-    if case_status == "not_filed":
-        status = "not_filed"
-    elif case_status == "closed":
-        status = "closed"
+# --- report status (pure over sinks.queries.report_status) -----------------------------------
+
+
+def report_view(ref: ReferenceData, found: dict[str, Any], links: Links) -> dict[str, Any]:
+    """What a grid worker sees about a report: status, case, tasks, departments, deadlines,
+    photo links, why it was not filed."""
+    case_status = found.get("status") or "new"
+    if case_status in ("not_filed", "closed"):
+        status = case_status
     elif found.get("merged"):
         status = "merged"
     elif case_status == "open":
         status = "filed"
     else:
         status = "accepted"
-    tasks = [
-        {
-            "task_id": t["task_id"], "department": t["department"],
-            "department_name": department_name(ref, t["department"]),
-            "state": t["state"], "state_zh": TASK_STATE_NAMES_ZH.get(t["state"], t["state"]),
-            "sign_due": _ts(t.get("sign_due")), "resolve_due": _ts(t.get("resolve_due")),
-            "verify_due": _ts(t.get("verify_due")), "signed_at": _ts(t.get("signed_at")),
-            "resolved_at": _ts(t.get("resolved_at")), "closed_at": _ts(t.get("closed_at")),
-            "deadline_state": t.get("deadline_state"),
-            "escalation_level": t.get("escalation_level", 0),
-        }
-        for t in found.get("tasks", [])
-    ]
-    departments = sorted({t["department"] for t in tasks} | set(case.get("departments") or []))
-    not_filed = None
-    if status == "not_filed":
-        not_filed = {"code": case.get("not_filed_code"),
-                     "reason_zh": case.get("not_filed_reason_zh"),
-                     "reason_en": case.get("not_filed_reason_en")}
-    return {
+    tasks = [{**t, "department_name": department_name(ref, t["department"]),
+              "due_at": current_due(t)} for t in found.get("tasks", [])]
+    open_dues = [t["due_at"] for t in tasks if t["due_at"] is not None]
+    departments = sorted({t["department"] for t in tasks})
+    return jsonable({
         "report_id": found["report_id"],
-        "case_id": found.get("case_id") or case.get("case_id"),
+        "case_id": found["case_id"],
         "status": status,
         "status_zh": REPORT_STATUS_ZH[status],
         "case_status": case_status,
-        "category_code": case.get("category_code"),
-        "category_name": case.get("category_name"),
-        "grid_code": case.get("grid_code"),
-        "cross_grid": case.get("cross_grid"),
+        "stage": found.get("stage"),
+        "stage_zh": found.get("stage_zh"),
+        "merged": bool(found.get("merged")),
+        "distance_m": found.get("distance_m"),
+        "category_code": found.get("category_code"),
+        "category_name": found.get("category_name"),
+        "grid_code": found.get("grid_code"),
+        "submitted_at": found.get("submitted_at"),
+        "filed_at": found.get("filed_at"),
+        "closed_at": found.get("closed_at"),
+        "rating": found.get("rating"),
+        "not_filed": found.get("not_filed"),
         "departments": [{"code": d, "name": department_name(ref, d)} for d in departments],
+        "next_due_at": min(open_dues) if open_dues else None,
         "tasks": tasks,
         "photos": [photo_view(p, links) for p in found.get("photos", [])],
-        "not_filed": not_filed,
-        "filed_at": _ts(case.get("filed_at")),
-        "closed_at": _ts(case.get("closed_at")),
-        "rating": case.get("rating"),
-    }
+    })
 
 
-def photo_view(p: dict[str, Any], links: Any) -> dict[str, Any]:
+def photo_view(p: dict[str, Any], links: Links) -> dict[str, Any]:
+    """A photo with a time-limited link: the archived copy once archived, else the upload."""
     archived = p.get("archive_status") == "archived" and p.get("archive_key")
     bucket = p.get("archive_bucket") if archived else p.get("incoming_bucket")
     key = p.get("archive_key") if archived else p.get("incoming_key")
-    thumb = p.get("thumbnail_key")
+    thumb_bucket, thumb = p.get("archive_bucket"), p.get("thumbnail_key")
     return {
         "role": p.get("role"), "task_id": p.get("task_id"), "sha256": p.get("sha256"),
         "archive_status": p.get("archive_status") or "pending",
         "url": links(bucket, key) if bucket and key else None,
-        "thumbnail_url": links(p.get("archive_bucket"), thumb)
-        if thumb and p.get("archive_bucket") else None,
+        "thumbnail_url": links(thumb_bucket, thumb) if thumb_bucket and thumb else None,
     }
 
 
 def accepted_view(receipt: receipts.Receipt) -> dict[str, Any]:
     """A report the API accepted that the pipeline has not filed (yet)."""
     ticket = receipt.response.get("case_id") if isinstance(receipt.response, dict) else None
-    return {
+    return jsonable({
         "report_id": receipt.report_id, "case_id": ticket, "status": "accepted",
-        "status_zh": REPORT_STATUS_ZH["accepted"], "case_status": None, "departments": [],
-        "tasks": [], "photos": [], "not_filed": None,
-    }
+        "status_zh": REPORT_STATUS_ZH["accepted"], "case_status": None, "merged": False,
+        "submitted_at": receipt.created_at, "not_filed": None, "departments": [],
+        "next_due_at": None, "tasks": [], "photos": [],
+    })
 
 
-def _links(c: Context):  # type: ignore[no-untyped-def]
+def _links(c: Context) -> Links:
     def link(bucket: str, key: str) -> str | None:
         try:
             return c.store.url(bucket, key, PHOTO_LINK_S)
@@ -150,7 +147,8 @@ def _links(c: Context):  # type: ignore[no-untyped-def]
 
 
 def report_status(c: Context, report_id: str) -> dict[str, Any] | None:
-    found = _queries().report_status(c.engine, report_id)
+    with Session(c.engine) as session:
+        found = queries.report_status(session, report_id)
     if found is not None:
         return report_view(c.ref, found, _links(c))
     receipt = receipts.get(c.engine, report_id)
@@ -175,15 +173,20 @@ def command_view(outcome: dict[str, Any] | None, command_id: str) -> dict[str, A
     if outcome is None:
         return {"command_id": command_id, "status": "pending", "status_zh": "处理中"}
     accepted = bool(outcome.get("accepted"))
-    return {
+    return jsonable({
         "command_id": command_id,
         "status": "accepted" if accepted else "refused",
         "status_zh": "已执行" if accepted else "未执行",
         "case_id": outcome.get("case_id"), "task_id": outcome.get("task_id"),
         "command_type": outcome.get("command_type"), "event_type": outcome.get("event_type"),
         "code": outcome.get("code"), "reason_zh": outcome.get("reason_zh"),
-        "reason_en": outcome.get("reason_en"), "at": _ts(outcome.get("at")),
-    }
+        "reason_en": outcome.get("reason_en"), "at": outcome.get("at"),
+    })
+
+
+def command_outcome(c: Context, command_id: str) -> dict[str, Any] | None:
+    with Session(c.engine) as session:
+        return queries.command_outcome(session, command_id)
 
 
 @router.get("/api/v1/commands/{command_id}", summary="指令结果 / outcome of a command")
@@ -195,7 +198,7 @@ async def get_command(command_id: str, request: Request, authorization: Auth = N
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
-        outcome = await run_in_threadpool(_queries().command_outcome, c.engine, command_id)
+        outcome = await run_in_threadpool(command_outcome, c, command_id)
         if outcome is not None or loop.time() >= deadline:
             return JSONResponse(command_view(outcome, command_id))
         await asyncio.sleep(0.2)
@@ -204,13 +207,22 @@ async def get_command(command_id: str, request: Request, authorization: Auth = N
 # --- department inbox ----------------------------------------------------------------------
 
 
+def inbox_rows(c: Context, code: str, states: list[str] | None, overdue: bool | None,
+               category: str | None, grid: str | None) -> list[dict[str, Any]]:
+    with Session(c.engine) as session:
+        rows = queries.department_inbox(session, code, states, overdue, category, grid,
+                                        now=c.clock())
+    return [jsonable(r) for r in rows]
+
+
 @router.get("/api/v1/departments/{code}/inbox", summary="部门待办 / a department's tasks")
 async def inbox(
     code: str, request: Request, authorization: Auth = None,
-    state: str | None = Query(None, description="task state, e.g. dispatched,signed"),
-    overdue: bool | None = Query(None, description="only overdue (true) / not overdue (false)"),
-    category: str | None = Query(None, description="category code or prefix, e.g. E01"),
-    grid: str | None = Query(None, description="grid, village or township code prefix"),
+    state: str | None = Query(None, description="任务状态, 逗号分隔 / task states, e.g. "
+                              "dispatched,signed (default: every open state)"),
+    overdue: bool | None = Query(None, description="true: 仅超时 only overdue; false: 未超时"),
+    category: str | None = Query(None, description="类别编码或前缀 / category code or prefix"),
+    grid: str | None = Query(None, description="网格编码 / grid code"),
 ) -> JSONResponse:
     c = ctx(request)
     principal = c.auth.require(authorization, DEPT, SUPERVISOR)
@@ -220,28 +232,37 @@ async def inbox(
     if principal.kind == DEPT and principal.department != code:
         raise forbidden("只能查看本部门的待办", "staff see their own department's inbox only")
     states = [s.strip() for s in state.split(",") if s.strip()] if state else None
-    rows = await run_in_threadpool(
-        _queries().department_inbox, c.engine, code, states, overdue, category, grid, c.clock())
+    unknown = [s for s in states or () if s not in TASK_STATE_NAMES_ZH]
+    if unknown:
+        raise ApiError(422, "bad_state", f"未知的任务状态「{unknown[0]}」",
+                       f"unknown task state {unknown[0]!r}", field="state")
+    rows = await run_in_threadpool(inbox_rows, c, code, states, overdue, category, grid)
     return JSONResponse({"department": code, "department_name": department_name(c.ref, code),
-                         "tasks": [_json_row(r) for r in rows]})
-
-
-def _json_row(row: dict[str, Any]) -> dict[str, Any]:
-    out = {k: _ts(v) if isinstance(v, datetime) else v for k, v in row.items()}
-    if "state" in out:
-        out["state_zh"] = TASK_STATE_NAMES_ZH.get(out["state"], out["state"])
-    return out
+                         "count": len(rows), "tasks": rows})
 
 
 # --- for producers.commands ----------------------------------------------------------------
 
 
-def case_township(engine: Engine, case_id: str) -> str | None:
-    found = _queries().case_summary(engine, case_id)
-    return (found or {}).get("township_code") or None
+def case_township(c: Context, case_id: str) -> str | None:
+    with Session(c.engine) as session:
+        row = session.execute(
+            select(Case.township_code).where(Case.case_id == case_id)).first()
+    return row[0] if row else None
 
 
 # --- Open311 GeoReport v2 -------------------------------------------------------------------
+
+
+class Open311Error(Exception):
+    """A GeoReport v2 error: rendered as [{code, description}] with this HTTP status."""
+
+    def __init__(self, status: int, zh: str, en: str) -> None:
+        super().__init__(en)
+        self.status, self.zh, self.en = status, zh, en
+
+    def description(self) -> str:
+        return f"{self.zh} / {self.en}"
 
 
 @dataclass(frozen=True)
@@ -253,16 +274,13 @@ class Open311Filters:
     statuses: tuple[str, ...] | None  # our case statuses
 
     @classmethod
-    def parse(cls, ref: ReferenceData, ids: str | None, service_code: str | None,
+    def parse(cls, ref: ReferenceData, now: datetime, ids: str | None, service_code: str | None,
               start_date: str | None, end_date: str | None, status: str | None) -> Open311Filters:
-        from producers.open311 import Open311Error
-
         def split(v: str | None) -> tuple[str, ...] | None:
-            items = tuple(x.strip() for x in (v or "").split(",") if x.strip())
-            return items or None
+            return tuple(x.strip() for x in (v or "").split(",") if x.strip()) or None
 
-        codes = split(service_code)
         cats = None
+        codes = split(service_code)
         if codes:
             unknown = [x for x in codes if x not in ref.services]
             if unknown:
@@ -270,25 +288,23 @@ class Open311Filters:
                                    f"service_code {unknown[0]!r} not found")
             cats = tuple(ref.services[x].category_code for x in codes)
         statuses = None
-        if split(status):
-            wanted = split(status) or ()
+        wanted = split(status)
+        if wanted:
             bad = [s for s in wanted if s not in ("open", "closed")]
             if bad:
                 raise Open311Error(400, "status 只能是 open 或 closed",
                                    f"status must be open or closed, got {bad[0]!r}")
-            mapped: list[str] = []
-            for s in wanted:
-                mapped += ["new", "open"] if s == "open" else ["closed", "not_filed"]
-            statuses = tuple(mapped)
+            statuses = tuple(x for s in wanted for x in (("new", "open") if s == "open"
+                                                          else ("closed", "not_filed")))
         try:
             start = parse_ts(start_date, "start_date") if start_date else None
             end = parse_ts(end_date, "end_date") if end_date else None
         except SchemaError as exc:
             raise Open311Error(400, "日期须为带时区的 ISO 8601 时间", str(exc)) from exc
-        if not split(ids) and start is None and end is None:
-            # The spec's default window: the last 90 days.
-            start = datetime.now(UTC) - timedelta(days=90)
-        return cls(split(ids), cats, start, end, statuses)
+        ids = split(ids)
+        if not ids and start is None and end is None:
+            start = now - timedelta(days=90)  # the spec's default window
+        return cls(ids, cats, start, end, statuses)
 
 
 def service_for(ref: ReferenceData, category_code: str | None) -> tuple[str | None, str | None]:
@@ -302,13 +318,12 @@ def service_for(ref: ReferenceData, category_code: str | None) -> tuple[str | No
 
 def open311_view(ref: ReferenceData, ticket: str, case: dict[str, Any],
                  tasks: list[dict[str, Any]], report: dict[str, Any] | None) -> dict[str, Any]:
-    """One GeoReport v2 service request from a case (and the resident's report, if known)."""
+    """One GeoReport v2 service request from a case row, its tasks and the resident's report."""
     report = report or {}
     case_status = case.get("status") or "new"
     code, name = service_for(ref, case.get("category_code") or report.get("category_code"))
-    open_tasks = [t for t in tasks if t.get("state") not in ("closed", "sent_back", "cancelled")]
-    agencies = sorted({t["department"] for t in (open_tasks or tasks)}
-                      | set(case.get("departments") or []))
+    live = [t for t in tasks if t.get("state") not in FINAL_TASK_STATES]
+    agencies = sorted({t["department"] for t in (live or tasks)})
     if case_status == "not_filed":
         notes = f"不予立案: {case.get('not_filed_reason_zh') or ''}".strip()
     elif tasks:
@@ -316,47 +331,68 @@ def open311_view(ref: ReferenceData, ticket: str, case: dict[str, Any],
                           f"{TASK_STATE_NAMES_ZH.get(t['state'], t['state'])}" for t in tasks)
     else:
         notes = "已受理, 正在分派 / received, being routed"
-    dues = [t.get("resolve_due") for t in open_tasks if t.get("resolve_due")]
-    return {
+    dues = [t["resolve_due"] for t in live if t.get("resolve_due")]
+    return jsonable({
         "service_request_id": ticket,
-        "status": "open" if case_status in OPEN311_OPEN else "closed",
+        "status": "open" if case_status in ("new", "open") else "closed",
         "status_notes": notes,
         "service_name": name,
         "service_code": code,
         "description": report.get("description") or case.get("description"),
         "agency_responsible": "、".join(department_name(ref, d) for d in agencies) or None,
         "service_notice": None,
-        "requested_datetime": _ts(report.get("submitted_at") or case.get("filed_at")),
-        "updated_datetime": _ts(case.get("updated_at") or case.get("filed_at")),
-        "expected_datetime": _ts(max(dues)) if dues else None,
+        "requested_datetime": report.get("submitted_at") or case.get("filed_at"),
+        "updated_datetime": case.get("updated_at") or case.get("filed_at"),
+        "expected_datetime": max(dues) if dues else None,
         "address": report.get("address") or case.get("address"),
         "address_id": None,
         "zipcode": None,
         "lat": report.get("lat", case.get("lat")),
         "long": report.get("lon", case.get("lon")),
         "media_url": report.get("media_url") or None,
-    }
+    })
 
 
 def open311_request(c: Context, ticket: str) -> dict[str, Any] | None:
-    """A ticket: a resident's (or worker's) report id behind it, else a case id."""
-    q = _queries()
+    """A ticket: the report behind it (via the ingest receipt), else a case id."""
     receipt = receipts.by_ticket(c.engine, ticket)
-    if receipt is not None:
-        found = q.report_status(c.engine, receipt.report_id)
-        if found is None:
-            return open311_view(c.ref, ticket, {"status": "new",
-                                                "filed_at": receipt.created_at}, [], None)
-        return open311_view(c.ref, ticket, found.get("case") or {}, found.get("tasks", []),
-                            found.get("report"))
-    found = q.case_detail(c.engine, ticket)
-    if found is None:
-        return None
-    return open311_view(c.ref, ticket, found["case"], found.get("tasks", []), found.get("report"))
+    with Session(c.engine) as session:
+        report_id = receipt.report_id if receipt else None
+        found = queries.report_status(session, report_id) if report_id else None
+        detail = queries.case_detail(session, found["case_id"] if found else ticket)
+    if detail is None:
+        if receipt is None:
+            return None
+        return open311_view(c.ref, ticket, {"status": "new"}, [],
+                            {"submitted_at": receipt.created_at})
+    reports = detail.get("reports", [])
+    report = next((r for r in reports if r["report_id"] == (report_id or detail["report_id"])),
+                  reports[0] if reports else None)
+    return open311_view(c.ref, ticket, detail, detail.get("tasks", []), report)
 
 
 def open311_requests(c: Context, f: Open311Filters) -> list[dict[str, Any]]:
-    rows = _queries().cases(c.engine, case_ids=f.ids, category_codes=f.category_codes,
-                            start=f.start, end=f.end, statuses=f.statuses, limit=1000)
-    return [open311_view(c.ref, r["case"]["case_id"], r["case"], r.get("tasks", []),
-                         r.get("report")) for r in rows]
+    """Cases matching the filters, newest first (a plain read of the cases and tasks tables)."""
+    query = select(Case.__table__)
+    if f.ids:
+        query = query.where(Case.case_id.in_(f.ids))
+    if f.category_codes:
+        query = query.where(Case.category_code.in_(f.category_codes))
+    if f.statuses:
+        query = query.where(Case.status.in_(f.statuses))
+    if f.start:
+        query = query.where(Case.filed_at >= f.start)
+    if f.end:
+        query = query.where(Case.filed_at < f.end)
+    query = query.order_by(Case.filed_at.desc(), Case.case_id).limit(OPEN311_LIST_LIMIT)
+    with Session(c.engine) as session:
+        cases = [dict(r) for r in session.execute(query).mappings()]
+        ids = [r["case_id"] for r in cases]
+        tasks = [dict(r) for r in session.execute(
+            select(Task.__table__).where(Task.case_id.in_(ids))
+            .order_by(Task.dispatched_at, Task.task_id)).mappings()] if ids else []
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    for t in tasks:
+        by_case.setdefault(t["case_id"], []).append(t)
+    return [open311_view(c.ref, r["case_id"], r, by_case.get(r["case_id"], []), None)
+            for r in cases]
