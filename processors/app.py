@@ -2,7 +2,9 @@
 
 Delivery: at-least-once from Kafka; every output carries a deterministic id, so a
 redelivered input produces the same ids and the case processor / sinks drop the
-repeats. Each agent owns one kind of state in a changelog-backed faust table,
+repeats. An agent that fails on something unexpected crashes the worker, loudly (mode's
+CrashingSupervisor): a restarted worker resumes from the last committed offset.
+Each agent owns one kind of state in a changelog-backed faust table,
 keyed like its source topic, so a restarted worker recovers it from Kafka.
 """
 
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from mode import CrashingSupervisor
 
 from gridflow import events as ev
 from gridflow import topics
@@ -88,29 +91,29 @@ def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
         for suffix, key, value in out.sends:
             await t[suffix].send(key=key.encode(), value=value)
 
-    @app.agent(t["reports"])
+    @app.agent(t["reports"], supervisor_strategy=CrashingSupervisor)
     async def intake(stream: Any) -> None:
         async for event in stream.events():
             m = event.message
             out = steps.intake_step(event.value, rt.ref, rt.clock(), m.topic, m.partition, m.offset)
             await emit(out)
 
-    @app.agent(t["reports-located"])
+    @app.agent(t["reports-located"], supervisor_strategy=CrashingSupervisor)
     async def filing(stream: Any) -> None:
         async for event in stream.events():
             m = event.message
             key = (event.key or b"").decode("utf-8", "replace")
-            out, live = steps.filing_step(event.value, recent_cases[key] or [], rt.clock(), m.topic,
+            out, live = steps.filing_step(event.value, recent_cases.get(key) or [], rt.clock(), m.topic,
                                           m.partition, m.offset)
             recent_cases[key] = live
             await emit(out)
 
-    @app.agent(t["case-commands"])
+    @app.agent(t["case-commands"], supervisor_strategy=CrashingSupervisor)
     async def case_processor(stream: Any) -> None:
         async for event in stream.events():
             m = event.message
             key = (event.key or b"").decode("utf-8", "replace")
-            out, state = steps.case_step(event.value, cases[key], rt.planner, rt.clock(), m.topic,
+            out, state = steps.case_step(event.value, cases.get(key), rt.planner, rt.clock(), m.topic,
                                          key, m.partition, m.offset)
             if state is not None:
                 cases[key] = state
@@ -122,7 +125,7 @@ def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
         cfg = archive.ArchiveConfig(s.bucket_archive, s.archive_retention_days,
                                     s.max_photo_bytes, s.max_photo_pixels)
 
-        @app.agent(t["case-events"])
+        @app.agent(t["case-events"], supervisor_strategy=CrashingSupervisor)
         async def photo_archive(stream: Any) -> None:
             async for raw in stream:
                 try:

@@ -23,6 +23,7 @@ from gridflow.core.calendar import WorkingCalendar
 from gridflow.core.deadlines import DeadlineBook, DueItem, plan_deadlines
 from gridflow.core.sla import SlaPolicy
 from gridflow.events import Message, iso, parse_ts
+from processors.app import CrashingSupervisor
 
 log = logging.getLogger("gridflow.deadlines")
 
@@ -115,7 +116,7 @@ class DeadlineRuntime:
             cmd = command_for(item)
             return await commands.send(key=item.case_id.encode(), value=cmd.encode())
 
-        @app.agent(source, name="deadlines")
+        @app.agent(source, name="deadlines", supervisor_strategy=CrashingSupervisor)
         async def deadlines(stream: Any) -> None:
             async for event in stream.events():
                 m = event.message

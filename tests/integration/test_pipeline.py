@@ -1,0 +1,147 @@
+"""The stream processors on real Kafka and MinIO: a report becomes a filed case with
+tasks for the right departments and archived photos; poison goes to the dead letters."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from gridflow import events as ev
+from gridflow import services
+from gridflow.core import geo
+from gridflow.core.intake import case_id_for
+from gridflow.core.refdata import load_reference_data
+from gridflow.events import Message, derived_id, iso
+from gridflow.testing.images import make_jpeg
+
+pytestmark = pytest.mark.integration
+
+REF = load_reference_data()
+
+
+@pytest.fixture
+def worker(stack_settings, tmp_path: Path) -> Iterator[services.Service]:
+    settings = stack_settings.with_(faust_data_dir=tmp_path / "faust")
+    svc = services.start("worker", ["worker"], settings, tmp_path)
+    yield svc
+    svc.stop()
+    print(services.log_tail(svc.log_path, 15))
+
+
+def produce(bootstrap: str, topic: str, key: str, value: bytes) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer.send(topic, key=key.encode(), value=value).get(timeout=30)
+    producer.close()
+
+
+def consume_until(bootstrap: str, topic: str, done, timeout_s: float = 90.0,
+                  service: services.Service | None = None) -> list[dict]:
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=1000)
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            for record in consumer:
+                seen.append(json.loads(record.value))
+            if done(seen):
+                return seen
+            if service is not None:
+                service.check()
+    finally:
+        consumer.close()
+    raise AssertionError(f"timed out on {topic}; saw {[s.get('type') for s in seen]}")
+
+
+def upload_report(s3, bucket: str, report_id: str, worker_id: str, category: str,
+                  lat: float, lon: float, n_photos: int = 2) -> Message:
+    worker = next(w for w in REF.workers.values() if w.id == worker_id)
+    photos = []
+    for i in range(n_photos):
+        data = make_jpeg(320, 240, seed=i, gps=(lat, lon), taken_at=datetime(2026, 11, 2, 9, 0))
+        import hashlib
+
+        sha = hashlib.sha256(data).hexdigest()
+        key = f"reports/{report_id}/{i}-{sha[:16]}.jpg"
+        s3.put_object(bucket, key, io.BytesIO(data), len(data), content_type="image/jpeg")
+        photos.append({"bucket": bucket, "key": key, "size": len(data), "sha256": sha,
+                       "content_type": "image/jpeg", "role": "before"})
+    now = datetime.now(UTC)
+    actor = f"worker:{worker.id}@{worker.grid_code}"
+    return Message(
+        id=derived_id("report", report_id), type=ev.REPORT_SUBMITTED, case_id="", at=iso(now),
+        actor=actor,
+        data={"report_id": report_id, "source": "grid_worker", "channel": "app", "reporter": actor,
+              "category_code": category, "description": "路边堆放大量生活垃圾", "lat": lat,
+              "lon": lon, "captured_at": iso(now), "worker_grid_code": worker.grid_code,
+              "photos": photos},
+    )
+
+
+def test_report_is_filed_dispatched_and_its_photos_archived(stack, stack_settings, buckets, worker):
+    s3 = stack.s3()
+    prefix = stack_settings.topic_prefix
+    grid = REF.grids[next(iter(REF.grids))]
+    lat, lon = geo.representative_point(grid)
+    worker_id = next(w.id for w in REF.workers.values() if w.grid_code == grid.code and w.active)
+    category = next(c.code for c in REF.categories.values() if c.enabled and not c.multi_department)
+    msg = upload_report(s3, buckets.incoming, "rpt-pipeline-0001", worker_id, category, lat, lon)
+    produce(stack.bootstrap, f"{prefix}.reports", "rpt-pipeline-0001", msg.encode())
+    # a poison message, then a second report: the stream must go on past the poison
+    produce(stack.bootstrap, f"{prefix}.reports", "junk", b"\xff{not json")
+    dup = upload_report(s3, buckets.incoming, "rpt-pipeline-0002", worker_id, category,
+                        lat + 0.00005, lon, n_photos=1)
+    produce(stack.bootstrap, f"{prefix}.reports", "rpt-pipeline-0002", dup.encode())
+
+    def complete(seen):
+        types = [s["type"] for s in seen]
+        return types.count(ev.PHOTO_ARCHIVED) >= 3 and ev.REPORT_MERGED in types
+
+    events = consume_until(stack.bootstrap, f"{prefix}.case-events", complete, service=worker)
+    case_id = case_id_for("rpt-pipeline-0001", msg.at_dt)
+    filed = next(e for e in events if e["type"] == ev.CASE_FILED)
+    assert filed["case_id"] == case_id
+    assert filed["data"]["grid_code"] == grid.code
+    tasks = [e for e in events if e["type"] == ev.TASK_DISPATCHED]
+    from gridflow.core.routing import route
+
+    assert [t["data"]["department"] for t in tasks] == list(route(REF, category, grid).departments)
+    assert all(t["data"]["sign_due"] and t["data"]["resolve_due"] for t in tasks)
+    merged = next(e for e in events if e["type"] == ev.REPORT_MERGED)
+    assert merged["case_id"] == case_id  # the near-duplicate joined the open case
+    assert [e["seq"] for e in events if e["case_id"] == case_id] == list(
+        range(1, len([e for e in events if e["case_id"] == case_id]) + 1))
+
+    archived = [e["data"] for e in events if e["type"] == ev.PHOTO_ARCHIVED]
+    assert {a["status"] for a in archived} == {"archived"}
+    for a in archived:
+        stat = s3.stat_object(buckets.archive, a["archive_key"])
+        assert stat.size == a["size"]
+        assert s3.get_object_retention(buckets.archive, a["archive_key"]) is not None
+        s3.stat_object(buckets.archive, a["thumbnail_key"])
+        assert a["exif"]["lat"] == pytest.approx(lat, abs=1e-4)
+    assert list(s3.list_objects(buckets.incoming, recursive=True)) == []  # claim checks redeemed
+
+    dead = consume_until(stack.bootstrap, f"{prefix}.dead-letters", lambda s: len(s) >= 1)
+    assert dead[0]["original_encoding"] == "hex" and "undecodable" in dead[0]["reason"]
+
+
+def test_report_outside_the_county_is_not_filed_with_a_reason(stack, stack_settings, buckets, worker):
+    s3 = stack.s3()
+    prefix = stack_settings.topic_prefix
+    worker_id = next(w.id for w in REF.workers.values() if w.active)
+    category = next(c.code for c in REF.categories.values() if c.enabled)
+    msg = upload_report(s3, buckets.incoming, "rpt-outside-0001", worker_id, category, 39.9, 116.4, 1)
+    produce(stack.bootstrap, f"{prefix}.reports", "rpt-outside-0001", msg.encode())
+    events = consume_until(stack.bootstrap, f"{prefix}.case-events",
+                           lambda s: any(e["type"] == ev.CASE_NOT_FILED for e in s), service=worker)
+    nf = next(e for e in events if e["type"] == ev.CASE_NOT_FILED)
+    assert nf["data"]["code"] == "outside_county" and nf["data"]["reason_zh"]
+    assert not any(e["type"] == ev.TASK_DISPATCHED for e in events)
