@@ -13,7 +13,6 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,10 +25,7 @@ from gridflow.events import REPORT_SUBMITTED, decode_message, derived_id
 from gridflow.settings import Settings
 from gridflow.testing import images
 from producers.app import Deps, create_app
-from producers.publisher import KafkaPublisher
-from producers.store import MinioStore
-from producers.testing import LiveApi, free_port, read_topic
-from sinks.models import make_engine
+from producers.testing import ApiEnv, LiveApi, chinese, free_port, read_topic, real_deps
 
 pytestmark = pytest.mark.integration
 
@@ -38,53 +34,17 @@ WORKER = REF.workers["GW0001"]  # 石门村一组网格
 SUSPENDED = REF.workers["GW0024"]
 
 
-def chinese(text: str) -> bool:
-    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
-
-
-@dataclass
-class Env:
-    settings: Settings
-    url: str
-    s3: Any
-    deps: Deps
-
-    @property
-    def reports_topic(self) -> str:
-        return topics.REPORTS.name(self.settings.topic_prefix)
-
-    def objects(self, prefix: str = "") -> dict[str, bytes]:
-        bucket = self.settings.bucket_incoming
-        out = {}
-        for o in self.s3.list_objects(bucket, prefix=prefix, recursive=True):
-            resp = self.s3.get_object(bucket, o.object_name)
-            try:
-                out[o.object_name] = resp.read()
-            finally:
-                resp.close()
-                resp.release_conn()
-        return out
-
-    def events(self, until_report: str) -> list[Any]:
-        """Every ReportSubmitted on the topic, read until `until_report` shows up."""
-        records = read_topic(
-            self.settings.kafka_bootstrap, self.reports_topic,
-            lambda rs: any(r.key == until_report.encode() for r in rs), timeout_s=60)
-        return records
-
-
 def build_deps(settings: Settings, s3: Any, bootstrap: str | None = None,
                timeout_s: float = 10.0) -> Deps:
-    return Deps(ref=REF, publisher=KafkaPublisher(bootstrap or settings.kafka_bootstrap, timeout_s),
-                store=MinioStore(s3), engine=make_engine(settings.database_url))
+    return real_deps(settings, s3, REF, bootstrap, timeout_s)
 
 
 @pytest.fixture
-def env(stack: Any, stack_settings: Settings) -> Iterator[Env]:
+def env(stack: Any, stack_settings: Settings) -> Iterator[ApiEnv]:
     s3 = stack.s3()
     deps = build_deps(stack_settings, s3)
     with LiveApi(create_app(stack_settings, deps)) as api:
-        yield Env(stack_settings, api.url, s3, deps)
+        yield ApiEnv(stack_settings, s3, deps, api.url)
 
 
 def new_report(**overrides: Any) -> dict[str, Any]:
@@ -115,12 +75,17 @@ def upload(url: str, report: dict[str, Any] | bytes, photos: list[bytes],
     return httpx.post(f"{url}/api/v1/reports", files=files, headers=headers, timeout=60)
 
 
-def sentinel(env: Env) -> str:
+def sentinel(env: ApiEnv) -> str:
     """Upload a good report; reading the topic up to it proves nothing else was published."""
     report = new_report()
     r = upload(env.url, report, [photo(99)])
     assert r.status_code == 202, r.text
     return str(report["report_id"])
+
+
+def events(env: ApiEnv, until_report: str) -> list[Any]:
+    """Every record on the reports topic, read until `until_report` shows up."""
+    return env.records(topics.REPORTS, until_report)
 
 
 def submitted(records: list[Any], report_id: str) -> list[Any]:
@@ -130,7 +95,7 @@ def submitted(records: list[Any], report_id: str) -> list[Any]:
 # --- accepted ------------------------------------------------------------------------------
 
 
-def test_upload_with_two_jpegs_is_on_the_log_and_its_photos_in_the_bucket(env: Env) -> None:
+def test_upload_with_two_jpegs_is_on_the_log_and_its_photos_in_the_bucket(env: ApiEnv) -> None:
     report = new_report()
     jpegs = [photo(1), photo(2)]
     r = upload(env.url, report, jpegs)
@@ -141,7 +106,7 @@ def test_upload_with_two_jpegs_is_on_the_log_and_its_photos_in_the_bucket(env: E
     assert body["report_id"] == rid and body["status"] == "accepted"
     assert body["case_id"].startswith("AJ") and body["status_url"] == f"/api/v1/reports/{rid}"
 
-    records = submitted(env.events(rid), rid)
+    records = submitted(events(env, rid), rid)
     assert len(records) == 1
     msg = decode_message(records[0].value)
     assert msg.type == REPORT_SUBMITTED and msg.id == derived_id("report", rid)
@@ -164,7 +129,7 @@ def test_upload_with_two_jpegs_is_on_the_log_and_its_photos_in_the_bucket(env: E
         assert hashlib.sha256(stored[ref["key"]]).hexdigest() == sha
 
 
-def test_a_retried_upload_gets_the_first_answer_and_changes_nothing(env: Env) -> None:
+def test_a_retried_upload_gets_the_first_answer_and_changes_nothing(env: ApiEnv) -> None:
     report = new_report()
     jpegs = [photo(3), photo(4)]
     first = upload(env.url, report, jpegs)
@@ -176,11 +141,11 @@ def test_a_retried_upload_gets_the_first_answer_and_changes_nothing(env: Env) ->
     assert again.status_code == 200, again.text
     assert again.json() == first.json()
     end = sentinel(env)
-    assert len(submitted(env.events(end), report["report_id"])) == 1
+    assert len(submitted(events(env, end), report["report_id"])) == 1
     assert env.objects(f"reports/{report['report_id']}/") == objects_before
 
 
-def test_concurrent_retries_publish_once(env: Env) -> None:
+def test_concurrent_retries_publish_once(env: ApiEnv) -> None:
     report = new_report()
     jpegs = [photo(5), photo(6)]
     answers: list[httpx.Response] = []
@@ -205,11 +170,11 @@ def test_concurrent_retries_publish_once(env: Env) -> None:
         if a.status_code == 409:
             assert a.json()["code"] == "in_progress" and a.headers["Retry-After"]
     end = sentinel(env)
-    assert len(submitted(env.events(end), report["report_id"])) == 1
+    assert len(submitted(events(env, end), report["report_id"])) == 1
     assert len(env.objects(f"reports/{report['report_id']}/")) == 2
 
 
-def test_another_payload_under_a_used_report_id_is_refused(env: Env) -> None:
+def test_another_payload_under_a_used_report_id_is_refused(env: ApiEnv) -> None:
     report = new_report()
     assert upload(env.url, report, [photo(7)]).status_code == 202
 
@@ -222,7 +187,7 @@ def test_another_payload_under_a_used_report_id_is_refused(env: Env) -> None:
     assert len(env.objects(f"reports/{report['report_id']}/")) == 1
 
 
-def test_a_report_outside_the_workers_own_grid_is_accepted(env: Env) -> None:
+def test_a_report_outside_the_workers_own_grid_is_accepted(env: ApiEnv) -> None:
     elsewhere = REF.grids["421099201201001"]  # 白鹤乡新发村: not GW0001's grid
     from gridflow.core.geo import representative_point
 
@@ -239,14 +204,14 @@ def test_a_report_outside_the_workers_own_grid_is_accepted(env: Env) -> None:
     ("not-a-token-of-anyone-000000", 401, "unauthorized"),
     (SUSPENDED.token, 403, "suspended"),
 ])
-def test_only_active_grid_workers_may_upload(env: Env, token: str | None, status: int,
+def test_only_active_grid_workers_may_upload(env: ApiEnv, token: str | None, status: int,
                                              code: str) -> None:
     report = new_report()
     r = upload(env.url, report, [photo(10)], token=token)
     assert r.status_code == status, r.text
     assert r.json()["code"] == code and chinese(r.json()["message_zh"])
     end = sentinel(env)
-    assert submitted(env.events(end), report["report_id"]) == []
+    assert submitted(events(env, end), report["report_id"]) == []
     assert env.objects(f"reports/{report['report_id']}/") == {}
 
 
@@ -277,7 +242,7 @@ BAD: dict[str, tuple[Callable[[dict[str, Any]], tuple[Any, list[bytes]]], int, s
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_upload_is_refused_in_chinese_leaving_no_photo_and_no_event(env: Env,
+def test_bad_upload_is_refused_in_chinese_leaving_no_photo_and_no_event(env: ApiEnv,
                                                                        case: str) -> None:
     make, status, code = BAD[case]
     report = new_report()
@@ -291,7 +256,7 @@ def test_bad_upload_is_refused_in_chinese_leaving_no_photo_and_no_event(env: Env
     assert chinese(body["message_zh"]) and body["message_en"]
     assert env.objects() == {}, "a refused upload must not leave photos behind"
     end = sentinel(env)
-    records = env.events(end)
+    records = events(env, end)
     assert [r.key for r in records] == [end.encode()], "a refused upload must not be published"
 
 
@@ -324,7 +289,7 @@ def test_kafka_unreachable_answers_503_keeps_nothing_and_the_retry_succeeds(
     assert len(list(s3.list_objects(bucket, recursive=True))) == 2
 
 
-def test_openapi_docs_are_served(env: Env) -> None:
+def test_openapi_docs_are_served(env: ApiEnv) -> None:
     spec = httpx.get(f"{env.url}/openapi.json").json()
     assert "/api/v1/reports" in spec["paths"]
     assert "/open311/v2/requests.json" in spec["paths"]
