@@ -154,10 +154,13 @@ class ApiEnv:
                 timeout_s: float = 60) -> list[Any]:
         """Records of a catalogue topic, read until one keyed `key` (and matching `until`)."""
         want = key.encode()
-        return read_topic(
-            self.settings.kafka_bootstrap, self.topic(spec),
-            lambda rs: any(r.key == want and (until is None or until(r)) for r in rs),
-            timeout_s)
+        return self.read(spec, lambda rs: any(r.key == want and (until is None or until(r))
+                                              for r in rs), timeout_s)
+
+    def read(self, spec: Any, until: Callable[[list[Any]], bool], timeout_s: float = 60
+             ) -> list[Any]:
+        """Records of a catalogue topic, read until `until(records)` holds (or time is up)."""
+        return read_topic(self.settings.kafka_bootstrap, self.topic(spec), until, timeout_s)
 
 
 def real_deps(settings: Any, s3: Any, ref: Any, bootstrap: str | None = None,
