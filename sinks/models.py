@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
 
 from gridflow.events import parse_ts
 
@@ -47,26 +48,37 @@ class SchemaVersionError(RuntimeError):
 class UTCDateTime(TypeDecorator[datetime]):
     """The one place timestamps are normalised: aware UTC in, aware UTC out, on every database.
 
-    Accepts an aware datetime or an ISO 8601 string with an offset. SQLite has no time zone
-    type, so UTC is stored naive there (uniform text, so comparisons and ORDER BY hold).
+    Accepts an aware datetime or an ISO 8601 string with an offset. PostgreSQL stores
+    timestamptz. SQLite has no time type: there it is UTC text in SQLAlchemy's own SQLite
+    format ("2026-11-02 01:00:00.000000"), uniform, so comparisons and ORDER BY hold.
     """
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | str | None, dialect: Dialect) -> datetime | None:
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(26))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | str | None, dialect: Dialect) -> Any:
         if value is None:
             return None
         if isinstance(value, str):
             value = parse_ts(value)
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        if value.tzinfo is not UTC:
+            if value.tzinfo is None:
+                raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
+            value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+        return value
 
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 

@@ -8,17 +8,20 @@ this build does not know reaches the ledger and the case's chain position, nothi
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, insert, select, update
+from sqlalchemy import Column, Insert, Table, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from gridflow import events as ev
 from gridflow.core import case as core
-from gridflow.events import Message, SchemaError, derived_id, parse_ts
+from gridflow.events import Message, SchemaError, canonical_json, derived_id, parse_ts
 from sinks.models import (
     Base,
     Case,
@@ -152,7 +155,7 @@ class Rows:
         col = self.table.c[column]
         loaded = []
         for chunk in in_chunks(values):
-            for row in session.execute(select(self.table).where(col.in_(chunk))).mappings():
+            for row in session.execute(select(self.table).where(col.in_(chunk))).mappings().all():
                 key = row[self.key]
                 if key not in self.rows:
                     self.rows[key] = dict(row)
@@ -207,14 +210,34 @@ class Rows:
         return removed
 
     def flush(self, session: Session) -> None:
-        new = [self.rows[k] for k in self.dirty if k not in self.stored]
-        changed = [self.rows[k] for k in self.dirty if k in self.stored]
-        if new:
-            session.execute(insert(self.table), new)
-        if changed:
-            session.execute(update(self.model), changed)
+        dirty = [self.rows[k] for k in self.dirty]
+        if not dirty:
+            return
+        upsert = _upsert(self.table, session.get_bind().dialect.name)
+        if upsert is not None:
+            session.execute(upsert, dirty)
+        else:  # a database without INSERT ... ON CONFLICT: the ORM's bulk paths
+            new = [row for row in dirty if row[self.key] not in self.stored]
+            changed = [row for row in dirty if row[self.key] in self.stored]
+            if new:
+                session.execute(insert(self.table), new)
+            if changed:
+                session.execute(update(self.model), changed)
         self.stored.update(self.dirty)
         self.dirty.clear()
+
+
+@functools.cache
+def _upsert(table: Table, dialect_name: str) -> Insert | None:
+    """INSERT ... ON CONFLICT (primary key) DO UPDATE SET every other column."""
+    dialects = {"sqlite": sqlite, "postgresql": postgresql}
+    if dialect_name not in dialects:
+        return None
+    stmt = dialects[dialect_name].insert(table)
+    return stmt.on_conflict_do_update(
+        index_elements=list(table.primary_key.columns),
+        set_={c.name: stmt.excluded[c.name] for c in table.columns if not c.primary_key},
+    )
 
 
 class ReadModels:
@@ -237,6 +260,7 @@ class ReadModels:
             "photos": set(),
             "command": set(),
         }
+        self._preloaded: set[str] = set()  # ids of the events whose rows are here
         self.photo_ids_by_case: dict[str, list[str]] = {}
         self.known_commands: set[str] = set()
         self.outcomes: list[dict[str, Any]] = []
@@ -248,6 +272,7 @@ class ReadModels:
         """Fetch every row the given events will touch (no-op for rows already here)."""
         want: dict[str, set[str]] = {name: set() for name in self._loaded}
         for m in messages:
+            self._preloaded.add(m.id)
             want["case"].add(m.case_id)
             want["command"].add(_command_id(m))
             if m.type in REPORT_EVENTS:
@@ -342,12 +367,13 @@ class ReadModels:
     # --- folding -------------------------------------------------------------------
     def fold(self, m: Message, where: Position = Position()) -> None:
         """Apply one event. Raises ProjectionError (and changes nothing) if it cannot."""
-        self.preload([m])
+        if m.id not in self._preloaded:
+            self.preload([m])
         for rows in self._tables:
             rows.begin()
         try:
             at = m.at_dt
-            digest = m.hash()
+            digest = event_hash(m)
             case = self.case(m.case_id, at)
             _advance_chain(case, m, digest, at)
             handler = HANDLERS.get(m.type)
@@ -430,6 +456,16 @@ def apply_event(session: Session, message: Message, where: Position = Position()
     models = ReadModels(session)
     models.fold(message, where)
     models.flush()
+
+
+_MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
+
+
+def event_hash(m: Message) -> str:
+    """Message.hash() without its deep copy of the data (same canonical bytes, same digest)."""
+    return hashlib.sha256(
+        canonical_json({name: getattr(m, name) for name in _MESSAGE_FIELDS})
+    ).hexdigest()
 
 
 def _command_id(m: Message) -> str:
