@@ -145,7 +145,22 @@ def test_a_retried_upload_gets_the_first_answer_and_changes_nothing(env: ApiEnv)
     assert env.objects(f"reports/{report['report_id']}/") == objects_before
 
 
-def test_concurrent_retries_publish_once(env: ApiEnv) -> None:
+@pytest.fixture
+def pg_env(stack: Any, stack_settings: Settings, pg_url: str) -> Iterator[ApiEnv]:
+    """The API with its receipts (and read models) in PostgreSQL, as in production."""
+    settings = stack_settings.with_(database_url=pg_url)
+    s3 = stack.s3()
+    deps = build_deps(settings, s3)
+    try:
+        with LiveApi(create_app(settings, deps)) as api:
+            yield ApiEnv(settings, s3, deps, api.url)
+    finally:
+        deps.engine.dispose()  # the database is dropped after the test
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_concurrent_retries_publish_once(database: str, request: pytest.FixtureRequest) -> None:
+    env: ApiEnv = request.getfixturevalue("env" if database == "sqlite" else "pg_env")
     report = new_report()
     jpegs = [photo(5), photo(6)]
     answers: list[httpx.Response] = []
