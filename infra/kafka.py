@@ -10,11 +10,12 @@ import base64
 import re
 import shutil
 import subprocess
+import time
 import uuid
 from importlib import resources
 from pathlib import Path
 
-from gridflow.topics import ensure_topics
+from gridflow.topics import CATALOGUE, ensure_topics
 from infra.procs import Echo, ServerError, file_lock, port_open, run_logged, split_host_port
 from infra.server import Server, require_tool
 
@@ -198,9 +199,28 @@ class Kafka(Server):
         return KAFKA_VERSION if self.installed() else f"{KAFKA_VERSION} (not downloaded)"
 
 
-def ensure_catalogue(bootstrap: str, prefix: str) -> list[str]:
-    """Create the catalogue topics under `prefix` (gridflow.topics.ensure_topics)."""
-    return ensure_topics(bootstrap, prefix)
+def ensure_catalogue(bootstrap: str, prefix: str, timeout_s: float = 30.0) -> list[str]:
+    """Create the catalogue topics under `prefix` (gridflow.topics.ensure_topics) and return
+    only when every partition has a leader, so producers and workers can use them at once."""
+    names = [spec.name(prefix) for spec in CATALOGUE]
+    deadline = time.monotonic() + timeout_s
+    admin = _admin(bootstrap, timeout_ms=int(timeout_s * 1000))
+    try:
+        before = set(admin.list_topics())
+        while True:
+            try:
+                ensure_topics(bootstrap, prefix, timeout_s)
+                break
+            except RuntimeError as exc:
+                # KRaft publishes a new topic to the broker's metadata asynchronously: describing
+                # it right after CreateTopics may show 0 partitions. The topics exist; look again.
+                if "has 0 partitions" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        admin.wait_for_topics(names, timeout_ms=max(1000, int((deadline - time.monotonic()) * 1000)))
+    finally:
+        admin.close()
+    return [name for name in names if name not in before]
 
 
 def _admin(bootstrap: str, timeout_ms: int):  # type: ignore[no-untyped-def]
