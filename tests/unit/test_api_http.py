@@ -1,0 +1,213 @@
+"""The HTTP mapping of the ingest API in-process, with an in-memory publisher and store and an
+in-memory SQLite: which status, which code, which Chinese message, and what is left behind.
+The same paths against real Kafka, MinIO and PostgreSQL are in tests/integration/test_api_*.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
+from sqlalchemy.pool import StaticPool
+
+from gridflow.core.refdata import load_reference_data
+from gridflow.events import Message
+from gridflow.settings import Settings
+from gridflow.testing import images
+from producers.app import Deps, create_app
+from producers.publisher import PublishError
+
+REF = load_reference_data()
+WORKER = REF.workers["GW0001"]
+NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+
+
+class MemoryPublisher:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, Message]] = []
+        self.failure: PublishError | None = None
+
+    def publish(self, topic: str, key: str, message: Message) -> None:
+        if self.failure:
+            raise self.failure
+        self.sent.append((topic, key, message))
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+
+    def put(self, bucket: str, key: str, data: bytes, content_type: str,
+            metadata: dict[str, str] | None = None) -> None:
+        self.objects[(bucket, key)] = data
+
+    def remove(self, bucket: str, key: str) -> None:
+        self.objects.pop((bucket, key), None)
+
+    def url(self, bucket: str, key: str, expires_s: int = 3600) -> str:
+        return f"memory://{bucket}/{key}"
+
+
+class Api:
+    def __init__(self) -> None:
+        self.publisher, self.store = MemoryPublisher(), MemoryStore()
+        self.now = NOW
+        engine = create_engine("sqlite://", poolclass=StaticPool,
+                               connect_args={"check_same_thread": False})
+        deps = Deps(REF, self.publisher, self.store, engine, clock=lambda: self.now)
+        self.client = TestClient(create_app(Settings(max_photo_bytes=200_000), deps))
+
+    def upload(self, report: dict[str, Any] | bytes, photos: list[bytes],
+               token: str | None = WORKER.token) -> Any:
+        part = report if isinstance(report, bytes) else json.dumps(report).encode()
+        files = [("report", (None, part, "application/json"))]
+        files += [("photos", (f"{i}.jpg", p, "image/jpeg")) for i, p in enumerate(photos)]
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return self.client.post("/api/v1/reports", files=files, headers=headers)
+
+
+@pytest.fixture
+def api() -> Iterator[Api]:
+    a = Api()
+    with a.client:
+        yield a
+
+
+def chinese(text: str | None) -> bool:
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text or "")
+
+
+def report(report_id: str = "unit-report-0001", **kw: Any) -> dict[str, Any]:
+    r = {"report_id": report_id, "category_code": "E0102", "description": "垃圾",
+         "lat": 32.16, "lon": 109.96, "captured_at": (NOW - timedelta(minutes=1)).isoformat()}
+    r.update(kw)
+    return r
+
+
+JPEG = images.make_jpeg(64, 48, seed=1)
+JPEG2 = images.make_jpeg(64, 48, seed=2)
+
+
+def test_accepted_report_uses_the_injected_clock(api: Api) -> None:
+    r = api.upload(report(), [JPEG, JPEG2])
+    assert r.status_code == 202, r.text
+    assert r.json()["case_id"].startswith("AJ20261123-")
+    [(topic, key, msg)] = api.publisher.sent
+    assert topic == "gridflow.reports" and key == "unit-report-0001"
+    assert msg.at == "2026-11-23T09:30:00.000000Z" and len(msg.data["photos"]) == 2
+    assert len(api.store.objects) == 2
+
+
+def test_the_report_part_must_come_first(api: Api) -> None:
+    files = [("photos", ("a.jpg", JPEG, "image/jpeg")),
+             ("report", (None, json.dumps(report()).encode(), "application/json"))]
+    r = api.client.post("/api/v1/reports", files=files,
+                        headers={"Authorization": f"Bearer {WORKER.token}"})
+    assert r.status_code == 400 and r.json()["code"] == "missing_part"
+    assert chinese(r.json()["message_zh"]) and api.store.objects == {}
+
+
+def test_unexpected_parts_are_refused_and_cleaned_up(api: Api) -> None:
+    files = [("report", (None, json.dumps(report()).encode(), "application/json")),
+             ("photos", ("a.jpg", JPEG, "image/jpeg")),
+             ("video", ("v.mp4", b"....", "video/mp4"))]
+    r = api.client.post("/api/v1/reports", files=files,
+                        headers={"Authorization": f"Bearer {WORKER.token}"})
+    assert r.status_code == 400 and r.json()["code"] == "unexpected_part"
+    assert api.store.objects == {} and api.publisher.sent == []
+
+
+def test_a_form_instead_of_multipart_is_400(api: Api) -> None:
+    r = api.client.post("/api/v1/reports", data={"report": json.dumps(report())},
+                        headers={"Authorization": f"Bearer {WORKER.token}"})
+    assert r.status_code == 400 and r.json()["code"] == "not_multipart"
+
+
+def test_over_the_byte_limit_is_413_and_nothing_stays(api: Api) -> None:
+    big = images.make_jpeg(seed=3, target_bytes=260_000)
+    r = api.upload(report(), [JPEG, big])
+    assert r.status_code == 413 and r.json()["field"] == "photos[1]"
+    assert chinese(r.json()["message_zh"]) and api.store.objects == {}
+
+
+def test_log_down_is_503_with_retry_after_and_removes_the_photos(api: Api) -> None:
+    api.publisher.failure = PublishError("no brokers")
+    r = api.upload(report(), [JPEG])
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert chinese(r.json()["message_zh"]) and api.store.objects == {}
+    api.publisher.failure = None
+    assert api.upload(report(), [JPEG]).status_code == 202
+
+
+def test_an_ack_timeout_keeps_the_photos_and_the_retry_republishes_the_same_event(api: Api) -> None:
+    api.publisher.failure = PublishError("ack timed out", maybe_written=True)
+    first = api.upload(report(), [JPEG])
+    assert first.status_code == 503
+    kept = dict(api.store.objects)
+    assert len(kept) == 1, "the event may be on the log: its photo must stay"
+
+    api.publisher.failure = None
+    api.now = NOW + timedelta(days=1)  # the retry comes the next day
+    again = api.upload(report(), [JPEG])
+
+    assert again.status_code == 202
+    [(_, _, msg)] = api.publisher.sent
+    assert msg.at == "2026-11-23T09:30:00.000000Z", "same event: same time, so same ticket"
+    assert again.json()["case_id"].startswith("AJ20261123-")
+    assert api.store.objects == kept
+
+
+def test_the_retry_after_an_ack_timeout_must_carry_the_same_photos(api: Api) -> None:
+    api.publisher.failure = PublishError("ack timed out", maybe_written=True)
+    assert api.upload(report(), [JPEG]).status_code == 503
+    api.publisher.failure = None
+    r = api.upload(report(), [JPEG2])
+    assert r.status_code == 409 and r.json()["code"] == "report_id_conflict"
+    assert api.publisher.sent == []
+
+
+def test_status_of_an_accepted_report_before_filing(api: Api) -> None:
+    assert api.upload(report(), [JPEG]).status_code == 202
+    r = api.client.get("/api/v1/reports/unit-report-0001",
+                       headers={"Authorization": f"Bearer {WORKER.token}"})
+    assert r.status_code == 200 and r.json()["status"] == "accepted"
+    assert r.json()["status_zh"] == "已受理, 处理中"
+    unknown = api.client.get("/api/v1/reports/nope-nope-nope",
+                             headers={"Authorization": f"Bearer {WORKER.token}"})
+    assert unknown.status_code == 404 and chinese(unknown.json()["message_zh"])
+    assert api.client.get("/api/v1/reports/unit-report-0001").status_code == 401
+
+
+def test_validation_errors_of_json_bodies_are_bilingual(api: Api) -> None:
+    r = api.client.post("/api/v1/cases/AJ20261123-ABCDEFGH/rating",
+                        json={"score": "5", "extra": 1},
+                        headers={"Authorization": f"Bearer {WORKER.token}"})
+    assert r.status_code == 422
+    body = r.json()
+    assert body["code"] == "invalid_request" and chinese(body["message_zh"])
+    assert {e["field"] for e in body["errors"]} == {"score", "extra"}
+
+
+def test_open311_validation_errors_are_spec_arrays(api: Api) -> None:
+    r = api.client.get("/open311/v2/requests.json", params={"service_code": "x"})
+    assert r.status_code == 404
+    [err] = r.json()
+    assert err["code"] == 404 and chinese(err["description"])
+
+
+def test_database_trouble_is_503(api: Api) -> None:
+    from sqlalchemy import text
+
+    with api.client.app.state.ctx.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(text("DROP TABLE ingest_receipts"))
+    r = api.upload(report("unit-report-0002"), [JPEG])
+    assert r.status_code == 503 and r.json()["code"] == "database_unavailable"
+    assert api.store.objects == {} and api.publisher.sent == []
