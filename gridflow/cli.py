@@ -12,6 +12,10 @@ COMMANDS: list[tuple[str, str]] = [
     ("infra.cli", "down"),
     ("infra.cli", "status"),
     ("processors.worker", "worker_command"),
+    ("sinks.cli", "sink"),
+    ("producers.cli", "api"),
+    ("producers.cli", "simulate"),
+    ("gridflow.demo", "demo"),
 ]
 
 

@@ -224,11 +224,12 @@ async def send(client: httpx.AsyncClient, p: Planned) -> Outcome:
 
 async def run(api: str, rate: float, count: int | None, duration: float | None, seed: int,
               concurrency: int = 8, echo: Callable[[str], None] = print,
-              ref: ReferenceData | None = None, timeout_s: float = 60.0) -> Summary:
+              ref: ReferenceData | None = None, timeout_s: float = 60.0,
+              clock: Callable[[], datetime] | None = None) -> Summary:
     """Drive the API at `api` for `count` requests or `duration` seconds."""
     if count is None and duration is None:
         raise ValueError("give count or duration")
-    plan = Plan(ref or load_reference_data(), seed, lambda: datetime.now(UTC))
+    plan = Plan(ref or load_reference_data(), seed, clock or (lambda: datetime.now(UTC)))
     summary = Summary()
     gate = asyncio.Semaphore(concurrency)
     start = time.monotonic()

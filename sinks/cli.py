@@ -1,0 +1,48 @@
+"""`gridflow sink`: keep the SQL read models up to date from the case-events topic until stopped."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+import click
+
+from gridflow.settings import load_settings
+
+
+@click.command("sink")
+@click.option(
+    "--database",
+    "database_url",
+    default=None,
+    metavar="URL",
+    help="SQLAlchemy URL of the read models [default: GRIDFLOW_DATABASE_URL].",
+)
+@click.option(
+    "--loglevel",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def sink(database_url: str | None, loglevel: str) -> None:
+    """Apply case events and dead letters to the read models (at most once each)."""
+    from sinks.models import create_schema, make_engine
+    from sinks.runner import run_sink
+
+    logging.basicConfig(
+        level=loglevel.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = load_settings()
+    url = database_url or settings.database_url
+    engine = make_engine(url)
+    create_schema(engine)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(f"gridflow sink: {settings.topic_prefix}.case-events -> {engine.url!r}")
+    progress = run_sink(settings, engine, stop_event=stop)
+    click.echo(f"gridflow sink: stopped after {progress.totals.applied} events")
