@@ -107,114 +107,126 @@ def run_sink(
     sink = SqlSink(engine, consumer_name, until)
     sink.check_resumable()
     prefix = topic_prefix or settings.topic_prefix
-    names = (topics.CASE_EVENTS.name(prefix), topics.DEAD_LETTERS.name(prefix))
-    state = Progress(consumer_name)
+    options = _Options(from_beginning, drain, max_records, poll_timeout_ms, progress)
     backoff = _Backoff(stop, RETRY_FIRST_S, retry_max_s)
-    consumer = _connect(
-        bootstrap or settings.kafka_bootstrap,
-        consumer_name,
-        max_records,
-        consumer_config or {},
-        stop,
-        backoff,
-    )
+    bootstrap = bootstrap or settings.kafka_bootstrap
+    consumer = _connect(bootstrap, consumer_name, max_records, consumer_config or {}, backoff)
+    state = Progress(consumer_name)
     if consumer is None:
         return state
     try:
-        _consume(
-            consumer,
-            sink,
-            names,
-            state,
-            stop,
-            backoff,
-            from_beginning,
-            drain,
-            progress,
-            max_records,
-            poll_timeout_ms,
-        )
+        names = (topics.CASE_EVENTS.name(prefix), topics.DEAD_LETTERS.name(prefix))
+        _SinkLoop(consumer, sink, names, options, backoff, state).run()
     finally:
         consumer.close()
     return state
 
 
-def _consume(
-    consumer: KafkaConsumer,
-    sink: SqlSink,
-    names: tuple[str, str],
-    state: Progress,
-    stop: threading.Event,
-    backoff: _Backoff,
-    from_beginning: bool,
-    drain: bool,
-    progress: ProgressCallback | None,
-    max_records: int,
-    poll_timeout_ms: int,
-) -> None:
-    partitions = _assign(consumer, names, stop, backoff)
-    if not partitions:
-        return
-    targets = _end_offsets(consumer, partitions, stop, backoff) if drain else {}
-    t0 = last_log = time.monotonic()
-    need_seek, first_seek = True, True
-    while not stop.is_set():
-        if need_seek:
-            try:
-                _seek(consumer, sink, partitions, from_beginning and first_seek)
-                need_seek = first_seek = False
-            except Exception as exc:  # the database is down: nothing to resume from yet
-                backoff.wait("cannot read the sink's stored offsets", exc)
+@dataclass(frozen=True)
+class _Options:
+    from_beginning: bool
+    drain: bool
+    max_records: int
+    poll_timeout_ms: int
+    progress: ProgressCallback | None
+
+
+class _SinkLoop:
+    """Poll, apply, repeat; on any failure back off and resume from the database's offsets."""
+
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        sink: SqlSink,
+        names: tuple[str, str],
+        options: _Options,
+        backoff: _Backoff,
+        state: Progress,
+    ) -> None:
+        self.consumer, self.sink, self.names = consumer, sink, names
+        self.options, self.backoff, self.state = options, backoff, state
+        self.stop = backoff.stop
+        self.partitions: list[TopicPartition] = []
+        self.targets: dict[TopicPartition, int] = {}
+
+    def run(self) -> None:
+        self.partitions = _assign(self.consumer, self.names, self.backoff)
+        if self.options.drain and self.partitions:
+            self.targets = _end_offsets(self.consumer, self.partitions, self.backoff)
+        t0 = last_log = time.monotonic()
+        seeked = False
+        while not self.stop.is_set() and self.partitions:
+            seeked = seeked or self._seek(first=self.state.batches == 0)
+            if not seeked:
                 continue
-        if drain and _caught_up(consumer, targets, poll_timeout_ms):
-            state.caught_up = True
-            break
+            try:
+                if self.options.drain and self._caught_up():
+                    self.state.caught_up = True
+                    break
+                polled = self.consumer.poll(
+                    timeout_ms=self.options.poll_timeout_ms, max_records=self.options.max_records
+                )
+            except KafkaError as exc:
+                self.backoff.wait("polling Kafka failed", exc)
+                continue
+            if polled and not self._apply(polled):
+                seeked = False  # the batch rolled back: read it again from the stored offsets
+                continue
+            self.state.elapsed_s = time.monotonic() - t0
+            if polled and time.monotonic() - last_log >= LOG_EVERY_S:
+                last_log = time.monotonic()
+                self._log()
+        self.state.elapsed_s = time.monotonic() - t0
+        if self.options.progress is not None:
+            self.options.progress(self.state)
+
+    def _seek(self, first: bool) -> bool:
         try:
-            polled = consumer.poll(timeout_ms=poll_timeout_ms, max_records=max_records)
-        except KafkaError as exc:
-            backoff.wait("polling Kafka failed", exc)
-            continue
-        if not polled:
-            continue
+            _seek(self.consumer, self.sink, self.partitions, self.options.from_beginning and first)
+            return True
+        except Exception as exc:  # the database is down: nothing to resume from yet
+            self.backoff.wait("cannot read the sink's stored offsets", exc)
+            return False
+
+    def _apply(self, polled: dict[TopicPartition, list[Any]]) -> bool:
         try:
-            last = _apply(sink, polled, names[1])
+            last = _apply(self.sink, polled, self.names[1])
         except SnapshotError:
             raise
-        except Exception as exc:  # database down or locked: seek back, retry the same records
-            backoff.wait("applying a batch failed", exc)
-            need_seek = True
-            continue
-        backoff.reset()
-        state.batches += 1
-        state.last = last
-        state.totals.add(last)
-        state.elapsed_s = time.monotonic() - t0
-        state.lag = _lag(consumer, partitions)
-        if progress is not None:
-            progress(state)
-        if time.monotonic() - last_log >= LOG_EVERY_S:
-            last_log = time.monotonic()
-            log.info(
-                "%s: %d events applied (%.0f/s), %d duplicates, %d dead letters, lag %s",
-                state.consumer,
-                state.totals.applied,
-                state.events_per_s,
-                state.totals.duplicates,
-                state.totals.dead_lettered,
-                state.lag,
-            )
-    state.elapsed_s = time.monotonic() - t0
-    if progress is not None:
-        progress(state)
+        except Exception as exc:  # database down or locked
+            self.backoff.wait("applying a batch failed", exc)
+            return False
+        self.backoff.reset()
+        self.state.batches += 1
+        self.state.last = last
+        self.state.totals.add(last)
+        self.state.lag = _lag(self.consumer, self.partitions)
+        if self.options.progress is not None:
+            self.options.progress(self.state)
+        return True
+
+    def _caught_up(self) -> bool:
+        for tp, end in self.targets.items():
+            position = self.consumer.position(tp, timeout_ms=self.options.poll_timeout_ms)
+            if position is None or position < end:
+                return False
+        return True
+
+    def _log(self) -> None:
+        s = self.state
+        log.info(
+            "%s: %d events applied (%.0f/s), %d duplicates, %d dead letters, lag %s",
+            s.consumer,
+            s.totals.applied,
+            s.events_per_s,
+            s.totals.duplicates,
+            s.totals.dead_lettered,
+            s.lag,
+        )
 
 
 def _connect(
-    bootstrap: str,
-    consumer_name: str,
-    max_records: int,
-    extra: dict[str, Any],
-    stop: threading.Event,
-    backoff: _Backoff,
+    bootstrap: str, consumer_name: str, max_records: int, extra: dict[str, Any], backoff: _Backoff
 ) -> KafkaConsumer | None:
     config: dict[str, Any] = {
         "bootstrap_servers": bootstrap,
@@ -226,7 +238,7 @@ def _connect(
         "max_poll_records": max_records,
         **extra,
     }
-    while not stop.is_set():
+    while not backoff.stop.is_set():
         try:
             consumer = KafkaConsumer(**config)
             backoff.reset()
@@ -237,9 +249,9 @@ def _connect(
 
 
 def _assign(
-    consumer: KafkaConsumer, names: tuple[str, ...], stop: threading.Event, backoff: _Backoff
+    consumer: KafkaConsumer, names: tuple[str, ...], backoff: _Backoff
 ) -> list[TopicPartition]:
-    while not stop.is_set():
+    while not backoff.stop.is_set():
         try:
             found = {name: consumer.partitions_for_topic(name) for name in names}
         except KafkaError as exc:
@@ -257,12 +269,9 @@ def _assign(
 
 
 def _end_offsets(
-    consumer: KafkaConsumer,
-    partitions: list[TopicPartition],
-    stop: threading.Event,
-    backoff: _Backoff,
+    consumer: KafkaConsumer, partitions: list[TopicPartition], backoff: _Backoff
 ) -> dict[TopicPartition, int]:
-    while not stop.is_set():
+    while not backoff.stop.is_set():
         try:
             return dict(consumer.end_offsets(partitions))
         except KafkaError as exc:
@@ -273,6 +282,7 @@ def _end_offsets(
 def _seek(
     consumer: KafkaConsumer, sink: SqlSink, partitions: list[TopicPartition], from_beginning: bool
 ) -> None:
+    """Position every partition at the database's next offset (or the beginning)."""
     stored: dict[str, dict[int, int]] = {}
     if not from_beginning:
         stored = {t: sink.next_offsets(t) for t in {tp.topic for tp in partitions}}
@@ -285,16 +295,6 @@ def _seek(
             consumer.seek(tp, offset)
     if fresh:
         consumer.seek_to_beginning(*fresh)
-
-
-def _caught_up(
-    consumer: KafkaConsumer, targets: dict[TopicPartition, int], timeout_ms: int
-) -> bool:
-    for tp, end in targets.items():
-        position = consumer.position(tp, timeout_ms=timeout_ms)
-        if position is None or position < end:
-            return False
-    return True
 
 
 def _lag(consumer: KafkaConsumer, partitions: list[TopicPartition]) -> int | None:

@@ -12,13 +12,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from kafka import KafkaProducer
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from gridflow import events as ev
 from gridflow import topics
 from sinks import sample
 from sinks.models import create_schema, make_engine
 from sinks.runner import Progress, run_sink
-from sinks.sql import SnapshotError
+from sinks.sql import SnapshotError, SqlSink
 
 pytestmark = pytest.mark.integration
 
@@ -160,3 +161,25 @@ def test_dead_letter_json_is_kept_with_its_original(stack, topic_prefix, engine)
     assert rows[f"{topic_prefix}.reports"].original == "{oops"
     junk = rows[topics.CASE_EVENTS.name(topic_prefix)]
     assert junk.original_encoding == "hex" and json.loads(json.dumps(junk.reason))
+
+
+def test_a_failing_database_is_retried_from_the_stored_offsets(
+    stack, topic_prefix, engine, monkeypatch, caplog
+):
+    cases = many_cases(5)
+    n = sum(len(c) for c in cases)
+    produce(stack.bootstrap, topic_prefix, [e for c in cases for e in c])
+    real = SqlSink.apply_batch
+    calls = {"n": 0}
+
+    def flaky(self, records):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] in (1, 3):
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        return real(self, records)
+
+    monkeypatch.setattr(SqlSink, "apply_batch", flaky)
+    caplog.set_level(logging.WARNING, logger="gridflow.sinks.runner")
+    result = drain(stack, engine, topic_prefix, max_records=50, retry_max_s=0.2)
+    assert result.totals.applied == n == count(engine, "case_events")
+    assert result.totals.duplicates == 0 and "applying a batch failed" in caplog.text
