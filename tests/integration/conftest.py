@@ -7,8 +7,8 @@ Guarantee: an isolated stack is always brought down and its state dir removed, p
 from __future__ import annotations
 
 import os
+import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from gridflow.settings import Settings, load_settings
+from infra.procs import port_bindable
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
@@ -31,17 +32,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out as free (all held open together, so distinct)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """Distinct free ports below the kernel's ephemeral range (32768+), so no outgoing
+    connection can take one between this check and the server binding it."""
+    rng = random.Random()
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = rng.randrange(20000, 32000)
+        if port not in chosen and port_bindable("127.0.0.1", port):
+            chosen.append(port)
+    return chosen
 
 
 @dataclass
