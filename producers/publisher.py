@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Protocol
 
 from gridflow.events import Message
@@ -36,20 +37,29 @@ class Publisher(Protocol):
 
 class KafkaPublisher:
     """A kafka-python KafkaProducer (acks=all, idempotent), built on first use, rebuilt after
-    it could not reach the cluster; one producer is shared by all request threads."""
+    it could not reach the cluster; one producer is shared by all request threads.
 
-    def __init__(self, bootstrap: str, timeout_s: float = 10.0, client_id: str = "gridflow-api") -> None:
+    After the cluster was found unreachable, publishing fails at once for `backoff_s` instead
+    of every request waiting out its own timeout (the client retries after Retry-After).
+    """
+
+    def __init__(self, bootstrap: str, timeout_s: float = 10.0, client_id: str = "gridflow-api",
+                 backoff_s: float = 3.0) -> None:
         self.bootstrap = bootstrap
         self.timeout_s = timeout_s
         self.client_id = client_id
+        self.backoff_s = backoff_s
         self._producer: object | None = None
         self._lock = threading.Lock()
+        self._down_until = 0.0
 
     def _get(self):  # type: ignore[no-untyped-def]
         from kafka import KafkaProducer
 
         with self._lock:
             if self._producer is None:
+                if time.monotonic() < self._down_until:  # another thread just failed to connect
+                    raise PublishError("kafka was unreachable moments ago; not retrying yet")
                 ms = int(self.timeout_s * 1000)
                 self._producer = KafkaProducer(
                     bootstrap_servers=self.bootstrap,
@@ -68,6 +78,7 @@ class KafkaPublisher:
     def _drop(self) -> None:
         with self._lock:
             producer, self._producer = self._producer, None
+            self._down_until = time.monotonic() + self.backoff_s
         if producer is not None:
             try:
                 producer.close(timeout=1)  # type: ignore[attr-defined]
@@ -77,6 +88,8 @@ class KafkaPublisher:
     def publish(self, topic: str, key: str, message: Message) -> None:
         from kafka.errors import KafkaError, KafkaTimeoutError
 
+        if time.monotonic() < self._down_until:
+            raise PublishError("kafka was unreachable moments ago; not retrying yet")
         try:
             producer = self._get()
             future = producer.send(topic, key=key.encode(), value=message.encode())  # type: ignore[attr-defined]
