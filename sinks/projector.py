@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Insert, Table, insert, select, update
+from sqlalchemy import Column, Insert, Table, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -142,11 +142,9 @@ class Rows:
     """
 
     def __init__(self, model: type[Base], key: str) -> None:
-        self.model = model
         self.table = model.__table__
         self.key = key
         self.rows: dict[Any, dict[str, Any]] = {}
-        self.stored: set[Any] = set()  # keys that exist in the database
         self.dirty: dict[Any, None] = {}  # ordered set
         self.journal: dict[Any, tuple[dict[str, Any] | None, bool]] | None = None
         self._blank = {c.name: _default(c) for c in self.table.columns}
@@ -155,11 +153,13 @@ class Rows:
         col = self.table.c[column]
         loaded = []
         for chunk in in_chunks(values):
-            for row in session.execute(select(self.table).where(col.in_(chunk))).mappings().all():
+            result = session.execute(select(self.table).where(col.in_(chunk)))
+            names = list(result.keys())
+            for found in result.all():
+                row = dict(zip(names, found, strict=True))
                 key = row[self.key]
                 if key not in self.rows:
-                    self.rows[key] = dict(row)
-                    self.stored.add(key)
+                    self.rows[key] = row
                     loaded.append(self.rows[key])
         return loaded
 
@@ -213,27 +213,27 @@ class Rows:
         dirty = [self.rows[k] for k in self.dirty]
         if not dirty:
             return
-        upsert = _upsert(self.table, session.get_bind().dialect.name)
-        if upsert is not None:
-            session.execute(upsert, dirty)
-        else:  # a database without INSERT ... ON CONFLICT: the ORM's bulk paths
-            new = [row for row in dirty if row[self.key] not in self.stored]
-            changed = [row for row in dirty if row[self.key] in self.stored]
-            if new:
-                session.execute(insert(self.table), new)
-            if changed:
-                session.execute(update(self.model), changed)
-        self.stored.update(self.dirty)
+        session.execute(_upsert(self.table, session.get_bind().dialect.name), dirty)
         self.dirty.clear()
 
 
-@functools.cache
-def _upsert(table: Table, dialect_name: str) -> Insert | None:
-    """INSERT ... ON CONFLICT (primary key) DO UPDATE SET every other column."""
+def _dialect_insert(table: Table, dialect_name: str) -> Insert:
     dialects = {"sqlite": sqlite, "postgresql": postgresql}
     if dialect_name not in dialects:
-        return None
-    stmt = dialects[dialect_name].insert(table)
+        raise NotImplementedError(f"the read models need SQLite or PostgreSQL, not {dialect_name}")
+    return dialects[dialect_name].insert(table)
+
+
+@functools.cache
+def _insert_new(table: Table, dialect_name: str) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING: rows whose primary key is taken stay as they are."""
+    return _dialect_insert(table, dialect_name).on_conflict_do_nothing()
+
+
+@functools.cache
+def _upsert(table: Table, dialect_name: str) -> Insert:
+    """INSERT ... ON CONFLICT (primary key) DO UPDATE SET every other column."""
+    stmt = _dialect_insert(table, dialect_name)
     return stmt.on_conflict_do_update(
         index_elements=list(table.primary_key.columns),
         set_={c.name: stmt.excluded[c.name] for c in table.columns if not c.primary_key},
@@ -258,11 +258,10 @@ class ReadModels:
             "case": set(),
             "report": set(),
             "photos": set(),
-            "command": set(),
         }
         self._preloaded: set[str] = set()  # ids of the events whose rows are here
         self.photo_ids_by_case: dict[str, list[str]] = {}
-        self.known_commands: set[str] = set()
+        self.known_commands: set[str] = set()  # outcomes decided in this batch
         self.outcomes: list[dict[str, Any]] = []
         self.ledger: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
@@ -274,7 +273,6 @@ class ReadModels:
         for m in messages:
             self._preloaded.add(m.id)
             want["case"].add(m.case_id)
-            want["command"].add(_command_id(m))
             if m.type in REPORT_EVENTS:
                 want["report"].add(str(_dict(m.data.get("report")).get("report_id", "")))
             elif m.type == ev.PHOTO_ARCHIVED:
@@ -291,15 +289,6 @@ class ReadModels:
         if want["photos"]:
             for row in self.photos.load(self.session, "case_id", want["photos"]):
                 self.photo_ids_by_case.setdefault(row["case_id"], []).append(row["id"])
-        if want["command"]:
-            self.known_commands |= self._stored_commands(want["command"])
-
-    def _stored_commands(self, command_ids: set[str]) -> set[str]:
-        col = CommandOutcome.__table__.c.command_id
-        found: set[str] = set()
-        for chunk in in_chunks(command_ids):
-            found.update(self.session.execute(select(col).where(col.in_(chunk))).scalars())
-        return found
 
     # --- helpers for the event functions -----------------------------------------
     def case(self, case_id: str, at: datetime) -> dict[str, Any]:
@@ -420,7 +409,7 @@ class ReadModels:
     def _outcome_row(self, m: Message, at: datetime) -> dict[str, Any] | None:
         command_id = _command_id(m)
         if not command_id or command_id in self.known_commands:
-            return None  # a command's first event decides its outcome
+            return None  # a command's first event decides its outcome (see flush)
         d = m.data
         refused = m.type == ev.COMMAND_REFUSED
         return {
@@ -441,11 +430,11 @@ class ReadModels:
         """Write every change in the session's transaction (bulk inserts and updates)."""
         for rows in self._tables:
             rows.flush(self.session)
-        for table, batch in (
-            (CommandOutcome, self.outcomes),
-            (CaseEvent, self.ledger),
-            (TaskHistory, self.history),
-        ):
+        dialect = self.session.get_bind().dialect.name
+        if self.outcomes:  # an outcome already stored came from an earlier event: it stays
+            self.session.execute(_insert_new(CommandOutcome.__table__, dialect), self.outcomes)
+            self.outcomes.clear()
+        for table, batch in ((CaseEvent, self.ledger), (TaskHistory, self.history)):
             if batch:
                 self.session.execute(insert(table.__table__), batch)
                 batch.clear()
