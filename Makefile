@@ -2,6 +2,7 @@
 # The venv is (re)installed when pyproject.toml changes; the code itself is an editable install.
 
 PYTHON ?= python3
+PYTEST_ARGS ?=
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -21,7 +22,7 @@ install: $(STAMP)
 # The session fixture in tests/conftest.py starts Kafka, MinIO and PostgreSQL (or reuses a
 # running stack) and stops what it started.
 test: install
-	$(BIN)/python -m pytest tests/
+	$(BIN)/python -m pytest tests/ $(PYTEST_ARGS)
 
 demo: install
 	$(BIN)/gridflow demo

@@ -163,7 +163,14 @@ def wait_gone(pid: int, timeout_s: float) -> bool:
 def stop_process(record: PidRecord, sig: signal.Signals, timeout_s: float) -> str:
     """Signal the server, wait, then SIGKILL its whole process group. Returns how it ended."""
     if not record.alive():
-        return "not running"
+        if not _group_alive(record.pid):
+            return "not running"
+        # The server died but left children (e.g. postgres backends). A live member keeps
+        # the group id reserved, so this group is still ours.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(record.pid, signal.SIGKILL)
+        wait_gone(record.pid, 10.0)
+        return "not running (killed its leftover processes)"
     with contextlib.suppress(ProcessLookupError):
         os.kill(record.pid, sig)
     if wait_gone(record.pid, timeout_s):

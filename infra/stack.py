@@ -1,8 +1,8 @@
 """The local stack as a whole: install, start (idempotent, in parallel), provision, stop and status.
 
 Guarantee: `up` returns only when every selected server answers its health probe and is
-provisioned, or raises ServerError naming the server with its log tail; `down` leaves no
-process of ours behind and removes the pid files. Both hold the state dir's lock.
+provisioned, or raises StackError naming each failed server with its log tail; `down` leaves
+no process of ours behind and removes the pid files. Both hold the state dir's lock.
 """
 
 from __future__ import annotations
@@ -117,14 +117,21 @@ def _launch_all(selected: list[Server], echo: Echo) -> tuple[list[Started], list
                 _check_ports_free(server)
                 server.install(echo)
                 to_start.append(server)
-        except ServerError as exc:
-            errors.append(exc)
+        except Exception as exc:
+            errors.append(_as_server_error(server, "install", exc))
     for server in to_start:
         try:
             launched.append(_launch(server, echo))
-        except ServerError as exc:
-            errors.append(exc)
+        except Exception as exc:
+            errors.append(_as_server_error(server, "start", exc))
     return launched, errors
+
+
+def _as_server_error(server: Server, step: str, exc: Exception) -> ServerError:
+    """Keep ServerErrors; name the server on anything else (OSError, CalledProcessError, ...)."""
+    if isinstance(exc, ServerError):
+        return exc
+    return ServerError(server.name, f"{step} failed: {type(exc).__name__}: {exc}")
 
 
 def _already_running(server: Server) -> Started | None:
@@ -177,8 +184,9 @@ def _wait_healthy(item: Started, echo: Echo) -> None:
             if item.fresh:
                 stop_process(record, server.stop_signal, 10.0)
                 server.pid_path.unlink(missing_ok=True)
+            hint = " (stopped it)" if item.fresh else f" (pid {record.pid}; try `gridflow down`)"
             raise ServerError(server.name, f"not healthy within {server.start_timeout_s:.0f} s"
-                              + (" (stopped it)" if item.fresh else ""), server.log_path)
+                              + hint, server.log_path)
         time.sleep(0.25)
     took = time.monotonic() - item.t0
     how = f"up in {took:.1f} s" if item.fresh else "already running"
