@@ -71,12 +71,19 @@ def create_app(settings: Settings, deps: Deps) -> FastAPI:
 
     receipts.create_tables(deps.engine)
     create_schema(deps.engine)
-    limits = PhotoLimits(settings.max_photo_bytes, settings.max_photo_pixels,
-                         settings.max_photos_per_report)
+    limits = PhotoLimits(
+        settings.max_photo_bytes, settings.max_photo_pixels, settings.max_photos_per_report
+    )
     context = Context(
-        settings=settings, ref=deps.ref, auth=Authenticator(deps.ref), publisher=deps.publisher,
-        store=deps.store, engine=deps.engine, clock=deps.clock,
-        inspect=photo_inspector(limits), photo_limits=limits,
+        settings=settings,
+        ref=deps.ref,
+        auth=Authenticator(deps.ref),
+        publisher=deps.publisher,
+        store=deps.store,
+        engine=deps.engine,
+        clock=deps.clock,
+        inspect=photo_inspector(limits),
+        photo_limits=limits,
     )
 
     @asynccontextmanager
@@ -85,7 +92,9 @@ def create_app(settings: Settings, deps: Deps) -> FastAPI:
         deps.publisher.close()
 
     app = FastAPI(
-        title="gridflow 上报接口 / ingest API", version="1", description=DESCRIPTION,
+        title="gridflow 上报接口 / ingest API",
+        version="1",
+        description=DESCRIPTION,
         lifespan=lifespan,
     )
     app.state.ctx = context

@@ -68,15 +68,25 @@ def read_staff(path: Path, ref: ReferenceData) -> dict[str, Principal]:
         token, s = _entry(path, f"$.staff[{i}]", raw, ref)
         if not s.get("department"):
             raise StaffFileError(f"{path}: $.staff[{i}].department: required")
-        out[token] = Principal(DEPT, str(s["id"]), str(s.get("name", "")),
-                               f"dept:{s['department']}", s.get("status", "active") == "active",
-                               department=str(s["department"]))
+        out[token] = Principal(
+            DEPT,
+            str(s["id"]),
+            str(s.get("name", "")),
+            f"dept:{s['department']}",
+            s.get("status", "active") == "active",
+            department=str(s["department"]),
+        )
     for i, raw in enumerate(doc.get("supervisors", [])):
         token, s = _entry(path, f"$.supervisors[{i}]", raw, ref)
-        out[token] = Principal(SUPERVISOR, str(s["id"]), str(s.get("name", "")),
-                               f"supervisor:{s['id']}", s.get("status", "active") == "active",
-                               department=str(s.get("department", "")),
-                               area=str(s.get("area", "")))
+        out[token] = Principal(
+            SUPERVISOR,
+            str(s["id"]),
+            str(s.get("name", "")),
+            f"supervisor:{s['id']}",
+            s.get("status", "active") == "active",
+            department=str(s.get("department", "")),
+            area=str(s.get("area", "")),
+        )
     return out
 
 
@@ -95,8 +105,14 @@ class Authenticator:
     def __init__(self, ref: ReferenceData) -> None:
         tokens: dict[str, Principal] = {}
         for w in ref.workers.values():
-            tokens[w.token] = Principal(WORKER, w.id, w.name, f"worker:{w.id}@{w.grid_code}",
-                                        w.active, grid_code=w.grid_code)
+            tokens[w.token] = Principal(
+                WORKER,
+                w.id,
+                w.name,
+                f"worker:{w.id}@{w.grid_code}",
+                w.active,
+                grid_code=w.grid_code,
+            )
         path = staff_file(ref)
         for token, principal in (read_staff(path, ref) if path else {}).items():
             if token in tokens:

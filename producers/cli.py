@@ -15,20 +15,48 @@ from gridflow.settings import load_settings
 
 
 @click.command("simulate")
-@click.option("--api", "api_url", default=None, metavar="URL",
-              help="Base URL of the running API [default: from GRIDFLOW_API_HOST/PORT].")
-@click.option("--rate", default=5.0, show_default=True, type=click.FloatRange(min=0.01),
-              help="Requests started per second.")
-@click.option("--count", default=None, type=click.IntRange(min=1),
-              help="Stop after this many requests.")
-@click.option("--duration", default=None, type=click.FloatRange(min=0.1),
-              help="Stop after this many seconds.")
-@click.option("--seed", default=1, show_default=True, type=int,
-              help="Same seed, same workers, places, photos and mishaps.")
-@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1),
-              help="At most this many requests in flight.")
-def simulate(api_url: str | None, rate: float, count: int | None, duration: float | None,
-             seed: int, concurrency: int) -> None:
+@click.option(
+    "--api",
+    "api_url",
+    default=None,
+    metavar="URL",
+    help="Base URL of the running API [default: from GRIDFLOW_API_HOST/PORT].",
+)
+@click.option(
+    "--rate",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Requests started per second.",
+)
+@click.option(
+    "--count", default=None, type=click.IntRange(min=1), help="Stop after this many requests."
+)
+@click.option(
+    "--duration", default=None, type=click.FloatRange(min=0.1), help="Stop after this many seconds."
+)
+@click.option(
+    "--seed",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Same seed, same workers, places, photos and mishaps.",
+)
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="At most this many requests in flight.",
+)
+def simulate(
+    api_url: str | None,
+    rate: float,
+    count: int | None,
+    duration: float | None,
+    seed: int,
+    concurrency: int,
+) -> None:
     """Simulate the sample county's grid workers and residents against a running API.
 
     Photo reports with real JPEGs (EXIF GPS), retries of the same report, near-duplicates by a
@@ -40,8 +68,10 @@ def simulate(api_url: str | None, rate: float, count: int | None, duration: floa
     if count is None and duration is None:
         count = 100
     url = api_url or load_settings().api_url
-    click.echo(f"gridflow simulate: {url}, {rate:g}/s, "
-               f"{f'{count} requests' if count else f'{duration:g} s'}, seed {seed}")
+    click.echo(
+        f"gridflow simulate: {url}, {rate:g}/s, "
+        f"{f'{count} requests' if count else f'{duration:g} s'}, seed {seed}"
+    )
     summary = run(url, rate, count, duration, seed, concurrency)
     click.echo(summary.render())
     if summary.counts()["failed"]:
@@ -49,8 +79,12 @@ def simulate(api_url: str | None, rate: float, count: int | None, duration: floa
 
 
 @click.command("api")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def api(log_level: str) -> None:
     """Serve the ingest API (docs at /docs) until stopped."""
     from producers.app import serve

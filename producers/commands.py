@@ -59,8 +59,10 @@ class ResolutionPart(_Body):
 class SendBackBody(_Body):
     reason: Reason = Field(description="退单理由 / why this is not ours")
     reroute_to: str | None = Field(
-        None, description="改派部门编码; 缺省为案件所在乡镇(街道)综治中心 / department code to "
-                          "re-route to; default: the case's township 综治中心")
+        None,
+        description="改派部门编码; 缺省为案件所在乡镇(街道)综治中心 / department code to "
+        "re-route to; default: the case's township 综治中心",
+    )
 
 
 class ExtensionBody(_Body):
@@ -87,8 +89,9 @@ class RatingBody(_Body):
 
 
 class WhistleBody(_Body):
-    departments: list[str] = Field(min_length=1, max_length=20,
-                                   description="报到部门编码 / departments to whistle up")
+    departments: list[str] = Field(
+        min_length=1, max_length=20, description="报到部门编码 / departments to whistle up"
+    )
     reason: Text = ""
 
 
@@ -107,8 +110,13 @@ def case_of_task(task_id: str) -> str:
     """`<case_id>-T01` → case id; 422 for anything else."""
     m = TASK_ID_RE.match(task_id)
     if not m:
-        raise ApiError(422, "bad_task_id", "任务编号格式错误(应为 <案件编号>-T01)",
-                       "task id must look like <case_id>-T01", field="task_id")
+        raise ApiError(
+            422,
+            "bad_task_id",
+            "任务编号格式错误(应为 <案件编号>-T01)",
+            "task id must look like <case_id>-T01",
+            field="task_id",
+        )
     return m.group("case")
 
 
@@ -120,16 +128,24 @@ def check_case_id(case_id: str) -> str:
 
 def check_department(ref: ReferenceData, code: str, field: str) -> str:
     if code not in ref.departments:
-        raise ApiError(422, "unknown_department", f"部门编码「{code}」不存在",
-                       f"unknown department code {code!r}", field=field)
+        raise ApiError(
+            422,
+            "unknown_department",
+            f"部门编码「{code}」不存在",
+            f"unknown department code {code!r}",
+            field=field,
+        )
     return code
 
 
 def township_centre(ref: ReferenceData, township_code: str) -> str | None:
     """The township's 综治中心 (comprehensive governance centre), where send-backs go by default."""
     for dept in ref.departments.values():
-        if dept.level == "township" and dept.area_code == township_code and \
-                dept.short_name == "综治中心":
+        if (
+            dept.level == "township"
+            and dept.area_code == township_code
+            and dept.short_name == "综治中心"
+        ):
             return dept.code
     return None
 
@@ -140,46 +156,69 @@ def command_id_for(actor: str, type_: str, target: str, idempotency_key: str | N
     return uuid.uuid4().hex
 
 
-def command_message(command_id: str, type_: str, case_id: str, actor: str, at: str,
-                    data: dict[str, Any]) -> Message:
+def command_message(
+    command_id: str, type_: str, case_id: str, actor: str, at: str, data: dict[str, Any]
+) -> Message:
     return Message(id=command_id, type=type_, case_id=case_id, at=at, actor=actor, data=data)
 
 
 # --- publishing ----------------------------------------------------------------------------
 
 
-async def publish_command(c: Context, principal: Principal, type_: str, case_id: str,
-                          data: dict[str, Any], idempotency_key: str | None,
-                          command_id: str | None = None) -> JSONResponse:
+async def publish_command(
+    c: Context,
+    principal: Principal,
+    type_: str,
+    case_id: str,
+    data: dict[str, Any],
+    idempotency_key: str | None,
+    command_id: str | None = None,
+) -> JSONResponse:
     target = data.get("task_id") or case_id
     command_id = command_id or command_id_for(principal.actor, type_, target, idempotency_key)
     msg = command_message(command_id, type_, case_id, principal.actor, iso(c.clock()), data)
     try:
         await run_in_threadpool(c.publisher.publish, c.topic(topics.CASE_COMMANDS), case_id, msg)
     except PublishError as exc:
-        raise NotPublished("系统繁忙, 指令未提交, 请稍后重试",
-                           "the event log is unavailable; the command was not submitted, retry later",
-                           exc.maybe_written) from exc
-    body = Accepted(command_id=command_id, case_id=case_id, task_id=data.get("task_id"),
-                    status_url=f"/api/v1/commands/{command_id}")
+        raise NotPublished(
+            "系统繁忙, 指令未提交, 请稍后重试",
+            "the event log is unavailable; the command was not submitted, retry later",
+            exc.maybe_written,
+        ) from exc
+    body = Accepted(
+        command_id=command_id,
+        case_id=case_id,
+        task_id=data.get("task_id"),
+        status_url=f"/api/v1/commands/{command_id}",
+    )
     return JSONResponse(body.model_dump(), status_code=202)
 
 
 TaskId = Annotated[str, Path(description="任务编号 / task id, e.g. AJ20261123-ABCDEFGH-T01")]
-IdemKey = Annotated[str | None, Header(alias="Idempotency-Key",
-                                       description="重试时保持不变 / same value on retries")]
+IdemKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="重试时保持不变 / same value on retries"),
+]
 Auth = Annotated[str | None, Header(alias="Authorization", description="Bearer <token>")]
 RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"description": "submitted: the command is on the log; poll status_url"},
-    401: {"description": "no/unknown token"}, 403: {"description": "suspended or wrong role"},
-    422: {"description": "invalid body"}, 503: {"description": "log unavailable: retry"},
+    401: {"description": "no/unknown token"},
+    403: {"description": "suspended or wrong role"},
+    422: {"description": "invalid body"},
+    503: {"description": "log unavailable: retry"},
 }
 
 
-def _task_command(path: str, type_: str, kinds: tuple[str, ...], model: type[BaseModel],
-                  summary: str) -> None:
-    async def handler(task_id: TaskId, body: model, request: Request,  # type: ignore[valid-type]
-                      authorization: Auth = None, idempotency_key: IdemKey = None) -> JSONResponse:
+def _task_command(
+    path: str, type_: str, kinds: tuple[str, ...], model: type[BaseModel], summary: str
+) -> None:
+    async def handler(
+        task_id: TaskId,
+        body: model,
+        request: Request,  # type: ignore[valid-type]
+        authorization: Auth = None,
+        idempotency_key: IdemKey = None,
+    ) -> JSONResponse:
         c = ctx(request)
         principal = c.auth.require(authorization, *kinds)
         case_id = case_of_task(task_id)
@@ -188,27 +227,54 @@ def _task_command(path: str, type_: str, kinds: tuple[str, ...], model: type[Bas
 
     handler.__annotations__["body"] = model  # a class, not the string "model", for FastAPI
     handler.__name__ = f"{type_[0].lower()}{type_[1:]}"
-    router.post(f"/api/v1/tasks/{{task_id}}/{path}", status_code=202, response_model=Accepted,
-                summary=summary, responses=RESPONSES)(handler)
+    router.post(
+        f"/api/v1/tasks/{{task_id}}/{path}",
+        status_code=202,
+        response_model=Accepted,
+        summary=summary,
+        responses=RESPONSES,
+    )(handler)
 
 
 _task_command("sign", ev.SIGN_TASK, (DEPT,), SignBody, "签收 / sign for a task")
 _task_command("progress", ev.NOTE_PROGRESS, (DEPT,), ProgressBody, "处置进展 / note progress")
-_task_command("extension", ev.REQUEST_EXTENSION, (DEPT,), ExtensionBody,
-              "延期申请 / request an extension")
-_task_command("extension/decision", ev.DECIDE_EXTENSION, (SUPERVISOR,), ExtensionDecisionBody,
-              "延期审批 / approve or refuse an extension")
-_task_command("verify", ev.VERIFY_TASK, (WORKER, SUPERVISOR), VerifyBody,
-              "核查通过 / verify the fix on site")
-_task_command("reject", ev.REJECT_TASK, (WORKER, SUPERVISOR), ReasonBody,
-              "核查不通过 / the fix failed verification")
+_task_command(
+    "extension", ev.REQUEST_EXTENSION, (DEPT,), ExtensionBody, "延期申请 / request an extension"
+)
+_task_command(
+    "extension/decision",
+    ev.DECIDE_EXTENSION,
+    (SUPERVISOR,),
+    ExtensionDecisionBody,
+    "延期审批 / approve or refuse an extension",
+)
+_task_command(
+    "verify", ev.VERIFY_TASK, (WORKER, SUPERVISOR), VerifyBody, "核查通过 / verify the fix on site"
+)
+_task_command(
+    "reject",
+    ev.REJECT_TASK,
+    (WORKER, SUPERVISOR),
+    ReasonBody,
+    "核查不通过 / the fix failed verification",
+)
 _task_command("cancel", ev.CANCEL_TASK, (SUPERVISOR,), ReasonBody, "撤销 / cancel a task")
 
 
-@router.post("/api/v1/tasks/{task_id}/send-back", status_code=202, response_model=Accepted,
-             summary="退单 / send a task back as not this department's", responses=RESPONSES)
-async def send_back(task_id: TaskId, body: SendBackBody, request: Request,
-                    authorization: Auth = None, idempotency_key: IdemKey = None) -> JSONResponse:
+@router.post(
+    "/api/v1/tasks/{task_id}/send-back",
+    status_code=202,
+    response_model=Accepted,
+    summary="退单 / send a task back as not this department's",
+    responses=RESPONSES,
+)
+async def send_back(
+    task_id: TaskId,
+    body: SendBackBody,
+    request: Request,
+    authorization: Auth = None,
+    idempotency_key: IdemKey = None,
+) -> JSONResponse:
     c = ctx(request)
     principal = c.auth.require(authorization, DEPT)
     case_id = case_of_task(task_id)
@@ -224,32 +290,53 @@ async def default_reroute(c: Context, case_id: str) -> str:
     township = await run_in_threadpool(case_township, c, case_id)
     centre = township_centre(c.ref, township) if township else None
     if centre is None:
-        raise ApiError(422, "reroute_required", "无法确定案件所在乡镇, 请指定改派部门 reroute_to",
-                       "the case's township is not known (yet): name reroute_to",
-                       field="reroute_to")
+        raise ApiError(
+            422,
+            "reroute_required",
+            "无法确定案件所在乡镇, 请指定改派部门 reroute_to",
+            "the case's township is not known (yet): name reroute_to",
+            field="reroute_to",
+        )
     return centre
 
 
 RESOLVE_DOC = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["resolution", "photos"],
-            "properties": {
-                "resolution": {"type": "string",
-                               "description": 'JSON {"note": "..."}; the first part 须为第一个部分'},
-                "photos": {"type": "array", "items": {"type": "string", "format": "binary"},
-                           "description": "1–9 after photos 整改后照片"},
-            }}}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["resolution", "photos"],
+                    "properties": {
+                        "resolution": {
+                            "type": "string",
+                            "description": 'JSON {"note": "..."}; the first part 须为第一个部分',
+                        },
+                        "photos": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "1–9 after photos 整改后照片",
+                        },
+                    },
+                }
+            }
+        },
     }
 }
 
 
-@router.post("/api/v1/tasks/{task_id}/resolve", status_code=202, response_model=Accepted,
-             openapi_extra=RESOLVE_DOC, responses=RESPONSES,
-             summary="办结 / resolve a task with after photos")
-async def resolve(task_id: TaskId, request: Request, authorization: Auth = None,
-                  idempotency_key: IdemKey = None) -> JSONResponse:
+@router.post(
+    "/api/v1/tasks/{task_id}/resolve",
+    status_code=202,
+    response_model=Accepted,
+    openapi_extra=RESOLVE_DOC,
+    responses=RESPONSES,
+    summary="办结 / resolve a task with after photos",
+)
+async def resolve(
+    task_id: TaskId, request: Request, authorization: Auth = None, idempotency_key: IdemKey = None
+) -> JSONResponse:
     c = ctx(request)
     principal = c.auth.require(authorization, DEPT)
     case_id = case_of_task(task_id)
@@ -260,17 +347,27 @@ async def resolve(task_id: TaskId, request: Request, authorization: Auth = None,
         try:
             part = ResolutionPart.model_validate(raw)
         except ValueError as exc:
-            raise ApiError(422, "invalid_resolution", "办结说明不能为空, 且仅含 note 字段",
-                           f"the resolution part needs a non-empty note: {exc}",
-                           field="resolution.note") from exc
-        upload = PhotoUpload(c.store, c.settings.bucket_incoming,
-                             f"tasks/{task_id}/{command_id[:12]}", "after", c.photo_limits,
-                             c.inspect)
+            raise ApiError(
+                422,
+                "invalid_resolution",
+                "办结说明不能为空, 且仅含 note 字段",
+                f"the resolution part needs a non-empty note: {exc}",
+                field="resolution.note",
+            ) from exc
+        upload = PhotoUpload(
+            c.store,
+            c.settings.bucket_incoming,
+            f"tasks/{task_id}/{command_id[:12]}",
+            "after",
+            c.photo_limits,
+            c.inspect,
+        )
         try:
             await receive_photos(reader, upload, store=True)
             data = {"task_id": task_id, "note": part.note, "photos": upload.ref_dicts()}
-            return await publish_command(c, principal, ev.RESOLVE_TASK, case_id, data,
-                                         idempotency_key, command_id)
+            return await publish_command(
+                c, principal, ev.RESOLVE_TASK, case_id, data, idempotency_key, command_id
+            )
         except NotPublished as exc:
             if not exc.maybe_written:  # else the command may be out: its photos must stay
                 await upload.cleanup()
@@ -282,25 +379,49 @@ async def resolve(task_id: TaskId, request: Request, authorization: Auth = None,
     return await with_multipart(request, handle)
 
 
-@router.post("/api/v1/cases/{case_id}/rating", status_code=202, response_model=Accepted,
-             summary="回访评价 / rate a closed case", responses=RESPONSES)
-async def rate(case_id: str, body: RatingBody, request: Request, authorization: Auth = None,
-               idempotency_key: IdemKey = None) -> JSONResponse:
+@router.post(
+    "/api/v1/cases/{case_id}/rating",
+    status_code=202,
+    response_model=Accepted,
+    summary="回访评价 / rate a closed case",
+    responses=RESPONSES,
+)
+async def rate(
+    case_id: str,
+    body: RatingBody,
+    request: Request,
+    authorization: Auth = None,
+    idempotency_key: IdemKey = None,
+) -> JSONResponse:
     c = ctx(request)
     principal = c.auth.require(authorization, WORKER, SUPERVISOR)
     data = body.model_dump()
-    return await publish_command(c, principal, ev.RATE_CASE, check_case_id(case_id), data,
-                                 idempotency_key)
+    return await publish_command(
+        c, principal, ev.RATE_CASE, check_case_id(case_id), data, idempotency_key
+    )
 
 
-@router.post("/api/v1/cases/{case_id}/whistle", status_code=202, response_model=Accepted,
-             summary="吹哨报到 / whistle departments up to a case", responses=RESPONSES)
-async def whistle(case_id: str, body: WhistleBody, request: Request, authorization: Auth = None,
-                  idempotency_key: IdemKey = None) -> JSONResponse:
+@router.post(
+    "/api/v1/cases/{case_id}/whistle",
+    status_code=202,
+    response_model=Accepted,
+    summary="吹哨报到 / whistle departments up to a case",
+    responses=RESPONSES,
+)
+async def whistle(
+    case_id: str,
+    body: WhistleBody,
+    request: Request,
+    authorization: Auth = None,
+    idempotency_key: IdemKey = None,
+) -> JSONResponse:
     c = ctx(request)
     principal = c.auth.require(authorization, SUPERVISOR)
-    departments = [check_department(c.ref, d.strip(), f"departments[{i}]")
-                   for i, d in enumerate(body.departments)]
+    departments = [
+        check_department(c.ref, d.strip(), f"departments[{i}]")
+        for i, d in enumerate(body.departments)
+    ]
     data = {"departments": list(dict.fromkeys(departments)), "reason": body.reason}
-    return await publish_command(c, principal, ev.WHISTLE_CASE, check_case_id(case_id), data,
-                                 idempotency_key)
+    return await publish_command(
+        c, principal, ev.WHISTLE_CASE, check_case_id(case_id), data, idempotency_key
+    )

@@ -54,8 +54,11 @@ class ApiError(Exception):
 
 def unauthorized() -> ApiError:
     return ApiError(
-        401, "unauthorized", "未登录或令牌无效, 请重新登录",
-        "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"},
+        401,
+        "unauthorized",
+        "未登录或令牌无效, 请重新登录",
+        "missing or invalid bearer token",
+        headers={"WWW-Authenticate": "Bearer"},
     )
 
 
@@ -105,12 +108,27 @@ def validation_error(exc: RequestValidationError) -> ApiError:
         field = _loc_to_field(err.get("loc", ()))
         kind = str(err.get("type", "invalid"))
         zh = _ZH.get(kind, "「{f}」无效").format(f=field or "请求体")
-        details.append({"field": field or None, "code": kind, "message_zh": zh,
-                        "message_en": f"{field or 'body'}: {err.get('msg', 'invalid value')}"})
-    first = details[0] if details else {"field": None, "message_zh": "请求内容无效",
-                                        "message_en": "invalid request"}
-    return ApiError(422, "invalid_request", first["message_zh"], first["message_en"],
-                    field=first["field"], details=details)
+        details.append(
+            {
+                "field": field or None,
+                "code": kind,
+                "message_zh": zh,
+                "message_en": f"{field or 'body'}: {err.get('msg', 'invalid value')}",
+            }
+        )
+    first = (
+        details[0]
+        if details
+        else {"field": None, "message_zh": "请求内容无效", "message_en": "invalid request"}
+    )
+    return ApiError(
+        422,
+        "invalid_request",
+        first["message_zh"],
+        first["message_en"],
+        field=first["field"],
+        details=details,
+    )
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -130,8 +148,11 @@ def install_handlers(app: FastAPI) -> None:
 
     async def on_database_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable: %s", exc)
-        err = unavailable("数据库暂不可用, 请稍后重试", "the database is unavailable, retry later",
-                          code="database_unavailable")
+        err = unavailable(
+            "数据库暂不可用, 请稍后重试",
+            "the database is unavailable, retry later",
+            code="database_unavailable",
+        )
         if request.url.path.startswith("/open311/"):
             from producers.open311 import from_api_error
 

@@ -35,7 +35,9 @@ def boundary_of(content_type: str | None) -> bytes:
         raise MultipartError("no Content-Type: expected multipart/form-data")
     ctype, params = parse_options_header(content_type)
     if ctype != b"multipart/form-data":
-        raise MultipartError(f"Content-Type is {ctype.decode('latin-1')}, expected multipart/form-data")
+        raise MultipartError(
+            f"Content-Type is {ctype.decode('latin-1')}, expected multipart/form-data"
+        )
     boundary = params.get(b"boundary")
     if not boundary:
         raise MultipartError("multipart/form-data without a boundary")

@@ -39,16 +39,32 @@ router = APIRouter(tags=["open311 群众诉求 (GeoReport v2)"])
 
 PREFIX = "/open311/v2"
 RESIDENT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-FORM_FIELDS = ("service_code", "lat", "long", "address_string", "address_id", "email",
-               "device_id", "account_id", "first_name", "last_name", "phone", "description",
-               "media_url", "api_key", "jurisdiction_id")
+FORM_FIELDS = (
+    "service_code",
+    "lat",
+    "long",
+    "address_string",
+    "address_id",
+    "email",
+    "device_id",
+    "account_id",
+    "first_name",
+    "last_name",
+    "phone",
+    "description",
+    "media_url",
+    "api_key",
+    "jurisdiction_id",
+)
 MAX_FIELD = 2000
 
 
-def open311_error_response(status: int, description: str,
-                           headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse([{"code": status, "description": description}], status_code=status,
-                        headers=headers)
+def open311_error_response(
+    status: int, description: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        [{"code": status, "description": description}], status_code=status, headers=headers
+    )
 
 
 def from_api_error(err: ApiError) -> JSONResponse:
@@ -85,7 +101,9 @@ def resident_id(form: Mapping[str, str]) -> str:
         value = form.get(name, "").strip()
         if value:
             return value if RESIDENT_ID_RE.match(value) else f"h{_hash(name + ':' + value)}"
-    contact = form.get("phone", "").strip().replace(" ", "") or form.get("email", "").strip().lower()
+    contact = (
+        form.get("phone", "").strip().replace(" ", "") or form.get("email", "").strip().lower()
+    )
     return f"c{_hash(contact)}" if contact else "anonymous"
 
 
@@ -109,8 +127,9 @@ class ResidentRequest:
     account_id: str | None
 
 
-def resident_request(form: Mapping[str, str], ref: ReferenceData, now: datetime,
-                     idempotency_key: str | None = None) -> ResidentRequest:
+def resident_request(
+    form: Mapping[str, str], ref: ReferenceData, now: datetime, idempotency_key: str | None = None
+) -> ResidentRequest:
     """Map a GeoReport v2 POST to our report. Raises Open311Error (spec error, 400/404)."""
     for name, value in form.items():
         if len(value) > MAX_FIELD:
@@ -122,34 +141,59 @@ def resident_request(form: Mapping[str, str], ref: ReferenceData, now: datetime,
     if service is None:
         raise Open311Error(404, f"未知的诉求类别 {code}", f"service_code {code!r} not found")
     if not form.get("lat", "").strip() or not form.get("long", "").strip():
-        raise Open311Error(400, "请提供位置坐标 lat/long (暂不支持仅凭地址受理)",
-                           "lat and long are required (address-only requests are not supported: "
-                           "no geocoder)")
+        raise Open311Error(
+            400,
+            "请提供位置坐标 lat/long (暂不支持仅凭地址受理)",
+            "lat and long are required (address-only requests are not supported: no geocoder)",
+        )
     lat = _coordinate(form, "lat", -90, 90)
     lon = _coordinate(form, "long", -180, 180)
     reporter = f"resident:{resident_id(form)}"
     content = {
-        "service_code": code, "lat": round(lat, 6), "long": round(lon, 6),
+        "service_code": code,
+        "lat": round(lat, 6),
+        "long": round(lon, 6),
         "description": form.get("description", "").strip(),
         "address_string": form.get("address_string", "").strip(),
         "media_url": form.get("media_url", "").strip(),
     }
     day = f"{now.astimezone(intake.CHINA_TZ):%Y%m%d}"
-    key = idempotency_key.strip() if idempotency_key else f"{day}:{_hash(str(sorted(content.items())))}"
+    key = (
+        idempotency_key.strip()
+        if idempotency_key
+        else f"{day}:{_hash(str(sorted(content.items())))}"
+    )
     report_id = f"o311-{derived_id('open311', reporter, key)}"
-    name = " ".join(p for p in (form.get("last_name", "").strip(),
-                                form.get("first_name", "").strip()) if p)
+    name = " ".join(
+        p for p in (form.get("last_name", "").strip(), form.get("first_name", "").strip()) if p
+    )
     data: dict[str, Any] = {
-        "report_id": report_id, "source": "resident", "channel": "open311",
-        "reporter": reporter, "category_code": service.category_code,
-        "description": content["description"], "lat": lat, "lon": lon,
-        "captured_at": iso(now), "address": content["address_string"][:200], "photos": [],
-        "media_url": content["media_url"], "service_code": code,
-        "contact": {"name": name, "phone": form.get("phone", "").strip(),
-                    "email": form.get("email", "").strip()},
+        "report_id": report_id,
+        "source": "resident",
+        "channel": "open311",
+        "reporter": reporter,
+        "category_code": service.category_code,
+        "description": content["description"],
+        "lat": lat,
+        "lon": lon,
+        "captured_at": iso(now),
+        "address": content["address_string"][:200],
+        "photos": [],
+        "media_url": content["media_url"],
+        "service_code": code,
+        "contact": {
+            "name": name,
+            "phone": form.get("phone", "").strip(),
+            "email": form.get("email", "").strip(),
+        },
     }
-    return ResidentRequest(report_id, reporter, data, request_hash(reporter, content),
-                           form.get("account_id", "").strip() or None)
+    return ResidentRequest(
+        report_id,
+        reporter,
+        data,
+        request_hash(reporter, content),
+        form.get("account_id", "").strip() or None,
+    )
 
 
 def service_notice(ticket: str) -> str:
@@ -157,8 +201,13 @@ def service_notice(ticket: str) -> str:
 
 
 def post_response(ticket: str, account_id: str | None) -> list[dict[str, Any]]:
-    return [{"service_request_id": ticket, "service_notice": service_notice(ticket),
-             "account_id": account_id}]
+    return [
+        {
+            "service_request_id": ticket,
+            "service_notice": service_notice(ticket),
+            "account_id": account_id,
+        }
+    ]
 
 
 # --- routes ------------------------------------------------------------------------------
@@ -172,23 +221,35 @@ def services(request: Request) -> JSONResponse:
 POST_DOC = {
     "requestBody": {
         "required": True,
-        "content": {"application/x-www-form-urlencoded": {"schema": {
-            "type": "object", "required": ["service_code", "lat", "long"],
-            "properties": {name: {"type": "string"} for name in FORM_FIELDS},
-        }}},
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["service_code", "lat", "long"],
+                    "properties": {name: {"type": "string"} for name in FORM_FIELDS},
+                }
+            }
+        },
     }
 }
 
 
-@router.post(f"{PREFIX}/requests.json", openapi_extra=POST_DOC, status_code=201,
-             summary="提交诉求 / GeoReport v2 POST service request",
-             responses={200: {"description": "a retry: the first answer again"},
-                        201: {"description": "[{service_request_id, service_notice, account_id}]"},
-                        400: {"description": "[{code, description}]"},
-                        404: {"description": "unknown service_code"},
-                        503: {"description": "log unavailable: retry (Retry-After)"}})
-async def post_request(request: Request, idempotency_key: str | None = Header(
-        None, alias="Idempotency-Key")) -> JSONResponse:
+@router.post(
+    f"{PREFIX}/requests.json",
+    openapi_extra=POST_DOC,
+    status_code=201,
+    summary="提交诉求 / GeoReport v2 POST service request",
+    responses={
+        200: {"description": "a retry: the first answer again"},
+        201: {"description": "[{service_request_id, service_notice, account_id}]"},
+        400: {"description": "[{code, description}]"},
+        404: {"description": "unknown service_code"},
+        503: {"description": "log unavailable: retry (Retry-After)"},
+    },
+)
+async def post_request(
+    request: Request, idempotency_key: str | None = Header(None, alias="Idempotency-Key")
+) -> JSONResponse:
     c = ctx(request)
     try:
         form = await _form(request)
@@ -205,8 +266,11 @@ async def _form(request: Request) -> dict[str, str]:
         async with request.form(max_files=0, max_fields=40) as form:
             return {k: v for k, v in form.items() if isinstance(v, str)}
     except Exception as exc:  # noqa: BLE001 - starlette raises several kinds for a bad form
-        raise Open311Error(400, "请求体须为表单(application/x-www-form-urlencoded)",
-                           f"the body must be a form: {exc}") from exc
+        raise Open311Error(
+            400,
+            "请求体须为表单(application/x-www-form-urlencoded)",
+            f"the body must be a form: {exc}",
+        ) from exc
 
 
 async def _accept(c: Context, req: ResidentRequest) -> JSONResponse:
@@ -221,8 +285,11 @@ async def _accept(c: Context, req: ResidentRequest) -> JSONResponse:
     if not won.won:
         assert won.receipt is not None
         if won.receipt.request_hash != req.request_hash:
-            raise Open311Error(409, "该受理编号已用于不同的诉求",
-                               "this Idempotency-Key was already used for a different request")
+            raise Open311Error(
+                409,
+                "该受理编号已用于不同的诉求",
+                "this Idempotency-Key was already used for a different request",
+            )
         return await replay(c, req.report_id, "")
     at, body = (won.receipt.created_at, won.receipt.response) if won.receipt else (now, first)
     data = {**req.data, "captured_at": iso(at)}
@@ -230,14 +297,18 @@ async def _accept(c: Context, req: ResidentRequest) -> JSONResponse:
     return JSONResponse(body, status_code=201)
 
 
-@router.get(f"{PREFIX}/requests/{{service_request_id}}.json",
-            summary="诉求办理情况 / GeoReport v2 GET service request")
+@router.get(
+    f"{PREFIX}/requests/{{service_request_id}}.json",
+    summary="诉求办理情况 / GeoReport v2 GET service request",
+)
 async def get_request(service_request_id: str, request: Request) -> JSONResponse:
     c = ctx(request)
     found = await run_in_threadpool(open311_request, c, service_request_id)
     if found is None:
-        return open311_error_response(404, f"未找到受理编号 {service_request_id} / "
-                                           f"service request {service_request_id} not found")
+        return open311_error_response(
+            404,
+            f"未找到受理编号 {service_request_id} / service request {service_request_id} not found",
+        )
     return JSONResponse([found])
 
 
@@ -252,10 +323,10 @@ async def list_requests(
 ) -> JSONResponse:
     c = ctx(request)
     try:
-        filters = Open311Filters.parse(c.ref, c.clock(), service_request_id, service_code,
-                                       start_date, end_date, status)
+        filters = Open311Filters.parse(
+            c.ref, c.clock(), service_request_id, service_code, start_date, end_date, status
+        )
     except Open311Error as exc:
         return open311_error_response(exc.status, exc.description())
     rows = await run_in_threadpool(open311_requests, c, filters)
     return JSONResponse(rows)
-

@@ -43,8 +43,13 @@ class KafkaPublisher:
     of every request waiting out its own timeout (the client retries after Retry-After).
     """
 
-    def __init__(self, bootstrap: str, timeout_s: float = 10.0, client_id: str = "gridflow-api",
-                 backoff_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        timeout_s: float = 10.0,
+        client_id: str = "gridflow-api",
+        backoff_s: float = 3.0,
+    ) -> None:
         self.bootstrap = bootstrap
         self.timeout_s = timeout_s
         self.client_id = client_id

@@ -83,8 +83,14 @@ class Claim:
 
 def _row_to_receipt(row: Any) -> Receipt:
     created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-    return Receipt(row.report_id, row.state, row.request_hash, row.photos_hash,
-                   json.loads(row.response), created)
+    return Receipt(
+        row.report_id,
+        row.state,
+        row.request_hash,
+        row.photos_hash,
+        json.loads(row.response),
+        created,
+    )
 
 
 def get(engine: Engine, report_id: str) -> Receipt | None:
@@ -103,19 +109,33 @@ def by_ticket(engine: Engine, ticket: str) -> Receipt | None:
     return _row_to_receipt(row) if row else None
 
 
-def claim(engine: Engine, report_id: str, ticket: str, request_hash: str, response: Any,
-          created_at: datetime, lease_s: float = 120.0) -> Claim:
+def claim(
+    engine: Engine,
+    report_id: str,
+    ticket: str,
+    request_hash: str,
+    response: Any,
+    created_at: datetime,
+    lease_s: float = 120.0,
+) -> Claim:
     """Insert a pending receipt. If one exists: take it over when its lease ran out
     (pending only), else hand it back so the caller can replay or refuse."""
     now = time.time()
     body = json.dumps(response, ensure_ascii=False, sort_keys=True)
     try:
         with engine.begin() as conn:
-            conn.execute(insert(ingest_receipts).values(
-                report_id=report_id, state=PENDING, ticket=ticket,
-                request_hash=request_hash, photos_hash="",
-                response=body, created_at=created_at, claimed_at=now,
-            ))
+            conn.execute(
+                insert(ingest_receipts).values(
+                    report_id=report_id,
+                    state=PENDING,
+                    ticket=ticket,
+                    request_hash=request_hash,
+                    photos_hash="",
+                    response=body,
+                    created_at=created_at,
+                    claimed_at=now,
+                )
+            )
         return Claim(True, None)
     except IntegrityError:
         pass
@@ -145,15 +165,17 @@ def complete(engine: Engine, report_id: str, photos_hash: str) -> None:
         )
 
 
-def expire(engine: Engine, report_id: str, photos_hash: str) -> None:
+def expire(engine: Engine, report_id: str, photos_hash: str = "") -> None:
     """End a pending claim's lease now, keeping its answer: the publish may have reached the log,
-    so the retry must take the claim over and publish the very same event again."""
+    so the retry must take the claim over and publish the very same event again. The photos
+    it was published with are recorded (never forgotten once known)."""
+    known = {"photos_hash": photos_hash} if photos_hash else {}
     with engine.begin() as conn:
         conn.execute(
             update(ingest_receipts)
             .where(ingest_receipts.c.report_id == report_id)
             .where(ingest_receipts.c.state == PENDING)
-            .values(claimed_at=0.0, photos_hash=photos_hash)
+            .values(claimed_at=0.0, **known)
         )
 
 

@@ -40,8 +40,16 @@ router = APIRouter(tags=["reports 上报"])
 REPORT_PART_MAX = 64 * 1024
 SOURCE_WORKER = "grid_worker"
 # What a client may put in the report part; the rest (reporter, photos, ...) the API sets.
-CLIENT_FIELDS = ("report_id", "category_code", "description", "lat", "lon", "captured_at",
-                 "address", "severity")
+CLIENT_FIELDS = (
+    "report_id",
+    "category_code",
+    "description",
+    "lat",
+    "lon",
+    "captured_at",
+    "address",
+    "severity",
+)
 _PLACEHOLDER_PHOTO = asdict(PhotoRef("-", "-", 1, "0" * 64, "image/jpeg"))
 
 
@@ -61,19 +69,36 @@ def parse_report_part(raw: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad_request("bad_json", "report 部分不是有效的 JSON", f"the report part is not valid JSON: {exc}",
-                          "report") from exc
+        raise bad_request(
+            "bad_json",
+            "report 部分不是有效的 JSON",
+            f"the report part is not valid JSON: {exc}",
+            "report",
+        ) from exc
     if not isinstance(obj, dict):
-        raise bad_request("bad_json", "report 部分须为 JSON 对象",
-                          f"the report part must be a JSON object, got {type(obj).__name__}", "report")
+        raise bad_request(
+            "bad_json",
+            "report 部分须为 JSON 对象",
+            f"the report part must be a JSON object, got {type(obj).__name__}",
+            "report",
+        )
     return obj
+
+
+def client_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: obj[k] for k in CLIENT_FIELDS if k in obj}
 
 
 def worker_report_data(obj: dict[str, Any], worker: Principal) -> dict[str, Any]:
     """The ReportSubmitted data before validation: the client's fields, our reporter."""
-    data = {k: obj[k] for k in CLIENT_FIELDS if k in obj}
-    data.update(source=SOURCE_WORKER, channel="app", reporter=worker.actor,
-                worker_grid_code=worker.grid_code, photos=[])
+    data = client_fields(obj)
+    data.update(
+        source=SOURCE_WORKER,
+        channel="app",
+        reporter=worker.actor,
+        worker_grid_code=worker.grid_code,
+        photos=[],
+    )
     return data
 
 
@@ -101,24 +126,43 @@ def request_hash(reporter: str, payload: dict[str, Any]) -> str:
 
 
 def accepted_body(report_id: str, case_id: str) -> dict[str, Any]:
-    return {"report_id": report_id, "case_id": case_id, "status": "accepted",
-            "status_url": f"/api/v1/reports/{report_id}"}
+    return {
+        "report_id": report_id,
+        "case_id": case_id,
+        "status": "accepted",
+        "status_url": f"/api/v1/reports/{report_id}",
+    }
 
 
 def report_submitted(data: dict[str, Any], at: datetime) -> Message:
-    return Message(id=derived_id("report", data["report_id"]), type=ev.REPORT_SUBMITTED,
-                   case_id="", at=iso(at), actor=data["reporter"], data=data)
+    return Message(
+        id=derived_id("report", data["report_id"]),
+        type=ev.REPORT_SUBMITTED,
+        case_id="",
+        at=iso(at),
+        actor=data["reporter"],
+        data=data,
+    )
 
 
 def conflict() -> ApiError:
-    return ApiError(409, "report_id_conflict", "该上报编号已用于另一份内容不同的上报",
-                    "this report_id was already used for a different report", field="report_id")
+    return ApiError(
+        409,
+        "report_id_conflict",
+        "该上报编号已用于另一份内容不同的上报",
+        "this report_id was already used for a different report",
+        field="report_id",
+    )
 
 
 def in_progress() -> ApiError:
-    return ApiError(409, "in_progress", "该上报正在处理中, 请稍后重试",
-                    "this report is being processed; retry shortly",
-                    headers={"Retry-After": "2"})
+    return ApiError(
+        409,
+        "in_progress",
+        "该上报正在处理中, 请稍后重试",
+        "this report is being processed; retry shortly",
+        headers={"Retry-After": "2"},
+    )
 
 
 class NotPublished(ApiError):
@@ -131,19 +175,23 @@ class NotPublished(ApiError):
 
 
 def publish_failed(maybe_written: bool) -> NotPublished:
-    return NotPublished("系统繁忙, 上报未成功, 请稍后重试(内容不会丢失, 可直接重发)",
-                        "the event log is unavailable; the report was not accepted, retry later",
-                        maybe_written)
+    return NotPublished(
+        "系统繁忙, 上报未成功, 请稍后重试(内容不会丢失, 可直接重发)",
+        "the event log is unavailable; the report was not accepted, retry later",
+        maybe_written,
+    )
 
 
 # --- shared by workers' and residents' reports --------------------------------------
 
 
-async def claim(c: Context, report_id: str, ticket: str, req_hash: str, response: Any,
-                now: datetime) -> receipts.Claim:
+async def claim(
+    c: Context, report_id: str, ticket: str, req_hash: str, response: Any, now: datetime
+) -> receipts.Claim:
     try:
-        return await run_in_threadpool(receipts.claim, c.engine, report_id, ticket, req_hash,
-                                       response, now)
+        return await run_in_threadpool(
+            receipts.claim, c.engine, report_id, ticket, req_hash, response, now
+        )
     except receipts.ClaimLost as exc:
         raise in_progress() from exc
 
@@ -169,8 +217,9 @@ async def replay(c: Context, report_id: str, photos_hash: str) -> JSONResponse:
     return JSONResponse(receipt.response, status_code=200)
 
 
-async def abandon(c: Context, report_id: str, upload: PhotoUpload | None,
-                  taken_over: bool, photos_hash: str = "") -> None:
+async def abandon(
+    c: Context, report_id: str, upload: PhotoUpload | None, taken_over: bool, photos_hash: str = ""
+) -> None:
     """Undo a request that will not be accepted. A fresh claim is freed and its photos removed;
     a claim taken over from a request whose event may be on the log keeps every object (they
     may be referenced) and stays open for the next retry."""
@@ -182,14 +231,20 @@ async def abandon(c: Context, report_id: str, upload: PhotoUpload | None,
     await run_in_threadpool(receipts.release, c.engine, report_id)
 
 
-async def publish_report(c: Context, data: dict[str, Any], at: datetime,
-                         upload: PhotoUpload | None, taken_over: bool = False) -> None:
+async def publish_report(
+    c: Context,
+    data: dict[str, Any],
+    at: datetime,
+    upload: PhotoUpload | None,
+    taken_over: bool = False,
+) -> None:
     """Publish and record the receipt; on failure undo (see `abandon`) and raise the 503."""
     report_id = data["report_id"]
     photos_hash = upload.photos_hash() if upload else ""
     try:
-        await run_in_threadpool(c.publisher.publish, c.topic(topics.REPORTS), report_id,
-                                report_submitted(data, at))
+        await run_in_threadpool(
+            c.publisher.publish, c.topic(topics.REPORTS), report_id, report_submitted(data, at)
+        )
     except PublishError as exc:
         log.warning("report %s not published: %s", report_id, exc)
         # An ack that timed out may still be on the log: then its photos stay and the retry
@@ -199,7 +254,9 @@ async def publish_report(c: Context, data: dict[str, Any], at: datetime,
     try:
         await run_in_threadpool(receipts.complete, c.engine, report_id, photos_hash)
     except Exception:  # noqa: BLE001 - the report is on the log: accepted all the same
-        log.exception("receipt of %s not completed; a retry will republish the same event", report_id)
+        log.exception(
+            "receipt of %s not completed; a retry will republish the same event", report_id
+        )
 
 
 # --- the route --------------------------------------------------------------------
@@ -216,11 +273,14 @@ UPLOAD_DOC = {
                         "report": {
                             "type": "string",
                             "description": "JSON: {report_id, category_code, description, lat, "
-                                           "lon, captured_at, address?, severity?}. Must be the "
-                                           "first part. 须为第一个部分。",
+                            "lon, captured_at, address?, severity?}. Must be the "
+                            "first part. 须为第一个部分。",
                         },
-                        "photos": {"type": "array", "items": {"type": "string", "format": "binary"},
-                                   "description": "1–9 JPEG/PNG photos 照片"},
+                        "photos": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "1–9 JPEG/PNG photos 照片",
+                        },
                     },
                 }
             }
@@ -230,15 +290,22 @@ UPLOAD_DOC = {
 
 
 @router.post(
-    "/api/v1/reports", status_code=202, openapi_extra=UPLOAD_DOC,
+    "/api/v1/reports",
+    status_code=202,
+    openapi_extra=UPLOAD_DOC,
     summary="网格员上报 / a grid worker uploads a report with photos",
-    responses={200: {"description": "a retry: the first answer again"},
-               202: {"description": "accepted: the event is on the log"},
-               400: {"description": "malformed body"}, 401: {"description": "no/unknown token"},
-               403: {"description": "suspended"}, 409: {"description": "report_id reused"},
-               413: {"description": "photo too large"}, 415: {"description": "not an image"},
-               422: {"description": "invalid field or photo"},
-               503: {"description": "log or store unavailable: retry (Retry-After)"}},
+    responses={
+        200: {"description": "a retry: the first answer again"},
+        202: {"description": "accepted: the event is on the log"},
+        400: {"description": "malformed body"},
+        401: {"description": "no/unknown token"},
+        403: {"description": "suspended"},
+        409: {"description": "report_id reused"},
+        413: {"description": "photo too large"},
+        415: {"description": "not an image"},
+        422: {"description": "invalid field or photo"},
+        503: {"description": "log or store unavailable: retry (Retry-After)"},
+    },
 )
 async def submit_report(request: Request) -> JSONResponse:
     c = ctx(request)
@@ -271,20 +338,33 @@ async def with_multipart(request: Request, handle: Any) -> JSONResponse:
 async def read_json_part(reader: MultipartReader, name: str) -> dict[str, Any]:
     part = await reader.next_part()
     if part is None or part.name != name:
-        raise bad_request("missing_part", f"缺少 {name} 部分(须为第一个部分)",
-                          f"the first part must be the '{name}' JSON part", name)
+        raise bad_request(
+            "missing_part",
+            f"缺少 {name} 部分(须为第一个部分)",
+            f"the first part must be the '{name}' JSON part",
+            name,
+        )
     raw = await reader.read_all(REPORT_PART_MAX)
     if raw is None:
-        raise ApiError(413, "part_too_large", f"{name} 部分过大", f"the {name} part exceeds "
-                       f"{REPORT_PART_MAX} bytes", field=name)
+        raise ApiError(
+            413,
+            "part_too_large",
+            f"{name} 部分过大",
+            f"the {name} part exceeds {REPORT_PART_MAX} bytes",
+            field=name,
+        )
     return parse_report_part(raw)
 
 
 async def receive_photos(reader: MultipartReader, upload: PhotoUpload, store: bool) -> None:
     while (part := await reader.next_part()) is not None:
         if part.name != "photos":
-            raise bad_request("unexpected_part", f"无法识别的部分「{part.name}」",
-                              f"unexpected part {part.name!r}; only 'photos' may follow", part.name)
+            raise bad_request(
+                "unexpected_part",
+                f"无法识别的部分「{part.name}」",
+                f"unexpected part {part.name!r}; only 'photos' may follow",
+                part.name,
+            )
         if store:
             await upload.receive(reader)
         else:
@@ -297,9 +377,15 @@ async def _submit(c: Context, worker: Principal, reader: MultipartReader) -> JSO
     now = c.clock()
     data = worker_report_data(obj, worker)
     report = precheck(data, now)
-    req_hash = request_hash(worker.actor, {k: obj[k] for k in CLIENT_FIELDS if k in obj})
-    upload = PhotoUpload(c.store, c.settings.bucket_incoming, f"reports/{report.report_id}",
-                         "before", c.photo_limits, c.inspect)
+    req_hash = request_hash(worker.actor, client_fields(obj))
+    upload = PhotoUpload(
+        c.store,
+        c.settings.bucket_incoming,
+        f"reports/{report.report_id}",
+        "before",
+        c.photo_limits,
+        c.inspect,
+    )
     ticket = intake.case_id_for(report.report_id, now)
     first = accepted_body(report.report_id, ticket)
     won = await claim(c, report.report_id, ticket, req_hash, first, now)

@@ -78,12 +78,18 @@ class Summary:
         replayed = sum(1 for o in self.outcomes if o.status == 200)
         refused = sum(1 for o in self.outcomes if 400 <= o.status < 500)
         failed = sum(1 for o in self.outcomes if o.status == 0 or o.status >= 500)
-        return {"sent": len(self.outcomes), "accepted": accepted, "duplicates_by_retry": replayed,
-                "refused": refused, "failed": failed}
+        return {
+            "sent": len(self.outcomes),
+            "accepted": accepted,
+            "duplicates_by_retry": replayed,
+            "refused": refused,
+            "failed": failed,
+        }
 
     def refusals(self) -> Counter[str]:
-        return Counter(f"{o.status} {o.code}" for o in self.outcomes
-                       if o.status >= 400 or o.status == 0)
+        return Counter(
+            f"{o.status} {o.code}" for o in self.outcomes if o.status >= 400 or o.status == 0
+        )
 
     def latency_ms(self, q: float) -> float:
         values = sorted(o.latency_s for o in self.outcomes if o.status)
@@ -129,23 +135,38 @@ class Plan:
         self.seed = seed
         self.now = now
         self.workers = sorted((w for w in ref.workers.values() if w.active), key=lambda w: w.id)
-        self.categories = sorted(c.code for c in ref.categories.values()
-                                 if c.enabled and c.class_code in COMMON_CLASSES)
+        self.categories = sorted(
+            c.code for c in ref.categories.values() if c.enabled and c.class_code in COMMON_CLASSES
+        )
         self.services = sorted(ref.services)
         self.sent: list[Planned] = []  # fresh reports, for retries and near-duplicates
 
-    def _report(self, index: int, worker: Worker, category: str, lat: float, lon: float,
-                ) -> tuple[dict[str, Any], list[bytes]]:
+    def _report(
+        self,
+        index: int,
+        worker: Worker,
+        category: str,
+        lat: float,
+        lon: float,
+    ) -> tuple[dict[str, Any], list[bytes]]:
         taken = self.now().astimezone(CHINA_TZ) - timedelta(minutes=self.rng.randint(1, 30))
         count = self.rng.choices((1, 2, 3), weights=(5, 4, 1))[0]
-        photos = [images.make_jpeg(480, 360, seed=self.seed * 1_000_003 + index * 10 + i,
-                                   taken_at=taken.replace(microsecond=0), gps=(lat, lon))
-                  for i in range(count)]
+        photos = [
+            images.make_jpeg(
+                480,
+                360,
+                seed=self.seed * 1_000_003 + index * 10 + i,
+                taken_at=taken.replace(microsecond=0),
+                gps=(lat, lon),
+            )
+            for i in range(count)
+        ]
         report = {
             "report_id": f"sim{self.seed}-{index:06d}-{self.rng.getrandbits(32):08x}",
             "category_code": category,
             "description": self.rng.choice(DESCRIPTIONS.get(category[:3], ["发现问题, 请处理"])),
-            "lat": round(lat, 6), "lon": round(lon, 6),
+            "lat": round(lat, 6),
+            "lon": round(lon, 6),
             "captured_at": taken.isoformat(timespec="seconds"),
         }
         return report, photos
@@ -156,8 +177,14 @@ class Plan:
             kind = "report"
         if kind == "retry":
             earlier = self.rng.choice(self.sent[-50:])
-            return Planned(index, "retry", earlier.worker, earlier.report, earlier.photos,
-                           retry_of=earlier.index)
+            return Planned(
+                index,
+                "retry",
+                earlier.worker,
+                earlier.report,
+                earlier.photos,
+                retry_of=earlier.index,
+            )
         if kind == "resident":
             return self._resident(index)
         worker = self.rng.choice(self.workers)
@@ -187,7 +214,9 @@ class Plan:
         code = self.rng.choice(self.services)
         service = self.ref.services[code]
         form = {
-            "service_code": code, "lat": f"{lat:.6f}", "long": f"{lon:.6f}",
+            "service_code": code,
+            "lat": f"{lat:.6f}",
+            "long": f"{lon:.6f}",
             "description": f"{service.service_name}: {service.description}",
             "device_id": f"sim-device-{self.rng.randrange(200):03d}",
             "phone": f"139{self.rng.randrange(10**8):08d}",
@@ -204,11 +233,16 @@ async def send(client: httpx.AsyncClient, p: Planned) -> Outcome:
             r = await client.post("/open311/v2/requests.json", data=p.form)
         else:
             assert p.worker is not None and p.report is not None
-            files = [("photos", (f"IMG_{i:04d}.jpg", data, "image/jpeg"))
-                     for i, data in enumerate(p.photos)]
+            files = [
+                ("photos", (f"IMG_{i:04d}.jpg", data, "image/jpeg"))
+                for i, data in enumerate(p.photos)
+            ]
             r = await client.post(
-                "/api/v1/reports", headers={"Authorization": f"Bearer {p.worker.token}"},
-                data={"report": json.dumps(p.report, ensure_ascii=False)}, files=files)
+                "/api/v1/reports",
+                headers={"Authorization": f"Bearer {p.worker.token}"},
+                data={"report": json.dumps(p.report, ensure_ascii=False)},
+                files=files,
+            )
     except httpx.HTTPError as exc:
         return Outcome(p.kind, 0, time.perf_counter() - t0, type(exc).__name__)
     latency = time.perf_counter() - t0
@@ -222,10 +256,18 @@ async def send(client: httpx.AsyncClient, p: Planned) -> Outcome:
     return Outcome(p.kind, r.status_code, latency, str(code))
 
 
-async def run(api: str, rate: float, count: int | None, duration: float | None, seed: int,
-              concurrency: int = 8, echo: Callable[[str], None] = print,
-              ref: ReferenceData | None = None, timeout_s: float = 60.0,
-              clock: Callable[[], datetime] | None = None) -> Summary:
+async def run(
+    api: str,
+    rate: float,
+    count: int | None,
+    duration: float | None,
+    seed: int,
+    concurrency: int = 8,
+    echo: Callable[[str], None] = print,
+    ref: ReferenceData | None = None,
+    timeout_s: float = 60.0,
+    clock: Callable[[], datetime] | None = None,
+) -> Summary:
     """Drive the API at `api` for `count` requests or `duration` seconds."""
     if count is None and duration is None:
         raise ValueError("give count or duration")
@@ -244,7 +286,9 @@ async def run(api: str, rate: float, count: int | None, duration: float | None, 
         index = 0
         while True:
             elapsed = time.monotonic() - start
-            if (count is not None and index >= count) or (duration is not None and elapsed >= duration):
+            if (count is not None and index >= count) or (
+                duration is not None and elapsed >= duration
+            ):
                 break
             due = start + index / rate
             if due > time.monotonic():
@@ -255,16 +299,24 @@ async def run(api: str, rate: float, count: int | None, duration: float | None, 
             if time.monotonic() - last_print >= 2.0:
                 last_print = time.monotonic()
                 c = summary.counts()
-                echo(f"[{last_print - start:6.1f}s] sent {index}, answered {c['sent']}: "
-                     f"accepted {c['accepted']}, retries {c['duplicates_by_retry']}, "
-                     f"refused {c['refused']}, failed {c['failed']}")
+                echo(
+                    f"[{last_print - start:6.1f}s] sent {index}, answered {c['sent']}: "
+                    f"accepted {c['accepted']}, retries {c['duplicates_by_retry']}, "
+                    f"refused {c['refused']}, failed {c['failed']}"
+                )
         await asyncio.gather(*tasks)
     summary.wall_s = time.monotonic() - start
     return summary
 
 
-def simulate(api: str, rate: float, count: int | None, duration: float | None, seed: int,
-             concurrency: int = 8) -> Summary:
+def simulate(
+    api: str,
+    rate: float,
+    count: int | None,
+    duration: float | None,
+    seed: int,
+    concurrency: int = 8,
+) -> Summary:
     def echo(line: str) -> None:
         print(line, flush=True, file=sys.stdout)
 

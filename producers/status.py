@@ -82,33 +82,37 @@ def report_view(ref: ReferenceData, found: dict[str, Any], links: Links) -> dict
         status = "filed"
     else:
         status = "accepted"
-    tasks = [{**t, "department_name": department_name(ref, t["department"]),
-              "due_at": current_due(t)} for t in found.get("tasks", [])]
+    tasks = [
+        {**t, "department_name": department_name(ref, t["department"]), "due_at": current_due(t)}
+        for t in found.get("tasks", [])
+    ]
     open_dues = [t["due_at"] for t in tasks if t["due_at"] is not None]
     departments = sorted({t["department"] for t in tasks})
-    return jsonable({
-        "report_id": found["report_id"],
-        "case_id": found["case_id"],
-        "status": status,
-        "status_zh": REPORT_STATUS_ZH[status],
-        "case_status": case_status,
-        "stage": found.get("stage"),
-        "stage_zh": found.get("stage_zh"),
-        "merged": bool(found.get("merged")),
-        "distance_m": found.get("distance_m"),
-        "category_code": found.get("category_code"),
-        "category_name": found.get("category_name"),
-        "grid_code": found.get("grid_code"),
-        "submitted_at": found.get("submitted_at"),
-        "filed_at": found.get("filed_at"),
-        "closed_at": found.get("closed_at"),
-        "rating": found.get("rating"),
-        "not_filed": found.get("not_filed"),
-        "departments": [{"code": d, "name": department_name(ref, d)} for d in departments],
-        "next_due_at": min(open_dues) if open_dues else None,
-        "tasks": tasks,
-        "photos": [photo_view(p, links) for p in found.get("photos", [])],
-    })
+    return jsonable(
+        {
+            "report_id": found["report_id"],
+            "case_id": found["case_id"],
+            "status": status,
+            "status_zh": REPORT_STATUS_ZH[status],
+            "case_status": case_status,
+            "stage": found.get("stage"),
+            "stage_zh": found.get("stage_zh"),
+            "merged": bool(found.get("merged")),
+            "distance_m": found.get("distance_m"),
+            "category_code": found.get("category_code"),
+            "category_name": found.get("category_name"),
+            "grid_code": found.get("grid_code"),
+            "submitted_at": found.get("submitted_at"),
+            "filed_at": found.get("filed_at"),
+            "closed_at": found.get("closed_at"),
+            "rating": found.get("rating"),
+            "not_filed": found.get("not_filed"),
+            "departments": [{"code": d, "name": department_name(ref, d)} for d in departments],
+            "next_due_at": min(open_dues) if open_dues else None,
+            "tasks": tasks,
+            "photos": [photo_view(p, links) for p in found.get("photos", [])],
+        }
+    )
 
 
 def photo_view(p: dict[str, Any], links: Links) -> dict[str, Any]:
@@ -118,7 +122,9 @@ def photo_view(p: dict[str, Any], links: Links) -> dict[str, Any]:
     key = p.get("archive_key") if archived else p.get("incoming_key")
     thumb_bucket, thumb = p.get("archive_bucket"), p.get("thumbnail_key")
     return {
-        "role": p.get("role"), "task_id": p.get("task_id"), "sha256": p.get("sha256"),
+        "role": p.get("role"),
+        "task_id": p.get("task_id"),
+        "sha256": p.get("sha256"),
         "archive_status": p.get("archive_status") or "pending",
         "url": links(bucket, key) if bucket and key else None,
         "thumbnail_url": links(thumb_bucket, thumb) if thumb_bucket and thumb else None,
@@ -128,12 +134,22 @@ def photo_view(p: dict[str, Any], links: Links) -> dict[str, Any]:
 def accepted_view(receipt: receipts.Receipt) -> dict[str, Any]:
     """A report the API accepted that the pipeline has not filed (yet)."""
     ticket = receipt.response.get("case_id") if isinstance(receipt.response, dict) else None
-    return jsonable({
-        "report_id": receipt.report_id, "case_id": ticket, "status": "accepted",
-        "status_zh": REPORT_STATUS_ZH["accepted"], "case_status": None, "merged": False,
-        "submitted_at": receipt.created_at, "not_filed": None, "departments": [],
-        "next_due_at": None, "tasks": [], "photos": [],
-    })
+    return jsonable(
+        {
+            "report_id": receipt.report_id,
+            "case_id": ticket,
+            "status": "accepted",
+            "status_zh": REPORT_STATUS_ZH["accepted"],
+            "case_status": None,
+            "merged": False,
+            "submitted_at": receipt.created_at,
+            "not_filed": None,
+            "departments": [],
+            "next_due_at": None,
+            "tasks": [],
+            "photos": [],
+        }
+    )
 
 
 def _links(c: Context) -> Links:
@@ -161,8 +177,13 @@ async def get_report(report_id: str, request: Request, authorization: Auth = Non
     c.auth.identify(authorization)
     found = await run_in_threadpool(report_status, c, report_id)
     if found is None:
-        raise ApiError(404, "report_not_found", "未找到该上报(编号有误或尚未提交成功)",
-                       f"no report {report_id!r}", field="report_id")
+        raise ApiError(
+            404,
+            "report_not_found",
+            "未找到该上报(编号有误或尚未提交成功)",
+            f"no report {report_id!r}",
+            field="report_id",
+        )
     return JSONResponse(found)
 
 
@@ -173,15 +194,21 @@ def command_view(outcome: dict[str, Any] | None, command_id: str) -> dict[str, A
     if outcome is None:
         return {"command_id": command_id, "status": "pending", "status_zh": "处理中"}
     accepted = bool(outcome.get("accepted"))
-    return jsonable({
-        "command_id": command_id,
-        "status": "accepted" if accepted else "refused",
-        "status_zh": "已执行" if accepted else "未执行",
-        "case_id": outcome.get("case_id"), "task_id": outcome.get("task_id"),
-        "command_type": outcome.get("command_type"), "event_type": outcome.get("event_type"),
-        "code": outcome.get("code"), "reason_zh": outcome.get("reason_zh"),
-        "reason_en": outcome.get("reason_en"), "at": outcome.get("at"),
-    })
+    return jsonable(
+        {
+            "command_id": command_id,
+            "status": "accepted" if accepted else "refused",
+            "status_zh": "已执行" if accepted else "未执行",
+            "case_id": outcome.get("case_id"),
+            "task_id": outcome.get("task_id"),
+            "command_type": outcome.get("command_type"),
+            "event_type": outcome.get("event_type"),
+            "code": outcome.get("code"),
+            "reason_zh": outcome.get("reason_zh"),
+            "reason_en": outcome.get("reason_en"),
+            "at": outcome.get("at"),
+        }
+    )
 
 
 def command_outcome(c: Context, command_id: str) -> dict[str, Any] | None:
@@ -190,9 +217,14 @@ def command_outcome(c: Context, command_id: str) -> dict[str, Any] | None:
 
 
 @router.get("/api/v1/commands/{command_id}", summary="指令结果 / outcome of a command")
-async def get_command(command_id: str, request: Request, authorization: Auth = None,
-                      wait: float = Query(0, ge=0, le=10, description="等待结果的秒数 / "
-                                          "seconds to wait for an outcome")) -> JSONResponse:
+async def get_command(
+    command_id: str,
+    request: Request,
+    authorization: Auth = None,
+    wait: float = Query(
+        0, ge=0, le=10, description="等待结果的秒数 / seconds to wait for an outcome"
+    ),
+) -> JSONResponse:
     c = ctx(request)
     c.auth.identify(authorization)
     loop = asyncio.get_running_loop()
@@ -207,19 +239,31 @@ async def get_command(command_id: str, request: Request, authorization: Auth = N
 # --- department inbox ----------------------------------------------------------------------
 
 
-def inbox_rows(c: Context, code: str, states: list[str] | None, overdue: bool | None,
-               category: str | None, grid: str | None) -> list[dict[str, Any]]:
+def inbox_rows(
+    c: Context,
+    code: str,
+    states: list[str] | None,
+    overdue: bool | None,
+    category: str | None,
+    grid: str | None,
+) -> list[dict[str, Any]]:
     with Session(c.engine) as session:
-        rows = queries.department_inbox(session, code, states, overdue, category, grid,
-                                        now=c.clock())
+        rows = queries.department_inbox(
+            session, code, states, overdue, category, grid, now=c.clock()
+        )
     return [jsonable(r) for r in rows]
 
 
 @router.get("/api/v1/departments/{code}/inbox", summary="部门待办 / a department's tasks")
 async def inbox(
-    code: str, request: Request, authorization: Auth = None,
-    state: str | None = Query(None, description="任务状态, 逗号分隔 / task states, e.g. "
-                              "dispatched,signed (default: every open state)"),
+    code: str,
+    request: Request,
+    authorization: Auth = None,
+    state: str | None = Query(
+        None,
+        description="任务状态, 逗号分隔 / task states, e.g. "
+        "dispatched,signed (default: every open state)",
+    ),
     overdue: bool | None = Query(None, description="true: 仅超时 only overdue; false: 未超时"),
     category: str | None = Query(None, description="类别编码或前缀 / category code or prefix"),
     grid: str | None = Query(None, description="网格编码 / grid code"),
@@ -227,18 +271,34 @@ async def inbox(
     c = ctx(request)
     principal = c.auth.require(authorization, DEPT, SUPERVISOR)
     if code not in c.ref.departments:
-        raise ApiError(404, "unknown_department", f"部门编码「{code}」不存在",
-                       f"unknown department {code!r}", field="code")
+        raise ApiError(
+            404,
+            "unknown_department",
+            f"部门编码「{code}」不存在",
+            f"unknown department {code!r}",
+            field="code",
+        )
     if principal.kind == DEPT and principal.department != code:
         raise forbidden("只能查看本部门的待办", "staff see their own department's inbox only")
     states = [s.strip() for s in state.split(",") if s.strip()] if state else None
     unknown = [s for s in states or () if s not in TASK_STATE_NAMES_ZH]
     if unknown:
-        raise ApiError(422, "bad_state", f"未知的任务状态「{unknown[0]}」",
-                       f"unknown task state {unknown[0]!r}", field="state")
+        raise ApiError(
+            422,
+            "bad_state",
+            f"未知的任务状态「{unknown[0]}」",
+            f"unknown task state {unknown[0]!r}",
+            field="state",
+        )
     rows = await run_in_threadpool(inbox_rows, c, code, states, overdue, category, grid)
-    return JSONResponse({"department": code, "department_name": department_name(c.ref, code),
-                         "count": len(rows), "tasks": rows})
+    return JSONResponse(
+        {
+            "department": code,
+            "department_name": department_name(c.ref, code),
+            "count": len(rows),
+            "tasks": rows,
+        }
+    )
 
 
 # --- for producers.commands ----------------------------------------------------------------
@@ -246,8 +306,7 @@ async def inbox(
 
 def case_township(c: Context, case_id: str) -> str | None:
     with Session(c.engine) as session:
-        row = session.execute(
-            select(Case.township_code).where(Case.case_id == case_id)).first()
+        row = session.execute(select(Case.township_code).where(Case.case_id == case_id)).first()
     return row[0] if row else None
 
 
@@ -274,8 +333,16 @@ class Open311Filters:
     statuses: tuple[str, ...] | None  # our case statuses
 
     @classmethod
-    def parse(cls, ref: ReferenceData, now: datetime, ids: str | None, service_code: str | None,
-              start_date: str | None, end_date: str | None, status: str | None) -> Open311Filters:
+    def parse(
+        cls,
+        ref: ReferenceData,
+        now: datetime,
+        ids: str | None,
+        service_code: str | None,
+        start_date: str | None,
+        end_date: str | None,
+        status: str | None,
+    ) -> Open311Filters:
         def split(v: str | None) -> tuple[str, ...] | None:
             return tuple(x.strip() for x in (v or "").split(",") if x.strip()) or None
 
@@ -284,18 +351,25 @@ class Open311Filters:
         if codes:
             unknown = [x for x in codes if x not in ref.services]
             if unknown:
-                raise Open311Error(404, f"未知的诉求类别 {unknown[0]}",
-                                   f"service_code {unknown[0]!r} not found")
+                raise Open311Error(
+                    404, f"未知的诉求类别 {unknown[0]}", f"service_code {unknown[0]!r} not found"
+                )
             cats = tuple(ref.services[x].category_code for x in codes)
         statuses = None
         wanted = split(status)
         if wanted:
             bad = [s for s in wanted if s not in ("open", "closed")]
             if bad:
-                raise Open311Error(400, "status 只能是 open 或 closed",
-                                   f"status must be open or closed, got {bad[0]!r}")
-            statuses = tuple(x for s in wanted for x in (("new", "open") if s == "open"
-                                                          else ("closed", "not_filed")))
+                raise Open311Error(
+                    400,
+                    "status 只能是 open 或 closed",
+                    f"status must be open or closed, got {bad[0]!r}",
+                )
+            statuses = tuple(
+                x
+                for s in wanted
+                for x in (("new", "open") if s == "open" else ("closed", "not_filed"))
+            )
         try:
             start = parse_ts(start_date, "start_date") if start_date else None
             end = parse_ts(end_date, "end_date") if end_date else None
@@ -316,8 +390,13 @@ def service_for(ref: ReferenceData, category_code: str | None) -> tuple[str | No
     return category_code, cat.name if cat else None
 
 
-def open311_view(ref: ReferenceData, ticket: str, case: dict[str, Any],
-                 tasks: list[dict[str, Any]], report: dict[str, Any] | None) -> dict[str, Any]:
+def open311_view(
+    ref: ReferenceData,
+    ticket: str,
+    case: dict[str, Any],
+    tasks: list[dict[str, Any]],
+    report: dict[str, Any] | None,
+) -> dict[str, Any]:
     """One GeoReport v2 service request from a case row, its tasks and the resident's report."""
     report = report or {}
     case_status = case.get("status") or "new"
@@ -327,30 +406,35 @@ def open311_view(ref: ReferenceData, ticket: str, case: dict[str, Any],
     if case_status == "not_filed":
         notes = f"不予立案: {case.get('not_filed_reason_zh') or ''}".strip()
     elif tasks:
-        notes = "; ".join(f"{department_name(ref, t['department'])}: "
-                          f"{TASK_STATE_NAMES_ZH.get(t['state'], t['state'])}" for t in tasks)
+        notes = "; ".join(
+            f"{department_name(ref, t['department'])}: "
+            f"{TASK_STATE_NAMES_ZH.get(t['state'], t['state'])}"
+            for t in tasks
+        )
     else:
         notes = "已受理, 正在分派 / received, being routed"
     dues = [t["resolve_due"] for t in live if t.get("resolve_due")]
-    return jsonable({
-        "service_request_id": ticket,
-        "status": "open" if case_status in ("new", "open") else "closed",
-        "status_notes": notes,
-        "service_name": name,
-        "service_code": code,
-        "description": report.get("description") or case.get("description"),
-        "agency_responsible": "、".join(department_name(ref, d) for d in agencies) or None,
-        "service_notice": None,
-        "requested_datetime": report.get("submitted_at") or case.get("filed_at"),
-        "updated_datetime": case.get("updated_at") or case.get("filed_at"),
-        "expected_datetime": max(dues) if dues else None,
-        "address": report.get("address") or case.get("address"),
-        "address_id": None,
-        "zipcode": None,
-        "lat": report.get("lat", case.get("lat")),
-        "long": report.get("lon", case.get("lon")),
-        "media_url": report.get("media_url") or None,
-    })
+    return jsonable(
+        {
+            "service_request_id": ticket,
+            "status": "open" if case_status in ("new", "open") else "closed",
+            "status_notes": notes,
+            "service_name": name,
+            "service_code": code,
+            "description": report.get("description") or case.get("description"),
+            "agency_responsible": "、".join(department_name(ref, d) for d in agencies) or None,
+            "service_notice": None,
+            "requested_datetime": report.get("submitted_at") or case.get("filed_at"),
+            "updated_datetime": case.get("updated_at") or case.get("filed_at"),
+            "expected_datetime": max(dues) if dues else None,
+            "address": report.get("address") or case.get("address"),
+            "address_id": None,
+            "zipcode": None,
+            "lat": report.get("lat", case.get("lat")),
+            "long": report.get("lon", case.get("lon")),
+            "media_url": report.get("media_url") or None,
+        }
+    )
 
 
 def open311_request(c: Context, ticket: str) -> dict[str, Any] | None:
@@ -363,11 +447,14 @@ def open311_request(c: Context, ticket: str) -> dict[str, Any] | None:
     if detail is None:
         if receipt is None:
             return None
-        return open311_view(c.ref, ticket, {"status": "new"}, [],
-                            {"submitted_at": receipt.created_at})
+        return open311_view(
+            c.ref, ticket, {"status": "new"}, [], {"submitted_at": receipt.created_at}
+        )
     reports = detail.get("reports", [])
-    report = next((r for r in reports if r["report_id"] == (report_id or detail["report_id"])),
-                  reports[0] if reports else None)
+    report = next(
+        (r for r in reports if r["report_id"] == (report_id or detail["report_id"])),
+        reports[0] if reports else None,
+    )
     return open311_view(c.ref, ticket, detail, detail.get("tasks", []), report)
 
 
@@ -388,11 +475,21 @@ def open311_requests(c: Context, f: Open311Filters) -> list[dict[str, Any]]:
     with Session(c.engine) as session:
         cases = [dict(r) for r in session.execute(query).mappings()]
         ids = [r["case_id"] for r in cases]
-        tasks = [dict(r) for r in session.execute(
-            select(Task.__table__).where(Task.case_id.in_(ids))
-            .order_by(Task.dispatched_at, Task.task_id)).mappings()] if ids else []
+        tasks = (
+            [
+                dict(r)
+                for r in session.execute(
+                    select(Task.__table__)
+                    .where(Task.case_id.in_(ids))
+                    .order_by(Task.dispatched_at, Task.task_id)
+                ).mappings()
+            ]
+            if ids
+            else []
+        )
     by_case: dict[str, list[dict[str, Any]]] = {}
     for t in tasks:
         by_case.setdefault(t["case_id"], []).append(t)
-    return [open311_view(c.ref, r["case_id"], r, by_case.get(r["case_id"], []), None)
-            for r in cases]
+    return [
+        open311_view(c.ref, r["case_id"], r, by_case.get(r["case_id"], []), None) for r in cases
+    ]

@@ -27,8 +27,14 @@ _STORE_ERRORS = (MinioException, HTTPError, OSError)
 
 
 class ObjectStore(Protocol):
-    def put(self, bucket: str, key: str, data: bytes, content_type: str,
-            metadata: dict[str, str] | None = None) -> None: ...
+    def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+    ) -> None: ...
 
     def remove(self, bucket: str, key: str) -> None: ...
 
@@ -44,11 +50,23 @@ class MinioStore:
     def from_settings(cls, settings: Settings) -> MinioStore:
         return cls(make_client(settings))
 
-    def put(self, bucket: str, key: str, data: bytes, content_type: str,
-            metadata: dict[str, str] | None = None) -> None:
+    def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         try:
-            self.client.put_object(bucket, key, io.BytesIO(data), len(data),
-                                   content_type=content_type, metadata=metadata or None)
+            self.client.put_object(
+                bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type=content_type,
+                metadata=metadata or None,
+            )
         except _STORE_ERRORS as exc:
             raise StoreError(f"put {bucket}/{key} failed: {exc}") from exc
 

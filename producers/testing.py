@@ -29,11 +29,11 @@ class LiveApi:
     def __init__(self, app: FastAPI, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name=f"api-{self.port}",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.run, name=f"api-{self.port}", daemon=True)
 
     def __enter__(self) -> LiveApi:
         self.thread.start()
@@ -49,15 +49,20 @@ class LiveApi:
         self.thread.join(timeout=30)
 
 
-def read_topic(bootstrap: str, topic: str, until: Callable[[list[Any]], bool],
-               timeout_s: float = 30.0) -> list[Any]:
+def read_topic(
+    bootstrap: str, topic: str, until: Callable[[list[Any]], bool], timeout_s: float = 30.0
+) -> list[Any]:
     """Records of `topic` from the beginning, read until `until(records)` holds or the time
     is up (then whatever was read is returned: the caller's assertion says what is missing)."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-        enable_auto_commit=False, consumer_timeout_ms=500,
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=500,
     )
     records: list[Any] = []
     deadline = time.monotonic() + timeout_s
@@ -108,8 +113,9 @@ class InProcessPipeline:
         from processors import steps
         from sinks.sql import Record
 
-        out, state = steps.case_step(raw, self.states.get(case_id), self.planner, now,
-                                     "case-commands", case_id)
+        out, state = steps.case_step(
+            raw, self.states.get(case_id), self.planner, now, "case-commands", case_id
+        )
         if state is not None:
             self.states[case_id] = state
         records = []
@@ -150,26 +156,36 @@ class ApiEnv:
                 resp.release_conn()
         return out
 
-    def records(self, spec: Any, key: str, until: Callable[[Any], bool] | None = None,
-                timeout_s: float = 60) -> list[Any]:
+    def records(
+        self, spec: Any, key: str, until: Callable[[Any], bool] | None = None, timeout_s: float = 60
+    ) -> list[Any]:
         """Records of a catalogue topic, read until one keyed `key` (and matching `until`)."""
         want = key.encode()
-        return self.read(spec, lambda rs: any(r.key == want and (until is None or until(r))
-                                              for r in rs), timeout_s)
+        return self.read(
+            spec,
+            lambda rs: any(r.key == want and (until is None or until(r)) for r in rs),
+            timeout_s,
+        )
 
-    def read(self, spec: Any, until: Callable[[list[Any]], bool], timeout_s: float = 60
-             ) -> list[Any]:
+    def read(
+        self, spec: Any, until: Callable[[list[Any]], bool], timeout_s: float = 60
+    ) -> list[Any]:
         """Records of a catalogue topic, read until `until(records)` holds (or time is up)."""
         return read_topic(self.settings.kafka_bootstrap, self.topic(spec), until, timeout_s)
 
 
-def real_deps(settings: Any, s3: Any, ref: Any, bootstrap: str | None = None,
-              timeout_s: float = 10.0) -> Any:
+def real_deps(
+    settings: Any, s3: Any, ref: Any, bootstrap: str | None = None, timeout_s: float = 10.0
+) -> Any:
     """The API's deps on the real stack (Kafka at `bootstrap`, default the settings')."""
     from producers.app import Deps
     from producers.publisher import KafkaPublisher
     from producers.store import MinioStore
     from sinks.models import make_engine
 
-    return Deps(ref=ref, publisher=KafkaPublisher(bootstrap or settings.kafka_bootstrap, timeout_s),
-                store=MinioStore(s3), engine=make_engine(settings.database_url))
+    return Deps(
+        ref=ref,
+        publisher=KafkaPublisher(bootstrap or settings.kafka_bootstrap, timeout_s),
+        store=MinioStore(s3),
+        engine=make_engine(settings.database_url),
+    )

@@ -65,16 +65,31 @@ def photo_inspector(limits: PhotoLimits) -> Inspector:
 
 def too_large(max_bytes: int, field_name: str) -> ApiError:
     mb = max_bytes / (1024 * 1024)
-    return ApiError(413, "photo_too_large", f"照片超过{mb:g}MB上限, 请压缩后重新上传",
-                    f"photo exceeds the {mb:g} MB limit", field=field_name)
+    return ApiError(
+        413,
+        "photo_too_large",
+        f"照片超过{mb:g}MB上限, 请压缩后重新上传",
+        f"photo exceeds the {mb:g} MB limit",
+        field=field_name,
+    )
 
 
 def count_error(limits: PhotoLimits, got: int) -> ApiError:
     if got < limits.min_count:
-        return ApiError(422, "photo_count", f"请至少上传{limits.min_count}张照片",
-                        f"at least {limits.min_count} photo(s) required, got {got}", field="photos")
-    return ApiError(422, "photo_count", f"最多上传{limits.max_count}张照片",
-                    f"at most {limits.max_count} photos, got {got}", field="photos")
+        return ApiError(
+            422,
+            "photo_count",
+            f"请至少上传{limits.min_count}张照片",
+            f"at least {limits.min_count} photo(s) required, got {got}",
+            field="photos",
+        )
+    return ApiError(
+        422,
+        "photo_count",
+        f"最多上传{limits.max_count}张照片",
+        f"at most {limits.max_count} photos, got {got}",
+        field="photos",
+    )
 
 
 async def read_bounded(reader: MultipartReader, max_bytes: int, field_name: str) -> bytes:
@@ -118,7 +133,9 @@ class PhotoUpload:
         name = self.field_name()
         data = await read_bounded(reader, self.limits.max_bytes, name)
         if not data:
-            raise ApiError(422, "photo_empty", "照片内容为空", "the photo part is empty", field=name)
+            raise ApiError(
+                422, "photo_empty", "照片内容为空", "the photo part is empty", field=name
+            )
         sha = hashlib.sha256(data).hexdigest()
         self.hashes.append(sha)
         try:
@@ -127,12 +144,16 @@ class PhotoUpload:
             raise rejected(exc, name) from exc
         key = f"{self.prefix}/{len(self.hashes)}-{sha[:16]}.{info.ext}"
         try:
-            await run_in_threadpool(self.store.put, self.bucket, key, data, info.content_type,
-                                    {"sha256": sha})
+            await run_in_threadpool(
+                self.store.put, self.bucket, key, data, info.content_type, {"sha256": sha}
+            )
         except StoreError as exc:
             log.warning("photo store failed: %s", exc)
-            raise unavailable("照片存储暂不可用, 请稍后重试", "photo storage is unavailable, retry later",
-                              code="store_unavailable") from exc
+            raise unavailable(
+                "照片存储暂不可用, 请稍后重试",
+                "photo storage is unavailable, retry later",
+                code="store_unavailable",
+            ) from exc
         self.written.append(key)
         ref = PhotoRef(self.bucket, key, len(data), sha, info.content_type, self.role)
         self.refs.append(ref)

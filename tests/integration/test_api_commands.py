@@ -62,13 +62,22 @@ def photo(seed: int) -> bytes:
 def filed_case(env: ApiEnv, pipeline: InProcessPipeline) -> tuple[str, str, str]:
     """Upload a report through the API and file it: (report id, case id, first task id)."""
     report = {
-        "report_id": f"cmd-{uuid.uuid4().hex[:16]}", "category_code": "E0102",
-        "description": "村口垃圾堆积", "lat": 32.16, "lon": 109.96,
+        "report_id": f"cmd-{uuid.uuid4().hex[:16]}",
+        "category_code": "E0102",
+        "description": "村口垃圾堆积",
+        "lat": 32.16,
+        "lon": 109.96,
         "captured_at": (datetime.now(UTC) - timedelta(minutes=3)).isoformat(),
     }
-    r = httpx.post(f"{env.url}/api/v1/reports", headers=auth(WORKER.token), timeout=60,
-                   files=[("report", (None, json.dumps(report).encode(), "application/json")),
-                          ("photos", ("a.jpg", photo(1), "image/jpeg"))])
+    r = httpx.post(
+        f"{env.url}/api/v1/reports",
+        headers=auth(WORKER.token),
+        timeout=60,
+        files=[
+            ("report", (None, json.dumps(report).encode(), "application/json")),
+            ("photos", ("a.jpg", photo(1), "image/jpeg")),
+        ],
+    )
     assert r.status_code == 202, r.text
     rid = report["report_id"]
     record = next(x for x in env.records(topics.REPORTS, rid) if x.key == rid.encode())
@@ -86,12 +95,17 @@ def decided(env: ApiEnv, pipeline: InProcessPipeline, answer: httpx.Response) ->
     assert answer.status_code == 202, answer.text
     body = answer.json()
     cid, case_id = body["command_id"], body["case_id"]
-    record = next(r for r in env.records(topics.CASE_COMMANDS, case_id,
-                                         lambda r: decode_message(r.value).id == cid)
-                  if decode_message(r.value).id == cid)
+    record = next(
+        r
+        for r in env.records(
+            topics.CASE_COMMANDS, case_id, lambda r: decode_message(r.value).id == cid
+        )
+        if decode_message(r.value).id == cid
+    )
     pipeline.command(record.value, case_id, datetime.now(UTC))
-    outcome = httpx.get(f"{env.url}{body['status_url']}", headers=auth(WORKER.token),
-                        params={"wait": 2}, timeout=30)
+    outcome = httpx.get(
+        f"{env.url}{body['status_url']}", headers=auth(WORKER.token), params={"wait": 2}, timeout=30
+    )
     assert outcome.status_code == 200
     return outcome.json()
 
@@ -117,21 +131,34 @@ def test_unknown_and_not_yet_filed_reports(env: ApiEnv) -> None:
     missing = httpx.get(f"{env.url}/api/v1/reports/no-such-report-1", headers=auth(WORKER.token))
     assert missing.status_code == 404 and chinese(missing.json()["message_zh"])
 
-    report = {"report_id": f"cmd-{uuid.uuid4().hex[:16]}", "category_code": "E0102",
-              "description": "x", "lat": 32.16, "lon": 109.96,
-              "captured_at": datetime.now(UTC).isoformat()}
-    up = httpx.post(f"{env.url}/api/v1/reports", headers=auth(WORKER.token), timeout=60,
-                    files=[("report", (None, json.dumps(report).encode(), "application/json")),
-                           ("photos", ("a.jpg", photo(2), "image/jpeg"))])
+    report = {
+        "report_id": f"cmd-{uuid.uuid4().hex[:16]}",
+        "category_code": "E0102",
+        "description": "x",
+        "lat": 32.16,
+        "lon": 109.96,
+        "captured_at": datetime.now(UTC).isoformat(),
+    }
+    up = httpx.post(
+        f"{env.url}/api/v1/reports",
+        headers=auth(WORKER.token),
+        timeout=60,
+        files=[
+            ("report", (None, json.dumps(report).encode(), "application/json")),
+            ("photos", ("a.jpg", photo(2), "image/jpeg")),
+        ],
+    )
     assert up.status_code == 202
-    pending = httpx.get(f"{env.url}/api/v1/reports/{report['report_id']}",
-                        headers=auth(WORKER.token)).json()
+    pending = httpx.get(
+        f"{env.url}/api/v1/reports/{report['report_id']}", headers=auth(WORKER.token)
+    ).json()
     assert pending["status"] == "accepted" and pending["status_zh"] == "已受理, 处理中"
     assert pending["case_id"] == up.json()["case_id"]
 
 
-def test_a_task_is_signed_resolved_verified_and_rated(env: ApiEnv,
-                                                      pipeline: InProcessPipeline) -> None:
+def test_a_task_is_signed_resolved_verified_and_rated(
+    env: ApiEnv, pipeline: InProcessPipeline
+) -> None:
     rid, case_id, task_id = filed_case(env, pipeline)
     village = TOKENS[VILLAGE]
 
@@ -140,25 +167,38 @@ def test_a_task_is_signed_resolved_verified_and_rated(env: ApiEnv,
     assert [t["task_id"] for t in inbox.json()["tasks"]] == [task_id]
 
     sign = command(env, f"/api/v1/tasks/{task_id}/sign", village, json={})
-    msg = decode_message(next(r for r in env.records(topics.CASE_COMMANDS, case_id)
-                              if r.key == case_id.encode()).value)
+    msg = decode_message(
+        next(
+            r for r in env.records(topics.CASE_COMMANDS, case_id) if r.key == case_id.encode()
+        ).value
+    )
     assert (msg.type, msg.actor, msg.data["task_id"]) == ("SignTask", f"dept:{VILLAGE}", task_id)
     assert decided(env, pipeline, sign)["status"] == "accepted"
 
     after = [photo(11), photo(12)]
-    resolve = command(env, f"/api/v1/tasks/{task_id}/resolve", village, files=[
-        ("resolution", (None, json.dumps({"note": "已清运, 现场整洁"}).encode(), "application/json")),
-        *[("photos", (f"after{i}.jpg", data, "image/jpeg")) for i, data in enumerate(after)],
-    ])
+    resolve = command(
+        env,
+        f"/api/v1/tasks/{task_id}/resolve",
+        village,
+        files=[
+            (
+                "resolution",
+                (None, json.dumps({"note": "已清运, 现场整洁"}).encode(), "application/json"),
+            ),
+            *[("photos", (f"after{i}.jpg", data, "image/jpeg")) for i, data in enumerate(after)],
+        ],
+    )
     assert decided(env, pipeline, resolve)["status"] == "accepted"
     stored = env.objects(f"tasks/{task_id}/")
     assert sorted(hashlib.sha256(v).hexdigest() for v in stored.values()) == sorted(
-        hashlib.sha256(v).hexdigest() for v in after)
+        hashlib.sha256(v).hexdigest() for v in after
+    )
 
     verify = command(env, f"/api/v1/tasks/{task_id}/verify", WORKER.token, json={"note": "已核查"})
     assert decided(env, pipeline, verify)["status"] == "accepted"
-    rating = command(env, f"/api/v1/cases/{case_id}/rating", WORKER.token,
-                     json={"score": 5, "comment": "很满意"})
+    rating = command(
+        env, f"/api/v1/cases/{case_id}/rating", WORKER.token, json={"score": 5, "comment": "很满意"}
+    )
     assert decided(env, pipeline, rating)["status"] == "accepted"
 
     s = httpx.get(f"{env.url}/api/v1/reports/{rid}", headers=auth(WORKER.token)).json()
@@ -167,7 +207,8 @@ def test_a_task_is_signed_resolved_verified_and_rated(env: ApiEnv,
 
 
 def test_a_command_the_case_does_not_allow_is_refused_with_a_reason(
-        env: ApiEnv, pipeline: InProcessPipeline) -> None:
+    env: ApiEnv, pipeline: InProcessPipeline
+) -> None:
     _, _, task_id = filed_case(env, pipeline)
     other = TOKENS["county.chengguan"]  # not this task's department
 
@@ -177,37 +218,62 @@ def test_a_command_the_case_does_not_allow_is_refused_with_a_reason(
     assert chinese(outcome["reason_zh"]) and outcome["reason_en"]
 
 
-def test_send_back_goes_to_the_township_centre_by_default(env: ApiEnv,
-                                                          pipeline: InProcessPipeline) -> None:
+def test_send_back_goes_to_the_township_centre_by_default(
+    env: ApiEnv, pipeline: InProcessPipeline
+) -> None:
     _, case_id, task_id = filed_case(env, pipeline)
 
-    answer = command(env, f"/api/v1/tasks/{task_id}/send-back", TOKENS[VILLAGE],
-                     json={"reason": "不属于村委会职责"})
+    answer = command(
+        env,
+        f"/api/v1/tasks/{task_id}/send-back",
+        TOKENS[VILLAGE],
+        json={"reason": "不属于村委会职责"},
+    )
 
     assert decided(env, pipeline, answer)["status"] == "accepted"
     sent = [e for e in pipeline.events if e.type == "TaskSentBack"]
     assert sent[-1].data["reroute_to"] == "421099101.zongzhi"
-    assert any(e.type == "TaskDispatched" and e.data["department"] == "421099101.zongzhi"
-               for e in pipeline.events)
+    assert any(
+        e.type == "TaskDispatched" and e.data["department"] == "421099101.zongzhi"
+        for e in pipeline.events
+    )
 
 
-@pytest.mark.parametrize(("path", "token", "body", "status", "code"), [
-    ("/api/v1/tasks/{task}/sign", None, {}, 401, "unauthorized"),
-    ("/api/v1/tasks/{task}/sign", WORKER.token, {}, 403, "wrong_role"),
-    ("/api/v1/tasks/{task}/cancel", TOKENS[VILLAGE], {"reason": "x"}, 403, "wrong_role"),
-    ("/api/v1/tasks/{task}/progress", TOKENS[VILLAGE], {"note": "  "}, 422, "invalid_request"),
-    ("/api/v1/tasks/{task}/send-back", TOKENS[VILLAGE], {"reason": "x", "reroute_to": "nope"},
-     422, "unknown_department"),
-    ("/api/v1/tasks/{task}/extension", TOKENS[VILLAGE], {"days": 45, "reason": "x"}, 422,
-     "invalid_request"),
-    ("/api/v1/cases/{case}/rating", WORKER.token, {"score": 6}, 422, "invalid_request"),
-    ("/api/v1/cases/{case}/whistle", SUPERVISOR, {"departments": ["nope"]}, 422,
-     "unknown_department"),
-    ("/api/v1/tasks/not-a-task/sign", TOKENS[VILLAGE], {}, 422, "bad_task_id"),
-])
+@pytest.mark.parametrize(
+    ("path", "token", "body", "status", "code"),
+    [
+        ("/api/v1/tasks/{task}/sign", None, {}, 401, "unauthorized"),
+        ("/api/v1/tasks/{task}/sign", WORKER.token, {}, 403, "wrong_role"),
+        ("/api/v1/tasks/{task}/cancel", TOKENS[VILLAGE], {"reason": "x"}, 403, "wrong_role"),
+        ("/api/v1/tasks/{task}/progress", TOKENS[VILLAGE], {"note": "  "}, 422, "invalid_request"),
+        (
+            "/api/v1/tasks/{task}/send-back",
+            TOKENS[VILLAGE],
+            {"reason": "x", "reroute_to": "nope"},
+            422,
+            "unknown_department",
+        ),
+        (
+            "/api/v1/tasks/{task}/extension",
+            TOKENS[VILLAGE],
+            {"days": 45, "reason": "x"},
+            422,
+            "invalid_request",
+        ),
+        ("/api/v1/cases/{case}/rating", WORKER.token, {"score": 6}, 422, "invalid_request"),
+        (
+            "/api/v1/cases/{case}/whistle",
+            SUPERVISOR,
+            {"departments": ["nope"]},
+            422,
+            "unknown_department",
+        ),
+        ("/api/v1/tasks/not-a-task/sign", TOKENS[VILLAGE], {}, 422, "bad_task_id"),
+    ],
+)
 def test_commands_are_checked_before_they_are_published(
-        env: ApiEnv, path: str, token: str | None, body: dict[str, Any], status: int,
-        code: str) -> None:
+    env: ApiEnv, path: str, token: str | None, body: dict[str, Any], status: int, code: str
+) -> None:
     case_id = f"AJ20261123-{uuid.uuid4().hex[:8].upper()}"
     url = path.format(task=f"{case_id}-T01", case=case_id)
     r = httpx.post(f"{env.url}{url}", json=body, headers=auth(token) if token else {})

@@ -34,8 +34,9 @@ WORKER = REF.workers["GW0001"]  # 石门村一组网格
 SUSPENDED = REF.workers["GW0024"]
 
 
-def build_deps(settings: Settings, s3: Any, bootstrap: str | None = None,
-               timeout_s: float = 10.0) -> Deps:
+def build_deps(
+    settings: Settings, s3: Any, bootstrap: str | None = None, timeout_s: float = 10.0
+) -> Deps:
     return real_deps(settings, s3, REF, bootstrap, timeout_s)
 
 
@@ -53,7 +54,8 @@ def new_report(**overrides: Any) -> dict[str, Any]:
         "report_id": f"it-{uuid.uuid4().hex[:16]}",
         "category_code": "E0102",
         "description": "村口垃圾桶满溢, 周边散落垃圾",
-        "lat": lat, "lon": lon,
+        "lat": lat,
+        "lon": lon,
         "captured_at": (datetime.now(UTC) - timedelta(minutes=5)).isoformat(),
         "address": "石门村村口",
     }
@@ -62,12 +64,14 @@ def new_report(**overrides: Any) -> dict[str, Any]:
 
 
 def photo(seed: int) -> bytes:
-    return images.make_jpeg(640, 480, seed=seed, gps=(32.16, 109.96),
-                            taken_at=datetime.now(UTC).replace(microsecond=0))
+    return images.make_jpeg(
+        640, 480, seed=seed, gps=(32.16, 109.96), taken_at=datetime.now(UTC).replace(microsecond=0)
+    )
 
 
-def upload(url: str, report: dict[str, Any] | bytes, photos: list[bytes],
-           token: str | None = WORKER.token) -> httpx.Response:
+def upload(
+    url: str, report: dict[str, Any] | bytes, photos: list[bytes], token: str | None = WORKER.token
+) -> httpx.Response:
     part = report if isinstance(report, bytes) else json.dumps(report, ensure_ascii=False).encode()
     files = [("report", (None, part, "application/json"))]
     files += [("photos", (f"IMG_{i}.jpg", data, "image/jpeg")) for i, data in enumerate(photos)]
@@ -214,13 +218,17 @@ def test_a_report_outside_the_workers_own_grid_is_accepted(env: ApiEnv) -> None:
 # --- who may upload --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("token", "status", "code"), [
-    (None, 401, "unauthorized"),
-    ("not-a-token-of-anyone-000000", 401, "unauthorized"),
-    (SUSPENDED.token, 403, "suspended"),
-])
-def test_only_active_grid_workers_may_upload(env: ApiEnv, token: str | None, status: int,
-                                             code: str) -> None:
+@pytest.mark.parametrize(
+    ("token", "status", "code"),
+    [
+        (None, 401, "unauthorized"),
+        ("not-a-token-of-anyone-000000", 401, "unauthorized"),
+        (SUSPENDED.token, 403, "suspended"),
+    ],
+)
+def test_only_active_grid_workers_may_upload(
+    env: ApiEnv, token: str | None, status: int, code: str
+) -> None:
     report = new_report()
     r = upload(env.url, report, [photo(10)], token=token)
     assert r.status_code == status, r.text
@@ -240,25 +248,33 @@ def _ten() -> list[bytes]:
 BAD: dict[str, tuple[Callable[[dict[str, Any]], tuple[Any, list[bytes]]], int, str | set[str]]] = {
     "malformed JSON part": (lambda r: (b'{"report_id": "x", ', [photo(11)]), 400, "bad_json"),
     "wrong types": (lambda r: ({**r, "lat": "三十二度"}, [photo(11)]), 422, "invalid_report"),
-    "missing field": (lambda r: ({k: v for k, v in r.items() if k != "category_code"},
-                                 [photo(11)]), 422, "invalid_report"),
+    "missing field": (
+        lambda r: ({k: v for k, v in r.items() if k != "category_code"}, [photo(11)]),
+        422,
+        "invalid_report",
+    ),
     "10 photos": (lambda r: (r, _ten()), 422, "photo_count"),
     "0 photos": (lambda r: (r, []), 422, "photo_count"),
-    "fake JPEG (text)": (lambda r: (r, [photo(11), images.text_as_jpg()]), 415,
-                         "photo_not_image"),
-    "JPEG header then garbage": (lambda r: (r, [images.jpeg_header_then_garbage()]), 422,
-                                 {"photo_corrupt", "photo_truncated"}),
-    "truncated JPEG": (lambda r: (r, [photo(11), images.truncated_jpeg()]), 422,
-                       "photo_truncated"),
+    "fake JPEG (text)": (lambda r: (r, [photo(11), images.text_as_jpg()]), 415, "photo_not_image"),
+    "JPEG header then garbage": (
+        lambda r: (r, [images.jpeg_header_then_garbage()]),
+        422,
+        {"photo_corrupt", "photo_truncated"},
+    ),
+    "truncated JPEG": (lambda r: (r, [photo(11), images.truncated_jpeg()]), 422, "photo_truncated"),
     "pixel bomb PNG": (lambda r: (r, [images.png_pixel_bomb()]), 422, "photo_pixel_bomb"),
-    "over-size photo": (lambda r: (r, [photo(11), b"\xff\xd8\xff\xe0" + b"\0" * (10 << 20)]),
-                        413, "photo_too_large"),
+    "over-size photo": (
+        lambda r: (r, [photo(11), b"\xff\xd8\xff\xe0" + b"\0" * (10 << 20)]),
+        413,
+        "photo_too_large",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_upload_is_refused_in_chinese_leaving_no_photo_and_no_event(env: ApiEnv,
-                                                                       case: str) -> None:
+def test_bad_upload_is_refused_in_chinese_leaving_no_photo_and_no_event(
+    env: ApiEnv, case: str
+) -> None:
     make, status, code = BAD[case]
     report = new_report()
     part, photos = make(report)
@@ -279,7 +295,8 @@ def test_bad_upload_is_refused_in_chinese_leaving_no_photo_and_no_event(env: Api
 
 
 def test_kafka_unreachable_answers_503_keeps_nothing_and_the_retry_succeeds(
-        stack: Any, stack_settings: Settings) -> None:
+    stack: Any, stack_settings: Settings
+) -> None:
     s3 = stack.s3()
     dead = build_deps(stack_settings, s3, bootstrap=f"127.0.0.1:{free_port()}", timeout_s=2)
     report = new_report()
@@ -297,9 +314,12 @@ def test_kafka_unreachable_answers_503_keeps_nothing_and_the_retry_succeeds(
     with LiveApi(create_app(stack_settings, build_deps(stack_settings, s3))) as api:
         again = upload(api.url, report, jpegs)
     assert again.status_code == 202, again.text
-    records = read_topic(stack_settings.kafka_bootstrap,
-                         topics.REPORTS.name(stack_settings.topic_prefix),
-                         lambda rs: len(rs) >= 1, timeout_s=60)
+    records = read_topic(
+        stack_settings.kafka_bootstrap,
+        topics.REPORTS.name(stack_settings.topic_prefix),
+        lambda rs: len(rs) >= 1,
+        timeout_s=60,
+    )
     assert [rec.key for rec in records] == [report["report_id"].encode()]
     assert len(list(s3.list_objects(bucket, recursive=True))) == 2
 

@@ -27,12 +27,34 @@ from producers.testing import ApiEnv, InProcessPipeline, LiveApi, chinese, free_
 pytestmark = pytest.mark.integration
 
 REF = load_reference_data()
-SERVICE_KEYS = {"service_code", "service_name", "description", "metadata", "type", "keywords",
-                "group"}
-REQUEST_KEYS = {"service_request_id", "status", "status_notes", "service_name", "service_code",
-                "description", "agency_responsible", "service_notice", "requested_datetime",
-                "updated_datetime", "expected_datetime", "address", "address_id", "zipcode",
-                "lat", "long", "media_url"}
+SERVICE_KEYS = {
+    "service_code",
+    "service_name",
+    "description",
+    "metadata",
+    "type",
+    "keywords",
+    "group",
+}
+REQUEST_KEYS = {
+    "service_request_id",
+    "status",
+    "status_notes",
+    "service_name",
+    "service_code",
+    "description",
+    "agency_responsible",
+    "service_notice",
+    "requested_datetime",
+    "updated_datetime",
+    "expected_datetime",
+    "address",
+    "address_id",
+    "zipcode",
+    "lat",
+    "long",
+    "media_url",
+}
 TICKET = re.compile(r"^AJ\d{8}-[A-Z2-7]{8}$")
 
 
@@ -46,10 +68,16 @@ def env(stack: Any, stack_settings: Settings) -> Iterator[ApiEnv]:
 
 def complaint(**overrides: str) -> dict[str, str]:
     form = {
-        "service_code": "illegal-parking", "lat": "32.160000", "long": "109.960000",
-        "description": "消防通道被私家车堵塞", "address_string": "石门村卫生室门口",
-        "device_id": f"android-{uuid.uuid4().hex[:12]}", "first_name": "三", "last_name": "张",
-        "phone": "13900001234", "media_url": "https://example.org/photos/1.jpg",
+        "service_code": "illegal-parking",
+        "lat": "32.160000",
+        "long": "109.960000",
+        "description": "消防通道被私家车堵塞",
+        "address_string": "石门村卫生室门口",
+        "device_id": f"android-{uuid.uuid4().hex[:12]}",
+        "first_name": "三",
+        "last_name": "张",
+        "phone": "13900001234",
+        "media_url": "https://example.org/photos/1.jpg",
     }
     form.update(overrides)
     return form
@@ -61,8 +89,12 @@ def post(env: ApiEnv, form: dict[str, str], **kw: Any) -> httpx.Response:
 
 def published(env: ApiEnv, until_description: str) -> list[Any]:
     """ReportSubmitted messages on the reports topic, read until one with this description."""
-    records = env.read(topics.REPORTS, lambda rs: any(
-        decode_message(r.value).data.get("description") == until_description for r in rs))
+    records = env.read(
+        topics.REPORTS,
+        lambda rs: any(
+            decode_message(r.value).data.get("description") == until_description for r in rs
+        ),
+    )
     return [decode_message(r.value) for r in records]
 
 
@@ -138,21 +170,26 @@ def test_an_idempotency_key_names_the_request(env: ApiEnv) -> None:
     assert_spec_error(reused, 409)
 
 
-@pytest.mark.parametrize(("form", "status"), [
-    ({"service_code": "no-such-service"}, 404),
-    ({"service_code": ""}, 400),
-    ({"lat": ""}, 400),
-    ({"long": "东经110度"}, 400),
-    ({"lat": "95"}, 400),
-])
-def test_bad_complaints_get_spec_errors_and_publish_nothing(env: ApiEnv, form: dict[str, str],
-                                                            status: int) -> None:
+@pytest.mark.parametrize(
+    ("form", "status"),
+    [
+        ({"service_code": "no-such-service"}, 404),
+        ({"service_code": ""}, 400),
+        ({"lat": ""}, 400),
+        ({"long": "东经110度"}, 400),
+        ({"lat": "95"}, 400),
+    ],
+)
+def test_bad_complaints_get_spec_errors_and_publish_nothing(
+    env: ApiEnv, form: dict[str, str], status: int
+) -> None:
     assert_spec_error(post(env, complaint(**form)), status)
     assert len(published(env, sentinel(env))) == 1, "only the sentinel was published"
 
 
-def test_kafka_down_is_a_503_spec_error_with_retry_after(stack: Any,
-                                                         stack_settings: Settings) -> None:
+def test_kafka_down_is_a_503_spec_error_with_retry_after(
+    stack: Any, stack_settings: Settings
+) -> None:
     deps = real_deps(stack_settings, stack.s3(), REF, f"127.0.0.1:{free_port()}", timeout_s=2)
     with LiveApi(create_app(stack_settings, deps)) as api:
         r = httpx.post(f"{api.url}/open311/v2/requests.json", data=complaint(), timeout=60)
@@ -181,22 +218,29 @@ def test_a_ticket_can_be_looked_up_before_and_after_filing(env: ApiEnv) -> None:
     assert filed["address"] == "石门村卫生室门口"
     assert filed["requested_datetime"] and filed["expected_datetime"]
 
-    listed = httpx.get(f"{env.url}/open311/v2/requests.json",
-                       params={"service_code": "illegal-parking", "status": "open"}).json()
+    listed = httpx.get(
+        f"{env.url}/open311/v2/requests.json",
+        params={"service_code": "illegal-parking", "status": "open"},
+    ).json()
     assert [x["service_request_id"] for x in listed] == [ticket]
     assert set(listed[0]) == REQUEST_KEYS
     closed = httpx.get(f"{env.url}/open311/v2/requests.json", params={"status": "closed"}).json()
     assert closed == []
-    by_id = httpx.get(f"{env.url}/open311/v2/requests.json",
-                      params={"service_request_id": f"{ticket},AJ20000101-AAAAAAAA"}).json()
+    by_id = httpx.get(
+        f"{env.url}/open311/v2/requests.json",
+        params={"service_request_id": f"{ticket},AJ20000101-AAAAAAAA"},
+    ).json()
     assert [x["service_request_id"] for x in by_id] == [ticket]
 
 
 def test_unknown_ticket_and_bad_filters_are_spec_errors(env: ApiEnv) -> None:
     assert_spec_error(httpx.get(f"{env.url}/open311/v2/requests/AJ20000101-AAAAAAAA.json"), 404)
-    assert_spec_error(httpx.get(f"{env.url}/open311/v2/requests.json",
-                                params={"status": "pending"}), 400)
-    assert_spec_error(httpx.get(f"{env.url}/open311/v2/requests.json",
-                                params={"service_code": "nope"}), 404)
-    assert_spec_error(httpx.get(f"{env.url}/open311/v2/requests.json",
-                                params={"start_date": "yesterday"}), 400)
+    assert_spec_error(
+        httpx.get(f"{env.url}/open311/v2/requests.json", params={"status": "pending"}), 400
+    )
+    assert_spec_error(
+        httpx.get(f"{env.url}/open311/v2/requests.json", params={"service_code": "nope"}), 404
+    )
+    assert_spec_error(
+        httpx.get(f"{env.url}/open311/v2/requests.json", params={"start_date": "yesterday"}), 400
+    )

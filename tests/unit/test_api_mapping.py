@@ -19,8 +19,9 @@ from producers.uploads import rejected
 
 REF = load_reference_data()
 NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
-WORKER = Principal("worker", "GW0001", "赵建军", "worker:GW0001@421099101201001", True,
-                   grid_code="421099101201001")
+WORKER = Principal(
+    "worker", "GW0001", "赵建军", "worker:GW0001@421099101201001", True, grid_code="421099101201001"
+)
 SHA = "ab" * 32
 
 
@@ -29,15 +30,30 @@ def chinese(text: str | None) -> bool:
 
 
 def client_report(**overrides: Any) -> dict[str, Any]:
-    report = {"report_id": "r-20261123-0001", "category_code": "E0102", "description": " 垃圾满溢 ",
-              "lat": 32.16, "lon": 109.96, "captured_at": "2026-11-23T17:20:00+08:00"}
+    report = {
+        "report_id": "r-20261123-0001",
+        "category_code": "E0102",
+        "description": " 垃圾满溢 ",
+        "lat": 32.16,
+        "lon": 109.96,
+        "captured_at": "2026-11-23T17:20:00+08:00",
+    }
     report.update(overrides)
     return report
 
 
 def photo_refs(n: int) -> list[dict[str, Any]]:
-    return [{"bucket": "in", "key": f"reports/r/{i}-x.jpg", "size": 10, "sha256": SHA,
-             "content_type": "image/jpeg", "role": "before"} for i in range(1, n + 1)]
+    return [
+        {
+            "bucket": "in",
+            "key": f"reports/r/{i}-x.jpg",
+            "size": 10,
+            "sha256": SHA,
+            "content_type": "image/jpeg",
+            "role": "before",
+        }
+        for i in range(1, n + 1)
+    ]
 
 
 # --- grid worker reports -----------------------------------------------------------------
@@ -45,7 +61,8 @@ def photo_refs(n: int) -> list[dict[str, Any]]:
 
 def test_the_api_sets_who_reports_and_what_photos_there_are() -> None:
     data = reports.worker_report_data(
-        client_report(reporter="worker:GW9999", photos=[{"forged": True}], source="x"), WORKER)
+        client_report(reporter="worker:GW9999", photos=[{"forged": True}], source="x"), WORKER
+    )
     assert data["reporter"] == "worker:GW0001@421099101201001"
     assert data["worker_grid_code"] == "421099101201001"
     assert (data["source"], data["channel"], data["photos"]) == ("grid_worker", "app", [])
@@ -61,14 +78,17 @@ def test_event_data_is_normalised_and_keeps_the_full_reporter() -> None:
     assert intake.validate_report(out, NOW).report_id == "r-20261123-0001"
 
 
-@pytest.mark.parametrize(("overrides", "field"), [
-    ({"lat": "32.16"}, "lat"),
-    ({"lon": 200}, "lon"),
-    ({"report_id": "short"}, "report_id"),
-    ({"category_code": None}, "category_code"),
-    ({"captured_at": "2026-11-23 09:00"}, "captured_at"),
-    ({"captured_at": (NOW + timedelta(hours=2)).isoformat()}, "captured_at"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"lat": "32.16"}, "lat"),
+        ({"lon": 200}, "lon"),
+        ({"report_id": "short"}, "report_id"),
+        ({"category_code": None}, "category_code"),
+        ({"captured_at": "2026-11-23 09:00"}, "captured_at"),
+        ({"captured_at": (NOW + timedelta(hours=2)).isoformat()}, "captured_at"),
+    ],
+)
 def test_intake_refusals_become_422_naming_the_field(overrides: dict[str, Any], field: str) -> None:
     data = reports.worker_report_data(client_report(**overrides), WORKER)
     with pytest.raises(ApiError) as err:
@@ -110,10 +130,18 @@ def test_the_event_id_depends_on_the_report_id_only() -> None:
     assert first.actor == data["reporter"]
 
 
-@pytest.mark.parametrize(("code", "http"), [
-    ("not_image", 415), ("heic_unsupported", 415), ("too_large", 413),
-    ("truncated", 422), ("corrupt", 422), ("pixel_bomb", 422), ("empty", 422),
-])
+@pytest.mark.parametrize(
+    ("code", "http"),
+    [
+        ("not_image", 415),
+        ("heic_unsupported", 415),
+        ("too_large", 413),
+        ("truncated", 422),
+        ("corrupt", 422),
+        ("pixel_bomb", 422),
+        ("empty", 422),
+    ],
+)
 def test_photo_refusals_map_to_http_statuses(code: str, http: int) -> None:
     err = rejected(photos.PhotoRejected(code, "照片有问题", "bad photo"), "photos[2]")
     assert (err.status, err.code, err.field) == (http, f"photo_{code}", "photos[2]")
@@ -143,8 +171,9 @@ def test_an_idempotency_key_makes_the_command_id_deterministic() -> None:
     a = commands.command_id_for("dept:x", "SignTask", "T", "key-1")
     assert a == commands.command_id_for("dept:x", "SignTask", "T", "key-1")
     assert a != commands.command_id_for("dept:y", "SignTask", "T", "key-1")
-    assert commands.command_id_for("dept:x", "SignTask", "T", None) != \
-        commands.command_id_for("dept:x", "SignTask", "T", None)
+    assert commands.command_id_for("dept:x", "SignTask", "T", None) != commands.command_id_for(
+        "dept:x", "SignTask", "T", None
+    )
 
 
 def test_unknown_departments_are_refused() -> None:
@@ -156,10 +185,15 @@ def test_unknown_departments_are_refused() -> None:
 
 def test_command_outcomes() -> None:
     assert status.command_view(None, "c1")["status"] == "pending"
-    refused = status.command_view({"accepted": False, "code": "bad_state", "reason_zh": "不能",
-                                   "reason_en": "no", "at": NOW}, "c1")
+    refused = status.command_view(
+        {"accepted": False, "code": "bad_state", "reason_zh": "不能", "reason_en": "no", "at": NOW},
+        "c1",
+    )
     assert (refused["status"], refused["code"], refused["at"]) == (
-        "refused", "bad_state", "2026-11-23T09:30:00.000000Z")
+        "refused",
+        "bad_state",
+        "2026-11-23T09:30:00.000000Z",
+    )
     assert status.command_view({"accepted": True}, "c1")["status"] == "accepted"
 
 
@@ -167,22 +201,37 @@ def test_command_outcomes() -> None:
 
 
 def found(**overrides: Any) -> dict[str, Any]:
-    task = {"task_id": "AJ1-T01", "department": "county.chengguan", "state": "dispatched",
-            "sign_due": NOW + timedelta(hours=2), "resolve_due": NOW + timedelta(days=3),
-            "verify_due": None}
-    row = {"report_id": "r1", "case_id": "AJ1", "merged": False, "status": "open",
-           "tasks": [task], "photos": [], "not_filed": None}
+    task = {
+        "task_id": "AJ1-T01",
+        "department": "county.chengguan",
+        "state": "dispatched",
+        "sign_due": NOW + timedelta(hours=2),
+        "resolve_due": NOW + timedelta(days=3),
+        "verify_due": None,
+    }
+    row = {
+        "report_id": "r1",
+        "case_id": "AJ1",
+        "merged": False,
+        "status": "open",
+        "tasks": [task],
+        "photos": [],
+        "not_filed": None,
+    }
     row.update(overrides)
     return row
 
 
-@pytest.mark.parametrize(("overrides", "expected"), [
-    ({}, "filed"),
-    ({"merged": True}, "merged"),
-    ({"status": "closed"}, "closed"),
-    ({"status": "not_filed", "tasks": []}, "not_filed"),
-    ({"status": "new", "tasks": []}, "accepted"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, "filed"),
+        ({"merged": True}, "merged"),
+        ({"status": "closed"}, "closed"),
+        ({"status": "not_filed", "tasks": []}, "not_filed"),
+        ({"status": "new", "tasks": []}, "accepted"),
+    ],
+)
 def test_report_status_in_words(overrides: dict[str, Any], expected: str) -> None:
     view = status.report_view(REF, found(**overrides), lambda b, k: None)
     assert view["status"] == expected and chinese(view["status_zh"])
@@ -198,11 +247,22 @@ def test_report_status_names_departments_and_the_next_deadline() -> None:
 def test_photo_links_prefer_the_archived_copy() -> None:
     link = lambda b, k: f"{b}/{k}"  # noqa: E731
     pending = status.photo_view({"incoming_bucket": "in", "incoming_key": "k1"}, link)
-    archived = status.photo_view({"incoming_bucket": "in", "incoming_key": "k1",
-                                  "archive_status": "archived", "archive_bucket": "ar",
-                                  "archive_key": "sha/x.jpg", "thumbnail_key": "t/x.jpg"}, link)
+    archived = status.photo_view(
+        {
+            "incoming_bucket": "in",
+            "incoming_key": "k1",
+            "archive_status": "archived",
+            "archive_bucket": "ar",
+            "archive_key": "sha/x.jpg",
+            "thumbnail_key": "t/x.jpg",
+        },
+        link,
+    )
     assert (pending["url"], pending["thumbnail_url"], pending["archive_status"]) == (
-        "in/k1", None, "pending")
+        "in/k1",
+        None,
+        "pending",
+    )
     assert (archived["url"], archived["thumbnail_url"]) == ("ar/sha/x.jpg", "ar/t/x.jpg")
 
 
@@ -210,8 +270,13 @@ def test_photo_links_prefer_the_archived_copy() -> None:
 
 
 def form(**overrides: str) -> dict[str, str]:
-    f = {"service_code": "litter", "lat": "32.16", "long": "109.96", "description": "垃圾桶满了",
-         "device_id": "dev-1"}
+    f = {
+        "service_code": "litter",
+        "lat": "32.16",
+        "long": "109.96",
+        "description": "垃圾桶满了",
+        "device_id": "dev-1",
+    }
     f.update(overrides)
     return f
 
@@ -220,31 +285,45 @@ def test_services_follow_the_reference_data() -> None:
     listed = open311.service_list(REF)
     assert [s["service_code"] for s in listed] == list(REF.services)
     litter = next(s for s in listed if s["service_code"] == "litter")
-    assert litter == {"service_code": "litter", "service_name": "暴露垃圾",
-                      "description": "垃圾乱堆乱放、垃圾桶满溢", "metadata": False,
-                      "type": "realtime", "keywords": "垃圾,满溢", "group": "市容环境"}
+    assert litter == {
+        "service_code": "litter",
+        "service_name": "暴露垃圾",
+        "description": "垃圾乱堆乱放、垃圾桶满溢",
+        "metadata": False,
+        "type": "realtime",
+        "keywords": "垃圾,满溢",
+        "group": "市容环境",
+    }
 
 
-@pytest.mark.parametrize(("fields", "expected"), [
-    ({"account_id": "acct-9", "device_id": "dev-1"}, "acct-9"),
-    ({"device_id": "dev-1"}, "dev-1"),
-    ({"device_id": "AA:BB:CC"}, None),  # not a plain token: hashed
-    ({"device_id": "", "phone": "139 0000 1234"}, None),
-    ({"device_id": ""}, "anonymous"),
-])
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"account_id": "acct-9", "device_id": "dev-1"}, "acct-9"),
+        ({"device_id": "dev-1"}, "dev-1"),
+        ({"device_id": "AA:BB:CC"}, None),  # not a plain token: hashed
+        ({"device_id": "", "phone": "139 0000 1234"}, None),
+        ({"device_id": ""}, "anonymous"),
+    ],
+)
 def test_who_a_resident_is(fields: dict[str, str], expected: str | None) -> None:
     rid = open311.resident_id(form(**fields))
     if expected:
         assert rid == expected
     else:
         assert rid.startswith(("h", "c")) and len(rid) == 25
-    assert f"resident:{rid}" == intake.validate_report(
-        {**open311.resident_request(form(**fields), REF, NOW).data}, NOW).reporter
+    assert (
+        f"resident:{rid}"
+        == intake.validate_report(
+            {**open311.resident_request(form(**fields), REF, NOW).data}, NOW
+        ).reporter
+    )
 
 
 def test_a_complaint_becomes_a_resident_report() -> None:
-    req = open311.resident_request(form(media_url="https://x/1.jpg", address_string="西街"),
-                                   REF, NOW)
+    req = open311.resident_request(
+        form(media_url="https://x/1.jpg", address_string="西街"), REF, NOW
+    )
     d = req.data
     assert d["category_code"] == "E0102" and d["reporter"] == "resident:dev-1"
     assert (d["source"], d["channel"], d["photos"]) == ("resident", "open311", [])
@@ -256,24 +335,35 @@ def test_a_complaint_becomes_a_resident_report() -> None:
 
 def test_a_retried_complaint_is_the_same_report_on_the_same_day_only() -> None:
     same = open311.resident_request(form(), REF, NOW)
-    assert same.report_id == open311.resident_request(form(), REF, NOW + timedelta(hours=1)).report_id
+    assert (
+        same.report_id == open311.resident_request(form(), REF, NOW + timedelta(hours=1)).report_id
+    )
     assert same.report_id != open311.resident_request(form(description="别的"), REF, NOW).report_id
-    assert same.report_id != open311.resident_request(form(), REF, NOW + timedelta(days=1)).report_id
+    assert (
+        same.report_id != open311.resident_request(form(), REF, NOW + timedelta(days=1)).report_id
+    )
     keyed = open311.resident_request(form(), REF, NOW, idempotency_key="k1")
-    assert keyed.report_id == open311.resident_request(form(description="x"), REF, NOW, "k1").report_id
-    assert keyed.request_hash != open311.resident_request(form(description="x"), REF, NOW,
-                                                          "k1").request_hash
+    assert (
+        keyed.report_id == open311.resident_request(form(description="x"), REF, NOW, "k1").report_id
+    )
+    assert (
+        keyed.request_hash
+        != open311.resident_request(form(description="x"), REF, NOW, "k1").request_hash
+    )
 
 
-@pytest.mark.parametrize(("fields", "http"), [
-    ({"service_code": "nope"}, 404),
-    ({"service_code": ""}, 400),
-    ({"lat": ""}, 400),
-    ({"long": "abc"}, 400),
-    ({"lat": "91"}, 400),
-    ({"long": "nan"}, 400),
-    ({"description": "长" * 2001}, 400),
-])
+@pytest.mark.parametrize(
+    ("fields", "http"),
+    [
+        ({"service_code": "nope"}, 404),
+        ({"service_code": ""}, 400),
+        ({"lat": ""}, 400),
+        ({"long": "abc"}, 400),
+        ({"lat": "91"}, 400),
+        ({"long": "nan"}, 400),
+        ({"description": "长" * 2001}, 400),
+    ],
+)
 def test_bad_complaints_are_spec_errors(fields: dict[str, str], http: int) -> None:
     with pytest.raises(Open311Error) as err:
         open311.resident_request(form(**fields), REF, NOW)
@@ -286,28 +376,44 @@ def test_open311_filters() -> None:
     assert f.start == NOW - timedelta(days=90) and f.end is None
     ids = status.Open311Filters.parse(REF, NOW, "A,B", None, None, None, "closed")
     assert ids.ids == ("A", "B") and ids.start is None and ids.statuses == ("closed", "not_filed")
-    for args, http in [((None, None, None, None, "pending"), 400),
-                       ((None, "nope", None, None, None), 404),
-                       ((None, None, "2026-13-01", None, None), 400)]:
+    for args, http in [
+        ((None, None, None, None, "pending"), 400),
+        ((None, "nope", None, None, None), 404),
+        ((None, None, "2026-13-01", None, None), 400),
+    ]:
         with pytest.raises(Open311Error) as err:
             status.Open311Filters.parse(REF, NOW, *args)
         assert err.value.status == http
 
 
 def test_a_case_as_a_georeport_request() -> None:
-    case = {"case_id": "AJ1", "status": "open", "category_code": "E0402", "filed_at": NOW,
-            "updated_at": NOW + timedelta(hours=1), "lat": 32.1, "lon": 109.9,
-            "description": "车辆堵塞消防通道", "address": "西街"}
-    tasks = [{"department": "421099101.zhifa", "state": "signed",
-              "resolve_due": NOW + timedelta(days=2)},
-             {"department": "county.chengguan", "state": "sent_back", "resolve_due": NOW}]
+    case = {
+        "case_id": "AJ1",
+        "status": "open",
+        "category_code": "E0402",
+        "filed_at": NOW,
+        "updated_at": NOW + timedelta(hours=1),
+        "lat": 32.1,
+        "lon": 109.9,
+        "description": "车辆堵塞消防通道",
+        "address": "西街",
+    }
+    tasks = [
+        {
+            "department": "421099101.zhifa",
+            "state": "signed",
+            "resolve_due": NOW + timedelta(days=2),
+        },
+        {"department": "county.chengguan", "state": "sent_back", "resolve_due": NOW},
+    ]
     view = status.open311_view(REF, "AJ1", case, tasks, None)
     assert view["status"] == "open" and view["service_code"] == "illegal-parking"
     assert view["agency_responsible"] == "青石镇综合执法办"
     assert view["expected_datetime"] == "2026-11-25T09:30:00.000000Z"
     assert "已签收" in view["status_notes"] and (view["lat"], view["long"]) == (32.1, 109.9)
-    not_filed = status.open311_view(REF, "AJ2", {"status": "not_filed",
-                                                 "not_filed_reason_zh": "不在本县"}, [], None)
+    not_filed = status.open311_view(
+        REF, "AJ2", {"status": "not_filed", "not_filed_reason_zh": "不在本县"}, [], None
+    )
     assert not_filed["status"] == "closed" and "不在本县" in not_filed["status_notes"]
 
 

@@ -19,7 +19,7 @@ def encoded(files: list[tuple[str, tuple[str | None, bytes, str]]]) -> tuple[str
 
 async def chunks(body: bytes, size: int) -> AsyncIterator[bytes]:
     for i in range(0, len(body), size):
-        yield body[i:i + size]
+        yield body[i : i + size]
 
 
 def read_parts(ctype: str, body: bytes, size: int) -> list[tuple[str, str | None, bytes]]:
@@ -35,17 +35,22 @@ def read_parts(ctype: str, body: bytes, size: int) -> list[tuple[str, str | None
     return asyncio.run(main())
 
 
-BODY = [("report", (None, '{"说明": "垃圾"}'.encode(), "application/json")),
-        ("photos", ("a.jpg", bytes(range(256)) * 400, "image/jpeg")),
-        ("photos", ("b.jpg", b"\r\n--not-a-boundary\r\n" * 50, "image/jpeg"))]
+BODY = [
+    ("report", (None, '{"说明": "垃圾"}'.encode(), "application/json")),
+    ("photos", ("a.jpg", bytes(range(256)) * 400, "image/jpeg")),
+    ("photos", ("b.jpg", b"\r\n--not-a-boundary\r\n" * 50, "image/jpeg")),
+]
 
 
 @pytest.mark.parametrize("size", [1, 7, 1000, 1 << 20])
 def test_parts_arrive_whole_however_the_body_is_chunked(size: int) -> None:
     ctype, body = encoded(BODY)
     parts = read_parts(ctype, body, size)
-    assert [(n, f) for n, f, _ in parts] == [("report", None), ("photos", "a.jpg"),
-                                             ("photos", "b.jpg")]
+    assert [(n, f) for n, f, _ in parts] == [
+        ("report", None),
+        ("photos", "a.jpg"),
+        ("photos", "b.jpg"),
+    ]
     assert [d for _, _, d in parts] == [content for _, (_, content, _) in BODY]
 
 
@@ -68,8 +73,9 @@ def test_garbage_is_an_error() -> None:
 
 
 def test_too_many_parts_is_an_error() -> None:
-    ctype, body = encoded([("photos", (f"{i}.jpg", b"x", "image/jpeg"))
-                           for i in range(MAX_PARTS + 1)])
+    ctype, body = encoded(
+        [("photos", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(MAX_PARTS + 1)]
+    )
     with pytest.raises(MultipartError, match="parts"):
         read_parts(ctype, body, 4096)
 
