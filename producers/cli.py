@@ -63,16 +63,19 @@ def simulate(
     second worker, a few fake images, and residents' Open311 complaints; prints progress and
     a summary (accepted, duplicates by retry, refusals with reasons, p50/p99 latency).
     """
+    from gridflow.clock import clock_from_spec
     from producers.simulator import simulate as run
 
     if count is None and duration is None:
         count = 100
-    url = api_url or load_settings().api_url
+    settings = load_settings()
+    url = api_url or settings.api_url
     click.echo(
         f"gridflow simulate: {url}, {rate:g}/s, "
         f"{f'{count} requests' if count else f'{duration:g} s'}, seed {seed}"
     )
-    summary = run(url, rate, count, duration, seed, concurrency)
+    # The API's clock (GRIDFLOW_CLOCK): capture times must not lie in a simulated clock's future.
+    summary = run(url, rate, count, duration, seed, concurrency, clock_from_spec(settings.clock))
     click.echo(summary.render())
     if summary.counts()["failed"]:
         sys.exit(1)

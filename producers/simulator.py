@@ -316,8 +316,12 @@ def simulate(
     duration: float | None,
     seed: int,
     concurrency: int = 8,
+    clock: Callable[[], datetime] | None = None,
 ) -> Summary:
+    """`run` on its own event loop, printing progress (for the CLI). `clock` dates the photos
+    and capture times: give the API's clock when it runs a simulated one."""
+
     def echo(line: str) -> None:
         print(line, flush=True, file=sys.stdout)
 
-    return asyncio.run(run(api, rate, count, duration, seed, concurrency, echo))
+    return asyncio.run(run(api, rate, count, duration, seed, concurrency, echo, clock=clock))
