@@ -3,7 +3,11 @@
 Guarantee: a POSTed request is answered only after its ReportSubmitted event is acknowledged
 by Kafka; its service_request_id is our deterministic ticket number (intake.case_id_for).
 Errors follow the spec: an array of {code, description} (description Chinese / English).
-JSON only; the .xml format is not served (415-free: the routes simply do not exist).
+JSON only: the spec's optional .xml format is not served (those paths are 404). api_key and
+jurisdiction_id are accepted and ignored (one jurisdiction, public intake); lat/long are
+required (no geocoder for address-only requests); media_url is kept as a link, residents
+upload no photos. The resident's name, phone and email ride in data.contact for the call-back
+(回访); the reporter id is never the raw phone or email.
 
 Idempotency: GeoReport v2 has no client token, so the report id is derived from who asks
 (account_id, else device_id, else a hash of phone/email) and a hash of what is asked
