@@ -323,6 +323,14 @@ async def with_multipart(request: Request, handle: Any) -> JSONResponse:
         raise bad_request("not_multipart", "请求须为 multipart/form-data", str(exc)) from exc
     limits = c.photo_limits
     budget = limits.max_count * (limits.max_bytes + 1) + REPORT_PART_MAX * 2
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > budget:
+        raise ApiError(
+            413,
+            "request_too_large",
+            "上传内容超过上限(最多9张照片, 每张不超过限额)",
+            f"the body declares {declared} bytes, more than {budget} could be valid",
+        )
     try:
         return await handle(reader)
     except MultipartError as exc:
