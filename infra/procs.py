@@ -95,7 +95,7 @@ def is_alive(pid: int) -> bool:
     return process_start_ticks(pid) is not None
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     """True while any non-zombie process is left in process group `pgid` (a server's session)."""
     _reap(pgid)
     for entry in Path("/proc").iterdir():
@@ -154,16 +154,16 @@ def record_for(proc: subprocess.Popen[bytes], address: str, command: list[str]) 
 def wait_gone(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not is_alive(pid) and not _group_alive(pid):
+        if not is_alive(pid) and not group_alive(pid):
             return True
         time.sleep(0.1)
-    return not is_alive(pid) and not _group_alive(pid)
+    return not is_alive(pid) and not group_alive(pid)
 
 
 def stop_process(record: PidRecord, sig: signal.Signals, timeout_s: float) -> str:
     """Signal the server, wait, then SIGKILL its whole process group. Returns how it ended."""
     if not record.alive():
-        if not _group_alive(record.pid):
+        if not group_alive(record.pid):
             return "not running"
         # The server died but left children (e.g. postgres backends). A live member keeps
         # the group id reserved, so this group is still ours.
