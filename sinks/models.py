@@ -71,13 +71,15 @@ class UTCDateTime(TypeDecorator[datetime]):
                 raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
             value = value.astimezone(UTC)
         if dialect.name == "sqlite":
-            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+            return value.isoformat(" ", "microseconds")[:26]  # less its "+00:00"
         return value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if isinstance(value, str):
+        if isinstance(value, str):  # SQLite
+            if len(value) == 26:  # UTC text as written above (fast path)
+                return datetime.fromisoformat(value + "+00:00")
             value = datetime.fromisoformat(value)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
