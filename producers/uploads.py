@@ -92,14 +92,19 @@ def count_error(limits: PhotoLimits, got: int) -> ApiError:
     )
 
 
-async def read_bounded(reader: MultipartReader, max_bytes: int, field_name: str) -> bytes:
-    """The current part, refused (413) as soon as it grows past `max_bytes`."""
+async def read_bounded(
+    reader: MultipartReader, max_bytes: int, field_name: str
+) -> tuple[bytes, str]:
+    """The current part and its sha256 (hashed as the chunks arrive), refused (413) as soon as
+    it grows past `max_bytes`."""
     buf = bytearray()
+    digest = hashlib.sha256()
     async for chunk in reader.read():
         if len(buf) + len(chunk) > max_bytes:
             raise too_large(max_bytes, field_name)
         buf += chunk
-    return bytes(buf)
+        digest.update(chunk)
+    return bytes(buf), digest.hexdigest()
 
 
 @dataclass
@@ -131,12 +136,11 @@ class PhotoUpload:
         """Read the current part, inspect it, store it; the ref of what was stored."""
         self.check_room()
         name = self.field_name()
-        data = await read_bounded(reader, self.limits.max_bytes, name)
+        data, sha = await read_bounded(reader, self.limits.max_bytes, name)
         if not data:
             raise ApiError(
                 422, "photo_empty", "照片内容为空", "the photo part is empty", field=name
             )
-        sha = hashlib.sha256(data).hexdigest()
         self.hashes.append(sha)
         try:
             info = await run_in_threadpool(self.inspect, data)
@@ -162,8 +166,7 @@ class PhotoUpload:
     async def hash_only(self, reader: MultipartReader) -> str:
         """Read the current part for its sha256 only (a retry being compared, not stored)."""
         self.check_room()
-        data = await read_bounded(reader, self.limits.max_bytes, self.field_name())
-        sha = hashlib.sha256(data).hexdigest()
+        _, sha = await read_bounded(reader, self.limits.max_bytes, self.field_name())
         self.hashes.append(sha)
         return sha
 
