@@ -93,17 +93,20 @@ def count_error(limits: PhotoLimits, got: int) -> ApiError:
 
 
 async def read_bounded(
-    reader: MultipartReader, max_bytes: int, field_name: str
+    reader: MultipartReader, max_bytes: int, field_name: str, keep: bool = True
 ) -> tuple[bytes, str]:
-    """The current part and its sha256 (hashed as the chunks arrive), refused (413) as soon as
-    it grows past `max_bytes`."""
+    """The current part (b"" unless `keep`) and its sha256, hashed as the chunks arrive;
+    refused (413) as soon as it grows past `max_bytes`."""
     buf = bytearray()
+    size = 0
     digest = hashlib.sha256()
     async for chunk in reader.read():
-        if len(buf) + len(chunk) > max_bytes:
+        size += len(chunk)
+        if size > max_bytes:
             raise too_large(max_bytes, field_name)
-        buf += chunk
         digest.update(chunk)
+        if keep:
+            buf += chunk
     return bytes(buf), digest.hexdigest()
 
 
@@ -166,7 +169,7 @@ class PhotoUpload:
     async def hash_only(self, reader: MultipartReader) -> str:
         """Read the current part for its sha256 only (a retry being compared, not stored)."""
         self.check_room()
-        _, sha = await read_bounded(reader, self.limits.max_bytes, self.field_name())
+        _, sha = await read_bounded(reader, self.limits.max_bytes, self.field_name(), keep=False)
         self.hashes.append(sha)
         return sha
 
