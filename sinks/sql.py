@@ -28,6 +28,8 @@ from sinks.projector import Position, ProjectionError, ReadModels, in_chunks
 
 log = logging.getLogger("gridflow.sinks.sql")
 
+SINK_LOCK = 7461002  # PostgreSQL advisory lock key held by every sink write transaction
+
 
 class Record(NamedTuple):
     """One Kafka record as the sink sees it (kafka-python's ConsumerRecord has these fields)."""
@@ -184,17 +186,15 @@ class SqlSink:
         """One write transaction, serialised against other writers from its first statement.
 
         SQLite: BEGIN IMMEDIATE takes the write lock up front, so a concurrent writer makes
-        us wait (busy timeout) rather than fail half-way. PostgreSQL: an advisory lock per
-        consumer name keeps two instances from applying the same batch side by side.
+        us wait (busy timeout) rather than fail half-way. PostgreSQL: a transaction-scoped
+        advisory lock does the same for sink writers, so two sinks on one database (two
+        instances of a consumer, or a replay beside the live one) never apply an event twice.
         """
         with Session(self.engine) as session, session.begin():
             if session.bind.dialect.name == "sqlite":  # type: ignore[union-attr]
                 session.execute(text("BEGIN IMMEDIATE"))
             elif session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
-                session.execute(
-                    text("SELECT pg_advisory_xact_lock(hashtext(:c))"),
-                    {"c": f"gridflow-sink:{self.consumer}"},
-                )
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SINK_LOCK})
             yield session
 
 
