@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -24,6 +24,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     TypeDecorator,
     create_engine,
@@ -330,6 +331,11 @@ class SchemaVersion(Base):
     applied_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+def table_of(model: type[Base]) -> Table:
+    """A model's Core table (typed as the Table it always is for these models)."""
+    return cast(Table, model.__table__)
+
+
 # version n -> function that migrates a database at version n to n + 1.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
 
@@ -388,7 +394,7 @@ def _stored_version(conn: Connection) -> int | None:
 def _store_version(conn: Connection, found: int | None) -> None:
     if found == DB_SCHEMA_VERSION:
         return
-    table = SchemaVersion.__table__
+    table = table_of(SchemaVersion)
     row = {"version": DB_SCHEMA_VERSION, "applied_at": datetime.now(UTC)}
     if found is None:
         conn.execute(table.insert().values(id=1, **row))

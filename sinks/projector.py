@@ -31,6 +31,7 @@ from sinks.models import (
     Report,
     Task,
     TaskHistory,
+    table_of,
 )
 
 # Deadline state of a task's current clock; a new stage or a moved deadline restarts it.
@@ -142,7 +143,7 @@ class Rows:
     """
 
     def __init__(self, model: type[Base], key: str) -> None:
-        self.table = model.__table__
+        self.table = table_of(model)
         self.key = key
         self.rows: dict[Any, dict[str, Any]] = {}
         self.dirty: dict[Any, None] = {}  # ordered set
@@ -217,7 +218,7 @@ class Rows:
         self.dirty.clear()
 
 
-def _dialect_insert(table: Table, dialect_name: str) -> Insert:
+def _dialect_insert(table: Table, dialect_name: str) -> sqlite.Insert | postgresql.Insert:
     dialects = {"sqlite": sqlite, "postgresql": postgresql}
     if dialect_name not in dialects:
         raise NotImplementedError(f"the read models need SQLite or PostgreSQL, not {dialect_name}")
@@ -432,11 +433,11 @@ class ReadModels:
             rows.flush(self.session)
         dialect = self.session.get_bind().dialect.name
         if self.outcomes:  # an outcome already stored came from an earlier event: it stays
-            self.session.execute(_insert_new(CommandOutcome.__table__, dialect), self.outcomes)
+            self.session.execute(_insert_new(table_of(CommandOutcome), dialect), self.outcomes)
             self.outcomes.clear()
         for table, batch in ((CaseEvent, self.ledger), (TaskHistory, self.history)):
             if batch:
-                self.session.execute(insert(table.__table__), batch)
+                self.session.execute(insert(table_of(table)), batch)
                 batch.clear()
 
 

@@ -13,7 +13,16 @@ from sqlalchemy import ColumnElement, and_, case, or_, select
 from sqlalchemy.orm import Session
 
 from gridflow.core import case as core
-from sinks.models import Case, CaseEvent, CommandOutcome, Photo, Report, Task, TaskHistory
+from sinks.models import (
+    Case,
+    CaseEvent,
+    CommandOutcome,
+    Photo,
+    Report,
+    Task,
+    TaskHistory,
+    table_of,
+)
 
 CASE_STATUS_ZH = {"new": "待受理", "open": "办理中", "closed": "已结案", "not_filed": "不予立案"}
 STAGE_ZH = {
@@ -32,9 +41,9 @@ DEADLINE_STATE_ZH = {
 }
 STAGE_DUE = {"sign": "sign_due", "resolve": "resolve_due", "verify": "verify_due"}
 
-_cases, _tasks, _reports = Case.__table__, Task.__table__, Report.__table__
-_photos, _events, _history = Photo.__table__, CaseEvent.__table__, TaskHistory.__table__
-_outcomes = CommandOutcome.__table__
+_cases, _tasks, _reports = table_of(Case), table_of(Task), table_of(Report)
+_photos, _events, _history = table_of(Photo), table_of(CaseEvent), table_of(TaskHistory)
+_outcomes = table_of(CommandOutcome)
 
 
 def report_status(session: Session, report_id: str) -> dict[str, Any] | None:

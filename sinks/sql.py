@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from gridflow import events as ev
 from gridflow.events import Message, SchemaError, decode_message
-from sinks.models import CaseEvent, DeadLetter, SinkOffset
+from sinks.models import CaseEvent, DeadLetter, SinkOffset, table_of
 from sinks.projector import Position, ProjectionError, ReadModels, in_chunks
 
 log = logging.getLogger("gridflow.sinks.sql")
@@ -123,7 +123,7 @@ class SqlSink:
     def _new_events(
         self, session: Session, fresh: list[tuple[Record, Message]], stats: BatchStats
     ) -> list[tuple[Record, Message]]:
-        seen = _existing(session, CaseEvent.__table__.c.event_id, {m.id for _, m in fresh})
+        seen = _existing(session, table_of(CaseEvent).c.event_id, {m.id for _, m in fresh})
         todo = []
         for r, m in fresh:
             if m.id in seen:
@@ -165,7 +165,7 @@ class SqlSink:
     # --- positions ----------------------------------------------------------------------
     def next_offsets(self, topic: str) -> dict[int, int]:
         """Where this consumer resumes on `topic`: {partition: next offset}."""
-        t = SinkOffset.__table__.c
+        t = table_of(SinkOffset).c
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(t.partition, t.next_offset).where(
@@ -176,7 +176,7 @@ class SqlSink:
 
     def check_resumable(self) -> None:
         """Raise SnapshotError if stored offsets were written with another `until`."""
-        t = SinkOffset.__table__.c
+        t = table_of(SinkOffset).c
         with self.engine.connect() as conn:
             stored = set(conn.execute(select(t.as_of).where(t.consumer == self.consumer)).scalars())
         _check_as_of(stored, self)
@@ -203,7 +203,7 @@ class _Offsets:
 
     def __init__(self, session: Session, sink: SqlSink, topics: set[str]) -> None:
         self.session, self.sink = session, sink
-        t = SinkOffset.__table__.c
+        t = table_of(SinkOffset).c
         rows = (
             session.execute(
                 select(t.topic, t.partition, t.next_offset, t.as_of).where(
@@ -242,7 +242,7 @@ class _Offsets:
             elif offset != self.stored[(topic, partition)]:
                 changed.append(row)
         if new:
-            self.session.execute(insert(SinkOffset.__table__), new)
+            self.session.execute(insert(table_of(SinkOffset)), new)
         if changed:
             self.session.execute(update(SinkOffset), changed)
 
@@ -318,7 +318,7 @@ def _optional_ts(value: Any) -> datetime | None:
 
 def _insert_dead_letters(session: Session, rows: list[dict[str, Any]]) -> int:
     """Insert the rows whose id is new; returns how many."""
-    seen = _existing(session, DeadLetter.__table__.c.id, {row["id"] for row in rows})
+    seen = _existing(session, table_of(DeadLetter).c.id, {row["id"] for row in rows})
     new = []
     for row in rows:
         if row["id"] not in seen:
@@ -330,7 +330,7 @@ def _insert_dead_letters(session: Session, rows: list[dict[str, Any]]) -> int:
                 }
             )
     if new:
-        session.execute(insert(DeadLetter.__table__), new)
+        session.execute(insert(table_of(DeadLetter)), new)
     return len(new)
 
 
