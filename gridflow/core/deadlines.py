@@ -353,6 +353,8 @@ class DeadlineBook:
         last = self._bucket_of(now)
         cursor = self.buckets.get(self._cursor_key())
         items: list[DueItem] = []
+        if cursor is not None and cursor.get("primed") and last < int(cursor["low"]):
+            return items  # a late or skewed tick: time never runs backwards, nothing to read
         if cursor is not None:
             for b in range(int(cursor["low"]), last + 1):
                 items.extend(self._pop_bucket(b, now, last + 1))

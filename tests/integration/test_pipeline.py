@@ -4,14 +4,12 @@ tasks for the right departments and archived photos; poison goes to the dead let
 from __future__ import annotations
 
 import io
-import json
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from streams import consume_until, produce, start_worker
 
 from gridflow import events as ev
 from gridflow import services
@@ -28,36 +26,9 @@ REF = load_reference_data()
 
 @pytest.fixture
 def worker(stack_settings, tmp_path: Path) -> Iterator[services.Service]:
-    settings = stack_settings.with_(faust_data_dir=tmp_path / "faust")
-    svc = services.start("worker", ["worker"], settings, tmp_path)
+    svc = start_worker(stack_settings, tmp_path)
     yield svc
     svc.stop()
-    print(services.log_tail(svc.log_path, 15))
-
-
-def produce(bootstrap: str, topic: str, key: str, value: bytes) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    producer.send(topic, key=key.encode(), value=value).get(timeout=30)
-    producer.close()
-
-
-def consume_until(bootstrap: str, topic: str, done, timeout_s: float = 90.0,
-                  service: services.Service | None = None) -> list[dict]:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=1000)
-    seen: list[dict] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            for record in consumer:
-                seen.append(json.loads(record.value))
-            if done(seen):
-                return seen
-            if service is not None:
-                service.check()
-    finally:
-        consumer.close()
-    raise AssertionError(f"timed out on {topic}; saw {[s.get('type') for s in seen]}")
 
 
 def upload_report(s3, bucket: str, report_id: str, worker_id: str, category: str,

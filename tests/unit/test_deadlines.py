@@ -224,6 +224,21 @@ def test_pop_due_touches_only_due_buckets_and_fired_entries() -> None:
     assert buckets.touched <= {"~cursor", str(hi)}
 
 
+def test_a_tick_from_the_past_reads_nothing_and_keeps_the_cursor() -> None:
+    entries, buckets = CountingMap(), CountingMap()
+    book = DeadlineBook(entries, buckets, policy=POLICY, calendar=CAL)
+    t0 = local(2026, 11, 2, 8, 30)
+    book.upsert(plan("T1", t0, stage="sign"))
+    later = t0 + timedelta(days=30)
+    book.pop_due(later)
+    cursor = dict(buckets.data["~cursor"])
+    entries.touched.clear()
+    buckets.touched.clear()
+    assert book.pop_due(t0) == []  # e.g. a second worker's clock a little behind
+    assert buckets.data["~cursor"] == cursor
+    assert entries.touched == set() and buckets.touched == {"~cursor"}
+
+
 # --- escalation one level at a time ---------------------------------------------------------
 
 
