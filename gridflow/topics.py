@@ -91,7 +91,7 @@ def ensure_topics(bootstrap: str, prefix: str, timeout_s: float = 30.0) -> list[
         created: list[str] = []
         if wanted:
             try:
-                admin.create_topics(wanted, timeout_ms=int(timeout_s * 1000))
+                admin.create_topics(wanted, timeout_ms=int(timeout_s * 1000), wait_for_metadata=True)
             except TopicAlreadyExistsError:
                 pass
             created = [t.name for t in wanted]

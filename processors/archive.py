@@ -30,6 +30,7 @@ from processors.steps import command
 # Events whose data carries photos, and where.
 PHOTO_FIELDS = {
     ev.CASE_FILED: ("report", "photos"),
+    ev.CASE_NOT_FILED: ("report", "photos"),  # kept as evidence even when not filed
     ev.REPORT_MERGED: ("report", "photos"),
     ev.TASK_RESOLVED: ("photos",),
     ev.TASK_PROGRESS_NOTED: ("photos",),

@@ -60,6 +60,12 @@ STAGE_OF_STATE = {DISPATCHED: "sign", SIGNED: "resolve", IN_PROGRESS: "resolve",
 
 RECENT_COMMANDS_KEPT = 200
 
+# Filing facts CaseFiled carries through when the intake supplies them.
+FILING_EXTRAS = (
+    "grid_name", "worker_grid_code", "lead_department", "multi_department", "routing_source",
+    "routing_rule", "routing_reason_zh",
+)
+
 
 class DeadlinePlanner(Protocol):
     """Computes a stage's due instant from policy and the working calendar."""
@@ -297,6 +303,7 @@ def _file_report(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
             "grid_code": b.state.grid_code, "village_code": b.state.village_code,
             "township_code": b.state.township_code, "cross_grid": bool(d.get("cross_grid", False)),
             "departments": list(d.get("departments", [])), "routing_reason": d.get("routing_reason", ""),
+            **{k: d[k] for k in FILING_EXTRAS if k in d},
         }, actor=b.state.reporter)
         departments = list(d.get("departments", []))
         multi = len(departments) > 1
