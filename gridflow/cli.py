@@ -19,7 +19,30 @@ COMMANDS: list[tuple[str, str]] = [
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _guess_name(attr: str) -> str:
+    return attr.removesuffix("_command").replace("_", "-")
+
+
+class LazyGroup(click.Group):
+    """Imports a subcommand's module only when that command runs (`gridflow up` stays fast)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *(_guess_name(a) for _, a in COMMANDS)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for module_name, attr in COMMANDS:
+            if _guess_name(attr) == cmd_name:
+                command = getattr(importlib.import_module(module_name), attr)
+                if command.name == cmd_name:
+                    return command
+        for module_name, attr in COMMANDS:  # a command named unlike its attribute
+            command = getattr(importlib.import_module(module_name), attr)
+            if command.name == cmd_name:
+                return command
+        return None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gridflow")
 def main() -> None:
     """gridflow: grid-management reporting pipeline (网格化管理).
@@ -28,14 +51,6 @@ def main() -> None:
     deadline-tracked, escalated and audited cases.
     """
 
-
-def _register() -> None:
-    for module_name, attr in COMMANDS:
-        module = importlib.import_module(module_name)
-        main.add_command(getattr(module, attr))
-
-
-_register()
 
 if __name__ == "__main__":
     main()
