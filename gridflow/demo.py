@@ -363,7 +363,7 @@ def demo(reports: int, rate: float, speed: float, days: float, database: str | N
         settle(engine, procs, quiet_s=3.0)
         end = clock() + timedelta(days=days)
         say(f"[4/5] departments at work until {end:%Y-%m-%d %H:%M} UTC (simulated) ...")
-        director = Director(settings.api_url, Cast.load(load_reference_data()), engine, clock, seed)
+        director = Director(settings.api_url, Cast.load(load_reference_data(settings.refdata_dir)), engine, clock, seed)
         last = 0.0
         while clock() < end:
             for p in procs:

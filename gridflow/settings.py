@@ -71,6 +71,10 @@ class Settings:
     max_photo_pixels: int = 40_000_000
     max_photos_per_report: int = 9
 
+    # Reference data (county, grids, workers, departments, categories, routing); None: the
+    # packaged sample county.
+    refdata_dir: Path | None = None
+
     # Time: "wall", or a scaled simulated clock shared by every process (see gridflow.clock)
     clock: str = "wall"
 
@@ -130,6 +134,7 @@ def load_settings() -> Settings:
         max_photo_pixels=_env_int("MAX_PHOTO_PIXELS", base.max_photo_pixels),
         worker_web_port=_env_int("WORKER_WEB_PORT", base.worker_web_port),
         clock=_env("CLOCK", base.clock),
+        refdata_dir=Path(_env("REFDATA_DIR", "")).expanduser() if _env("REFDATA_DIR", "") else None,
         faust_data_dir=Path(_env("FAUST_DATA_DIR", str(state_dir / "faust"))),
     )
 
@@ -145,7 +150,7 @@ _ENV_FIELDS = {
     "postgres_user": "POSTGRES_USER", "postgres_db": "POSTGRES_DB", "api_host": "API_HOST",
     "api_port": "API_PORT", "max_photo_bytes": "MAX_PHOTO_BYTES",
     "max_photo_pixels": "MAX_PHOTO_PIXELS", "worker_web_port": "WORKER_WEB_PORT",
-    "clock": "CLOCK", "faust_data_dir": "FAUST_DATA_DIR",
+    "clock": "CLOCK", "faust_data_dir": "FAUST_DATA_DIR", "refdata_dir": "REFDATA_DIR",
 }
 
 
@@ -154,5 +159,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {}
     for attr, name in _ENV_FIELDS.items():
         value = getattr(settings, attr)
+        if value is None:
+            continue
         env[f"GRIDFLOW_{name}"] = ("1" if value else "0") if isinstance(value, bool) else str(value)
     return env

@@ -35,7 +35,7 @@ def working_calendar() -> WorkingCalendar:
 
 
 def build_runtime(settings: Settings, with_archive: bool = True, with_deadlines: bool = True) -> Runtime:
-    ref = load_reference_data()
+    ref = load_reference_data(settings.refdata_dir)
     planner = SlaPlanner(load_bundled_policy(), working_calendar())
     rt = Runtime(settings=settings, ref=ref, planner=planner, clock=clock_for(settings),
                  object_store=make_client(settings) if with_archive else None)

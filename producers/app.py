@@ -56,7 +56,7 @@ def build_deps(settings: Settings) -> Deps:
     if settings.database_url.startswith("sqlite:///"):
         settings.state_dir.mkdir(parents=True, exist_ok=True)
     return Deps(
-        ref=load_reference_data(),
+        ref=load_reference_data(settings.refdata_dir),
         publisher=KafkaPublisher(settings.kafka_bootstrap),
         store=MinioStore.from_settings(settings),
         engine=make_engine(settings.database_url),
