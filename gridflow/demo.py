@@ -20,7 +20,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import click
@@ -36,7 +35,6 @@ from gridflow.settings import Settings, load_settings
 
 # Monday 2026-11-16 08:30 in Beijing: the simulated week starts at the opening of business.
 SIM_START = datetime(2026, 11, 16, 0, 30, tzinfo=UTC)
-STAFF_FILE = Path(__file__).resolve().parent.parent / "producers" / "sample_staff.json"
 
 
 def say(line: str) -> None:
@@ -57,18 +55,29 @@ class Cast:
 
     @classmethod
     def load(cls, ref: ReferenceData) -> Cast:
-        staff = json.loads(STAFF_FILE.read_text(encoding="utf-8"))
+        """The county's staff and supervisors as the API knows them (producers.auth)."""
+        from producers.auth import DEPT, SUPERVISOR, load_staff
+
+        staff = sorted(load_staff(ref).items(), key=lambda item: item[1].id)
         dept_tokens: dict[str, str] = {}
-        for s in staff["staff"]:
-            if s.get("status", "active") == "active":
-                dept_tokens.setdefault(s["department"], s["token"])
-        sup = next(s for s in staff["supervisors"] if s.get("area") == ref.county.code)
+        for token, p in staff:
+            if p.kind == DEPT and p.active:
+                dept_tokens.setdefault(p.department, token)
+        supervisor = next(
+            (t for t, p in staff if p.kind == SUPERVISOR and p.active and p.area == ref.county.code),
+            None,
+        )
+        if supervisor is None:
+            raise click.ClickException(
+                f"{ref.source}: staff.json names no active county supervisor (area "
+                f"{ref.county.code}): the demo needs one to decide extensions"
+            )
         workers = {w.id: w.token for w in ref.workers.values() if w.active}
         grids: dict[str, str] = {}
         for w in sorted(ref.workers.values(), key=lambda w: w.id):
             if w.active:
                 grids.setdefault(w.grid_code, w.id)
-        return cls(ref, dept_tokens, sup["token"], workers, grids)
+        return cls(ref, dept_tokens, supervisor, workers, grids)
 
 
 @dataclass(frozen=True)

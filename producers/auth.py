@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridflow.core.refdata import SAMPLE_COUNTY_DIR, ReferenceData
+from gridflow.core.refdata import ReferenceData
 from producers.errors import ApiError, forbidden, unauthorized
 
 WORKER = "worker"
@@ -21,10 +21,6 @@ DEPT = "dept"
 SUPERVISOR = "supervisor"
 
 ROLE_NAMES_ZH = {WORKER: "网格员", DEPT: "部门工作人员", SUPERVISOR: "督办人员"}
-
-# Until the sample county ships its own staff.json, its staff live beside this module.
-_SAMPLE_STAFF = Path(__file__).resolve().parent / "sample_staff.json"
-
 
 @dataclass(frozen=True)
 class Principal:
@@ -91,12 +87,15 @@ def read_staff(path: Path, ref: ReferenceData) -> dict[str, Principal]:
 
 
 def staff_file(ref: ReferenceData) -> Path | None:
+    """The reference data's staff.json, or None when the county has no staff file."""
     path = Path(ref.source) / "staff.json"
-    if path.exists():
-        return path
-    if Path(ref.source).resolve() == SAMPLE_COUNTY_DIR.resolve():
-        return _SAMPLE_STAFF
-    return None
+    return path if path.exists() else None
+
+
+def load_staff(ref: ReferenceData) -> dict[str, Principal]:
+    """Token → department staff and supervisors of the reference data (empty without a file)."""
+    path = staff_file(ref)
+    return read_staff(path, ref) if path else {}
 
 
 class Authenticator:
@@ -113,10 +112,11 @@ class Authenticator:
                 w.active,
                 grid_code=w.grid_code,
             )
-        path = staff_file(ref)
-        for token, principal in (read_staff(path, ref) if path else {}).items():
+        for token, principal in load_staff(ref).items():
             if token in tokens:
-                raise StaffFileError(f"{path}: token of {principal.id} is already in use")
+                raise StaffFileError(
+                    f"{staff_file(ref)}: token of {principal.id} is already in use"
+                )
             tokens[token] = principal
         self._tokens: Mapping[str, Principal] = tokens
 
