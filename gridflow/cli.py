@@ -16,6 +16,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("producers.cli", "api"),
     ("producers.cli", "simulate"),
     ("gridflow.demo", "demo"),
+    ("dashboard.app", "dashboard"),
 ]
 
 

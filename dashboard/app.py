@@ -1,0 +1,91 @@
+"""The supervisors' dashboard (督办看板): a small read-only web app over the read models.
+
+`gridflow dashboard` serves it; `/api/board` gives the same figures as JSON for scripts.
+Photos are served from the archive bucket's EXIF-free thumbnails, never the originals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import click
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy.orm import Session
+
+from dashboard.board import board_data
+from dashboard.html import render_board, render_case
+from gridflow.clock import Clock, clock_from_spec
+from gridflow.core.refdata import ReferenceData, load_reference_data
+from gridflow.settings import Settings, load_settings
+
+
+def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock: Clock,
+                     object_store: Any = None) -> FastAPI:
+    from sinks.models import create_schema
+    from sinks.queries import case_detail
+
+    create_schema(engine)
+    app = FastAPI(title="gridflow 督办看板", docs_url="/api/docs", openapi_url="/api/openapi.json")
+
+    @app.get("/", response_class=HTMLResponse, summary="督办看板 / supervisors' board")
+    def board() -> str:
+        with Session(engine) as session:
+            return render_board(board_data(session, ref, clock()))
+
+    @app.get("/api/board", summary="看板数据 / board figures as JSON")
+    def board_json() -> dict[str, Any]:
+        with Session(engine) as session:
+            return board_data(session, ref, clock())
+
+    @app.get("/cases/{case_id}", response_class=HTMLResponse, summary="案件全过程 / case history")
+    def case_page(case_id: str) -> str:
+        with Session(engine) as session:
+            detail = case_detail(session, case_id)
+        if detail is None:
+            raise HTTPException(404, "案件不存在 / no such case")
+        for task in detail["tasks"]:
+            dept = ref.departments.get(task["department"])
+            task["department_name"] = dept.name if dept else task["department"]
+        return render_case(detail, lambda p: f"/thumbs/{quote(p['sha256'])}")
+
+    @app.get("/thumbs/{sha256}", summary="照片缩略图 / photo thumbnail (EXIF-free)")
+    def thumbnail(sha256: str) -> Response:
+        from minio.error import S3Error
+
+        from processors.archive import thumbnail_key
+
+        if object_store is None or len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise HTTPException(404, "照片不存在 / no such photo")
+        try:
+            obj = object_store.get_object(settings.bucket_archive, thumbnail_key(sha256))
+            try:
+                data = obj.read()
+            finally:
+                obj.close()
+                obj.release_conn()
+        except S3Error as exc:
+            raise HTTPException(404, "照片不存在 / no such photo") from exc
+        return Response(data, media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=86400"})
+
+    return app
+
+
+@click.command("dashboard")
+@click.option("--port", default=None, type=int, help="Port [default: API port + 1].")
+def dashboard(port: int | None) -> None:
+    """Serve the supervisors' dashboard (督办看板) in Chinese until stopped."""
+    import uvicorn
+
+    from gridflow.objectstore import make_client
+    from sinks.models import make_engine
+
+    settings = load_settings()
+    app = create_dashboard(settings, make_engine(settings.database_url),
+                           load_reference_data(settings.refdata_dir),
+                           clock_from_spec(settings.clock), make_client(settings))
+    port = port or settings.api_port + 1
+    click.echo(f"gridflow dashboard: http://{settings.api_host}:{port}/")
+    uvicorn.run(app, host=settings.api_host, port=port, log_level="warning")
