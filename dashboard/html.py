@@ -115,7 +115,7 @@ def render_board(data: dict[str, Any]) -> str:
     body = (
         f'<div class="cards">{card_html}</div>'
         "<section><h2>各部门考核指标 (数字城管)</h2><table><tr><th>部门</th><th>派遣数</th>"
-        "<th>在办</th><th>超期</th><th>结案数</th><th>结案率</th><th>按期结案率</th><th>返工率</th>"
+        "<th>在办</th><th>办结超期</th><th>结案数</th><th>结案率</th><th>按期结案率</th><th>返工率</th>"
         f"<th>延期率</th><th>退单率</th><th>满意度</th></tr>{dept_rows}</table></section>"
         '<div class="grid2">'
         "<section><h2>超期任务</h2><table><tr><th>案件</th><th>类别</th><th>责任部门</th>"

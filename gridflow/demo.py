@@ -395,6 +395,8 @@ def demo(reports: int, rate: float, speed: float, days: float, database: str | N
             p.stop()
     say("")
     say(f"Data of this run: topics '{run_id}.*', database {db_url}")
+    say(f"See it on the supervisors' board: GRIDFLOW_DATABASE_URL='{db_url}' "
+        f"GRIDFLOW_CLOCK='scaled:{clock().isoformat()}@0x0' gridflow dashboard")
     say("The stack is still running: `gridflow status`; stop it with `gridflow down`.")
 
 
