@@ -1,19 +1,22 @@
 """The case aggregate: one case's state, and `decide`, which turns a command into events.
 
-Pure: no clock, no I/O. `decide(state, command, deadlines)` returns the events to
+Pure: no clock, no I/O. `decide(state, command, planner)` returns the events to
 append and the new state; a command the state does not allow yields exactly one
 CommandRefused event with a reason and leaves the case unchanged. A command id
 seen before yields nothing (retries and duplicate deliveries are no-ops).
-Task states and their allowed transitions are data (TRANSITIONS below).
+Task states and their allowed transitions are data (TRANSITIONS below). Policy
+comes in through the planner: deadlines always, and — from a `PolicyPlanner` —
+the extension limit and whether a send-back restarts the clock.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from gridflow import events as ev
+from gridflow.core.sla import ExtensionLimit
 from gridflow.events import Message, derived_id, iso, parse_ts
 
 # --- task states -------------------------------------------------------------
@@ -75,6 +78,29 @@ class DeadlinePlanner(Protocol):
     def add_working_days(self, start: datetime, days: float) -> datetime: ...
 
 
+@runtime_checkable
+class PolicyPlanner(DeadlinePlanner, Protocol):
+    """A planner that also states the policy the aggregate applies (gridflow.core.sla).
+
+    A plain `DeadlinePlanner` means: no extension limit beyond 0 < days <= 30, and a
+    send-back restarts the clock.
+    """
+
+    @property
+    def extension_limit(self) -> ExtensionLimit: ...
+
+    @property
+    def send_back_restarts_clock(self) -> bool: ...
+
+
+def extension_limit_of(planner: DeadlinePlanner) -> ExtensionLimit | None:
+    return planner.extension_limit if isinstance(planner, PolicyPlanner) else None
+
+
+def send_back_restarts_clock(planner: DeadlinePlanner) -> bool:
+    return planner.send_back_restarts_clock if isinstance(planner, PolicyPlanner) else True
+
+
 @dataclass(frozen=True)
 class TaskState:
     task_id: str
@@ -89,6 +115,7 @@ class TaskState:
     closed_at: str = ""
     reopened: int = 0
     extensions: int = 0
+    extension_days: float = 0.0  # working days granted in all
     pending_extension: dict[str, Any] | None = None
     escalation_level: int = 0
     whistled: bool = False
@@ -265,13 +292,18 @@ def _photo_list(photos: Any, role: str, required: bool) -> list[dict[str, Any]]:
 # --- filing and dispatch -------------------------------------------------------
 
 def _dispatch(b: _Builder, department: str, planner: DeadlinePlanner, reason: str,
-              whistled: bool = False, extra: dict[str, Any] | None = None) -> TaskState:
+              whistled: bool = False, extra: dict[str, Any] | None = None,
+              inherit: TaskState | None = None) -> TaskState:
+    """A new task for `department`, on a fresh clock or on the deadlines of `inherit`."""
     task_id = f"{b.state.case_id}-T{len(b.state.tasks) + 1:02d}"
-    sign_due = planner.due(b.state.category_code, b.state.severity, "sign", b.now)
-    resolve_due = planner.due(b.state.category_code, b.state.severity, "resolve", b.now)
+    if inherit is None:
+        sign_due = iso(planner.due(b.state.category_code, b.state.severity, "sign", b.now))
+        resolve_due = iso(planner.due(b.state.category_code, b.state.severity, "resolve", b.now))
+    else:
+        sign_due, resolve_due = inherit.sign_due, inherit.resolve_due
     task = TaskState(
         task_id=task_id, department=department, state=DISPATCHED, dispatched_at=iso(b.now),
-        sign_due=iso(sign_due), resolve_due=iso(resolve_due), whistled=whistled,
+        sign_due=sign_due, resolve_due=resolve_due, whistled=whistled,
     )
     b.set_task(task)
     b.emit(ev.TASK_DISPATCHED, {
@@ -384,10 +416,14 @@ def _send_back(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
     if not target or target == task.department:
         raise Refused("reroute_required", "退单须指定正确的责任部门",
                       "a send-back needs another responsible department to re-route to")
+    restart = send_back_restarts_clock(planner)
     b.set_task(replace(task, state=SENT_BACK, closed_at=iso(b.now)))
     b.emit(ev.TASK_SENT_BACK, {"task_id": task.task_id, "department": task.department,
                                "reason": reason, "reroute_to": target})
-    _dispatch(b, target, planner, "sent_back", extra={"replaces_task": task.task_id})
+    # 退单改派: a fresh clock for the new department, or (policy) the original deadlines.
+    _dispatch(b, target, planner, "sent_back", inherit=None if restart else task,
+              extra={"replaces_task": task.task_id,
+                     "clock": "restarted" if restart else "inherited"})
 
 
 def _verify(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
@@ -462,6 +498,7 @@ def _request_extension(b: _Builder, c: Message, planner: DeadlinePlanner) -> Non
     if not reason or not isinstance(days, (int, float)) or isinstance(days, bool) or not 0 < days <= 30:
         raise Refused("bad_extension", "延期须说明理由并给出1至30个工作日",
                       "an extension needs a reason and 0 < days <= 30 working days")
+    _check_extension_limit(task, float(days), planner)
     request = {"request_id": c.id, "days": days, "reason": reason}
     b.set_task(replace(task, pending_extension=request))
     b.emit(ev.EXTENSION_REQUESTED, {"task_id": task.task_id, "department": task.department,
@@ -474,9 +511,11 @@ def _decide_extension(b: _Builder, c: Message, planner: DeadlinePlanner) -> None
     if not req:
         raise Refused("no_extension", "没有待审批的延期申请", "no pending extension request")
     if c.data.get("approve") is True:
-        new_due = planner.add_working_days(parse_ts(task.resolve_due), float(req["days"]))
+        days = float(req["days"])
+        _check_extension_limit(task, days, planner)  # the policy may have changed meanwhile
+        new_due = planner.add_working_days(parse_ts(task.resolve_due), days)
         b.set_task(replace(task, pending_extension=None, extensions=task.extensions + 1,
-                           resolve_due=iso(new_due)))
+                           extension_days=task.extension_days + days, resolve_due=iso(new_due)))
         b.emit(ev.EXTENSION_GRANTED, {"task_id": task.task_id, "department": task.department,
                                       "request_id": req["request_id"], "days": req["days"],
                                       "previous_due": task.resolve_due, "resolve_due": iso(new_due),
@@ -486,6 +525,17 @@ def _decide_extension(b: _Builder, c: Message, planner: DeadlinePlanner) -> None
         b.emit(ev.EXTENSION_REFUSED, {"task_id": task.task_id, "department": task.department,
                                       "request_id": req["request_id"],
                                       "reason": str(c.data.get("reason", ""))[:1000]})
+
+
+def _check_extension_limit(task: TaskState, days: float, planner: DeadlinePlanner) -> None:
+    """Refuse an extension beyond the policy's limit (count, days each, days in all)."""
+    limit = extension_limit_of(planner)
+    if limit is None:
+        return
+    exceeded = limit.check(task.extensions, task.extension_days, days)
+    if exceeded is not None:
+        raise Refused(exceeded.code, f"延期申请超出规定: {exceeded.zh}",
+                      f"extension beyond the policy limit: {exceeded.en}")
 
 
 def _whistle(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:

@@ -86,6 +86,15 @@ class Level:
 
 
 @dataclass(frozen=True)
+class LimitExceeded:
+    """A request beyond a policy limit: a code, and the reason in Chinese and English."""
+
+    code: str
+    zh: str
+    en: str
+
+
+@dataclass(frozen=True)
 class ExtensionLimit:
     """延期: how many extensions a task may get and how many working days in all."""
 
@@ -95,14 +104,37 @@ class ExtensionLimit:
 
     def refusal(self, granted_count: int, granted_days: float, requested_days: float) -> str | None:
         """Why a request exceeds the limit (English), or None when it is within it."""
+        found = self.check(granted_count, granted_days, requested_days)
+        return None if found is None else found.en
+
+    def check(
+        self, granted_count: int, granted_days: float, requested_days: float
+    ) -> LimitExceeded | None:
+        """Why a request exceeds the limit (code, Chinese, English), or None within it."""
         if requested_days <= 0:
-            return "an extension must be a positive number of working days"
+            return LimitExceeded(
+                "extension_days", "延期天数须为正数",
+                "an extension must be a positive number of working days",
+            )
         if granted_count >= self.max_count:
-            return f"at most {self.max_count} extension(s) per task"
+            return LimitExceeded(
+                "extension_count",
+                f"每项任务最多延期{self.max_count}次, 已延期{granted_count}次",
+                f"at most {self.max_count} extension(s) per task",
+            )
         if requested_days > self.max_days_each:
-            return f"at most {self.max_days_each:g} working days per extension"
+            return LimitExceeded(
+                "extension_too_long",
+                f"每次延期不得超过{self.max_days_each:g}个工作日",
+                f"at most {self.max_days_each:g} working days per extension",
+            )
         if granted_days + requested_days > self.max_days_total:
-            return f"at most {self.max_days_total:g} working days of extension in all"
+            return LimitExceeded(
+                "extension_total",
+                f"累计延期不得超过{self.max_days_total:g}个工作日"
+                f"(已延期{granted_days:g}个工作日)",
+                f"at most {self.max_days_total:g} working days of extension in all",
+            )
         return None
 
 
@@ -262,7 +294,7 @@ class SlaPolicy:
 
 
 class SlaPlanner:
-    """The case aggregate's `DeadlinePlanner`: this policy over this calendar."""
+    """The case aggregate's planner (a `PolicyPlanner`): this policy over this calendar."""
 
     def __init__(self, policy: SlaPolicy, calendar: WorkingCalendar) -> None:
         self.policy = policy
@@ -275,6 +307,15 @@ class SlaPlanner:
 
     def add_working_days(self, start: datetime, days: float) -> datetime:
         return self.calendar.add_working_days(start, days)
+
+    # The policy facts the aggregate applies besides deadlines (case.PolicyPlanner).
+    @property
+    def extension_limit(self) -> ExtensionLimit:
+        return self.policy.extension_limit
+
+    @property
+    def send_back_restarts_clock(self) -> bool:
+        return self.policy.send_back_restarts_clock
 
 
 def warn_instants(

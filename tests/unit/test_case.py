@@ -234,3 +234,134 @@ def test_event_ids_are_deterministic_for_a_replayed_command():
     b = decide(new_case("AJ1"), c, PLANNER).events
     assert [e.id for e in a] == [e.id for e in b]
     assert [e.hash() for e in a] == [e.hash() for e in b]
+
+
+# --- policy through the planner: extension limits, send-back clock ------------------------
+
+
+class PolicyHoursPlanner(HoursPlanner):
+    """HoursPlanner that also states policy, as SlaPlanner does (a case.PolicyPlanner)."""
+
+    def __init__(self, max_count=1, max_days_each=5, max_days_total=5, restart=True):
+        from gridflow.core.sla import ExtensionLimit
+
+        self.extension_limit = ExtensionLimit(max_count, max_days_each, max_days_total)
+        self.send_back_restarts_clock = restart
+
+
+def run_with(planner, state, *commands):
+    out = []
+    for c in commands:
+        d = decide(state, c, planner)
+        state = d.state
+        out.extend(d.events)
+    return state, out
+
+
+def signed_task(planner):
+    state, tid = full_cycle()
+    state, _ = run_with(planner, state, cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG"))
+    return state, tid
+
+
+def ask(tid, days):
+    return cmd(ev.REQUEST_EXTENSION, {"task_id": tid, "days": days, "reason": "需采购材料"}, "dept:D-CG")
+
+
+def approve(tid):
+    return cmd(ev.DECIDE_EXTENSION, {"task_id": tid, "approve": True}, "supervisor:S1")
+
+
+def test_a_second_extension_beyond_the_policy_count_is_refused_with_a_reason():
+    planner = PolicyHoursPlanner(max_count=1)
+    state, tid = signed_task(planner)
+    state, events = run_with(planner, state, ask(tid, 3), approve(tid))
+    assert types(events) == [ev.EXTENSION_REQUESTED, ev.EXTENSION_GRANTED]
+    assert state.tasks[tid].extension_days == 3
+    after, events = run_with(planner, state, ask(tid, 1))
+    assert types(events) == [ev.COMMAND_REFUSED]
+    refused = events[0].data
+    assert refused["code"] == "extension_count"
+    assert "最多延期1次" in refused["reason_zh"] and "at most 1 extension" in refused["reason_en"]
+    assert after.tasks == state.tasks  # nothing pending, the deadline as granted
+
+
+def test_an_extension_longer_than_the_policy_allows_each_time_is_refused():
+    planner = PolicyHoursPlanner(max_count=3, max_days_each=5, max_days_total=10)
+    state, tid = signed_task(planner)
+    _, events = run_with(planner, state, ask(tid, 6))
+    assert events[0].data["code"] == "extension_too_long"
+    assert "5个工作日" in events[0].data["reason_zh"]
+
+
+def test_extensions_beyond_the_policy_total_are_refused():
+    planner = PolicyHoursPlanner(max_count=3, max_days_each=5, max_days_total=8)
+    state, tid = signed_task(planner)
+    state, events = run_with(planner, state, ask(tid, 5), approve(tid))
+    assert types(events) == [ev.EXTENSION_REQUESTED, ev.EXTENSION_GRANTED]
+    state, events = run_with(planner, state, ask(tid, 4))
+    assert events[0].data["code"] == "extension_total"
+    assert "累计延期不得超过8个工作日" in events[0].data["reason_zh"]
+    state, events = run_with(planner, state, ask(tid, 3), approve(tid))  # exactly 8 in all
+    assert types(events) == [ev.EXTENSION_REQUESTED, ev.EXTENSION_GRANTED]
+    assert state.tasks[tid].extensions == 2 and state.tasks[tid].extension_days == 8
+
+
+def test_an_approval_beyond_the_limit_is_refused_and_the_request_stays_pending():
+    state, tid = signed_task(PLANNER)
+    state, _ = run_with(PLANNER, state, ask(tid, 20))  # asked under a planner without limits
+    after, events = run_with(PolicyHoursPlanner(max_days_each=10), state, approve(tid))
+    assert events[0].data["code"] == "extension_too_long"
+    assert after.tasks[tid].pending_extension is not None
+    assert after.tasks[tid].resolve_due == state.tasks[tid].resolve_due
+
+
+def test_a_planner_without_policy_limits_extensions_only_to_30_days_each():
+    state, tid = signed_task(PLANNER)
+    state, events = run_with(PLANNER, state, ask(tid, 20), approve(tid), ask(tid, 20), approve(tid))
+    assert types(events).count(ev.EXTENSION_GRANTED) == 2
+
+
+def test_send_back_restarts_the_clock_when_the_policy_says_so():
+    planner = PolicyHoursPlanner(restart=True)
+    state, tid = full_cycle()
+    state, events = run_with(planner, state, cmd(ev.SEND_BACK_TASK, {
+        "task_id": tid, "reason": "属水利局职责", "reroute_to": "D-SL"}, "dept:D-CG", minutes=45))
+    new = events[1].data
+    assert new["clock"] == "restarted"
+    assert new["sign_due"] == iso(T0 + timedelta(minutes=45, hours=2))
+    assert new["resolve_due"] == iso(T0 + timedelta(minutes=45, hours=48))
+
+
+def test_send_back_keeps_the_original_deadlines_when_the_policy_says_so():
+    planner = PolicyHoursPlanner(restart=False)
+    state, tid = signed_task(planner)
+    state, _ = run_with(planner, state, ask(tid, 2), approve(tid))
+    original = state.tasks[tid]
+    state, events = run_with(planner, state, cmd(ev.SEND_BACK_TASK, {
+        "task_id": tid, "reason": "属水利局职责", "reroute_to": "D-SL"}, "dept:D-CG", minutes=300))
+    assert types(events) == [ev.TASK_SENT_BACK, ev.TASK_DISPATCHED]
+    new = events[1].data
+    assert new["clock"] == "inherited" and new["replaces_task"] == tid
+    assert new["sign_due"] == original.sign_due  # already past: the new department is late
+    assert new["resolve_due"] == original.resolve_due  # including the extension granted
+    task = state.tasks[new["task_id"]]
+    assert (task.sign_due, task.resolve_due) == (original.sign_due, original.resolve_due)
+    state, events = run_with(planner, state, cmd(ev.SIGN_TASK, {"task_id": task.task_id},
+                                                 "dept:D-SL", minutes=310))
+    assert events[0].data["on_time"] is False
+
+
+def test_the_bundled_policy_reaches_the_aggregate_through_sla_planner():
+    from gridflow.core.case import PolicyPlanner
+    from gridflow.core.sla import SlaPlanner, load_bundled_policy
+    from processors.worker import working_calendar
+
+    planner = SlaPlanner(load_bundled_policy(), working_calendar())
+    assert isinstance(planner, PolicyPlanner) and planner.send_back_restarts_clock is True
+    state, tid = signed_task(planner)
+    state, events = run_with(planner, state, ask(tid, 11))  # bundled: 10 days each
+    assert events[0].data["code"] == "extension_too_long"
+    state, events = run_with(planner, state, ask(tid, 2), approve(tid), ask(tid, 1))
+    assert types(events) == [ev.EXTENSION_REQUESTED, ev.EXTENSION_GRANTED, ev.COMMAND_REFUSED]
+    assert events[-1].data["code"] == "extension_count"  # bundled: one extension per task
