@@ -4,6 +4,7 @@ tasks for the right departments and archived photos; poison goes to the dead let
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,3 +117,42 @@ def test_report_outside_the_county_is_not_filed_with_a_reason(stack, stack_setti
     nf = next(e for e in events if e["type"] == ev.CASE_NOT_FILED)
     assert nf["data"]["code"] == "outside_county" and nf["data"]["reason_zh"]
     assert not any(e["type"] == ev.TASK_DISPATCHED for e in events)
+
+
+def test_archive_waits_out_a_minio_outage_and_loses_nothing(stack, stack_settings, buckets,
+                                                             tmp_path: Path):
+    from faults import FlakyProxy
+
+    s3 = stack.s3()
+    host, port = stack.settings.s3_endpoint.split(":")
+    proxy = FlakyProxy(host, int(port))
+    proxy.down()  # the worker's object store is unreachable from the start
+    settings = stack_settings.with_(s3_endpoint=proxy.address)
+    worker = start_worker(settings, tmp_path)
+    try:
+        prefix = stack_settings.topic_prefix
+        grid = REF.grids[next(iter(REF.grids))]
+        lat, lon = geo.representative_point(grid)
+        worker_id = next(w.id for w in REF.workers.values() if w.grid_code == grid.code and w.active)
+        category = next(c.code for c in REF.categories.values() if c.enabled)
+        msg = upload_report(s3, buckets.incoming, "rpt-outage-0001", worker_id, category, lat, lon, 2)
+        produce(stack.bootstrap, f"{prefix}.reports", "rpt-outage-0001", msg.encode())
+        events = consume_until(stack.bootstrap, f"{prefix}.case-events",
+                               lambda s: any(e["type"] == ev.TASK_DISPATCHED for e in s),
+                               service=worker)
+        time.sleep(4)  # a few failed attempts
+        worker.check()
+        assert "Connection refused" in worker.log_path.read_text()  # it keeps trying
+        assert len(list(s3.list_objects(buckets.incoming, recursive=True))) == 2  # nothing lost
+        proxy.up()
+        events = consume_until(stack.bootstrap, f"{prefix}.case-events",
+                               lambda s: sum(e["type"] == ev.PHOTO_ARCHIVED for e in s) == 2,
+                               timeout_s=120, service=worker)
+    finally:
+        worker.stop()
+        proxy.down()
+    archived = [e["data"] for e in events if e["type"] == ev.PHOTO_ARCHIVED]
+    assert {a["status"] for a in archived} == {"archived"}
+    for a in archived:
+        assert s3.stat_object(buckets.archive, a["archive_key"]).size == a["size"]
+    assert list(s3.list_objects(buckets.incoming, recursive=True)) == []
