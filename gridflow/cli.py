@@ -17,6 +17,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("producers.cli", "simulate"),
     ("gridflow.demo", "demo"),
     ("dashboard.app", "dashboard"),
+    ("bench.cli", "bench"),
 ]
 
 

@@ -1,0 +1,195 @@
+"""What every benchmark shares: the run context, the Figure it reports, and the throw-away
+topics, buckets and databases it makes (each removed again, pass or fail).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gridflow.settings import Settings
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class Figure:
+    """One row of the results table: our figure beside its raw baseline from the same run."""
+
+    what: str
+    ours: str
+    baseline: str = "—"
+    ratio: float | None = None  # ours / baseline (higher is better), when both are rates
+    target: str = ""
+    met: bool | None = None  # None: no target, or not measurable in this run
+    note: str = ""  # sizes used, and why a target is not met
+    raw: dict[str, Any] = field(default_factory=dict)  # the numbers behind ours/baseline
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "NOT met", None: "—"}[self.met]
+
+
+@dataclass
+class Context:
+    """A benchmark run: the base settings, the size factor and where scratch files go."""
+
+    settings: Settings
+    scale: float
+    quick: bool
+    work_dir: Path
+    echo: Echo
+    run_id: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:8]}")
+
+    def n(self, full: int, minimum: int = 1) -> int:
+        """A size of the full run, times the scale."""
+        return max(minimum, int(round(full * self.scale)))
+
+    def unique(self, tag: str) -> str:
+        return f"{self.run_id}-{tag}"
+
+
+def rate(count: float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("nan")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..1); nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+    return ordered[rank]
+
+
+def fmt_rate(value: float, unit: str) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:,.0f} {unit}" if value >= 100 else f"{value:,.1f} {unit}"
+
+
+def fmt_ms(seconds: float) -> str:
+    return "n/a" if math.isnan(seconds) else f"{seconds * 1000:,.0f} ms"
+
+
+def say(echo: Echo, line: str) -> None:
+    echo(line)
+    sys.stdout.flush()
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.t0 = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.t0
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    """Resident set size of a process (this one by default), from /proc."""
+    with open(f"/proc/{pid or os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# --- throw-away resources -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def topic_prefix(settings: Settings, prefix: str) -> Iterator[str]:
+    """Every catalogue topic under `prefix`; afterwards every topic starting with it goes."""
+    from infra.kafka import ensure_catalogue
+
+    ensure_catalogue(settings.kafka_bootstrap, prefix)
+    try:
+        yield prefix
+    finally:
+        delete_topics(settings.kafka_bootstrap, prefix)
+
+
+def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1)], timeout_ms=30000)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            described = admin.describe_topics([name])
+            if described and all(p.get("leader", -1) >= 0 for p in described[0]["partitions"]) \
+                    and len(described[0]["partitions"]) == partitions:
+                return
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+
+def delete_topics(bootstrap: str, prefix: str) -> None:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+    try:
+        doomed = [t for t in admin.list_topics() if t.startswith(prefix)]
+        if doomed:
+            with contextlib.suppress(Exception):
+                admin.delete_topics(doomed, timeout_ms=30000)
+    finally:
+        admin.close()
+
+
+def s3_client(settings: Settings) -> Any:
+    from infra.minio import client
+
+    return client(settings, timeout_s=60, retries=2)
+
+
+@contextlib.contextmanager
+def buckets(settings: Settings, prefix: str) -> Iterator[tuple[str, str]]:
+    """Fresh incoming and archive (object lock) buckets, emptied and removed afterwards."""
+    s3 = s3_client(settings)
+    incoming, archive = f"{prefix}-in", f"{prefix}-arch"
+    s3.make_bucket(incoming)
+    s3.make_bucket(archive, object_lock=True)
+    try:
+        yield incoming, archive
+    finally:
+        for name in (incoming, archive):
+            remove_bucket(s3, name)
+
+
+def remove_bucket(s3: Any, name: str) -> None:
+    from minio.deleteobjects import DeleteObject
+
+    with contextlib.suppress(Exception):
+        versions = [DeleteObject(o.object_name, o.version_id)
+                    for o in s3.list_objects(name, recursive=True, include_version=True)]
+        for i in range(0, len(versions), 1000):
+            list(s3.remove_objects(name, versions[i:i + 1000], bypass_governance_mode=True))
+        s3.remove_bucket(name)
+
+
+@contextlib.contextmanager
+def pg_database(settings: Settings, name: str) -> Iterator[str]:
+    """A fresh PostgreSQL database on the local server; dropped afterwards. Yields its URL."""
+    import psycopg
+
+    admin = dict(host="127.0.0.1", port=settings.postgres_port, user=settings.postgres_user,
+                 dbname=settings.postgres_db, autocommit=True, connect_timeout=10)
+    name = name.replace("-", "_")
+    with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield (f"postgresql+psycopg://{settings.postgres_user}@127.0.0.1:"
+               f"{settings.postgres_port}/{name}")
+    finally:
+        with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
