@@ -18,6 +18,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("gridflow.demo", "demo"),
     ("dashboard.app", "dashboard"),
     ("bench.cli", "bench"),
+    ("sinks.notify", "notify"),
 ]
 
 

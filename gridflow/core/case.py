@@ -291,20 +291,28 @@ def _photo_list(photos: Any, role: str, required: bool) -> list[dict[str, Any]]:
 
 # --- filing and dispatch -------------------------------------------------------
 
-def _dispatch(b: _Builder, department: str, planner: DeadlinePlanner, reason: str,
-              whistled: bool = False, extra: dict[str, Any] | None = None,
-              inherit: TaskState | None = None) -> TaskState:
-    """A new task for `department`, on a fresh clock or on the deadlines of `inherit`."""
-    task_id = f"{b.state.case_id}-T{len(b.state.tasks) + 1:02d}"
+def _plan_task(b: _Builder, department: str, planner: DeadlinePlanner, whistled: bool = False,
+               inherit: TaskState | None = None, ahead: int = 0) -> TaskState:
+    """The next task for `department` (`ahead` more are planned before it), on a fresh clock or
+    on the deadlines of `inherit`. Not yet part of the case: see `_dispatch`."""
+    task_id = f"{b.state.case_id}-T{len(b.state.tasks) + 1 + ahead:02d}"
     if inherit is None:
         sign_due = iso(planner.due(b.state.category_code, b.state.severity, "sign", b.now))
         resolve_due = iso(planner.due(b.state.category_code, b.state.severity, "resolve", b.now))
     else:
         sign_due, resolve_due = inherit.sign_due, inherit.resolve_due
-    task = TaskState(
+    return TaskState(
         task_id=task_id, department=department, state=DISPATCHED, dispatched_at=iso(b.now),
         sign_due=sign_due, resolve_due=resolve_due, whistled=whistled,
     )
+
+
+def _dispatch(b: _Builder, department: str, planner: DeadlinePlanner, reason: str,
+              whistled: bool = False, extra: dict[str, Any] | None = None,
+              inherit: TaskState | None = None, planned: TaskState | None = None) -> TaskState:
+    """Add a task to the case and emit TaskDispatched (a `planned` one, or a new one)."""
+    task = planned or _plan_task(b, department, planner, whistled, inherit)
+    task_id, department, whistled = task.task_id, task.department, task.whistled
     b.set_task(task)
     b.emit(ev.TASK_DISPATCHED, {
         "task_id": task_id, "department": department, "reason": reason,
@@ -550,9 +558,15 @@ def _whistle(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
     new = [str(d) for d in dict.fromkeys(departments) if str(d) not in active]
     if not new:
         raise Refused("already_assigned", "所列部门均已在办理", "every department named already has an open task")
-    b.emit(ev.CASE_WHISTLED, {"departments": new, "reason": str(c.data.get("reason", ""))[:1000]})
-    for dept in new:
-        _dispatch(b, dept, planner, "whistle", whistled=True)
+    planned = [_plan_task(b, dept, planner, whistled=True, ahead=i) for i, dept in enumerate(new)]
+    b.emit(ev.CASE_WHISTLED, {
+        "departments": new, "reason": str(c.data.get("reason", ""))[:1000],
+        "grid_code": b.state.grid_code,
+        "tasks": [{"task_id": t.task_id, "department": t.department, "sign_due": t.sign_due,
+                   "resolve_due": t.resolve_due} for t in planned],
+    })
+    for task in planned:
+        _dispatch(b, task.department, planner, "whistle", planned=task)
 
 
 def _deadline_applies(b: _Builder, c: Message) -> TaskState | None:
@@ -601,6 +615,7 @@ def _escalate(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
         "level_code": c.data.get("level_code", ""), "level_name": c.data.get("level_name", ""),
         "notify": c.data.get("notify", []), "stage": c.data.get("stage", ""),
         "reason": c.data.get("reason", "deadline breached without progress"),
+        "grid_code": b.state.grid_code,
     })
 
 

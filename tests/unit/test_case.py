@@ -365,3 +365,18 @@ def test_the_bundled_policy_reaches_the_aggregate_through_sla_planner():
     state, events = run_with(planner, state, ask(tid, 2), approve(tid), ask(tid, 1))
     assert types(events) == [ev.EXTENSION_REQUESTED, ev.EXTENSION_GRANTED, ev.COMMAND_REFUSED]
     assert events[-1].data["code"] == "extension_count"  # bundled: one extension per task
+
+
+def test_whistle_names_the_tasks_it_dispatches_and_escalation_names_the_grid():
+    state, _ = full_cycle()
+    state, events = run(state, cmd(ev.WHISTLE_CASE, {"departments": ["D-SL", "D-HB"],
+                                                     "reason": "河道大面积污染"}, "supervisor:S1"))
+    whistled, dispatched = events[0].data, [e.data for e in events[1:]]
+    assert whistled["tasks"] == [
+        {k: d[k] for k in ("task_id", "department", "sign_due", "resolve_due")} for d in dispatched
+    ]
+    assert [d["task_id"] for d in dispatched] == ["AJ1-T02", "AJ1-T03"]
+    due = state.tasks["AJ1-T02"].sign_due
+    _, events = run(state, cmd(ev.ESCALATE_TASK, {"task_id": "AJ1-T02", "stage": "sign",
+                                                  "due_at": due, "level": 1}))
+    assert events[0].data["grid_code"] == "G1"

@@ -1,0 +1,483 @@
+"""`gridflow notify`: tells departments about their case events (新任务, 超时预警, 升级督办,
+吹哨报到) by each department's send method, keeping one send state per notice.
+
+Guarantee: each notice an event calls for is taken in once — the notice rows and the
+consumer's next offsets are written in one database transaction (Kafka offsets are never
+committed), and a notice's id derives from its event and recipient, so a redelivered or
+replayed event adds nothing. A taken-in notice is sent until it succeeds: every failure is
+counted with its reason and retried with capped exponential backoff. Delivery to an endpoint is
+at-least-once: only a crash between a 2xx and recording it sends again, with the same
+`Idempotency-Key` (the notice id), so a receiver can drop the repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import click
+from sqlalchemy import Connection, Engine, Table, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from gridflow import topics
+from gridflow.clock import Clock, wall_clock
+from gridflow.core.notify import Notice, NotifyConfig, notices_for
+from gridflow.core.refdata import ReferenceData
+from gridflow.events import SchemaError, decode_message
+from gridflow.settings import Settings, load_settings
+from sinks.notify_models import (
+    NOTIFICATIONS,
+    NOTIFY_OFFSETS,
+    PENDING,
+    RETRYING,
+    SENT,
+    create_notify_tables,
+)
+from sinks.notify_send import SendFailed, SendMethod, close_methods, default_methods
+
+log = logging.getLogger("gridflow.notify")
+
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
+LEASE_EXTRA_S = 60.0  # a claimed notice is someone's for its timeout plus this
+DELIVERY_BATCH = 64
+
+_notices, _offsets = NOTIFICATIONS, NOTIFY_OFFSETS
+
+
+class KafkaRecord(Protocol):
+    """What the notifier reads of a record (kafka-python's ConsumerRecord has it)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+@dataclass
+class NotifyStats:
+    records: int = 0
+    stale: int = 0  # below the stored offset: taken in before
+    undecodable: int = 0  # not a case event (the SQL sink dead-letters those)
+    notices: int = 0  # new notices taken in
+    sent: int = 0
+    failed: int = 0
+
+    def add(self, other: NotifyStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class Notifier:
+    """Takes notices in from case-event records and delivers the due ones."""
+
+    engine: Engine
+    config: NotifyConfig
+    ref: ReferenceData
+    methods: Mapping[str, SendMethod] = field(default_factory=default_methods)
+    consumer: str = "notify"
+    clock: Clock = wall_clock  # real time: backoff is about networks, not simulated days
+    max_workers: int = 8
+
+    def __post_init__(self) -> None:
+        self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="notify-send")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # --- taking in ------------------------------------------------------------------------
+
+    def take_in(self, records: Iterable[KafkaRecord]) -> NotifyStats:
+        """Add the notices these records call for, and advance the offsets: one transaction."""
+        batch = list(records)
+        stats = NotifyStats(records=len(batch))
+        now = self.clock()
+        with self._transaction() as conn:
+            stored = self._stored_offsets(conn, {r.topic for r in batch})
+            advanced = dict(stored)
+            rows: dict[str, dict[str, Any]] = {}
+            for r in batch:
+                tp = (r.topic, r.partition)
+                if r.offset < stored.get(tp, 0):
+                    stats.stale += 1
+                    continue
+                advanced[tp] = max(advanced.get(tp, 0), r.offset + 1)
+                try:
+                    event = decode_message(r.value or b"")
+                except SchemaError as exc:
+                    stats.undecodable += 1
+                    log.warning("skipped %s[%d]@%d: %s", r.topic, r.partition, r.offset, exc)
+                    continue
+                for notice in notices_for(event, self.config, self.ref):
+                    rows.setdefault(notice.id, _new_row(notice, event.at_dt, now))
+            stats.notices = _insert_new(conn, _notices, list(rows.values()))
+            changed = {tp: o for tp, o in advanced.items() if stored.get(tp) != o}
+            _save_offsets(conn, self.consumer, changed, now)
+        return stats
+
+    def next_offsets(self, topic: str) -> dict[int, int]:
+        with self.engine.connect() as conn:
+            found = self._stored_offsets(conn, {topic})
+        return {p: o for (_, p), o in found.items()}
+
+    def _stored_offsets(self, conn: Connection, names: set[str]) -> dict[tuple[str, int], int]:
+        if not names:
+            return {}
+        c = _offsets.c
+        rows = conn.execute(
+            select(c.topic, c.partition, c.next_offset).where(
+                c.consumer == self.consumer, c.topic.in_(sorted(names))
+            )
+        )
+        return {(t, int(p)): int(o) for t, p, o in rows}
+
+    # --- delivering -----------------------------------------------------------------------
+
+    def deliver_due(self) -> NotifyStats:
+        """Send every notice due now (claimed first, so two notifiers never send one twice
+        at once); record each outcome. Returns what was sent and what failed."""
+        stats = NotifyStats()
+        claimed = self._claim(self.clock())
+        if not claimed:
+            return stats
+        for ok in self._pool.map(self._send_and_record, claimed):
+            if ok:
+                stats.sent += 1
+            else:
+                stats.failed += 1
+        return stats
+
+    def next_due_at(self) -> datetime | None:
+        c = _notices.c
+        with self.engine.connect() as conn:
+            found = conn.execute(select(c.next_attempt_at).where(c.status != SENT)
+                                 .order_by(c.next_attempt_at).limit(1)).scalar()
+        return found
+
+    def _claim(self, now: datetime) -> list[dict[str, Any]]:
+        c = _notices.c
+        lease = timedelta(seconds=self._longest_timeout() + LEASE_EXTRA_S)
+        with self._transaction() as conn:
+            due = conn.execute(
+                select(c.notice_id, c.recipient, c.payload, c.fail_count, c.next_attempt_at)
+                .where(c.status != SENT, c.next_attempt_at <= now)
+                .order_by(c.next_attempt_at, c.created_at, c.notice_id)
+                .limit(DELIVERY_BATCH)
+            ).mappings().all()
+            claimed = []
+            for row in due:
+                taken = conn.execute(
+                    update(_notices)
+                    .where(c.notice_id == row["notice_id"], c.status != SENT,
+                           c.next_attempt_at == row["next_attempt_at"])
+                    .values(next_attempt_at=now + lease)
+                )
+                if taken.rowcount == 1:
+                    claimed.append(dict(row))
+        return claimed
+
+    def _longest_timeout(self) -> float:
+        timeouts = [c.timeout_s for c in self.config.contacts.values()]
+        if self.config.default is not None:
+            timeouts.append(self.config.default.timeout_s)
+        return max(timeouts, default=5.0)
+
+    def _send_and_record(self, row: dict[str, Any]) -> bool:
+        notice = Notice.from_payload(row["payload"])
+        contact = self.config.contact_for(notice.recipient)
+        method = self.methods.get(contact.method) if contact else None
+        reason = None
+        if contact is None:
+            reason = f"no contact for {notice.recipient} in {self.config.source} / 未配置通知方式"
+        elif method is None:
+            reason = f"unknown send method {contact.method!r} / 未知的通知方式"
+        else:
+            try:
+                method.send(notice, contact)
+            except SendFailed as exc:
+                reason = exc.reason
+            except Exception as exc:  # noqa: BLE001 - a plug-in's bug is this notice's failure
+                reason = f"{type(exc).__name__}: {exc}"[:500]
+        now = self.clock()
+        c = _notices.c
+        values: dict[str, Any] = {
+            "attempts": c.attempts + 1,
+            "last_attempt_at": now,
+            "method": contact.method if contact else None,
+            "target": contact.target if contact else None,
+        }
+        if reason is None:
+            values.update(status=SENT, sent_at=now, next_attempt_at=None)
+            log.info("sent %s %s → %s (%s)", notice.kind, notice.id, notice.recipient,
+                     values["target"])
+        else:
+            fails = int(row["fail_count"]) + 1
+            values.update(status=RETRYING, fail_count=c.fail_count + 1, last_failure=reason,
+                          next_attempt_at=self.config.retry.next_attempt(now, fails))
+            log.warning("sending %s %s → %s failed (%d times so far): %s; retrying at %s",
+                        notice.kind, notice.id, notice.recipient, fails, reason,
+                        values["next_attempt_at"].isoformat())
+        with self._transaction() as conn:
+            conn.execute(update(_notices).where(c.notice_id == notice.id, c.status != SENT)
+                         .values(**values))
+        return reason is None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":  # take the write lock now: wait, never fail half-way
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
+
+
+def _new_row(notice: Notice, event_at: datetime, now: datetime) -> dict[str, Any]:
+    return {
+        "notice_id": notice.id,
+        "event_id": notice.event_id,
+        "event_type": notice.event_type,
+        "case_id": notice.case_id,
+        "task_id": notice.task_id,
+        "kind": notice.kind,
+        "recipient": notice.recipient,
+        "payload": notice.payload(),
+        "status": PENDING,
+        "attempts": 0,
+        "fail_count": 0,
+        "event_at": event_at,
+        "created_at": now,
+        "next_attempt_at": now,
+    }
+
+
+def _dialect(conn: Connection) -> Any:
+    name = conn.dialect.name
+    if name == "sqlite":
+        return sqlite
+    if name == "postgresql":
+        return postgresql
+    return None
+
+
+def _insert_new(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> int:
+    """Insert the rows whose primary key is new; returns how many were new."""
+    if not rows:
+        return 0
+    key = next(iter(table.primary_key.columns))
+    existing = set(conn.execute(select(key).where(key.in_([r[key.name] for r in rows])))
+                   .scalars())
+    new = [r for r in rows if r[key.name] not in existing]
+    if not new:
+        return 0
+    dialect = _dialect(conn)
+    if dialect is None:
+        conn.execute(insert(table), new)
+    else:  # a second notifier on the same database may have taken it in meanwhile
+        conn.execute(dialect.insert(table).on_conflict_do_nothing(), new)
+    return len(new)
+
+
+def _save_offsets(conn: Connection, consumer: str, offsets: dict[tuple[str, int], int],
+                  now: datetime) -> None:
+    if not offsets:
+        return
+    rows = [{"consumer": consumer, "topic": t, "partition": p, "next_offset": o,
+             "updated_at": now} for (t, p), o in offsets.items()]
+    dialect = _dialect(conn)
+    if dialect is None:
+        for row in rows:
+            conn.execute(_offsets.delete().where(
+                _offsets.c.consumer == consumer, _offsets.c.topic == row["topic"],
+                _offsets.c.partition == row["partition"]))
+        conn.execute(insert(_offsets), rows)
+        return
+    stmt = dialect.insert(_offsets)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=["consumer", "topic", "partition"],
+        set_={"next_offset": stmt.excluded.next_offset, "updated_at": stmt.excluded.updated_at},
+    ), rows)
+
+
+def send_states(engine: Engine, *, task_id: str | None = None,
+                case_id: str | None = None) -> list[dict[str, Any]]:
+    """The send state of every notice of a task or a case, oldest first (for people and tests)."""
+    c = _notices.c
+    query = select(_notices).order_by(c.event_at, c.created_at, c.notice_id)
+    if task_id is not None:
+        query = query.where(c.task_id == task_id)
+    if case_id is not None:
+        query = query.where(c.case_id == case_id)
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
+# --- the Kafka loop ---------------------------------------------------------------------------
+
+
+class _Backoff:
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop, self.delay = stop, RETRY_FIRST_S
+
+    def wait(self, what: str, exc: BaseException) -> None:
+        log.warning("%s (%s: %s); retrying in %.1f s, nothing is lost: the notifier resumes "
+                    "from the offsets stored with its notices", what, type(exc).__name__, exc,
+                    self.delay)
+        self.stop.wait(self.delay)
+        self.delay = min(self.delay * 2, RETRY_MAX_S)
+
+    def reset(self) -> None:
+        self.delay = RETRY_FIRST_S
+
+
+def run_notifier(
+    settings: Settings,
+    notifier: Notifier,
+    stop_event: threading.Event | None = None,
+    *,
+    from_end: bool = False,
+    poll_timeout_ms: int = 200,
+    on_round: Callable[[NotifyStats], None] | None = None,
+) -> NotifyStats:
+    """Follow `<prefix>.case-events` until `stop_event` is set: take notices in, send due ones.
+
+    A consumer without stored offsets starts at the beginning of the log (nothing is missed),
+    or with `from_end=True` at its current end (a notifier added to a long-running system does
+    not announce the past).
+    """
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    stop = stop_event or threading.Event()
+    backoff = _Backoff(stop)
+    total = NotifyStats()
+    topic = topics.CASE_EVENTS.name(settings.topic_prefix)
+    consumer = None
+    while consumer is None and not stop.is_set():
+        try:
+            consumer = KafkaConsumer(
+                bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                enable_auto_commit=False, auto_offset_reset="earliest",
+                isolation_level="read_committed", client_id=f"gridflow-{notifier.consumer}",
+            )
+        except KafkaError as exc:
+            backoff.wait(f"Kafka at {settings.kafka_bootstrap} is unreachable", exc)
+    if consumer is None:
+        return total
+    try:
+        partitions: list[Any] = []
+        while not partitions and not stop.is_set():
+            try:
+                found = consumer.partitions_for_topic(topic)
+            except KafkaError as exc:
+                backoff.wait("reading topic metadata failed", exc)
+                continue
+            if not found:
+                backoff.wait("waiting for the case-events topic", LookupError(topic))
+                continue
+            partitions = [TopicPartition(topic, p) for p in sorted(found)]
+            consumer.assign(partitions)
+        positioned = False
+        while not stop.is_set():
+            try:
+                if not positioned:
+                    _seek(consumer, notifier, topic, partitions, from_end)
+                    positioned = True
+                polled = consumer.poll(timeout_ms=poll_timeout_ms, max_records=1000)
+            except KafkaError as exc:
+                backoff.wait("polling Kafka failed", exc)
+                continue
+            except Exception as exc:  # the database is down: nothing to seek to yet
+                backoff.wait("cannot read the notifier's stored offsets", exc)
+                continue
+            stats = NotifyStats()
+            try:
+                records = [r for batch in polled.values() for r in batch]
+                if records:
+                    stats.add(notifier.take_in(records))
+                stats.add(notifier.deliver_due())
+            except Exception as exc:  # database down or locked: read again from stored offsets
+                positioned = False
+                backoff.wait("taking notices in or recording a delivery failed", exc)
+                continue
+            backoff.reset()
+            total.add(stats)
+            if on_round is not None:
+                on_round(stats)
+    finally:
+        consumer.close()
+    return total
+
+
+def _seek(consumer: Any, notifier: Notifier, topic: str, partitions: list[Any],
+          from_end: bool) -> None:
+    stored = notifier.next_offsets(topic)
+    fresh = []
+    for tp in partitions:
+        if tp.partition in stored:
+            consumer.seek(tp, stored[tp.partition])
+        else:
+            fresh.append(tp)
+    if fresh:
+        (consumer.seek_to_end if from_end else consumer.seek_to_beginning)(*fresh)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+@click.command("notify")
+@click.option("--database", "database_url", default=None, metavar="URL",
+              help="SQLAlchemy URL where the send states live [default: GRIDFLOW_DATABASE_URL].")
+@click.option("--config", "config_path", default=None, metavar="PATH",
+              type=click.Path(dir_okay=False),
+              help="notify.json: each department's send method [default: the reference "
+                   "data's notify.json; without one, every notice is logged].")
+@click.option("--consumer", default="notify", show_default=True,
+              help="Name under which positions are stored (one per notifier deployment).")
+@click.option("--from-end", is_flag=True,
+              help="Without stored positions, start at the log's end instead of its beginning.")
+@click.option("--loglevel", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def notify(database_url: str | None, config_path: str | None, consumer: str, from_end: bool,
+           loglevel: str) -> None:
+    """Notify departments of new tasks, deadline warnings, escalations and whistle-ups."""
+    from gridflow.core.notify import NotifyConfigError, load_notify_config
+    from gridflow.core.refdata import load_reference_data
+    from sinks.models import make_engine
+
+    logging.basicConfig(level=loglevel.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+    ref = load_reference_data(settings.refdata_dir)
+    try:
+        config = load_notify_config(config_path, ref)
+    except NotifyConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    engine = make_engine(database_url or settings.database_url)
+    create_notify_tables(engine)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    methods = default_methods()
+    notifier = Notifier(engine, config, ref, methods, consumer=consumer)
+    webhooks = sum(1 for c in config.contacts.values() if c.method == "webhook")
+    click.echo(f"gridflow notify: {settings.topic_prefix}.case-events -> {webhooks} webhook "
+               f"department(s), the rest {config.default.method if config.default else 'skipped'}"
+               f" ({config.source}); send states in {engine.url!r}")
+    try:
+        total = run_notifier(settings, notifier, stop, from_end=from_end)
+    finally:
+        notifier.close()
+        close_methods(methods)
+    click.echo(f"gridflow notify: stopped; {total.notices} notices taken in, {total.sent} sent, "
+               f"{total.failed} failed attempts")
+
+
+__all__ = ["Notifier", "NotifyStats", "notify", "run_notifier", "send_states"]
