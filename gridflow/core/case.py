@@ -47,7 +47,8 @@ TRANSITIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     ev.SIGN_TASK: (frozenset({DISPATCHED}), frozenset({"dept"})),
     ev.NOTE_PROGRESS: (frozenset({SIGNED, IN_PROGRESS}), frozenset({"dept"})),
     ev.RESOLVE_TASK: (frozenset({SIGNED, IN_PROGRESS}), frozenset({"dept"})),
-    ev.SEND_BACK_TASK: (frozenset({DISPATCHED, SIGNED}), frozenset({"dept"})),
+    # 退单 only before signing: a signed task is the department's (extension, or cancellation).
+    ev.SEND_BACK_TASK: (frozenset({DISPATCHED}), frozenset({"dept"})),
     ev.VERIFY_TASK: (frozenset({RESOLVED}), frozenset({"reporter", "supervisor"})),
     ev.REJECT_TASK: (frozenset({RESOLVED}), frozenset({"reporter", "supervisor"})),
     ev.CANCEL_TASK: (OPEN_TASK_STATES, frozenset({"supervisor"})),

@@ -335,8 +335,7 @@ def test_send_back_restarts_the_clock_when_the_policy_says_so():
 
 def test_send_back_keeps_the_original_deadlines_when_the_policy_says_so():
     planner = PolicyHoursPlanner(restart=False)
-    state, tid = signed_task(planner)
-    state, _ = run_with(planner, state, ask(tid, 2), approve(tid))
+    state, tid = full_cycle()
     original = state.tasks[tid]
     state, events = run_with(planner, state, cmd(ev.SEND_BACK_TASK, {
         "task_id": tid, "reason": "属水利局职责", "reroute_to": "D-SL"}, "dept:D-CG", minutes=300))
@@ -344,7 +343,7 @@ def test_send_back_keeps_the_original_deadlines_when_the_policy_says_so():
     new = events[1].data
     assert new["clock"] == "inherited" and new["replaces_task"] == tid
     assert new["sign_due"] == original.sign_due  # already past: the new department is late
-    assert new["resolve_due"] == original.resolve_due  # including the extension granted
+    assert new["resolve_due"] == original.resolve_due
     task = state.tasks[new["task_id"]]
     assert (task.sign_due, task.resolve_due) == (original.sign_due, original.resolve_due)
     state, events = run_with(planner, state, cmd(ev.SIGN_TASK, {"task_id": task.task_id},
@@ -380,3 +379,11 @@ def test_whistle_names_the_tasks_it_dispatches_and_escalation_names_the_grid():
     _, events = run(state, cmd(ev.ESCALATE_TASK, {"task_id": "AJ1-T02", "stage": "sign",
                                                   "due_at": due, "level": 1}))
     assert events[0].data["grid_code"] == "G1"
+
+
+def test_a_signed_task_cannot_be_sent_back():
+    state, tid = signed_task(PLANNER)
+    after, events = run(state, cmd(ev.SEND_BACK_TASK, {"task_id": tid, "reason": "属水利局职责",
+                                                       "reroute_to": "D-SL"}, "dept:D-CG"))
+    assert types(events) == [ev.COMMAND_REFUSED] and events[0].data["code"] == "bad_state"
+    assert "已签收" in events[0].data["reason_zh"] and after.tasks == state.tasks
