@@ -19,6 +19,9 @@ COMMANDS: list[tuple[str, str]] = [
     ("dashboard.app", "dashboard"),
     ("bench.cli", "bench"),
     ("sinks.notify", "notify"),
+    ("audit.cli", "replay"),
+    ("audit.cli", "audit"),
+    ("audit.cli", "archive_log_command"),
 ]
 
 
