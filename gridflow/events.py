@@ -175,7 +175,8 @@ class Message:
         return asdict(self)
 
     def encode(self) -> bytes:
-        return canonical_json(self.to_dict())
+        # The same bytes as canonical_json(self.to_dict()) without asdict's deep copy of data.
+        return canonical_json({name: getattr(self, name) for name in self.__dataclass_fields__})
 
     def hash(self) -> str:
         """Hash of this message's canonical content, which includes prev_hash."""

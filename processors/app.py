@@ -76,6 +76,9 @@ def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
         stream_wait_empty=False,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
+        # Batch what the agents send for a few milliseconds: one produce request per batch
+        # instead of one per record (the worker's largest cost at linger 0; docs/PERFORMANCE.md).
+        producer_linger=0.005,
     )
 
     def topic(spec: topics.TopicSpec) -> faust.TopicT:
@@ -103,9 +106,8 @@ def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
         async for event in stream.events():
             m = event.message
             key = (event.key or b"").decode("utf-8", "replace")
-            out, live = steps.filing_step(event.value, recent_cases.get(key) or [], rt.clock(), m.topic,
+            out = steps.filing_step_keyed(event.value, recent_cases, key, rt.clock(), m.topic,
                                           m.partition, m.offset)
-            recent_cases[key] = live
             await emit(out)
 
     @app.agent(t["case-commands"], supervisor_strategy=CrashingSupervisor)

@@ -8,6 +8,7 @@ bad input: an undecodable or invalid record becomes a dead letter.
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -90,6 +91,40 @@ def filing_step(raw: bytes, candidates: list[dict[str, Any]], now: datetime, sou
     is returned for the agent to store.
     """
     out = Outputs()
+    located = _decode_located(raw, out, source, partition, offset, now)
+    if located is None:
+        return out, candidates
+    return out, _file(located, candidates, out, radius_m, window)
+
+
+def filing_key(township: str, category: str) -> str:
+    """Key of the recent-cases table: only a report of the same category can be a duplicate,
+    so each township's recent cases are kept per category (small values, small changelog)."""
+    return f"{township}|{category}"
+
+
+def filing_step_keyed(raw: bytes, table: MutableMapping[str, Any], township: str, now: datetime,
+                      source: str, partition: int | None = None, offset: int | None = None,
+                      ) -> Outputs:
+    """`filing_step` over a table of recent cases keyed by `filing_key`: reads and writes only
+    the entry of the report's own category."""
+    out = Outputs()
+    located = _decode_located(raw, out, source, partition, offset, now)
+    if located is None:
+        return out
+    key = filing_key(township, located[2])
+    before = table.get(key) or []
+    live = _file(located, before, out, DEDUPE_RADIUS_M, DEDUPE_WINDOW)
+    if live != before:
+        table[key] = live
+    return out
+
+
+_Located = tuple[Message, dict[str, Any], str, float, float]
+
+
+def _decode_located(raw: bytes, out: Outputs, source: str, partition: int | None,
+                    offset: int | None, now: datetime) -> _Located | None:
     try:
         msg = decode_message(raw, frozenset({ev.REPORT_LOCATED}))
         data = msg.data
@@ -98,7 +133,13 @@ def filing_step(raw: bytes, candidates: list[dict[str, Any]], now: datetime, sou
         category = str(data["category_code"])
     except (SchemaError, KeyError, TypeError, ValueError) as exc:
         out.dead(source, partition, offset, raw, f"undecodable located report: {exc!r}", now)
-        return out, candidates
+        return None
+    return msg, data, category, lat, lon
+
+
+def _file(located: _Located, candidates: list[dict[str, Any]], out: Outputs, radius_m: float,
+          window: timedelta) -> list[dict[str, Any]]:
+    msg, data, category, lat, lon = located
     at = msg.at_dt
     live = dedupe.prune(candidates, at, window)
     match = dedupe.find_match(live, {"category_code": category, "lat": lat, "lon": lon}, at,
@@ -112,7 +153,7 @@ def filing_step(raw: bytes, candidates: list[dict[str, Any]], now: datetime, sou
                         "filed_at": msg.at}]
     cmd = command(ev.FILE_REPORT, case_id, msg.at, file_data, cause=msg.id, actor=msg.actor)
     out.send("case-commands", case_id, cmd.encode())
-    return out, live
+    return live
 
 
 # --- cases: decide commands against current state --------------------------------

@@ -1,0 +1,83 @@
+"""Photo archive benchmark: the archive agent's work per photo (processors.archive: read the
+incoming object, verify size and sha256, decode and read EXIF, write the retention-locked
+content-addressed copy and the thumbnail, remove the incoming copy), beside a raw MinIO get and
+put of the same objects. Both run at the agent's concurrency, one photo at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from datetime import UTC, datetime
+from typing import Any
+
+from bench.common import Context, Figure, Timer, buckets, fmt_rate, rate, s3_client, say
+from bench.load import base_jpeg, variants
+from gridflow import events as ev
+from gridflow.events import Message, iso
+
+FULL_PHOTOS = 400
+TARGET_RATIO = 0.8
+
+
+def _event(i: int, ref: dict[str, Any]) -> Message:
+    return Message(id=f"bench-photo-{i}", type=ev.CASE_FILED, case_id=f"AJBENCH-{i:06d}",
+                   at=iso(datetime.now(UTC)), actor="worker:W1",
+                   data={"report": {"report_id": f"bench-{i}", "photos": [ref]}})
+
+
+def run(ctx: Context) -> list[Figure]:
+    from processors import archive
+
+    count = ctx.n(FULL_PHOTOS, 10)
+    base = base_jpeg()
+    photos = list(variants(base, count))
+    total_mb = sum(len(p) for p in photos) / 1e6
+    s3 = s3_client(ctx.settings)
+    with buckets(ctx.settings, ctx.unique("arc")) as (incoming, archive_bucket), \
+            buckets(ctx.settings, ctx.unique("raw")) as (raw_in, raw_out):
+        say(ctx.echo, f"archive: uploading {count} photos of {len(base) / 1024:.0f} KB ...")
+        refs = []
+        for i, data in enumerate(photos):
+            key = f"reports/bench-{i}/1.jpg"
+            for bucket in (incoming, raw_in):
+                s3.put_object(bucket, key, io.BytesIO(data), len(data), content_type="image/jpeg")
+            refs.append({"bucket": incoming, "key": key, "size": len(data),
+                         "sha256": hashlib.sha256(data).hexdigest(),
+                         "content_type": "image/jpeg", "role": "before"})
+        del photos
+        # raw: get + put of the same objects, one at a time
+        with Timer() as raw_t:
+            for ref in refs:
+                resp = s3.get_object(raw_in, ref["key"])
+                try:
+                    data = resp.read()
+                finally:
+                    resp.close()
+                    resp.release_conn()
+                s3.put_object(raw_out, ref["key"], io.BytesIO(data), len(data),
+                              content_type="image/jpeg")
+        say(ctx.echo, f"archive: raw get+put {count} in {raw_t.seconds:.1f} s")
+        cfg = archive.ArchiveConfig(archive_bucket, 1, ctx.settings.max_photo_bytes,
+                                    ctx.settings.max_photo_pixels)
+        statuses: dict[str, int] = {}
+        with Timer() as ours_t:
+            for i, ref in enumerate(refs):
+                cmd = archive.archive_photo(s3, cfg, _event(i, ref), ref, datetime.now(UTC))
+                status = str(cmd.data.get("status"))
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == "archived":
+                    archive.remove_incoming(s3, ref)
+        say(ctx.echo, f"archive: archived {count} in {ours_t.seconds:.1f} s ({statuses})")
+    ours, raw = rate(count, ours_t.seconds), rate(count, raw_t.seconds)
+    ratio = ours / raw
+    return [Figure(
+        "photo archive (verify, EXIF, locked copy, thumbnail, remove incoming)",
+        f"{fmt_rate(ours, 'photos/s')}, {rate(total_mb, ours_t.seconds):.1f} MB/s",
+        f"{fmt_rate(raw, 'photos/s')}, {rate(total_mb, raw_t.seconds):.1f} MB/s (get + put)",
+        ratio, f"≥ {TARGET_RATIO} of baseline",
+        ratio >= TARGET_RATIO and statuses.get("archived") == count,
+        f"{count} distinct {len(base) / 1024:.0f} KB 1600×1200 JPEGs, one at a time "
+        f"(the agent's concurrency); {statuses}",
+        {"sizes": f"{count} photos of {len(base) / 1024:.0f} KB", "ours_rate": ours,
+         "baseline_rate": raw})]

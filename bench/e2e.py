@@ -1,0 +1,176 @@
+"""End-to-end benchmark: a steady stream of grid workers' photo uploads through the real API,
+worker (with the photo archive) and SQL sink, all child processes on PostgreSQL; for each
+accepted upload, the time from sending it until its case's tasks are visible in the database
+(polled every 20 ms, so a figure is late by at most that much).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import bindparam, text
+
+from bench.common import (
+    Context,
+    Figure,
+    buckets,
+    fmt_ms,
+    percentile,
+    pg_database,
+    say,
+    topic_prefix,
+)
+from bench.ingest import start_api, upload
+from bench.load import County, small_jpeg, variant
+from gridflow import services
+
+RATE = 100.0  # uploads per second
+FULL_SECONDS = 60.0
+POLL_S = 0.02
+TARGET_P99_S = 1.0
+
+
+class Watcher(threading.Thread):
+    """Polls the database for reports whose case has tasks; notes when each was first seen."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        from sinks.models import make_engine
+
+        self.engine = make_engine(url)
+        self.pending: dict[str, float] = {}  # report id -> upload start (perf_counter)
+        self.latency: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.query = text(
+            "SELECT DISTINCT r.report_id FROM reports r JOIN tasks t ON t.case_id = r.case_id "
+            "WHERE r.report_id IN :ids").bindparams(bindparam("ids", expanding=True))
+
+    def expect(self, report_id: str, started: float) -> None:
+        with self.lock:
+            self.pending[report_id] = started
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                ids = list(self.pending)
+            if ids:
+                with self.engine.connect() as conn:
+                    found = conn.execute(self.query, {"ids": ids}).scalars().all()
+                now = time.perf_counter()
+                with self.lock:
+                    for rid in found:
+                        started = self.pending.pop(rid, None)
+                        if started is not None:
+                            self.latency[rid] = now - started
+            self.stop.wait(POLL_S)
+        self.engine.dispose()
+
+
+async def steady(url: str, seconds: float, run: str, watcher: Watcher) -> list[tuple[int, float]]:
+    county = County(seed=37)
+    photo = small_jpeg()
+    results: list[tuple[int, float]] = []
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def one(i: int) -> None:
+            started = time.perf_counter()
+            status, latency, _ = await upload(client, county, i, run, variant(photo, i))
+            results.append((status, latency))
+            if status == 202:
+                watcher.expect(f"{run}-{i:07d}", started)
+
+        tasks = []
+        t0 = time.perf_counter()
+        i = 0
+        while time.perf_counter() - t0 < seconds:
+            due = t0 + i / RATE
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+            i += 1
+        await asyncio.gather(*tasks)
+    return results
+
+
+def run(ctx: Context) -> list[Figure]:
+    from producers.testing import free_port
+    from sinks.models import create_schema, make_engine
+
+    seconds = max(5.0, FULL_SECONDS * ctx.scale)
+    run_dir = ctx.work_dir / "e2e"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with topic_prefix(ctx.settings, ctx.unique("e2e")) as prefix, \
+            buckets(ctx.settings, ctx.unique("e2e")) as (incoming, archive), \
+            pg_database(ctx.settings, ctx.unique("e2e")) as db_url:
+        settings = ctx.settings.with_(
+            topic_prefix=prefix, bucket_incoming=incoming, bucket_archive=archive,
+            database_url=db_url, api_port=free_port(), faust_data_dir=Path(run_dir / "faust"))
+        engine = make_engine(db_url)
+        create_schema(engine)
+        engine.dispose()
+        procs = [services.start("worker", ["worker"], settings, run_dir),
+                 services.start("sink", ["sink", "--loglevel", "warning"], settings, run_dir)]
+        watcher = Watcher(db_url)
+        try:
+            procs.append(start_api(settings, run_dir, procs))
+            _warm_up(settings.api_url, ctx.run_id, watcher, procs)
+            watcher.start()
+            say(ctx.echo, f"e2e: {RATE:g} uploads/s for {seconds:g} s ...")
+            results = asyncio.run(steady(settings.api_url, seconds, ctx.run_id, watcher))
+            deadline = time.monotonic() + 60
+            while watcher.pending and time.monotonic() < deadline:
+                for p in procs:
+                    p.check()
+                time.sleep(0.2)
+        finally:
+            watcher.stop.set()
+            for p in reversed(procs):
+                p.stop()
+    lat = list(watcher.latency.values())
+    sent = len(results)
+    accepted = sum(1 for s, _ in results if s == 202)
+    p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
+    missing = accepted - len(lat)
+    note = (f"{sent} uploads of a {len(small_jpeg()) / 1024:.0f} KB 640×480 JPEG in {seconds:g} s "
+            f"({accepted} accepted, {len(lat)} seen with tasks"
+            f"{f', {missing} not seen within 60 s' if missing else ''}); "
+            f"upload p50 {fmt_ms(percentile([r[1] for r in results], 0.5))}")
+    return [Figure(
+        f"end to end at {RATE:g} uploads/s with photos (upload → tasks in the database)",
+        f"p50 {fmt_ms(p50)}, p99 {fmt_ms(p99)}", "—", None, f"p99 < {TARGET_P99_S * 1000:.0f} ms",
+        bool(lat) and missing == 0 and p99 < TARGET_P99_S, note,
+        {"sizes": f"{RATE:g}/s for {seconds:g} s", "p50": p50, "p99": p99})]
+
+
+def _warm_up(url: str, run: str, watcher: Watcher, procs: list[services.Service]) -> None:
+    """One upload through the whole pipeline before timing (the worker's first rebalance)."""
+    county = County(seed=41)
+
+    async def once() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            await upload(client, county, 0, f"{run}w", variant(small_jpeg(), 10**6))
+
+    asyncio.run(once())
+    watcher.expect(f"{run}w-{0:07d}", time.perf_counter())
+    deadline = time.monotonic() + 120
+    while watcher.pending and time.monotonic() < deadline:
+        for p in procs:
+            p.check()
+        watcher_poll(watcher)
+        time.sleep(0.2)
+    watcher.pending.clear()
+    watcher.latency.clear()
+
+
+def watcher_poll(watcher: Watcher) -> None:
+    with watcher.engine.connect() as conn:
+        found = conn.execute(watcher.query, {"ids": list(watcher.pending)}).scalars().all()
+    for rid in found:
+        watcher.pending.pop(rid, None)

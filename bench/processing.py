@@ -1,0 +1,182 @@
+"""Processing benchmark: reports pre-loaded on the reports topic, the real worker and SQL sink
+started as child processes (gridflow.services), timed until every case and task is in the
+database; beside a bare aiokafka consumer that reads the same topic and produces one event per
+input (acks=all, like the worker's producer).
+
+Reports are residents' complaints without photos (so the archive agent has nothing to fetch),
+1,000 per simulated day; the worker runs on a clock at the first report's time, so no deadline
+falls due during the run. Set GRIDFLOW_BENCH_PYSPY=<dir> to record py-spy profiles of the
+worker and the sink (speedscope JSON) while they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import text
+
+from bench.common import Context, Figure, Timer, create_topic, fmt_rate, rate, say, topic_prefix
+from bench.load import County
+from gridflow import services, topics
+from gridflow.clock import scaled_spec
+
+FULL_REPORTS = 100_000
+T0 = datetime(2026, 11, 2, 0, 30, tzinfo=UTC)
+PER_DAY = 1000
+TARGET_RATE = 5000
+TARGET_RATIO = 0.5
+
+
+def preload(bootstrap: str, topic: str, count: int, run: str) -> None:
+    from kafka import KafkaProducer
+
+    county = County()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
+                             batch_size=1 << 20)
+    step = timedelta(days=1) / PER_DAY
+    try:
+        for i in range(count):
+            value = county.resident_submitted(i, run, T0 + i * step)
+            producer.send(topic, key=f"{run}-{i:07d}".encode(), value=value)
+        producer.flush(timeout=300)
+    finally:
+        producer.close(timeout=30)
+
+
+async def bare_baseline(bootstrap: str, source: str, target: str, count: int) -> float:
+    """Read `source` from the beginning, produce one record per input to `target`; seconds
+    until the last one is acknowledged."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.structs import TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=True)
+    t0 = time.perf_counter()
+    await consumer.start()
+    await producer.start()
+    try:
+        parts = [TopicPartition(source, p) for p in range(topics.CASE_PARTITIONS)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        seen, pending = 0, []
+        while seen < count:
+            batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+            for records in batch.values():
+                for r in records:
+                    pending.append(await producer.send(target, key=r.key, value=r.value))
+                    seen += 1
+            if len(pending) > 20000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        return time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+def _counts(engine: object) -> tuple[int, int, int]:
+    with engine.connect() as conn:  # type: ignore[attr-defined]
+        reports = int(conn.execute(text("SELECT count(*) FROM reports")).scalar() or 0)
+        tasks = int(conn.execute(text("SELECT count(*) FROM tasks")).scalar() or 0)
+        wanted = int(conn.execute(text(
+            "SELECT coalesce(sum(json_array_length(departments)), 0) FROM cases "
+            "WHERE status != 'not_filed'")).scalar() or 0)
+    return reports, tasks, wanted
+
+
+def _pyspy(name: str, pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
+    out_dir = os.environ.get("GRIDFLOW_BENCH_PYSPY")
+    exe = shutil.which("py-spy") or str(Path(os.sys.executable).parent / "py-spy")
+    if not out_dir or not Path(exe).exists():
+        return None
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "50", "-f", "speedscope",
+         "-o", str(Path(out_dir) / f"{name}.speedscope.json")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run(ctx: Context) -> list[Figure]:
+    from sinks.models import create_schema, make_engine
+
+    count = ctx.n(FULL_REPORTS, 200)
+    run_dir = ctx.work_dir / "processing"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with topic_prefix(ctx.settings, ctx.unique("proc")) as prefix:
+        source = topics.REPORTS.name(prefix)
+        say(ctx.echo, f"processing: pre-loading {count:,} reports on {source} ...")
+        with Timer() as t:
+            preload(ctx.settings.kafka_bootstrap, source, count, ctx.run_id)
+        say(ctx.echo, f"processing: pre-loaded in {t.seconds:.1f} s; baseline (bare aiokafka) ...")
+        target = f"{prefix}.baseline"
+        create_topic(ctx.settings.kafka_bootstrap, target, topics.CASE_PARTITIONS)
+        base_s = asyncio.run(bare_baseline(ctx.settings.kafka_bootstrap, source, target, count))
+        say(ctx.echo, f"processing: baseline {count:,} in {base_s:.1f} s; starting worker + sink")
+
+        db = run_dir / "processing.db"
+        url = f"sqlite:///{db}"
+        engine = make_engine(url)
+        create_schema(engine)
+        settings = ctx.settings.with_(topic_prefix=prefix, database_url=url,
+                                      clock=scaled_spec(T0, 1.0),
+                                      faust_data_dir=run_dir / "faust")
+        timeout_s = max(180.0, count / 50)
+        t_start = time.monotonic()
+        procs = [services.start("worker", ["worker"], settings, run_dir),
+                 services.start("sink", ["sink", "--loglevel", "warning"], settings, run_dir)]
+        spies = [_pyspy(p.name, p.proc.pid, min(timeout_s, 120)) for p in procs if p.proc]
+        t_first = t_done = None
+        reports = tasks = wanted = 0
+        try:
+            while time.monotonic() - t_start < timeout_s:
+                for p in procs:
+                    p.check()
+                reports, tasks, wanted = _counts(engine)
+                if t_first is None and reports:
+                    t_first = time.monotonic()
+                if reports >= count and tasks >= wanted:
+                    t_done = time.monotonic()
+                    break
+                time.sleep(0.25)
+        finally:
+            for p in procs:
+                p.stop()
+            for spy in spies:
+                if spy is not None:
+                    spy.wait(timeout=60)
+            engine.dispose()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+    startup = (t_first or t_start) - t_start
+    if t_done is None:
+        elapsed = time.monotonic() - t_start
+        return [Figure(
+            "processing (reports → cases and tasks in the database)",
+            f"{fmt_rate(rate(reports, elapsed - startup), 'reports/s')} (incomplete)",
+            fmt_rate(rate(count, base_s), "events/s"), None,
+            f"≥ {TARGET_RATE:,} reports/s and ≥ {TARGET_RATIO} of baseline", False,
+            f"timed out after {elapsed:.0f} s with {reports:,}/{count:,} reports, "
+            f"{tasks:,}/{wanted:,} tasks in the database",
+            {"sizes": f"{count:,} reports"})]
+    busy = t_done - (t_first or t_start)
+    ours, base = rate(count, busy), rate(count, base_s)
+    ratio = ours / base
+    return [Figure(
+        "processing (reports → cases and tasks in the database)", fmt_rate(ours, "reports/s"),
+        f"{fmt_rate(base, 'events/s')} (aiokafka consume + produce)", ratio,
+        f"≥ {TARGET_RATE:,} reports/s and ≥ {TARGET_RATIO} of baseline",
+        ours >= TARGET_RATE and ratio >= TARGET_RATIO,
+        f"{count:,} reports → {tasks:,} tasks in {busy:.1f} s after the first case appeared "
+        f"(worker and sink start-up {startup:.1f} s not counted; {t_done - t_start:.1f} s in all); "
+        f"baseline {base_s:.1f} s",
+        {"sizes": f"{count:,} reports", "ours_rate": ours, "baseline_rate": base,
+         "startup_s": startup, "busy_s": busy, "tasks": tasks})]
