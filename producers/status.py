@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from gridflow import events as ev
 from gridflow.core.case import FINAL_TASK_STATES, STAGE_OF_STATE, TASK_STATE_NAMES_ZH
 from gridflow.core.refdata import ReferenceData
 from gridflow.events import SchemaError, iso, parse_ts
@@ -27,7 +28,7 @@ from producers.auth import DEPT, SUPERVISOR
 from producers.context import Context, ctx
 from producers.errors import ApiError, forbidden
 from sinks import queries
-from sinks.models import Case, Task
+from sinks.models import Case, CaseEvent, Task
 
 router = APIRouter(tags=["status 办理进度"])
 
@@ -40,6 +41,26 @@ REPORT_STATUS_ZH = {
     "merged": "已并入同一问题的案件办理",
     "closed": "已办结",
     "not_filed": "不予立案",
+}
+# The steps of a case its reporter sees, in order (the rest of the log is for staff).
+STEP_ZH = {
+    ev.CASE_FILED: "立案",
+    ev.REPORT_MERGED: "并案",
+    ev.TASK_DISPATCHED: "派遣",
+    ev.TASK_SIGNED: "签收",
+    ev.TASK_PROGRESS_NOTED: "处置进展",
+    ev.TASK_RESOLVED: "办结",
+    ev.TASK_SENT_BACK: "退单",
+    ev.TASK_VERIFIED: "核查通过",
+    ev.TASK_REOPENED: "返工",
+    ev.TASK_CANCELLED: "撤销",
+    ev.EXTENSION_GRANTED: "延期",
+    ev.CASE_WHISTLED: "吹哨报到",
+    ev.DEADLINE_BREACHED: "超时",
+    ev.TASK_ESCALATED: "升级督办",
+    ev.CASE_CLOSED: "结案",
+    ev.CASE_RATED: "评价",
+    ev.CASE_NOT_FILED: "不予立案",
 }
 OPEN311_LIST_LIMIT = 1000
 PHOTO_LINK_S = 3600
@@ -111,8 +132,25 @@ def report_view(ref: ReferenceData, found: dict[str, Any], links: Links) -> dict
             "next_due_at": min(open_dues) if open_dues else None,
             "tasks": tasks,
             "photos": [photo_view(p, links) for p in found.get("photos", [])],
+            "timeline": [step_view(ref, step) for step in found.get("timeline", [])],
         }
     )
+
+
+def step_view(ref: ReferenceData, step: dict[str, Any]) -> dict[str, Any]:
+    """One step of the case for its reporter: when, what (Chinese and the event type), which
+    task and department."""
+    data = step.get("data") or {}
+    dept = data.get("department")
+    return {
+        "seq": step.get("seq"),
+        "at": step.get("at"),
+        "type": step.get("type"),
+        "step_zh": STEP_ZH.get(step.get("type", ""), step.get("type")),
+        "task_id": data.get("task_id"),
+        "department": dept,
+        "department_name": department_name(ref, dept) if dept else None,
+    }
 
 
 def photo_view(p: dict[str, Any], links: Links) -> dict[str, Any]:
@@ -162,9 +200,22 @@ def _links(c: Context) -> Links:
     return link
 
 
+def case_steps(session: Session, case_id: str) -> list[dict[str, Any]]:
+    """The case's reporter-facing events from the ledger, in case order."""
+    t = CaseEvent.__table__.c
+    query = (
+        select(t.seq, t.type, t.at, t.data)
+        .where(t.case_id == case_id, t.type.in_(sorted(STEP_ZH)))
+        .order_by(t.seq, t.event_id)
+    )
+    return [dict(r) for r in session.execute(query).mappings()]
+
+
 def report_status(c: Context, report_id: str) -> dict[str, Any] | None:
     with Session(c.engine) as session:
         found = queries.report_status(session, report_id)
+        if found is not None:
+            found["timeline"] = case_steps(session, found["case_id"])
     if found is not None:
         return report_view(c.ref, found, _links(c))
     receipt = receipts.get(c.engine, report_id)
