@@ -1,8 +1,8 @@
 """`gridflow demo`: a simulated county's week on the real local stack, end to end.
 
-Brings the stack up, starts the worker, the SQL sink and the ingest API as child
-processes on a fresh topic prefix and database, uploads the sample county's grid
-workers' photo reports (and residents' Open311 complaints) through HTTP, then
+Brings the stack up, starts the worker, the SQL sink, the ingest API and the
+notifier as child processes on a fresh topic prefix and database, uploads the
+sample county's grid workers' photo reports (and residents' Open311 complaints) through HTTP, then
 plays the departments (sign, progress, resolve with after-photos, send back,
 extensions), supervisors and grid workers (verify, reject, rate) on a scaled
 clock so deadlines warn, breach and escalate within minutes, and prints what
@@ -237,6 +237,7 @@ def summarize(engine: Any, as_of: datetime) -> str:
         f"延期 extensions granted/refused: {by_type.get('ExtensionGranted', 0)}/"
         f"{by_type.get('ExtensionRefused', 0)}  退单 sent back: {by_type.get('TaskSentBack', 0)}  "
         f"返工 reworked: {by_type.get('TaskReopened', 0)}  评价 ratings: {by_type.get('CaseRated', 0)}",
+        notice_line(engine),
         "",
         "== 各部门任务 / tasks per department ==",
     ]
@@ -265,6 +266,21 @@ def summarize(engine: Any, as_of: datetime) -> str:
         vals = "  ".join(f"{_fmt(getattr(ind, k, None), k):>8}" for k in keys)
         lines.append(f"  {name:<24} {vals}")
     return "\n".join(lines)
+
+
+def notice_line(engine: Any) -> str:
+    """What the notifier told departments (sinks/notify.py), by kind and send status."""
+    from gridflow.core.notify import KIND_NAMES_ZH
+    from sinks.notify_models import NOTIFICATIONS, STATUS_ZH, create_notify_tables
+
+    create_notify_tables(engine)
+    t = NOTIFICATIONS.c
+    with engine.connect() as conn:
+        kinds = dict(conn.execute(select(t.kind, func.count()).group_by(t.kind)).all())
+        statuses = dict(conn.execute(select(t.status, func.count()).group_by(t.status)).all())
+    by_kind = ", ".join(f"{name} {kinds.get(k, 0)}" for k, name in KIND_NAMES_ZH.items())
+    by_status = ", ".join(f"{STATUS_ZH[s]} {n}" for s, n in sorted(statuses.items()))
+    return f"通知 notices to departments: {by_kind} ({by_status or '—'})"
 
 
 def event_counts(conn: Any) -> dict[str, int]:
@@ -362,6 +378,7 @@ def demo(reports: int, rate: float, speed: float, days: float, database: str | N
         services.start("worker", ["worker"], settings, run_dir),
         services.start("sink", ["sink"], settings, run_dir),
         services.start("api", ["api"], settings, run_dir),
+        services.start("notify", ["notify"], settings, run_dir),
     ]
     try:
         wait_healthy(settings.api_url, procs)
