@@ -70,6 +70,9 @@ def verify_lines(r: VerifyReport) -> list[str]:
     lines.append(f"哈希链 / hash chains: {mark} {c.cases:,} cases, {c.events:,} events in the log, "
                  f"{c.ledger_rows:,} ledger rows" + (f", {c.duplicates:,} exact redeliveries"
                                                      if c.duplicates else ""))
+    if c.undecodable:
+        lines.append(f"  注 / note: {len(c.undecodable)} record(s) in the case-events topic are no "
+                     f"event (dead letters, compared in dead_letters): {', '.join(c.undecodable[:3])}")
     for f in c.findings[:100]:
         lines.append(f"    {BAD_MARK} {f.render()}")
     if len(c.findings) > 100:
