@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -193,3 +195,17 @@ def pg_database(settings: Settings, name: str) -> Iterator[str]:
     finally:
         with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def spy(name: str, pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
+    """py-spy recording `pid` for `seconds` into $GRIDFLOW_BENCH_PYSPY/<name>.speedscope.json,
+    when that variable is set (profiles of the child processes while a benchmark runs)."""
+    out_dir = os.environ.get("GRIDFLOW_BENCH_PYSPY")
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not out_dir or not Path(exe).exists():
+        return None
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "50", "-f", "speedscope",
+         "-o", str(Path(out_dir) / f"{name}.speedscope.json")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -28,6 +28,7 @@ from bench.common import (
     rate,
     s3_client,
     say,
+    spy,
     topic_prefix,
 )
 from bench.load import County, base_jpeg, variant
@@ -43,6 +44,8 @@ def start_api(settings: Settings, run_dir: Path, procs: list[services.Service] |
               ) -> services.Service:
     """`gridflow api` on a free port of `settings`; returns once /api/v1/health answers."""
     api = services.start("api", ["api", "--log-level", "warning"], settings, run_dir)
+    if api.proc is not None:
+        spy("api", api.proc.pid, 60)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for p in [api, *(procs or [])]:

@@ -12,16 +12,23 @@ worker and the sink (speedscope JSON) while they run.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import text
 
-from bench.common import Context, Figure, Timer, create_topic, fmt_rate, rate, say, topic_prefix
+from bench.common import (
+    Context,
+    Figure,
+    Timer,
+    create_topic,
+    fmt_rate,
+    rate,
+    say,
+    spy,
+    topic_prefix,
+)
 from bench.load import County
 from gridflow import services, topics
 from gridflow.clock import scaled_spec
@@ -93,18 +100,6 @@ def _counts(engine: object) -> tuple[int, int, int]:
     return reports, tasks, wanted
 
 
-def _pyspy(name: str, pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
-    out_dir = os.environ.get("GRIDFLOW_BENCH_PYSPY")
-    exe = shutil.which("py-spy") or str(Path(os.sys.executable).parent / "py-spy")
-    if not out_dir or not Path(exe).exists():
-        return None
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "50", "-f", "speedscope",
-         "-o", str(Path(out_dir) / f"{name}.speedscope.json")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def run(ctx: Context) -> list[Figure]:
     from sinks.models import create_schema, make_engine
 
@@ -133,7 +128,7 @@ def run(ctx: Context) -> list[Figure]:
         t_start = time.monotonic()
         procs = [services.start("worker", ["worker"], settings, run_dir),
                  services.start("sink", ["sink", "--loglevel", "warning"], settings, run_dir)]
-        spies = [_pyspy(p.name, p.proc.pid, min(timeout_s, 120)) for p in procs if p.proc]
+        spies = [spy(p.name, p.proc.pid, min(timeout_s, 120)) for p in procs if p.proc]
         t_first = t_done = None
         reports = tasks = wanted = 0
         try:

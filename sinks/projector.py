@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Insert, Table, insert, select
+from sqlalchemy import JSON, Column, Dialect, Insert, Table, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -31,6 +32,7 @@ from sinks.models import (
     Report,
     Task,
     TaskHistory,
+    UTCDateTime,
     table_of,
 )
 
@@ -214,7 +216,7 @@ class Rows:
         dirty = [self.rows[k] for k in self.dirty]
         if not dirty:
             return
-        session.execute(_upsert(self.table, session.get_bind().dialect.name), dirty)
+        bulk_write(session, self.table, "upsert", dirty)
         self.dirty.clear()
 
 
@@ -239,6 +241,89 @@ def _upsert(table: Table, dialect_name: str) -> Insert:
         index_elements=list(table.primary_key.columns),
         set_={c.name: stmt.excluded[c.name] for c in table.columns if not c.primary_key},
     )
+
+
+# --- bulk writes: executemany on the driver, values converted once per column ---------------
+
+
+def _sqlite_time(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = parse_ts(value)
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]
+
+
+def _pg_time(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_ts(value)
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
+    return value
+
+
+def _converters(table: Table, dialect: Dialect) -> list[tuple[str, Any, Callable[[Any], Any]]]:
+    """(column, default, to-driver function) per column: what the column types' bind
+    processors do (sinks.models.UTCDateTime, JSON), without their per-row dispatch."""
+    serialize = getattr(dialect, "_json_serializer", None) or json.dumps
+    out: list[tuple[str, Any, Callable[[Any], Any]]] = []
+    for c in table.columns:
+        fn: Callable[[Any], Any] = _same
+        if isinstance(c.type, UTCDateTime):
+            fn = _sqlite_time if dialect.name == "sqlite" else _pg_time
+        elif isinstance(c.type, JSON):
+            if dialect.name == "sqlite":
+                def fn(v: Any, dumps: Callable[[Any], str] = serialize) -> Any:
+                    return None if v is None else dumps(v)
+            else:
+                from psycopg.types.json import Jsonb
+
+                def fn(v: Any, dumps: Callable[[Any], str] = serialize) -> Any:
+                    return None if v is None else Jsonb(v, dumps)
+        out.append((c.name, _default(c), fn))
+    return out
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@functools.cache
+def _bulk_statement(table: Table, kind: str, dialect: Dialect,
+                    ) -> tuple[str, list[tuple[str, Any, Callable[[Any], Any]]], bool]:
+    """The driver-level SQL of an insert of every column, and how to make its parameters."""
+    stmt: Any = {
+        "upsert": lambda: _upsert(table, dialect.name),
+        "insert_new": lambda: _insert_new(table, dialect.name),
+        "insert": lambda: insert(table),
+    }[kind]()
+    compiled = stmt.compile(dialect=dialect, column_keys=[c.name for c in table.columns])
+    converters = _converters(table, dialect)
+    order = {name: i for i, (name, _, _) in enumerate(converters)}
+    positional = compiled.positiontup is not None
+    if positional:  # qmark (SQLite): parameters in the statement's order
+        converters = [converters[order[name]] for name in compiled.positiontup]
+    return str(compiled), converters, positional
+
+
+def bulk_write(session: Session, table: Table, kind: str, rows: list[dict[str, Any]]) -> None:
+    """INSERT (kind "insert"), INSERT ... ON CONFLICT DO NOTHING ("insert_new") or the upsert
+    ("upsert") of `rows` in the session's transaction, as one driver-level executemany."""
+    conn = session.connection()
+    sql, converters, positional = _bulk_statement(table, kind, conn.dialect)
+    if positional:
+        params: list[Any] = [
+            tuple([fn(row.get(name, default)) for name, default, fn in converters])
+            for row in rows
+        ]
+    else:
+        params = [{name: fn(row.get(name, default)) for name, default, fn in converters}
+                  for row in rows]
+    conn.exec_driver_sql(sql, params)
 
 
 class ReadModels:
@@ -431,13 +516,12 @@ class ReadModels:
         """Write every change in the session's transaction (bulk inserts and updates)."""
         for rows in self._tables:
             rows.flush(self.session)
-        dialect = self.session.get_bind().dialect.name
         if self.outcomes:  # an outcome already stored came from an earlier event: it stays
-            self.session.execute(_insert_new(table_of(CommandOutcome), dialect), self.outcomes)
+            bulk_write(self.session, table_of(CommandOutcome), "insert_new", self.outcomes)
             self.outcomes.clear()
         for table, batch in ((CaseEvent, self.ledger), (TaskHistory, self.history)):
             if batch:
-                self.session.execute(insert(table_of(table)), batch)
+                bulk_write(self.session, table_of(table), "insert", batch)
                 batch.clear()
 
 
