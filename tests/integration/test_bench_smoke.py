@@ -1,0 +1,20 @@
+"""`gridflow bench --quick --no-write`, in-process: every benchmark runs on the real stack and
+yields its figures. Only that figures came out is asserted: timings are never asserted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.cli import BENCHMARKS, QUICK_SCALE, run_benchmarks
+from bench.report import table
+
+
+def test_quick_bench_produces_figures(stack: object, tmp_path: Path) -> None:
+    lines: list[str] = []
+    figures = run_benchmarks(QUICK_SCALE, quick=True, echo=lines.append, work_dir=tmp_path)
+
+    failed = [f"{f.what}: {f.note}" for f in figures if f.ours == "failed"]
+    assert not failed, "\n".join(failed + lines[-20:])
+    assert len(figures) >= len(BENCHMARKS)
+    assert all(f.ours and f.target for f in figures)
+    assert table(figures).count("\n") == len(figures) + 1
