@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +108,13 @@ bucket_option = click.option("--bucket", default=None, metavar="B",
 @click.option("--ideal-clock", is_flag=True,
               help="What-if: fire every decision at its exact instant instead of where the "
                    "record proves the live clock stood.")
+@click.option("--max-tick-lag", default=None, type=click.FloatRange(min=0), metavar="SECONDS",
+              help="What-if: assume the live deadline clock never trailed event time by more "
+                   "than this (tick interval plus processing), so decisions also fire then.")
 @click.option("--json", "as_json", is_flag=True, help="What-if: print the comparison as JSON.")
 def replay(into: str | None, until: str | None, prefix: str | None, from_archive: bool,
            bucket: str | None, batch: int, policy_file: str | None, calendar_file: str | None,
-           ideal_clock: bool, as_json: bool) -> None:
+           ideal_clock: bool, max_tick_lag: float | None, as_json: bool) -> None:
     """Rebuild the read models from the log into an empty database (or, with --policy /
     --calendar, re-run the deadline decisions under another policy, in memory)."""
     settings = _prefixed(load_settings(), prefix, bucket)
@@ -122,7 +126,8 @@ def replay(into: str | None, until: str | None, prefix: str | None, from_archive
     with _errors():
         store = _store(settings) if from_archive else None
         if whatif:
-            sys.exit(_whatif(settings, store, policy_file, calendar_file, ideal_clock, as_json))
+            sys.exit(_whatif(settings, store, policy_file, calendar_file, ideal_clock,
+                             max_tick_lag, as_json))
         from audit import report
         from audit.moments import parse_moment
         from audit.replay import replay_into
@@ -139,14 +144,16 @@ def replay(into: str | None, until: str | None, prefix: str | None, from_archive
 
 
 def _whatif(settings: Settings, store: Any, policy_file: str | None, calendar_file: str | None,
-            ideal_clock: bool, as_json: bool) -> int:
+            ideal_clock: bool, max_tick_lag: float | None, as_json: bool) -> int:
     from audit import report, whatif
     from gridflow.core.calendar import UNKNOWN_YEARS_WEEKDAYS, WorkingCalendar
     from gridflow.core.calendar import load_bundled_calendar as bundled_calendar
     from gridflow.core.refdata import load_reference_data
     from gridflow.core.sla import SlaPolicy, load_bundled_policy
 
-    levels = {code: d.level for code, d in load_reference_data().departments.items()}
+    ref = load_reference_data(settings.refdata_dir)
+    levels = {code: d.level for code, d in ref.departments.items()}
+    names = {code: d.short_name or d.name for code, d in ref.departments.items()}
     # what the worker decides with (processors.worker): the bundled policy and calendar
     calendar = replace(bundled_calendar(), unknown_years=UNKNOWN_YEARS_WEEKDAYS)
     recorded = whatif.Regime(load_bundled_policy(), calendar, levels)
@@ -157,13 +164,14 @@ def _whatif(settings: Settings, store: Any, policy_file: str | None, calendar_fi
     )
     log = read_events(settings, store)
     clock = whatif.IDEAL if ideal_clock else whatif.RECORD
-    comparison = whatif.compare(log, recorded, other, clock=clock)
+    lag = None if max_tick_lag is None else timedelta(seconds=max_tick_lag)
+    comparison = whatif.compare(log, recorded, other, clock=clock, max_lag=lag)
     if as_json:
         _say(json.dumps(report.whatif_json(comparison), ensure_ascii=False, indent=1,
                         default=str))
     else:
         for line in report.whatif_lines(comparison, policy_file or "recorded (bundled)",
-                                        calendar_file or "recorded (bundled)"):
+                                        calendar_file or "recorded (bundled)", names, lag):
             _say(line)
     return EXIT_CLEAN if comparison.reproduction.exact else EXIT_DIFFERENCES
 
@@ -251,7 +259,8 @@ def case_command(case_id: str, database_url: str | None, from_log: bool, prefix:
     from sinks.models import make_engine
 
     settings = _prefixed(load_settings(), prefix, bucket)
-    names = {code: d.short_name or d.name for code, d in load_reference_data().departments.items()}
+    names = {code: d.short_name or d.name
+             for code, d in load_reference_data(settings.refdata_dir).departments.items()}
     with _errors():
         store = _store(settings)
         if from_log or from_archive:

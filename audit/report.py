@@ -7,6 +7,7 @@ recomputed here, so what is printed is what was checked.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from audit import dbcompare
@@ -130,7 +131,10 @@ ROWS = ("on_time_close_rate", "close_rate", "closed", "closed_on_time", "due_to_
         "open", "extension_rate")
 
 
-def whatif_lines(c: Comparison, policy_name: str, calendar_name: str) -> list[str]:
+def whatif_lines(c: Comparison, policy_name: str, calendar_name: str,
+                 names: Mapping[str, str] | None = None,
+                 max_lag: timedelta | None = None) -> list[str]:
+    names = names or {}
     rep = c.reproduction
     lines = [
         "假设分析 / what-if: deadline and escalation decisions re-run over the recorded log",
@@ -145,7 +149,8 @@ def whatif_lines(c: Comparison, policy_name: str, calendar_name: str) -> list[st
     lines += [f"    {BAD_MARK} {m}" for m in c.baseline.unmatched_markers[:10]]
     until = ", ".join(f"p{p} {beijing(t, seconds=False)}" for p, t in sorted(c.run.clock_until.items()))
     lines.append(f"  时钟 / clock: decisions fire where the record proves the live deadline "
-                 f"clock stood (last: {until or '—'})")
+                 f"clock stood (last: {until or '—'})"
+                 + (f", and at each event's time less {max_lag}" if max_lag is not None else ""))
     lines.append("")
     lines.append(f"  {'指标 indicator':<26}{'记录 recorded':>14}{'假设 what-if':>14}{'变化 change':>14}")
     rec, wi = c.recorded.overall, c.whatif.overall
@@ -171,7 +176,8 @@ def whatif_lines(c: Comparison, policy_name: str, calendar_name: str) -> list[st
     whatif_by = {i.department: i for i in c.whatif.indicators}
     for ind in c.recorded.indicators[:-1]:
         other = whatif_by.get(ind.department)
-        lines.append(f"    {ind.department:<28}{format_rate(ind.on_time_close_rate):>10} → "
+        name = names.get(str(ind.department), str(ind.department))
+        lines.append(f"    {name:<28}{format_rate(ind.on_time_close_rate):>10} → "
                      f"{format_rate(other.on_time_close_rate if other else None):>8}")
     lines.append("")
     lines.append("  (nothing live was touched: the re-run happens in memory)")

@@ -20,8 +20,13 @@ earlier than the live system could have. Under the recorded policy this reproduc
 record event for event (`calibrate` checks that, hash for hash); under another policy the
 same clock is used, so the comparison measures the policy, not the clock. Decisions due
 after the last recorded one in a partition are not simulated (the record says nothing
-about the clock there). `IDEAL` fires every decision at its exact instant (at each event's
-time and at the end): a what-if with a perfect clock, which the record need not match.
+about the clock there), unless `max_lag` is given: the auditor's assurance that the live
+deadline clock never trailed event time by more than that (a tick interval plus processing,
+e.g. 30 minutes of simulated time in the demo, seconds in production); the clock then also
+stands at least at each event's time less `max_lag`, and at the end of the log less it. Too
+small a `max_lag` shows as an inexact reproduction. `IDEAL` fires every decision at its exact
+instant (at each event's time and at the end): a perfect clock, which the record need not
+match.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from gridflow import events as ev
@@ -285,15 +290,17 @@ def carry_over(state: CaseState, recorded: Sequence[Message]) -> tuple[CaseState
 
 
 def simulate(log: Iterable[Recorded], regime: Regime, *, clock: str = RECORD,
-             markers: Mapping[int, Mapping[int, datetime]] | None = None) -> Run:
+             markers: Mapping[int, Mapping[int, datetime]] | None = None,
+             max_lag: timedelta | None = None) -> Run:
     """Re-decide every case of the log under `regime`.
 
-    With the RECORD clock, `markers` (partition -> offset -> instant, from `calibrate`) say
-    where the record proves the deadline clock stood; without them the instants are looked up
-    in this run's own book (the calibration run, under the recorded policy).
+    With the RECORD clock, `markers` (partition -> offset -> instant, from the run under the
+    recorded policy) say where the record proves the deadline clock stood; without them the
+    instants are looked up in this run's own book (the run under the recorded policy).
     """
     run = Run()
     parts = by_partition(log)
+    lag = timedelta(0) if clock == IDEAL else max_lag
     for p, events in parts.items():
         part = _Partition(p, regime, run)
         for step in steps(events):
@@ -305,11 +312,11 @@ def simulate(log: Iterable[Recorded], regime: Regime, *, clock: str = RECORD,
                 run.markers.setdefault(p, {})[first.offset] = instant
                 part.tick(instant)
                 continue
-            if clock == IDEAL:
-                part.tick(first.message.at_dt)
+            if lag is not None:
+                part.tick(first.message.at_dt - lag)
             part.apply(step)
-        if clock == IDEAL and events:
-            part.tick(max(r.message.at_dt for r in events))
+        if lag is not None and events:
+            part.tick(max(r.message.at_dt for r in events) - lag)
     return run
 
 
@@ -385,10 +392,10 @@ def reproduction(log: Iterable[Recorded], run: Run, limit: int = 20) -> Reproduc
 
 
 def compare(log: Sequence[Recorded], recorded_regime: Regime, whatif_regime: Regime,
-            *, clock: str = RECORD) -> Comparison:
+            *, clock: str = RECORD, max_lag: timedelta | None = None) -> Comparison:
     """The record (re-run under its own policy, checked) against the what-if regime."""
-    baseline = simulate(log, recorded_regime, clock=clock)
-    run = simulate(log, whatif_regime, clock=clock,
+    baseline = simulate(log, recorded_regime, clock=clock, max_lag=max_lag)
+    run = simulate(log, whatif_regime, clock=clock, max_lag=max_lag,
                    markers=baseline.markers if clock == RECORD else None)
     as_of = max((r.message.at_dt for r in log), default=None)
     if as_of is None:

@@ -242,3 +242,16 @@ def test_carry_over_rechains_a_refusal() -> None:
     state, out = whatif.carry_over(state, [refusal])
     assert out[0].seq == 1 and out[0].prev_hash == "" and state.last_hash == out[0].hash()
     assert "c1" in state.recent_commands
+
+
+def test_a_max_tick_lag_no_smaller_than_the_tick_interval_keeps_the_record_exact() -> None:
+    live, _ = run_county(tick_minutes=30)
+    assumed = whatif.simulate(live.log, RECORDED, max_lag=timedelta(minutes=30))
+    assert whatif.reproduction(live.log, assumed).exact
+    plain = whatif.simulate(live.log, RECORDED)
+    last_event = max(r.message.at_dt for r in live.log)
+    # the assurance lets the clock run on past the last recorded decision, to the end
+    assert assumed.clock_until[0] >= last_event - timedelta(minutes=30)
+    assert assumed.clock_until[0] >= plain.clock_until[0]
+    too_small = whatif.simulate(live.log, RECORDED, max_lag=timedelta(0))
+    assert not whatif.reproduction(live.log, too_small).exact
