@@ -2,11 +2,12 @@
 
 Brings the stack up, starts the worker, the SQL sink, the ingest API and the
 notifier as child processes on a fresh topic prefix and database, uploads the
-sample county's grid workers' photo reports (and residents' Open311 complaints) through HTTP, then
-plays the departments (sign, progress, resolve with after-photos, send back,
-extensions), supervisors and grid workers (verify, reject, rate) on a scaled
-clock so deadlines warn, breach and escalate within minutes, and prints what
-happened and the 数字城管 indicators per department from the read models.
+sample county's grid workers' photo reports (and residents' Open311 complaints)
+through HTTP, then plays the departments (sign, progress, resolve with
+after-photos, send back, extensions), supervisors and grid workers (verify,
+reject, rate) on a scaled clock so deadlines warn, breach and escalate within
+minutes, and prints what happened, what departments were told, and the 数字城管
+indicators per department from the read models.
 """
 
 from __future__ import annotations

@@ -166,13 +166,17 @@ class Notifier:
     def _claim(self, now: datetime) -> list[dict[str, Any]]:
         c = _notices.c
         lease = timedelta(seconds=self._longest_timeout() + LEASE_EXTRA_S)
+        query = (
+            select(c.notice_id, c.recipient, c.payload, c.fail_count, c.next_attempt_at)
+            .where(c.status != SENT, c.next_attempt_at <= now)
+            .order_by(c.next_attempt_at, c.created_at, c.notice_id)
+            .limit(DELIVERY_BATCH)
+        )
+        with self.engine.connect() as conn:  # a plain read first: no write lock when idle
+            if conn.execute(query.limit(1)).first() is None:
+                return []
         with self._transaction() as conn:
-            due = conn.execute(
-                select(c.notice_id, c.recipient, c.payload, c.fail_count, c.next_attempt_at)
-                .where(c.status != SENT, c.next_attempt_at <= now)
-                .order_by(c.next_attempt_at, c.created_at, c.notice_id)
-                .limit(DELIVERY_BATCH)
-            ).mappings().all()
+            due = conn.execute(query).mappings().all()
             claimed = []
             for row in due:
                 taken = conn.execute(
