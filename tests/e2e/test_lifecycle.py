@@ -258,3 +258,24 @@ def test_the_inbox_filters_by_state_overdue_category_and_grid(pipeline: Pipeline
     warned = pipeline.wait("the deadline warning", lambda: pipeline.webhooks.notices(
         kind="deadline_warning", task_id=t_early))
     assert warned[0]["path"] == f"/{dept}" and "签收时限" in warned[0]["text_zh"]
+
+
+def test_a_supervisor_whistles_departments_up_and_each_is_told_once(pipeline: Pipeline):
+    up = pipeline.upload(GW_B, "E0702", photos=1, description="河边养殖场污水直排入河")
+    first = only_task(pipeline.filed(up))
+    assert first["department"] == "county.huanjing"
+
+    pipeline.do(f"/api/v1/cases/{up.case_id}/whistle", pipeline.supervisor,
+                json={"departments": ["county.shuili", "county.huanjing"],
+                      "reason": "污染已入河道, 需水利局协同"})
+
+    s = pipeline.report_when(up, "the whistled department's task", lambda s: len(s["tasks"]) == 2)
+    new = next(t for t in s["tasks"] if t["task_id"] != first["task_id"])
+    assert (new["department"], new["state"]) == ("county.shuili", "dispatched")
+    assert steps(s)[-2:] == ["吹哨报到", "派遣"]
+    [notice] = pipeline.wait("the whistle-up notice", lambda: pipeline.webhooks.notices(
+        kind="whistle", case_id=up.case_id))
+    assert (notice["path"], notice["task_id"]) == ("/county.shuili", new["task_id"])
+    assert "吹哨报到" in notice["text_zh"] and "水利局协同" in notice["text_zh"]
+    # one notice per department called: no second, new-task notice for the same task
+    assert pipeline.webhooks.notices(task_id=new["task_id"], kind="new_task") == []
