@@ -149,9 +149,15 @@ def delete_topics(bootstrap: str, prefix: str) -> None:
 
 
 def s3_client(settings: Settings) -> Any:
-    from infra.minio import client
+    """A MinIO client whose connection pool serves 64 threads (the SDK's default keeps 10)."""
+    import urllib3
+    from minio import Minio
 
-    return client(settings, timeout_s=60, retries=2)
+    http = urllib3.PoolManager(maxsize=64, timeout=urllib3.Timeout(connect=3.0, read=60.0),
+                               retries=urllib3.Retry(total=2, backoff_factor=0.2))
+    return Minio(settings.s3_endpoint, access_key=settings.s3_access_key,
+                 secret_key=settings.s3_secret_key, secure=settings.s3_secure,
+                 region=settings.s3_region, http_client=http)
 
 
 @contextlib.contextmanager

@@ -115,10 +115,12 @@ def run(ctx: Context) -> list[Figure]:
         engine = make_engine(db_url)
         create_schema(engine)
         engine.dispose()
-        procs = [services.start("worker", ["worker"], settings, run_dir),
-                 services.start("sink", ["sink", "--loglevel", "warning"], settings, run_dir)]
+        procs: list[services.Service] = []
         watcher = Watcher(db_url)
         try:
+            procs.append(services.start("worker", ["worker"], settings, run_dir))
+            procs.append(services.start("sink", ["sink", "--loglevel", "warning"], settings,
+                                        run_dir))
             procs.append(start_api(settings, run_dir, procs))
             _warm_up(settings.api_url, ctx.run_id, watcher, procs)
             watcher.start()

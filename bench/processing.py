@@ -126,12 +126,16 @@ def run(ctx: Context) -> list[Figure]:
                                       faust_data_dir=run_dir / "faust")
         timeout_s = max(180.0, count / 50)
         t_start = time.monotonic()
-        procs = [services.start("worker", ["worker"], settings, run_dir),
-                 services.start("sink", ["sink", "--loglevel", "warning"], settings, run_dir)]
-        spies = [spy(p.name, p.proc.pid, min(timeout_s, 120)) for p in procs if p.proc]
+        procs: list[services.Service] = []
+        spies = []
         t_first = t_done = None
         reports = tasks = wanted = 0
         try:
+            for name, args in (("worker", ["worker"]),
+                               ("sink", ["sink", "--loglevel", "warning"])):
+                procs.append(services.start(name, args, settings, run_dir))
+                if procs[-1].proc is not None:
+                    spies.append(spy(name, procs[-1].proc.pid, min(timeout_s, 120)))
             while time.monotonic() - t_start < timeout_s:
                 for p in procs:
                     p.check()
@@ -145,9 +149,9 @@ def run(ctx: Context) -> list[Figure]:
         finally:
             for p in procs:
                 p.stop()
-            for spy in spies:
-                if spy is not None:
-                    spy.wait(timeout=60)
+            for recorder in spies:
+                if recorder is not None:
+                    recorder.wait(timeout=60)
             engine.dispose()
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
