@@ -22,7 +22,6 @@ from bench.common import (
     Context,
     Figure,
     Timer,
-    create_topic,
     fmt_rate,
     rate,
     say,
@@ -32,6 +31,7 @@ from bench.common import (
 from bench.load import County
 from gridflow import services, topics
 from gridflow.clock import scaled_spec
+from infra.kafka import ensure_catalogue
 
 FULL_REPORTS = 100_000
 T0 = datetime(2026, 11, 2, 0, 30, tzinfo=UTC)
@@ -112,8 +112,8 @@ def run(ctx: Context) -> list[Figure]:
         with Timer() as t:
             preload(ctx.settings.kafka_bootstrap, source, count, ctx.run_id)
         say(ctx.echo, f"processing: pre-loaded in {t.seconds:.1f} s; baseline (bare aiokafka) ...")
-        target = f"{prefix}.baseline"
-        create_topic(ctx.settings.kafka_bootstrap, target, topics.CASE_PARTITIONS)
+        ensure_catalogue(ctx.settings.kafka_bootstrap, f"{prefix}-base")  # removed with prefix
+        target = topics.CASE_EVENTS.name(f"{prefix}-base")
         base_s = asyncio.run(bare_baseline(ctx.settings.kafka_bootstrap, source, target, count))
         say(ctx.echo, f"processing: baseline {count:,} in {base_s:.1f} s; starting worker + sink")
 
