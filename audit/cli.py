@@ -62,6 +62,18 @@ def _errors() -> Iterator[None]:
         sys.exit(EXIT_ERROR)
 
 
+def _existing_database(url: str) -> str:
+    """A live database to read: a SQLite file that does not exist is an error, not created."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not Path(str(parsed.database)).exists():
+            click.echo(f"gridflow: no database at {url} / 数据库不存在", err=True)
+            sys.exit(EXIT_ERROR)
+    return url
+
+
 def _store(settings: Settings) -> Any:
     from gridflow.objectstore import make_client
 
@@ -153,7 +165,7 @@ def _whatif(settings: Settings, store: Any, policy_file: str | None, calendar_fi
 
     ref = load_reference_data(settings.refdata_dir)
     levels = {code: d.level for code, d in ref.departments.items()}
-    names = {code: d.short_name or d.name for code, d in ref.departments.items()}
+    names = {code: d.name for code, d in ref.departments.items()}
     # what the worker decides with (processors.worker): the bundled policy and calendar
     calendar = replace(bundled_calendar(), unknown_years=UNKNOWN_YEARS_WEEKDAYS)
     recorded = whatif.Regime(load_bundled_policy(), calendar, levels)
@@ -231,7 +243,7 @@ def verify_command(database_url: str | None, prefix: str | None, from_archive: b
 
     settings = _prefixed(load_settings(), prefix, bucket)
     with _errors():
-        result = verify(settings, database_url or settings.database_url,
+        result = verify(settings, _existing_database(database_url or settings.database_url),
                         consumer_name=consumer_name, scratch_url=scratch_url,
                         store=_store(settings) if from_archive else None, max_diffs=max_diffs,
                         progress=sys.stderr)
@@ -259,7 +271,7 @@ def case_command(case_id: str, database_url: str | None, from_log: bool, prefix:
     from sinks.models import make_engine
 
     settings = _prefixed(load_settings(), prefix, bucket)
-    names = {code: d.short_name or d.name
+    names = {code: d.name
              for code, d in load_reference_data(settings.refdata_dir).departments.items()}
     with _errors():
         store = _store(settings)
@@ -274,7 +286,7 @@ def case_command(case_id: str, database_url: str | None, from_log: bool, prefix:
                 kc.close()
             source = f"the log {topic}" + (" (segment archive and Kafka)" if from_archive else "")
         else:
-            url = database_url or settings.database_url
+            url = _existing_database(database_url or settings.database_url)
             engine = make_engine(url)
             events = history.load_from_ledger(engine, case_id)
             source = f"the ledger of {engine.url.render_as_string(hide_password=True)}"

@@ -107,7 +107,7 @@ def replay_into(settings: Settings, url: str, *, prefix: str | None = None,
     result.stats.add(state.totals)
     result.seconds = time.monotonic() - t0
     if bar:
-        bar.update(result.stats.records, force=True)
+        bar.done = result.stats.records
         bar.finish()
     with engine.connect() as conn:
         result.counts = dbcompare.table_counts(conn)

@@ -127,7 +127,7 @@ class Reproduction:
     identical: int = 0  # same id, same hash, same place in its case's chain
     deadline_recorded: int = 0
     deadline_reproduced: int = 0
-    mismatches: list[str] = field(default_factory=list)  # the first few, per case
+    mismatches: list[str] = field(default_factory=list)  # first divergence of each case
 
     @property
     def exact(self) -> bool:
@@ -374,17 +374,20 @@ def reproduction(log: Iterable[Recorded], run: Run, limit: int = 20) -> Reproduc
         got = run.events.get(case_id, [])
         rep.events += len(want)
         ids = {m.id for m in got}
+        diverged = False
         for i, m in enumerate(want):
             if is_deadline_decision(m):
                 rep.deadline_recorded += 1
                 rep.deadline_reproduced += m.id in ids
             if i < len(got) and got[i].id == m.id and got[i].hash() == m.hash():
                 rep.identical += 1
-            elif len(rep.mismatches) < limit:
+            elif not diverged:  # the first divergence of a case; the rest follows from it
+                diverged = True
                 other = f"{got[i].type} {got[i].id[:12]}…" if i < len(got) else "nothing"
-                rep.mismatches.append(f"case {case_id} seq {m.seq}: recorded {m.type} "
-                                      f"{m.id[:12]}…, re-run has {other}")
-        if len(got) > len(want) and len(rep.mismatches) < limit:
+                if len(rep.mismatches) < limit:
+                    rep.mismatches.append(f"case {case_id} seq {m.seq}: recorded {m.type} "
+                                          f"{m.id[:12]}…, re-run has {other}")
+        if len(got) > len(want) and not diverged and len(rep.mismatches) < limit:
             extra = ", ".join(m.type for m in got[len(want):][:5])
             rep.mismatches.append(f"case {case_id}: the re-run has {len(got) - len(want)} more "
                                   f"event(s): {extra}")
