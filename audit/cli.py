@@ -350,16 +350,34 @@ def archive_log_command(prefix: str | None, bucket: str | None, segment_records:
 
 def _rounds(run: Callable[[], Any], once: bool, interval: float, stop: threading.Event,
             bucket: str) -> None:
+    """Archive rounds until stopped; a transient Kafka / object-store failure waits a round
+    (nothing is skipped: the next round resumes after the last manifest)."""
+    from kafka.errors import KafkaError
+    from minio.error import S3Error
+
+    from audit.logsource import LogUnavailable
+
+    first = True
     while not stop.is_set():
-        result = run()
+        try:
+            result = run()
+        except (KafkaError, S3Error, LogUnavailable, OSError) as exc:
+            if once:
+                raise
+            logging.getLogger("gridflow.audit.archiver").warning(
+                "archiving failed (%s: %s); retrying in %.0fs", type(exc).__name__, exc, interval)
+            stop.wait(interval)
+            continue
         for m in result.completed:
             _say(f"completed manifest of {m['segment_key']} ({m['count']} records)")
         for m in result.written:
             _say(f"归档 / archived s3://{bucket}/{m['segment_key']} ({m['count']} records, "
                  f"offsets {m['first_offset']}..{m['last_offset']})")
         pending = ", ".join(f"{k} {n}" for k, n in sorted(result.pending.items()))
-        _say(f"archive-log: {len(result.written)} new segment(s), {result.records} records"
-             + (f"; waiting to seal: {pending}" if pending else ""))
+        if once or first or result.written or result.completed:
+            _say(f"archive-log: {len(result.written)} new segment(s), {result.records} records"
+                 + (f"; waiting to seal: {pending}" if pending else ""))
+        first = False
         if once:
             return
         stop.wait(interval)

@@ -123,12 +123,14 @@ def expected_photos(events: Iterable[Message]) -> list[PhotoCheck]:
         elif m.type == ev.PHOTO_ARCHIVED:
             d = m.data
             ref = (str(d.get("sha256", "")), str(d.get("source_key", "")))
-            check = by_ref.get(ref)
-            if check is None:
+            found = by_ref.get(ref)
+            if found is None:
                 check = PhotoCheck(str(d.get("role", "")), ref[0], _int(d.get("size")), m.seq,
                                    f"{d.get('source_bucket', '')}/{ref[1]}")
                 by_ref[ref] = check
                 photos.append(check)
+            else:
+                check = found
             check.archive_bucket = str(d.get("archive_bucket", "") or "")
             check.archive_key = str(d.get("archive_key", "") or "")
             check.archive_status = str(d.get("status", "") or "")
@@ -145,12 +147,15 @@ def _int(value: Any) -> int | None:
 # --- adapters -------------------------------------------------------------------------------
 
 
-def load_from_ledger(engine: Engine, case_id: str) -> list[tuple[Message, str, str | None]]:
+Located = tuple[Message, str, str | None]  # an event, its log position, the ledger's hash
+
+
+def load_from_ledger(engine: Engine, case_id: str) -> list[Located]:
     t = table_of(CaseEvent)
     with engine.connect() as conn:
         rows = conn.execute(select(t).where(t.c.case_id == case_id)
                             .order_by(t.c.seq, t.c.partition, t.c.offset)).mappings().all()
-    out = []
+    out: list[Located] = []
     for row in rows:
         m = Message(id=row["event_id"], type=row["type"], case_id=row["case_id"],
                     at=iso(row["at"]), actor=row["actor"], data=row["data"] or {},
@@ -162,14 +167,14 @@ def load_from_ledger(engine: Engine, case_id: str) -> list[tuple[Message, str, s
 
 
 def load_from_log(kc: Any, topic: str, case_id: str, *, store: Minio | None = None,
-                  bucket: str = "") -> list[tuple[Message, str, str | None]]:
+                  bucket: str = "") -> list[Located]:
     """The case's events from its partition of the log (all partitions if not found there)."""
     parts = logsource.partitions(kc, topic)
     home = (murmur2(case_id.encode()) & 0x7FFFFFFF) % len(parts)
     for candidates in ([home], [p for p in parts if p != home]):
         plans = [p for p in logsource.plan(kc, [topic], store=store, bucket=bucket)
                  if p.partition in candidates]
-        found = []
+        found: list[Located] = []
         for batch in logsource.read(kc, plans, store=store, bucket=bucket):
             for r in batch:
                 if r.key is not None and r.key != case_id.encode():

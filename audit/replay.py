@@ -59,7 +59,8 @@ def to_record(r: LogRecord) -> Record:
 
 def apply_records(sink: SqlSink, records: Iterable[LogRecord], dead_topic: str) -> BatchStats:
     """One batch through the sink: case events and dead letters, like sinks.runner does."""
-    case, dead = [], []
+    case: list[Record] = []
+    dead: list[Record] = []
     for r in records:
         (dead if r.topic == dead_topic else case).append(to_record(r))
     stats = sink.apply_batch(case) if case else BatchStats()

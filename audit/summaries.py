@@ -82,6 +82,10 @@ def _dept(d: Mapping[str, Any], names: Mapping[str, str], key: str = "department
     return names.get(code, code) or "—"
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _on_time(flag: Any) -> str:
     return {True: "按时", False: "超时"}.get(flag, "") if isinstance(flag, bool) else ""
 
@@ -94,7 +98,7 @@ def summarize(m: Message, names: Mapping[str, str] | None = None) -> str:
     stage = STAGE_NAMES_ZH.get(str(d.get("stage", "")), str(d.get("stage", "")))
     t = m.type
     if t == ev.CASE_FILED:
-        report = d.get("report") if isinstance(d.get("report"), dict) else {}
+        report = _obj(d.get("report"))
         depts = "、".join(names.get(str(x), str(x)) for x in d.get("departments") or []) or "—"
         return (f"立案: {d.get('category_name') or d.get('category_code', '')} "
                 f"({d.get('category_code', '')}), 网格 {d.get('grid_code', '')}, "
@@ -103,7 +107,7 @@ def summarize(m: Message, names: Mapping[str, str] | None = None) -> str:
     if t == ev.CASE_NOT_FILED:
         return f"不予立案: {d.get('reason_zh') or d.get('code', '')}"
     if t == ev.REPORT_MERGED:
-        report = d.get("report") if isinstance(d.get("report"), dict) else {}
+        report = _obj(d.get("report"))
         return (f"合并重复上报 {report.get('report_id', '')} "
                 f"(相距 {d.get('distance_m', '—')} 米, 照片 {len(report.get('photos') or [])} 张)")
     if t == ev.TASK_DISPATCHED:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TextIO
 
 from minio import Minio
 from sqlalchemy import Connection, Engine, select
@@ -25,6 +26,7 @@ from audit import dbcompare, logsource
 from audit.chain import ChainReport, ChainVerifier
 from audit.progress import ProgressBar
 from audit.replay import CONSUMER, apply_records, log_topics
+from audit.segments import LogRecord
 from gridflow.events import SchemaError, decode_message
 from gridflow.settings import Settings
 from sinks.models import CaseEvent, SinkOffset, create_schema, make_engine, table_of
@@ -73,7 +75,7 @@ def snapshot(engine: Engine) -> Iterator[Connection]:
 def verify(settings: Settings, live_url: str, *, prefix: str | None = None,
            consumer_name: str = CONSUMER, scratch_url: str | None = None,
            store: Minio | None = None, batch: int = 2000, max_diffs: int = 50,
-           progress=None) -> VerifyReport:  # type: ignore[no-untyped-def]
+           progress: TextIO | None = None) -> VerifyReport:
     prefix = prefix or settings.topic_prefix
     names = log_topics(prefix)
     live = make_engine(live_url)
@@ -92,7 +94,7 @@ def verify(settings: Settings, live_url: str, *, prefix: str | None = None,
 
 def _verify(settings: Settings, conn: Connection, live: Engine, scratch: Engine,
             names: list[str], consumer_name: str, store: Minio | None, batch: int,
-            max_diffs: int, progress) -> VerifyReport:  # type: ignore[no-untyped-def]
+            max_diffs: int, progress: TextIO | None) -> VerifyReport:
     offsets = table_of(SinkOffset).c
     rows = conn.execute(select(offsets.topic, offsets.partition, offsets.next_offset,
                                offsets.as_of).where(offsets.consumer == consumer_name)).all()
@@ -152,7 +154,7 @@ def _verify(settings: Settings, conn: Connection, live: Engine, scratch: Engine,
     return report
 
 
-def _feed(chain: ChainVerifier, r, until: datetime | None) -> None:  # type: ignore[no-untyped-def]
+def _feed(chain: ChainVerifier, r: LogRecord, until: datetime | None) -> None:
     if until is not None and r.value is not None:
         try:
             if decode_message(r.value).at_dt > until:

@@ -237,7 +237,7 @@ class _Partition:
         for m in new:
             self.run.tally.count(m)
             self.follow(self.book, m, self.regime.policy, self.regime.calendar,
-                        self.regime.department_levels)
+                        dict(self.regime.department_levels))
 
     def apply(self, step: Sequence[Recorded]) -> None:
         case_id = step[0].message.case_id
