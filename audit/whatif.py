@@ -204,7 +204,7 @@ def command_of(step: Sequence[Recorded]) -> Message | None:
 
 def deadline_command(item: DueItem) -> Message:
     """What the live deadline processor sends for a due item (processors.deadlines)."""
-    from processors.deadlines import command_for
+    from gridflow.core.deadlines import command_for
 
     return command_for(item)
 
@@ -216,7 +216,7 @@ class _Partition:
     """One partition's cases and deadline book, re-deciding in log order."""
 
     def __init__(self, partition: int, regime: Regime, run: Run) -> None:
-        from processors.deadlines import follow_event
+        from gridflow.core.deadlines import follow_event
 
         self.p = partition
         self.regime = regime

@@ -37,7 +37,7 @@ from typing import Any
 from gridflow import events as ev
 from gridflow.core.calendar import WorkingCalendar
 from gridflow.core.sla import STAGES, SlaPolicy, StageDeadline
-from gridflow.events import derived_id, iso, parse_ts
+from gridflow.events import Message, derived_id, iso, parse_ts
 
 WARN, BREACH, ESCALATE = "warn", "breach", "escalate"
 KINDS: tuple[str, ...] = (WARN, BREACH, ESCALATE)
@@ -561,3 +561,63 @@ def _item_order(item: DueItem) -> tuple[Any, ...]:
         item.fraction or 0.0,
         item.level or 0,
     )
+
+
+# --- following a case's events (what the deadline processor does with each) -----------
+
+
+def command_for(item: DueItem) -> Message:
+    return Message(id=item.id, type=item.command_type, case_id=item.case_id, at=iso(item.fire_at),
+                   actor="system:deadlines", data=item.command_data(), causation_id=item.id)
+
+
+def follow_event(book: DeadlineBook, event: Message, policy: SlaPolicy,
+                 calendar: WorkingCalendar, department_levels: dict[str, str]) -> None:
+    """Start, move or stop stage clocks as the case's events say. Idempotent.
+
+    Breaches are first reported at the ladder level of the task's department (a county
+    department's overdue task goes to county leadership next, not to the village).
+    Warnings already past when a clock is picked up (the resolve clock runs from
+    dispatch but is watched from signing) are not replayed.
+    """
+    d = event.data
+    task_id = str(d.get("task_id", ""))
+    at = event.at_dt
+    base_level = policy.start_level(department_levels.get(str(d.get("department", "")), ""))
+
+    def start(stage: str, start_at: str | datetime, due: str) -> None:
+        start_dt = parse_ts(start_at) if isinstance(start_at, str) else start_at
+        book.upsert(plan_deadlines(
+            case_id=event.case_id, task_id=task_id, stage=stage, start=start_dt, policy=policy,
+            calendar=calendar, category_code=str(d.get("category_code", "")),
+            due_at=parse_ts(due), base_level=base_level, not_before=at,
+        ))
+
+    match event.type:
+        case ev.TASK_DISPATCHED:
+            start("sign", event.at, d["sign_due"])
+        case ev.TASK_SIGNED:
+            book.cancel(task_id, "sign")
+            start("resolve", d.get("dispatched_at") or event.at, d["resolve_due"])
+        case ev.TASK_PROGRESS_NOTED:
+            book.note_progress(task_id, "resolve", at)
+        case ev.TASK_RESOLVED:
+            book.cancel(task_id, "resolve")
+            start("verify", event.at, d["verify_due"])
+        case ev.TASK_REOPENED:
+            book.cancel(task_id)
+            start("resolve", event.at, d["resolve_due"])
+        case ev.EXTENSION_GRANTED:
+            entry = book.get(task_id, "resolve")
+            if entry is not None:
+                book.cancel(task_id, "resolve")
+                book.upsert(plan_deadlines(
+                    case_id=event.case_id, task_id=task_id, stage="resolve", start=entry.start,
+                    policy=policy, calendar=calendar, category_code=str(d.get("category_code", "")),
+                    due_at=parse_ts(d["resolve_due"]),
+                    base_level=entry.base_level, not_before=at,
+                ))
+        case ev.TASK_VERIFIED | ev.TASK_CANCELLED | ev.TASK_SENT_BACK | ev.TASK_CLOSED:
+            book.cancel(task_id)
+        case _:
+            pass

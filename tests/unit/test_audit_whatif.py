@@ -14,11 +14,10 @@ from audit.whatif import IDEAL, Recorded, Regime
 from gridflow import events as ev
 from gridflow.core.calendar import UNKNOWN_YEARS_WEEKDAYS, load_bundled_calendar
 from gridflow.core.case import CaseState, decide, new_case
-from gridflow.core.deadlines import DeadlineBook
+from gridflow.core.deadlines import DeadlineBook, command_for, follow_event
 from gridflow.core.refdata import load_reference_data
 from gridflow.core.sla import REFDATA_DIR, SlaPlanner, SlaPolicy, load_bundled_policy, warn_instants
 from gridflow.events import Message, iso, parse_ts
-from processors.deadlines import command_for, follow_event
 
 T0 = datetime(2026, 11, 16, 1, 0, tzinfo=UTC)  # Monday 09:00 in Beijing
 GRID = "421099101201001"
