@@ -148,6 +148,7 @@ def _file(located: _Located, candidates: list[dict[str, Any]], out: Outputs, rad
     file_data = {**data}
     if match:
         file_data["distance_m"] = round(match.distance_m, 1)
+        file_data["own_case_id"] = msg.case_id  # where it goes if the match is closed by now
     else:
         live = [*live, {"case_id": case_id, "category_code": category, "lat": lat, "lon": lon,
                         "filed_at": msg.at}]
@@ -176,6 +177,8 @@ def case_step(raw: bytes, state: dict[str, Any] | None, planner: DeadlinePlanner
     except (KeyError, TypeError, ValueError) as exc:  # a malformed payload of a known command
         out.dead(source, partition, offset, raw, f"malformed {cmd.type}: {exc!r}", now)
         return out, state
+    for follow_up in decision.commands:
+        out.send("case-commands", follow_up.case_id, follow_up.encode())
     for event in decision.events:
         out.send("case-events", cmd.case_id, event.encode())
     return out, decision.state.to_dict()

@@ -161,6 +161,8 @@ class CaseState:
 class Decision:
     state: CaseState
     events: list[Message]
+    # Commands for other cases that this decision hands on (a report for a closed case).
+    commands: list[Message] = field(default_factory=list)
 
 
 class _Builder:
@@ -170,6 +172,7 @@ class _Builder:
         self.state = state
         self.command = command
         self.events: list[Message] = []
+        self.commands: list[Message] = []
         cmd_at = parse_ts(command.at, "command time")
         last = parse_ts(state.last_at, "last event time") if state.last_at else cmd_at
         self.now = max(cmd_at, last)
@@ -198,7 +201,7 @@ class _Builder:
 
     def finish(self) -> Decision:
         recent = (*self.state.recent_commands, self.command.id)[-RECENT_COMMANDS_KEPT:]
-        return Decision(replace(self.state, recent_commands=recent), self.events)
+        return Decision(replace(self.state, recent_commands=recent), self.events, self.commands)
 
 
 class Refused(Exception):
@@ -331,6 +334,16 @@ def _file_report(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
     if report_id in b.state.report_ids:
         return  # the same report filed twice (a retried upload): nothing new
     photos = _photo_list(report.get("photos", []), "before", required=False)
+    own = str(d.get("own_case_id", ""))
+    if b.state.status in ("closed", "not_filed") and own and own != b.state.case_id:
+        # A near-duplicate of a case that is already closed is a new problem: file it as its
+        # own case instead of merging it into finished work.
+        data = {k: v for k, v in d.items() if k not in ("distance_m", "own_case_id")}
+        b.commands.append(Message(
+            id=derived_id(c.id, "refile"), type=ev.FILE_REPORT, case_id=own, at=c.at,
+            actor=c.actor, data=data, causation_id=c.id,
+        ))
+        return
     if b.state.status == "new":
         b.state = replace(
             b.state, status="open", category_code=str(d["category_code"]),

@@ -387,3 +387,32 @@ def test_a_signed_task_cannot_be_sent_back():
                                                        "reroute_to": "D-SL"}, "dept:D-CG"))
     assert types(events) == [ev.COMMAND_REFUSED] and events[0].data["code"] == "bad_state"
     assert "已签收" in events[0].data["reason_zh"] and after.tasks == state.tasks
+
+
+def test_a_near_duplicate_of_a_closed_case_is_filed_as_its_own_case():
+    state, tid = full_cycle()
+    state, _ = run(state, cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG"),
+                   cmd(ev.RESOLVE_TASK, {"task_id": tid, "note": "ok", "photos": [PHOTO]}, "dept:D-CG"),
+                   cmd(ev.VERIFY_TASK, {"task_id": tid}, "worker:W1@G1"))
+    assert state.status == "closed"
+    late = filed(report_id="r9")
+    late = Message(late.id, late.type, late.case_id, late.at, late.actor,
+                   {**late.data, "distance_m": 12.0, "own_case_id": "AJ9"})
+    decision = decide(state, late, PLANNER)
+    assert decision.events == [] and decision.state.report_ids == state.report_ids
+    [refile] = decision.commands
+    assert refile.case_id == "AJ9" and refile.type == ev.FILE_REPORT
+    assert "distance_m" not in refile.data and "own_case_id" not in refile.data
+    new_state, events = run(new_case("AJ9"), refile)
+    assert types(events)[:2] == [ev.CASE_FILED, ev.TASK_DISPATCHED] and new_state.status == "open"
+    # the same redirect decided again (redelivery) hands on the same command id
+    assert decide(state, late, PLANNER).commands[0].id == refile.id
+
+
+def test_a_near_duplicate_of_an_open_case_is_still_merged():
+    state, _ = run(new_case("AJ1"), filed())
+    dup = filed(report_id="r2")
+    dup = Message(dup.id, dup.type, dup.case_id, dup.at, dup.actor,
+                  {**dup.data, "distance_m": 5.0, "own_case_id": "AJ2"})
+    decision = decide(state, dup, PLANNER)
+    assert types(decision.events) == [ev.REPORT_MERGED] and decision.commands == []
