@@ -129,19 +129,40 @@ def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
 
         @app.agent(t["case-events"], supervisor_strategy=CrashingSupervisor)
         async def photo_archive(stream: Any) -> None:
-            async for raw in stream:
-                try:
-                    event = decode_message(raw, ev.EVENT_TYPES)
-                except ev.SchemaError:
-                    continue  # the sinks dead-letter what they cannot read
-                for ref in archive.photos_of(event):
-                    cmd = await with_retry(f"archive {ref.get('key')}", archive.archive_photo,
-                                           rt.object_store, cfg, event, ref, rt.clock())
-                    fut = await t["case-commands"].send(key=event.case_id.encode(), value=cmd.encode())
-                    await fut  # acknowledged before the incoming copy goes
-                    if cmd.data.get("status") == "archived":
-                        await with_retry(f"remove {ref.get('key')}", archive.remove_incoming,
-                                         rt.object_store, ref)
+            # Events are taken a few at a time and their photos archived concurrently (bounded:
+            # the check is CPU work in threads, the copies are I/O). Per photo the order holds:
+            # its RecordPhotoArchived is acknowledged before its incoming copy is removed; the
+            # commands go out in event order; the events are acknowledged (their offsets
+            # committed) only once the whole batch is done, so a crash re-runs it (idempotent).
+            limit = asyncio.Semaphore(archive.CONCURRENCY)
+
+            async def bounded(what: str, fn: Any, *args: Any) -> Any:
+                async with limit:
+                    return await with_retry(what, fn, *args)
+
+            async for batch in stream.take(archive.BATCH, within=archive.BATCH_WITHIN_S):
+                jobs = []
+                for raw in batch:
+                    try:
+                        event = decode_message(raw, ev.EVENT_TYPES)
+                    except ev.SchemaError:
+                        continue  # the sinks dead-letter what they cannot read
+                    jobs += [(event, ref) for ref in archive.photos_of(event)]
+                if not jobs:
+                    continue
+                cmds = await asyncio.gather(*(
+                    bounded(f"archive {ref.get('key')}", archive.archive_photo, rt.object_store,
+                            cfg, event, ref, rt.clock()) for event, ref in jobs))
+                acks = [await t["case-commands"].send(key=event.case_id.encode(),
+                                                      value=cmd.encode())
+                        for (event, _), cmd in zip(jobs, cmds, strict=True)]
+                for ack in acks:
+                    await ack  # acknowledged before any incoming copy goes
+                await asyncio.gather(*(
+                    bounded(f"remove {ref.get('key')}", archive.remove_incoming,
+                            rt.object_store, ref)
+                    for (_, ref), cmd in zip(jobs, cmds, strict=True)
+                    if cmd.data.get("status") == "archived"))
 
     if rt.deadlines is not None:
         rt.deadlines.install(app, t, rt)

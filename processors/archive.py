@@ -1,7 +1,8 @@
 """Photo archive: verify each incoming photo, keep a content-addressed, retention-locked copy.
 
 For each photo an event references: read the incoming object, check its size and
-sha256 against the claim check, read EXIF, write the archive copy under
+sha256 against the claim check, check the image and read EXIF (one decode, reduced
+scale, which also gives the thumbnail), write the archive copy under
 `sha256/<aa>/<sha>.<ext>` with object-lock retention, write an EXIF-stripped
 thumbnail, then ask the case processor to record PhotoArchived, and only then
 delete the incoming copy. Every step is idempotent, so a crash anywhere and a
@@ -37,6 +38,11 @@ PHOTO_FIELDS = {
     ev.TASK_VERIFIED: ("photos",),
 }
 EXT = {"image/jpeg": "jpg", "image/png": "png", "image/heic": "heic"}
+# The archive agent (processors.app): events taken at most BATCH at a time (waiting at most
+# BATCH_WITHIN_S for more), their photos archived at most CONCURRENCY at once.
+BATCH = 16
+BATCH_WITHIN_S = 0.05
+CONCURRENCY = 4
 
 
 @dataclass(frozen=True)
@@ -111,10 +117,11 @@ def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[s
     problem = ""
     if len(data) != int(ref.get("size", -1)) or hashlib.sha256(data).hexdigest() != sha:
         problem = "sha256 or size does not match the claim check"
-    info = None
+    info, thumb = None, b""
     if not problem:
-        try:
-            info = photo_core.inspect_photo(data, cfg.max_bytes, cfg.max_pixels)
+        try:  # one reduced-scale decode: the full check, the EXIF facts and the thumbnail
+            info, thumb = photo_core.inspect_with_thumbnail(
+                data, max_bytes=cfg.max_bytes, max_pixels=cfg.max_pixels, sha256=sha)
         except photo_core.PhotoRejected as exc:
             problem = f"not a valid photo: {exc.message_en}"
     if problem or info is None:
@@ -128,7 +135,6 @@ def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[s
                           content_type=content_type, retention=retain,
                           metadata={"x-amz-meta-sha256": sha})
     if not _exists(client, cfg.archive_bucket, tkey):
-        thumb = photo_core.make_thumbnail(data)
         client.put_object(cfg.archive_bucket, tkey, io.BytesIO(thumb), len(thumb),
                           content_type="image/jpeg")
     exif = {

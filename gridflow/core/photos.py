@@ -13,7 +13,7 @@ import math
 import struct
 import warnings
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any
@@ -194,15 +194,54 @@ def _verify_png(data: bytes, max_pixels: int) -> None:
         raise _corrupt(exc, "image/png") from exc
 
 
-def decode(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
-           max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, Image.Image]:
-    """Fully decoded image after every check, with its content type. Raises PhotoRejected."""
+def _reduce(im: Image.Image, content_type: str, target: tuple[int, int]) -> None:
+    """JPEG only: let libjpeg decode at the smallest scale (1/2, 1/4 or 1/8) whose result is
+    still at least `target`. Scaling happens in the inverse DCT: every entropy-coded segment is
+    still read and Huffman-decoded, so a truncated or corrupt file fails exactly as it would in
+    a full decode (tests/unit/test_photos.py checks this on cut and bit-flipped files)."""
+    if content_type == "image/jpeg":
+        im.draft("RGB", (max(1, target[0]), max(1, target[1])))
+
+
+def _checked(data: bytes, max_bytes: int, max_pixels: int,
+             target: Callable[[tuple[int, int]], tuple[int, int]] | None,
+             ) -> tuple[str, Image.Image, tuple[int, int]]:
+    """Every check, then one decode: (content type, decoded image, size from the header).
+
+    With `target` (header size -> the size the caller needs at least), a JPEG is decoded at
+    reduced scale; a PNG is always decoded in full after its chunk CRCs are checked.
+    """
     content_type = _check_type(data, max_bytes)
     if content_type == "image/png":
         _verify_png(data, max_pixels)
     im = _open(data, content_type, max_pixels)
+    size = im.size
+    if target is not None:
+        _reduce(im, content_type, target(size))
     _load(im, content_type)
+    return content_type, im, size
+
+
+def decode(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
+           max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, Image.Image]:
+    """Fully decoded image after every check, with its content type. Raises PhotoRejected."""
+    content_type, im, _ = _checked(data, max_bytes, max_pixels, None)
     return content_type, im
+
+
+def _smallest(size: tuple[int, int]) -> tuple[int, int]:
+    return (1, 1)  # libjpeg's smallest scale, 1/8
+
+
+def _thumb_target(max_side: int) -> Callable[[tuple[int, int]], tuple[int, int]]:
+    """Header size -> the size a thumbnail of at most `max_side` will have (unrotated)."""
+
+    def target(size: tuple[int, int]) -> tuple[int, int]:
+        w, h = size
+        scale = min(1.0, max_side / max(w, h))
+        return int(w * scale), int(h * scale)
+
+    return target
 
 
 # --- EXIF ---------------------------------------------------------------------------------
@@ -278,19 +317,41 @@ def _exif_facts(im: Image.Image, assume_tz: timezone) -> dict[str, Any]:
     }
 
 
+def _info(data: bytes, content_type: str, size: tuple[int, int], im: Image.Image,
+          assume_tz: timezone, sha256: str | None) -> PhotoInfo:
+    return PhotoInfo(
+        content_type=content_type, width=size[0], height=size[1],
+        sha256=sha256 or sha256_hex(data), size=len(data), **_exif_facts(im, assume_tz),
+    )
+
+
 def inspect_photo(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES,
                   max_pixels: int = DEFAULT_MAX_PIXELS, *,
-                  assume_tz: timezone = CHINA_TZ) -> PhotoInfo:
+                  assume_tz: timezone = CHINA_TZ, sha256: str | None = None) -> PhotoInfo:
     """Check a photo completely and read its facts. Raises PhotoRejected.
+
+    The pixel count is checked from the header before decoding; the decode that proves the
+    file complete and sound reads all of it, a JPEG at 1/8 scale (see `_reduce`: the same
+    refusals as a full-resolution decode at about half the CPU). `sha256`, when the caller
+    already hashed `data`, is taken as its digest.
 
     EXIF DateTimeOriginal has no zone: OffsetTimeOriginal is used when present,
     otherwise `assume_tz` (phones in China: UTC+8).
     """
-    content_type, im = decode(data, max_bytes, max_pixels)
-    return PhotoInfo(
-        content_type=content_type, width=im.width, height=im.height, sha256=sha256_hex(data),
-        size=len(data), **_exif_facts(im, assume_tz),
-    )
+    content_type, im, size = _checked(data, max_bytes, max_pixels, _smallest)
+    return _info(data, content_type, size, im, assume_tz, sha256)
+
+
+def inspect_with_thumbnail(data: bytes, max_side: int = 320, *,
+                           max_bytes: int = DEFAULT_MAX_BYTES,
+                           max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 80,
+                           assume_tz: timezone = CHINA_TZ, sha256: str | None = None,
+                           ) -> tuple[PhotoInfo, bytes]:
+    """`inspect_photo` and `make_thumbnail` from one decode (a JPEG at the smallest scale that
+    still covers the thumbnail): the same checks and refusals, the same facts."""
+    content_type, im, size = _checked(data, max_bytes, max_pixels, _thumb_target(max_side))
+    info = _info(data, content_type, size, im, assume_tz, sha256)
+    return info, _thumbnail_of(im, max_side, quality)
 
 
 # --- thumbnails and EXIF stripping -----------------------------------------------------------
@@ -314,17 +375,17 @@ def _encode_jpeg(im: Image.Image, quality: int) -> bytes:
     return out.getvalue()
 
 
-def make_thumbnail(data: bytes, max_side: int = 320, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                   max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 80) -> bytes:
-    """A JPEG at most max_side pixels on its longer side, upright, without any metadata."""
-    content_type = _check_type(data, max_bytes)
-    im = _open(data, content_type, max_pixels)
-    if content_type == "image/jpeg":
-        im.draft("RGB", (max_side, max_side))  # let libjpeg decode at a reduced scale
-    _load(im, content_type)
+def _thumbnail_of(im: Image.Image, max_side: int, quality: int) -> bytes:
     upright = ImageOps.exif_transpose(im)
     upright.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return _encode_jpeg(upright, quality)
+
+
+def make_thumbnail(data: bytes, max_side: int = 320, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                   max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 80) -> bytes:
+    """A JPEG at most max_side pixels on its longer side, upright, without any metadata."""
+    return inspect_with_thumbnail(data, max_side, max_bytes=max_bytes, max_pixels=max_pixels,
+                                  quality=quality)[1]
 
 
 _JPEG_DROP = frozenset({0xE1, 0xED, 0xFE})  # APP1 (EXIF, XMP), APP13 (IPTC), COM

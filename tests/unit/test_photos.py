@@ -100,6 +100,86 @@ def test_truncated_upload() -> None:
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
+def _scan_start(jpeg: bytes) -> int:
+    return jpeg.index(b"\xff\xda")  # SOS: entropy-coded data follows its header
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_truncated_in_the_middle_of_its_scan_data(progressive: bool) -> None:
+    jpeg = images.make_jpeg(1600, 1200, seed=8, noise=0.3)
+    if progressive:
+        out = io.BytesIO()
+        Image.open(io.BytesIO(jpeg)).save(out, "JPEG", quality=85, progressive=True)
+        jpeg = out.getvalue()
+    sos = _scan_start(jpeg)
+    cut = jpeg[: sos + (len(jpeg) - sos) // 2]
+    assert rejected(cut).code == "truncated"
+    with pytest.raises(PhotoRejected) as err:
+        photos.inspect_with_thumbnail(cut)
+    assert err.value.code == "truncated"
+    with pytest.raises(PhotoRejected):
+        make_thumbnail(cut)
+
+
+def test_reduced_decode_refuses_exactly_what_a_full_decode_refuses() -> None:
+    """The check decodes a JPEG at 1/8 scale; libjpeg still reads every entropy-coded segment,
+    so each cut-off or bit-flipped file fails (or passes) as it does at full resolution."""
+    import random
+
+    def full_decode_ok(data: bytes) -> bool:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    def ours_ok(data: bytes) -> bool:
+        try:
+            inspect_photo(data)
+            return True
+        except PhotoRejected:
+            return False
+
+    rng = random.Random(5)
+    jpeg = images.make_jpeg(320, 240, seed=7, noise=0.5)
+    sos = _scan_start(jpeg)
+    cases = [jpeg[:cut] for cut in range(sos, len(jpeg) + 1, 97)] + [jpeg[:-1], jpeg[:-2]]
+    for _ in range(150):
+        flipped = bytearray(jpeg)
+        flipped[rng.randrange(sos, len(jpeg))] ^= 1 << rng.randrange(8)
+        cases.append(bytes(flipped))
+    refused = 0
+    for data in cases:
+        assert ours_ok(data) == full_decode_ok(data)
+        refused += not ours_ok(data)
+    assert refused > 10
+
+
+def test_check_decodes_a_jpeg_at_reduced_scale_and_reports_its_real_size(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[tuple[int, int]] = []
+    load = ImageFile.ImageFile.load
+
+    def spy(self: ImageFile.ImageFile) -> object:
+        decoded.append(self.size)
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    info = inspect_photo(images.make_jpeg(1600, 1200, seed=2))
+    assert (info.width, info.height) == (1600, 1200)
+    assert decoded == [(200, 150)]
+
+
+def test_inspect_with_thumbnail_is_inspect_plus_thumbnail(jpeg: bytes) -> None:
+    info, thumb = photos.inspect_with_thumbnail(jpeg)
+    assert info == inspect_photo(jpeg)
+    assert thumb == make_thumbnail(jpeg)
+    assert max(inspect_photo(thumb).width, inspect_photo(thumb).height) == 320
+    sha = hashlib.sha256(jpeg).hexdigest()
+    assert photos.inspect_with_thumbnail(jpeg, sha256=sha)[0] == info
+
+
 def test_truncated_png() -> None:
     png = images.make_png(200, 200, seed=2)
     assert rejected(png[: len(png) // 2]).code in {"truncated", "corrupt"}
