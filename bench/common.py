@@ -212,6 +212,7 @@ def spy(name: str, pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
         return None
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "50", "-f", "speedscope",
+        [exe, "record", "-p", str(pid), "--subprocesses", "-d", str(int(seconds)), "-r", "50",
+         "-f", "speedscope",
          "-o", str(Path(out_dir) / f"{name}.speedscope.json")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -138,8 +138,8 @@ def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[s
         client.put_object(cfg.archive_bucket, tkey, io.BytesIO(thumb), len(thumb),
                           content_type="image/jpeg")
     exif = {
-        "taken_at": iso(info.taken_at) if getattr(info, "taken_at", None) else None,
-        "lat": getattr(info, "gps_lat", None), "lon": getattr(info, "gps_lon", None),
+        "taken_at": iso(info.taken_at) if info.taken_at is not None else None,
+        "lat": info.gps_lat, "lon": info.gps_lon,
     }
     result = {**base, "status": "archived", "archive_key": akey, "thumbnail_key": tkey,
               "width": info.width, "height": info.height, "exif": exif}

@@ -8,6 +8,7 @@ their own Deps (a simulated clock, a publisher pointed at a dead port, ...).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from sqlalchemy import Engine
 
 from gridflow.clock import Clock, clock_from_spec, wall_clock
 from gridflow.core.refdata import ReferenceData, load_reference_data
-from gridflow.settings import Settings
+from gridflow.settings import Settings, load_settings, settings_env
 from producers import commands, open311, receipts, reports, status
 from producers.auth import Authenticator
 from producers.context import Context
@@ -111,9 +112,51 @@ def create_app(settings: Settings, deps: Deps) -> FastAPI:
     return app
 
 
-def serve(settings: Settings, log_level: str = "info") -> None:
-    """Run the API with uvicorn on settings.api_host:api_port until stopped."""
+def default_workers() -> int:
+    """One API process per CPU this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_app() -> FastAPI:
+    """The app of one of several API worker processes: settings from the environment, which
+    `serve` set to the settings it was given before starting the workers."""
+    settings = load_settings()
+    return create_app(settings, build_deps(settings))
+
+
+def prepare_database(settings: Settings) -> None:
+    """The receipts table and the read-model schema, created once before several workers start
+    (each worker's `create_app` then finds them, instead of racing to create them)."""
+    from sinks.models import create_schema, make_engine
+
+    if settings.database_url.startswith("sqlite:///"):
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    try:
+        receipts.create_tables(engine)
+        create_schema(engine)
+    finally:
+        engine.dispose()
+
+
+def serve(settings: Settings, log_level: str = "info", workers: int | None = None) -> None:
+    """Run the API with uvicorn on settings.api_host:api_port until stopped.
+
+    `workers` processes (default: one per CPU) share the listening socket; each has its own
+    Kafka producer, MinIO client and database pool. Idempotency holds across them: a report
+    id's receipt row in the database decides, whichever process a retry reaches.
+    """
     import uvicorn
 
-    app = create_app(settings, build_deps(settings))
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level=log_level)
+    workers = workers or default_workers()
+    if workers == 1:
+        app = create_app(settings, build_deps(settings))
+        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level=log_level)
+        return
+    prepare_database(settings)
+    os.environ.update(settings_env(settings))  # what the spawned workers load
+    uvicorn.run("producers.app:worker_app", factory=True, workers=workers,
+                host=settings.api_host, port=settings.api_port, log_level=log_level)

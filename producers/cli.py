@@ -88,10 +88,19 @@ def simulate(
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-def api(log_level: str) -> None:
+@click.option(
+    "--workers",
+    default=0,
+    type=click.IntRange(min=0),
+    envvar="GRIDFLOW_API_WORKERS",
+    help="API processes sharing the port [default: one per CPU; env GRIDFLOW_API_WORKERS].",
+)
+def api(log_level: str, workers: int) -> None:
     """Serve the ingest API (docs at /docs) until stopped."""
-    from producers.app import serve
+    from producers.app import default_workers, serve
 
     settings = load_settings()
-    click.echo(f"gridflow api: {settings.api_url} (docs {settings.api_url}/docs)")
-    serve(settings, log_level)
+    workers = workers or default_workers()
+    click.echo(f"gridflow api: {settings.api_url} (docs {settings.api_url}/docs), "
+               f"{workers} worker process{'es' if workers > 1 else ''}")
+    serve(settings, log_level, workers)
