@@ -104,7 +104,8 @@ def replay_into(settings: Settings, url: str, *, prefix: str | None = None,
             bar.update(done_before + p.totals.records)
 
     state = run_sink(settings, engine, CONSUMER, drain=True, until=until, topic_prefix=prefix,
-                     progress=on_batch, max_records=batch, poll_timeout_ms=300, retry_max_s=5.0)
+                     progress=on_batch, max_records=batch, poll_timeout_ms=300, retry_max_s=5.0,
+                     replay=True)
     result.stats.add(state.totals)
     result.seconds = time.monotonic() - t0
     if bar:

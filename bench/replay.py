@@ -169,7 +169,8 @@ def _replay(ctx: Context, prefix: str, url: str, events: int) -> tuple[float, in
     try:
         create_schema(engine)
         with Timer() as t:
-            progress = run_sink(ctx.settings, engine, "replay", topic_prefix=prefix, drain=True)
+            progress = run_sink(ctx.settings, engine, "replay", topic_prefix=prefix, drain=True,
+                                replay=True)
         return t.seconds, progress.totals.applied
     finally:
         engine.dispose()

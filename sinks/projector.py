@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from gridflow import events as ev
 from gridflow.core import case as core
-from gridflow.events import Message, SchemaError, canonical_json, derived_id, parse_ts
+from gridflow.events import Message, SchemaError, derived_id, parse_ts
 from sinks.models import (
     Base,
     Case,
@@ -535,10 +535,14 @@ def apply_event(session: Session, message: Message, where: Position = Position()
 _MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
 
 
+# gridflow.events.canonical_json's encoder, built once (json.dumps with options builds one per call).
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
+
+
 def event_hash(m: Message) -> str:
     """Message.hash() without its deep copy of the data (same canonical bytes, same digest)."""
     return hashlib.sha256(
-        canonical_json({name: getattr(m, name) for name in _MESSAGE_FIELDS})
+        _CANONICAL({name: getattr(m, name) for name in _MESSAGE_FIELDS}).encode()
     ).hexdigest()
 
 

@@ -88,6 +88,7 @@ def run_sink(
     poll_timeout_ms: int = 500,
     retry_max_s: float = RETRY_MAX_S,
     consumer_config: dict[str, Any] | None = None,
+    replay: bool = False,
 ) -> Progress:
     """Consume case events and dead letters into the database behind `engine`.
 
@@ -101,13 +102,20 @@ def run_sink(
     applied. Partitions are still read to their end: a partition is ordered per case, not in
     time across cases, so an event past `until` says nothing about the next one. Such a
     database is a snapshot and a live sink refuses to continue it (SnapshotError).
+
+    `replay=True` (with `drain=True`) takes the replay fast path when the database holds no
+    row at all: the whole log folded in memory by the same fold and written once, in one
+    transaction (sinks.replay_fast; the same rows, far fewer round trips). If the database
+    is not empty, or the fast path fails, the batch-by-batch path below runs instead; a fast
+    replay stopped before it caught up leaves the database empty.
     """
     settings = settings or load_settings()
     stop = stop_event or threading.Event()
     sink = SqlSink(engine, consumer_name, until)
     sink.check_resumable()
     prefix = topic_prefix or settings.topic_prefix
-    options = _Options(from_beginning, drain, max_records, poll_timeout_ms, progress)
+    options = _Options(from_beginning, drain, max_records, poll_timeout_ms, progress,
+                       replay and drain)
     backoff = _Backoff(stop, RETRY_FIRST_S, retry_max_s)
     bootstrap = bootstrap or settings.kafka_bootstrap
     consumer = _connect(bootstrap, consumer_name, max_records, consumer_config or {}, backoff)
@@ -129,6 +137,7 @@ class _Options:
     max_records: int
     poll_timeout_ms: int
     progress: ProgressCallback | None
+    replay: bool = False
 
 
 class _SinkLoop:
@@ -153,6 +162,8 @@ class _SinkLoop:
         self.partitions = _assign(self.consumer, self.names, self.backoff)
         if self.options.drain and self.partitions:
             self.targets = _end_offsets(self.consumer, self.partitions, self.backoff)
+        if self.options.replay and self.partitions and self._run_fast():
+            return
         t0 = last_log = time.monotonic()
         seeked = False
         while not self.stop.is_set() and self.partitions:
@@ -177,6 +188,76 @@ class _SinkLoop:
                 last_log = time.monotonic()
                 self._log()
         self.state.elapsed_s = time.monotonic() - t0
+        if self.options.progress is not None:
+            self.options.progress(self.state)
+
+    def _run_fast(self) -> bool:
+        """The replay fast path; False if it does not apply or failed (nothing was written)."""
+        from sinks.replay_fast import NotEmpty, Replayer
+
+        replayer = Replayer(self.sink.engine, self.sink.consumer, self.sink.until)
+        try:
+            replayer.begin()
+        except NotEmpty as exc:
+            log.info("%s: not a replay into an empty database (%s): applying batch by batch",
+                     self.sink.consumer, exc)
+            return False
+        except Exception as exc:
+            log.warning("%s: cannot start the replay fast path (%s: %s): applying batch by batch",
+                        self.sink.consumer, type(exc).__name__, exc)
+            return False
+        t0 = last_log = time.monotonic()
+        try:
+            self.consumer.seek_to_beginning(*self.partitions)
+            dead_topic = self.names[1]
+            while not self.stop.is_set():
+                try:
+                    if self._caught_up():
+                        break
+                    polled = self.consumer.poll(timeout_ms=self.options.poll_timeout_ms,
+                                                max_records=max(self.options.max_records, 20000))
+                except KafkaError as exc:
+                    self.backoff.wait("polling Kafka failed", exc)
+                    continue
+                self.backoff.reset()
+                if not polled:
+                    continue
+                last = BatchStats()
+                for tp, batch in polled.items():
+                    if tp.topic == dead_topic:
+                        last.add(replayer.add_dead_letter_records(batch))
+                    else:
+                        last.add(replayer.add_case_records(batch))
+                self._progress(last, t0)
+                if time.monotonic() - last_log >= LOG_EVERY_S:
+                    last_log = time.monotonic()
+                    self._log()
+            if self.stop.is_set():
+                replayer.abort()  # nothing half-done stays behind: the target is empty again
+                self.state.totals, self.state.last = BatchStats(), BatchStats()
+                log.info("%s: replay stopped before it caught up; nothing was written",
+                         self.sink.consumer)
+            else:
+                replayer.finish()
+                self.state.caught_up = True
+        except Exception as exc:
+            replayer.abort()
+            log.warning("%s: the replay fast path failed (%s: %s); nothing was written, "
+                        "applying batch by batch instead", self.sink.consumer,
+                        type(exc).__name__, exc)
+            self.state.batches, self.state.totals, self.state.last = 0, BatchStats(), BatchStats()
+            return False
+        self.state.elapsed_s = time.monotonic() - t0
+        if self.options.progress is not None:
+            self.options.progress(self.state)
+        return True
+
+    def _progress(self, last: BatchStats, t0: float) -> None:
+        self.state.batches += 1
+        self.state.last = last
+        self.state.totals.add(last)
+        self.state.elapsed_s = time.monotonic() - t0
+        self.state.lag = _lag(self.consumer, self.partitions)
         if self.options.progress is not None:
             self.options.progress(self.state)
 

@@ -1,0 +1,354 @@
+"""Replay into an empty database: the whole log folded in memory, written once, one transaction.
+
+Used by `sinks.runner.run_sink(drain=True, replay=True)` (`gridflow replay`, the replay
+benchmark) when the target holds no row at all. Guarantee: the same rows as the live sink
+(`sinks.sql.SqlSink.apply_batch`) builds from the same records — the fold is the live one
+(`sinks.projector.ReadModels` and its event functions), only the per-batch database round trips
+are gone: nothing is preloaded (the database is empty, every row is in memory), each case /
+task / report / photo row is written once with its final values, and the append-only rows (the
+ledger, task history, command outcomes, dead letters) are written in large chunks with one
+driver-level executemany per table (SQLite) or COPY (PostgreSQL). Everything, the consumer's
+offsets included, is one transaction: a replay that fails or is stopped leaves the database as
+empty as it found it, and one that finishes can be continued by a live sink (or, built with
+`until`, is a snapshot the live sink refuses, as `SqlSink` makes it).
+
+Memory: the final case, task, report and photo rows and the ids of the applied events are held
+until the end (about 1 KB per case and 100 B per event); the append-only rows only per chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from operator import itemgetter
+from typing import Any
+
+from sqlalchemy import Engine, Table
+
+from gridflow import events as ev
+from gridflow.events import Message, SchemaError
+from sinks.models import (
+    Base,
+    CaseEvent,
+    CommandOutcome,
+    DeadLetter,
+    SinkOffset,
+    TaskHistory,
+    UTCDateTime,
+    table_of,
+)
+from sinks.projector import Position, ProjectionError, ReadModels, _converters, _same
+from sinks.sql import (
+    SINK_LOCK,
+    BatchStats,
+    Record,
+    _dead_letter,
+    _decode_case_event,
+    _decode_dead_letter,
+    _optional_ts,
+)
+
+log = logging.getLogger("gridflow.sinks.replay_fast")
+
+CHUNK_ROWS = 50_000  # append-only rows held before they are written (within the transaction)
+
+
+class NotEmpty(RuntimeError):
+    """The target holds rows: the fast path does not apply (the caller uses the live path)."""
+
+
+class _MemoryModels(ReadModels):
+    """The live fold over rows that all live in memory: nothing to preload from an empty DB."""
+
+    def __init__(self) -> None:
+        super().__init__(None)  # type: ignore[arg-type]  # never touches a session
+
+    def preload(self, messages: Iterable[Message]) -> None:
+        return None
+
+
+class Replayer:
+    """Feed it every record of the log from offset 0 (case events and dead letters, in the
+    order a consumer reads them), then `finish()`; `abort()` on any failure.
+
+    `begin()` opens the one write transaction and raises NotEmpty if any read-model table
+    (or sink_offsets) holds a row.
+    """
+
+    def __init__(self, engine: Engine, consumer: str = "sql-sink",
+                 until: datetime | None = None, chunk_rows: int = CHUNK_ROWS) -> None:
+        if until is not None and until.tzinfo is None:
+            raise ValueError("until must be timezone-aware")
+        self.engine = engine
+        self.consumer = consumer
+        self.until = until.astimezone(UTC) if until is not None else None
+        self.chunk_rows = chunk_rows
+        self.models = _MemoryModels()
+        self.applied_ids: set[str] = set()
+        self.dead: dict[str, dict[str, Any]] = {}  # id -> row, first one wins
+        self.next: dict[tuple[str, int], int] = {}
+        self._writer: _Writer | None = None
+        self.write_s = 0.0
+
+    # --- the transaction ------------------------------------------------------------------
+    def begin(self) -> None:
+        writer = _SqliteWriter(self.engine) if self.engine.dialect.name == "sqlite" \
+            else _PgWriter(self.engine)
+        try:
+            writer.begin()
+            busy = [t.name for t in _TABLES if writer.has_rows(t)]
+            if busy:
+                raise NotEmpty(f"the target holds rows ({', '.join(busy)})")
+        except BaseException:
+            writer.abort()
+            raise
+        self._writer = writer
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+    def finish(self) -> None:
+        """Write the final rows and the consumer's offsets, and commit (durably)."""
+        w = self._need_writer()
+        m = self.models
+        self._write_append_only(force=True)
+        for rows in (m.cases, m.tasks, m.reports, m.photos):
+            self._write(rows.table, list(rows.rows.values()))
+        if self.dead:
+            self._write(table_of(DeadLetter), list(self.dead.values()))
+        now = datetime.now(UTC)
+        self._write(table_of(SinkOffset), [
+            {"consumer": self.consumer, "topic": topic, "partition": partition,
+             "next_offset": offset, "as_of": self.until, "updated_at": now}
+            for (topic, partition), offset in sorted(self.next.items())
+        ])
+        t = time.perf_counter()
+        w.commit()
+        self.write_s += time.perf_counter() - t
+        self._writer = None
+
+    # --- records ----------------------------------------------------------------------------
+    def add_case_records(self, records: Iterable[Record]) -> BatchStats:
+        """What SqlSink.apply_batch does with case-events records, in memory."""
+        t0 = time.perf_counter()
+        stats = BatchStats()
+        models, seen, until, nxt = self.models, self.applied_ids, self.until, self.next
+        for r in records:
+            stats.records += 1
+            tp = (r.topic, r.partition)
+            if r.offset + 1 > nxt.get(tp, 0):
+                nxt[tp] = r.offset + 1
+            try:
+                m = _decode_case_event(r.value)
+            except SchemaError as exc:
+                self._dead(_dead_letter(r, f"undecodable case event: {exc}"), stats)
+                continue
+            if m.id in seen:
+                stats.duplicates += 1
+                continue
+            if until is not None and m.at_dt > until:
+                stats.after_until += 1
+                continue
+            try:
+                models.fold(m, Position(r.topic, r.partition, r.offset))
+            except ProjectionError as exc:
+                log.error("dead-lettering %s at %s[%d]@%d: %s",
+                          m.type, r.topic, r.partition, r.offset, exc)
+                self._dead(_dead_letter(r, str(exc)), stats)
+                continue
+            seen.add(m.id)
+            stats.applied += 1
+            stats.unknown_types += m.type not in ev.EVENT_TYPES
+        self._write_append_only()
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+    def add_dead_letter_records(self, records: Iterable[Record]) -> BatchStats:
+        """What SqlSink.apply_dead_letter_batch does with dead-letters records, in memory."""
+        t0 = time.perf_counter()
+        stats = BatchStats()
+        for r in records:
+            stats.records += 1
+            tp = (r.topic, r.partition)
+            if r.offset + 1 > self.next.get(tp, 0):
+                self.next[tp] = r.offset + 1
+            try:
+                row = _decode_dead_letter(r.value)
+            except SchemaError as exc:
+                row = _dead_letter(r, f"malformed dead letter: {exc}")
+            if not self._dead(row, stats):
+                stats.duplicates += 1
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+    def _dead(self, row: dict[str, Any], stats: BatchStats) -> bool:
+        if row["id"] in self.dead:
+            return False
+        at = row["at"]
+        self.dead[row["id"]] = {**row, "at": at if isinstance(at, datetime) else _optional_ts(at)}
+        stats.dead_lettered += 1
+        return True
+
+    # --- writing ------------------------------------------------------------------------------
+    def _write_append_only(self, force: bool = False) -> None:
+        m = self.models
+        if not force and len(m.ledger) + len(m.history) < self.chunk_rows:
+            return
+        for table, rows in ((CaseEvent, m.ledger), (TaskHistory, m.history),
+                            (CommandOutcome, m.outcomes)):
+            if rows:
+                self._write(table_of(table), rows)
+                rows.clear()
+
+    def _write(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            t = time.perf_counter()
+            self._need_writer().write(table, rows)
+            self.write_s += time.perf_counter() - t
+
+    def _need_writer(self) -> _Writer:
+        if self._writer is None:
+            raise RuntimeError("Replayer.begin() first (or the replay was aborted)")
+        return self._writer
+
+
+_TABLES = tuple(
+    table_of(model) for model in Base.__subclasses__() if model.__tablename__ != "schema_version"
+)
+
+
+def _row_maker(table: Table, dialect: Any) -> tuple[list[str], Callable[[dict[str, Any]], list[Any]]]:
+    """Column names, and a function making a row's driver values in that order (the same
+    conversions as the live sink's bulk_write: sinks.projector._converters)."""
+    converters = _converters(table, dialect)
+    names = [name for name, _, _ in converters]
+    defaults = {name: default for name, default, _ in converters}
+    convert = [(i, _memo(fn) if isinstance(table.c[name].type, UTCDateTime) else fn)
+               for i, (name, _, fn) in enumerate(converters) if fn is not _same]
+    get = itemgetter(*names)
+
+    def make(row: dict[str, Any]) -> list[Any]:
+        if len(row) != len(names):  # a row lacking columns: defaults, as bulk_write does
+            row = {**defaults, **row}
+        values = list(get(row))
+        for i, fn in convert:
+            values[i] = fn(values[i])
+        return values
+
+    return names, make
+
+
+def _memo(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A timestamp conversion remembered per value: an event's time is in its ledger, history
+    and outcome rows (bounded: forgotten every 100,000 values)."""
+    cache: dict[Any, Any] = {}
+
+    def convert(value: Any) -> Any:
+        try:
+            return cache[value]
+        except KeyError:
+            if len(cache) >= 100_000:
+                cache.clear()
+            out = cache[value] = fn(value)
+            return out
+        except TypeError:  # unhashable: not a timestamp the converter takes anyway
+            return fn(value)
+
+    return convert
+
+
+class _Writer:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.raw: Any = None
+        self.makers: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[Any]]]] = {}
+
+    def maker(self, table: Table) -> tuple[list[str], Callable[[dict[str, Any]], list[Any]]]:
+        if table.name not in self.makers:
+            self.makers[table.name] = _row_maker(table, self.engine.dialect)
+        return self.makers[table.name]
+
+    def has_rows(self, table: Table) -> bool:
+        cur = self.raw.cursor()
+        try:
+            cur.execute(f'SELECT 1 FROM "{table.name}" LIMIT 1')
+            return cur.fetchone() is not None
+        finally:
+            cur.close()
+
+    def begin(self) -> None:
+        raise NotImplementedError
+
+    def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        self.raw.commit()
+        self._close()
+
+    def abort(self) -> None:
+        if self.raw is not None:
+            try:
+                self.raw.rollback()
+            finally:
+                self._close()
+
+    def _close(self) -> None:
+        if self.raw is not None:
+            self.raw.close()  # back to the engine's pool
+            self.raw = None
+
+
+class _SqliteWriter(_Writer):
+    """One BEGIN IMMEDIATE transaction (the write lock for the whole replay), executemany."""
+
+    def begin(self) -> None:
+        self.raw = self.engine.raw_connection()
+        cur = self.raw.cursor()
+        try:
+            cur.execute("PRAGMA cache_size=-262144")  # 256 MiB for this one large transaction
+            cur.execute("BEGIN IMMEDIATE")
+        finally:
+            cur.close()
+
+    def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        names, make = self.maker(table)
+        columns = ", ".join(f'"{n}"' for n in names)
+        sql = f'INSERT INTO "{table.name}" ({columns}) VALUES ({", ".join("?" * len(names))})'
+        cur = self.raw.cursor()
+        try:
+            cur.executemany(sql, map(make, rows))
+        finally:
+            cur.close()
+
+    def _close(self) -> None:
+        if self.raw is not None:
+            cur = self.raw.cursor()
+            try:
+                cur.execute("PRAGMA cache_size=-2000")  # SQLite's default again
+            finally:
+                cur.close()
+        super()._close()
+
+
+class _PgWriter(_Writer):
+    """One transaction holding the sinks' advisory lock; COPY FROM STDIN per table and chunk."""
+
+    def begin(self) -> None:
+        self.raw = self.engine.raw_connection()
+        cur = self.raw.cursor()
+        try:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SINK_LOCK,))
+        finally:
+            cur.close()
+
+    def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        names, make = self.maker(table)
+        columns = ", ".join(f'"{n}"' for n in names)
+        with self.raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({columns}) FROM STDIN') as copy:
+            for row in rows:
+                copy.write_row(make(row))
