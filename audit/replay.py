@@ -2,8 +2,9 @@
 
 Adapter. Guarantee: the target is refused unless empty; the history read is complete (from
 offset 0, through the segment archive when Kafka's retention is shorter — a gap is refused,
-never skipped); events go through the same SqlSink as the live sink (sinks.runner.run_sink
-with drain=True for the Kafka part), so a replay builds exactly what the live sink builds;
+never skipped); events are folded by the live sink's own code (sinks.runner.run_sink with
+drain=True for the Kafka part, on its replay fast path into an empty database), so a replay
+builds exactly what the live sink builds;
 with `until` the database is the state as of that moment (a snapshot a live sink refuses).
 """
 
