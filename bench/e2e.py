@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -143,7 +144,8 @@ def run(ctx: Context) -> list[Figure]:
     note = (f"{sent} uploads of a {len(small_jpeg()) / 1024:.0f} KB 640×480 JPEG in {seconds:g} s "
             f"({accepted} accepted, {len(lat)} seen with tasks"
             f"{f', {missing} not seen within 60 s' if missing else ''}); "
-            f"upload p50 {fmt_ms(percentile([r[1] for r in results], 0.5))}")
+            f"upload p50 {fmt_ms(percentile([r[1] for r in results], 0.5))}; HTTP status counts "
+            f"{dict(sorted(Counter(s for s, _ in results).items()))} (0: no answer within 60 s)")
     return [Figure(
         f"end to end at {RATE:g} uploads/s with photos (upload → tasks in the database)",
         f"p50 {fmt_ms(p50)}, p99 {fmt_ms(p99)}", "—", None, f"p99 < {TARGET_P99_S * 1000:.0f} ms",
