@@ -20,13 +20,13 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from minio import Minio
 from minio.commonconfig import COMPLIANCE, GOVERNANCE
-from minio.error import S3Error
 from minio.retention import Retention
 
 from audit import logsource
 from audit import segments as seg
 from audit.segments import LogRecord
 from gridflow.events import iso
+from gridflow.objectstore import object_exists, read_object
 
 log = logging.getLogger("gridflow.audit.archiver")
 
@@ -75,7 +75,7 @@ def _archive_partition(kc: KafkaConsumer, store: Minio, cfg: ArchiveConfig, tp: 
                        kafka_start: int, kafka_end: int, now: Callable[[], datetime],
                        result: ArchiveResult) -> None:
     keys = logsource.manifest_keys(store, cfg.bucket, tp.topic, tp.partition)
-    last = logsource.get_bytes(store, cfg.bucket, keys[-1]) if keys else None
+    last = read_object(store, cfg.bucket, keys[-1]) if keys else None
     prev_sha = seg.sha256(last) if last is not None else ""
     start = int(json.loads(last)["next_offset"]) if last is not None else 0
     orphan = _orphan_segment(store, cfg.bucket, tp, start)
@@ -110,7 +110,7 @@ def _write(store: Minio, cfg: ArchiveConfig, tp: TopicPartition, start: int,
            result: ArchiveResult) -> tuple[str, int]:
     data = seg.encode_segment(records)
     key = seg.segment_key(tp.topic, tp.partition, records[0].offset, records[-1].offset)
-    existing = logsource.get_bytes(store, cfg.bucket, key) if _exists(store, cfg.bucket, key) else None
+    existing = read_object(store, cfg.bucket, key) if object_exists(store, cfg.bucket, key) else None
     if existing is None:
         _put(store, cfg, key, data, "application/gzip", now)
     elif existing != data:
@@ -141,16 +141,6 @@ def _put(store: Minio, cfg: ArchiveConfig, key: str, data: bytes, content_type: 
                      metadata={"x-amz-meta-sha256": seg.sha256(data)}, retention=retention)
 
 
-def _exists(store: Minio, bucket: str, key: str) -> bool:
-    try:
-        store.stat_object(bucket, key)
-        return True
-    except S3Error as exc:
-        if exc.code in {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}:
-            return False
-        raise
-
-
 def _orphan_segment(store: Minio, bucket: str, tp: TopicPartition,
                     start: int) -> tuple[str, list[LogRecord], bytes] | None:
     """A segment written at `start` whose manifest is missing (the run crashed in between)."""
@@ -163,7 +153,7 @@ def _orphan_segment(store: Minio, bucket: str, tp: TopicPartition,
         first = int(key.rsplit("/", 1)[-1].split("-", 1)[0])
         if first < start:
             continue
-        data = logsource.get_bytes(store, bucket, key)
+        data = read_object(store, bucket, key)
         if data is None:
             continue
         records = seg.decode_segment(data, tp.topic, tp.partition)

@@ -21,6 +21,7 @@ from minio.error import S3Error
 
 from audit import segments as seg
 from audit.segments import LogRecord
+from gridflow.objectstore import read_object
 
 BATCH = 2000
 
@@ -155,7 +156,7 @@ def _read_kafka(kc: KafkaConsumer, p: PartitionPlan, batch: int) -> Iterator[lis
 
 
 def read_segment(store: Minio, bucket: str, manifest: dict[str, Any]) -> list[LogRecord]:
-    data = get_bytes(store, bucket, manifest["segment_key"])
+    data = read_object(store, bucket, manifest["segment_key"])
     if data is None:
         raise seg.SegmentError(f"{manifest['segment_key']}: segment object missing / 分段缺失")
     return seg.verify_segment(manifest, data)
@@ -177,23 +178,10 @@ def list_manifests(store: Minio, bucket: str, topic: str,
     """(manifest, sha256 of its bytes) of one partition, in offset order."""
     out = []
     for key in manifest_keys(store, bucket, topic, partition):
-        data = get_bytes(store, bucket, key)
+        data = read_object(store, bucket, key)
         if data is None:
             continue
         out.append((json.loads(data), seg.sha256(data)))
     out.sort(key=lambda m: m[0]["first_offset"])
     return out
 
-
-def get_bytes(store: Minio, bucket: str, key: str) -> bytes | None:
-    try:
-        resp = store.get_object(bucket, key)
-    except S3Error as exc:
-        if exc.code in {"NoSuchKey", "NoSuchObject"}:
-            return None
-        raise
-    try:
-        return resp.read()
-    finally:
-        resp.close()
-        resp.release_conn()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gridflow.settings import Settings
+from gridflow.topics import delete_topics
 
 Echo = Callable[[str], None]
 
@@ -131,19 +132,6 @@ def create_topic(bootstrap: str, name: str, partitions: int) -> None:
                     and len(described[0]["partitions"]) == partitions:
                 return
             time.sleep(0.2)
-    finally:
-        admin.close()
-
-
-def delete_topics(bootstrap: str, prefix: str) -> None:
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(prefix)]
-        if doomed:
-            with contextlib.suppress(Exception):
-                admin.delete_topics(doomed, timeout_ms=30000)
     finally:
         admin.close()
 

@@ -52,21 +52,14 @@ def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock:
 
     @app.get("/thumbs/{sha256}", summary="照片缩略图 / photo thumbnail (EXIF-free)")
     def thumbnail(sha256: str) -> Response:
-        from minio.error import S3Error
-
+        from gridflow.objectstore import read_object
         from processors.archive import thumbnail_key
 
         if object_store is None or len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
             raise HTTPException(404, "照片不存在 / no such photo")
-        try:
-            obj = object_store.get_object(settings.bucket_archive, thumbnail_key(sha256))
-            try:
-                data = obj.read()
-            finally:
-                obj.close()
-                obj.release_conn()
-        except S3Error as exc:
-            raise HTTPException(404, "照片不存在 / no such photo") from exc
+        data = read_object(object_store, settings.bucket_archive, thumbnail_key(sha256))
+        if data is None:
+            raise HTTPException(404, "照片不存在 / no such photo")
         return Response(data, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=86400"})
 

@@ -108,3 +108,21 @@ def ensure_topics(bootstrap: str, prefix: str, timeout_s: float = 30.0) -> list[
         return created
     finally:
         admin.close()
+
+
+def delete_topics(bootstrap: str, prefix: str) -> list[str]:
+    """Delete every topic whose name starts with `prefix` (a test's, a benchmark's, a demo's
+    own topics, faust's changelogs of its app id included). Best effort; returns the names."""
+    import contextlib
+
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+    try:
+        doomed = [t for t in admin.list_topics() if t.startswith(prefix)]
+        if doomed:
+            with contextlib.suppress(Exception):
+                admin.delete_topics(doomed, timeout_ms=30000)
+        return doomed
+    finally:
+        admin.close()

@@ -26,6 +26,7 @@ from minio.retention import Retention
 from gridflow import events as ev
 from gridflow.core import photos as photo_core
 from gridflow.events import Message, iso
+from gridflow.objectstore import object_exists, read_object
 from processors.steps import command
 
 # Events whose data carries photos, and where.
@@ -71,30 +72,6 @@ def thumbnail_key(sha256: str) -> str:
     return f"thumbs/{sha256[:2]}/{sha256}.jpg"
 
 
-def _exists(client: Minio, bucket: str, key: str) -> bool:
-    try:
-        client.stat_object(bucket, key)
-        return True
-    except S3Error as exc:
-        if exc.code in {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}:
-            return False
-        raise
-
-
-def _read(client: Minio, bucket: str, key: str) -> bytes | None:
-    try:
-        resp = client.get_object(bucket, key)
-    except S3Error as exc:
-        if exc.code in {"NoSuchKey", "NoSuchObject"}:
-            return None
-        raise
-    try:
-        return resp.read()
-    finally:
-        resp.close()
-        resp.release_conn()
-
-
 def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[str, Any],
                   now: datetime) -> Message:
     """Archive one photo; return the RecordPhotoArchived command for the case processor."""
@@ -107,9 +84,9 @@ def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[s
         "report_id": (event.data.get("report") or {}).get("report_id", ""),
         "task_id": event.data.get("task_id", ""), "archive_bucket": cfg.archive_bucket,
     }
-    data = _read(client, str(ref.get("bucket")), str(ref.get("key")))
+    data = read_object(client, str(ref.get("bucket")), str(ref.get("key")))
     if data is None:
-        status = "archived" if _exists(client, cfg.archive_bucket, akey) else "missing"
+        status = "archived" if object_exists(client, cfg.archive_bucket, akey) else "missing"
         result = {**base, "status": status, "archive_key": akey if status == "archived" else "",
                   "thumbnail_key": tkey if status == "archived" else "", "exif": {}}
         return command(ev.RECORD_PHOTO_ARCHIVED, event.case_id, event.at, result,
@@ -129,12 +106,12 @@ def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[s
                   "thumbnail_key": "", "exif": {}}
         return command(ev.RECORD_PHOTO_ARCHIVED, event.case_id, event.at, result,
                        cause=f"{event.id}:{sha}:{ref.get('key')}")
-    if not _exists(client, cfg.archive_bucket, akey):
+    if not object_exists(client, cfg.archive_bucket, akey):
         retain = Retention(GOVERNANCE, now + timedelta(days=cfg.retention_days))
         client.put_object(cfg.archive_bucket, akey, io.BytesIO(data), len(data),
                           content_type=content_type, retention=retain,
                           metadata={"x-amz-meta-sha256": sha})
-    if not _exists(client, cfg.archive_bucket, tkey):
+    if not object_exists(client, cfg.archive_bucket, tkey):
         client.put_object(cfg.archive_bucket, tkey, io.BytesIO(thumb), len(thumb),
                           content_type="image/jpeg")
     exif = {

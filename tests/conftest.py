@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from gridflow.settings import Settings, load_settings
+from gridflow.topics import delete_topics
 from infra import stack as infra_stack
 from infra.kafka import ensure_catalogue
 from infra.minio import client as minio_client
@@ -109,20 +110,7 @@ def topic_prefix(stack: Stack) -> Iterator[str]:
     prefix = _unique()
     ensure_catalogue(stack.bootstrap, prefix)
     yield prefix
-    _delete_topics(stack.bootstrap, prefix)
-
-
-def _delete_topics(bootstrap: str, prefix: str) -> None:
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(prefix)]
-        if doomed:
-            with contextlib.suppress(Exception):
-                admin.delete_topics(doomed, timeout_ms=30000)
-    finally:
-        admin.close()
+    delete_topics(stack.bootstrap, prefix)
 
 
 # --- MinIO --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from e2e_pipeline import REF, SIM_START, SPEED, Pipeline, free_port, healthy, we
 
 from gridflow import services
 from gridflow.clock import scaled_spec
+from gridflow.topics import delete_topics
 from infra.kafka import ensure_catalogue
 
 HERE = Path(__file__).parent
@@ -77,24 +78,11 @@ def pipeline(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
         finally:
             for proc in procs:
                 proc.stop()
-            _delete_topics(stack.bootstrap, tag)
+            delete_topics(stack.bootstrap, tag)
             for bucket in (incoming, archive):
                 _remove_bucket(s3, bucket)
             with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
                 conn.execute(f'DROP DATABASE IF EXISTS "{tag}" WITH (FORCE)')
-
-
-def _delete_topics(bootstrap: str, prefix: str) -> None:
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(prefix)]
-        if doomed:
-            with contextlib.suppress(Exception):
-                admin.delete_topics(doomed, timeout_ms=30000)
-    finally:
-        admin.close()
 
 
 def _remove_bucket(s3: Any, name: str) -> None:
