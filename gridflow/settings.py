@@ -71,6 +71,11 @@ class Settings:
     max_photo_pixels: int = 40_000_000
     max_photos_per_report: int = 9
 
+    # Near-duplicates: a report of the same category this close to a case filed this recently
+    # joins that case.
+    dedupe_radius_m: float = 50.0
+    dedupe_window_hours: float = 24.0
+
     # Reference data (county, grids, workers, departments, categories, routing); None: the
     # packaged sample county.
     refdata_dir: Path | None = None
@@ -134,6 +139,8 @@ def load_settings() -> Settings:
         max_photo_pixels=_env_int("MAX_PHOTO_PIXELS", base.max_photo_pixels),
         worker_web_port=_env_int("WORKER_WEB_PORT", base.worker_web_port),
         clock=_env("CLOCK", base.clock),
+        dedupe_radius_m=float(_env("DEDUPE_RADIUS_M", str(base.dedupe_radius_m))),
+        dedupe_window_hours=float(_env("DEDUPE_WINDOW_HOURS", str(base.dedupe_window_hours))),
         refdata_dir=Path(_env("REFDATA_DIR", "")).expanduser() if _env("REFDATA_DIR", "") else None,
         faust_data_dir=Path(_env("FAUST_DATA_DIR", str(state_dir / "faust"))),
     )
@@ -151,6 +158,7 @@ _ENV_FIELDS = {
     "api_port": "API_PORT", "max_photo_bytes": "MAX_PHOTO_BYTES",
     "max_photo_pixels": "MAX_PHOTO_PIXELS", "worker_web_port": "WORKER_WEB_PORT",
     "clock": "CLOCK", "faust_data_dir": "FAUST_DATA_DIR", "refdata_dir": "REFDATA_DIR",
+    "dedupe_radius_m": "DEDUPE_RADIUS_M", "dedupe_window_hours": "DEDUPE_WINDOW_HOURS",
 }
 
 

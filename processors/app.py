@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import faust
@@ -101,13 +102,15 @@ def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
             out = steps.intake_step(event.value, rt.ref, rt.clock(), m.topic, m.partition, m.offset)
             await emit(out)
 
+    radius_m, window = s.dedupe_radius_m, timedelta(hours=s.dedupe_window_hours)
+
     @app.agent(t["reports-located"], supervisor_strategy=CrashingSupervisor)
     async def filing(stream: Any) -> None:
         async for event in stream.events():
             m = event.message
             key = (event.key or b"").decode("utf-8", "replace")
             out = steps.filing_step_keyed(event.value, recent_cases, key, rt.clock(), m.topic,
-                                          m.partition, m.offset)
+                                          m.partition, m.offset, radius_m, window)
             await emit(out)
 
     @app.agent(t["case-commands"], supervisor_strategy=CrashingSupervisor)

@@ -105,6 +105,7 @@ def filing_key(township: str, category: str) -> str:
 
 def filing_step_keyed(raw: bytes, table: MutableMapping[str, Any], township: str, now: datetime,
                       source: str, partition: int | None = None, offset: int | None = None,
+                      radius_m: float = DEDUPE_RADIUS_M, window: timedelta = DEDUPE_WINDOW,
                       ) -> Outputs:
     """`filing_step` over a table of recent cases keyed by `filing_key`: reads and writes only
     the entry of the report's own category."""
@@ -114,7 +115,7 @@ def filing_step_keyed(raw: bytes, table: MutableMapping[str, Any], township: str
         return out
     key = filing_key(township, located[2])
     before = table.get(key) or []
-    live = _file(located, before, out, DEDUPE_RADIUS_M, DEDUPE_WINDOW)
+    live = _file(located, before, out, radius_m, window)
     if live != before:
         table[key] = live
     return out

@@ -51,3 +51,16 @@ def test_an_undecodable_record_is_a_dead_letter_and_writes_nothing() -> None:
     table: dict[str, Any] = {}
     out = steps.filing_step_keyed(b"{not json", table, "T1", AT, "reports-located", 0, 7)
     assert [s[0] for s in out.sends] == ["dead-letters"] and table == {}
+
+
+def test_the_duplicate_radius_is_configuration() -> None:
+    from datetime import timedelta
+
+    near = [located(1, "E0101", 30.0, 110.0), located(2, "E0101", 30.00055, 110.0)]  # ~61 m
+    strict: dict[str, Any] = {}
+    wide: dict[str, Any] = {}
+    a = [filed(steps.filing_step_keyed(r, strict, "T1", AT, "s")) for r in near]
+    b = [filed(steps.filing_step_keyed(r, wide, "T1", AT, "s", None, None, 80.0,
+                                       timedelta(hours=24))) for r in near]
+    assert a[1].case_id == "AJ000002"  # 50 m by default: a separate case
+    assert b[1].case_id == "AJ000001" and b[1].data["own_case_id"] == "AJ000002"
