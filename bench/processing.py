@@ -136,10 +136,16 @@ def run(ctx: Context) -> list[Figure]:
                 procs.append(services.start(name, args, settings, run_dir))
                 if procs[-1].proc is not None:
                     spies.append(spy(name, procs[-1].proc.pid, min(timeout_s, 120)))
+            last_said = time.monotonic()
             while time.monotonic() - t_start < timeout_s:
                 for p in procs:
                     p.check()
                 reports, tasks, wanted = _counts(engine)
+                if time.monotonic() - last_said >= 15:
+                    last_said = time.monotonic()
+                    per_s = reports / (last_said - t_first) if t_first else 0.0
+                    say(ctx.echo, f"processing: {reports:,}/{count:,} reports in the database, "
+                                  f"{tasks:,} tasks ({per_s:,.0f} reports/s)")
                 if t_first is None and reports:
                     t_first = time.monotonic()
                 if reports >= count and tasks >= wanted:
