@@ -72,6 +72,9 @@ class Watcher(threading.Thread):
         self.engine.dispose()
 
 
+IN_FLIGHT = 128
+
+
 async def steady(url: str, seconds: float, run: str, watcher: Watcher) -> list[tuple[int, float]]:
     county = County(seed=37)
     photo = small_jpeg()
@@ -79,12 +82,16 @@ async def steady(url: str, seconds: float, run: str, watcher: Watcher) -> list[t
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
 
-        async def one(i: int) -> None:
-            started = time.perf_counter()
-            status, latency, _ = await upload(client, county, i, run, variant(photo, i))
+        # In-flight uploads are bounded here, not in httpx's pool: a pool queue of thousands
+        # costs the client O(n^2) and the client, not the system, becomes the bottleneck.
+        gate = asyncio.Semaphore(IN_FLIGHT)
+
+        async def one(i: int, scheduled: float) -> None:
+            async with gate:
+                status, latency, _ = await upload(client, county, i, run, variant(photo, i))
             results.append((status, latency))
-            if status == 202:
-                watcher.expect(f"{run}-{i:07d}", started)
+            if status == 202:  # end-to-end time counts from when the upload was due
+                watcher.expect(f"{run}-{i:07d}", scheduled)
 
         tasks = []
         t0 = time.perf_counter()
@@ -94,7 +101,7 @@ async def steady(url: str, seconds: float, run: str, watcher: Watcher) -> list[t
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
+            tasks.append(asyncio.create_task(one(i, due)))
             i += 1
         await asyncio.gather(*tasks)
     return results
