@@ -4,6 +4,7 @@ ladder fire once each, across a worker restart, and a signed task's clock stops.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +34,17 @@ def file_case(case_id: str, n: int) -> Message:
               "village_code": "421099101201", "township_code": "421099101",
               "departments": [VILLAGE_DEPT]},
     )
+
+
+def wait_ready(worker, timeout_s: float = 90.0) -> None:
+    """Until the restarted worker has recovered its tables and runs its agents."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        worker.check()
+        if "[^Worker]: Ready" in worker.log_path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the restarted worker did not get ready")
 
 
 def tick(bootstrap: str, prefix: str, now: datetime) -> None:
@@ -72,11 +84,13 @@ def test_deadlines_fire_once_each_across_a_restart(stack, stack_settings, tmp_pa
         consume_until(bootstrap, f"{prefix}.case-events",
                       lambda s: len(of_task(s, late["data"]["task_id"], ev.DEADLINE_WARNED)) == 1,
                       service=worker)
+        time.sleep(2)  # a graceful restart: past the worker's commit interval
     finally:
         worker.stop()  # mid-way: the 80% warning, the breach and the escalations are still ahead
 
     worker = start_worker(settings, tmp_path / "w2")
     try:
+        wait_ready(worker)
         tick(bootstrap, prefix, w50 + timedelta(minutes=2))  # already fired: must not fire again
         tick(bootstrap, prefix, due + timedelta(minutes=1))
         # climb the ladder: village -> township -> county department -> county leadership
@@ -92,8 +106,10 @@ def test_deadlines_fire_once_each_across_a_restart(stack, stack_settings, tmp_pa
     finally:
         worker.stop()
 
+    story = [(e["case_id"][-6:], e["type"], e["at"], e["data"].get("stage"),
+              e["data"].get("fraction") or e["data"].get("level")) for e in events]
     warned = of_task(events, task_id, ev.DEADLINE_WARNED)
-    assert sorted(w["data"]["fraction"] for w in warned) == [0.5, 0.8]
+    assert sorted(w["data"]["fraction"] for w in warned) == [0.5, 0.8], story
     assert [w["at"] for w in sorted(warned, key=lambda w: w["data"]["fraction"])] == [iso(w50), iso(w80)]
     breaches = of_task(events, task_id, ev.DEADLINE_BREACHED)
     assert len(breaches) == 1 and breaches[0]["at"] == iso(due)
