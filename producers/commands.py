@@ -26,7 +26,13 @@ from producers.auth import DEPT, SUPERVISOR, WORKER, Principal
 from producers.context import Context, ctx
 from producers.errors import ApiError
 from producers.publisher import PublishError
-from producers.reports import NotPublished, read_json_part, receive_photos, with_multipart
+from producers.reports import (
+    NotPublished,
+    multipart_doc,
+    read_json_part,
+    receive_photos,
+    with_multipart,
+)
 from producers.status import case_township
 from producers.uploads import PhotoUpload
 
@@ -300,30 +306,9 @@ async def default_reroute(c: Context, case_id: str) -> str:
     return centre
 
 
-RESOLVE_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["resolution", "photos"],
-                    "properties": {
-                        "resolution": {
-                            "type": "string",
-                            "description": 'JSON {"note": "..."}; the first part 须为第一个部分',
-                        },
-                        "photos": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "1–9 after photos 整改后照片",
-                        },
-                    },
-                }
-            }
-        },
-    }
-}
+RESOLVE_DOC = multipart_doc(
+    "resolution", 'JSON {"note": "..."}; the first part 须为第一个部分', "1–9 after photos 整改后照片"
+)
 
 
 @router.post(

@@ -261,32 +261,37 @@ async def publish_report(
 
 # --- the route --------------------------------------------------------------------
 
-UPLOAD_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["report", "photos"],
-                    "properties": {
-                        "report": {
-                            "type": "string",
-                            "description": "JSON: {report_id, category_code, description, lat, "
-                            "lon, captured_at, address?, severity?}. Must be the "
-                            "first part. 须为第一个部分。",
+def multipart_doc(json_part: str, json_description: str, photos_description: str) -> dict[str, Any]:
+    """OpenAPI of a multipart body: one JSON part first, then 1–9 photo parts."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [json_part, "photos"],
+                        "properties": {
+                            json_part: {"type": "string", "description": json_description},
+                            "photos": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                                "description": photos_description,
+                            },
                         },
-                        "photos": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "1–9 JPEG/PNG photos 照片",
-                        },
-                    },
+                    }
                 }
-            }
-        },
+            },
+        }
     }
-}
+
+
+UPLOAD_DOC = multipart_doc(
+    "report",
+    "JSON: {report_id, category_code, description, lat, lon, captured_at, address?, "
+    "severity?}. Must be the first part. 须为第一个部分。",
+    "1–9 JPEG/PNG photos 照片",
+)
 
 
 @router.post(
