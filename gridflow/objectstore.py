@@ -1,9 +1,15 @@
-"""The one place that builds a MinIO/S3 client from settings, and the small reads every user needs."""
+"""The one place that builds a MinIO/S3 client from settings, and the small reads and writes
+every user needs."""
 
 from __future__ import annotations
 
+import io
+from typing import Any
+
 from minio import Minio
 from minio.error import S3Error
+from minio.helpers import genheaders
+from minio.retention import Retention
 
 from gridflow.settings import Settings
 
@@ -44,3 +50,37 @@ def object_exists(client: Minio, bucket: str, key: str) -> bool:
         if exc.code in _MISSING:
             return False
         raise
+
+
+def put_if_absent(client: Minio, bucket: str, key: str, data: bytes, *,
+                  content_type: str = "application/octet-stream",
+                  metadata: dict[str, Any] | None = None,
+                  retention: Retention | None = None) -> bool:
+    """Write `data` at `key` unless an object is already there, in one request: a conditional
+    PUT (`If-None-Match: *`; MinIO and S3 answer 412 PreconditionFailed when the key exists).
+    True if this call wrote it, False if it was already there (nothing written: on a versioned
+    or object-lock bucket no second version, no second retention period).
+
+    Meant for content-addressed keys (the same key always carries the same bytes), where
+    "already there" means "done": a retry after a lost response, or a redelivery, gets False.
+    One single-part PUT whatever the size (S3 allows up to 5 GiB). The SDK's `put_object` cannot send the header; its
+    single-part `_put_object` can. Should that private method be gone (another minio version),
+    the object is statted first and written with `put_object` (two requests, same result).
+    """
+    headers = genheaders(metadata, None, None, retention, False)
+    headers["Content-Type"] = content_type
+    headers["If-None-Match"] = "*"
+    put = getattr(client, "_put_object", None)
+    if put is None:
+        if object_exists(client, bucket, key):
+            return False
+        client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type,
+                          metadata=metadata, retention=retention)
+        return True
+    try:
+        put(bucket, key, data, headers)
+    except S3Error as exc:
+        if exc.code == "PreconditionFailed":
+            return False
+        raise
+    return True

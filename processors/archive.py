@@ -13,7 +13,7 @@ propagate to the caller, which retries with backoff: nothing is dropped.
 from __future__ import annotations
 
 import hashlib
-import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +26,7 @@ from minio.retention import Retention
 from gridflow import events as ev
 from gridflow.core import photos as photo_core
 from gridflow.events import Message, iso
-from gridflow.objectstore import object_exists, read_object
+from gridflow.objectstore import object_exists, put_if_absent, read_object
 from processors.steps import command
 
 # Events whose data carries photos, and where.
@@ -44,6 +44,8 @@ EXT = {"image/jpeg": "jpg", "image/png": "png", "image/heic": "heic"}
 BATCH = 16
 BATCH_WITHIN_S = 0.05
 CONCURRENCY = 4
+# Thumbnail writes run here, beside the archive write of the same photo (I/O only).
+_SIDE = ThreadPoolExecutor(max_workers=2 * CONCURRENCY, thread_name_prefix="archive-thumb")
 
 
 @dataclass(frozen=True)
@@ -106,14 +108,16 @@ def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[s
                   "thumbnail_key": "", "exif": {}}
         return command(ev.RECORD_PHOTO_ARCHIVED, event.case_id, event.at, result,
                        cause=f"{event.id}:{sha}:{ref.get('key')}")
-    if not object_exists(client, cfg.archive_bucket, akey):
-        retain = Retention(GOVERNANCE, now + timedelta(days=cfg.retention_days))
-        client.put_object(cfg.archive_bucket, akey, io.BytesIO(data), len(data),
-                          content_type=content_type, retention=retain,
-                          metadata={"x-amz-meta-sha256": sha})
-    if not object_exists(client, cfg.archive_bucket, tkey):
-        client.put_object(cfg.archive_bucket, tkey, io.BytesIO(thumb), len(thumb),
-                          content_type="image/jpeg")
+    # Two conditional PUTs (no stat first: the keys are content-addressed, so "already there"
+    # means "already archived"), the thumbnail's beside the locked copy's.
+    thumb_put = _SIDE.submit(put_if_absent, client, cfg.archive_bucket, tkey, thumb,
+                             content_type="image/jpeg")
+    try:
+        put_if_absent(client, cfg.archive_bucket, akey, data, content_type=content_type,
+                      metadata={"x-amz-meta-sha256": sha},
+                      retention=Retention(GOVERNANCE, now + timedelta(days=cfg.retention_days)))
+    finally:
+        thumb_put.result()  # waited for even when the first put failed; its error propagates
     exif = {
         "taken_at": iso(info.taken_at) if info.taken_at is not None else None,
         "lat": info.gps_lat, "lon": info.gps_lon,

@@ -1,0 +1,138 @@
+"""The archive step on the real MinIO: the locked, content-addressed copy and the thumbnail are
+written once with one conditional PUT each (a redelivery writes no second version), fakes are
+refused, and object-store errors propagate (the agent retries) instead of becoming a result."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+from PIL import Image
+
+from gridflow import events as ev
+from gridflow.events import Message, iso
+from gridflow.objectstore import put_if_absent
+from gridflow.testing import images
+from processors import archive
+
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+
+def _upload(s3: Minio, bucket: str, key: str, data: bytes) -> dict[str, Any]:
+    s3.put_object(bucket, key, io.BytesIO(data), len(data), content_type="image/jpeg")
+    return {"bucket": bucket, "key": key, "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "content_type": "image/jpeg",
+            "role": "before"}
+
+
+def _event(ref: dict[str, Any]) -> Message:
+    return Message(id="evt-1", type=ev.CASE_FILED, case_id="AJ-TEST-1", at=iso(NOW),
+                   actor="worker:W1", data={"report": {"report_id": "r1", "photos": [ref]}})
+
+
+def _versions(s3: Minio, bucket: str) -> list[tuple[str, str | None]]:
+    return sorted((o.object_name or "", o.version_id)
+                  for o in s3.list_objects(bucket, recursive=True, include_version=True))
+
+
+@pytest.fixture
+def cfg(buckets) -> archive.ArchiveConfig:  # type: ignore[no-untyped-def]
+    return archive.ArchiveConfig(buckets.archive, 1, 10 * 1024 * 1024, 40_000_000)
+
+
+def test_put_if_absent_writes_once(stack, buckets) -> None:  # type: ignore[no-untyped-def]
+    s3 = stack.s3()
+    assert put_if_absent(s3, buckets.archive, "k/1", b"one", content_type="text/plain")
+    assert not put_if_absent(s3, buckets.archive, "k/1", b"one", content_type="text/plain")
+    assert len(_versions(s3, buckets.archive)) == 1
+    stat = s3.stat_object(buckets.archive, "k/1")
+    assert (stat.size, stat.content_type) == (3, "text/plain")
+
+
+def test_archive_writes_a_locked_copy_and_a_thumbnail_once(stack, buckets, cfg) -> None:  # type: ignore[no-untyped-def]
+    s3 = stack.s3()
+    data = images.make_jpeg(1600, 1200, seed=3)
+    ref = _upload(s3, buckets.incoming, "reports/r1/1.jpg", data)
+    cmd = archive.archive_photo(s3, cfg, _event(ref), ref, NOW)
+    d = cmd.data
+    assert d["status"] == "archived" and (d["width"], d["height"]) == (1600, 1200)
+    assert d["archive_key"] == archive.archive_key(ref["sha256"], "image/jpeg")
+    stat = s3.stat_object(buckets.archive, d["archive_key"])
+    assert stat.size == len(data) and stat.content_type == "image/jpeg"
+    assert stat.metadata.get("x-amz-meta-sha256") == ref["sha256"]
+    retention = s3.get_object_retention(buckets.archive, d["archive_key"])
+    assert retention.mode == "GOVERNANCE"
+    assert retention.retain_until_date.date() == (NOW + timedelta(days=1)).date()
+    thumb = s3.get_object(buckets.archive, d["thumbnail_key"])
+    try:
+        assert Image.open(io.BytesIO(thumb.read())).size == (320, 240)
+    finally:
+        thumb.close()
+        thumb.release_conn()
+    written = _versions(s3, buckets.archive)
+    assert len(written) == 2
+
+    # Redelivered with the incoming copy still there: the same command, nothing written again.
+    again = archive.archive_photo(s3, cfg, _event(ref), ref, NOW + timedelta(hours=1))
+    assert (again.id, again.data) == (cmd.id, cmd.data)
+    assert _versions(s3, buckets.archive) == written
+    # ... and after the incoming copy went: still archived, same command.
+    archive.remove_incoming(s3, ref)
+    archive.remove_incoming(s3, ref)  # idempotent
+    gone = archive.archive_photo(s3, cfg, _event(ref), ref, NOW)
+    assert (gone.id, gone.data["status"], gone.data["archive_key"]) == (
+        cmd.id, "archived", d["archive_key"])
+
+
+def test_fakes_and_mismatches_are_refused_and_nothing_is_written(stack, buckets, cfg) -> None:  # type: ignore[no-untyped-def]
+    s3 = stack.s3()
+    fake = b"\xff\xd8\xff" + b"not really a jpeg" * 100
+    ref = _upload(s3, buckets.incoming, "reports/r1/fake.jpg", fake)
+    assert archive.archive_photo(s3, cfg, _event(ref), ref, NOW).data["status"] == "corrupt"
+    cut = images.truncated_jpeg(images.make_jpeg(800, 600, seed=4))
+    ref = _upload(s3, buckets.incoming, "reports/r1/cut.jpg", cut)
+    assert archive.archive_photo(s3, cfg, _event(ref), ref, NOW).data["status"] == "corrupt"
+    good = images.make_jpeg(640, 480, seed=5)
+    ref = {**_upload(s3, buckets.incoming, "reports/r1/2.jpg", good), "sha256": "0" * 64}
+    result = archive.archive_photo(s3, cfg, _event(ref), ref, NOW).data
+    assert result["status"] == "corrupt" and "sha256" in result["problem"]
+    assert _versions(s3, buckets.archive) == []
+
+
+class _ThumbnailPutFails:
+    """The real client, except that writing a thumbnail fails as a broken connection would."""
+
+    def __init__(self, real: Minio) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def _put_object(self, bucket: str, key: str, *args: Any, **kw: Any) -> Any:
+        if key.startswith("thumbs/"):
+            raise urllib3.exceptions.ProtocolError("connection broken")
+        return self._real._put_object(bucket, key, *args, **kw)
+
+
+def test_object_store_errors_propagate_and_a_retry_completes(stack, buckets, cfg) -> None:  # type: ignore[no-untyped-def]
+    s3 = stack.s3()
+    data = images.make_jpeg(640, 480, seed=6)
+    ref = _upload(s3, buckets.incoming, "reports/r1/3.jpg", data)
+    with pytest.raises(urllib3.exceptions.ProtocolError):
+        archive.archive_photo(_ThumbnailPutFails(s3), cfg, _event(ref), ref, NOW)  # type: ignore[arg-type]
+    unreachable = Minio("127.0.0.1:9", access_key="x", secret_key="y", secure=False,
+                        http_client=urllib3.PoolManager(retries=urllib3.Retry(total=0)))
+    with pytest.raises(urllib3.exceptions.HTTPError):
+        archive.archive_photo(unreachable, cfg, _event(ref), ref, NOW)
+    with pytest.raises(S3Error):  # no such bucket: not "missing", an error the agent retries
+        archive.archive_photo(s3, archive.ArchiveConfig("no-such-bucket-gridflow", 1,
+                              cfg.max_bytes, cfg.max_pixels), _event(ref), ref, NOW)
+    cmd = archive.archive_photo(s3, cfg, _event(ref), ref, NOW)  # the retry
+    assert cmd.data["status"] == "archived"
+    assert len(_versions(s3, buckets.archive)) == 2
