@@ -6,13 +6,12 @@ accepted upload, the time from sending it until its case's tasks are visible in 
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 from sqlalchemy import bindparam, text
 
 from bench.common import (
@@ -25,8 +24,8 @@ from bench.common import (
     say,
     topic_prefix,
 )
-from bench.ingest import start_api, upload
-from bench.load import County, small_jpeg, variant
+from bench.ingest import Uploads, start_api
+from bench.load import small_jpeg, variant
 from gridflow import services
 
 RATE = 100.0  # uploads per second
@@ -75,35 +74,30 @@ class Watcher(threading.Thread):
 IN_FLIGHT = 128
 
 
-async def steady(url: str, seconds: float, run: str, watcher: Watcher) -> list[tuple[int, float]]:
-    county = County(seed=37)
+def steady(url: str, seconds: float, run: str, watcher: Watcher) -> list[tuple[int, float]]:
+    """Uploads due at RATE per second for `seconds`, at most IN_FLIGHT at a time (a thread and
+    a keep-alive connection each); the rest wait in the pool's queue, and that wait counts:
+    each upload is timed from when it was due."""
     photo = small_jpeg()
+    uploads = Uploads(url, run, seed=37, timeout=60)
     results: list[tuple[int, float]] = []
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
 
-        # In-flight uploads are bounded here, not in httpx's pool: a pool queue of thousands
-        # costs the client O(n^2) and the client, not the system, becomes the bottleneck.
-        gate = asyncio.Semaphore(IN_FLIGHT)
+    def one(i: int, scheduled: float) -> None:
+        status, latency, _ = uploads.one(i, variant(photo, i))
+        results.append((status, latency))
+        if status == 202:  # end-to-end time counts from when the upload was due
+            watcher.expect(f"{run}-{i:07d}", scheduled)
 
-        async def one(i: int, scheduled: float) -> None:
-            async with gate:
-                status, latency, _ = await upload(client, county, i, run, variant(photo, i))
-            results.append((status, latency))
-            if status == 202:  # end-to-end time counts from when the upload was due
-                watcher.expect(f"{run}-{i:07d}", scheduled)
-
-        tasks = []
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
         t0 = time.perf_counter()
         i = 0
         while time.perf_counter() - t0 < seconds:
             due = t0 + i / RATE
             delay = due - time.perf_counter()
             if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, due)))
+                time.sleep(delay)
+            pool.submit(one, i, due)
             i += 1
-        await asyncio.gather(*tasks)
     return results
 
 
@@ -133,7 +127,7 @@ def run(ctx: Context) -> list[Figure]:
             _warm_up(settings.api_url, ctx.run_id, watcher, procs)
             watcher.start()
             say(ctx.echo, f"e2e: {RATE:g} uploads/s for {seconds:g} s ...")
-            results = asyncio.run(steady(settings.api_url, seconds, ctx.run_id, watcher))
+            results = steady(settings.api_url, seconds, ctx.run_id, watcher)
             deadline = time.monotonic() + 60
             while watcher.pending and time.monotonic() < deadline:
                 for p in procs:
@@ -162,13 +156,7 @@ def run(ctx: Context) -> list[Figure]:
 
 def _warm_up(url: str, run: str, watcher: Watcher, procs: list[services.Service]) -> None:
     """One upload through the whole pipeline before timing (the worker's first rebalance)."""
-    county = County(seed=41)
-
-    async def once() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            await upload(client, county, 0, f"{run}w", variant(small_jpeg(), 10**6))
-
-    asyncio.run(once())
+    Uploads(url, f"{run}w", seed=41, timeout=60).one(0, variant(small_jpeg(), 10**6))
     watcher.expect(f"{run}w-{0:07d}", time.perf_counter())
     deadline = time.monotonic() + 120
     while watcher.pending and time.monotonic() < deadline:

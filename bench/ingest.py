@@ -5,7 +5,6 @@ bytes plus a Kafka produce (acks=all) of an event of the same size, at the same 
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import threading
@@ -31,7 +30,7 @@ from bench.common import (
     spy,
     topic_prefix,
 )
-from bench.load import County, base_jpeg, variant
+from bench.load import County, Uploader, base_jpeg, multipart_body, variant
 from gridflow import services, topics
 from gridflow.settings import Settings
 
@@ -60,39 +59,49 @@ def start_api(settings: Settings, run_dir: Path, procs: list[services.Service] |
     raise RuntimeError(f"the API did not answer at {settings.api_url}")
 
 
-async def upload(client: httpx.AsyncClient, county: County, i: int, run: str, photo: bytes,
-                 ) -> tuple[int, float, str]:
-    """One grid worker's upload; (status, seconds, case id)."""
-    spot, report = county.client_report(i, run, datetime.now(UTC))
-    t0 = time.perf_counter()
-    try:
-        r = await client.post(
-            "/api/v1/reports", headers={"Authorization": f"Bearer {spot.worker.token}"},
-            data={"report": json.dumps(report, ensure_ascii=False)},
-            files=[("photos", ("IMG_0001.jpg", photo, "image/jpeg"))])
-    except httpx.HTTPError:
-        return 0, time.perf_counter() - t0, ""
-    case_id = r.json().get("case_id", "") if r.status_code == 202 else ""
-    return r.status_code, time.perf_counter() - t0, case_id
+class Uploads:
+    """Grid workers' uploads of the sample county over `Uploader`s, one per thread."""
 
+    def __init__(self, url: str, run: str, seed: int = 23, timeout: float = 120.0) -> None:
+        self.url, self.run, self.timeout = url, run, timeout
+        self.county = County(seed=seed)
+        self.lock = threading.Lock()  # the county's draws
+        self.local = threading.local()
 
-async def drive(url: str, count: int, concurrency: int, run: str, photo_of: Callable[[int], bytes],
-                ) -> tuple[float, list[tuple[int, float, str]]]:
-    county = County(seed=23)
-    results: list[tuple[int, float, str]] = []
-    next_i = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-
-        async def worker() -> None:
-            nonlocal next_i
-            while next_i < count:
-                i, next_i = next_i, next_i + 1
-                results.append(await upload(client, county, i, run, photo_of(i)))
-
+    def one(self, i: int, photo: bytes, run: str | None = None) -> tuple[int, float, str]:
+        """Upload report `i` with `photo`; (status, seconds, case id), status 0: no answer."""
+        with self.lock:
+            spot, report = self.county.client_report(i, run or self.run, datetime.now(UTC))
+        client = getattr(self.local, "client", None)
+        if client is None:
+            client = self.local.client = Uploader(self.url, self.timeout)
+        body, ctype = multipart_body(report, [photo])
+        headers = {"Authorization": f"Bearer {spot.worker.token}", "Content-Type": ctype}
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - t0, results
+        status, answer = client.post("/api/v1/reports", body, headers)
+        seconds = time.perf_counter() - t0
+        case_id = json.loads(answer).get("case_id", "") if status == 202 else ""
+        return status, seconds, case_id
+
+
+def drive(url: str, count: int, concurrency: int, run: str, photo_of: Callable[[int], bytes],
+          ) -> tuple[float, list[tuple[int, float, str]]]:
+    """`count` uploads, `concurrency` at a time (one thread and connection each)."""
+    uploads = Uploads(url, run)
+    indices = iter(range(count))
+    results: list[tuple[int, float, str]] = []
+
+    def worker() -> None:
+        for i in indices:  # shared iterator: each index taken once
+            results.append(uploads.one(i, photo_of(i)))
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, results
 
 
 def raw_baseline(settings: Settings, bucket: str, topic: str, count: int, concurrency: int,
@@ -152,8 +161,8 @@ def run(ctx: Context) -> list[Figure]:
         try:
             say(ctx.echo, f"ingest: {count} uploads of {len(base) / 1024:.0f} KB, "
                           f"{CONCURRENCY} at a time ...")
-            seconds, results = asyncio.run(drive(settings.api_url, count, CONCURRENCY,
-                                                 ctx.run_id, photo_of))
+            seconds, results = drive(settings.api_url, count, CONCURRENCY, ctx.run_id,
+                                     photo_of)
         finally:
             api.stop()
         accepted = [r for r in results if r[0] == 202]
