@@ -440,15 +440,22 @@ class ReadModels:
         ]
 
     # --- folding -------------------------------------------------------------------
-    def fold(self, m: Message, where: Position = Position()) -> None:
-        """Apply one event. Raises ProjectionError (and changes nothing) if it cannot."""
+    def fold(self, m: Message, where: Position = Position(), at: datetime | None = None,
+             digest: str | None = None) -> None:
+        """Apply one event. Raises ProjectionError (and changes nothing) if it cannot.
+
+        `at` (m.at_dt) and `digest` (event_hash(m)) may be passed in when the caller already
+        has them (the replay fast path); they are computed here otherwise.
+        """
         if m.id not in self._preloaded:
             self.preload([m])
         for rows in self._tables:
             rows.begin()
         try:
-            at = m.at_dt
-            digest = event_hash(m)
+            if at is None:
+                at = m.at_dt
+            if digest is None:
+                digest = event_hash(m)
             case = self.case(m.case_id, at)
             _advance_chain(case, m, digest, at)
             handler = HANDLERS.get(m.type)

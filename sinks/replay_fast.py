@@ -18,7 +18,11 @@ until the end (about 1 KB per case and 100 B per event); the append-only rows on
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -39,7 +43,14 @@ from sinks.models import (
     UTCDateTime,
     table_of,
 )
-from sinks.projector import Position, ProjectionError, ReadModels, _converters, _same
+from sinks.projector import (
+    _CANONICAL,
+    Position,
+    ProjectionError,
+    ReadModels,
+    _converters,
+    _same,
+)
 from sinks.sql import (
     SINK_LOCK,
     BatchStats,
@@ -52,7 +63,7 @@ from sinks.sql import (
 
 log = logging.getLogger("gridflow.sinks.replay_fast")
 
-CHUNK_ROWS = 50_000  # append-only rows held before they are written (within the transaction)
+CHUNK_ROWS = 10_000  # append-only rows held before they go to the writer (within the transaction)
 
 
 class NotEmpty(RuntimeError):
@@ -90,7 +101,8 @@ class Replayer:
         self.dead: dict[str, dict[str, Any]] = {}  # id -> row, first one wins
         self.next: dict[tuple[str, int], int] = {}
         self._writer: _Writer | None = None
-        self.write_s = 0.0
+        self.write_s = 0.0  # time this thread spent handing rows over and committing
+        self.write_busy_s = 0.0  # time the writer's thread spent writing (after finish())
 
     # --- the transaction ------------------------------------------------------------------
     def begin(self) -> None:
@@ -127,7 +139,10 @@ class Replayer:
             for (topic, partition), offset in sorted(self.next.items())
         ])
         t = time.perf_counter()
-        w.commit()
+        try:
+            w.commit()
+        finally:
+            self.write_busy_s = w.busy_s
         self.write_s += time.perf_counter() - t
         self._writer = None
 
@@ -142,19 +157,24 @@ class Replayer:
             tp = (r.topic, r.partition)
             if r.offset + 1 > nxt.get(tp, 0):
                 nxt[tp] = r.offset + 1
-            try:
-                m = _decode_case_event(r.value)
-            except SchemaError as exc:
-                self._dead(_dead_letter(r, f"undecodable case event: {exc}"), stats)
-                continue
+            quick = _decode_hashed(r.value)
+            if quick is not None:
+                m, at, digest = quick
+            else:  # anything unusual: the live sink's decoding, its errors, its hashing
+                try:
+                    m = _decode_case_event(r.value)
+                except SchemaError as exc:
+                    self._dead(_dead_letter(r, f"undecodable case event: {exc}"), stats)
+                    continue
+                at, digest = m.at_dt, None
             if m.id in seen:
                 stats.duplicates += 1
                 continue
-            if until is not None and m.at_dt > until:
+            if until is not None and at > until:
                 stats.after_until += 1
                 continue
             try:
-                models.fold(m, Position(r.topic, r.partition, r.offset))
+                models.fold(m, Position(r.topic, r.partition, r.offset), at, digest)
             except ProjectionError as exc:
                 log.error("dead-lettering %s at %s[%d]@%d: %s",
                           m.type, r.topic, r.partition, r.offset, exc)
@@ -198,11 +218,12 @@ class Replayer:
         m = self.models
         if not force and len(m.ledger) + len(m.history) < self.chunk_rows:
             return
-        for table, rows in ((CaseEvent, m.ledger), (TaskHistory, m.history),
-                            (CommandOutcome, m.outcomes)):
-            if rows:
-                self._write(table_of(table), rows)
-                rows.clear()
+        for name, model in (("ledger", CaseEvent), ("history", TaskHistory),
+                            ("outcomes", CommandOutcome)):
+            rows = getattr(m, name)
+            if rows:  # handed to the writer (its thread may still be writing them): new lists
+                setattr(m, name, [])
+                self._write(table_of(model), rows)
 
     def _write(self, table: Table, rows: list[dict[str, Any]]) -> None:
         if rows:
@@ -214,6 +235,60 @@ class Replayer:
         if self._writer is None:
             raise RuntimeError("Replayer.begin() first (or the replay was aborted)")
         return self._writer
+
+
+# --- decoding and hashing, for the common case only ---------------------------------------
+
+_json_decode = json.JSONDecoder().decode  # what json.loads(str) runs
+_json_str = json.encoder.encode_basestring  # how the canonical encoder writes a str (C)
+_sha256 = hashlib.sha256
+
+
+def _decode_hashed(value: bytes | None) -> tuple[Message, datetime, str | None] | None:
+    """A case event decoded as sinks.sql._decode_case_event decodes it, its time (m.at_dt)
+    and its hash (sinks.projector.event_hash: SHA-256 of the canonical bytes), for a record
+    in the shape every producer writes (UTF-8 JSON object, envelope fields of their JSON
+    types). Anything else returns None and the caller takes the general path, which gives
+    the result or the error the live sink gives. The hash is computed, never taken from the
+    record: the canonical bytes are built from the decoded values, with the envelope (ten
+    keys in sorted order) written here and only `data` through the canonical encoder, so a
+    record whose bytes are not canonical, or altered, hashes exactly as in the live sink.
+    The digest is None where that encoding fails (the fold then fails as in the live sink).
+    """
+    if value is None or value[:1] != b"{" or value[1:2] in (b"", b"\x00"):
+        return None  # json.loads would not read it as UTF-8, or there is nothing to read
+    try:
+        obj = _json_decode(value.decode("utf-8", "surrogatepass"))
+    except ValueError:
+        return None
+    if type(obj) is not dict:
+        return None
+    get = obj.get
+    id_, type_, at, actor = get("id"), get("type"), get("at"), get("actor")
+    case_id, data, schema = get("case_id"), get("data", {}), get("schema", ev.SCHEMA_VERSION)
+    seq, causation_id, prev_hash = get("seq", 0), get("causation_id", ""), get("prev_hash", "")
+    if not (type(id_) is str and id_ and type(type_) is str and type_ and type(at) is str
+            and at and type(actor) is str and actor and type(case_id) is str and case_id
+            and type(data) is dict and type(schema) is int and schema == ev.SCHEMA_VERSION
+            and type(seq) is int and type(causation_id) is str and type(prev_hash) is str):
+        return None
+    try:
+        at_dt = ev.parse_ts(at, "at")
+    except SchemaError:
+        return None
+    m = Message(id_, type_, case_id, at, actor, data, schema, causation_id, seq, prev_hash)
+    try:
+        canonical = "".join((
+            '{"actor":', _json_str(actor), ',"at":', _json_str(at),
+            ',"case_id":', _json_str(case_id), ',"causation_id":', _json_str(causation_id),
+            ',"data":', _CANONICAL(data), ',"id":', _json_str(id_),
+            ',"prev_hash":', _json_str(prev_hash), ',"schema":', int.__repr__(schema),
+            ',"seq":', int.__repr__(seq), ',"type":', _json_str(type_), "}",
+        ))
+        digest: str | None = _sha256(canonical.encode()).hexdigest()
+    except Exception:  # e.g. a lone surrogate: event_hash fails the same way in the fold
+        digest = None
+    return m, at_dt, digest
 
 
 _TABLES = tuple(
@@ -261,11 +336,75 @@ def _memo(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return convert
 
 
+class _Background:
+    """The writer's jobs run in order in one thread, while the caller goes on folding: the
+    database's own work (sqlite3 steps, libpq sends) runs without the GIL. At most `depth`
+    jobs wait; the first failure is raised to the caller at its next submit or at drain."""
+
+    def __init__(self, depth: int = 2) -> None:
+        self.jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.busy_s = 0.0
+        self.thread = threading.Thread(target=self._run, name="replay-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if self.error is None:
+                t = time.perf_counter()
+                try:
+                    job()
+                except BaseException as exc:  # raised in the caller's thread
+                    self.error = exc
+                self.busy_s += time.perf_counter() - t
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.check()
+        self.jobs.put(job)
+
+    def drain(self) -> None:
+        """Wait for every job, stop the thread; raises the first failure."""
+        if self.thread.is_alive():
+            self.jobs.put(None)
+            self.thread.join()
+        self.check()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def drain_quietly(self) -> None:
+        """Stop the thread after the job it is running (the others are skipped)."""
+        if self.error is None:
+            self.error = RuntimeError("the replay was aborted")
+        if self.thread.is_alive():
+            self.jobs.put(None)
+            self.thread.join()
+
+
 class _Writer:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.raw: Any = None
         self.makers: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[Any]]]] = {}
+        self.background: _Background | None = None
+
+    @property
+    def busy_s(self) -> float:
+        return self.background.busy_s if self.background is not None else 0.0
+
+    def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        """Insert `rows` (not to be changed afterwards) in the transaction, in the writer's
+        thread; in order, and done (or failed) by commit()."""
+        if self.background is None:
+            self.background = _Background()
+        self.background.submit(lambda: self.write_now(table, rows))
+
+    def write_now(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
 
     def maker(self, table: Table) -> tuple[list[str], Callable[[dict[str, Any]], list[Any]]]:
         if table.name not in self.makers:
@@ -283,14 +422,15 @@ class _Writer:
     def begin(self) -> None:
         raise NotImplementedError
 
-    def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
-        raise NotImplementedError
-
     def commit(self) -> None:
+        if self.background is not None:
+            self.background.drain()
         self.raw.commit()
         self._close()
 
     def abort(self) -> None:
+        if self.background is not None:
+            self.background.drain_quietly()
         if self.raw is not None:
             try:
                 self.raw.rollback()
@@ -315,7 +455,7 @@ class _SqliteWriter(_Writer):
         finally:
             cur.close()
 
-    def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
+    def write_now(self, table: Table, rows: list[dict[str, Any]]) -> None:
         names, make = self.maker(table)
         columns = ", ".join(f'"{n}"' for n in names)
         sql = f'INSERT INTO "{table.name}" ({columns}) VALUES ({", ".join("?" * len(names))})'
@@ -346,7 +486,7 @@ class _PgWriter(_Writer):
         finally:
             cur.close()
 
-    def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
+    def write_now(self, table: Table, rows: list[dict[str, Any]]) -> None:
         names, make = self.maker(table)
         columns = ", ".join(f'"{n}"' for n in names)
         with self.raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({columns}) FROM STDIN') as copy:
