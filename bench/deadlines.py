@@ -25,7 +25,14 @@ MEMORY_TARGET = 1 << 30
 def build(open_count: int, due_per_tick: int) -> Any:
     """A book whose minute k (k < open/due) holds `due_per_tick` breaches."""
     from gridflow.core.calendar import UNKNOWN_YEARS_WEEKDAYS, load_bundled_calendar
-    from gridflow.core.deadlines import BREACH, WARN, DeadlineBook, DeadlineEntry, Due
+    from gridflow.core.deadlines import (
+        BREACH,
+        WARN,
+        DeadlineBook,
+        DeadlineEntry,
+        Due,
+        encode_entry,
+    )
     from gridflow.core.sla import load_bundled_policy
 
     calendar = replace(load_bundled_calendar(), unknown_years=UNKNOWN_YEARS_WEEKDAYS)
@@ -41,13 +48,12 @@ def build(open_count: int, due_per_tick: int) -> Any:
             dues=(Due(BREACH, breach), Due(WARN, breach + timedelta(minutes=period), 0.5),
                   Due(WARN, breach + timedelta(minutes=2 * period), 0.8)),
         )
-        raw = entry.to_dict()
-        for d in raw["dues"]:
-            d["bucket"] = book._bucket_of(datetime.fromisoformat(d["at"].replace("Z", "+00:00")))
-            buckets.setdefault(d["bucket"], []).append(entry.key)
-        book.entries[entry.key] = raw
+        key, filed = entry.key, tuple(book._bucket_of(d.at) for d in entry.dues)
+        for b in filed:
+            buckets.setdefault(b, []).append(key)  # the same str: no copies left behind
+        book.entries[key] = encode_entry(entry, filed, book.bucket_seconds)
     for b, keys in buckets.items():
-        book.buckets[book._bucket_key(b)] = sorted(keys)
+        book.buckets[book._bucket_key(b)] = "\n".join(keys)
     book.buckets[book._cursor_key()] = {"low": book._bucket_of(T0), "primed": True}
     return book
 

@@ -8,14 +8,28 @@ item ids are deterministic, so a repeat after a crash is recognisable downstream
 
 Storage
 -------
-* ``entries``: ``"<task_id>#<stage>"`` → entry dict (see `DeadlineEntry.to_dict`; each stored
-  due also carries the ``bucket`` it is indexed under).
-* ``buckets``: ``"<namespace><minute number>"`` → sorted list of entry keys with a due in that
-  minute, plus ``"<namespace>~cursor"`` → ``{"low": n, "primed": bool}``: every bucket below
-  ``low`` is empty (``primed`` once ticking started; before that ``low`` follows the earliest
-  filing). A tick reads buckets ``low`` … ``now`` and moves ``low`` to now's minute.
-  A due whose minute is already below the cursor (planned late, caught up after downtime) is
-  filed under the cursor bucket, so it fires on the next call.
+Both maps hold compact strings, so a million open stages take about 350 MB resident, not the
+2 GB of a dict of ISO strings per entry (bench/deadlines.py; docs/PERFORMANCE.md):
+
+* ``entries``: ``"<task_id>#<stage>"`` →
+  ``"<start>|<due_at>|<base_level>|<level>|<dues>|<fired>|<case>"`` (`encode_entry`). Instants are epoch seconds (``1793581210``, or with six decimals when
+  they carry microseconds); ``level`` is empty before the breach. ``dues`` are comma-separated
+  ``<k><at>[f<fraction>][l<level>][@<bucket>]`` with ``k`` = ``w``/``b``/``e`` (warn, breach,
+  escalate); ``@<bucket>`` is written only when the due is filed under another bucket than its
+  own minute. ``fired`` are comma-separated marks of the items already returned for this
+  deadline: ``k`` plus the item id's detail (``w0.5``, ``b``, ``e2``). ``case`` is empty when
+  the case id is the task id up to its last ``-`` (``AJ…-T01`` → ``AJ…``), else ``=<case_id>``.
+* ``buckets``: ``"<namespace><minute number>"`` → the keys of the entries with a due in that
+  minute, joined by newlines, plus ``"<namespace>~cursor"`` → ``{"low": n, "primed": bool}``:
+  every bucket below ``low`` is empty (``primed`` once ticking started; before that ``low``
+  follows the earliest filing). A tick reads buckets ``low`` … ``now`` and moves ``low`` to now's
+  minute. A due whose minute is already below the cursor (planned late, caught up after
+  downtime) is filed under the cursor bucket, so it fires on the next call.
+
+The earlier format (an entry as a dict of ISO strings with each due's ``bucket`` and the fired
+item ids, a bucket as a list of keys) is still read, so a worker restoring an older changelog
+goes on where it was; every entry or bucket written again is written in the compact form.
+``bucket_seconds`` must stay the same for the life of the tables (bucket keys depend on it).
 
 Values are replaced, never mutated in place (faust tables persist on assignment only). Build
 faust tables without a ``default`` (a default would make lookups of empty buckets write), and
@@ -29,9 +43,10 @@ Every instant derives from scheduled instants, never from the tick time, so a re
 
 from __future__ import annotations
 
+import re
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gridflow import events as ev
@@ -44,6 +59,9 @@ KINDS: tuple[str, ...] = (WARN, BREACH, ESCALATE)
 COMMAND_OF_KIND = {WARN: ev.WARN_DEADLINE, BREACH: ev.BREACH_DEADLINE, ESCALATE: ev.ESCALATE_TASK}
 BUCKET_SECONDS = 60
 CURSOR = "~cursor"
+KIND_LETTER = {WARN: "w", BREACH: "b", ESCALATE: "e"}
+KIND_OF_LETTER = {v: k for k, v in KIND_LETTER.items()}
+ID_LENGTH = 32  # derived_id: a mark is never this long
 
 JsonMap = MutableMapping[str, Any]
 
@@ -87,7 +105,9 @@ class DeadlineEntry:
     dues: tuple[Due, ...]
     base_level: int = 0  # ladder index a breach is reported at
     level: int | None = None  # ladder level reached since the breach; None before it
-    fired: tuple[str, ...] = ()  # ids of items already returned for this deadline
+    # marks (`due_mark`) of the items already returned for this deadline; an entry stored in
+    # the earlier format may also hold their full item ids
+    fired: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -95,6 +115,12 @@ class DeadlineEntry:
 
     def due_id(self, due: Due) -> str:
         return item_id(self.task_id, self.stage, due.kind, self.due_at, due.fraction, due.level)
+
+    def has_fired(self, due: Due) -> bool:
+        """Whether the item of `due` was already returned for this deadline."""
+        if due_mark(due) in self.fired:
+            return True
+        return any(len(f) == ID_LENGTH for f in self.fired) and self.due_id(due) in self.fired
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -173,8 +199,16 @@ def entry_key(task_id: str, stage: str) -> str:
 def item_id(
     task_id: str, stage: str, kind: str, due_at: datetime, fraction: float | None, level: int | None
 ) -> str:
-    detail = f"{fraction:g}" if fraction is not None else str(level if level is not None else "")
-    return derived_id("deadline", task_id, stage, kind, iso(due_at), detail)
+    return derived_id("deadline", task_id, stage, kind, iso(due_at), _detail(fraction, level))
+
+
+def _detail(fraction: float | None, level: int | None) -> str:
+    return f"{fraction:g}" if fraction is not None else str(level if level is not None else "")
+
+
+def due_mark(due: Due) -> str:
+    """Short for the item id of `due` within one deadline: kind letter plus the id's detail."""
+    return KIND_LETTER[due.kind] + _detail(due.fraction, due.level)
 
 
 def plan_deadlines(
@@ -251,8 +285,9 @@ class DeadlineBook:
         self.bucket_seconds = bucket_seconds
 
     def get(self, task_id: str, stage: str) -> DeadlineEntry | None:
-        raw = self.entries.get(entry_key(task_id, stage))
-        return None if raw is None else DeadlineEntry.from_dict(raw)
+        key = entry_key(task_id, stage)
+        raw = self.entries.get(key)
+        return None if raw is None else self._decode(key, raw)[0]
 
     # --- changes (each idempotent) ---------------------------------------------------
 
@@ -263,19 +298,16 @@ class DeadlineBook:
         fired and any escalation in progress; a different due_at starts the clock afresh.
         """
         old_raw = self.entries.get(entry.key)
-        old = None if old_raw is None else DeadlineEntry.from_dict(old_raw)
+        old = None if old_raw is None else self._decode(entry.key, old_raw)[0]
         if old is not None and old.due_at == entry.due_at:
-            fired = set(old.fired) | set(entry.fired)
-            kept = tuple(
-                d for d in entry.dues if d.kind != ESCALATE and entry.due_id(d) not in fired
+            merged = replace(
+                entry, fired=tuple(sorted({*old.fired, *entry.fired})), level=old.level
             )
+            kept = tuple(d for d in entry.dues if d.kind != ESCALATE and not merged.has_fired(d))
             pending = tuple(d for d in old.dues if d.kind == ESCALATE)
-            entry = replace(entry, dues=kept + pending, fired=tuple(sorted(fired)), level=old.level)
+            entry = replace(merged, dues=kept + pending)
         else:
-            fired = set(entry.fired)
-            entry = replace(
-                entry, dues=tuple(d for d in entry.dues if entry.due_id(d) not in fired)
-            )
+            entry = replace(entry, dues=tuple(d for d in entry.dues if not entry.has_fired(d)))
         self._write(entry, old_raw)
         return entry
 
@@ -305,7 +337,7 @@ class DeadlineBook:
             raw = self.entries.get(key)
             if raw is None:
                 continue
-            for b in sorted({s["bucket"] for s in raw["dues"]}):
+            for b in sorted(set(self._decode(key, raw)[1])):
                 self._bucket_remove(b, key)
             del self.entries[key]
             stopped += 1
@@ -333,7 +365,7 @@ class DeadlineBook:
         self, entry: DeadlineEntry, escalation: tuple[Due, ...]
     ) -> DeadlineEntry:
         others = tuple(d for d in entry.dues if d.kind != ESCALATE)
-        fresh = tuple(d for d in escalation if entry.due_id(d) not in entry.fired)
+        fresh = tuple(d for d in escalation if not entry.has_fired(d))
         updated = replace(entry, dues=others + fresh)
         self._write(updated, self.entries.get(entry.key))
         return updated
@@ -356,8 +388,13 @@ class DeadlineBook:
         if cursor is not None and cursor.get("primed") and last < int(cursor["low"]):
             return items  # a late or skewed tick: time never runs backwards, nothing to read
         if cursor is not None:
+            # Escalations filed while firing go to buckets after `last`, none read here: each
+            # such bucket is written once at the end, not once per fired entry.
+            filed: dict[int, list[str]] = {}
             for b in range(int(cursor["low"]), last + 1):
-                items.extend(self._pop_bucket(b, now, last + 1))
+                items.extend(self._pop_bucket(b, now, last + 1, filed))
+            for b, keys in sorted(filed.items()):
+                self._bucket_extend(b, keys)
         if cursor != {"low": last, "primed": True}:
             self.buckets[self._cursor_key()] = {"low": last, "primed": True}
         return sorted(items, key=_item_order)
@@ -370,20 +407,25 @@ class DeadlineBook:
             return []
         items: list[DueItem] = []
         for b in range(int(cursor["low"]), self._bucket_of(now) + 1):
-            for key in self.buckets.get(self._bucket_key(b)) or []:
+            for key in _bucket_keys(self.buckets.get(self._bucket_key(b))):
                 raw = self.entries.get(key)
                 if raw is None:
                     continue
-                due = [Due.from_dict(s) for s in raw["dues"] if _due_in(s, b, now)]
-                if due:
-                    entry = DeadlineEntry.from_dict(raw)
-                    items.extend(self._item(entry, d) for d in due)
+                entry, filed = self._decode(key, raw)
+                items.extend(
+                    self._item(entry, d)
+                    for d, fb in zip(entry.dues, filed, strict=True)
+                    if fb == b and d.at <= now
+                )
         return sorted(items, key=_item_order)
 
-    def _pop_bucket(self, b: int, now: datetime, next_bucket: int) -> list[DueItem]:
+    def _pop_bucket(
+        self, b: int, now: datetime, next_bucket: int, filed: dict[int, list[str]]
+    ) -> list[DueItem]:
         """Fire what is due in bucket b and rewrite its key list once."""
         bkey = self._bucket_key(b)
-        keys = self.buckets.get(bkey)
+        stored = self.buckets.get(bkey)
+        keys = _bucket_keys(stored)
         if not keys:
             return []
         items: list[DueItem] = []
@@ -392,25 +434,34 @@ class DeadlineBook:
             raw = self.entries.get(key)
             if raw is None:
                 continue
-            fired, raw = self._fire_entry(raw, b, now, next_bucket)
+            fired, still_here = self._fire_entry(key, raw, b, now, next_bucket, filed)
             items.extend(fired)
-            if any(s["bucket"] == b for s in raw["dues"]):
+            if still_here:
                 keep.append(key)
-        if keep != list(keys):
+        if keep != keys or not isinstance(stored, str):
             if keep:
-                self.buckets[bkey] = keep
+                self.buckets[bkey] = _bucket_value(keep)
             else:
                 del self.buckets[bkey]
         return items
 
     def _fire_entry(
-        self, raw: dict[str, Any], b: int, now: datetime, next_bucket: int
-    ) -> tuple[list[DueItem], dict[str, Any]]:
-        """Fire the entry's dues filed under bucket b that are due; returns the stored entry."""
-        due_now = [Due.from_dict(s) for s in raw["dues"] if _due_in(s, b, now)]
+        self,
+        key: str,
+        raw: Any,
+        b: int,
+        now: datetime,
+        next_bucket: int,
+        filed: dict[int, list[str]],
+    ) -> tuple[list[DueItem], bool]:
+        """Fire the entry's dues filed under bucket b that are due.
+
+        Returns the items and whether the entry still has a due filed under bucket b.
+        """
+        entry, buckets = self._decode(key, raw)
+        due_now = [d for d, fb in zip(entry.dues, buckets, strict=True) if fb == b and d.at <= now]
         if not due_now:
-            return [], raw
-        entry = DeadlineEntry.from_dict(raw)
+            return [], b in buckets
         firing = set(due_now)
         remaining = [d for d in entry.dues if d not in firing]
         level = entry.level
@@ -420,9 +471,12 @@ class DeadlineBook:
             if due.kind in (BREACH, ESCALATE):
                 level = entry.base_level if due.kind == BREACH else due.level
                 remaining.extend(self._next_escalation(due.at, level, entry, remaining))
-        fired = tuple(sorted({*entry.fired, *(i.id for i in items)}))
+        fired = tuple(sorted({*entry.fired, *(due_mark(d) for d in due_now)}))
         updated = replace(entry, dues=tuple(remaining), level=level, fired=fired)
-        return items, self._write(updated, raw, floor=next_bucket, owner_bucket=b)
+        new_buckets = self._write(
+            updated, raw, floor=next_bucket, owner_bucket=b, filed=filed, old=(entry, buckets)
+        )
+        return items, b in new_buckets
 
     def _next_escalation(
         self, since: datetime, level: int | None, entry: DeadlineEntry, pending: list[Due]
@@ -435,7 +489,7 @@ class DeadlineBook:
         if at is None:
             return []
         due = Due(ESCALATE, at, level=level + 1)
-        return [] if entry.due_id(due) in entry.fired else [due]
+        return [] if entry.has_fired(due) else [due]
 
     def _item(self, entry: DeadlineEntry, due: Due) -> DueItem:
         level = None if due.kind == WARN else entry.base_level if due.kind == BREACH else due.level
@@ -461,65 +515,81 @@ class DeadlineBook:
 
     # --- storage ------------------------------------------------------------------------
 
+    def _decode(self, key: str, raw: Any) -> tuple[DeadlineEntry, tuple[int, ...]]:
+        """A stored entry and the bucket each of its dues is filed under (either format)."""
+        if isinstance(raw, str):
+            return decode_entry(key, raw, self.bucket_seconds)
+        entry = DeadlineEntry.from_dict(raw)  # the earlier format: a dict of ISO strings
+        return entry, tuple(int(s["bucket"]) for s in raw["dues"])
+
     def _write(
         self,
         entry: DeadlineEntry,
-        old_raw: dict[str, Any] | None,
+        old_raw: Any,
         floor: int | None = None,
         owner_bucket: int | None = None,
-    ) -> dict[str, Any]:
+        filed: dict[int, list[str]] | None = None,
+        old: tuple[DeadlineEntry, tuple[int, ...]] | None = None,
+    ) -> tuple[int, ...]:
         """Store the entry and move its key between buckets; nothing when unchanged.
 
-        `owner_bucket` is the bucket `pop_due` is rewriting itself, so it is left alone here.
+        Returns the bucket of each due. `owner_bucket` is the bucket `pop_due` is rewriting
+        itself, so it is left alone here; with `filed`, keys to add to other buckets are
+        collected there instead of written (`pop_due` writes each such bucket once).
         """
         if floor is None:
             floor = self._floor()
-        new_raw = self._stored_form(entry, old_raw, floor)
-        if new_raw == old_raw:
-            return new_raw
-        old_buckets = {s["bucket"] for s in old_raw["dues"]} if old_raw else set()
-        new_buckets = {s["bucket"] for s in new_raw["dues"]}
-        for b in sorted(old_buckets - new_buckets - {owner_bucket}):
-            self._bucket_remove(b, entry.key)
-        for b in sorted(new_buckets - old_buckets - {owner_bucket}):
-            self._bucket_add(b, entry.key)
-        self.entries[entry.key] = new_raw
-        if new_buckets - old_buckets:
-            self._note_filed(min(new_buckets - old_buckets))
-        return new_raw
-
-    def _stored_form(
-        self, entry: DeadlineEntry, old_raw: dict[str, Any] | None, floor: int | None
-    ) -> dict[str, Any]:
-        """The entry as stored: each due with its bucket.
-
-        A due keeps the bucket it was filed under; a new one goes to its own minute, or to
-        `floor` when that minute is already behind the cursor.
-        """
-        previous = {_signature(s): s["bucket"] for s in (old_raw or {}).get("dues", [])}
-        raw = entry.to_dict()
-        for d in raw["dues"]:
-            b = previous.get(_signature(d))
+        if old is None and old_raw is not None:
+            old = self._decode(entry.key, old_raw)
+        old_filed = dict(zip(old[0].dues, old[1], strict=True)) if old else {}
+        buckets = []
+        for d in entry.dues:
+            b = old_filed.get(d)  # a due keeps the bucket it was filed under
             if b is None:
-                b = self._bucket_of(parse_ts(d["at"]))
+                b = self._bucket_of(d.at)
                 b = b if floor is None else max(b, floor)
-            d["bucket"] = b
-        return raw
+            buckets.append(b)
+        new_buckets = tuple(buckets)
+        new_raw = encode_entry(entry, new_buckets, self.bucket_seconds)
+        if new_raw == old_raw:
+            return new_buckets
+        old_set = set(old[1]) if old else set()
+        new_set = set(new_buckets)
+        for b in sorted(old_set - new_set - {owner_bucket}):
+            self._bucket_remove(b, entry.key)
+        for b in sorted(new_set - old_set - {owner_bucket}):
+            if filed is None:
+                self._bucket_extend(b, [entry.key])
+            else:
+                filed.setdefault(b, []).append(entry.key)
+        self.entries[entry.key] = new_raw
+        if new_set - old_set and filed is None:
+            self._note_filed(min(new_set - old_set))
+        return new_buckets
 
-    def _bucket_add(self, b: int, key: str) -> None:
+    def _bucket_extend(self, b: int, keys: list[str]) -> None:
         bkey = self._bucket_key(b)
-        keys = self.buckets.get(bkey) or []
-        if key not in keys:
-            self.buckets[bkey] = sorted([*keys, key])
+        stored = self.buckets.get(bkey)
+        if len(keys) == 1 and stored and isinstance(stored, str):
+            if not _holds(stored, keys[0]):
+                self.buckets[bkey] = f"{stored}\n{keys[0]}"
+            return
+        present = _bucket_keys(stored)
+        seen = set(present)
+        added = [k for k in dict.fromkeys(keys) if k not in seen]
+        if added:
+            self.buckets[bkey] = _bucket_value([*present, *added])
 
     def _bucket_remove(self, b: int, key: str) -> None:
         bkey = self._bucket_key(b)
-        keys = self.buckets.get(bkey)
-        if not keys or key not in keys:
+        stored = self.buckets.get(bkey)
+        if not stored:
             return
-        rest = [k for k in keys if k != key]
+        if isinstance(stored, str) and not _holds(stored, key):
+            return
+        rest = [k for k in _bucket_keys(stored) if k != key]
         if rest:
-            self.buckets[bkey] = rest
+            self.buckets[bkey] = _bucket_value(rest)
         else:
             del self.buckets[bkey]
 
@@ -535,7 +605,7 @@ class DeadlineBook:
             self.buckets[self._cursor_key()] = {"low": b, "primed": False}
 
     def _bucket_of(self, t: datetime) -> int:
-        return int(t.timestamp() // self.bucket_seconds)
+        return _bucket_number(t, self.bucket_seconds)
 
     def _bucket_key(self, b: int) -> str:
         return f"{self.namespace}{b}"
@@ -544,12 +614,109 @@ class DeadlineBook:
         return f"{self.namespace}{CURSOR}"
 
 
-def _due_in(stored: dict[str, Any], b: int, now: datetime) -> bool:
-    return bool(stored["bucket"] == b and parse_ts(stored["at"]) <= now)
+# --- the stored forms -------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
+_MICRO = timedelta(microseconds=1)
 
 
-def _signature(d: dict[str, Any]) -> tuple[Any, ...]:
-    return (d["kind"], d["at"], d.get("fraction"), d.get("level"))
+def encode_entry(entry: DeadlineEntry, buckets: tuple[int, ...], bucket_seconds: int) -> str:
+    """The stored string of an entry whose dues are filed under `buckets` (module docstring)."""
+    dues = []
+    for d, b in zip(entry.dues, buckets, strict=True):
+        token = KIND_LETTER[d.kind] + _instant(d.at)
+        if d.fraction is not None:
+            token += f"f{d.fraction!r}"
+        if d.level is not None:
+            token += f"l{d.level}"
+        if b != _bucket_number(d.at, bucket_seconds):
+            token += f"@{b}"
+        dues.append(token)
+    case = "" if entry.case_id and _case_of(entry.task_id) == entry.case_id else f"={entry.case_id}"
+    level = "" if entry.level is None else str(entry.level)
+    return (
+        f"{_instant(entry.start)}|{_instant(entry.due_at)}|{entry.base_level}|{level}|"
+        f"{','.join(dues)}|{','.join(entry.fired)}|{case}"
+    )
+
+
+def decode_entry(
+    key: str, raw: str, bucket_seconds: int
+) -> tuple[DeadlineEntry, tuple[int, ...]]:
+    """The entry stored under `key` as `raw`, and the bucket each of its dues is filed under."""
+    task_id, _, stage = key.rpartition("#")
+    start, due_at, base_level, level, dues_s, fired, case = raw.split("|", 6)
+    dues: list[Due] = []
+    buckets: list[int] = []
+    for token in dues_s.split(",") if dues_s else ():
+        m = _DUE_TOKEN.fullmatch(token)
+        if m is None:
+            raise ValueError(f"deadline entry {key!r}: unreadable due {token!r}")
+        letter, at_s, fraction, lvl, bucket = m.groups()
+        at = _parse_instant(at_s)
+        dues.append(Due(
+            KIND_OF_LETTER[letter], at,
+            fraction=None if fraction is None else float(fraction),
+            level=None if lvl is None else int(lvl),
+        ))
+        buckets.append(_bucket_number(at, bucket_seconds) if bucket is None else int(bucket))
+    entry = DeadlineEntry(
+        task_id=task_id,
+        stage=stage,
+        case_id=case[1:] if case else _case_of(task_id),
+        start=_parse_instant(start),
+        due_at=_parse_instant(due_at),
+        dues=tuple(dues),
+        base_level=int(base_level),
+        level=int(level) if level else None,
+        fired=tuple(fired.split(",")) if fired else (),
+    )
+    return entry, tuple(buckets)
+
+
+_DUE_TOKEN = re.compile(r"([wbe])(-?[0-9]+(?:\.[0-9]+)?)(?:f([^l@]+))?(?:l(-?[0-9]+))?(?:@(-?[0-9]+))?")
+
+
+def _case_of(task_id: str) -> str:
+    """The case id a task id starts with: task ids are ``<case_id>-T<nn>``."""
+    return task_id.rpartition("-")[0]
+
+
+def _instant(t: datetime) -> str:
+    us = (t - _EPOCH) // _MICRO
+    sec, frac = divmod(us, 1_000_000)
+    return f"{sec}.{frac:06d}" if frac else str(sec)
+
+
+def _parse_instant(s: str) -> datetime:
+    sec, _, frac = s.partition(".")
+    return _EPOCH + timedelta(seconds=int(sec), microseconds=int(frac.ljust(6, "0")) if frac else 0)
+
+
+def _bucket_number(t: datetime, bucket_seconds: int) -> int:
+    return int(t.timestamp() // bucket_seconds)
+
+
+def _bucket_keys(stored: Any) -> list[str]:
+    """The keys of a stored bucket: newline-joined, or a list in the earlier format."""
+    if not stored:
+        return []
+    return stored.split("\n") if isinstance(stored, str) else list(stored)
+
+
+def _bucket_value(keys: list[str]) -> str:
+    return "\n".join(keys)
+
+
+def _holds(stored: str, key: str) -> bool:
+    """Whether a newline-joined bucket holds `key`."""
+    return (
+        stored == key
+        or stored.startswith(key + "\n")
+        or stored.endswith("\n" + key)
+        or f"\n{key}\n" in stored
+    )
 
 
 def _item_order(item: DueItem) -> tuple[Any, ...]:

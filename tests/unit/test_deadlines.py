@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, MutableMapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -19,7 +20,10 @@ from gridflow.core.deadlines import (
     WARN,
     DeadlineBook,
     DeadlineEntry,
+    Due,
     DueItem,
+    decode_entry,
+    encode_entry,
     plan_deadlines,
 )
 from gridflow.core.sla import SlaPlanner, load_bundled_policy
@@ -40,6 +44,7 @@ class CountingMap(MutableMapping[str, Any]):
     def __init__(self, data: dict[str, Any] | None = None) -> None:
         self.data: dict[str, Any] = dict(data or {})
         self.touched: set[str] = set()
+        self.writes: dict[str, int] = {}
         self.scans = 0
 
     def __getitem__(self, key: str) -> Any:
@@ -49,6 +54,7 @@ class CountingMap(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         json.dumps(value)  # values must be JSON, as in a faust table
         self.touched.add(key)
+        self.writes[key] = self.writes.get(key, 0) + 1
         self.data[key] = value
 
     def __delitem__(self, key: str) -> None:
@@ -193,6 +199,88 @@ def test_cancel_stops_firing_and_is_idempotent() -> None:
     assert book.get("T1", "resolve") is None
 
 
+# --- the stored form ------------------------------------------------------------------------
+
+
+def test_stored_entries_are_short_strings_that_round_trip() -> None:
+    at = datetime(2026, 11, 23, 1, 0, 10, 123456, tzinfo=UTC)
+    entry = DeadlineEntry(
+        task_id="AJ20261123-00000042-T01", stage="resolve", case_id="AJ20261123-00000042",
+        start=datetime(2026, 11, 22, 23, 0, tzinfo=UTC), due_at=at,
+        dues=(Due(WARN, at - timedelta(hours=1), 0.8), Due(ESCALATE, at + timedelta(days=1), level=2)),
+        base_level=1, level=1, fired=("w0.5", "b"),
+    )
+    b = int(at.timestamp() // 60)
+    raw = encode_entry(entry, (b - 60, b + 5), 60)  # the second one filed late, under b + 5
+    assert json.loads(json.dumps(raw)) == raw and len(raw) < 100
+    assert raw.endswith("|w0.5,b|")  # the case id is the task id's prefix: not stored
+    assert decode_entry(entry.key, raw, 60) == (entry, (b - 60, b + 5))
+    other = DeadlineEntry(task_id="T|1", stage="sign", case_id="C|x", start=at, due_at=at,
+                          dues=(Due(BREACH, at),))
+    assert decode_entry(other.key, encode_entry(other, (b,), 60), 60) == (other, (b,))
+    nameless = DeadlineEntry(task_id="T", stage="sign", case_id="", start=at, due_at=at, dues=())
+    assert decode_entry(nameless.key, encode_entry(nameless, (), 60), 60)[0] == nameless
+
+
+def _earlier_format(book: DeadlineBook) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The book's maps as the earlier format stored them: dicts of ISO strings, key lists."""
+    entries: dict[str, Any] = {}
+    for key, raw in book.entries.items():
+        entry, filed = book._decode(key, raw)
+        kinds = {"w": WARN, "b": BREACH, "e": ESCALATE}
+        ids = [
+            ev.derived_id("deadline", entry.task_id, entry.stage, kinds[m[0]], iso(entry.due_at),
+                          m[1:])
+            for m in entry.fired
+        ]
+        d = entry.to_dict() | {"fired": sorted(ids)}
+        for stored, b in zip(d["dues"], filed, strict=True):
+            stored["bucket"] = b
+        entries[key] = d
+    buckets = {
+        k: v if isinstance(v, dict) else sorted(v.split("\n")) for k, v in book.buckets.items()
+    }
+    return json.loads(json.dumps(entries)), json.loads(json.dumps(buckets))
+
+
+def test_a_book_stored_in_the_earlier_format_goes_on_where_it_was() -> None:
+    day_start, noon, day_end = (
+        local(2026, 11, 23, 8, 0),
+        local(2026, 11, 23, 12, 0),
+        local(2026, 11, 24, 8, 0),
+    )
+    reference, _ = seeded_book()
+    expected = [i.id for _, i in tick(reference, day_start, day_end)]
+
+    first, planned = seeded_book()
+    before = [i.id for _, i in tick(first, day_start, noon)]
+    entries, buckets = _earlier_format(first)  # the changelog an older worker wrote
+    assert any(e["fired"] for e in entries.values())
+    second = DeadlineBook(entries, buckets, policy=POLICY, calendar=CAL)
+    assert second.get("T119", "resolve") == replace(first.get("T119", "resolve"), fired=())
+    assert second.pop_due(noon) == []
+    for entry in planned:  # redelivered events: nothing fired before is planned again
+        second.upsert(entry)
+    after = [i.id for _, i in tick(second, noon + timedelta(minutes=1), day_end)]
+    assert before + after == expected
+    assert all(isinstance(v, str) for v in entries.values())  # written again: compact
+
+
+def test_the_escalations_one_tick_files_write_each_bucket_once() -> None:
+    entries, buckets = CountingMap(), CountingMap()
+    book = DeadlineBook(entries, buckets, policy=POLICY, calendar=CAL)
+    start = local(2026, 11, 23, 9, 0)
+    for i in range(50):  # fifty sign clocks breaching at the same instant
+        book.upsert(plan(f"T{i:02d}", start, stage="sign"))
+    book.pop_due(start)
+    buckets.writes.clear()
+    items = book.pop_due(local(2026, 11, 23, 11, 0))
+    assert [i.kind for i in items].count(BREACH) == 50
+    escalations = {str(b) for k in entries.data for b in book._decode(k, entries.data[k])[1]}
+    assert len(escalations) == 1
+    assert buckets.writes[escalations.pop()] == 1
+
+
 # --- what a tick costs ------------------------------------------------------------------------
 
 
@@ -212,7 +300,7 @@ def test_pop_due_touches_only_due_buckets_and_fired_entries() -> None:
     assert entries.touched == fired_keys
     lo, hi = int(local(2026, 11, 2, 8, 29).timestamp() // 60), int(now.timestamp() // 60)
     # Firing a breach files the next escalation: that bucket is written too, nothing else.
-    scheduled = {str(d["bucket"]) for k in fired_keys for d in entries.data[k]["dues"]}
+    scheduled = {str(b) for k in fired_keys for b in book._decode(k, entries.data[k])[1]}
     outside = {k for k in buckets.touched - {"~cursor"} if not lo <= int(k) <= hi}
     assert outside <= scheduled
     assert entries.scans == 0 and buckets.scans == 0
