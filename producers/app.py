@@ -50,17 +50,28 @@ class Deps:
     clock: Clock = field(default=wall_clock)
 
 
+# Blocking work runs in anyio's worker threads (run_in_threadpool), at most this many at once
+# (anyio's default limit). The MinIO and database connection pools are sized to it, so a
+# thread never opens a connection only to throw it away afterwards (the SDK's pool keeps 10,
+# SQLAlchemy's 5 + 10 overflow, closed again on return).
+API_THREADS = 40
+DB_POOL = 16  # connections kept; each thread holds one only for a statement at a time
+
+
 def build_deps(settings: Settings) -> Deps:
     """The real adapters from settings: sample-county reference data, Kafka, MinIO, the database."""
     from sinks.models import make_engine
 
+    pool: dict[str, int] = {}
     if settings.database_url.startswith("sqlite:///"):
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+    elif settings.database_url.startswith("postgresql"):
+        pool = {"pool_size": DB_POOL, "max_overflow": API_THREADS - DB_POOL}
     return Deps(
         ref=load_reference_data(settings.refdata_dir),
         publisher=KafkaPublisher(settings.kafka_bootstrap),
-        store=MinioStore.from_settings(settings),
-        engine=make_engine(settings.database_url),
+        store=MinioStore.from_settings(settings, connections=API_THREADS),
+        engine=make_engine(settings.database_url, **pool),
         clock=clock_from_spec(settings.clock),
     )
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     insert,
     select,
@@ -53,6 +55,41 @@ ingest_receipts = Table(
 
 def create_tables(engine: Engine) -> None:
     metadata.create_all(engine, checkfirst=True)
+
+
+# Every write below is one statement, so each runs on its own in autocommit: one round trip,
+# instead of BEGIN, the statement and COMMIT. The statements are built once (SQLAlchemy then
+# takes each one's compiled form from its cache without working out a cache key per call).
+_r = ingest_receipts.c
+_INSERT = insert(ingest_receipts)
+_GET = select(ingest_receipts).where(_r.report_id == bindparam("rid"))
+_BY_TICKET = select(ingest_receipts).where(_r.ticket == bindparam("t")).limit(1)
+_TAKE_OVER = (
+    update(ingest_receipts)
+    .where(_r.report_id == bindparam("rid"))
+    .where(_r.state == PENDING)
+    .where(_r.claimed_at < bindparam("expired_before"))
+    .values(claimed_at=bindparam("now"))
+)
+_COMPLETE = (
+    update(ingest_receipts)
+    .where(_r.report_id == bindparam("rid"))
+    .values(state=DONE, photos_hash=bindparam("ph"))
+)
+_EXPIRE = (
+    update(ingest_receipts)
+    .where(_r.report_id == bindparam("rid"))
+    .where(_r.state == PENDING)
+    .values(claimed_at=0.0)
+)
+_EXPIRE_KNOWN = _EXPIRE.values(photos_hash=bindparam("ph"))
+_RELEASE = delete(ingest_receipts).where(_r.report_id == bindparam("rid")).where(
+    _r.state == PENDING
+)
+
+
+def _autocommit(engine: Engine) -> Connection:
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
 
 class ClaimLost(Exception):
@@ -94,18 +131,14 @@ def _row_to_receipt(row: Any) -> Receipt:
 
 
 def get(engine: Engine, report_id: str) -> Receipt | None:
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(ingest_receipts).where(ingest_receipts.c.report_id == report_id)
-        ).first()
+    with _autocommit(engine) as conn:
+        row = conn.execute(_GET, {"rid": report_id}).first()
     return _row_to_receipt(row) if row else None
 
 
 def by_ticket(engine: Engine, ticket: str) -> Receipt | None:
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(ingest_receipts).where(ingest_receipts.c.ticket == ticket).limit(1)
-        ).first()
+    with _autocommit(engine) as conn:
+        row = conn.execute(_BY_TICKET, {"t": ticket}).first()
     return _row_to_receipt(row) if row else None
 
 
@@ -122,68 +155,54 @@ def claim(
     (pending only), else hand it back so the caller can replay or refuse."""
     now = time.time()
     body = json.dumps(response, ensure_ascii=False, sort_keys=True)
-    try:
-        with engine.begin() as conn:
+    with _autocommit(engine) as conn:
+        try:
             conn.execute(
-                insert(ingest_receipts).values(
-                    report_id=report_id,
-                    state=PENDING,
-                    ticket=ticket,
-                    request_hash=request_hash,
-                    photos_hash="",
-                    response=body,
-                    created_at=created_at,
-                    claimed_at=now,
-                )
+                _INSERT,
+                {
+                    "report_id": report_id,
+                    "state": PENDING,
+                    "ticket": ticket,
+                    "request_hash": request_hash,
+                    "photos_hash": "",
+                    "response": body,
+                    "created_at": created_at,
+                    "claimed_at": now,
+                },
             )
-        return Claim(True, None)
-    except IntegrityError:
-        pass
-    existing = get(engine, report_id)
-    if existing is None:  # released between our insert and read: the next retry claims it
-        raise ClaimLost(report_id)
-    if existing.state == PENDING and existing.request_hash == request_hash:
-        with engine.begin() as conn:
+            return Claim(True, None)
+        except IntegrityError:
+            pass
+        row = conn.execute(_GET, {"rid": report_id}).first()
+        if row is None:  # released between our insert and read: the next retry claims it
+            raise ClaimLost(report_id)
+        existing = _row_to_receipt(row)
+        if existing.state == PENDING and existing.request_hash == request_hash:
             taken = conn.execute(
-                update(ingest_receipts)
-                .where(ingest_receipts.c.report_id == report_id)
-                .where(ingest_receipts.c.state == PENDING)
-                .where(ingest_receipts.c.claimed_at < now - lease_s)
-                .values(claimed_at=now)
+                _TAKE_OVER, {"rid": report_id, "expired_before": now - lease_s, "now": now}
             ).rowcount
-        if taken == 1:
-            return Claim(True, existing)
+            if taken == 1:
+                return Claim(True, existing)
     return Claim(False, existing)
 
 
 def complete(engine: Engine, report_id: str, photos_hash: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            update(ingest_receipts)
-            .where(ingest_receipts.c.report_id == report_id)
-            .values(state=DONE, photos_hash=photos_hash)
-        )
+    with _autocommit(engine) as conn:
+        conn.execute(_COMPLETE, {"rid": report_id, "ph": photos_hash})
 
 
 def expire(engine: Engine, report_id: str, photos_hash: str = "") -> None:
     """End a pending claim's lease now, keeping its answer: the publish may have reached the log,
     so the retry must take the claim over and publish the very same event again. The photos
     it was published with are recorded (never forgotten once known)."""
-    known = {"photos_hash": photos_hash} if photos_hash else {}
-    with engine.begin() as conn:
-        conn.execute(
-            update(ingest_receipts)
-            .where(ingest_receipts.c.report_id == report_id)
-            .where(ingest_receipts.c.state == PENDING)
-            .values(claimed_at=0.0, **known)
-        )
+    with _autocommit(engine) as conn:
+        if photos_hash:
+            conn.execute(_EXPIRE_KNOWN, {"rid": report_id, "ph": photos_hash})
+        else:
+            conn.execute(_EXPIRE, {"rid": report_id})
 
 
 def release(engine: Engine, report_id: str) -> None:
     """Forget a pending claim after a failed request, so the client's retry starts afresh."""
-    with engine.begin() as conn:
-        conn.execute(
-            delete(ingest_receipts)
-            .where(ingest_receipts.c.report_id == report_id)
-            .where(ingest_receipts.c.state == PENDING)
-        )
+    with _autocommit(engine) as conn:
+        conn.execute(_RELEASE, {"rid": report_id})

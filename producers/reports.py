@@ -12,8 +12,10 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -29,9 +31,9 @@ from producers import receipts
 from producers.auth import WORKER, Principal
 from producers.context import Context, ctx
 from producers.errors import ApiError
-from producers.multipart import MultipartError, MultipartReader
+from producers.multipart import MultipartError, MultipartReader, Part
 from producers.publisher import PublishError
-from producers.uploads import PhotoUpload
+from producers.uploads import PhotoUpload, Received
 
 log = logging.getLogger(__name__)
 
@@ -217,18 +219,51 @@ async def replay(c: Context, report_id: str, photos_hash: str) -> JSONResponse:
     return JSONResponse(receipt.response, status_code=200)
 
 
-async def abandon(
+def abandon_sync(
     c: Context, report_id: str, upload: PhotoUpload | None, taken_over: bool, photos_hash: str = ""
 ) -> None:
     """Undo a request that will not be accepted. A fresh claim is freed and its photos removed;
     a claim taken over from a request whose event may be on the log keeps every object (they
-    may be referenced) and stays open for the next retry."""
+    may be referenced) and stays open for the next retry. Blocking (a worker thread)."""
     if taken_over:
-        await run_in_threadpool(receipts.expire, c.engine, report_id, photos_hash)
+        receipts.expire(c.engine, report_id, photos_hash)
         return
     if upload:
-        await upload.cleanup()
-    await run_in_threadpool(receipts.release, c.engine, report_id)
+        upload.cleanup_sync()
+    receipts.release(c.engine, report_id)
+
+
+async def abandon(
+    c: Context, report_id: str, upload: PhotoUpload | None, taken_over: bool, photos_hash: str = ""
+) -> None:
+    await run_in_threadpool(abandon_sync, c, report_id, upload, taken_over, photos_hash)
+
+
+def publish_report_sync(
+    c: Context,
+    data: dict[str, Any],
+    at: datetime,
+    upload: PhotoUpload | None,
+    taken_over: bool = False,
+) -> None:
+    """Publish and record the receipt; on failure undo (see `abandon_sync`) and raise the 503.
+    Blocking (a worker thread)."""
+    report_id = data["report_id"]
+    photos_hash = upload.photos_hash() if upload else ""
+    try:
+        c.publisher.publish(c.topic(topics.REPORTS), report_id, report_submitted(data, at))
+    except PublishError as exc:
+        log.warning("report %s not published: %s", report_id, exc)
+        # An ack that timed out may still be on the log: then its photos stay and the retry
+        # takes the claim over and republishes the very same event (same id, same time).
+        abandon_sync(c, report_id, upload, taken_over or exc.maybe_written, photos_hash)
+        raise publish_failed(exc.maybe_written) from exc
+    try:
+        receipts.complete(c.engine, report_id, photos_hash)
+    except Exception:  # noqa: BLE001 - the report is on the log: accepted all the same
+        log.exception(
+            "receipt of %s not completed; a retry will republish the same event", report_id
+        )
 
 
 async def publish_report(
@@ -238,25 +273,93 @@ async def publish_report(
     upload: PhotoUpload | None,
     taken_over: bool = False,
 ) -> None:
-    """Publish and record the receipt; on failure undo (see `abandon`) and raise the 503."""
-    report_id = data["report_id"]
-    photos_hash = upload.photos_hash() if upload else ""
-    try:
-        await run_in_threadpool(
-            c.publisher.publish, c.topic(topics.REPORTS), report_id, report_submitted(data, at)
-        )
-    except PublishError as exc:
-        log.warning("report %s not published: %s", report_id, exc)
-        # An ack that timed out may still be on the log: then its photos stay and the retry
-        # takes the claim over and republishes the very same event (same id, same time).
-        await abandon(c, report_id, upload, taken_over or exc.maybe_written, photos_hash)
-        raise publish_failed(exc.maybe_written) from exc
-    try:
-        await run_in_threadpool(receipts.complete, c.engine, report_id, photos_hash)
-    except Exception:  # noqa: BLE001 - the report is on the log: accepted all the same
-        log.exception(
-            "receipt of %s not completed; a retry will republish the same event", report_id
-        )
+    """`publish_report_sync` in one thread hop (publish, then complete the receipt)."""
+    await run_in_threadpool(publish_report_sync, c, data, at, upload, taken_over)
+
+
+class Submission:
+    """The blocking steps of one grid worker's upload: claim the receipt, inspect and store
+    each photo, publish the event, complete the receipt. The route runs them in as few thread
+    hops as the body allows (`run`): for a one-photo report, all of them in one hop once the
+    body is read; with more photos, one hop per photo (so at most one photo is held in
+    memory) and the publish with the last. Whatever fails undoes what this request did."""
+
+    def __init__(
+        self,
+        c: Context,
+        report_id: str,
+        ticket: str,
+        req_hash: str,
+        first: dict[str, Any],
+        now: datetime,
+        data: dict[str, Any],
+        upload: PhotoUpload,
+    ) -> None:
+        self.c, self.report_id, self.ticket, self.req_hash = c, report_id, ticket, req_hash
+        self.first, self.now, self.data, self.upload = first, now, data, upload
+        self.claim: receipts.Claim | None = None
+        self.open = False  # holds the claim: must complete, expire or release it
+
+    @property
+    def claimed(self) -> bool:
+        return self.claim is not None
+
+    @property
+    def won(self) -> bool:
+        return self.claim is not None and self.claim.won
+
+    @property
+    def taken_over(self) -> bool:
+        return self.claim is not None and self.claim.receipt is not None
+
+    def take_claim(self) -> None:
+        try:
+            self.claim = receipts.claim(
+                self.c.engine, self.report_id, self.ticket, self.req_hash, self.first, self.now
+            )
+        except receipts.ClaimLost as exc:
+            raise in_progress() from exc
+        if self.claim.won:
+            self.open = True
+        elif self.claim.receipt is not None and self.claim.receipt.request_hash != self.req_hash:
+            raise conflict()
+
+    def store(self, photo: Received) -> None:
+        """Inspect and store a photo, if this request holds the claim (a retry being compared
+        with the first request only needs the photos' hashes)."""
+        if self.won:
+            self.upload.put_photo(photo)
+
+    def publish(self) -> dict[str, Any] | None:
+        """Publish and complete; the 202 body, or None when another request holds or held the
+        claim (the caller replays its answer)."""
+        if not self.won:
+            return None
+        assert self.claim is not None
+        taken = self.claim.receipt
+        at, body = (taken.created_at, taken.response) if taken else (self.now, self.first)
+        if taken and not taken.same_photos(self.upload.photos_hash()):
+            raise conflict()
+        event_data = finalize(self.data, self.upload.ref_dicts(), at)
+        self.open = False  # from here on publish_report_sync undoes what a failure needs
+        publish_report_sync(self.c, event_data, at, self.upload, taken_over=self.taken_over)
+        return dict(body)
+
+    def abandon(self) -> None:
+        if self.open:
+            self.open = False
+            abandon_sync(self.c, self.report_id, self.upload, taken_over=self.taken_over)
+
+    def run(self, steps: list[Callable[[], Any]]) -> Any:
+        """Run `steps` in order (one thread hop); the last one's result. Undoes on failure."""
+        try:
+            result = None
+            for step in steps:
+                result = step()
+            return result
+        except BaseException:
+            self.abandon()
+            raise
 
 
 # --- the route --------------------------------------------------------------------
@@ -371,18 +474,22 @@ async def read_json_part(reader: MultipartReader, name: str) -> dict[str, Any]:
 
 async def receive_photos(reader: MultipartReader, upload: PhotoUpload, store: bool) -> None:
     while (part := await reader.next_part()) is not None:
-        if part.name != "photos":
-            raise bad_request(
-                "unexpected_part",
-                f"无法识别的部分「{part.name}」",
-                f"unexpected part {part.name!r}; only 'photos' may follow",
-                part.name,
-            )
+        expect_photos(part)
         if store:
             await upload.receive(reader)
         else:
             await upload.hash_only(reader)
     upload.check_count()
+
+
+def expect_photos(part: Part) -> None:
+    if part.name != "photos":
+        raise bad_request(
+            "unexpected_part",
+            f"无法识别的部分「{part.name}」",
+            f"unexpected part {part.name!r}; only 'photos' may follow",
+            part.name,
+        )
 
 
 async def _submit(c: Context, worker: Principal, reader: MultipartReader) -> JSONResponse:
@@ -400,22 +507,35 @@ async def _submit(c: Context, worker: Principal, reader: MultipartReader) -> JSO
         c.inspect,
     )
     ticket = intake.case_id_for(report.report_id, now)
-    first = accepted_body(report.report_id, ticket)
-    won = await claim(c, report.report_id, ticket, req_hash, first, now)
-    if not won.won:
-        assert won.receipt is not None
-        if won.receipt.request_hash != req_hash:
-            raise conflict()
-        await receive_photos(reader, upload, store=False)
-        return await replay(c, report.report_id, upload.photos_hash())
-    at, body = (won.receipt.created_at, won.receipt.response) if won.receipt else (now, first)
+    job = Submission(
+        c, report.report_id, ticket, req_hash, accepted_body(report.report_id, ticket), now,
+        data, upload,
+    )
+    # The photos arrive on the event loop (hashed as they come); the blocking steps wait in
+    # `steps` until the next part's headers show whether another photo follows.
+    steps: list[Callable[[], Any]] = [job.take_claim]
     try:
-        await receive_photos(reader, upload, store=True)
-        if won.receipt and not won.receipt.same_photos(upload.photos_hash()):
-            raise conflict()
-        event_data = finalize(data, upload.ref_dicts(), at)
+        part = await reader.next_part()
+        while part is not None:
+            expect_photos(part)
+            if job.claimed and not job.won:  # a retry being compared: its photos' hashes only
+                await upload.hash_only(reader)
+            else:
+                steps.append(partial(job.store, await upload.read(reader)))
+            part = await reader.next_part()
+            if part is not None and steps:  # another photo follows: store this one first
+                await run_in_threadpool(job.run, steps)
+                steps = []
+        upload.check_count()
+        if job.claimed and not job.won:
+            body = None
+        else:
+            steps.append(job.publish)
+            body = await run_in_threadpool(job.run, steps)
     except BaseException:
-        await abandon(c, report.report_id, upload, taken_over=won.receipt is not None)
+        if job.open:
+            await run_in_threadpool(job.abandon)
         raise
-    await publish_report(c, event_data, at, upload, taken_over=won.receipt is not None)
+    if body is None:
+        return await replay(c, report.report_id, upload.photos_hash())
     return JSONResponse(body, status_code=202)

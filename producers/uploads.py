@@ -39,8 +39,8 @@ class Inspected:
     ext: str
 
 
-# bytes -> Inspected, or raises ApiError (413/415/422). See `photo_inspector`.
-Inspector = Callable[[bytes], Inspected]
+# (bytes, their sha256) -> Inspected, or raises photos.PhotoRejected. See `photo_inspector`.
+Inspector = Callable[[bytes, str], Inspected]
 
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/heic": "heic"}
 # HTTP status of each gridflow.core.photos refusal: not a picture at all → 415, a picture we
@@ -54,10 +54,11 @@ def rejected(exc: photos.PhotoRejected, field_name: str) -> ApiError:
 
 
 def photo_inspector(limits: PhotoLimits) -> Inspector:
-    """Inspection by the bytes with gridflow.core.photos: a full decode within the limits."""
+    """Inspection by the bytes with gridflow.core.photos: every check, one (reduced) decode;
+    the sha256 the caller computed while the bytes arrived is not computed again."""
 
-    def inspect(data: bytes) -> Inspected:
-        info = photos.inspect_photo(data, limits.max_bytes, limits.max_pixels)
+    def inspect(data: bytes, sha256: str) -> Inspected:
+        info = photos.inspect_photo(data, limits.max_bytes, limits.max_pixels, sha256=sha256)
         return Inspected(info.content_type, EXTENSIONS[info.content_type])
 
     return inspect
@@ -110,6 +111,19 @@ async def read_bounded(
     return bytes(buf), digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class Received:
+    """A photo part read whole, not yet inspected or stored."""
+
+    data: bytes
+    sha256: str
+    index: int  # 1-based position among the request's photos
+
+    @property
+    def field_name(self) -> str:
+        return f"photos[{self.index - 1}]"
+
+
 @dataclass
 class PhotoUpload:
     """The photos of one request, as they are written; `refs` go into the event."""
@@ -135,8 +149,9 @@ class PhotoUpload:
         if not self.limits.min_count <= len(self.hashes) <= self.limits.max_count:
             raise count_error(self.limits, len(self.hashes))
 
-    async def receive(self, reader: MultipartReader) -> PhotoRef:
-        """Read the current part, inspect it, store it; the ref of what was stored."""
+    async def read(self, reader: MultipartReader) -> Received:
+        """The current part's bytes and sha256, nothing stored yet (see `put_photo`). Refused
+        (413) as soon as it grows past the byte limit, (422) when empty."""
         self.check_room()
         name = self.field_name()
         data, sha = await read_bounded(reader, self.limits.max_bytes, name)
@@ -145,15 +160,19 @@ class PhotoUpload:
                 422, "photo_empty", "照片内容为空", "the photo part is empty", field=name
             )
         self.hashes.append(sha)
+        return Received(data, sha, len(self.hashes))
+
+    def put_photo(self, photo: Received) -> PhotoRef:
+        """Inspect a photo `read` returned and store it; the ref of what was stored. Blocking:
+        call it from a worker thread (see producers.reports.Submission)."""
+        data, sha = photo.data, photo.sha256
         try:
-            info = await run_in_threadpool(self.inspect, data)
+            info = self.inspect(data, sha)
         except photos.PhotoRejected as exc:
-            raise rejected(exc, name) from exc
-        key = f"{self.prefix}/{len(self.hashes)}-{sha[:16]}.{info.ext}"
+            raise rejected(exc, photo.field_name) from exc
+        key = f"{self.prefix}/{photo.index}-{sha[:16]}.{info.ext}"
         try:
-            await run_in_threadpool(
-                self.store.put, self.bucket, key, data, info.content_type, {"sha256": sha}
-            )
+            self.store.put(self.bucket, key, data, info.content_type, {"sha256": sha})
         except StoreError as exc:
             log.warning("photo store failed: %s", exc)
             raise unavailable(
@@ -165,6 +184,10 @@ class PhotoUpload:
         ref = PhotoRef(self.bucket, key, len(data), sha, info.content_type, self.role)
         self.refs.append(ref)
         return ref
+
+    async def receive(self, reader: MultipartReader) -> PhotoRef:
+        """Read the current part, inspect it, store it (one thread hop); the ref stored."""
+        return await run_in_threadpool(self.put_photo, await self.read(reader))
 
     async def hash_only(self, reader: MultipartReader) -> str:
         """Read the current part for its sha256 only (a retry being compared, not stored)."""
@@ -181,9 +204,14 @@ class PhotoUpload:
 
     async def cleanup(self) -> None:
         """Remove what this request wrote; failures are logged, never raised."""
+        if self.written:
+            await run_in_threadpool(self.cleanup_sync)
+
+    def cleanup_sync(self) -> None:
+        """`cleanup`, blocking (from a worker thread)."""
         for key in self.written:
             try:
-                await run_in_threadpool(self.store.remove, self.bucket, key)
+                self.store.remove(self.bucket, key)
             except StoreError:
                 log.exception("could not remove %s/%s after a failed upload", self.bucket, key)
         self.written.clear()
