@@ -136,3 +136,16 @@ def test_object_store_errors_propagate_and_a_retry_completes(stack, buckets, cfg
     cmd = archive.archive_photo(s3, cfg, _event(ref), ref, NOW)  # the retry
     assert cmd.data["status"] == "archived"
     assert len(_versions(s3, buckets.archive)) == 2
+
+
+def test_incoming_copies_removed_in_one_request_idempotently(stack, buckets) -> None:  # type: ignore[no-untyped-def]
+    s3 = stack.s3()
+    refs = [_upload(s3, bucket, f"reports/r{i}/1.jpg", b"x" * i)
+            for i in range(1, 6) for bucket in (buckets.incoming, buckets.archive)]
+    archive.remove_incoming_many(s3, refs[:6])
+    archive.remove_incoming_many(s3, refs)  # the first six again: already gone, no error
+    archive.remove_incoming_many(s3, [])
+    assert list(s3.list_objects(buckets.incoming, recursive=True)) == []
+    assert list(s3.list_objects(buckets.archive, recursive=True)) == []
+    with pytest.raises(S3Error):  # a failed request is raised (the agent retries it)
+        archive.remove_incoming_many(s3, [{"bucket": "no-such-bucket-gridflow", "key": "k"}])
