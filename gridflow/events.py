@@ -176,7 +176,13 @@ class Message:
 
     def encode(self) -> bytes:
         # The same bytes as canonical_json(self.to_dict()) without asdict's deep copy of data.
-        return canonical_json({name: getattr(self, name) for name in self.__dataclass_fields__})
+        # Memoised: an event is encoded for its hash when it is made and again when it is sent
+        # (a message is never changed after it is made; `replace` makes a new one).
+        encoded = self.__dict__.get("_encoded")
+        if encoded is None:
+            encoded = canonical_json({name: getattr(self, name) for name in self.__dataclass_fields__})
+            object.__setattr__(self, "_encoded", encoded)
+        return encoded
 
     def hash(self) -> str:
         """Hash of this message's canonical content, which includes prev_hash."""

@@ -125,6 +125,13 @@ class TaskState:
         return {"sign": self.sign_due, "resolve": self.resolve_due, "verify": self.verify_due}[stage]
 
 
+def _task_dict(task: TaskState) -> dict[str, Any]:
+    d = dict(task.__dict__)
+    if task.pending_extension is not None:
+        d["pending_extension"] = dict(task.pending_extension)
+    return d
+
+
 @dataclass(frozen=True)
 class CaseState:
     case_id: str
@@ -144,7 +151,11 @@ class CaseState:
     recent_commands: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON-ready state (what `dataclasses.asdict` gives, built without its deep copy:
+        every value is immutable or replaced, never changed in place)."""
+        d = dict(self.__dict__)
+        d["tasks"] = {k: _task_dict(t) for k, t in self.tasks.items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CaseState:

@@ -280,6 +280,15 @@ class SlaPolicy:
         return calendar.add_working_hours(breached_at, hours)
 
     def _candidates(self, category_code: str) -> list[_Rule]:
+        """The rules that apply to a category, most specific first (memoised: the policy is
+        immutable, and this runs several times for every task planned)."""
+        cache = self.__dict__.setdefault("_candidates_cache", {})
+        found = cache.get(category_code)
+        if found is None:
+            found = cache[category_code] = self._candidates_uncached(category_code)
+        return found
+
+    def _candidates_uncached(self, category_code: str) -> list[_Rule]:
         exact = self.rules.get(category_code)
         prefixes = sorted(
             (
@@ -301,9 +310,9 @@ class SlaPlanner:
         self.calendar = calendar
 
     def due(self, category_code: str, severity: int, stage: str, start: datetime) -> datetime:
-        return self.policy.stage_deadline(
-            category_code, severity, stage, start, self.calendar
-        ).due_at
+        """`stage_deadline(...).due_at`, without working out the warning instants."""
+        limit, _ = self.policy.limit_for(category_code, severity, stage)
+        return limit.due(start, self.calendar)
 
     def add_working_days(self, start: datetime, days: float) -> datetime:
         return self.calendar.add_working_days(start, days)
