@@ -389,12 +389,19 @@ class DeadlineBook:
             return items  # a late or skewed tick: time never runs backwards, nothing to read
         if cursor is not None:
             # Escalations filed while firing go to buckets after `last`, none read here: each
-            # such bucket is written once at the end, not once per fired entry.
+            # such bucket is written once, not once per fired entry, and before the fired keys
+            # leave the buckets read (a key is in its new bucket before it leaves the old one).
             filed: dict[int, list[str]] = {}
+            rest: dict[int, list[str]] = {}
             for b in range(int(cursor["low"]), last + 1):
-                items.extend(self._pop_bucket(b, now, last + 1, filed))
+                items.extend(self._pop_bucket(b, now, last + 1, filed, rest))
             for b, keys in sorted(filed.items()):
                 self._bucket_extend(b, keys)
+            for b, keep in rest.items():
+                if keep:
+                    self.buckets[self._bucket_key(b)] = _bucket_value(keep)
+                else:
+                    del self.buckets[self._bucket_key(b)]
         if cursor != {"low": last, "primed": True}:
             self.buckets[self._cursor_key()] = {"low": last, "primed": True}
         return sorted(items, key=_item_order)
@@ -420,11 +427,15 @@ class DeadlineBook:
         return sorted(items, key=_item_order)
 
     def _pop_bucket(
-        self, b: int, now: datetime, next_bucket: int, filed: dict[int, list[str]]
+        self,
+        b: int,
+        now: datetime,
+        next_bucket: int,
+        filed: dict[int, list[str]],
+        rest: dict[int, list[str]],
     ) -> list[DueItem]:
-        """Fire what is due in bucket b and rewrite its key list once."""
-        bkey = self._bucket_key(b)
-        stored = self.buckets.get(bkey)
+        """Fire what is due in bucket b; its new key list (if it changed) goes to `rest`."""
+        stored = self.buckets.get(self._bucket_key(b))
         keys = _bucket_keys(stored)
         if not keys:
             return []
@@ -439,10 +450,7 @@ class DeadlineBook:
             if still_here:
                 keep.append(key)
         if keep != keys or not isinstance(stored, str):
-            if keep:
-                self.buckets[bkey] = _bucket_value(keep)
-            else:
-                del self.buckets[bkey]
+            rest[b] = keep
         return items
 
     def _fire_entry(

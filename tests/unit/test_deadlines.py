@@ -45,6 +45,7 @@ class CountingMap(MutableMapping[str, Any]):
         self.data: dict[str, Any] = dict(data or {})
         self.touched: set[str] = set()
         self.writes: dict[str, int] = {}
+        self.log: list[str] = []  # keys written or deleted, in order
         self.scans = 0
 
     def __getitem__(self, key: str) -> Any:
@@ -55,10 +56,12 @@ class CountingMap(MutableMapping[str, Any]):
         json.dumps(value)  # values must be JSON, as in a faust table
         self.touched.add(key)
         self.writes[key] = self.writes.get(key, 0) + 1
+        self.log.append(key)
         self.data[key] = value
 
     def __delitem__(self, key: str) -> None:
         self.touched.add(key)
+        self.log.append(key)
         del self.data[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -274,11 +277,16 @@ def test_the_escalations_one_tick_files_write_each_bucket_once() -> None:
         book.upsert(plan(f"T{i:02d}", start, stage="sign"))
     book.pop_due(start)
     buckets.writes.clear()
-    items = book.pop_due(local(2026, 11, 23, 11, 0))
+    buckets.log.clear()
+    breach = local(2026, 11, 23, 11, 0)
+    items = book.pop_due(breach)
     assert [i.kind for i in items].count(BREACH) == 50
     escalations = {str(b) for k in entries.data for b in book._decode(k, entries.data[k])[1]}
     assert len(escalations) == 1
-    assert buckets.writes[escalations.pop()] == 1
+    escalation = escalations.pop()
+    assert buckets.writes[escalation] == 1
+    # the keys reach their new bucket before they leave the one the breach was filed under
+    assert buckets.log.index(escalation) < buckets.log.index(str(book._bucket_of(breach)))
 
 
 # --- what a tick costs ------------------------------------------------------------------------
