@@ -120,6 +120,57 @@ def test_accepted_report_uses_the_injected_clock(api: Api) -> None:
     assert len(api.store.objects) == 2
 
 
+def test_a_one_photo_report_does_its_blocking_work_in_one_thread_hop(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from producers import reports, uploads
+
+    hops: list[str] = []
+
+    def counting(module: Any) -> Any:
+        real = module.run_in_threadpool
+
+        async def hop(fn: Any, *args: Any, **kw: Any) -> Any:
+            hops.append(getattr(fn, "__qualname__", repr(fn)))
+            return await real(fn, *args, **kw)
+
+        return hop
+
+    monkeypatch.setattr(reports, "run_in_threadpool", counting(reports))
+    monkeypatch.setattr(uploads, "run_in_threadpool", counting(uploads))
+    assert api.upload(report(), [JPEG]).status_code == 202
+    assert hops == ["Submission.run"], "claim, check, put, publish and receipt: one hop"
+    hops.clear()
+    assert api.upload(report("unit-report-0002"), [JPEG, JPEG2, JPEG]).status_code == 202
+    assert hops == ["Submission.run"] * 3, "one hop per photo, the publish with the last"
+
+
+def test_photos_are_stored_in_order_under_their_position(api: Api) -> None:
+    r = api.upload(report(), [JPEG, JPEG2, JPEG])
+    assert r.status_code == 202, r.text
+    [(_, _, msg)] = api.publisher.sent
+    keys = [p["key"] for p in msg.data["photos"]]
+    assert [k.split("/")[-1].split("-")[0] for k in keys] == ["1", "2", "3"]
+    assert keys[0] != keys[2] and sorted(k for _, k in api.store.objects) == sorted(keys)
+
+
+def test_a_bad_later_photo_removes_the_stored_ones_and_frees_the_report_id(api: Api) -> None:
+    r = api.upload(report(), [JPEG, b"not a picture at all" * 10])
+    assert r.status_code == 415 and r.json()["field"] == "photos[1]"
+    assert api.store.objects == {} and api.publisher.sent == []
+    assert api.upload(report(), [JPEG, JPEG2]).status_code == 202
+
+
+def test_a_retry_of_an_accepted_report_stores_nothing_new(api: Api) -> None:
+    first = api.upload(report(), [JPEG, JPEG2])
+    stored = dict(api.store.objects)
+    again = api.upload(report(), [JPEG, JPEG2])
+    assert again.status_code == 200 and again.json() == first.json()
+    assert api.store.objects == stored and len(api.publisher.sent) == 1
+    other = api.upload(report(), [JPEG2, JPEG])
+    assert other.status_code == 409 and other.json()["code"] == "report_id_conflict"
+
+
 def test_the_report_part_must_come_first(api: Api) -> None:
     files = [
         ("photos", ("a.jpg", JPEG, "image/jpeg")),
