@@ -90,6 +90,18 @@ async def bare_baseline(bootstrap: str, source: str, target: str, count: int) ->
         await producer.stop()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process so far (Linux /proc), 0.0 if it is gone."""
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _counts(engine: object) -> tuple[int, int, int]:
     with engine.connect() as conn:  # type: ignore[attr-defined]
         reports = int(conn.execute(text("SELECT count(*) FROM reports")).scalar() or 0)
@@ -130,6 +142,8 @@ def run(ctx: Context) -> list[Figure]:
         spies = []
         t_first = t_done = None
         reports = tasks = wanted = 0
+        cpu_first: dict[str, float] = {}
+        cpu_used: dict[str, float] = {}
         try:
             for name, args in (("worker", ["worker"]),
                                ("sink", ["sink", "--loglevel", "warning"])):
@@ -148,8 +162,11 @@ def run(ctx: Context) -> list[Figure]:
                                   f"{tasks:,} tasks ({per_s:,.0f} reports/s)")
                 if t_first is None and reports:
                     t_first = time.monotonic()
+                    cpu_first = {p.name: cpu_seconds(p.proc.pid) for p in procs if p.proc}
                 if reports >= count and tasks >= wanted:
                     t_done = time.monotonic()
+                    cpu_used = {p.name: cpu_seconds(p.proc.pid) - cpu_first.get(p.name, 0.0)
+                                for p in procs if p.proc}
                     break
                 time.sleep(0.25)
         finally:
@@ -175,6 +192,11 @@ def run(ctx: Context) -> list[Figure]:
     busy = t_done - (t_first or t_start)
     ours, base = rate(count, busy), rate(count, base_s)
     ratio = ours / base
+    # CPU per report of each process while it was timed: steadier than the rate on a shared
+    # machine (it does not count the time spent waiting for a core), and what to divide a
+    # core's second by to see the ceiling of one process.
+    per_report = {name: 1000 * used / count for name, used in cpu_used.items()}
+    cpu_note = ", ".join(f"{name} {ms:.2f} ms" for name, ms in per_report.items())
     return [Figure(
         "processing (reports → cases and tasks in the database)", fmt_rate(ours, "reports/s"),
         f"{fmt_rate(base, 'events/s')} (aiokafka consume + produce)", ratio,
@@ -182,6 +204,7 @@ def run(ctx: Context) -> list[Figure]:
         ours >= TARGET_RATE and ratio >= TARGET_RATIO,
         f"{count:,} reports → {tasks:,} tasks in {busy:.1f} s after the first case appeared "
         f"(worker and sink start-up {startup:.1f} s not counted; {t_done - t_start:.1f} s in all); "
-        f"baseline {base_s:.1f} s",
+        f"baseline {base_s:.1f} s; CPU per report: {cpu_note}",
         {"sizes": f"{count:,} reports", "ours_rate": ours, "baseline_rate": base,
-         "startup_s": startup, "busy_s": busy, "tasks": tasks})]
+         "startup_s": startup, "busy_s": busy, "tasks": tasks,
+         "cpu_ms_per_report": per_report})]

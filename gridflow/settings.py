@@ -83,6 +83,10 @@ class Settings:
     # Time: "wall", or a scaled simulated clock shared by every process (see gridflow.clock)
     clock: str = "wall"
 
+    # SQL sink: how long the broker may hold a fetch to gather more events (one transaction
+    # per fetch: a caught-up sink otherwise commits a handful of events at a time)
+    sink_fetch_wait_ms: int = 100
+
     # Faust worker
     worker_web_port: int = 16066
     faust_data_dir: Path | None = None
@@ -141,6 +145,7 @@ def load_settings() -> Settings:
         clock=_env("CLOCK", base.clock),
         dedupe_radius_m=float(_env("DEDUPE_RADIUS_M", str(base.dedupe_radius_m))),
         dedupe_window_hours=float(_env("DEDUPE_WINDOW_HOURS", str(base.dedupe_window_hours))),
+        sink_fetch_wait_ms=int(_env("SINK_FETCH_WAIT_MS", str(base.sink_fetch_wait_ms))),
         refdata_dir=Path(_env("REFDATA_DIR", "")).expanduser() if _env("REFDATA_DIR", "") else None,
         faust_data_dir=Path(_env("FAUST_DATA_DIR", str(state_dir / "faust"))),
     )
@@ -159,6 +164,7 @@ _ENV_FIELDS = {
     "max_photo_pixels": "MAX_PHOTO_PIXELS", "worker_web_port": "WORKER_WEB_PORT",
     "clock": "CLOCK", "faust_data_dir": "FAUST_DATA_DIR", "refdata_dir": "REFDATA_DIR",
     "dedupe_radius_m": "DEDUPE_RADIUS_M", "dedupe_window_hours": "DEDUPE_WINDOW_HOURS",
+    "sink_fetch_wait_ms": "SINK_FETCH_WAIT_MS",
 }
 
 
