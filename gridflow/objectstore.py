@@ -63,9 +63,12 @@ def put_if_absent(client: Minio, bucket: str, key: str, data: bytes, *,
 
     Meant for content-addressed keys (the same key always carries the same bytes), where
     "already there" means "done": a retry after a lost response, or a redelivery, gets False.
-    One single-part PUT whatever the size (S3 allows up to 5 GiB). The SDK's `put_object` cannot send the header; its
-    single-part `_put_object` can. Should that private method be gone (another minio version),
-    the object is statted first and written with `put_object` (two requests, same result).
+    One single-part PUT whatever the size (S3 allows up to 5 GiB). The SDK's `put_object`
+    cannot send the header; its single-part `_put_object` can. Should that private method be
+    gone (another minio version), the object is statted first and written with `put_object`
+    (two requests, same result).
+    A server that ignored the header would write a second, identical version (the pinned
+    MinIO honours it: tests/integration/test_archive.py checks).
     """
     headers = genheaders(metadata, None, None, retention, False)
     headers["Content-Type"] = content_type

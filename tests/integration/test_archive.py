@@ -55,6 +55,27 @@ def test_put_if_absent_writes_once(stack, buckets) -> None:  # type: ignore[no-u
     assert (stat.size, stat.content_type) == (3, "text/plain")
 
 
+class _OlderSdk:
+    """The real client without the private single-part put (another minio SDK version)."""
+
+    def __init__(self, real: Minio) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_put_object":
+            raise AttributeError(name)
+        return getattr(self._real, name)
+
+
+def test_put_if_absent_without_the_private_put_stats_first(stack, buckets) -> None:  # type: ignore[no-untyped-def]
+    s3 = stack.s3()
+    older = _OlderSdk(s3)
+    assert put_if_absent(older, buckets.archive, "k/2", b"two", content_type="text/plain")  # type: ignore[arg-type]
+    assert not put_if_absent(older, buckets.archive, "k/2", b"two")  # type: ignore[arg-type]
+    assert not put_if_absent(s3, buckets.archive, "k/2", b"two")
+    assert len(_versions(s3, buckets.archive)) == 1
+
+
 def test_archive_writes_a_locked_copy_and_a_thumbnail_once(stack, buckets, cfg) -> None:  # type: ignore[no-untyped-def]
     s3 = stack.s3()
     data = images.make_jpeg(1600, 1200, seed=3)
