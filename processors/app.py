@@ -152,6 +152,8 @@ def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
             async for batch in stream.take(archive.BATCH, within=archive.BATCH_WITHIN_S):
                 jobs = []
                 for raw in batch:
+                    if b'"sha256"' not in raw:
+                        continue  # no photo reference in it (every one carries its sha256)
                     try:
                         event = decode_message(raw, ev.EVENT_TYPES)
                     except ev.SchemaError:
