@@ -416,3 +416,33 @@ def test_a_near_duplicate_of_an_open_case_is_still_merged():
                   {**dup.data, "distance_m": 5.0, "own_case_id": "AJ2"})
     decision = decide(state, dup, PLANNER)
     assert types(decision.events) == [ev.REPORT_MERGED] and decision.commands == []
+
+
+def test_state_to_dict_is_what_asdict_gives_and_shares_nothing_mutable():
+    import dataclasses
+    import json
+
+    state, tid = full_cycle()
+    state, _ = run(state, cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG"),
+                   cmd(ev.REQUEST_EXTENSION, {"task_id": tid, "days": 3, "reason": "需采购材料"},
+                       "dept:D-CG"))
+    assert state.tasks[tid].pending_extension  # a nested dict in the state
+    d = state.to_dict()
+    assert json.dumps(d, sort_keys=True) == json.dumps(dataclasses.asdict(state), sort_keys=True)
+    d["tasks"][tid]["pending_extension"]["days"] = 99
+    d["tasks"][tid]["state"] = "changed"
+    assert state.tasks[tid].pending_extension["days"] == 3
+    assert state.tasks[tid].state != "changed"
+    assert CaseState.from_dict(state.to_dict()) == state
+
+
+def test_a_message_is_encoded_once_and_a_replaced_one_anew():
+    import dataclasses
+
+    m = filed()
+    first = m.encode()
+    assert m.encode() is first
+    assert m.hash() == __import__("hashlib").sha256(first).hexdigest()
+    other = dataclasses.replace(m, actor="worker:W2@G1")
+    assert other.encode() != first and b"W2@G1" in other.encode()
+    assert m == Message(**{f.name: getattr(m, f.name) for f in dataclasses.fields(m)})
