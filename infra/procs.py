@@ -128,9 +128,6 @@ def spawn_detached(
     with open(log, "ab") as out:
         out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} gridflow: {' '.join(command)}\n".encode())
         out.flush()
-        extra: dict[str, object] = {}
-        if user is not None:
-            extra = {"user": user, "group": user, "extra_groups": []}
         return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             command,
             stdin=subprocess.DEVNULL,
@@ -140,7 +137,9 @@ def spawn_detached(
             cwd=cwd,
             start_new_session=True,
             close_fds=True,
-            **extra,  # type: ignore[arg-type]
+            user=user,
+            group=user,
+            extra_groups=[] if user is not None else None,
         )
 
 
