@@ -296,7 +296,10 @@ class DeadlineBook:
 
         Restating the same deadline (same due_at: a redelivered event) keeps what already
         fired and any escalation in progress; a different due_at starts the clock afresh.
+        A task id with a line break is refused (ValueError): buckets join keys by newlines.
         """
+        if "\n" in entry.key:
+            raise ValueError(f"a task id with a line break cannot be filed: {entry.task_id!r}")
         old_raw = self.entries.get(entry.key)
         old = None if old_raw is None else self._decode(entry.key, old_raw)[0]
         if old is not None and old.due_at == entry.due_at:

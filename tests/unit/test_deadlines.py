@@ -225,6 +225,11 @@ def test_stored_entries_are_short_strings_that_round_trip() -> None:
     assert decode_entry(nameless.key, encode_entry(nameless, (), 60), 60)[0] == nameless
 
 
+def test_a_task_id_with_a_line_break_is_refused() -> None:
+    with pytest.raises(ValueError):
+        DeadlineBook().upsert(plan("T\n1", local(2026, 11, 23, 9, 0)))
+
+
 def _earlier_format(book: DeadlineBook) -> tuple[dict[str, Any], dict[str, Any]]:
     """The book's maps as the earlier format stored them: dicts of ISO strings, key lists."""
     entries: dict[str, Any] = {}
