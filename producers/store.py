@@ -7,6 +7,7 @@ after a failed request can always run to the end.
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 from datetime import timedelta
@@ -73,6 +74,15 @@ class PresignedBodyMinio(Minio):
         return built, date
 
 
+def _can_presign_body() -> bool:
+    """Whether this minio SDK builds headers the way `PresignedBodyMinio` expects (7.2)."""
+    try:
+        params = list(inspect.signature(Minio._build_headers).parameters)
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return params == ["self", "host", "headers", "body", "creds"]
+
+
 def api_client(settings: Settings, connections: int) -> Minio:
     """The API's MinIO client: `PresignedBodyMinio` with a connection pool of `connections`
     (the SDK's default pool keeps 10: with more threads putting at once, connections beyond
@@ -85,7 +95,8 @@ def api_client(settings: Settings, connections: int) -> Minio:
         ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
         retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
     )
-    return PresignedBodyMinio(
+    cls = PresignedBodyMinio if _can_presign_body() else Minio
+    return cls(
         settings.s3_endpoint,
         access_key=settings.s3_access_key,
         secret_key=settings.s3_secret_key,

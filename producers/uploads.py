@@ -98,7 +98,7 @@ async def read_bounded(
 ) -> tuple[bytes, str]:
     """The current part (b"" unless `keep`) and its sha256, hashed as the chunks arrive;
     refused (413) as soon as it grows past `max_bytes`."""
-    buf = bytearray()
+    chunks: list[bytes] = []
     size = 0
     digest = hashlib.sha256()
     async for chunk in reader.read():
@@ -107,8 +107,8 @@ async def read_bounded(
             raise too_large(max_bytes, field_name)
         digest.update(chunk)
         if keep:
-            buf += chunk
-    return bytes(buf), digest.hexdigest()
+            chunks.append(chunk)
+    return b"".join(chunks), digest.hexdigest()  # one copy of the photo, not two
 
 
 @dataclass(frozen=True)
