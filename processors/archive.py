@@ -3,9 +3,11 @@
 For each photo an event references: read the incoming object, check its size and
 sha256 against the claim check, check the image and read EXIF (one decode, reduced
 scale, which also gives the thumbnail), write the archive copy under
-`sha256/<aa>/<sha>.<ext>` with object-lock retention, write an EXIF-stripped
-thumbnail, then ask the case processor to record PhotoArchived, and only then
-delete the incoming copy. Every step is idempotent, so a crash anywhere and a
+`sha256/<aa>/<sha>.<ext>` with object-lock retention and an EXIF-stripped
+thumbnail (side by side, each one conditional PUT: a key already there is a photo
+already archived), then ask the case processor to record PhotoArchived, and only
+then delete the incoming copy (`remove_incoming`, or `remove_incoming_many` for a
+batch with one request). Every step is idempotent, so a crash anywhere and a
 re-run yields the same archive and the same command id. Object-store errors
 propagate to the caller, which retries with backoff: nothing is dropped.
 """
