@@ -169,11 +169,11 @@ def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
                         for (event, _), cmd in zip(jobs, cmds, strict=True)]
                 for ack in acks:
                     await ack  # acknowledged before any incoming copy goes
-                await asyncio.gather(*(
-                    bounded(f"remove {ref.get('key')}", archive.remove_incoming,
-                            rt.object_store, ref)
-                    for (_, ref), cmd in zip(jobs, cmds, strict=True)
-                    if cmd.data.get("status") == "archived"))
+                archived = [ref for (_, ref), cmd in zip(jobs, cmds, strict=True)
+                            if cmd.data.get("status") == "archived"]
+                if archived:  # one DeleteObjects request for the batch's incoming copies
+                    await with_retry(f"remove {len(archived)} incoming photos",
+                                     archive.remove_incoming_many, rt.object_store, archived)
 
     if rt.deadlines is not None:
         rt.deadlines.install(app, t, rt)
