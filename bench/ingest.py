@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -134,6 +136,37 @@ def raw_baseline(settings: Settings, bucket: str, topic: str, count: int, concur
         producer.close(timeout=10)
 
 
+def tree_cpu_s(root: int) -> float:
+    """CPU time (user + system, s) of process `root` and its live descendants, from /proc
+    (0 for root 0)."""
+    if not root:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, pp in parent.items() if pp in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(cpu.get(pid, 0.0) for pid in tree)
+
+
+def own_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _event_size(bootstrap: str, topic: str) -> int:
     from producers.testing import read_topic
 
@@ -161,15 +194,20 @@ def run(ctx: Context) -> list[Figure]:
         try:
             say(ctx.echo, f"ingest: {count} uploads of {len(base) / 1024:.0f} KB, "
                           f"{CONCURRENCY} at a time ...")
+            api_pid = api.proc.pid if api.proc is not None else 0
+            api_cpu0, client_cpu0 = tree_cpu_s(api_pid), own_cpu_s()
             seconds, results = drive(settings.api_url, count, CONCURRENCY, ctx.run_id,
                                      photo_of)
+            api_cpu, client_cpu = tree_cpu_s(api_pid) - api_cpu0, own_cpu_s() - client_cpu0
         finally:
             api.stop()
         accepted = [r for r in results if r[0] == 202]
         say(ctx.echo, f"ingest: {len(accepted)}/{count} accepted in {seconds:.1f} s; raw ...")
         event_size = _event_size(settings.kafka_bootstrap, topics.REPORTS.name(prefix))
+        raw_cpu0 = own_cpu_s()
         raw_s, raw_lat = raw_baseline(settings, incoming, topics.DEAD_LETTERS.name(prefix), count,
                                       CONCURRENCY, photo_of, event_size)
+        raw_cpu = own_cpu_s() - raw_cpu0
     lat = [r[1] for r in accepted]
     ours, raw = rate(len(accepted), seconds), rate(count, raw_s)
     ratio = ours / raw
@@ -184,6 +222,10 @@ def run(ctx: Context) -> list[Figure]:
         f"p99 {fmt_ms(percentile(raw_lat, 0.99))} (MinIO put + Kafka produce)",
         ratio, f"≥ {TARGET_RATIO} of baseline",
         ratio >= TARGET_RATIO and len(accepted) == count,
-        f"{count} uploads (HTTP status counts {statuses}); event {event_size} B",
+        f"{count} uploads (HTTP status counts {statuses}); event {event_size} B; CPU per upload: "
+        f"API {api_cpu / count * 1000:.1f} ms, load generator {client_cpu / count * 1000:.1f} ms, "
+        f"raw baseline's client {raw_cpu / count * 1000:.1f} ms",
         {"sizes": f"{count} uploads × {len(base) / 1024:.0f} KB", "ours_rate": ours,
-         "baseline_rate": raw, "p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99)})]
+         "baseline_rate": raw, "p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99),
+         "api_cpu_ms": api_cpu / count * 1000, "client_cpu_ms": client_cpu / count * 1000,
+         "baseline_client_cpu_ms": raw_cpu / count * 1000})]
