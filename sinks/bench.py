@@ -52,8 +52,7 @@ def main() -> None:
             elapsed = time.perf_counter() - t
             print(f"replayed {totals.applied} events in {elapsed:.2f}s: "
                   f"{totals.applied / elapsed:,.0f} events/s ({engine.dialect.name}, fast path; "
-                  f"waiting for the writer {replayer.write_s:.2f}s of it; the writer's thread "
-                  f"busy {replayer.write_busy_s:.2f}s)")
+                  f"writing {replayer.write_s:.2f}s of it)")
             engine.dispose()
             return
         totals = BatchStats()

@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -63,7 +61,7 @@ from sinks.sql import (
 
 log = logging.getLogger("gridflow.sinks.replay_fast")
 
-CHUNK_ROWS = 10_000  # append-only rows held before they go to the writer (within the transaction)
+CHUNK_ROWS = 10_000  # append-only rows held before they are written (within the transaction)
 
 
 class NotEmpty(RuntimeError):
@@ -101,8 +99,7 @@ class Replayer:
         self.dead: dict[str, dict[str, Any]] = {}  # id -> row, first one wins
         self.next: dict[tuple[str, int], int] = {}
         self._writer: _Writer | None = None
-        self.write_s = 0.0  # time this thread spent handing rows over and committing
-        self.write_busy_s = 0.0  # time the writer's thread spent writing (after finish())
+        self.write_s = 0.0
 
     # --- the transaction ------------------------------------------------------------------
     def begin(self) -> None:
@@ -139,10 +136,7 @@ class Replayer:
             for (topic, partition), offset in sorted(self.next.items())
         ])
         t = time.perf_counter()
-        try:
-            w.commit()
-        finally:
-            self.write_busy_s = w.busy_s
+        w.commit()
         self.write_s += time.perf_counter() - t
         self._writer = None
 
@@ -221,7 +215,7 @@ class Replayer:
         for name, model in (("ledger", CaseEvent), ("history", TaskHistory),
                             ("outcomes", CommandOutcome)):
             rows = getattr(m, name)
-            if rows:  # handed to the writer (its thread may still be writing them): new lists
+            if rows:  # written, then dropped (a new list: no clear() of 10,000 dicts)
                 setattr(m, name, [])
                 self._write(table_of(model), rows)
 
@@ -336,75 +330,11 @@ def _memo(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return convert
 
 
-class _Background:
-    """The writer's jobs run in order in one thread, while the caller goes on folding: the
-    database's own work (sqlite3 steps, libpq sends) runs without the GIL. At most `depth`
-    jobs wait; the first failure is raised to the caller at its next submit or at drain."""
-
-    def __init__(self, depth: int = 2) -> None:
-        self.jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.busy_s = 0.0
-        self.thread = threading.Thread(target=self._run, name="replay-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            if self.error is None:
-                t = time.perf_counter()
-                try:
-                    job()
-                except BaseException as exc:  # raised in the caller's thread
-                    self.error = exc
-                self.busy_s += time.perf_counter() - t
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self.check()
-        self.jobs.put(job)
-
-    def drain(self) -> None:
-        """Wait for every job, stop the thread; raises the first failure."""
-        if self.thread.is_alive():
-            self.jobs.put(None)
-            self.thread.join()
-        self.check()
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def drain_quietly(self) -> None:
-        """Stop the thread after the job it is running (the others are skipped)."""
-        if self.error is None:
-            self.error = RuntimeError("the replay was aborted")
-        if self.thread.is_alive():
-            self.jobs.put(None)
-            self.thread.join()
-
-
 class _Writer:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.raw: Any = None
         self.makers: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[Any]]]] = {}
-        self.background: _Background | None = None
-
-    @property
-    def busy_s(self) -> float:
-        return self.background.busy_s if self.background is not None else 0.0
-
-    def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
-        """Insert `rows` (not to be changed afterwards) in the transaction, in the writer's
-        thread; in order, and done (or failed) by commit()."""
-        if self.background is None:
-            self.background = _Background()
-        self.background.submit(lambda: self.write_now(table, rows))
-
-    def write_now(self, table: Table, rows: list[dict[str, Any]]) -> None:
-        raise NotImplementedError
 
     def maker(self, table: Table) -> tuple[list[str], Callable[[dict[str, Any]], list[Any]]]:
         if table.name not in self.makers:
@@ -422,15 +352,14 @@ class _Writer:
     def begin(self) -> None:
         raise NotImplementedError
 
+    def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
     def commit(self) -> None:
-        if self.background is not None:
-            self.background.drain()
         self.raw.commit()
         self._close()
 
     def abort(self) -> None:
-        if self.background is not None:
-            self.background.drain_quietly()
         if self.raw is not None:
             try:
                 self.raw.rollback()
@@ -455,7 +384,7 @@ class _SqliteWriter(_Writer):
         finally:
             cur.close()
 
-    def write_now(self, table: Table, rows: list[dict[str, Any]]) -> None:
+    def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
         names, make = self.maker(table)
         columns = ", ".join(f'"{n}"' for n in names)
         sql = f'INSERT INTO "{table.name}" ({columns}) VALUES ({", ".join("?" * len(names))})'
@@ -486,7 +415,7 @@ class _PgWriter(_Writer):
         finally:
             cur.close()
 
-    def write_now(self, table: Table, rows: list[dict[str, Any]]) -> None:
+    def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
         names, make = self.maker(table)
         columns = ", ".join(f'"{n}"' for n in names)
         with self.raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({columns}) FROM STDIN') as copy:

@@ -242,7 +242,7 @@ def test_a_failed_write_fails_the_replay_and_leaves_the_database_empty(tmp_path,
     records, _ = stream()
     engine = make_engine(f"sqlite:///{tmp_path / 'db.db'}")
     create_schema(engine)
-    monkeypatch.setattr(replay_fast._SqliteWriter, "write_now", fail)
+    monkeypatch.setattr(replay_fast._SqliteWriter, "write", fail)
     replayer = Replayer(engine, "sql-sink", chunk_rows=10)
     replayer.begin()
     with pytest.raises(RuntimeError, match="disk full"):
