@@ -30,6 +30,12 @@ from gridflow import services
 
 RATE = 100.0  # uploads per second
 FULL_SECONDS = 60.0
+# A comparison run first, at a rate this machine's two cores can carry with the API, worker,
+# archive, sink and servers all on them: the latency the pipeline itself adds when nothing
+# queues, beside the target rate's figure (which, where the offered load exceeds capacity,
+# measures the queue).
+LOW_RATE = 20.0
+LOW_SECONDS = 30.0
 POLL_S = 0.02
 TARGET_P99_S = 1.0
 
@@ -74,7 +80,8 @@ class Watcher(threading.Thread):
 IN_FLIGHT = 128
 
 
-def steady(url: str, seconds: float, run: str, watcher: Watcher) -> list[tuple[int, float]]:
+def steady(url: str, seconds: float, run: str, watcher: Watcher, rate: float = RATE,
+           ) -> list[tuple[int, float]]:
     """Uploads due at RATE per second for `seconds`, at most IN_FLIGHT at a time (a thread and
     a keep-alive connection each); the rest wait in the pool's queue, and that wait counts:
     each upload is timed from when it was due."""
@@ -92,7 +99,7 @@ def steady(url: str, seconds: float, run: str, watcher: Watcher) -> list[tuple[i
         t0 = time.perf_counter()
         i = 0
         while time.perf_counter() - t0 < seconds:
-            due = t0 + i / RATE
+            due = t0 + i / rate
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
@@ -126,13 +133,19 @@ def run(ctx: Context) -> list[Figure]:
             procs.append(start_api(settings, run_dir, procs))
             _warm_up(settings.api_url, ctx.run_id, watcher, procs)
             watcher.start()
+            low_seconds = max(5.0, LOW_SECONDS * ctx.scale)
+            say(ctx.echo, f"e2e: comparison run, {LOW_RATE:g} uploads/s for {low_seconds:g} s ...")
+            low_results = steady(settings.api_url, low_seconds, f"{ctx.run_id}l", watcher,
+                                 LOW_RATE)
+            _drain(watcher, procs)
+            with watcher.lock:
+                low_lat = list(watcher.latency.values())
+                low_missing = len(watcher.pending)
+                watcher.latency.clear()
+                watcher.pending.clear()
             say(ctx.echo, f"e2e: {RATE:g} uploads/s for {seconds:g} s ...")
             results = steady(settings.api_url, seconds, ctx.run_id, watcher)
-            deadline = time.monotonic() + 60
-            while watcher.pending and time.monotonic() < deadline:
-                for p in procs:
-                    p.check()
-                time.sleep(0.2)
+            _drain(watcher, procs)
         finally:
             watcher.stop.set()
             for p in reversed(procs):
@@ -146,12 +159,27 @@ def run(ctx: Context) -> list[Figure]:
             f"({accepted} accepted, {len(lat)} seen with tasks"
             f"{f', {missing} not seen within 60 s' if missing else ''}); "
             f"upload p50 {fmt_ms(percentile([r[1] for r in results], 0.5))}; HTTP status counts "
-            f"{dict(sorted(Counter(s for s, _ in results).items()))} (0: no answer within 60 s)")
+            f"{dict(sorted(Counter(s for s, _ in results).items()))} (0: no answer within 60 s). "
+            f"Comparison run at {LOW_RATE:g} uploads/s: {len(low_results)} sent, "
+            f"{len(low_lat)} seen with tasks"
+            f"{f', {low_missing} not seen within 60 s' if low_missing else ''}, "
+            f"p50 {fmt_ms(percentile(low_lat, 0.5))}, p99 {fmt_ms(percentile(low_lat, 0.99))}")
     return [Figure(
         f"end to end at {RATE:g} uploads/s with photos (upload → tasks in the database)",
         f"p50 {fmt_ms(p50)}, p99 {fmt_ms(p99)}", "—", None, f"p99 < {TARGET_P99_S * 1000:.0f} ms",
         bool(lat) and missing == 0 and p99 < TARGET_P99_S, note,
-        {"sizes": f"{RATE:g}/s for {seconds:g} s", "p50": p50, "p99": p99})]
+        {"sizes": f"{RATE:g}/s for {seconds:g} s (and {LOW_RATE:g}/s before it)", "p50": p50,
+         "p99": p99, "low_rate_p50": percentile(low_lat, 0.5),
+         "low_rate_p99": percentile(low_lat, 0.99)})]
+
+
+def _drain(watcher: Watcher, procs: list[services.Service], timeout_s: float = 60.0) -> None:
+    """Until every accepted upload was seen with tasks, or `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while watcher.pending and time.monotonic() < deadline:
+        for p in procs:
+            p.check()
+        time.sleep(0.2)
 
 
 def _warm_up(url: str, run: str, watcher: Watcher, procs: list[services.Service]) -> None:
