@@ -269,7 +269,7 @@ def _pg_time(value: Any) -> Any:
 def _converters(table: Table, dialect: Dialect) -> list[tuple[str, Any, Callable[[Any], Any]]]:
     """(column, default, to-driver function) per column: what the column types' bind
     processors do (sinks.models.UTCDateTime, JSON), without their per-row dispatch."""
-    serialize = getattr(dialect, "_json_serializer", None) or json.dumps
+    serialize = _prebuilt(getattr(dialect, "_json_serializer", None) or json.dumps)
     out: list[tuple[str, Any, Callable[[Any], Any]]] = []
     for c in table.columns:
         fn: Callable[[Any], Any] = _same
@@ -286,6 +286,26 @@ def _converters(table: Table, dialect: Dialect) -> list[tuple[str, Any, Callable
                     return None if v is None else Jsonb(v, dumps)
         out.append((c.name, _default(c), fn))
     return out
+
+
+# json.dumps(o, ensure_ascii=False) builds a JSONEncoder per call; this one is built once.
+_DUMPS_NON_ASCII = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _prebuilt(serialize: Callable[[Any], str]) -> Callable[[Any], str]:
+    """The engine's JSON serializer, or the same encoder built once when it is
+    sinks.models.make_engine's default `lambda o: json.dumps(o, ensure_ascii=False)` (checked
+    by its code: that lambda, calling json.dumps with ensure_ascii=False and nothing else)."""
+    from sinks import models
+
+    code = getattr(serialize, "__code__", None)
+    if (code is not None and code in models.make_engine.__code__.co_consts
+            and getattr(serialize, "__closure__", None) is None
+            and code.co_names == ("json", "dumps")
+            and set(code.co_consts) <= {None, False, ("ensure_ascii",)}
+            and models.json is json):
+        return _DUMPS_NON_ASCII
+    return serialize
 
 
 def _same(value: Any) -> Any:

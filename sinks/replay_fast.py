@@ -24,7 +24,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Engine, Table
@@ -290,25 +289,27 @@ _TABLES = tuple(
 )
 
 
-def _row_maker(table: Table, dialect: Any) -> tuple[list[str], Callable[[dict[str, Any]], list[Any]]]:
+def _row_maker(table: Table, dialect: Any) -> tuple[list[str], Callable[[dict[str, Any]], tuple[Any, ...]]]:
     """Column names, and a function making a row's driver values in that order (the same
     conversions as the live sink's bulk_write: sinks.projector._converters)."""
     converters = _converters(table, dialect)
     names = [name for name, _, _ in converters]
     defaults = {name: default for name, default, _ in converters}
-    convert = [(i, _memo(fn) if isinstance(table.c[name].type, UTCDateTime) else fn)
-               for i, (name, _, fn) in enumerate(converters) if fn is not _same]
-    get = itemgetter(*names)
-
-    def make(row: dict[str, Any]) -> list[Any]:
-        if len(row) != len(names):  # a row lacking columns: defaults, as bulk_write does
-            row = {**defaults, **row}
-        values = list(get(row))
-        for i, fn in convert:
-            values[i] = fn(values[i])
-        return values
-
-    return names, make
+    scope: dict[str, Any] = {"defaults": defaults}
+    values = []
+    for i, (name, _, fn) in enumerate(converters):
+        if fn is _same:
+            values.append(f"row[{name!r}]")
+        else:
+            scope[f"c{i}"] = _memo(fn) if isinstance(table.c[name].type, UTCDateTime) else fn
+            values.append(f"c{i}(row[{name!r}])")
+    # one tuple expression per table, compiled once: no per-column loop for each row
+    source = (f"def make(row):\n"
+              f"    if len(row) != {len(names)}:  # a row lacking columns: defaults, as bulk_write does\n"
+              f"        row = {{**defaults, **row}}\n"
+              f"    return ({', '.join(values)},)\n")
+    exec(compile(source, f"<replay row maker: {table.name}>", "exec"), scope)
+    return names, scope["make"]
 
 
 def _memo(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -334,9 +335,9 @@ class _Writer:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.raw: Any = None
-        self.makers: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[Any]]]] = {}
+        self.makers: dict[str, tuple[list[str], Callable[[dict[str, Any]], tuple[Any, ...]]]] = {}
 
-    def maker(self, table: Table) -> tuple[list[str], Callable[[dict[str, Any]], list[Any]]]:
+    def maker(self, table: Table) -> tuple[list[str], Callable[[dict[str, Any]], tuple[Any, ...]]]:
         if table.name not in self.makers:
             self.makers[table.name] = _row_maker(table, self.engine.dialect)
         return self.makers[table.name]

@@ -251,3 +251,17 @@ def test_a_failed_write_fails_the_replay_and_leaves_the_database_empty(tmp_path,
     replayer.abort()
     assert all(not rows for rows in dump(engine).values())
     engine.dispose()
+
+
+def test_the_prebuilt_json_encoder_stands_in_only_for_make_engines_default():
+    import json
+
+    engine = make_engine("sqlite://")
+    default = engine.dialect._json_serializer
+    assert projector._prebuilt(default) is projector._DUMPS_NON_ASCII
+    for value in ({"b": "é中文", "a": [1.5, 1e16, -0.0, None, True, {"z": "\u2028\x00"}]}, [], "x"):
+        assert projector._DUMPS_NON_ASCII(value) == default(value)
+    for other in (json.dumps, lambda o: json.dumps(o, ensure_ascii=False, sort_keys=True),
+                  lambda o: json.dumps(o)):
+        assert projector._prebuilt(other) is other
+    engine.dispose()
