@@ -44,6 +44,7 @@ class Runtime:
     clock: Clock
     object_store: Any = None  # minio.Minio; None disables the archive agent
     deadlines: Any = None  # processors.deadlines.DeadlineRuntime; None disables deadlines
+    pipeline: bool = True  # intake, filing and cases (False: a worker for the archive only)
 
 
 async def with_retry(what: str, fn: Any, *args: Any) -> Any:
@@ -59,11 +60,21 @@ async def with_retry(what: str, fn: Any, *args: Any) -> Any:
             delay = min(delay * 2, RETRY_MAX_S)
 
 
+ROLES = ("all", "pipeline", "archive")
+
+
+def app_id_for(prefix: str, pipeline: bool) -> str:
+    """The faust app id (and consumer group) of a worker: the pipeline's agents, with or
+    without the archive, share one; a worker running only the archive has its own, so its
+    offsets on case-events are its own and its rebalances never pause the pipeline."""
+    return f"{prefix}-processor" if pipeline else f"{prefix}-archive"
+
+
 def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
     s = rt.settings
     prefix = s.topic_prefix
     app = faust.App(
-        app_id or f"{prefix}-processor",
+        app_id or app_id_for(prefix, rt.pipeline),
         broker=f"kafka://{s.kafka_bootstrap}",
         store="memory://",
         topic_partitions=topics.CASE_PARTITIONS,
@@ -88,6 +99,18 @@ def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
 
     t = {spec.suffix: topic(spec) for spec in topics.CATALOGUE}
 
+    if rt.pipeline:
+        _install_pipeline(app, t, rt)
+    if rt.object_store is not None:
+        _install_archive(app, t, rt)
+    if rt.deadlines is not None and rt.pipeline:
+        rt.deadlines.install(app, t, rt)
+    return app
+
+
+def _install_pipeline(app: faust.App, t: dict[str, Any], rt: Runtime) -> None:
+    """Intake, filing and the case processor: report → located → command → case events."""
+    s = rt.settings
     recent_cases = app.Table("recent-cases", default=None, partitions=topics.CASE_PARTITIONS)
     cases = app.Table("cases", default=None, partitions=topics.CASE_PARTITIONS)
 
@@ -130,55 +153,53 @@ def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
                 cases[key] = state
             await emit(out)
 
-    if rt.object_store is not None:
-        from processors import archive
 
-        cfg = archive.ArchiveConfig(s.bucket_archive, s.archive_retention_days,
-                                    s.max_photo_bytes, s.max_photo_pixels)
+def _install_archive(app: faust.App, t: dict[str, Any], rt: Runtime) -> None:
+    """The photo archive: follows case-events, sends RecordPhotoArchived commands."""
+    from processors import archive
 
-        @app.agent(t["case-events"], supervisor_strategy=CrashingSupervisor)
-        async def photo_archive(stream: Any) -> None:
-            # Events are taken a few at a time and their photos archived concurrently (bounded:
-            # the check is CPU work in threads, the copies are I/O). Per photo the order holds:
-            # its RecordPhotoArchived is acknowledged before its incoming copy is removed; the
-            # commands go out in event order; the events are acknowledged (their offsets
-            # committed) only once the whole batch is done, so a crash re-runs it (idempotent).
-            limit = asyncio.Semaphore(archive.CONCURRENCY)
+    s = rt.settings
+    cfg = archive.ArchiveConfig(s.bucket_archive, s.archive_retention_days,
+                                s.max_photo_bytes, s.max_photo_pixels)
 
-            async def bounded(what: str, fn: Any, *args: Any) -> Any:
-                async with limit:
-                    return await with_retry(what, fn, *args)
+    @app.agent(t["case-events"], supervisor_strategy=CrashingSupervisor)
+    async def photo_archive(stream: Any) -> None:
+        # Events are taken a few at a time and their photos archived concurrently (bounded:
+        # the check is CPU work in threads, the copies are I/O). Per photo the order holds:
+        # its RecordPhotoArchived is acknowledged before its incoming copy is removed; the
+        # commands go out in event order; the events are acknowledged (their offsets
+        # committed) only once the whole batch is done, so a crash re-runs it (idempotent).
+        limit = asyncio.Semaphore(archive.CONCURRENCY)
 
-            async for batch in stream.take(archive.BATCH, within=archive.BATCH_WITHIN_S):
-                jobs = []
-                for raw in batch:
-                    if b'"sha256"' not in raw:
-                        continue  # no photo reference in it (every one carries its sha256)
-                    try:
-                        event = decode_message(raw, ev.EVENT_TYPES)
-                    except ev.SchemaError:
-                        continue  # the sinks dead-letter what they cannot read
-                    jobs += [(event, ref) for ref in archive.photos_of(event)]
-                if not jobs:
-                    continue
-                cmds = await asyncio.gather(*(
-                    bounded(f"archive {ref.get('key')}", archive.archive_photo, rt.object_store,
-                            cfg, event, ref, rt.clock()) for event, ref in jobs))
-                acks = [await t["case-commands"].send(key=event.case_id.encode(),
-                                                      value=cmd.encode())
-                        for (event, _), cmd in zip(jobs, cmds, strict=True)]
-                for ack in acks:
-                    await ack  # acknowledged before any incoming copy goes
-                archived = [ref for (_, ref), cmd in zip(jobs, cmds, strict=True)
-                            if cmd.data.get("status") == "archived"]
-                if archived:  # one DeleteObjects request for the batch's incoming copies
-                    await with_retry(f"remove {len(archived)} incoming photos",
-                                     archive.remove_incoming_many, rt.object_store, archived)
+        async def bounded(what: str, fn: Any, *args: Any) -> Any:
+            async with limit:
+                return await with_retry(what, fn, *args)
 
-    if rt.deadlines is not None:
-        rt.deadlines.install(app, t, rt)
-
-    return app
+        async for batch in stream.take(archive.BATCH, within=archive.BATCH_WITHIN_S):
+            jobs = []
+            for raw in batch:
+                if b'"sha256"' not in raw:
+                    continue  # no photo reference in it (every one carries its sha256)
+                try:
+                    event = decode_message(raw, ev.EVENT_TYPES)
+                except ev.SchemaError:
+                    continue  # the sinks dead-letter what they cannot read
+                jobs += [(event, ref) for ref in archive.photos_of(event)]
+            if not jobs:
+                continue
+            cmds = await asyncio.gather(*(
+                bounded(f"archive {ref.get('key')}", archive.archive_photo, rt.object_store,
+                        cfg, event, ref, rt.clock()) for event, ref in jobs))
+            acks = [await t["case-commands"].send(key=event.case_id.encode(),
+                                                  value=cmd.encode())
+                    for (event, _), cmd in zip(jobs, cmds, strict=True)]
+            for ack in acks:
+                await ack  # acknowledged before any incoming copy goes
+            archived = [ref for (_, ref), cmd in zip(jobs, cmds, strict=True)
+                        if cmd.data.get("status") == "archived"]
+            if archived:  # one DeleteObjects request for the batch's incoming copies
+                await with_retry(f"remove {len(archived)} incoming photos",
+                                 archive.remove_incoming_many, rt.object_store, archived)
 
 
 def clock_for(settings: Settings) -> Clock:

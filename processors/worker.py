@@ -7,6 +7,7 @@ from settings, wires them into the faust app and runs a worker until SIGTERM.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import replace
 
@@ -17,7 +18,7 @@ from gridflow.core.refdata import load_reference_data
 from gridflow.core.sla import SlaPlanner, load_bundled_policy
 from gridflow.objectstore import make_client
 from gridflow.settings import Settings, load_settings
-from processors.app import Runtime, build_app, clock_for
+from processors.app import ROLES, Runtime, build_app, clock_for
 
 log = logging.getLogger("gridflow.worker")
 
@@ -34,25 +35,36 @@ def working_calendar() -> WorkingCalendar:
     return replace(cal, unknown_years=UNKNOWN_YEARS_WEEKDAYS)
 
 
-def build_runtime(settings: Settings, with_archive: bool = True, with_deadlines: bool = True) -> Runtime:
+def build_runtime(settings: Settings, with_archive: bool = True, with_deadlines: bool = True,
+                  with_pipeline: bool = True) -> Runtime:
     ref = load_reference_data(settings.refdata_dir)
     planner = SlaPlanner(load_bundled_policy(), working_calendar())
     rt = Runtime(settings=settings, ref=ref, planner=planner, clock=clock_for(settings),
-                 object_store=make_client(settings) if with_archive else None)
-    if with_deadlines:
+                 object_store=make_client(settings) if with_archive else None,
+                 pipeline=with_pipeline)
+    if with_deadlines and with_pipeline:
         from processors.deadlines import DeadlineRuntime
 
         rt.deadlines = DeadlineRuntime(planner.policy, planner.calendar)
     return rt
 
 
-def run_worker(settings: Settings, loglevel: str = "warning") -> None:
+def runtime_for_role(settings: Settings, role: str = "all") -> Runtime:
+    """"all": every agent in one worker; "pipeline": all but the photo archive; "archive":
+    the photo archive alone (its own consumer group, see processors.app.app_id_for)."""
+    if role not in ROLES:
+        raise click.BadParameter(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    return build_runtime(settings, with_archive=role != "pipeline",
+                         with_deadlines=role != "archive", with_pipeline=role != "archive")
+
+
+def run_worker(settings: Settings, loglevel: str = "warning", role: str = "all") -> None:
     import faust
 
     from gridflow import topics
 
     topics.ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
-    app = build_app(build_runtime(settings))
+    app = build_app(runtime_for_role(settings, role))
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     # faust's start-up spinner sets the root logger to DEBUG (so that every record spins it):
     # every debug call in faust and aiokafka then builds a LogRecord that the handler drops,
@@ -65,8 +77,17 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
 @click.command("worker")
 @click.option("--loglevel", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def worker_command(loglevel: str) -> None:
+@click.option("--role", default="all", show_default=True, type=click.Choice(list(ROLES)),
+              help="all: every agent; pipeline: intake, filing, cases and deadlines; archive: "
+                   "the photo archive alone (run one of each to keep photo work off the "
+                   "path from report to dispatched task).")
+@click.option("--nice", "niceness", default=0, show_default=True, type=click.IntRange(0, 19),
+              help="Lower this worker's CPU priority (e.g. an archive worker on a machine "
+                   "it shares with the pipeline).")
+def worker_command(loglevel: str, role: str, niceness: int) -> None:
     """Run the stream processors (intake, filing, cases, archive, deadlines) until stopped."""
     logging.basicConfig(level=loglevel.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(load_settings(), loglevel)
+    if niceness:
+        os.nice(niceness)
+    run_worker(load_settings(), loglevel, role)

@@ -18,3 +18,7 @@ def test_quick_bench_produces_figures(stack: object, tmp_path: Path) -> None:
     assert len(figures) >= len(BENCHMARKS)
     assert all(f.ours and f.target for f in figures)
     assert table(figures).count("\n") == len(figures) + 1
+    # End to end ran the pipeline and the photo archive as two workers (--role pipeline /
+    # --role archive): every photo of the run was archived, not only every task dispatched.
+    e2e = next(f for f in figures if f.what.startswith("end to end"))
+    assert e2e.raw.get("archive_lag_s") is not None, e2e.note
