@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 SCHEMA_VERSION = 1
 
 
@@ -116,6 +118,53 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
 
 
+# --- decoding: json.loads's results, through orjson where that gives the very same ----------
+
+_json_loads = json.loads
+_orjson_loads = orjson.loads
+_OrjsonError = orjson.JSONDecodeError
+# One pass over the bytes finds what orjson reads otherwise than json.loads although it reads
+# it: each byte -> b"1" for an ASCII digit, b"2" for "[" or "{", b"0" for anything else.
+# - orjson reads an integer outside [-2**63, 2**64 - 1] as a float, json.loads as an int. Every
+#   integer of 18 digits or fewer is inside, so bytes without a run of 19 digits anywhere (in
+#   strings too) have none; a hex id rarely has such a run, and then json.loads reads it.
+# - json.loads raises RecursionError where a document's nesting and the caller's stack together
+#   pass the recursion limit (1000 by default); orjson nests 1024 deep at any stack. A document
+#   nests no deeper than half its length, nor than its count of "[" and "{": above _MAX_DEPTH
+#   json.loads reads it (the two can then differ only for a caller already that many frames
+#   from the limit, where json.loads fails on documents of any depth near it).
+_CLASSES = bytes(0x31 if 0x30 <= b <= 0x39 else 0x32 if b in b"[{" else 0x30 for b in range(256))
+_LONG_DIGITS = b"1" * 19
+_MAX_DEPTH = 256
+
+
+def loads(raw: bytes | str) -> Any:
+    """`json.loads(raw)`, faster: the same value (types, dict key order, the last of duplicate
+    keys, floats to the bit) or the same exception. orjson reads what it reads exactly as json
+    does; what it refuses (NaN / Infinity, floats beyond the double range, lone surrogates,
+    invalid UTF-8, a BOM, UTF-16/32, and all invalid JSON) is read, or refused with json's own
+    error, by json.loads. Integers beyond 64 bits (orjson: floats) and deep nesting (see
+    _CLASSES) go to json.loads before orjson sees them. Input other than bytes or str
+    (bytearray, memoryview, ...) goes to json.loads as it is. Tests: tests/unit/test_json_loads.py.
+    """
+    if type(raw) is bytes:
+        b = raw
+    elif type(raw) is str:
+        try:
+            b = raw.encode()
+        except UnicodeEncodeError:  # lone surrogates: orjson refuses them, json reads them
+            return _json_loads(raw)
+    else:
+        return _json_loads(raw)
+    classes = b.translate(_CLASSES)
+    if _LONG_DIGITS in classes or (len(b) > 2 * _MAX_DEPTH and classes.count(b"2") > _MAX_DEPTH):
+        return _json_loads(raw)
+    try:
+        return _orjson_loads(b)
+    except _OrjsonError:
+        return _json_loads(raw)
+
+
 def derived_id(*parts: str) -> str:
     """A deterministic id from its causes: retried work yields the same id."""
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
@@ -195,7 +244,7 @@ def decode_message(raw: bytes | str | dict[str, Any], allowed_types: frozenset[s
         obj: Any = raw
     else:
         try:
-            obj = json.loads(raw)
+            obj = loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SchemaError(f"not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):

@@ -232,7 +232,6 @@ class Replayer:
 
 # --- decoding and hashing, for the common case only ---------------------------------------
 
-_json_decode = json.JSONDecoder().decode  # what json.loads(str) runs
 _json_str = json.encoder.encode_basestring  # how the canonical encoder writes a str (C)
 _sha256 = hashlib.sha256
 
@@ -251,8 +250,8 @@ def _decode_hashed(value: bytes | None) -> tuple[Message, datetime, str | None] 
     if value is None or value[:1] != b"{" or value[1:2] in (b"", b"\x00"):
         return None  # json.loads would not read it as UTF-8, or there is nothing to read
     try:
-        obj = _json_decode(value.decode("utf-8", "surrogatepass"))
-    except ValueError:
+        obj = ev.loads(value)  # json.loads(value)'s result, through orjson where it is the same
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
         return None
     if type(obj) is not dict:
         return None

@@ -282,7 +282,7 @@ def _dead_letter(r: Record, reason: str) -> dict[str, Any]:
 
 def _decode_dead_letter(value: bytes | None) -> dict[str, Any]:
     try:
-        obj = json.loads(value or b"")
+        obj = ev.loads(value or b"")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SchemaError(f"not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):
