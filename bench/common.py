@@ -187,8 +187,25 @@ def pg_database(settings: Settings, name: str) -> Iterator[str]:
         yield (f"postgresql+psycopg://{settings.postgres_user}@127.0.0.1:"
                f"{settings.postgres_port}/{name}")
     finally:
-        with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop_database(admin, name)
+
+
+def _drop_database(admin: dict[str, Any], name: str, attempts: int = 5) -> None:
+    """Drop a benchmark's database, retrying while sessions linger; a database that still
+    cannot be dropped is reported, not raised, so the figures measured before stand."""
+    import psycopg
+
+    for attempt in range(attempts):
+        try:
+            with psycopg.connect(**admin) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except psycopg.Error as exc:
+            if attempt == attempts - 1:
+                print(f"bench: could not drop database {name} ({exc}); drop it by hand",
+                      file=sys.stderr)
+                return
+            time.sleep(1.0 + attempt)
 
 
 def spy(name: str, pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
