@@ -14,13 +14,16 @@ from minio.retention import Retention
 from gridflow.settings import Settings
 
 
-def make_client(settings: Settings) -> Minio:
-    return Minio(
+def make_client(settings: Settings, cls: type[Minio] = Minio, http_client: Any = None) -> Minio:
+    """A MinIO client for the configured server (`cls`: a Minio subclass; `http_client`: a
+    urllib3 pool of one's own, e.g. sized to a thread pool; the SDK's default otherwise)."""
+    return cls(
         settings.s3_endpoint,
         access_key=settings.s3_access_key,
         secret_key=settings.s3_secret_key,
         secure=settings.s3_secure,
         region=settings.s3_region,
+        http_client=http_client,
     )
 
 

@@ -19,6 +19,7 @@ from minio import Minio
 from minio.error import MinioException
 from urllib3.exceptions import HTTPError
 
+from gridflow.objectstore import make_client
 from gridflow.settings import Settings
 
 
@@ -96,14 +97,7 @@ def api_client(settings: Settings, connections: int) -> Minio:
         retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
     )
     cls = PresignedBodyMinio if _can_presign_body() else Minio
-    return cls(
-        settings.s3_endpoint,
-        access_key=settings.s3_access_key,
-        secret_key=settings.s3_secret_key,
-        secure=settings.s3_secure,
-        region=settings.s3_region,
-        http_client=http,
-    )
+    return make_client(settings, cls, http)
 
 
 class MinioStore:
