@@ -46,6 +46,25 @@ class SchemaVersionError(RuntimeError):
     """The database was written by another (newer, or unmigratable) schema version."""
 
 
+def utc_datetime(value: datetime | str | None) -> datetime | None:
+    """A timestamp (aware datetime or ISO 8601 text) as an aware UTC datetime; naive refused."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = parse_ts(value)
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+    return value
+
+
+def utc_text(value: datetime | str | None) -> str | None:
+    """How SQLite stores a timestamp: UTC text of fixed width (less its "+00:00")."""
+    value = utc_datetime(value)
+    return None if value is None else value.isoformat(" ", "microseconds")[:26]
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """The one place timestamps are normalised: aware UTC in, aware UTC out, on every database.
 
@@ -63,17 +82,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value: datetime | str | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = parse_ts(value)
-        if value.tzinfo is not UTC:
-            if value.tzinfo is None:
-                raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
-            value = value.astimezone(UTC)
-        if dialect.name == "sqlite":
-            return value.isoformat(" ", "microseconds")[:26]  # less its "+00:00"
-        return value
+        return utc_text(value) if dialect.name == "sqlite" else utc_datetime(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:

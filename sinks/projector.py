@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, Dialect, Insert, Table, insert, select
@@ -34,6 +34,8 @@ from sinks.models import (
     TaskHistory,
     UTCDateTime,
     table_of,
+    utc_datetime,
+    utc_text,
 )
 
 # Deadline state of a task's current clock; a new stage or a moved deadline restarts it.
@@ -246,26 +248,6 @@ def _upsert(table: Table, dialect_name: str) -> Insert:
 # --- bulk writes: executemany on the driver, values converted once per column ---------------
 
 
-def _sqlite_time(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = parse_ts(value)
-    if value.tzinfo is not UTC:
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
-        value = value.astimezone(UTC)
-    return value.isoformat(" ", "microseconds")[:26]
-
-
-def _pg_time(value: Any) -> Any:
-    if isinstance(value, str):
-        return parse_ts(value)
-    if value is not None and value.tzinfo is None:
-        raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
-    return value
-
-
 def _converters(table: Table, dialect: Dialect) -> list[tuple[str, Any, Callable[[Any], Any]]]:
     """(column, default, to-driver function) per column: what the column types' bind
     processors do (sinks.models.UTCDateTime, JSON), without their per-row dispatch."""
@@ -274,7 +256,7 @@ def _converters(table: Table, dialect: Dialect) -> list[tuple[str, Any, Callable
     for c in table.columns:
         fn: Callable[[Any], Any] = _same
         if isinstance(c.type, UTCDateTime):
-            fn = _sqlite_time if dialect.name == "sqlite" else _pg_time
+            fn = utc_text if dialect.name == "sqlite" else utc_datetime
         elif isinstance(c.type, JSON):
             if dialect.name == "sqlite":
                 def fn(v: Any, dumps: Callable[[Any], str] = serialize) -> Any:
