@@ -26,6 +26,7 @@ from gridflow import topics
 from gridflow.settings import Settings
 from sinks.models import create_schema, make_engine
 from sinks.runner import Progress, run_sink
+from sinks.runner import apply_records as runner_apply
 from sinks.sql import BatchStats, Record, SqlSink
 
 CONSUMER = "sql-sink"  # the live sink's name: a replayed database can be continued live
@@ -59,17 +60,8 @@ def to_record(r: LogRecord) -> Record:
 
 
 def apply_records(sink: SqlSink, records: Iterable[LogRecord], dead_topic: str) -> BatchStats:
-    """One batch through the sink: case events and dead letters, like sinks.runner does."""
-    case: list[Record] = []
-    dead: list[Record] = []
-    for r in records:
-        (dead if r.topic == dead_topic else case).append(to_record(r))
-    stats = sink.apply_batch(case) if case else BatchStats()
-    if dead:
-        d = sink.apply_dead_letter_batch(dead)
-        d.applied = 0
-        stats.add(d)
-    return stats
+    """One batch through the sink, as sinks.runner applies what it polls."""
+    return runner_apply(sink, (to_record(r) for r in records), dead_topic)
 
 
 def replay_into(settings: Settings, url: str, *, prefix: str | None = None,

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -503,11 +503,18 @@ def _lag(consumer: KafkaConsumer, partitions: list[TopicPartition]) -> int | Non
 
 
 def _apply(sink: SqlSink, polled: dict[TopicPartition, list[Any]], dead_topic: str) -> BatchStats:
+    return apply_records(sink, (Record(r.topic, r.partition, r.offset, r.key, r.value,
+                                       r.timestamp) for batch in polled.values() for r in batch),
+                         dead_topic)
+
+
+def apply_records(sink: SqlSink, records: Iterable[Record], dead_topic: str) -> BatchStats:
+    """One batch through the sink: case events, then dead letters (which count as seen, not
+    as applied events)."""
     case_records: list[Record] = []
     dead_records: list[Record] = []
-    for tp, batch in polled.items():
-        into = dead_records if tp.topic == dead_topic else case_records
-        into += [Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp) for r in batch]
+    for r in records:
+        (dead_records if r.topic == dead_topic else case_records).append(r)
     stats = sink.apply_batch(case_records) if case_records else BatchStats()
     if dead_records:
         dead = sink.apply_dead_letter_batch(dead_records)
