@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.common import Context, Figure, buckets, fmt_rate, rate, s3_client, say
+from bench.common import Context, Figure, buckets, fmt_rate, own_cpu_s, rate, s3_client, say
 from bench.load import base_jpeg, variants
 from gridflow import events as ev
 from gridflow.events import Message, iso
@@ -32,11 +31,6 @@ def _event(i: int, ref: dict[str, Any]) -> Message:
     return Message(id=f"bench-photo-{i}", type=ev.CASE_FILED, case_id=f"AJBENCH-{i:06d}",
                    at=iso(datetime.now(UTC)), actor="worker:W1",
                    data={"report": {"report_id": f"bench-{i}", "photos": [ref]}})
-
-
-def _cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def run(ctx: Context) -> list[Figure]:
@@ -95,11 +89,11 @@ def run(ctx: Context) -> list[Figure]:
         cpu = {"raw": 0.0, "ours": 0.0}
 
         def timed(name: str, fn: Any, *args: Any) -> None:
-            t0, c0 = time.perf_counter(), _cpu_s()
+            t0, c0 = time.perf_counter(), own_cpu_s()
             fn(*args)
             seconds[name] += time.perf_counter() - t0
             if name in cpu:
-                cpu[name] += _cpu_s() - c0
+                cpu[name] += own_cpu_s() - c0
 
         half = len(refs) // 4  # one-at-a-time comparison runs on a quarter of the photos
         for b in range(0, half, 5):

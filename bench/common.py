@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -206,6 +207,38 @@ def _drop_database(admin: dict[str, Any], name: str, attempts: int = 5) -> None:
                       file=sys.stderr)
                 return
             time.sleep(1.0 + attempt)
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU time (user + system, s) of process `root` and its live descendants, from /proc
+    (0 for root 0)."""
+    if not root:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, pp in parent.items() if pp in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(cpu.get(pid, 0.0) for pid in tree)
+
+
+def own_cpu_s() -> float:
+    """CPU time (user + system, s) of this process, all its threads."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def spy(name: str, pid: int, seconds: float) -> subprocess.Popen[bytes] | None:

@@ -19,12 +19,14 @@ from bench.common import (
     Figure,
     buckets,
     fmt_ms,
+    own_cpu_s,
     percentile,
     pg_database,
     say,
     topic_prefix,
+    tree_cpu_s,
 )
-from bench.ingest import Uploads, own_cpu_s, start_api, tree_cpu_s
+from bench.ingest import Uploads, start_api
 from bench.load import small_jpeg, variant
 from gridflow import services
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import resource
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from bench.common import (
     buckets,
     fmt_ms,
     fmt_rate,
+    own_cpu_s,
     percentile,
     pg_database,
     rate,
@@ -31,6 +30,7 @@ from bench.common import (
     say,
     spy,
     topic_prefix,
+    tree_cpu_s,
 )
 from bench.load import County, Uploader, base_jpeg, multipart_body, variant
 from gridflow import services, topics
@@ -134,37 +134,6 @@ def raw_baseline(settings: Settings, bucket: str, topic: str, count: int, concur
             return time.perf_counter() - t0, latencies
     finally:
         producer.close(timeout=10)
-
-
-def tree_cpu_s(root: int) -> float:
-    """CPU time (user + system, s) of process `root` and its live descendants, from /proc
-    (0 for root 0)."""
-    if not root:
-        return 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(entry)] = int(fields[1])
-        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    tree, grew = {root}, True
-    while grew:
-        more = {pid for pid, pp in parent.items() if pp in tree} - tree
-        tree |= more
-        grew = bool(more)
-    return sum(cpu.get(pid, 0.0) for pid in tree)
-
-
-def own_cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 def _event_size(bootstrap: str, topic: str) -> int:

@@ -27,6 +27,7 @@ from bench.common import (
     say,
     spy,
     topic_prefix,
+    tree_cpu_s,
 )
 from bench.load import County
 from gridflow import services, topics
@@ -90,18 +91,6 @@ async def bare_baseline(bootstrap: str, source: str, target: str, count: int) ->
         await producer.stop()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process so far (Linux /proc), 0.0 if it is gone."""
-    import os
-
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _counts(engine: object) -> tuple[int, int, int]:
     with engine.connect() as conn:  # type: ignore[attr-defined]
         reports = int(conn.execute(text("SELECT count(*) FROM reports")).scalar() or 0)
@@ -162,10 +151,10 @@ def run(ctx: Context) -> list[Figure]:
                                   f"{tasks:,} tasks ({per_s:,.0f} reports/s)")
                 if t_first is None and reports:
                     t_first = time.monotonic()
-                    cpu_first = {p.name: cpu_seconds(p.proc.pid) for p in procs if p.proc}
+                    cpu_first = {p.name: tree_cpu_s(p.proc.pid) for p in procs if p.proc}
                 if reports >= count and tasks >= wanted:
                     t_done = time.monotonic()
-                    cpu_used = {p.name: cpu_seconds(p.proc.pid) - cpu_first.get(p.name, 0.0)
+                    cpu_used = {p.name: tree_cpu_s(p.proc.pid) - cpu_first.get(p.name, 0.0)
                                 for p in procs if p.proc}
                     break
                 time.sleep(0.25)
