@@ -42,7 +42,7 @@ def build_runtime(settings: Settings, with_archive: bool = True, with_deadlines:
     rt = Runtime(settings=settings, ref=ref, planner=planner, clock=clock_for(settings),
                  object_store=make_client(settings) if with_archive else None,
                  pipeline=with_pipeline)
-    if with_deadlines and with_pipeline:
+    if with_deadlines:
         from processors.deadlines import DeadlineRuntime
 
         rt.deadlines = DeadlineRuntime(planner.policy, planner.calendar)
