@@ -75,5 +75,24 @@ def test_case_page_shows_the_hash_chained_history_and_archived_thumbnails(board,
     served = client.get(f"/thumbs/{sha}")
     assert served.status_code == 200 and served.content == thumb
     assert client.get("/thumbs/" + "cd" * 32).status_code == 404
-    assert client.get("/thumbs/../../etc/passwd").status_code == 404
     assert client.get("/cases/NOPE").status_code == 404
+
+
+def test_a_thumbnail_name_that_climbs_out_of_the_thumbnails_is_refused(board, stack, buckets):
+    """The name check itself, not the router. `/thumbs/../../etc/passwd` as written is
+    normalised by the HTTP client to `/etc/passwd` (an unknown route), and a name with a `/`
+    never matches the route's one-segment parameter anyway. `%2E%2E` goes out as written and
+    the server decodes it, so `..` (and `..\\..\\etc\\passwd`) reach the handler; without the check
+    they would become object keys `thumbs/../..` climbing out of the thumbnails."""
+    client, _ = board
+    landing = b"not a thumbnail"  # where `thumbs/../...jpg` lands if a store resolved the `..`
+    stack.s3().put_object(buckets.archive, "...jpg", io.BytesIO(landing), len(landing))
+    unknown_route = client.get("/no/such/route")
+    by_the_handler = client.get("/thumbs/" + "cd" * 32)  # well-formed, no such photo
+    assert unknown_route.status_code == by_the_handler.status_code == 404
+    assert unknown_route.json() != by_the_handler.json()  # the two 404s can be told apart
+    for name in ("%2E%2E", "..%5C..%5Cetc%5Cpasswd"):
+        refused = client.get(f"/thumbs/{name}")
+        assert refused.request.url.raw_path.decode() == f"/thumbs/{name}"  # not normalised
+        assert refused.status_code == 404, name
+        assert refused.json() == by_the_handler.json(), name  # refused by the handler
