@@ -5,6 +5,10 @@ gap or overlap; a segment is put once, whole, with its sha256, under object-lock
 and only then its manifest (which names the previous manifest's sha256); re-running writes
 nothing for segments that exist and finishes a segment whose manifest a crash left unwritten.
 A partition whose unarchived records Kafka already deleted is refused (ArchiveGap), not skipped.
+
+Time here is real time only (`wall_now`, the wall clock): the lock's retain-until date (which
+the object store compares with its own clock), a tail's age (against Kafka's record
+timestamps) and a manifest's `archived_at`. Never pass the simulated clock.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -25,8 +29,9 @@ from minio.retention import Retention
 from audit import logsource
 from audit import segments as seg
 from audit.segments import LogRecord
+from gridflow.clock import wall_clock
 from gridflow.events import iso
-from gridflow.objectstore import object_exists, read_object
+from gridflow.objectstore import object_exists, read_object, retain_until
 
 log = logging.getLogger("gridflow.audit.archiver")
 
@@ -59,9 +64,12 @@ class ArchiveConfig:
     lock_mode: str = "GOVERNANCE"
 
 
-def archive_log(kc: KafkaConsumer, store: Minio, topics: list[str], cfg: ArchiveConfig,
-                now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> ArchiveResult:
-    """Archive every partition of `topics` up to the current end offsets. Idempotent."""
+def archive_log(kc: KafkaConsumer, store: Minio, topics: list[str], cfg: ArchiveConfig, *,
+                wall_now: Callable[[], datetime] = wall_clock) -> ArchiveResult:
+    """Archive every partition of `topics` up to the current end offsets. Idempotent.
+
+    `wall_now` (for tests) must be a real-time clock: see the module docstring."""
+    now = wall_now
     result = ArchiveResult()
     for topic in topics:
         tps = [TopicPartition(topic, p) for p in logsource.partitions(kc, topic)]
@@ -136,7 +144,7 @@ def _put_manifest(store: Minio, cfg: ArchiveConfig, tp: TopicPartition, start: i
 def _put(store: Minio, cfg: ArchiveConfig, key: str, data: bytes, content_type: str,
          now: Callable[[], datetime]) -> None:
     mode = LOCK_MODES[cfg.lock_mode]
-    retention = Retention(mode, now() + timedelta(days=cfg.retention_days))
+    retention = Retention(mode, retain_until(cfg.retention_days, now))
     store.put_object(cfg.bucket, key, io.BytesIO(data), len(data), content_type=content_type,
                      metadata={"x-amz-meta-sha256": seg.sha256(data)}, retention=retention)
 

@@ -70,7 +70,7 @@ def run(ctx: Context) -> list[Figure]:
                           content_type="image/jpeg")
 
         def archive_one(i: int, ref: dict[str, Any]) -> bool:
-            cmd = archive.archive_photo(s3, cfg, _event(i, ref), ref, datetime.now(UTC))
+            cmd = archive.archive_photo(s3, cfg, _event(i, ref), ref)
             status = str(cmd.data.get("status"))
             with lock:
                 statuses[status] = statuses.get(status, 0) + 1

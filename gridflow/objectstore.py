@@ -4,6 +4,7 @@ every user needs."""
 from __future__ import annotations
 
 import io
+from datetime import datetime, timedelta
 from typing import Any
 
 from minio import Minio
@@ -11,6 +12,7 @@ from minio.error import S3Error
 from minio.helpers import genheaders
 from minio.retention import Retention
 
+from gridflow.clock import Clock, wall_clock
 from gridflow.settings import Settings
 
 
@@ -25,6 +27,23 @@ def make_client(settings: Settings, cls: type[Minio] = Minio, http_client: Any =
         region=settings.s3_region,
         http_client=http_client,
     )
+
+
+def retain_until(retention_days: int, wall_now: Clock = wall_clock) -> datetime:
+    """Until when an object written now stays locked: the wall clock at the moment of writing
+    plus the retention period.
+
+    Retention is a fact of the storage in real time: the server compares the date with its own
+    clock (MinIO refuses one that is not in the future) and keeps the object until then. So it
+    is never computed from the simulated clock (`GRIDFLOW_CLOCK`, domain time only: deadlines,
+    warnings, escalations) nor from an event's time. Not the later of the event time and the
+    wall clock either: in production an object is written after its event, so the wall clock
+    is already the later one (a backlog archived late is kept longer, never shorter); an event
+    time past the wall clock only comes from a simulated or skewed clock, and it must not lock
+    real storage for years (irrevocably under COMPLIANCE). `wall_now` is injectable for tests;
+    give it a real-time clock only.
+    """
+    return wall_now() + timedelta(days=retention_days)
 
 
 _MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}

@@ -188,8 +188,9 @@ def _install_archive(app: faust.App, t: dict[str, Any], rt: Runtime) -> None:
             if not jobs:
                 continue
             cmds = await asyncio.gather(*(
+                # no rt.clock() here: the lock's retain-until date is real time
                 bounded(f"archive {ref.get('key')}", archive.archive_photo, rt.object_store,
-                        cfg, event, ref, rt.clock()) for event, ref in jobs))
+                        cfg, event, ref) for event, ref in jobs))
             acks = [await t["case-commands"].send(key=event.case_id.encode(),
                                                   value=cmd.encode())
                     for (event, _), cmd in zip(jobs, cmds, strict=True)]

@@ -7,7 +7,9 @@ scale, which also gives the thumbnail), write the archive copy under
 thumbnail (side by side, each one conditional PUT: a key already there is a photo
 already archived), then ask the case processor to record PhotoArchived, and only
 then delete the incoming copy (`remove_incoming`, or `remove_incoming_many` for a
-batch with one request). Every step is idempotent, so a crash anywhere and a
+batch with one request). The lock's retain-until date is real time (the wall clock at the
+moment of writing plus the retention period, `objectstore.retain_until`), never the
+simulated clock the case decisions run on. Every step is idempotent, so a crash anywhere and a
 re-run yields the same archive and the same command id. Object-store errors
 propagate to the caller, which retries with backoff: nothing is dropped.
 """
@@ -17,7 +19,6 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 from minio import Minio
@@ -27,9 +28,10 @@ from minio.error import S3Error
 from minio.retention import Retention
 
 from gridflow import events as ev
+from gridflow.clock import Clock, wall_clock
 from gridflow.core import photos as photo_core
 from gridflow.events import Message, iso
-from gridflow.objectstore import object_exists, put_if_absent, read_object
+from gridflow.objectstore import object_exists, put_if_absent, read_object, retain_until
 from processors.steps import command
 
 # Events whose data carries photos, and where.
@@ -77,9 +79,16 @@ def thumbnail_key(sha256: str) -> str:
     return f"thumbs/{sha256[:2]}/{sha256}.jpg"
 
 
-def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[str, Any],
-                  now: datetime) -> Message:
-    """Archive one photo; return the RecordPhotoArchived command for the case processor."""
+def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[str, Any], *,
+                  wall_now: Clock = wall_clock) -> Message:
+    """Archive one photo; return the RecordPhotoArchived command for the case processor.
+
+    The command is the event's (its time is the event's, domain time). The archive copy is
+    locked until `objectstore.retain_until(cfg.retention_days, wall_now)`: real time, which the
+    object store compares with its own clock. `wall_now` is there for tests; never pass the
+    simulated clock (a retain-until date in the server's past is refused, one years ahead
+    locks real storage for years).
+    """
     sha = str(ref.get("sha256", ""))
     content_type = str(ref.get("content_type", "application/octet-stream"))
     akey, tkey = archive_key(sha, content_type), thumbnail_key(sha)
@@ -118,7 +127,8 @@ def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[s
     try:
         put_if_absent(client, cfg.archive_bucket, akey, data, content_type=content_type,
                       metadata={"x-amz-meta-sha256": sha},
-                      retention=Retention(GOVERNANCE, now + timedelta(days=cfg.retention_days)))
+                      retention=Retention(GOVERNANCE,
+                                          retain_until(cfg.retention_days, wall_now)))
     finally:
         thumb_put.result()  # waited for even when the first put failed; its error propagates
     exif = {

@@ -10,7 +10,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -202,13 +202,17 @@ def test_archive_delete_records_and_replay_from_archive_equals_kafka_replay(
             mp.setattr(archiver, "_put_manifest", crash)
             with pytest.raises(RuntimeError, match="killed"):
                 archiver.archive_log(kc, store, names, cfg)
-        first = archiver.archive_log(kc, store, names, cfg)
+        wall = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=5)
+        first = archiver.archive_log(kc, store, names, cfg, wall_now=lambda: wall)
         assert len(first.completed) == 1 and first.records > 0 and len(first.written) >= 4
         last = first.completed[0]["segment_key"]
         again = archiver.archive_log(kc, store, names, cfg)
         assert again.written == [] and again.completed == []  # idempotent
-        # every segment is under object lock
+        # every segment is under object lock, from the (injected) wall clock on: the records'
+        # simulated times (sample.T0, a fixed 2026 date) play no part
         assert store.get_object_retention(buckets.archive, last) is not None
+        retention = store.get_object_retention(buckets.archive, first.written[0]["segment_key"])
+        assert retention.retain_until_date == wall + timedelta(days=1)
 
         produce(stack.bootstrap, topic_prefix, [m for c in cases(6, first=10) for m in c])
         reference = f"sqlite:///{tmp_path / 'kafka.db'}"
