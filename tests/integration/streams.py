@@ -7,10 +7,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from gridflow import services
 from gridflow.settings import Settings
+from tests.waiting import wait_until
 
 
 def start_worker(settings: Settings, tmp_path: Path, name: str = "worker") -> services.Service:
@@ -42,3 +43,35 @@ def consume_until(bootstrap: str, topic: str, done: Callable[[list[dict]], bool]
     finally:
         consumer.close()
     raise AssertionError(f"timed out on {topic}; saw {[s.get('type') for s in seen]}")
+
+
+def wait_consumed(bootstrap: str, group: str, topics: list[str], timeout_s: float = 90.0,
+                  check: Callable[[], None] | None = None) -> dict[TopicPartition, int]:
+    """Wait until consumer group `group` (a worker's faust app id) has committed, on every
+    partition of `topics`, at least the end offsets those partitions had when this was called:
+    everything in them so far has been processed (faust commits an offset only after what the
+    agents sent for it is acknowledged). Returns those end offsets (empty partitions left out).
+    `check` runs between tries, e.g. the worker's check()."""
+    # a consumer in the group that never subscribes: it reads the group's commits, never joins
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=group)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t))]
+        ends = {tp: off for tp, off in consumer.end_offsets(tps).items() if off}
+        lag: dict[TopicPartition, tuple[int | None, int]] = {}  # behind: (committed, end)
+
+        def caught_up() -> bool:
+            lag.clear()
+            for tp, end in ends.items():
+                done = consumer.committed(tp)
+                if done is None or done < end:
+                    lag[tp] = (done, end)
+            return not lag
+
+        try:
+            wait_until(f"group {group} to commit {topics} up to their ends", caught_up,
+                       timeout_s, check=check)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; behind (committed, end): {lag}") from None
+        return ends
+    finally:
+        consumer.close()

@@ -4,19 +4,20 @@ ladder fire once each, across a worker restart, and a signed task's clock stops.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from streams import consume_until, produce, start_worker
+from streams import consume_until, produce, start_worker, wait_consumed
 
 from gridflow import events as ev
 from gridflow.clock import scaled_spec
 from gridflow.core.sla import load_bundled_policy, warn_instants
 from gridflow.events import Message, iso, parse_ts
+from processors.app import app_id_for
 from processors.worker import working_calendar
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +39,9 @@ def file_case(case_id: str, n: int) -> Message:
 
 def wait_ready(worker, timeout_s: float = 90.0) -> None:
     """Until the restarted worker has recovered its tables and runs its agents."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        worker.check()
-        if "[^Worker]: Ready" in worker.log_path.read_text(errors="replace"):
-            return
-        time.sleep(0.2)
-    raise AssertionError("the restarted worker did not get ready")
+    wait_until("the restarted worker to get ready",
+               lambda: "[^Worker]: Ready" in worker.log_path.read_text(errors="replace"),
+               timeout_s, check=worker.check)
 
 
 def tick(bootstrap: str, prefix: str, now: datetime) -> None:
@@ -84,7 +81,10 @@ def test_deadlines_fire_once_each_across_a_restart(stack, stack_settings, tmp_pa
         consume_until(bootstrap, f"{prefix}.case-events",
                       lambda s: len(of_task(s, late["data"]["task_id"], ev.DEADLINE_WARNED)) == 1,
                       service=worker)
-        time.sleep(2)  # a graceful restart: past the worker's commit interval
+        # a graceful restart: what the worker has read so far is committed before it stops
+        wait_consumed(bootstrap, app_id_for(prefix, pipeline=True),
+                      [f"{prefix}.{t}" for t in ("case-commands", "case-events", "deadline-ticks")],
+                      check=worker.check)
     finally:
         worker.stop()  # mid-way: the 80% warning, the breach and the escalations are still ahead
 
