@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from sqlalchemy import text
-from streams import start_worker
+from streams import start_worker, wait_consumed
 
 from audit import dbcompare
 from audit.verify import verify
@@ -38,7 +38,9 @@ from gridflow.events import Message, iso
 from gridflow.settings import Settings
 from gridflow.testing.images import make_jpeg
 from infra.kafka import ensure_catalogue
+from processors.app import app_id_for
 from sinks.models import create_schema, make_engine
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -76,6 +78,8 @@ class Driver:
 
     def __init__(self, settings: Settings, store: Any, incoming: str) -> None:
         self.prefix = settings.topic_prefix
+        self.bootstrap = settings.kafka_bootstrap
+        self.group = app_id_for(self.prefix, pipeline=True)  # the worker's consumer group
         self.producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
         self.tail = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
                                   enable_auto_commit=False, group_id=None)
@@ -97,13 +101,15 @@ class Driver:
         return cmd
 
     def step(self, commands: list[Message]) -> None:
-        """Wait until every command was decided (events or a refusal) and the deadline
-        processor had a moment to follow them, so the next tick sees their clocks."""
+        """Wait until every command was decided (events or a refusal) and the worker has
+        processed every event so far (the deadline processor followed them), so the next
+        tick sees their clocks."""
         self.producer.flush(timeout=30)
         ids = {c.id for c in commands}
         self.wait(lambda: ids <= {e.get("causation_id") for e in self.seen}
                   | {e["data"].get("command_id") for e in self.seen})
-        time.sleep(0.5)
+        wait_consumed(self.bootstrap, self.group, [topics.CASE_EVENTS.name(self.prefix)],
+                      check=self.check)
 
     def tick(self, now: datetime) -> None:
         value = json.dumps({"now": iso(now)}).encode()
@@ -138,33 +144,42 @@ class Driver:
         return got
 
     def wait(self, done: Any, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for s in self.services:
-                s.check()
+        """Read the tail until `done()`."""
+        def polled() -> bool:
             self.poll()
-            if done():
-                return
-        raise AssertionError(f"timed out; saw {len(self.seen)} events")
+            return bool(done())
 
-    def settle(self, urls: list[str], quiet_s: float = 2.5, timeout_s: float = 90) -> None:
-        """No new events for a while, and every live sink has applied all of them."""
+        try:
+            wait_until("the case events", polled, timeout_s, check=self.check, interval_s=0)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; saw {len(self.seen)} events") from None
+
+    def settle(self, urls: list[str], timeout_s: float = 90) -> None:
+        """Nothing left in flight: the worker has processed every command, tick and event
+        sent so far, and the topics it writes to did not grow meanwhile (so no agent has
+        more to send); every live sink has applied all the events, and so has the tail."""
         deadline = time.monotonic() + timeout_s
-        quiet_since = time.monotonic()
-        topic = topics.CASE_EVENTS.name(self.prefix)
-        tps = [TopicPartition(topic, p) for p in range(topics.CASE_PARTITIONS)]
-        while time.monotonic() < deadline:
-            for s in self.services:
-                s.check()
-            if self.poll():
-                quiet_since = time.monotonic()
-                continue
-            if time.monotonic() - quiet_since < quiet_s:
-                continue
-            ends = {tp.partition: off for tp, off in self.tail.end_offsets(tps).items()}
-            if all(applied(url, topic) == {p: o for p, o in ends.items() if o} for url in urls):
-                return
-        raise AssertionError("the pipeline did not settle")
+        commands, ticks, events = (spec.name(self.prefix) for spec in (
+            topics.CASE_COMMANDS, topics.DEADLINE_TICKS, topics.CASE_EVENTS))
+        while True:
+            ends = wait_consumed(self.bootstrap, self.group, [commands, ticks, events],
+                                 deadline - time.monotonic(), check=self.check)
+            written = {tp: o for tp, o in ends.items() if tp.topic != ticks}
+            now = {tp: o for tp, o in self.tail.end_offsets(
+                [TopicPartition(t, p) for t in (commands, events)
+                 for p in self.tail.partitions_for_topic(t)]).items() if o}
+            if now == written:
+                break
+        logged = {tp.partition: o for tp, o in written.items() if tp.topic == events}
+        wait_until("every live sink to apply every event",
+                   lambda: all(applied(url, events) == logged for url in urls),
+                   deadline - time.monotonic(), check=self.check)
+        self.wait(lambda: all(self.tail.position(TopicPartition(events, p)) >= o
+                              for p, o in logged.items()), deadline - time.monotonic())
+
+    def check(self) -> None:
+        for s in self.services:
+            s.check()
 
     def close(self) -> None:
         self.producer.close()
