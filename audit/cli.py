@@ -158,16 +158,17 @@ def replay(into: str | None, until: str | None, prefix: str | None, from_archive
 def _whatif(settings: Settings, store: Any, policy_file: str | None, calendar_file: str | None,
             ideal_clock: bool, max_tick_lag: float | None, as_json: bool) -> int:
     from audit import report, whatif
+    from gridflow.calendars import load_working_calendar
     from gridflow.core.calendar import UNKNOWN_YEARS_WEEKDAYS, WorkingCalendar
-    from gridflow.core.calendar import load_bundled_calendar as bundled_calendar
     from gridflow.core.refdata import load_reference_data
     from gridflow.core.sla import SlaPolicy, load_bundled_policy
 
     ref = load_reference_data(settings.refdata_dir)
     levels = {code: d.level for code, d in ref.departments.items()}
     names = {code: d.name for code, d in ref.departments.items()}
-    # what the worker decides with (processors.worker): the bundled policy and calendar
-    calendar = replace(bundled_calendar(), unknown_years=UNKNOWN_YEARS_WEEKDAYS)
+    # what the worker decides with (processors.worker): the bundled policy, the configured
+    # calendar (GRIDFLOW_CALENDAR_DIR)
+    calendar = replace(load_working_calendar(settings), unknown_years=UNKNOWN_YEARS_WEEKDAYS)
     recorded = whatif.Regime(load_bundled_policy(), calendar, levels)
     other = whatif.Regime(
         SlaPolicy.load(Path(policy_file)) if policy_file else recorded.policy,

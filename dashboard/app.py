@@ -1,6 +1,8 @@
 """The supervisors' dashboard (督办看板): a small read-only web app over the read models.
 
-`gridflow dashboard` serves it; `/api/board` gives the same figures as JSON for scripts.
+`gridflow dashboard` serves it; `/api/board` gives the same figures as JSON for scripts. Above
+the figures, what supervisors must have fixed: the working calendar ending within 60 days of
+the board's clock (`notices`, gridflow.calendars).
 Photos are served from the archive bucket's EXIF-free thumbnails, never the originals.
 """
 
@@ -16,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from dashboard.board import board_data
 from dashboard.html import render_board, render_case
+from gridflow.calendars import calendar_notices
 from gridflow.clock import Clock, clock_from_spec
 from gridflow.core.refdata import ReferenceData, load_reference_data
 from gridflow.settings import Settings, load_settings
@@ -29,15 +32,19 @@ def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock:
     create_schema(engine)
     app = FastAPI(title="gridflow 督办看板", docs_url="/api/docs", openapi_url="/api/openapi.json")
 
+    def figures() -> dict[str, Any]:
+        # The calendar directory is read on every call: a year added there shows at once.
+        now = clock()
+        with Session(engine) as session:
+            return {**board_data(session, ref, now), "notices": calendar_notices(settings, now)}
+
     @app.get("/", response_class=HTMLResponse, summary="督办看板 / supervisors' board")
     def board() -> str:
-        with Session(engine) as session:
-            return render_board(board_data(session, ref, clock()))
+        return render_board(figures())
 
     @app.get("/api/board", summary="看板数据 / board figures as JSON")
     def board_json() -> dict[str, Any]:
-        with Session(engine) as session:
-            return board_data(session, ref, clock())
+        return figures()
 
     @app.get("/cases/{case_id}", response_class=HTMLResponse, summary="案件全过程 / case history")
     def case_page(case_id: str) -> str:

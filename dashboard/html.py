@@ -41,6 +41,7 @@ th{background:#fafafa} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .bad{color:#c62828;font-weight:bold} a{color:#1565c0;text-decoration:none}
 .photos img{height:120px;margin:4px;border:1px solid #ccc}
 .grid2{display:grid;grid-template-columns:1fr 1fr;gap:16px}
+.notice{background:#fff3e0;border:1px solid #ef6c00;color:#8a3b00;border-radius:6px;padding:10px 14px;margin:0 0 16px}
 """
 
 
@@ -112,8 +113,10 @@ def render_board(data: dict[str, Any]) -> str:
         f"<td class=n>{t['escalation_level']}</td></tr>"
         for t in data["overdue"]
     ) or '<tr><td colspan=6>暂无超期任务</td></tr>'
+    notices = "".join(f'<p class="notice" role="alert">⚠ {escape(n)}</p>'
+                      for n in data.get("notices", []))
     body = (
-        f'<div class="cards">{card_html}</div>'
+        f'{notices}<div class="cards">{card_html}</div>'
         "<section><h2>各部门考核指标 (数字城管)</h2><table><tr><th>部门</th><th>派遣数</th>"
         "<th>在办</th><th>办结超期</th><th>结案数</th><th>结案率</th><th>按期结案率</th><th>返工率</th>"
         f"<th>延期率</th><th>退单率</th><th>满意度</th></tr>{dept_rows}</table></section>"

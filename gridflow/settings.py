@@ -79,6 +79,9 @@ class Settings:
     # Reference data (county, grids, workers, departments, categories, routing); None: the
     # packaged sample county.
     refdata_dir: Path | None = None
+    # The working calendar: a directory of calendar_<year>.json (holidays and 调休, one file per
+    # year, docs/CALENDAR.md); None: the bundled gridflow/refdata. Read when a worker starts.
+    calendar_dir: Path | None = None
 
     # Time: "wall", or a scaled simulated clock shared by every process (see gridflow.clock)
     clock: str = "wall"
@@ -147,6 +150,8 @@ def load_settings() -> Settings:
         dedupe_window_hours=float(_env("DEDUPE_WINDOW_HOURS", str(base.dedupe_window_hours))),
         sink_fetch_wait_ms=int(_env("SINK_FETCH_WAIT_MS", str(base.sink_fetch_wait_ms))),
         refdata_dir=Path(_env("REFDATA_DIR", "")).expanduser() if _env("REFDATA_DIR", "") else None,
+        calendar_dir=(Path(_env("CALENDAR_DIR", "")).expanduser() if _env("CALENDAR_DIR", "")
+                      else None),
         faust_data_dir=Path(_env("FAUST_DATA_DIR", str(state_dir / "faust"))),
     )
 
@@ -163,6 +168,7 @@ _ENV_FIELDS = {
     "api_port": "API_PORT", "max_photo_bytes": "MAX_PHOTO_BYTES",
     "max_photo_pixels": "MAX_PHOTO_PIXELS", "worker_web_port": "WORKER_WEB_PORT",
     "clock": "CLOCK", "faust_data_dir": "FAUST_DATA_DIR", "refdata_dir": "REFDATA_DIR",
+    "calendar_dir": "CALENDAR_DIR",
     "dedupe_radius_m": "DEDUPE_RADIUS_M", "dedupe_window_hours": "DEDUPE_WINDOW_HOURS",
     "sink_fetch_wait_ms": "SINK_FETCH_WAIT_MS",
 }

@@ -12,7 +12,7 @@ import time
 
 import click
 
-from gridflow.settings import load_settings
+from gridflow.settings import Settings, load_settings
 from infra import stack
 
 
@@ -73,11 +73,32 @@ def down(only: str | None) -> None:
     _echo(f"gridflow down: {what} in {time.monotonic() - t0:.1f} s")
 
 
+def _notices(settings: Settings) -> list[str]:
+    """What operators must act on beside the servers, as of the configured clock's date:
+    the working calendar ending within 60 days (or unloadable)."""
+    from gridflow.calendars import calendar_notices
+    from gridflow.clock import clock_from_spec
+
+    try:
+        now = clock_from_spec(settings.clock)()
+    except ValueError as exc:
+        return [f"GRIDFLOW_CLOCK 无效：{exc}"]
+    return calendar_notices(settings, now)
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--only", metavar="NAMES", help=ONLY_HELP)
 def status(as_json: bool, only: str | None) -> None:
-    """Show each local server: state, pid, address, version, data dir, log. Always exits 0."""
+    """Show each local server: state, pid, address, version, data dir, log, and what operators
+    must act on (the working calendar ending soon). Always exits 0."""
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
-    rows = stack.status(load_settings(), _parse_only(only))
-    click.echo(stack.status_json(rows) if as_json else stack.status_table(rows))
+    settings = load_settings()
+    rows = stack.status(settings, _parse_only(only))
+    notices = _notices(settings)
+    if as_json:
+        click.echo(stack.status_json(rows, notices))
+        return
+    click.echo(stack.status_table(rows))
+    for notice in notices:
+        click.echo(f"\n注意：{notice}")

@@ -12,7 +12,7 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -264,9 +264,12 @@ def _status(server: Server) -> Status:
                   str(server.log_path))
 
 
-def status_json(rows: list[Status]) -> str:
+def status_json(rows: list[Status], notices: Sequence[str] = ()) -> str:
+    """`notices`: what operators must act on beside the servers (e.g. the working calendar
+    ending), in Chinese."""
     return json.dumps({"servers": [asdict(r) for r in rows],
-                       "all_up": all(r.up for r in rows)}, indent=2)
+                       "all_up": all(r.up for r in rows), "notices": list(notices)},
+                      indent=2, ensure_ascii=False)
 
 
 def status_table(rows: list[Status]) -> str:

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import click
 
+from gridflow.calendars import end_warning, load_working_calendar
 from gridflow.core.calendar import UNKNOWN_YEARS_WEEKDAYS, WorkingCalendar, load_bundled_calendar
 from gridflow.core.refdata import load_reference_data
 from gridflow.core.sla import SlaPlanner, load_bundled_policy
@@ -23,23 +24,29 @@ from processors.app import ROLES, Runtime, build_app, clock_for
 log = logging.getLogger("gridflow.worker")
 
 
-def working_calendar() -> WorkingCalendar:
-    """The bundled calendar; past its last configured year, plain Monday-Friday with a warning.
+def working_calendar(settings: Settings | None = None) -> WorkingCalendar:
+    """The calendar of `settings` (its calendar directory, read now: a year added there is
+    picked up by restarting the worker), or the bundled one; past its last configured year,
+    plain Monday-Friday.
 
     Refusing every deadline that reaches into a year whose holiday notice is not yet
-    configured would stop dispatch at year end; a warning tells operators to add it.
+    configured would stop dispatch at year end; the worker's log, `gridflow status` and the
+    supervisors' board warn 60 days ahead instead (gridflow.calendars).
     """
-    cal = load_bundled_calendar()
-    log.warning("working calendar configured until %s; later dates count Monday-Friday "
-                "until gridflow/refdata/calendar_<year>.json is added", cal.covered_until)
+    cal = load_working_calendar(settings) if settings is not None else load_bundled_calendar()
     return replace(cal, unknown_years=UNKNOWN_YEARS_WEEKDAYS)
 
 
 def build_runtime(settings: Settings, with_archive: bool = True, with_deadlines: bool = True,
                   with_pipeline: bool = True) -> Runtime:
     ref = load_reference_data(settings.refdata_dir)
-    planner = SlaPlanner(load_bundled_policy(), working_calendar())
-    rt = Runtime(settings=settings, ref=ref, planner=planner, clock=clock_for(settings),
+    clock = clock_for(settings)
+    calendar = working_calendar(settings)
+    warning = end_warning(calendar, clock(), settings)
+    if warning:
+        log.warning("%s", warning)
+    planner = SlaPlanner(load_bundled_policy(), calendar)
+    rt = Runtime(settings=settings, ref=ref, planner=planner, clock=clock,
                  object_store=make_client(settings) if with_archive else None,
                  pipeline=with_pipeline)
     if with_deadlines:

@@ -21,11 +21,21 @@ Conventions
   ``"unknown_years": "error"``): a deadline computed without the State Council's notice for
   that year could be days off. ``"unknown_years": "weekdays"`` treats such years as plain
   Monday–Friday (minus the configured weekend) instead.
+
+Calendar directory
+------------------
+A deployment's calendar is a directory of ``calendar_<year>.json`` files, one per year
+(`load_calendar_dir`; the bundled one is gridflow/refdata). Each file configures exactly its
+own year, whole; the years follow each other without a gap; every date appears once, in its
+file's year; make-up working days (调休) fall on weekend days. A file that breaks a rule is
+refused with its path and the date. `calendar_end_warning` tells operators, 60 days ahead,
+that the last configured year is ending and which file to add (see docs/CALENDAR.md).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -34,6 +44,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 REFDATA_DIR = Path(__file__).resolve().parent.parent / "refdata"
+WARN_DAYS_AHEAD = 60  # operators are told this many days before the calendar's last day
+_FILE_NAME = re.compile(r"calendar_(\d{4})\.json")
 UNKNOWN_YEARS_ERROR = "error"
 UNKNOWN_YEARS_WEEKDAYS = "weekdays"
 _MAX_SCAN_DAYS = (
@@ -201,8 +213,9 @@ class WorkingCalendar:
             configured = ", ".join(str(y) for y in sorted(self.years)) or "none"
             raise CalendarRangeError(
                 f"{d.isoformat()} is outside the configured calendar years ({configured}): "
-                f"add gridflow/refdata/calendar_{d.year}.json from the State Council's "
-                f'holiday notice for {d.year}, or set "unknown_years": "weekdays"'
+                f"add calendar_{d.year}.json to the calendar directory (GRIDFLOW_CALENDAR_DIR, "
+                f"docs/CALENDAR.md) from the State Council's holiday notice for {d.year}, "
+                f'or set "unknown_years": "weekdays"'
             )
 
     def _segments(self, day: date) -> tuple[tuple[datetime, datetime], ...]:
@@ -225,13 +238,74 @@ class WorkingCalendar:
 
 def load_bundled_calendar(years: Sequence[int] | None = None) -> WorkingCalendar:
     """The calendars shipped in gridflow/refdata (calendar_<year>.json), merged."""
-    paths = sorted(REFDATA_DIR.glob("calendar_*.json"))
-    if years is not None:
-        wanted = {f"calendar_{y}.json" for y in years}
-        paths = [p for p in paths if p.name in wanted]
+    if years is None:
+        return load_calendar_dir(REFDATA_DIR)
+    wanted = {f"calendar_{y}.json" for y in years}
+    paths = [p for p in sorted(REFDATA_DIR.glob("calendar_*.json")) if p.name in wanted]
     if not paths:
         raise CalendarError(f"no calendar_*.json for years {years} in {REFDATA_DIR}")
     return WorkingCalendar.load(paths)
+
+
+def load_calendar_dir(directory: str | Path) -> WorkingCalendar:
+    """Every ``calendar_<year>.json`` in `directory`, checked and merged.
+
+    On top of what every calendar file must satisfy (each date once and in its year, make-up
+    working days on weekend days): each file configures exactly the year its name says, and
+    the years follow each other without a gap. Errors name the file (or the directory, for a
+    missing year) and the date.
+    """
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise CalendarError(f"{folder}: no such calendar directory")
+    paths = sorted(folder.glob("calendar_*.json"))
+    if not paths:
+        raise CalendarError(f"{folder}: no calendar_<year>.json in the calendar directory")
+    parts: list[_Parsed] = []
+    for path in paths:
+        match = _FILE_NAME.fullmatch(path.name)
+        if match is None:
+            raise CalendarError(f"{path}: a calendar file is named calendar_<year>.json, "
+                                "e.g. calendar_2027.json")
+        year = int(match.group(1))
+        part = _parse_source(path)
+        if part.years != {year}:
+            got = ", ".join(str(y) for y in sorted(part.years)) or "none"
+            raise CalendarError(f"{path}: configures year(s) {got}; calendar_{year}.json "
+                                f'must configure exactly the whole year {year} ("years": '
+                                f'{{"{year}": ...}}), one file per year')
+        parts.append(part)
+    years = sorted(y for part in parts for y in part.years)
+    for before, after in zip(years, years[1:], strict=False):
+        if after != before + 1:
+            raise CalendarError(f"{folder}: calendar_{before + 1}.json is missing: the years "
+                                f"must follow each other ({before}, then {after}); dates from "
+                                f"{before + 1}-01-01 would have no holidays")
+    return _merge(parts)
+
+
+def calendar_end_warning(calendar: WorkingCalendar, today: date, where: str,
+                         days_ahead: int = WARN_DAYS_AHEAD) -> str | None:
+    """The operators' notice, in Chinese, that the configured years end soon (or have ended)
+    and which file to add `where` (a Chinese phrase naming the calendar directory); None while
+    the last configured day is more than `days_ahead` days after `today`. Pure: the caller
+    passes its clock's date (in the calendar's zone)."""
+    if not calendar.years:
+        return (f"工作日历未配置任何年份，请在{where}添加 calendar_{today.year}.json"
+                f"（依据国务院办公厅关于{today.year}年部分节假日安排的通知）")
+    last_year = max(calendar.years)
+    end = date(last_year, 12, 31)
+    left = (end - today).days
+    if left > days_ahead:
+        return None
+    needed = list(range(last_year + 1, max(today.year, last_year + 1) + 1))
+    files = "、".join(f"calendar_{y}.json" for y in needed)
+    notices = "、".join(f"{y}年" for y in needed)
+    when = f"还剩 {left} 天" if left >= 0 else f"已过期 {-left} 天"
+    return (f"工作日历仅配置到 {end.isoformat()}（{when}），请在{where}添加 {files}"
+            f"（依据国务院办公厅关于{notices}部分节假日安排的通知，格式同 calendar_{last_year}.json，"
+            f"见 docs/CALENDAR.md），再重启 worker。未添加前，{end.year + 1}-01-01 起的期限按"
+            f"周一至周五计算，不计法定节假日和调休。")
 
 
 # --- parsing -------------------------------------------------------------------
@@ -254,14 +328,26 @@ def _parse_source(source: CalendarSource) -> _Parsed:
         return _parse(source, "<calendar dict>")
     path = Path(source)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
     except OSError as exc:
         raise CalendarError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except json.JSONDecodeError as exc:
         raise CalendarError(f"{path}: not valid JSON: {exc}") from exc
+    except CalendarError as exc:  # a duplicate key
+        raise CalendarError(f"{path}: {exc}") from exc
     if not isinstance(raw, Mapping):
         raise CalendarError(f"{path}: a calendar must be a JSON object")
     return _parse(raw, str(path))
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object with a key written twice (e.g. a year) would silently lose the first."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise CalendarError(f"key {key!r} appears twice in one object")
+        out[key] = value
+    return out
 
 
 def _parse(raw: Mapping[str, Any], origin: str) -> _Parsed:
@@ -363,19 +449,20 @@ def _parse_year(
     festivals = value.get("holidays", [])
     if not isinstance(festivals, list):
         raise ValueError(f"year {key}: 'holidays' must be a list")
+    year = int(key)
+    seen: dict[date, tuple[str, str]] = {}  # date -> (festival, kind): every date appears once
     for fest in festivals:
         if not isinstance(fest, Mapping) or not isinstance(fest.get("name"), str):
             raise ValueError(f"year {key}: each holiday needs a 'name', got {fest!r}")
         name = fest["name"]
         for d in _parse_dates(fest.get("off", []), f"{key} {name} off"):
-            _put(holidays, d, name, "day off")
+            _once(seen, d, year, name, "day off")
+            holidays[d] = name
         for d in _parse_dates(fest.get("makeup_workdays", []), f"{key} {name} makeup_workdays"):
             if d.isoweekday() not in weekend:
                 raise ValueError(f"{name}: make-up working day {d} is not a weekend day")
-            _put(makeup, d, name, "make-up working day")
-    clash = sorted(set(holidays) & set(makeup))
-    if clash:
-        raise ValueError(f"year {key}: {clash[0]} is both a day off and a make-up working day")
+            _once(seen, d, year, name, "make-up working day")
+            makeup[d] = name
 
 
 def _parse_dates(value: Any, what: str) -> list[date]:
@@ -388,6 +475,19 @@ def _parse_dates(value: Any, what: str) -> list[date]:
         except (TypeError, ValueError) as exc:
             raise ValueError(f'{what}: bad date {item!r} (expected "YYYY-MM-DD")') from exc
     return days
+
+
+def _once(seen: dict[date, tuple[str, str]], d: date, year: int, name: str, kind: str) -> None:
+    if d.year != year:
+        raise ValueError(f"{name}: {kind} {d} is not in {year}: a year lists its own dates only")
+    if d in seen:
+        other, other_kind = seen[d]
+        if other_kind != kind:
+            raise ValueError(f"year {year}: {d} is both a day off and a make-up working day "
+                             f"({other}, {name})")
+        raise ValueError(f"year {year}: {d} appears twice ({other} and {name}, {kind}): "
+                         "every date appears once")
+    seen[d] = (name, kind)
 
 
 def _put(target: dict[date, str], d: date, name: str, what: str) -> None:

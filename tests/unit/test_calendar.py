@@ -1,18 +1,23 @@
-"""Working calendar: 2026 holidays and 调休, working-hour arithmetic, year boundary, load errors."""
+"""Working calendar: 2026 holidays and 调休, working-hour arithmetic, year boundary, load errors,
+a calendar directory (one file per year) and the warning before its last year ends."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from gridflow.core.calendar import (
+    REFDATA_DIR,
     CalendarError,
     CalendarRangeError,
     WorkingCalendar,
+    calendar_end_warning,
     load_bundled_calendar,
+    load_calendar_dir,
 )
 
 CST = ZoneInfo("Asia/Shanghai")
@@ -329,3 +334,135 @@ def test_missing_file_and_merge_conflicts(tmp_path) -> None:
     again = write(tmp_path, "calendar_again.json", base_config())
     with pytest.raises(CalendarError, match="calendar_again.json: year 2026 is configured by two"):
         WorkingCalendar.load([CAL_PATH, again])
+
+
+def test_every_date_appears_once_in_its_year(tmp_path) -> None:
+    def year_2026(*festivals: dict) -> dict:
+        return base_config(years={"2026": {"holidays": list(festivals)}})
+
+    twice_in_one = year_2026({"name": "国庆节", "off": ["2026-10-01", "2026-10-01"]})
+    in_two = year_2026({"name": "国庆节", "off": ["2026-10-01"]},
+                       {"name": "中秋节", "off": ["2026-10-01"]})
+    makeup_twice = year_2026({"name": "国庆节", "makeup_workdays": ["2026-10-10"]},
+                             {"name": "中秋节", "makeup_workdays": ["2026-10-10"]})
+    off_and_makeup = year_2026({"name": "国庆节", "off": ["2026-10-10"]},
+                               {"name": "中秋节", "makeup_workdays": ["2026-10-10"]})
+    other_year = year_2026({"name": "元旦", "off": ["2027-01-01"]})
+    makeup_weekday = year_2026({"name": "国庆节", "makeup_workdays": ["2026-10-12"]})
+    for content, reason in [
+        (twice_in_one, "2026-10-01 appears twice"),
+        (in_two, "2026-10-01 appears twice (国庆节 and 中秋节"),
+        (makeup_twice, "2026-10-10 appears twice"),
+        (off_and_makeup, "2026-10-10 is both a day off and a make-up working day"),
+        (other_year, "元旦: day off 2027-01-01 is not in 2026"),
+        (makeup_weekday, "make-up working day 2026-10-12 is not a weekend day"),
+        ('{"timezone": "Asia/Shanghai", "working_hours": [["08:30", "17:30"]], "years": '
+         '{"2026": {"holidays": []}, "2026": {"holidays": []}}}', "'2026' appears twice"),
+    ]:
+        path = write(tmp_path, "calendar_2026.json", content)
+        with pytest.raises(CalendarError) as info:
+            WorkingCalendar.load(path)
+        assert str(info.value).startswith(path) and reason in str(info.value), str(info.value)
+
+
+# --- a calendar directory: one file per year, contiguous ------------------------------------
+
+# Test data only: NOT the State Council's notice for 2027, which is not known here.
+FICTIONAL_2027 = base_config(years={"2027": {"holidays": [
+    {"name": "元旦", "off": ["2027-01-01"], "makeup_workdays": []}]}})
+
+
+def calendar_dir(tmp_path, **files: object):
+    folder = tmp_path / "cal"
+    folder.mkdir(exist_ok=True)
+    (folder / "calendar_2026.json").write_text(
+        Path(CAL_PATH).read_text(encoding="utf-8"), encoding="utf-8")
+    for name, content in files.items():
+        write(folder, f"{name}.json", content)
+    return folder
+
+
+def test_the_bundled_directory_is_a_valid_calendar_directory() -> None:
+    cal = load_calendar_dir(REFDATA_DIR)
+    assert cal.years == frozenset({2026}) and cal.holidays == CAL.holidays
+
+
+def test_a_year_is_added_by_dropping_its_file_into_the_directory(tmp_path) -> None:
+    folder = calendar_dir(tmp_path)
+    assert load_calendar_dir(folder).years == frozenset({2026})
+    write(folder, "calendar_2027.json", FICTIONAL_2027)
+    cal = load_calendar_dir(folder)
+    assert cal.years == frozenset({2026, 2027})
+    assert cal.holiday_name(date(2027, 1, 1)) == "元旦" and not cal.is_working_day(date(2027, 1, 1))
+    # Thursday 2026-12-31 16:00 + 2 h: Friday 2027-01-01 off, then Monday.
+    assert as_local(cal.add_working_hours(local(2026, 12, 31, 16, 0), 2)) == local(2027, 1, 4, 9, 0)
+
+
+@pytest.mark.parametrize(
+    ("files", "reason"),
+    [
+        ({"calendar_2028": base_config(years={"2028": {"holidays": []}})},
+         "calendar_2027.json is missing"),
+        ({"calendar_2027": base_config(years={"2028": {"holidays": []}})},
+         "calendar_2027.json: configures year(s) 2028; calendar_2027.json must configure "
+         "exactly the whole year 2027"),
+        ({"calendar_2027": base_config(years={"2027": {"holidays": []},
+                                              "2028": {"holidays": []}})},
+         "configures year(s) 2027, 2028"),
+        ({"calendar_2027-draft": FICTIONAL_2027}, "calendar_2027-draft.json: a calendar file is named"),
+        ({"calendar_2027": base_config(years={"2027": {"holidays": [
+            {"name": "春节", "off": ["2027-02-06", "2027-02-06"]}]}})},
+         "calendar_2027.json: year 2027: 2027-02-06 appears twice"),
+        ({"calendar_2027": {**FICTIONAL_2027, "working_hours": [["09:00", "17:00"]]}},
+         "calendar_2027.json: working_hours differs"),
+    ],
+)
+def test_a_directory_breaking_a_rule_is_refused_naming_file_and_date(tmp_path, files, reason) -> None:
+    folder = calendar_dir(tmp_path, **files)
+    with pytest.raises(CalendarError) as info:
+        load_calendar_dir(folder)
+    assert reason in str(info.value), str(info.value)
+    assert str(folder) in str(info.value)
+
+
+def test_a_missing_or_empty_directory_is_refused(tmp_path) -> None:
+    with pytest.raises(CalendarError, match="no such calendar directory"):
+        load_calendar_dir(tmp_path / "nowhere")
+    with pytest.raises(CalendarError, match="no calendar_<year>.json"):
+        load_calendar_dir(tmp_path)
+
+
+# --- the operators' warning before the calendar ends ------------------------------------------
+
+WHERE = "日历目录 /srv/calendar"
+
+
+@pytest.mark.parametrize("today", [date(2026, 1, 1), date(2026, 7, 1), date(2026, 10, 31)])
+def test_no_warning_more_than_60_days_before_the_end(today: date) -> None:
+    assert calendar_end_warning(CAL, today, WHERE) is None
+
+
+@pytest.mark.parametrize(("today", "left"), [(date(2026, 11, 1), 60), (date(2026, 12, 31), 0)])
+def test_a_chinese_warning_within_60_days_says_what_to_add_where(today: date, left: int) -> None:
+    warning = calendar_end_warning(CAL, today, WHERE)
+    assert warning is not None
+    assert f"工作日历仅配置到 2026-12-31（还剩 {left} 天）" in warning
+    assert "请在日历目录 /srv/calendar添加 calendar_2027.json" in warning
+    assert "国务院办公厅关于2027年部分节假日安排的通知" in warning
+    assert "2027-01-01 起的期限按周一至周五计算" in warning
+
+
+def test_after_the_end_the_warning_says_so_and_names_every_missing_year() -> None:
+    warning = calendar_end_warning(CAL, date(2027, 1, 5), WHERE)
+    assert warning is not None and "已过期 5 天" in warning and "calendar_2027.json" in warning
+    later = calendar_end_warning(CAL, date(2028, 2, 1), WHERE)
+    assert later is not None and "calendar_2027.json、calendar_2028.json" in later
+
+
+def test_the_window_follows_the_last_configured_year_and_can_be_set() -> None:
+    two_years = WorkingCalendar.load([CAL_PATH, FICTIONAL_2027])
+    assert calendar_end_warning(two_years, date(2026, 12, 1), WHERE) is None
+    warning = calendar_end_warning(two_years, date(2027, 11, 30), WHERE)
+    assert warning is not None and "2027-12-31" in warning and "calendar_2028.json" in warning
+    assert calendar_end_warning(CAL, date(2026, 10, 1), WHERE, days_ahead=91) is not None
+    assert calendar_end_warning(CAL, date(2026, 10, 1), WHERE, days_ahead=90) is None
