@@ -1,8 +1,9 @@
 """HTTP errors of the ingest API: one shape for every refusal, Chinese first, English alongside.
 
 Every 4xx/5xx the API answers carries {code, field, message_zh, message_en}; `code` is the
-stable machine-readable reason, the messages are for people. Open311 routes render the same
-error as the GeoReport v2 array of {code, description} (see producers.open311).
+stable machine-readable reason, the messages are for people. Every path under /open311/
+(unknown ones included: 404, 405, validation, crashes) renders its error as the GeoReport v2
+array of {code, description} instead (see producers.open311).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
@@ -131,34 +134,85 @@ def validation_error(exc: RequestValidationError) -> ApiError:
     )
 
 
+# What the router's own refusals (unknown path, method not allowed, ...) mean, in Chinese.
+HTTP_ZH = {
+    400: "请求无效",
+    404: "未找到该接口或资源",
+    405: "该接口不支持此请求方法",
+    406: "不支持所要求的响应格式",
+    413: "请求体过大",
+    415: "不支持该请求体格式",
+}
+
+
+def is_open311(request: Request) -> bool:
+    """Open311 paths answer every error as GeoReport v2's [{code, description}]."""
+    return request.url.path.startswith("/open311/")
+
+
+def http_error_text(status: int, detail: Any, method: str, path: str) -> tuple[str, str]:
+    """(Chinese, English) for a refusal raised by the router or an HTTPException."""
+    zh = HTTP_ZH.get(status, "请求未能处理")
+    path = path[:200]
+    if status == 404:
+        return f"{zh}: {path}", f"not found: {path}"
+    if status == 405:
+        return f"{zh}: {method} {path}", f"method {method} not allowed for {path}"
+    return zh, str(detail)
+
+
 def install_handlers(app: FastAPI) -> None:
-    async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
+    def open311_response(
+        request: Request, status: int, zh: str, en: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        from producers.open311 import open311_error_for
+
+        return open311_error_for(request.url.path, status, f"{zh} / {en}", headers)
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
+        if is_open311(request):
+            return open311_response(
+                request, exc.status, exc.message_zh, exc.message_en, exc.headers
+            )
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
-    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        if request.url.path.startswith("/open311/"):
-            from producers.open311 import open311_error_response
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if not is_open311(request):
+            return await http_exception_handler(request, exc)
+        zh, en = http_error_text(exc.status_code, exc.detail, request.method, request.url.path)
+        return open311_response(request, exc.status_code, zh, en, dict(exc.headers or {}))
 
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        if is_open311(request):
             err = validation_error(exc)
-            return open311_error_response(400, f"{err.message_zh} / {err.message_en}")
+            return open311_response(request, 400, err.message_zh, err.message_en)
         api_err = validation_error(exc)
         return JSONResponse(api_err.body(), status_code=api_err.status)
 
-    async def on_database_down(request: Request, exc: Exception) -> JSONResponse:
+    async def on_database_down(request: Request, exc: Exception) -> Response:
         log.warning("database unavailable: %s", exc)
         err = unavailable(
             "数据库暂不可用, 请稍后重试",
             "the database is unavailable, retry later",
             code="database_unavailable",
         )
-        if request.url.path.startswith("/open311/"):
-            from producers.open311 import from_api_error
-
-            return from_api_error(err)
+        if is_open311(request):
+            return open311_response(
+                request, err.status, err.message_zh, err.message_en, err.headers
+            )
         return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        # Starlette logs the exception and re-raises it after this answer is sent.
+        if is_open311(request):
+            return open311_response(request, 500, "服务器内部错误, 请稍后重试", "internal error")
+        return PlainTextResponse("Internal Server Error", status_code=500)
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(OperationalError, on_database_down)
     app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_crash)

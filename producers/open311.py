@@ -3,9 +3,14 @@
 Guarantee: a POSTed request is answered only after its ReportSubmitted event is acknowledged
 by Kafka; its service_request_id is our deterministic ticket number (intake.case_id_for).
 Errors follow the spec: an array of {code, description} (description Chinese / English).
-JSON only: the spec's optional .xml format is not served (those paths are 404). api_key and
-jurisdiction_id are accepted and ignored (one jurisdiction, public intake); lat/long are
-required (no geocoder for address-only requests); media_url is kept as a link, residents
+Every path under /open311/v2/, unknown ones included, answers its errors in that shape (404,
+405, 400 for a malformed request, 503, 500), as XML for a path ending in .xml. JSON only
+otherwise: the spec's optional .xml format is not served (those paths are 404). Form bodies
+are read as UTF-8 unless their Content-Type names another charset; bytes that do not decode
+are refused (400), never read as Latin-1.
+
+api_key and jurisdiction_id are accepted and ignored (one jurisdiction, public intake); lat/long
+are required (no geocoder for address-only requests); media_url is kept as a link, residents
 upload no photos. The resident's name, phone and email ride in data.contact for the call-back
 (回访); the reporter id is never the raw phone or email.
 
@@ -19,6 +24,7 @@ new report (the processor's near-duplicate merge then joins it to the open case)
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import math
 import re
@@ -26,9 +32,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote_to_bytes
+from xml.sax.saxutils import escape as xml_escape
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from gridflow.core import intake
@@ -69,6 +77,26 @@ def open311_error_response(
     return JSONResponse(
         [{"code": status, "description": description}], status_code=status, headers=headers
     )
+
+
+def open311_error_xml(
+    status: int, description: str, headers: dict[str, str] | None = None
+) -> Response:
+    """The spec's XML error: <errors><error><code/><description/></error></errors>."""
+    body = (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        f"<errors><error><code>{status}</code>"
+        f"<description>{xml_escape(description)}</description></error></errors>"
+    )
+    return Response(body, status_code=status, headers=headers, media_type="text/xml; charset=utf-8")
+
+
+def open311_error_for(
+    path: str, status: int, description: str, headers: dict[str, str] | None = None
+) -> Response:
+    """An error of any path under /open311/: XML where the path asks for .xml, else JSON."""
+    render = open311_error_xml if path.endswith(".xml") else open311_error_response
+    return render(status, description, headers)
 
 
 def from_api_error(err: ApiError) -> JSONResponse:
@@ -265,9 +293,75 @@ async def post_request(
         return from_api_error(exc)
 
 
+MAX_FORM_FIELDS = 40
+MAX_FORM_BYTES = 64 * 1024  # 15 fields of at most MAX_FIELD characters, percent-encoded
+
+
+def form_charset(content_type: str) -> str:
+    """The codec a form body is decoded with: its Content-Type's charset, else UTF-8
+    (starlette would read raw bytes as Latin-1). Raises Open311Error for an unknown charset."""
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"') or "utf-8"
+            try:
+                return codecs.lookup(charset).name
+            except LookupError:
+                raise Open311Error(
+                    400,
+                    f"不支持的字符集 {charset[:40]}, 请使用 UTF-8",
+                    f"unknown charset {charset[:40]!r}: send UTF-8",
+                ) from None
+    return "utf-8"
+
+
+def decode_urlencoded(body: bytes, charset: str = "utf-8") -> dict[str, str]:
+    """An application/x-www-form-urlencoded body: names and values percent-decoded to bytes,
+    then decoded with `charset`, so raw and %-escaped bytes read alike. Bytes that are not
+    valid in the charset are refused (400), never guessed. The last of a repeated name wins."""
+    form: dict[str, str] = {}
+    pairs = [p for p in body.split(b"&") if p]
+    if len(pairs) > MAX_FORM_FIELDS:
+        raise Open311Error(
+            400, f"表单字段过多(至多 {MAX_FORM_FIELDS} 项)", f"more than {MAX_FORM_FIELDS} fields"
+        )
+    for pair in pairs:
+        raw_name, _, raw_value = pair.partition(b"=")
+        try:
+            name, value = (
+                unquote_to_bytes(part.replace(b"+", b" ")).decode(charset)
+                for part in (raw_name, raw_value)
+            )
+        except UnicodeDecodeError as exc:
+            field = unquote_to_bytes(raw_name).decode(charset, "replace")[:40]
+            raise Open311Error(
+                400,
+                f"表单字段 {field} 不是有效的 {charset.upper()} 编码文本, "
+                "请以 UTF-8 编码提交(或在 Content-Type 中注明 charset)",
+                f"field {field!r} is not valid {charset}: byte 0x{exc.object[exc.start]:02x} "
+                f"at {exc.start}; send UTF-8 or name the charset in Content-Type",
+            ) from None
+        form[name] = value
+    return form
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Open311Error(413, "请求体过大", f"the body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _form(request: Request) -> dict[str, str]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        charset = form_charset(content_type)
+        return decode_urlencoded(await _body(request, MAX_FORM_BYTES), charset)
     try:
-        async with request.form(max_files=0, max_fields=40) as form:
+        async with request.form(max_files=0, max_fields=MAX_FORM_FIELDS) as form:
             return {k: v for k, v in form.items() if isinstance(v, str)}
     except Exception as exc:  # noqa: BLE001 - starlette raises several kinds for a bad form
         raise Open311Error(
@@ -319,7 +413,9 @@ async def get_request(service_request_id: str, request: Request) -> JSONResponse
 @router.get(f"{PREFIX}/requests.json", summary="诉求列表 / GeoReport v2 GET service requests")
 async def list_requests(
     request: Request,
-    service_request_id: str | None = Query(None, description="comma-separated ids"),
+    service_request_id: str | None = Query(
+        None, description="comma-separated tickets; overrides every other filter (spec)"
+    ),
     service_code: str | None = Query(None, description="comma-separated service codes"),
     start_date: str | None = Query(None, description="ISO 8601, inclusive"),
     end_date: str | None = Query(None, description="ISO 8601, exclusive"),

@@ -8,7 +8,7 @@ pipeline shows as "accepted / 已受理, 处理中" rather than unknown. Read-on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -28,7 +28,7 @@ from producers.auth import DEPT, SUPERVISOR
 from producers.context import Context, ctx
 from producers.errors import ApiError, forbidden
 from sinks import queries
-from sinks.models import Case, CaseEvent, Task
+from sinks.models import Case, CaseEvent, Report, Task
 
 router = APIRouter(tags=["status 办理进度"])
 
@@ -490,30 +490,89 @@ def open311_view(
 
 def open311_request(c: Context, ticket: str) -> dict[str, Any] | None:
     """A ticket: the report behind it (via the ingest receipt), else a case id."""
-    receipt = receipts.by_ticket(c.engine, ticket)
+    found = open311_requests_by_id(c, [ticket])
+    return found[0] if found else None
+
+
+def open311_requests_by_id(
+    c: Context, tickets: list[str] | tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Tickets as GET requests/{id}.json shows each, in the order asked, unknown ones left out.
+
+    A ticket names the resident's own request (its ingest receipt → its report), else a case
+    id. A request merged into another case as a near-duplicate keeps its ticket and shows the
+    status of the case it joined; one accepted but not filed yet shows as open."""
+    tickets = tuple(dict.fromkeys(tickets))[:OPEN311_LIST_LIMIT]
+    r = receipts.ingest_receipts.c
     with Session(c.engine) as session:
-        report_id = receipt.report_id if receipt else None
-        found = queries.report_status(session, report_id) if report_id else None
-        detail = queries.case_detail(session, found["case_id"] if found else ticket)
-    if detail is None:
-        if receipt is None:
-            return None
-        return open311_view(
-            c.ref, ticket, {"status": "new"}, [], {"submitted_at": receipt.created_at}
+        accepted = {
+            row.ticket: row
+            for row in session.execute(
+                select(r.ticket, r.report_id, r.created_at).where(r.ticket.in_(tickets))
+            )
+        }
+        reports = _rows_by(session, Report.report_id, [x.report_id for x in accepted.values()])
+        case_of = {
+            t: reports[accepted[t].report_id]["case_id"]
+            if t in accepted and accepted[t].report_id in reports
+            else t
+            for t in tickets
+        }
+        cases = _rows_by(session, Case.case_id, case_of.values())
+        openers = [row["report_id"] for row in cases.values() if row.get("report_id")]
+        reports.update(
+            _rows_by(session, Report.report_id, [x for x in openers if x not in reports])
         )
-    reports = detail.get("reports", [])
-    report = next(
-        (r for r in reports if r["report_id"] == (report_id or detail["report_id"])),
-        reports[0] if reports else None,
+        tasks = _tasks_by_case(session, list(cases))
+    out = []
+    for t in tickets:
+        case = cases.get(case_of[t])
+        receipt = accepted.get(t)
+        if case is None:
+            if receipt is not None:  # accepted, not filed yet
+                out.append(
+                    open311_view(
+                        c.ref, t, {"status": "new"}, [], {"submitted_at": receipt.created_at}
+                    )
+                )
+            continue
+        report_id = receipt.report_id if receipt is not None else case.get("report_id")
+        report = reports.get(report_id) if report_id else None
+        out.append(open311_view(c.ref, t, case, tasks.get(case["case_id"], []), report))
+    return out
+
+
+def _rows_by(session: Session, column: Any, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Rows of the column's table whose column is one of `keys`, by that value."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    rows = session.execute(select(column.table).where(column.in_(wanted))).mappings()
+    return {row[column.key]: dict(row) for row in rows}
+
+
+def _tasks_by_case(session: Session, case_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    if not case_ids:
+        return by_case
+    query = (
+        select(Task.__table__)
+        .where(Task.case_id.in_(case_ids))
+        .order_by(Task.dispatched_at, Task.task_id)
     )
-    return open311_view(c.ref, ticket, detail, detail.get("tasks", []), report)
+    for row in session.execute(query).mappings():
+        by_case.setdefault(row["case_id"], []).append(dict(row))
+    return by_case
 
 
 def open311_requests(c: Context, f: Open311Filters) -> list[dict[str, Any]]:
-    """Cases matching the filters, newest first (a plain read of the cases and tasks tables)."""
-    query = select(Case.__table__)
+    """Cases matching the filters, newest first (a plain read of the cases and tasks tables).
+
+    service_request_id overrides every other argument (GeoReport v2): then each ticket is
+    looked up as on its own (`open311_requests_by_id`), merged requests included."""
     if f.ids:
-        query = query.where(Case.case_id.in_(f.ids))
+        return open311_requests_by_id(c, f.ids)
+    query = select(Case.__table__)
     if f.category_codes:
         query = query.where(Case.category_code.in_(f.category_codes))
     if f.statuses:
@@ -525,22 +584,7 @@ def open311_requests(c: Context, f: Open311Filters) -> list[dict[str, Any]]:
     query = query.order_by(Case.filed_at.desc(), Case.case_id).limit(OPEN311_LIST_LIMIT)
     with Session(c.engine) as session:
         cases = [dict(r) for r in session.execute(query).mappings()]
-        ids = [r["case_id"] for r in cases]
-        tasks = (
-            [
-                dict(r)
-                for r in session.execute(
-                    select(Task.__table__)
-                    .where(Task.case_id.in_(ids))
-                    .order_by(Task.dispatched_at, Task.task_id)
-                ).mappings()
-            ]
-            if ids
-            else []
-        )
-    by_case: dict[str, list[dict[str, Any]]] = {}
-    for t in tasks:
-        by_case.setdefault(t["case_id"], []).append(t)
+        by_case = _tasks_by_case(session, [r["case_id"] for r in cases])
     return [
         open311_view(c.ref, r["case_id"], r, by_case.get(r["case_id"], []), None) for r in cases
     ]

@@ -80,10 +80,12 @@ class InProcessPipeline:
     read from Kafka: enough pipeline behind the API to test its read routes without faust.
 
     Feed it the ReportSubmitted and command records the API published; it files, decides and
-    projects them into `engine` exactly as the workers and the sink would.
+    projects them into `engine` exactly as the workers and the sink would. With
+    `merge_duplicates`, it keeps the recent cases as the filing agent does, so a near-duplicate
+    joins the open case (ReportMerged); without, every report opens a case of its own.
     """
 
-    def __init__(self, engine: Any, ref: Any) -> None:
+    def __init__(self, engine: Any, ref: Any, merge_duplicates: bool = False) -> None:
         from gridflow.core.sla import SlaPlanner, load_bundled_policy
         from processors.worker import working_calendar
         from sinks.sql import SqlSink
@@ -94,6 +96,7 @@ class InProcessPipeline:
         self.states: dict[str, Any] = {}
         self.offset = 0
         self.events: list[Any] = []
+        self.recent: dict[str, Any] | None = {} if merge_duplicates else None
 
     def report(self, raw: bytes, now: Any) -> None:
         """A ReportSubmitted → intake → filing → case → read models."""
@@ -101,7 +104,10 @@ class InProcessPipeline:
 
         for suffix, key, value in steps.intake_step(raw, self.ref, now, "reports").sends:
             if suffix == "reports-located":
-                filed, _ = steps.filing_step(value, [], now, "reports-located")
+                if self.recent is None:
+                    filed, _ = steps.filing_step(value, [], now, "reports-located")
+                else:
+                    filed = steps.filing_step_keyed(value, self.recent, key, now, "reports-located")
                 for _, case_key, command in filed.sends:
                     self.command(command, case_key, now)
             elif suffix == "case-commands":

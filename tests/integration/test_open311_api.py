@@ -244,3 +244,58 @@ def test_unknown_ticket_and_bad_filters_are_spec_errors(env: ApiEnv) -> None:
     assert_spec_error(
         httpx.get(f"{env.url}/open311/v2/requests.json", params={"start_date": "yesterday"}), 400
     )
+
+
+def test_a_request_merged_into_another_case_is_listed_under_its_own_ticket(env: ApiEnv) -> None:
+    first = post(env, complaint(description="消防通道被私家车堵塞")).json()[0]
+    second = post(env, complaint(description="又有车堵住了消防通道", lat="32.160100")).json()[0]
+    a, b = first["service_request_id"], second["service_request_id"]
+    records = env.read(topics.REPORTS, lambda rs: len(rs) >= 2)
+    pipeline = InProcessPipeline(env.deps.engine, REF, merge_duplicates=True)
+    for record in records:
+        pipeline.report(record.value, datetime.now(UTC))
+    assert [e.type for e in pipeline.events].count("ReportMerged") == 1, "b joined a's case"
+
+    [own] = httpx.get(f"{env.url}/open311/v2/requests/{b}.json").json()
+    listed = httpx.get(
+        f"{env.url}/open311/v2/requests.json", params={"service_request_id": f"{a},{b}"}
+    )
+    assert listed.status_code == 200, listed.text
+    by_ticket = {x["service_request_id"]: x for x in listed.json()}
+    assert list(by_ticket) == [a, b]
+    assert by_ticket[b] == own
+    assert set(by_ticket[b]) == REQUEST_KEYS
+    assert by_ticket[b]["description"] == "又有车堵住了消防通道"
+    for key in ("status", "status_notes", "agency_responsible", "expected_datetime"):
+        assert by_ticket[b][key] == by_ticket[a][key], key
+    assert by_ticket[b]["status"] == "open"
+    # The spec: service_request_id overrides every other argument.
+    closed = httpx.get(
+        f"{env.url}/open311/v2/requests.json",
+        params={"service_request_id": b, "status": "closed"},
+    ).json()
+    assert [x["service_request_id"] for x in closed] == [b]
+
+
+def test_unknown_paths_and_methods_under_open311_are_spec_errors(env: ApiEnv) -> None:
+    assert_spec_error(httpx.get(f"{env.url}/open311/v2/services/no-such-service.json"), 404)
+    assert_spec_error(httpx.get(f"{env.url}/open311/v2/whatever"), 404)
+    assert_spec_error(httpx.put(f"{env.url}/open311/v2/requests.json"), 405)
+
+
+def test_a_raw_utf8_form_body_is_stored_as_sent(env: ApiEnv) -> None:
+    """`curl -d description=测试垃圾 ...`: raw UTF-8, no charset in the Content-Type."""
+    body = "service_code=litter&lat=32.16&long=109.96&device_id=curl-1&description=测试垃圾"
+    r = httpx.post(
+        f"{env.url}/open311/v2/requests.json",
+        content=body.encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 201, r.text
+    assert "测试垃圾" in [m.data["description"] for m in published(env, "测试垃圾")]
+    bad = httpx.post(
+        f"{env.url}/open311/v2/requests.json",
+        content=body.replace("测试垃圾", "另一件").encode("gb18030"),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert_spec_error(bad, 400)

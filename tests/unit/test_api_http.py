@@ -291,3 +291,115 @@ def test_database_trouble_is_503(api: Api) -> None:
     r = api.upload(report("unit-report-0002"), [JPEG])
     assert r.status_code == 503 and r.json()["code"] == "database_unavailable"
     assert api.store.objects == {} and api.publisher.sent == []
+
+
+# --- Open311: every error in the spec's shape, form bodies as UTF-8 ---------------------------
+
+
+def assert_open311_error(r: Any, status: int) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    [err] = r.json()
+    assert set(err) == {"code", "description"} and err["code"] == status
+    assert isinstance(err["description"], str) and chinese(err["description"])
+    return dict(err)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/open311/v2/services/illegal-parking.json",  # a service definition: none has metadata
+        "/open311/v2/nothing-here.json",
+        "/open311/v2/",
+        "/open311/v2/requests/A/B.json",
+    ],
+)
+def test_unknown_open311_paths_are_spec_errors(api: Api, path: str) -> None:
+    assert_open311_error(api.client.get(path), 404)
+
+
+def test_a_method_an_open311_path_does_not_take_is_a_405_spec_error(api: Api) -> None:
+    r = api.client.delete("/open311/v2/requests.json")
+    assert_open311_error(r, 405)
+    assert r.headers["Allow"]
+    assert_open311_error(api.client.post("/open311/v2/services.json"), 405)
+
+
+def test_open311_xml_paths_answer_their_errors_in_xml(api: Api) -> None:
+    import xml.etree.ElementTree as ET
+
+    r = api.client.get("/open311/v2/services.xml")
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/xml")
+    root = ET.fromstring(r.content)
+    [error] = root.findall("error")
+    assert root.tag == "errors" and error.findtext("code") == "404"
+    assert chinese(error.findtext("description"))
+
+
+def test_errors_outside_open311_keep_the_api_shape(api: Api) -> None:
+    r = api.client.get("/api/v1/no-such-route")
+    assert r.status_code == 404 and isinstance(r.json(), dict)
+
+
+def test_an_open311_crash_is_a_500_spec_error(api: Api) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    client = TestClient(api.client.app, raise_server_exceptions=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("producers.open311.open311_request", broken)
+        assert_open311_error(client.get("/open311/v2/requests/AJ20261123-AAAAAAAA.json"), 500)
+
+
+def post_form(api: Api, body: bytes, content_type: str) -> Any:
+    return api.client.post(
+        "/open311/v2/requests.json", content=body, headers={"Content-Type": content_type}
+    )
+
+
+FORM = "service_code=litter&lat=32.16&long=109.96&device_id=dev-utf8&description="
+
+
+def published_description(api: Api) -> str:
+    [(_, _, message)] = api.publisher.sent
+    return str(message.data["description"])
+
+
+def test_a_raw_utf8_form_body_without_charset_is_read_as_utf8(api: Api) -> None:
+    """What `curl -d description=测试垃圾` sends: raw UTF-8 bytes, no charset."""
+    r = post_form(api, (FORM + "测试垃圾").encode(), "application/x-www-form-urlencoded")
+    assert r.status_code == 201, r.text
+    assert published_description(api) == "测试垃圾"
+
+
+def test_a_percent_encoded_form_body_reads_the_same(api: Api) -> None:
+    from urllib.parse import quote_plus
+
+    body = FORM + quote_plus("测试 垃圾")
+    r = post_form(api, body.encode(), "application/x-www-form-urlencoded")
+    assert r.status_code == 201, r.text
+    assert published_description(api) == "测试 垃圾"
+
+
+def test_a_form_body_in_the_charset_its_content_type_names(api: Api) -> None:
+    r = post_form(
+        api, (FORM + "测试垃圾").encode("gb18030"), "application/x-www-form-urlencoded; charset=GBK"
+    )
+    assert r.status_code == 201, r.text
+    assert published_description(api) == "测试垃圾"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ((FORM + "测试垃圾").encode("gb18030"), "application/x-www-form-urlencoded"),
+        ((FORM + "%FF%FE").encode(), "application/x-www-form-urlencoded"),
+        ((FORM + "x").encode(), "application/x-www-form-urlencoded; charset=no-such-charset"),
+    ],
+    ids=["gbk-bytes-without-charset", "percent-encoded-non-utf8", "unknown-charset"],
+)
+def test_undecodable_form_bodies_are_400_spec_errors(
+    api: Api, body: bytes, content_type: str
+) -> None:
+    err = assert_open311_error(post_form(api, body, content_type), 400)
+    assert "UTF-8" in err["description"]
+    assert api.publisher.sent == []
