@@ -148,10 +148,15 @@ class Running:
     def __init__(self, settings: Any, notifier: Notifier) -> None:
         self.stop = threading.Event()
         self.notifier = notifier
+        self.rounds = 0  # finished rounds: take in what was read, then deliver what is due
         self.thread = threading.Thread(
             target=run_notifier, args=(settings, notifier, self.stop),
-            kwargs={"poll_timeout_ms": 100}, name="notifier", daemon=True)
+            kwargs={"poll_timeout_ms": 100, "on_round": self._round}, name="notifier",
+            daemon=True)
         self.thread.start()
+
+    def _round(self, stats: Any) -> None:
+        self.rounds += 1
 
     def close(self) -> None:
         self.stop.set()
@@ -236,17 +241,25 @@ def test_failing_and_slow_webhooks_are_retried_until_delivered_once(
     for e in histories["AJ-FLAKY"]:
         produce(bootstrap, f"{prefix}.case-events", "AJ-FLAKY", e.encode())
     down_fails = down["fail_count"]
+
+    def offsets() -> int:
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql(
+                "SELECT sum(next_offset) FROM notify_offsets WHERE consumer = 'notify-it'"
+            ).scalar() or 0)
+
+    everything = sum(len(h) for h in histories.values()) + len(histories["AJ-FLAKY"])
     run = Running(stack_settings, Notifier(engine, config, REF, consumer="notify-it"))
     try:
         wait_for("the dead webhook to be tried again after the restart",
                  lambda: state("AJ-DOWN")["fail_count"] > down_fails, run.thread)
-        time.sleep(1.0)
+        wait_for("the restarted notifier to have taken in the events delivered again",
+                 lambda: offsets() == everything, run.thread)
+        rounds = run.rounds  # and the round that took them in to have delivered what was due
+        wait_for("the notifier's next round to end", lambda: run.rounds > rounds, run.thread)
     finally:
         run.close()
     assert len(webhooks.delivered("/flaky")) == 1 and len(webhooks.tried("/flaky")) == 4
     assert len(send_states(engine, case_id="AJ-FLAKY")) == 1
-    with engine.connect() as conn:
-        offsets = conn.exec_driver_sql(
-            "SELECT sum(next_offset) FROM notify_offsets WHERE consumer = 'notify-it'").scalar()
-    assert offsets == sum(len(h) for h in histories.values()) + len(histories["AJ-FLAKY"])
+    assert offsets() == everything
     engine.dispose()
