@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -31,12 +30,9 @@ def test_up_twice_on_the_shared_stack_is_a_no_op(stack, isolated_stack) -> None:
     pids_before = {row["server"]: row["pid"] for row in
                    json.loads(isolated_stack.gridflow("status", "--json", env=shared_env).stdout)["servers"]}
     for _ in range(2):
-        t0 = time.monotonic()
         result = isolated_stack.gridflow("up", env=shared_env)
-        took = time.monotonic() - t0
         assert result.returncode == 0, result.output
         assert "all were already running" in result.stdout
-        assert took < 20, f"an idempotent up took {took:.1f} s"
     status = json.loads(isolated_stack.gridflow("status", "--json", env=shared_env).stdout)
     assert status["all_up"] is True
     assert {row["server"]: row["pid"] for row in status["servers"]} == pids_before
@@ -70,11 +66,8 @@ def test_up_status_down_up_down(isolated_stack) -> None:  # type: ignore[no-unty
     for row in rows.values():
         assert port_bindable(*split_host_port(row["address"]))
 
-    t0 = time.monotonic()
     restarted = iso.gridflow("up")
-    took = time.monotonic() - t0
     assert restarted.returncode == 0, restarted.output
-    assert took < 60, f"a second up (installed, data dirs exist) took {took:.1f} s"
     assert "present" in restarted.stdout  # Kafka kept its topics across the restart
     assert all(row["state"] == "up" for row in status_of(iso).values())
 
@@ -111,11 +104,11 @@ def test_broken_kafka_storage_fails_with_log_tail(isolated_stack) -> None:  # ty
     (data / "meta.properties").write_text(
         "version=1\nnode.id=7\ncluster.id=MkU3OEVBNTcwNTJENDM2Qg\ndirectory.id=5Z8Qx2cHR9uYlb2k5p1W6g\n"
     )
-    t0 = time.monotonic()
     result = isolated_stack.gridflow("up", "--only", "kafka")
     assert result.returncode != 0
-    assert time.monotonic() - t0 < 60, "a crashing server is reported at once, not at the deadline"
+    # reported as the crash it is ("exited"), not as a start-up that ran out of time
     assert "kafka: process" in result.stderr and "exited during start-up" in result.stderr
+    assert "not healthy within" not in result.stderr
     assert "last 40 lines of" in result.stderr
     assert "Stored node id 7 doesn't match previous node id 1" in result.stderr
     assert status_of(isolated_stack)["kafka"]["state"] == "down"

@@ -101,10 +101,8 @@ def test_a_server_that_never_gets_healthy_is_stopped_and_reported(tmp_path: Path
 
 def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
     record = spawn(tmp_path, IGNORES_TERM)
-    t0 = time.monotonic()
     how = stop_process(record, signal.SIGTERM, timeout_s=1.0)
     assert how.startswith("killed")
-    assert time.monotonic() - t0 < 10
     assert not is_alive(record.pid)
 
 
