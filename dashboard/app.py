@@ -52,6 +52,7 @@ def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock:
             detail = case_detail(session, case_id)
         if detail is None:
             raise HTTPException(404, "案件不存在 / no such case")
+        detail["grid_name"] = ref.area_name(detail.get("grid_code") or "")
         for task in detail["tasks"]:
             dept = ref.departments.get(task["department"])
             task["department_name"] = dept.name if dept else task["department"]

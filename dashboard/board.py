@@ -87,6 +87,7 @@ def board_data(session: Session, ref: ReferenceData, now: datetime) -> dict[str,
     ]
     overdue_tasks = [
         {**dict(r._mapping), "department_name": _dept_name(ref, r.department),
+         "grid_name": _grid_name(ref, r.grid_code or ""),
          "state_zh": TASK_STATE_NAMES_ZH.get(r.state, r.state)}
         for r in session.execute(
             select(Task.task_id, Task.case_id, Task.department, Task.state, Task.sign_due,

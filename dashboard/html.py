@@ -41,6 +41,7 @@ th{background:#fafafa} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .bad{color:#c62828;font-weight:bold} a{color:#1565c0;text-decoration:none}
 .photos img{height:120px;margin:4px;border:1px solid #ccc}
 .grid2{display:grid;grid-template-columns:1fr 1fr;gap:16px}
+.code{color:#777;font-size:12px;font-family:monospace;margin-left:6px}
 .notice{background:#fff3e0;border:1px solid #ef6c00;color:#8a3b00;border-radius:6px;padding:10px 14px;margin:0 0 16px}
 """
 
@@ -95,7 +96,7 @@ def render_board(data: dict[str, Any]) -> str:
         for d in data["departments"]
     )
     grid_rows = "".join(
-        f"<tr><td>{escape(g['township'])}</td><td>{escape(g['name'])}</td>"
+        f"<tr><td>{escape(g['township'])}</td><td>{grid_label(g['name'], g['code'])}</td>"
         f"<td class=n>{g['open']}</td><td class=n>{_flag(g['overdue'])}</td></tr>"
         for g in data["grids"]
     ) or '<tr><td colspan=4>暂无在办任务</td></tr>'
@@ -108,11 +109,12 @@ def render_board(data: dict[str, Any]) -> str:
     ) or '<tr><td colspan=5>暂无升级督办</td></tr>'
     overdue_rows = "".join(
         f"<tr><td>{_case_link(t['case_id'])}</td><td>{escape(t['category_name'] or '')}</td>"
+        f"<td>{grid_label(t.get('grid_name'), t.get('grid_code'))}</td>"
         f"<td>{escape(t['department_name'])}</td><td>{escape(t['state_zh'])}</td>"
         f"<td>{local_time(t['sign_due'] if t['state'] == 'dispatched' else t['resolve_due'])}</td>"
         f"<td class=n>{t['escalation_level']}</td></tr>"
         for t in data["overdue"]
-    ) or '<tr><td colspan=6>暂无超期任务</td></tr>'
+    ) or '<tr><td colspan=7>暂无超期任务</td></tr>'
     notices = "".join(f'<p class="notice" role="alert">⚠ {escape(n)}</p>'
                       for n in data.get("notices", []))
     body = (
@@ -121,7 +123,7 @@ def render_board(data: dict[str, Any]) -> str:
         "<th>在办</th><th>办结超期</th><th>结案数</th><th>结案率</th><th>按期结案率</th><th>返工率</th>"
         f"<th>延期率</th><th>退单率</th><th>满意度</th></tr>{dept_rows}</table></section>"
         '<div class="grid2">'
-        "<section><h2>超期任务</h2><table><tr><th>案件</th><th>类别</th><th>责任部门</th>"
+        "<section><h2>超期任务</h2><table><tr><th>案件</th><th>类别</th><th>网格</th><th>责任部门</th>"
         f"<th>状态</th><th>期限</th><th>升级级别</th></tr>{overdue_rows}</table></section>"
         "<section><h2>最近升级督办</h2><table><tr><th>时间</th><th>案件</th><th>任务</th>"
         f"<th>升级至</th><th>通知</th></tr>{esc_rows}</table></section></div>"
@@ -160,7 +162,7 @@ def render_case(detail: dict[str, Any], photo_url: Any) -> str:
         f"<tr><th>状态</th><td>{escape(detail.get('status_zh', ''))} · {escape(detail.get('stage_zh', ''))}</td></tr>"
         f"<tr><th>类别</th><td>{escape(detail.get('category_name') or '')} ({escape(detail.get('category_code') or '')})</td></tr>"
         f"<tr><th>描述</th><td>{escape(detail.get('description') or '')}</td></tr>"
-        f"<tr><th>网格</th><td>{escape(detail.get('grid_code') or '')}</td></tr>"
+        f"<tr><th>网格</th><td>{grid_label(detail.get('grid_name'), detail.get('grid_code'))}</td></tr>"
         f"<tr><th>立案时间</th><td>{local_time(detail.get('filed_at'))}</td></tr>"
         f"<tr><th>满意度</th><td>{escape(str(detail.get('rating') or '—'))}</td></tr></table></section>"
         "<section><h2>任务</h2><table><tr><th>任务</th><th>责任部门</th><th>状态</th>"
@@ -171,6 +173,16 @@ def render_case(detail: dict[str, Any], photo_url: Any) -> str:
         '<p><a href="/">返回看板</a></p>'
     )
     return _page(f"案件 {detail['case_id']}", "案件全过程 · 北京时间", body)
+
+
+def grid_label(name: str | None, code: str | None) -> str:
+    """A grid as people read it: its name, the 15-digit code beside it (the code alone when the
+    reference data does not know it)."""
+    if not code:
+        return "—"
+    if not name or name == code:
+        return f'<span class="code">{escape(code)}</span>'
+    return f'{escape(name)}<span class="code">{escape(code)}</span>'
 
 
 def _role_zh(role: Any) -> str:

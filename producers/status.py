@@ -123,6 +123,7 @@ def report_view(ref: ReferenceData, found: dict[str, Any], links: Links) -> dict
             "category_code": found.get("category_code"),
             "category_name": found.get("category_name"),
             "grid_code": found.get("grid_code"),
+            "grid_name": ref.area_name(found.get("grid_code") or "") or None,
             "submitted_at": found.get("submitted_at"),
             "filed_at": found.get("filed_at"),
             "closed_at": found.get("closed_at"),
@@ -302,7 +303,10 @@ def inbox_rows(
         rows = queries.department_inbox(
             session, code, states, overdue, category, grid, now=c.clock()
         )
-    return [jsonable(r) for r in rows]
+    return [
+        jsonable({**r, "grid_name": c.ref.area_name(r.get("grid_code") or "") or None})
+        for r in rows
+    ]
 
 
 @router.get("/api/v1/departments/{code}/inbox", summary="部门待办 / a department's tasks")

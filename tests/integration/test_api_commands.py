@@ -165,6 +165,8 @@ def test_a_task_is_signed_resolved_verified_and_rated(
     inbox = httpx.get(f"{env.url}/api/v1/departments/{VILLAGE}/inbox", headers=auth(village))
     assert inbox.status_code == 200
     assert [t["task_id"] for t in inbox.json()["tasks"]] == [task_id]
+    [row] = inbox.json()["tasks"]
+    assert row["grid_name"] == REF.grids[row["grid_code"]].name  # the name, the code beside it
 
     sign = command(env, f"/api/v1/tasks/{task_id}/sign", village, json={})
     msg = decode_message(

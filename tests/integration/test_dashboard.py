@@ -96,3 +96,21 @@ def test_a_thumbnail_name_that_climbs_out_of_the_thumbnails_is_refused(board, st
         assert refused.request.url.raw_path.decode() == f"/thumbs/{name}"  # not normalised
         assert refused.status_code == 404, name
         assert refused.json() == by_the_handler.json(), name  # refused by the handler
+
+
+def test_a_grid_is_shown_by_its_name_with_its_code_beside_it(board, stack_settings):
+    client, engine = board
+    grid = REF.grids["421099101201001"]
+    script = sample.Script("AJ-DASH-GRID")
+    script.file("AJ-DASH-GRID-R1", grid_code=grid.code, village_code=grid.village_code,
+                township_code=grid.township_code)  # nobody signs: open, overdue at NOW
+    topic = f"{stack_settings.topic_prefix}.case-events"
+    SqlSink(engine).apply_batch(sample.records(script.events, topic, first_offset=10_000))
+    shown = f'{grid.name}<span class="code">{grid.code}</span>'
+
+    case_page = client.get("/cases/AJ-DASH-GRID").text
+    assert shown in case_page
+    board_page = client.get("/").text
+    grids_table = board_page.split("各网格在办与超期")[1]
+    overdue_table = board_page.split("<h2>超期任务</h2>")[1].split("</table>")[0]
+    assert shown in grids_table and shown in overdue_table

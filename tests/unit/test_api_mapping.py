@@ -238,8 +238,9 @@ def test_report_status_in_words(overrides: dict[str, Any], expected: str) -> Non
 
 
 def test_report_status_names_departments_and_the_next_deadline() -> None:
-    view = status.report_view(REF, found(), lambda b, k: None)
+    view = status.report_view(REF, found(grid_code="421099101201001"), lambda b, k: None)
     assert view["departments"] == [{"code": "county.chengguan", "name": "青山县城市管理执法局"}]
+    assert (view["grid_name"], view["grid_code"]) == ("石门村一组网格", "421099101201001")
     assert view["next_due_at"] == "2026-11-23T11:30:00.000000Z"
     assert view["tasks"][0]["due_at"] == view["next_due_at"]
 
