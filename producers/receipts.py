@@ -54,7 +54,10 @@ ingest_receipts = Table(
 
 
 def create_tables(engine: Engine) -> None:
-    metadata.create_all(engine, checkfirst=True)
+    """The durable tables, this one included, at this build's revision (gridflow.durable)."""
+    from gridflow import durable
+
+    durable.upgrade(engine)
 
 
 # Every write below is one statement, so each runs on its own in autocommit: one round trip,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Engine, Index, Integer, String, Table, Text, text
+from sqlalchemy import BigInteger, Engine, Index, Integer, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sinks.models import JSONType, UTCDateTime
@@ -75,8 +75,8 @@ NOTIFY_OFFSETS = cast(Table, NotifyOffset.__table__)
 
 
 def create_notify_tables(engine: Engine) -> None:
-    """Create the notifier's tables if missing (idempotent; two processes at once take turns)."""
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(7461003)"))
-        NotifyBase.metadata.create_all(conn, checkfirst=True)
+    """The notifier's tables (durable: migrated with the others by gridflow.durable; idempotent,
+    two processes at once take turns)."""
+    from gridflow import durable
+
+    durable.upgrade(engine)
