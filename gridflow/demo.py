@@ -4,8 +4,9 @@ Brings the stack up, starts the worker, the SQL sink, the ingest API and the
 notifier as child processes on a fresh topic prefix and database, uploads the
 sample county's grid workers' photo reports (and residents' Open311 complaints)
 through HTTP, then plays the departments (sign, progress, resolve with
-after-photos, send back, extensions), supervisors and grid workers (verify,
-reject, rate) on a scaled clock so deadlines warn, breach and escalate within
+after-photos, send back, extensions), supervisors (extensions; whistling big
+cases up to several departments, 吹哨报到) and grid workers (verify, reject,
+rate) on a scaled clock so deadlines warn, breach and escalate within
 minutes, and prints what happened, what departments were told, and the 数字城管
 indicators per department from the read models.
 """
@@ -19,6 +20,7 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +31,7 @@ from sqlalchemy import func, select
 
 from gridflow import services, topics
 from gridflow.clock import Clock, clock_from_spec, scaled_spec
+from gridflow.core.case import OPEN_TASK_STATES
 from gridflow.core.metrics import INDICATOR_LABELS, department_indicators, format_rate
 from gridflow.core.refdata import ReferenceData, load_reference_data
 from gridflow.events import parse_ts
@@ -108,6 +111,59 @@ class TaskScript:
         )
 
 
+# --- the county supervisor: 吹哨报到 ---------------------------------------------------------
+
+BIG_SEVERITY = 2  # 较大 and 重大
+MAX_WHISTLES = 3  # per run: whistling is for the few big cases, not a routine
+
+
+@dataclass(frozen=True)
+class Whistle:
+    """The supervisor calling several departments to one case at once (CaseWhistled)."""
+
+    case_id: str
+    departments: tuple[str, ...]
+    reason: str
+
+
+def whistle_for(
+    case: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]], ref: ReferenceData
+) -> Whistle | None:
+    """Whether the county supervisor whistles departments up to this case, and which.
+
+    A big case: open, not whistled yet, and either 较大/重大 (severity ≥ 2) or one of its open
+    tasks escalated (a deadline passed without progress). Called: the departments responsible
+    for the categories of the case's class (CJ/T 214 大类, e.g. 市容环境 → 城管局 and 生态环境局)
+    and the township's 综合执法办, except those already working on the case; at least two of
+    them, or it is no whistle-up (one department is plain dispatch).
+    """
+    if case.get("status") != "open" or case.get("whistled_at"):
+        return None
+    open_tasks = [t for t in tasks if t.get("state") in OPEN_TASK_STATES]
+    escalated = any((t.get("escalation_level") or 0) > 0 for t in open_tasks)
+    big = (case.get("severity") or 0) >= BIG_SEVERITY
+    grid = ref.grids.get(case.get("grid_code") or "")
+    category = ref.categories.get(case.get("category_code") or "")
+    if not (big or escalated) or grid is None or category is None:
+        return None
+    related = [
+        d
+        for c in sorted(ref.categories.values(), key=lambda c: c.code)
+        if c.class_code == category.class_code
+        for d in ref.resolve_all(c.departments, grid)
+    ]
+    candidates = dict.fromkeys([*related, ref.resolve("{township}.zhifa", grid)])
+    working = {t.get("department") for t in open_tasks}
+    called = tuple(d for d in candidates if d in ref.departments and d not in working)
+    if len(called) < 2:
+        return None
+    why = "案情重大" if big else "任务超时升级仍未处置"
+    names = "、".join(ref.departments[d].short_name for d in called)
+    return Whistle(
+        str(case["case_id"]), called, f"{why}, 吹哨召集{names}联合处置 ({category.name})"
+    )
+
+
 # --- playing the departments ---------------------------------------------------------------
 
 
@@ -123,6 +179,7 @@ class Director:
         self.done: set[tuple[str, str]] = set()
         self.actions: Counter[str] = Counter()
         self.photo = _after_photo()
+        self.whistles = 0
 
     def _post(self, path: str, token: str, action: str, **kwargs: Any) -> None:
         r = self.http.post(path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
@@ -140,10 +197,30 @@ class Director:
         now = self.clock()
         with self.engine.connect() as conn:
             rows = conn.execute(select(Task.__table__, Case.reporter, Case.grid_code.label("case_grid"),
-                                       Case.status.label("case_status"), Case.rating)
+                                       Case.status.label("case_status"), Case.rating,
+                                       Case.severity, Case.category_code.label("case_category"),
+                                       Case.whistled_at)
                                 .join(Case, Case.case_id == Task.case_id)).mappings().all()
+        by_case: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             self._act(dict(row), now)
+            by_case.setdefault(row["case_id"], []).append(dict(row))
+        for case_id, tasks in sorted(by_case.items()):
+            self._supervise(case_id, tasks)
+
+    def _supervise(self, case_id: str, tasks: list[dict[str, Any]]) -> None:
+        """The county supervisor whistles departments up to a big case (吹哨报到), a few a run."""
+        if self.whistles >= MAX_WHISTLES:
+            return
+        first = tasks[0]
+        case = {"case_id": case_id, "status": first["case_status"], "severity": first["severity"],
+                "category_code": first["case_category"], "grid_code": first["case_grid"],
+                "whistled_at": first["whistled_at"]}
+        whistle = whistle_for(case, tasks, self.cast.ref)
+        if whistle is not None and self._once(case_id, "whistle"):
+            self.whistles += 1
+            self._post(f"/api/v1/cases/{case_id}/whistle", self.cast.supervisor_token, "吹哨",
+                       json={"departments": list(whistle.departments), "reason": whistle.reason})
 
     def _hours_since(self, ts: Any, now: datetime) -> float:
         if ts is None:
@@ -237,15 +314,19 @@ def summarize(engine: Any, as_of: datetime) -> str:
         f"{by_type.get('DeadlineBreached', 0)}  升级 escalations: {by_type.get('TaskEscalated', 0)}",
         f"延期 extensions granted/refused: {by_type.get('ExtensionGranted', 0)}/"
         f"{by_type.get('ExtensionRefused', 0)}  退单 sent back: {by_type.get('TaskSentBack', 0)}  "
-        f"返工 reworked: {by_type.get('TaskReopened', 0)}  评价 ratings: {by_type.get('CaseRated', 0)}",
+        f"返工 reworked: {by_type.get('TaskReopened', 0)}  评价 ratings: {by_type.get('CaseRated', 0)}  "
+        f"吹哨报到 whistle-ups: {by_type.get('CaseWhistled', 0)}",
         notice_line(engine),
+    ]
+    ref = load_reference_data()
+    lines += whistle_lines(engine, ref)
+    lines += [
         "",
         "== 各部门任务 / tasks per department ==",
     ]
     states: dict[str, Counter[str]] = {}
     for dept, state, n in per_dept:
         states.setdefault(dept, Counter())[state] += n
-    ref = load_reference_data()
     for dept in sorted(states):
         name = ref.departments[dept].name if dept in ref.departments else dept
         detail = ", ".join(f"{s} {n}" for s, n in sorted(states[dept].items()))
@@ -267,6 +348,57 @@ def summarize(engine: Any, as_of: datetime) -> str:
         vals = "  ".join(f"{_fmt(getattr(ind, k, None), k):>8}" for k in keys)
         lines.append(f"  {name:<24} {vals}")
     return "\n".join(lines)
+
+
+def whistle_lines(engine: Any, ref: ReferenceData) -> list[str]:
+    """The whistle-ups of the run (CaseWhistled), each with the departments called and the
+    state of the task each one got, from the read models."""
+    from sinks.models import Case, CaseEvent, Task
+
+    with engine.connect() as conn:
+        whistles = conn.execute(
+            select(CaseEvent.case_id, CaseEvent.at, CaseEvent.data, Case.category_name,
+                   Case.grid_code)
+            .join(Case, Case.case_id == CaseEvent.case_id)
+            .where(CaseEvent.type == "CaseWhistled").order_by(CaseEvent.at, CaseEvent.case_id)
+        ).all()
+        ids = [t["task_id"] for w in whistles for t in (w.data or {}).get("tasks", [])]
+        states = dict(conn.execute(select(Task.task_id, Task.state)
+                                   .where(Task.task_id.in_(ids))).all()) if ids else {}
+    return render_whistles([dict(w._mapping) for w in whistles], states, ref)
+
+
+def render_whistles(whistles: Sequence[Mapping[str, Any]], task_states: Mapping[str, str],
+                    ref: ReferenceData) -> list[str]:
+    from gridflow.core.case import TASK_STATE_NAMES_ZH
+
+    lines = ["", f"== 吹哨报到 / whistle-ups: {len(whistles)} =="]
+    if not whistles:
+        lines.append("  (none)")
+    for w in whistles:
+        data = w.get("data") or {}
+        grid = w.get("grid_code") or ""
+        lines.append(f"  {w['case_id']}  {w.get('category_name') or ''}  "
+                     f"{ref.area_name(grid)} {grid}  {local_hm(w.get('at'))}")
+        if data.get("reason"):
+            lines.append(f"    {data['reason']}")
+        for t in data.get("tasks", []):
+            dept = t.get("department", "")
+            name = ref.departments[dept].name if dept in ref.departments else dept
+            state = task_states.get(t.get("task_id", ""), "")
+            lines.append(f"    → {name} ({dept})  任务 {t.get('task_id')}: "
+                         f"{TASK_STATE_NAMES_ZH.get(state, state or '—')}")
+    return lines
+
+
+def local_hm(at: Any) -> str:
+    """An instant as Beijing time, e.g. 11-17 14:05 (— when unknown)."""
+    if at is None:
+        return "—"
+    when = parse_ts(at) if isinstance(at, str) else at
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return f"{when + timedelta(hours=8):%m-%d %H:%M} 北京时间"
 
 
 def notice_line(engine: Any) -> str:
@@ -402,7 +534,8 @@ def demo(reports: int, rate: float, speed: float, days: float, database: str | N
                 with engine.connect() as conn:
                     n = event_counts(conn)
                 say(f"      [{clock():%m-%d %H:%M}] 预警 {n.get('DeadlineWarned', 0)}, 超时 "
-                    f"{n.get('DeadlineBreached', 0)}, 升级 {n.get('TaskEscalated', 0)} | "
+                    f"{n.get('DeadlineBreached', 0)}, 升级 {n.get('TaskEscalated', 0)}, 吹哨 "
+                    f"{n.get('CaseWhistled', 0)} | "
                     f"{acts or 'waiting'}")
             time.sleep(0.5)
         settle(engine, procs)
