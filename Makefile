@@ -1,8 +1,10 @@
-# gridflow developer entry points. `make test` is what CI runs (.ci/run).
+# gridflow developer entry points. `make test` is what CI runs (.ci/run): the lint, then the tests.
 # The venv is (re)installed when pyproject.toml changes; the code itself is an editable install.
 
 PYTHON ?= python3
 PYTEST_ARGS ?=
+# the packages mypy checks (configured in pyproject.toml, [tool.mypy])
+TYPED  := gridflow producers processors sinks infra audit dashboard bench
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -19,9 +21,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The lint first: a tree that does not lint does not get tested.
 # The session fixture in tests/conftest.py starts Kafka, MinIO and PostgreSQL (or reuses a
 # running stack) and stops what it started.
-test: install
+test: lint
 	$(BIN)/python -m pytest tests/ $(PYTEST_ARGS)
 
 demo: install
@@ -36,8 +39,10 @@ down: install
 status: install
 	$(BIN)/gridflow status
 
+# ruff over the whole tree, mypy over the packages
 lint: install
-	$(BIN)/ruff check infra tests
+	$(BIN)/ruff check .
+	$(BIN)/mypy $(TYPED)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -69,6 +69,10 @@ def run(ctx: Context) -> list[Figure]:
             s3.put_object(out, ref["key"], io.BytesIO(data), len(data),
                           content_type="image/jpeg")
 
+        def raw_each(chunk: list[tuple[int, dict[str, Any]]], out: str) -> None:
+            for _, ref in chunk:
+                raw_one(ref, out)
+
         def archive_one(i: int, ref: dict[str, Any]) -> bool:
             cmd = archive.archive_photo(s3, cfg, _event(i, ref), ref)
             status = str(cmd.data.get("status"))
@@ -98,7 +102,7 @@ def run(ctx: Context) -> list[Figure]:
         half = len(refs) // 4  # one-at-a-time comparison runs on a quarter of the photos
         for b in range(0, half, 5):
             chunk = list(enumerate(refs[b:min(b + 5, half)], start=b))
-            timed("raw1", lambda c: [raw_one(ref, raw_out) for _, ref in c], chunk)
+            timed("raw1", raw_each, chunk, raw_out)
             for one in chunk:  # one at a time: the agent's batch is that one photo
                 timed("ours1", ours_batch, None, [one])
         rest = list(enumerate(refs[half:], start=half))

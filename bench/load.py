@@ -64,9 +64,11 @@ class County:
     def resident_submitted(self, i: int, run: str, at: datetime) -> bytes:
         """A resident's ReportSubmitted without photos, as the API publishes it."""
         s = self.spot(i)
+        report_id = f"{run}-{i:07d}"
+        reporter = self.residents[i % len(self.residents)]
         data = {
-            "report_id": f"{run}-{i:07d}",
-            "reporter": self.residents[i % len(self.residents)],
+            "report_id": report_id,
+            "reporter": reporter,
             "category_code": s.category,
             "description": "路边垃圾堆积, 请处理",
             "lat": s.lat,
@@ -77,8 +79,8 @@ class County:
             "source": "open311",
             "channel": "benchmark",
         }
-        return Message(id=derived_id("report", data["report_id"]), type=REPORT_SUBMITTED,
-                       case_id="", at=iso(at), actor=data["reporter"], data=data).encode()
+        return Message(id=derived_id("report", report_id), type=REPORT_SUBMITTED,
+                       case_id="", at=iso(at), actor=reporter, data=data).encode()
 
 
 @cache

@@ -40,7 +40,7 @@ def board_data(session: Session, ref: ReferenceData, now: datetime) -> dict[str,
         return int(session.execute(q).scalar() or 0)
 
     overdue = _overdue_condition(now)
-    kpi = {
+    kpi: dict[str, float | None] = {  # counts, and the overall rates (None: nothing to rate)
         "reports_today": scalar(select(func.count()).select_from(Case)
                                 .where(Case.filed_at >= day_start)),
         "open_cases": scalar(select(func.count()).select_from(Case).where(Case.status == "open")),

@@ -220,8 +220,8 @@ def _task_command(
 ) -> None:
     async def handler(
         task_id: TaskId,
-        body: model,
-        request: Request,  # type: ignore[valid-type]
+        body: model,  # type: ignore[valid-type]  # FastAPI reads the model class at runtime
+        request: Request,
         authorization: Auth = None,
         idempotency_key: IdemKey = None,
     ) -> JSONResponse:

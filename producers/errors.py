@@ -106,7 +106,7 @@ _ZH = {
 
 def validation_error(exc: RequestValidationError) -> ApiError:
     """FastAPI's shape validation (JSON bodies, query, path) in our bilingual error shape."""
-    details = []
+    details: list[dict[str, Any]] = []  # as ApiError takes them
     for err in exc.errors():
         field = _loc_to_field(err.get("loc", ()))
         kind = str(err.get("type", "invalid"))
@@ -119,7 +119,7 @@ def validation_error(exc: RequestValidationError) -> ApiError:
                 "message_en": f"{field or 'body'}: {err.get('msg', 'invalid value')}",
             }
         )
-    first = (
+    first: dict[str, Any] = (
         details[0]
         if details
         else {"field": None, "message_zh": "请求内容无效", "message_en": "invalid request"}

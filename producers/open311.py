@@ -181,12 +181,13 @@ def resident_request(
     lat = _coordinate(form, "lat", -90, 90)
     lon = _coordinate(form, "long", -180, 180)
     reporter = f"resident:{resident_id(form)}"
+    address = form.get("address_string", "").strip()
     content = {
         "service_code": code,
         "lat": round(lat, 6),
         "long": round(lon, 6),
         "description": form.get("description", "").strip(),
-        "address_string": form.get("address_string", "").strip(),
+        "address_string": address,
         "media_url": form.get("media_url", "").strip(),
     }
     day = f"{now.astimezone(intake.CHINA_TZ):%Y%m%d}"
@@ -209,7 +210,7 @@ def resident_request(
         "lat": lat,
         "lon": lon,
         "captured_at": iso(now),
-        "address": content["address_string"][:200],
+        "address": address[:200],
         "photos": [],
         "media_url": content["media_url"],
         "service_code": code,

@@ -430,10 +430,10 @@ class Open311Filters:
             end = parse_ts(end_date, "end_date") if end_date else None
         except SchemaError as exc:
             raise Open311Error(400, "日期须为带时区的 ISO 8601 时间", str(exc)) from exc
-        ids = split(ids)
-        if not ids and start is None and end is None:
+        wanted_ids = split(ids)
+        if not wanted_ids and start is None and end is None:
             start = now - timedelta(days=90)  # the spec's default window
-        return cls(ids, cats, start, end, statuses)
+        return cls(wanted_ids, cats, start, end, statuses)
 
 
 def service_for(ref: ReferenceData, category_code: str | None) -> tuple[str | None, str | None]:
