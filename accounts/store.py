@@ -16,6 +16,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import builtins
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -517,7 +518,7 @@ class AccountStore:
             raise Refused(404, "key_not_found", f"密钥「{who}」不存在", f"no API key {who!r}")
         return _key_view(row)
 
-    def list_keys(self) -> list[KeyView]:
+    def list_keys(self) -> builtins.list[KeyView]:  # `list` here is AccountStore.list
         with self.engine.connect() as conn:
             rows = conn.execute(select(api_keys).order_by(api_keys.c.name)).all()
         return [_key_view(r) for r in rows]
