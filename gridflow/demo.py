@@ -238,10 +238,12 @@ class Director:
         verifier = self.cast.grid_workers.get(t["case_grid"] or "")
         base = f"/api/v1/tasks/{task_id}"
         if state == "dispatched" and token and script.sign_after_h is not None:
+            # A department whistled up to a case reports (报到): it does not send the task back.
+            send_back = script.send_back and t.get("dispatch_reason") != "whistle"
             if self._hours_since(t["dispatched_at"], now) >= script.sign_after_h:
-                if script.send_back and not t.get("replaces_task") and self._once(task_id, "send_back"):
+                if send_back and not t.get("replaces_task") and self._once(task_id, "send_back"):
                     self._post(f"{base}/send-back", token, "退单", json={"reason": "不属于本部门职责"})
-                elif not script.send_back and self._once(task_id, "sign"):
+                elif not send_back and self._once(task_id, "sign"):
                     self._post(f"{base}/sign", token, "签收", json={"note": "已签收"})
         elif state in ("signed", "in_progress") and token:
             since = self._hours_since(t["signed_at"] or t["dispatched_at"], now)

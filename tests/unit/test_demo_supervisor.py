@@ -92,3 +92,23 @@ def test_the_summary_names_the_departments_called_and_their_tasks() -> None:
     assert "石门村一组网格 421099101201001" in text and "11-17 14:00" in text
     assert "十堰市生态环境局青山分局 (county.huanjing)  任务 AJ1-T02: 已签收" in text
     assert "青石镇综合执法办 (421099101.zhifa)  任务 AJ1-T03" in text
+
+
+def test_a_department_whistled_up_signs_the_task_instead_of_sending_it_back() -> None:
+    task_id = next(  # a task whose script sends it back
+        t for t in (f"AJ20261116-AAAAAAAA-T{i:02d}" for i in range(100))
+        if demo.TaskScript.for_task(t, 7).send_back
+        and demo.TaskScript.for_task(t, 7).sign_after_h is not None
+    )
+    row = {"task_id": task_id, "case_id": "AJ20261116-AAAAAAAA", "state": "dispatched",
+           "department": "county.huanjing", "dispatched_at": datetime(2026, 11, 16, tzinfo=UTC),
+           "replaces_task": None, "case_grid": GRID.code, "case_status": "open", "rating": None,
+           "reporter": "worker:GW0001@" + GRID.code}
+    done = []
+    for reason in ("routing", "whistle"):
+        director = demo.Director("http://127.0.0.1:9", demo.Cast.load(REF), None,
+                                 lambda: datetime.now(UTC), 7)
+        director.http = FakeHttp()  # type: ignore[assignment]
+        director._act({**row, "dispatch_reason": reason}, datetime(2026, 11, 17, tzinfo=UTC))
+        done += [path.rsplit("/", 1)[1] for path, _ in director.http.posts]
+    assert done == ["send-back", "sign"]
