@@ -22,6 +22,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("audit.cli", "replay"),
     ("audit.cli", "audit"),
     ("audit.cli", "archive_log_command"),
+    ("chaos.cli", "chaos"),
     ("accounts.cli", "users"),
 ]
 

@@ -92,6 +92,9 @@ class Settings:
 
     # Faust worker
     worker_web_port: int = 16066
+    # How long the broker waits for a silent worker before handing its partitions to the
+    # others (a worker killed without a goodbye stalls its partitions this long).
+    worker_session_timeout_s: float = 60.0
     faust_data_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -149,6 +152,8 @@ def load_settings() -> Settings:
         dedupe_radius_m=float(_env("DEDUPE_RADIUS_M", str(base.dedupe_radius_m))),
         dedupe_window_hours=float(_env("DEDUPE_WINDOW_HOURS", str(base.dedupe_window_hours))),
         sink_fetch_wait_ms=int(_env("SINK_FETCH_WAIT_MS", str(base.sink_fetch_wait_ms))),
+        worker_session_timeout_s=float(_env("WORKER_SESSION_TIMEOUT_S",
+                                            str(base.worker_session_timeout_s))),
         refdata_dir=Path(_env("REFDATA_DIR", "")).expanduser() if _env("REFDATA_DIR", "") else None,
         calendar_dir=(Path(_env("CALENDAR_DIR", "")).expanduser() if _env("CALENDAR_DIR", "")
                       else None),
@@ -171,6 +176,7 @@ _ENV_FIELDS = {
     "calendar_dir": "CALENDAR_DIR",
     "dedupe_radius_m": "DEDUPE_RADIUS_M", "dedupe_window_hours": "DEDUPE_WINDOW_HOURS",
     "sink_fetch_wait_ms": "SINK_FETCH_WAIT_MS",
+    "worker_session_timeout_s": "WORKER_SESSION_TIMEOUT_S",
 }
 
 

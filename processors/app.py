@@ -27,6 +27,7 @@ from gridflow.core.refdata import ReferenceData
 from gridflow.events import decode_message
 from gridflow.settings import Settings
 from processors import steps
+from processors.delivery import GridflowApp
 
 log = logging.getLogger("gridflow.processors")
 
@@ -70,11 +71,12 @@ def app_id_for(prefix: str, pipeline: bool) -> str:
     return f"{prefix}-processor" if pipeline else f"{prefix}-archive"
 
 
-def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
+def build_app(rt: Runtime, app_id: str | None = None) -> GridflowApp:
     s = rt.settings
     prefix = s.topic_prefix
-    app = faust.App(
+    app = GridflowApp(
         app_id or app_id_for(prefix, rt.pipeline),
+        dense_topics=[spec.name(prefix) for spec in topics.CATALOGUE],
         broker=f"kafka://{s.kafka_bootstrap}",
         store="memory://",
         topic_partitions=topics.CASE_PARTITIONS,
@@ -91,6 +93,8 @@ def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
         # Batch what the agents send for a few milliseconds: one produce request per batch
         # instead of one per record (the worker's largest cost at linger 0; docs/PERFORMANCE.md).
         producer_linger=0.005,
+        broker_session_timeout=s.worker_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, s.worker_session_timeout_s / 3),
     )
 
     def topic(spec: topics.TopicSpec) -> faust.TopicT:
@@ -108,7 +112,7 @@ def build_app(rt: Runtime, app_id: str | None = None) -> faust.App:
     return app
 
 
-def _install_pipeline(app: faust.App, t: dict[str, Any], rt: Runtime) -> None:
+def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
     """Intake, filing and the case processor: report → located → command → case events."""
     s = rt.settings
     recent_cases = app.Table("recent-cases", default=None, partitions=topics.CASE_PARTITIONS)
@@ -119,10 +123,11 @@ def _install_pipeline(app: faust.App, t: dict[str, Any], rt: Runtime) -> None:
     async def emit(out: steps.Outputs) -> None:
         # Straight to the producer: the values are bytes already, so faust's channel layer
         # (future messages, serializer lookups, sensors) is pure per-record cost here. Still
-        # at least once: faust flushes the producer before it commits any consumed offset.
-        producer = app.producer
+        # at least once: faust flushes the producer before it commits any consumed offset,
+        # and the ledger refuses the commit if one of these sends failed (processors.delivery).
+        producer, track = app.producer, app.send_ledger.track
         for suffix, key, value in out.sends:
-            await producer.send(names[suffix], key.encode(), value, None, None, None)
+            track(await producer.send(names[suffix], key.encode(), value, None, None, None))
 
     @app.agent(t["reports"], supervisor_strategy=CrashingSupervisor)
     async def intake(stream: Any) -> None:

@@ -1,0 +1,238 @@
+"""Scenario: the worker killed with SIGKILL again and again under a steady stream of reports.
+
+Reports go straight onto `<prefix>.reports` (what the API does once it has answered 202), so
+every report on that topic is one the system has promised to keep. The worker is killed at
+random moments — some in its first second, before its first commit, some mid-stream — and
+restarted at once; the SQL sink is killed too, every `sink_every` cycles. Afterwards every
+report id on the reports topic must have its row in the read models (filed, merged or
+refused): anything else is lost, and the run says which, with its partition and offset.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from sqlalchemy import func, select
+
+from gridflow import events as ev
+from gridflow import services, topics
+from gridflow.core.refdata import ReferenceData, load_reference_data
+from gridflow.events import Message, derived_id, iso
+from gridflow.settings import Settings
+from sinks.models import Case, Report, Task, create_schema, make_engine, table_of
+
+# Up-times before a kill: a third in the first seconds (the first commit of a new group, a
+# rebalance still under way), the rest anywhere up to `max_up_s`.
+EARLY_UP_S = (0.3, 0.8, 1.5, 2.5)
+
+
+@dataclass
+class KillReport:
+    prefix: str
+    cycles: int
+    sink_kills: int
+    sent: int = 0
+    kept: int = 0
+    lost: list[tuple[int, int, str]] = field(default_factory=list)  # (partition, offset, id)
+    duplicate_rows: int = 0
+    catch_up_s: float = 0.0
+    seconds: float = 0.0
+    worker_log: str = ""
+
+    @property
+    def clean(self) -> bool:
+        return not self.lost and self.duplicate_rows == 0 and self.kept == self.sent
+
+    def lines(self) -> list[str]:
+        out = [
+            f"kill-worker: {self.cycles} worker kills (SIGKILL), {self.sink_kills} sink kills, "
+            f"prefix {self.prefix}, {self.seconds:.0f} s",
+            f"  reports acknowledged (on {self.prefix}.reports): {self.sent}",
+            f"  reports in the read models:                  {self.kept}",
+            f"  lost (acknowledged, absent):                 {len(self.lost)}",
+            f"  duplicated report rows:                      {self.duplicate_rows}",
+            f"  caught up after the last kill in:            {self.catch_up_s:.1f} s",
+        ]
+        for partition, offset, report_id in self.lost[:20]:
+            out.append(f"  LOST {report_id} at reports[{partition}]@{offset}")
+        out.append("  verdict: " + ("nothing lost / 无丢失" if self.clean else "LOSS / 有丢失"))
+        return out
+
+
+def sample_report(ref: ReferenceData, index: int, rng: random.Random, run: str) -> Message:
+    """A grid worker's report inside their own grid, with a photo reference (never archived:
+    the scenario runs the pipeline without the photo archive)."""
+    workers = sorted(ref.workers.values(), key=lambda w: w.id)
+    w = workers[index % len(workers)]
+    box = ref.grids[w.grid_code].bbox
+    rid = f"{run}-{index:06d}"
+    now = iso(datetime.now(UTC))
+    actor = f"worker:{w.id}@{w.grid_code}"
+    photo = {"bucket": "chaos-none", "key": f"reports/{rid}/0.jpg", "size": 1,
+             "sha256": "0" * 64, "content_type": "image/jpeg", "role": "before"}
+    return Message(
+        id=derived_id("report", rid), type=ev.REPORT_SUBMITTED, case_id="", at=now, actor=actor,
+        data={"report_id": rid, "source": "grid_worker", "channel": "app", "reporter": actor,
+              "category_code": "E0101", "description": "道路积水（故障注入测试）",
+              "lat": rng.uniform(box.min_lat, box.max_lat),
+              "lon": rng.uniform(box.min_lon, box.max_lon),
+              "captured_at": now, "worker_grid_code": w.grid_code, "photos": [photo]},
+    )
+
+
+class _Producer(threading.Thread):
+    """Puts reports on the reports topic at a steady rate, each acknowledged (acks=all)."""
+
+    def __init__(self, settings: Settings, ref: ReferenceData, rate: float, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.ref, self.rate = settings, ref, rate
+        self.rng = random.Random(seed)
+        self.run_id = "chaos" + uuid.uuid4().hex[:6]
+        self.sent: list[str] = []
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
+                                 enable_idempotence=True)
+        name = topics.REPORTS.name(self.settings.topic_prefix)
+        try:
+            i = 0
+            while not self.stop_event.is_set():
+                msg = sample_report(self.ref, i, self.rng, self.run_id)
+                producer.send(name, key=msg.data["report_id"].encode(),
+                              value=msg.encode()).get(timeout=60)
+                self.sent.append(msg.data["report_id"])
+                i += 1
+                self.stop_event.wait(1.0 / self.rate)
+        except BaseException as exc:  # reported by the scenario, not lost in a thread
+            self.error = exc
+        finally:
+            producer.close()
+
+
+def reports_on_topic(settings: Settings) -> dict[str, tuple[int, int]]:
+    """Every report id on the reports topic, with its partition and offset."""
+    name = topics.REPORTS.name(settings.topic_prefix)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                             enable_auto_commit=False, consumer_timeout_ms=3000)
+    try:
+        tps = [TopicPartition(name, p) for p in range(topics.REPORTS.partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        found: dict[str, tuple[int, int]] = {}
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            for records in consumer.poll(timeout_ms=1000).values():
+                for r in records:
+                    found[r.key.decode()] = (r.partition, r.offset)
+        return found
+    finally:
+        consumer.close()
+
+
+def report_rows(database_url: str) -> tuple[set[str], int]:
+    """Report ids in the read models, and how many rows repeat something already there: a
+    second case opened by one report, or a second routing task of one department in a case."""
+    engine = make_engine(database_url)
+    try:
+        create_schema(engine)
+        reports, cases, tasks = (table_of(m).c for m in (Report, Case, Task))
+        with engine.connect() as conn:
+            ids = {row[0] for row in conn.execute(select(reports.report_id))}
+            repeats = 0
+            for cols, where in (((cases.report_id,), cases.report_id.is_not(None)),
+                                ((tasks.case_id, tasks.department),
+                                 tasks.dispatch_reason == "routing")):
+                per = select(func.count().label("n")).where(where).group_by(*cols).subquery()
+                repeats += int(conn.execute(
+                    select(func.coalesce(func.sum(per.c.n - 1), 0))).scalar_one())
+        return ids, repeats
+    finally:
+        engine.dispose()
+
+
+def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10.0,
+        max_up_s: float = 12.0, sink_every: int = 3, session_timeout_s: float = 6.0,
+        catch_up_timeout_s: float = 240.0, seed: int = 1,
+        echo: Callable[[str], None] = print) -> KillReport:
+    """Run the scenario on a fresh topic prefix and SQLite database; return its accounting."""
+    prefix = f"chaos-{uuid.uuid4().hex[:8]}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings.with_(
+        topic_prefix=prefix, database_url=f"sqlite:///{log_dir / (prefix + '.db')}",
+        faust_data_dir=log_dir / "faust", worker_session_timeout_s=session_timeout_s)
+    topics.ensure_topics(settings.kafka_bootstrap, prefix)
+    rng = random.Random(seed)
+    ref = load_reference_data(settings.refdata_dir)
+    report = KillReport(prefix, cycles, 0)
+    t0 = time.monotonic()
+    worker_args = ["worker", "--role", "pipeline", "--loglevel", "info"]
+
+    def start(name: str, args: list[str]) -> services.Service:
+        return services.start(name, args, settings, log_dir)
+
+    def kill(svc: services.Service) -> None:
+        assert svc.proc is not None
+        try:
+            os.killpg(svc.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        svc.proc.wait(30)
+
+    producer = _Producer(settings, ref, rate, seed)
+    worker = start("worker", worker_args)
+    sink = start("sink", ["sink"])
+    producer.start()
+    try:
+        for cycle in range(1, cycles + 1):
+            up = rng.choice(EARLY_UP_S) if cycle % 3 == 1 else rng.uniform(1.0, max_up_s)
+            time.sleep(up)
+            kill(worker)
+            worker = start("worker", worker_args)
+            what = "worker"
+            if sink_every and cycle % sink_every == 0:
+                kill(sink)
+                sink = start("sink", ["sink"])
+                report.sink_kills += 1
+                what = "worker and sink"
+            echo(f"  cycle {cycle}/{cycles}: {what} killed after {up:.1f} s; "
+                 f"{len(producer.sent)} reports acknowledged so far")
+        producer.stop_event.set()
+        producer.join(60)
+        if producer.error is not None:
+            raise RuntimeError(f"producing reports failed: {producer.error!r}")
+        last_kill = time.monotonic()
+        on_topic = reports_on_topic(settings)
+        report.sent = len(on_topic)
+        echo(f"  {report.sent} reports acknowledged; waiting for the read models to catch up")
+        deadline = last_kill + catch_up_timeout_s
+        while True:
+            worker.check()
+            sink.check()
+            ids, repeats = report_rows(settings.database_url)
+            kept = ids & on_topic.keys()
+            if len(kept) == report.sent or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        report.catch_up_s = time.monotonic() - last_kill
+        report.kept = len(kept)
+        report.duplicate_rows = repeats
+        report.lost = sorted((*on_topic[rid], rid) for rid in on_topic.keys() - ids)
+    finally:
+        producer.stop_event.set()
+        worker.stop()
+        sink.stop()
+        report.seconds = time.monotonic() - t0
+        report.worker_log = str(worker.log_path)
+    return report

@@ -1,0 +1,235 @@
+"""At-least-once delivery for the worker: no input offset is committed past a record that an
+agent did not process, nor before what the agents sent for it is acknowledged by Kafka.
+
+faust commits "acked" offsets. Three of its shortcuts can commit an offset past a record that
+no agent processed, which is how an acknowledged report was once lost under repeated SIGKILL
+(docs/ARCHITECTURE.md, "Why an input offset is never committed before its output"):
+
+1. `Consumer._new_offset` accepts a hole of one record right after the committed offset
+   (`min(acked) - committed > 1`) and checks nothing at all while the committed offset is
+   0 or unknown (a new consumer group), so a record that was fetched but never processed is
+   committed over as soon as the next one is processed.
+2. `Consumer._drain_messages` takes any forward jump in the offsets it delivers for a "gap"
+   (meant for compacted topics and transaction markers) and `_new_offset` fills such gaps into
+   the acked list. Records that faust itself dropped (a fetch cut short by a rebalance, records
+   older than its read offset after a seek) look exactly like such a gap.
+3. Agents send their output straight to the producer (processors.app.emit); faust's flush
+   before a commit waits for those sends but never looks at whether they failed.
+
+gridflow's input topics are neither compacted nor transactional, so their offsets are dense:
+every offset up to the end of the log holds a record. `GridflowConsumer` therefore commits a
+partition only up to the end of the run of processed offsets that starts exactly at its
+committed offset (the log start for a new group), registers no gaps, and rewinds a partition
+whose next record stays unprocessed while later ones are done (the record is read again;
+processing is idempotent). `SendLedger` remembers the agents' direct sends, and a commit is
+refused, and the worker crashed, if any of them failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any, cast
+
+import faust
+from faust.exceptions import ProducerSendError
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+log = logging.getLogger("gridflow.delivery")
+
+# How long a partition may have later records processed while its next one is not before it
+# is rewound to its committed offset. In-order processing never leaves such a hole, so it
+# means faust dropped a fetched record; a short grace lets a rebalance's own seek come first.
+REWIND_AFTER_S = 3.0
+
+
+class SendLedger:
+    """The futures of the agents' direct sends, checked before every offset commit."""
+
+    def __init__(self) -> None:
+        self._pending: list[asyncio.Future[Any]] = []
+
+    def track(self, fut: Awaitable[Any]) -> None:
+        """Remember a send's future (aiokafka's producer returns an asyncio.Future)."""
+        self._pending.append(cast("asyncio.Future[Any]", fut))
+
+    def check(self) -> None:
+        """Raise ProducerSendError if a finished send failed; forget the finished ones.
+
+        Called right after faust's producer flush, so every send made for a record that this
+        commit covers has finished: aiokafka resolves each message's future before the flush
+        that waits for its batch returns.
+        """
+        pending = []
+        for fut in self._pending:
+            if not fut.done():
+                pending.append(fut)
+                continue
+            exc = None if fut.cancelled() else fut.exception()
+            if fut.cancelled() or exc is not None:
+                self._pending = pending + [f for f in self._pending if not f.done()]
+                raise ProducerSendError(f"an agent's output was not delivered: {exc!r}")
+        self._pending = pending
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+def contiguous_commit(acked: list[int], base: int) -> tuple[int | None, int]:
+    """The offset to commit given the processed offsets `acked` (sorted, mutated) and the
+    committed offset `base`: the end of the run base, base+1, ... in `acked`, or None when the
+    record at `base` is not processed yet. Removes what it commits and anything below `base`
+    (already committed). Returns (offset or None, number of offsets consumed from `acked`)."""
+    stale = bisect.bisect_left(acked, base)
+    if stale:
+        del acked[:stale]
+    n = 0
+    while n < len(acked) and acked[n] == base + n:
+        n += 1
+    if n == 0:
+        return None, stale
+    del acked[:n]
+    return base + n, stale + n
+
+
+class GridflowConsumer(faust_aiokafka.Consumer):
+    """faust's aiokafka consumer with strict, dense-offset commits for gridflow's topics."""
+
+    def on_init(self) -> None:
+        super().on_init()
+        self._base: dict[TP, int] = {}
+        self._hole_since: dict[TP, float] = {}
+        self._rewinding: set[TP] = set()
+
+    def _dense(self, tp: TP) -> bool:
+        return tp.topic in getattr(self.app, "dense_topics", frozenset())
+
+    # --- where counting starts --------------------------------------------------------
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek as faust does, and remember where each partition's count starts: its
+        committed offset, 0 included (faust turns 0 into "unknown"), or, for a new consumer
+        group, the log start offset where auto_offset_reset=earliest begins reading."""
+        committed = await super().seek_to_committed()
+        unknown = [tp for tp, off in committed.items()
+                   if self._dense(tp) and (off is None or off < 0)]
+        earliest = await self.earliest_offsets(*unknown) if unknown else {}
+        for tp, off in committed.items():
+            if not self._dense(tp):
+                continue
+            start = off if off is not None and off >= 0 else earliest.get(tp)
+            if start is not None and start >= 0:
+                self._base[tp] = start
+                self._hole_since.pop(tp, None)
+        return committed
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        for tp in revoked:
+            self._base.pop(tp, None)
+            self._hole_since.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
+    def _start_of(self, tp: TP) -> int | None:
+        committed = self._committed_offset[tp]
+        return committed if committed is not None else self._base.get(tp)
+
+    # --- what may be committed --------------------------------------------------------
+
+    def ack(self, message: Any) -> bool:
+        """faust's pure-Python stream acks a record it skipped as stale (fetched before a
+        rebalance) without processing it; such a record is read again after the rebalance's
+        seek, so it must not count as processed."""
+        if self._dense(message.tp) and (
+            message.generation_id != self.app.consumer_generation_id
+            or not self.app.flow_control.is_active()
+        ):
+            return False
+        return super().ack(message)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        if not self._dense(tp):
+            await super()._add_gap(tp, offset_from, offset_to)
+            return
+        # Dense topic: offsets offset_from..offset_to hold records that were fetched and not
+        # delivered. Not a gap: they stay unacknowledged, so nothing is committed past them,
+        # and the partition is rewound if they stay missing (_new_offset).
+        log.warning("%s: offsets %d..%d skipped by the fetcher; they will be read again",
+                    tp, offset_from, offset_to)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        if not self._dense(tp):
+            return super()._new_offset(tp)
+        acked = self._acked[tp]
+        if not acked:
+            self._hole_since.pop(tp, None)
+            return None
+        base = self._start_of(tp)
+        if base is None:
+            return None  # not seeked yet in this assignment: nothing known to count from
+        acked.sort()
+        before = list(acked)
+        offset, _ = contiguous_commit(acked, base)
+        self._acked_index[tp].difference_update(before[: len(before) - len(acked)])
+        if offset is not None:
+            self._hole_since.pop(tp, None)
+            return offset
+        self._note_hole(tp, base, acked[0])
+        return None
+
+    def _note_hole(self, tp: TP, base: int, first_done: int) -> None:
+        now = time.monotonic()
+        since = self._hole_since.setdefault(tp, now)
+        if now - since < REWIND_AFTER_S or tp in self._rewinding:
+            return
+        self._hole_since[tp] = now
+        log.warning("%s: record %d not processed while %d is; rewinding to %d",
+                    tp, base, first_done, base)
+        self._rewinding.add(tp)
+        asyncio.ensure_future(self._rewind(tp, base))
+
+    async def _rewind(self, tp: TP, offset: int) -> None:
+        try:
+            if tp in self.assignment():
+                await self.seek(tp, offset)
+        except Exception as exc:  # the next hole check tries again
+            log.warning("%s: rewind to %d failed: %r", tp, offset, exc)
+        finally:
+            self._rewinding.discard(tp)
+
+    # --- the commit itself ------------------------------------------------------------
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        """Called by faust right after its producer flush: refuse (and crash the worker, so
+        it restarts from the last good commit) if an agent's direct send failed."""
+        ledger: SendLedger | None = getattr(self.app, "send_ledger", None)
+        if ledger is not None:
+            try:
+                ledger.check()
+            except ProducerSendError as exc:
+                log.critical("not committing %s: %s", dict(offsets), exc)
+                await self.crash(exc)
+                raise
+        return await super()._commit(offsets)
+
+
+class GridflowTransport(faust_aiokafka.Transport):
+    Consumer = GridflowConsumer
+
+
+class GridflowApp(faust.App):
+    """A faust app whose consumer commits strictly (GridflowConsumer) and whose agents'
+    direct sends are checked before each commit (send_ledger)."""
+
+    dense_topics: frozenset[str] = frozenset()
+
+    def __init__(self, *args: Any, dense_topics: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dense_topics = frozenset(dense_topics)
+        self.send_ledger = SendLedger()
+
+    def _new_transport(self) -> GridflowTransport:
+        return GridflowTransport(self.conf.broker_consumer, self)

@@ -1,0 +1,160 @@
+"""The worker's commit rules (processors.delivery): no offset committed past an unprocessed
+record, none before the agents' output is delivered."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from faust.exceptions import ProducerSendError
+
+from processors.delivery import SendLedger, contiguous_commit
+
+
+def test_commits_the_run_that_starts_at_the_committed_offset():
+    acked = [41, 42, 43, 45]
+    assert contiguous_commit(acked, 41) == (44, 3)
+    assert acked == [45]
+
+
+def test_a_missing_record_right_after_the_committed_offset_blocks_the_commit():
+    # faust accepts this (min(acked) - committed == 1 is "no gap"): the record at 41 was
+    # fetched but never processed, and committing 44 would lose it for good.
+    acked = [42, 43]
+    assert contiguous_commit(acked, 41) == (None, 0)
+    assert acked == [42, 43]
+
+
+def test_a_new_group_counts_from_the_log_start_not_from_the_first_processed_record():
+    # faust checks nothing while the committed offset is 0 or unknown.
+    acked = [3, 4, 5]
+    assert contiguous_commit(acked, 0) == (None, 0)
+    acked = [0, 1, 2, 4]
+    assert contiguous_commit(acked, 0) == (3, 3)
+
+
+def test_acks_below_the_committed_offset_are_dropped_not_counted():
+    # a record processed twice (read again after a rewind) acks an offset already committed
+    acked = [7, 8, 10, 11]
+    assert contiguous_commit(acked, 10) == (12, 4)
+    assert acked == []
+
+
+def test_a_hole_in_the_middle_commits_up_to_the_hole():
+    acked = [5, 6, 8, 9]
+    assert contiguous_commit(acked, 5) == (7, 2)
+    assert acked == [8, 9]
+    assert contiguous_commit(acked, 7) == (None, 0)
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_the_ledger_passes_delivered_sends_and_forgets_them():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        ledger = SendLedger()
+        done, pending = loop.create_future(), loop.create_future()
+        done.set_result("metadata")
+        ledger.track(done)
+        ledger.track(pending)
+        ledger.check()
+        assert len(ledger) == 1  # the pending one is kept for the next commit
+        pending.set_result("metadata")
+        ledger.check()
+        assert len(ledger) == 0
+
+    _run(scenario())
+
+
+def test_the_ledger_refuses_a_commit_when_a_send_failed():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        ledger = SendLedger()
+        failed = loop.create_future()
+        failed.set_exception(RuntimeError("NotEnoughReplicas"))
+        ledger.track(failed)
+        with pytest.raises(ProducerSendError, match="NotEnoughReplicas"):
+            ledger.check()
+
+    _run(scenario())
+
+
+def test_a_cancelled_send_counts_as_failed():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        ledger = SendLedger()
+        fut = loop.create_future()
+        fut.cancel()
+        ledger.track(fut)
+        with pytest.raises(ProducerSendError):
+            ledger.check()
+
+    _run(scenario())
+
+
+# --- the consumer that applies these rules (no broker needed to build it) -----------------
+
+@pytest.fixture
+def consumer():
+    from faust.types import TP
+
+    from processors.delivery import GridflowApp, GridflowConsumer
+
+    app = GridflowApp("delivery-test", broker="kafka://127.0.0.1:1", store="memory://",
+                      web_enabled=False, dense_topics=["p.reports"])
+    c = app.consumer
+    assert isinstance(c, GridflowConsumer)
+    return c, TP("p.reports", 0), TP("p-processor-__assignor-__leader", 0)
+
+
+def _acked(c, tp, offsets):
+    c._acked[tp] = list(offsets)
+    c._acked_index[tp] = set(offsets)
+
+
+def test_the_consumer_never_commits_over_an_unprocessed_head(consumer):
+    c, tp, _ = consumer
+    c._committed_offset[tp] = 41
+    _acked(c, tp, [42, 43])
+    assert c._new_offset(tp) is None
+    _acked(c, tp, [41, 42, 43])
+    assert c._new_offset(tp) == 44
+    assert c._acked_index[tp] == set()
+
+
+def test_a_new_group_counts_from_where_the_seek_put_it(consumer):
+    c, tp, _ = consumer
+    _acked(c, tp, [1, 2])
+    assert c._new_offset(tp) is None  # no committed offset and no seek yet: nothing known
+    c._base[tp] = 0  # seek_to_committed: no commit, log starts at 0
+    assert c._new_offset(tp) is None
+    _acked(c, tp, [0, 1, 2])
+    assert c._new_offset(tp) == 3
+
+
+def test_fetch_gaps_are_not_filled_on_dense_topics(consumer):
+    c, tp, _ = consumer
+    c._committed_offset[tp] = 13
+    asyncio.run(c._add_gap(tp, 14, 16))
+    assert not c._gap.get(tp)
+    _acked(c, tp, [17, 18])
+    assert c._new_offset(tp) is None
+
+
+def test_other_topics_keep_fausts_rules(consumer):
+    c, _, leader = consumer
+    _acked(c, leader, [5, 6])
+    assert c._new_offset(leader) == 7
+
+
+def test_a_record_skipped_as_stale_is_not_counted_as_processed(consumer):
+    from faust.types import Message
+
+    c, tp, _ = consumer
+    c.app.consumer_generation_id = 3
+    msg = Message(tp.topic, tp.partition, 41, 0.0, 0, None, b"k", b"v", None, tp=tp,
+                  generation_id=2)
+    assert c.ack(msg) is False
+    assert 41 not in c._acked_index[tp]
