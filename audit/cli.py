@@ -233,12 +233,13 @@ def audit() -> None:
 @click.option("--consumer", "consumer_name", default="sql-sink", show_default=True,
               help="The live sink's consumer name (whose offsets set the cut).")
 @click.option("--max-diffs", default=50, show_default=True, type=click.IntRange(min=1),
-              help="Read-model differences to print.")
+              help="Differences to print: read-model rows, and lost records.")
 def verify_command(database_url: str | None, prefix: str | None, from_archive: bool,
                    bucket: str | None, scratch_url: str | None, consumer_name: str,
                    max_diffs: int) -> None:
     """Replay the log into a scratch database, compare it with the live read models table by
-    table, and verify every case's hash chain against the ledger. Exit 0 clean, 1 differences."""
+    table, verify every case's hash chain against the ledger, and check that no record the
+    pipeline's consumer groups committed past was lost. Exit 0 clean, 1 differences."""
     from audit import report
     from audit.verify import verify
 

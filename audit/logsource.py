@@ -4,7 +4,8 @@ Adapter. Guarantee: records come back per partition in offset order, each exactl
 the archive's first segment (verified against its manifest) on into Kafka at the archive's
 next offset; `plan` refuses (LogGap) a partition whose history is incomplete — Kafka no longer
 holding records before its earliest offset that no archive covers — rather than replay part of
-it silently. Optional stop offsets cut each partition (what a live database had read).
+it silently. Optional stop offsets cut each partition (what a live database had read), optional
+start offsets skip what was read already.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class PartitionPlan:
     kafka_end: int  # end offset (next offset to be written) when planned
     stop: int  # read below this offset
     manifests: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # archive
+    start: int = 0  # read from this offset on (what lies before it was read already)
 
     @property
     def archive_next(self) -> int:
@@ -49,7 +51,7 @@ class PartitionPlan:
 
     @property
     def kafka_from(self) -> int:
-        return max(self.archive_next, self.kafka_start)
+        return max(self.archive_next, self.kafka_start, self.start)
 
     @property
     def total(self) -> int:
@@ -80,10 +82,13 @@ def partitions(kc: KafkaConsumer, topic: str) -> list[int]:
 
 
 def plan(kc: KafkaConsumer, topics: list[str], *, store: Minio | None = None,
-         bucket: str = "", stops: Mapping[tuple[str, int], int] | None = None) -> list[PartitionPlan]:
+         bucket: str = "", stops: Mapping[tuple[str, int], int] | None = None,
+         allow_trimmed: bool = False) -> list[PartitionPlan]:
     """What to read for each partition of `topics`; with `store`, the archive comes first.
 
-    Raises LogGap when records before Kafka's earliest offset are not in the archive.
+    Raises LogGap when records before Kafka's earliest offset are not in the archive, unless
+    `allow_trimmed`: then the plan reads what Kafka still holds (its `kafka_start` tells the
+    caller where that begins).
     """
     plans: list[PartitionPlan] = []
     gaps: list[str] = []
@@ -102,7 +107,7 @@ def plan(kc: KafkaConsumer, topics: list[str], *, store: Minio | None = None,
                 problems = seg.check_chain(p.manifests)
                 if problems:
                     gaps += [f"{topic}[{tp.partition}]: archive: {x}" for x in problems]
-            if p.kafka_start > p.archive_next and p.stop > p.archive_next:
+            if p.kafka_start > p.archive_next and p.stop > p.archive_next and not allow_trimmed:
                 source = (f"the archive ends at offset {p.archive_next}" if p.manifests
                           else "no archive segments cover them" if store is not None
                           else "replay with --from-archive to read them from the segment archive")
@@ -123,8 +128,10 @@ def read(kc: KafkaConsumer, plans: list[PartitionPlan], *, store: Minio | None =
             for manifest, _ in p.manifests:
                 if manifest["first_offset"] >= p.stop:
                     break
+                if manifest["last_offset"] < p.start:
+                    continue
                 records = read_segment(store, bucket, manifest)
-                cut = [r for r in records if r.offset < p.stop]
+                cut = [r for r in records if p.start <= r.offset < p.stop]
                 for i in range(0, len(cut), batch):
                     yield cut[i : i + batch]
         if kafka and p.kafka_from < p.stop:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from audit import dbcompare
+from audit import completeness, dbcompare
 from audit.history import STATUS_ZH, CaseHistory
 from audit.moments import beijing
 from audit.replay import ReplayResult
@@ -81,12 +81,69 @@ def verify_lines(r: VerifyReport) -> list[str]:
     for p in r.log_problems:
         lines.append(f"    {BAD_MARK} {p}")
     lines.append("")
+    lines += completeness_lines(r.completeness)
+    if r.completeness.checked:
+        lines.append("")
     if r.clean:
         lines.append("结论 / result: 一致 — the live read models and ledger match a replay of the "
-                     "log, every chain intact (exit 0)")
+                     "log, every chain intact, nothing the pipeline passed was lost (exit 0)")
     else:
-        n = r.tables.total_differences + len(c.findings) + len(r.log_problems)
+        n = (r.tables.total_differences + len(c.findings) + len(r.log_problems)
+             + r.completeness.differences)
         lines.append(f"结论 / result: 发现 {n} 处差异 — {n} difference(s) found (exit 1)")
+    return lines
+
+
+def completeness_lines(c: completeness.CompletenessReport) -> list[str]:
+    """Each hop's tally, every lost record (capped), and the reports end to end."""
+    if not c.checked:
+        return []
+    mark = OK_MARK if c.clean else BAD_MARK
+    lines = [f"完整性 / completeness: {mark} (each record its consumer group committed past must "
+             f"have been handed on; groups: pipeline {c.processor_group}, photo archive "
+             f"{c.photo_group})"]
+    lines += [f"  注 / note: {n}" for n in c.notes]
+    for h in c.hops:
+        hop_mark = OK_MARK if not h.lost else BAD_MARK
+        parts = [f"{h.handed_on:,} handed on"]
+        if h.breakdown:
+            parts[0] += " (" + ", ".join(f"{k} {v:,}" for k, v in sorted(h.breakdown.items())) + ")"
+        if h.dead_lettered:
+            parts.append(f"{h.dead_lettered:,} dead-lettered")
+        if h.by_design:
+            parts.append(f"{sum(h.by_design.values()):,} decided without a trace by design")
+        if h.in_flight:
+            parts.append(f"{h.in_flight:,} in flight")
+        if h.unverifiable:
+            parts.append(f"{h.unverifiable:,} unverifiable")
+        parts.append(f"{h.lost:,} lost")
+        lines.append(f"  {hop_mark} {completeness.HOP_LABELS.get(h.hop, h.hop)}: "
+                     f"{h.records:,} — " + ", ".join(parts))
+        for reason, count in sorted(h.by_design.items()):
+            lines.append(f"      注 / note: {count:,} "
+                         f"{completeness.BY_DESIGN_TEXT.get(reason, reason)}")
+        if h.in_flight:
+            lines.append(f"      注 / note: {h.in_flight:,} at or beyond the committed offset of "
+                         f"{h.group}: in flight, not a difference / 尚在处理中")
+        for lost in c.lost:
+            if lost.hop == h.hop:
+                lines.append(f"    {BAD_MARK} {lost.render(hop=False)}")
+    if c.total_lost > len(c.lost):
+        lines.append(f"    … {c.total_lost - len(c.lost):,} more")
+    e = c.end_to_end
+    counted = [f"{e.outcomes.get(t, 0):,} {t}" for t in sorted(completeness.OUTCOME_EVENTS)]
+    counted += [f"{e.refused:,} refused", f"{e.dead_lettered:,} dead-lettered",
+                f"{e.in_flight:,} in flight", f"{e.lost:,} lost"]
+    if e.unverifiable:
+        counted.append(f"{e.unverifiable:,} unverifiable")
+    if e.total_missing:
+        counted.append(f"{e.total_missing:,} without any outcome")
+    e_mark = OK_MARK if not e.lost and not e.total_missing else BAD_MARK
+    lines.append(f"  {e_mark} 端到端 / end to end: {e.reports:,} report(s) — " + ", ".join(counted))
+    for m in e.missing:
+        lines.append(f"    {BAD_MARK} {m}")
+    if e.total_missing > len(e.missing):
+        lines.append(f"    … {e.total_missing - len(e.missing):,} more")
     return lines
 
 

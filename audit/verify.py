@@ -4,8 +4,10 @@ Adapter. Guarantee: the comparison is made at one consistent cut — the live da
 in a single snapshot transaction, and the log is replayed exactly up to the offsets that
 snapshot says the live sink had applied (the whole log for topics it never read) — so a
 running pipeline causes no false differences. Every difference is reported: read-model rows
-(table, key, case id, columns), broken hash chains, and events altered, removed or inserted
-in the log or edited in the ledger.
+(table, key, case id, columns), broken hash chains, events altered, removed or inserted
+in the log or edited in the ledger, and records the pipeline's consumer groups committed past
+without handing anything of them on (audit.completeness: a loss the log agrees with is not
+hidden by the read models agreeing with the log).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import TextIO
 from minio import Minio
 from sqlalchemy import Connection, Engine, select
 
-from audit import dbcompare, logsource
+from audit import completeness, dbcompare, logsource
 from audit.chain import ChainReport, ChainVerifier
+from audit.completeness import CompletenessReport
 from audit.progress import ProgressBar
 from audit.replay import CONSUMER, apply_records, log_topics
 from audit.segments import LogRecord
@@ -45,10 +48,13 @@ class VerifyReport:
     seconds: float = 0.0
     tables: dbcompare.CompareReport = field(default_factory=dbcompare.CompareReport)
     chain: ChainReport = field(default_factory=ChainReport)
+    # records the consumer groups committed past with nothing of them handed on (lost)
+    completeness: CompletenessReport = field(default_factory=CompletenessReport)
 
     @property
     def clean(self) -> bool:
-        return self.tables.clean and self.chain.clean and not self.log_problems
+        return (self.tables.clean and self.chain.clean and not self.log_problems
+                and self.completeness.clean)
 
     @property
     def rate(self) -> float:
@@ -85,14 +91,14 @@ def verify(settings: Settings, live_url: str, *, prefix: str | None = None,
         try:
             dbcompare.assert_empty(scratch)
             with snapshot(live) as conn:
-                return _verify(settings, conn, live, scratch, names, consumer_name, store,
-                               batch, max_diffs, progress)
+                return _verify(settings, conn, live, scratch, prefix, names, consumer_name,
+                               store, batch, max_diffs, progress)
         finally:
             scratch.dispose()
             live.dispose()
 
 
-def _verify(settings: Settings, conn: Connection, live: Engine, scratch: Engine,
+def _verify(settings: Settings, conn: Connection, live: Engine, scratch: Engine, prefix: str,
             names: list[str], consumer_name: str, store: Minio | None, batch: int,
             max_diffs: int, progress: TextIO | None) -> VerifyReport:
     offsets = table_of(SinkOffset).c
@@ -110,8 +116,11 @@ def _verify(settings: Settings, conn: Connection, live: Engine, scratch: Engine,
         if name not in read_topics:
             report.notes.append(f"the live database never read {name}: comparing the whole log "
                                 "/ 线上库未读取该主题, 与完整日志比对")
+    check = completeness.Completeness(completeness.LogNames.of(prefix))
     kc = logsource.consumer(settings.kafka_bootstrap, "gridflow-verify")
     try:
+        # the groups' commits before the log's ends: what they had passed is within the plans
+        commits = completeness.read_commits(settings.kafka_bootstrap, prefix)
         plans = logsource.plan(kc, names, store=store, bucket=settings.bucket_archive)
         for p in plans:
             key = (p.topic, p.partition)
@@ -139,13 +148,29 @@ def _verify(settings: Settings, conn: Connection, live: Engine, scratch: Engine,
             for r in records:
                 if r.topic == names[0]:
                     _feed(chain, r, until)
+            check.feed(records)
             if bar:
                 bar.update(report.stats.records)
         report.seconds = time.monotonic() - t0
         if bar:
             bar.finish()
+        # completeness reads the rest: the log beyond the cut, and the intake topics whole
+        rest, trimmed, notes = completeness.rest_plans(kc, check.names, plans)
+        bar = ProgressBar(sum(p.stop - p.start for p in rest), label="完整性 completeness",
+                          stream=progress) if progress else None
+        done = 0
+        for records in logsource.read(kc, rest, store=store, bucket=settings.bucket_archive,
+                                      batch=batch):
+            check.feed(records)
+            done += len(records)
+            if bar:
+                bar.update(done)
+        if bar:
+            bar.finish()
     finally:
         kc.close()
+    report.completeness = check.result(commits, max_diffs, trimmed)
+    report.completeness.notes[:0] = notes
     with scratch.connect() as replayed:
         report.tables = dbcompare.compare(conn, replayed, max_diffs)
     ledger = table_of(CaseEvent)
