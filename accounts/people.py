@@ -63,6 +63,9 @@ def county_people(ref: ReferenceData) -> list[NewAccount]:
     def person(section: str, i: int, entry: Any, grants: list[Grant]) -> NewAccount:
         if not isinstance(entry, dict) or not entry.get("id") or not entry.get("name"):
             raise PeopleFileError(f"{path}: $.{section}[{i}]: needs id and name")
+        if "token" in entry:
+            raise PeopleFileError(f"{path}: $.{section}[{i}].token: credentials do not belong "
+                                  "in reference data (create accounts with `gridflow users`)")
         pid = str(entry["id"])
         return NewAccount(pid.lower(), str(entry["name"]), [*grants, *_extra(entry)],
                           entry.get("phone") or None, pid, _active(entry))

@@ -94,7 +94,8 @@ ACTIONS = {
         _action("photo.read", "查看照片", *READ_ROLES),
         _action("access_log.read", "查看个人信息访问记录", AUDITOR),
         _action("open311.partner", "以对接系统身份提交诉求", OPEN311_PARTNER),
-        _action("self.read", "查看本人账号", *PERSON_ROLES),
+        _action("self.read", "查看或退出本人账号", *PERSON_ROLES),
+        _action("accounts.admin", "管理账号", ADMIN),
     )
 }
 
@@ -129,7 +130,13 @@ class Principal:
         return f"worker:{self.account_id}@{grids[0]}" if grids else None
 
 
+# What only a signed-in person does, never a machine client's API key.
+PEOPLE_ONLY = frozenset({"self.read", "accounts.admin"})
+
+
 def may(principal: Principal, action: str) -> bool:
+    if principal.via == "api_key" and action in PEOPLE_ONLY:
+        return False
     return principal.has(*ACTIONS[action].roles)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from bench.common import (
 from bench.ingest import Uploads, start_api
 from bench.load import small_jpeg, variant
 from gridflow import services
+from producers.simulator import sample_tokens
 
 RATE = 100.0  # uploads per second
 FULL_SECONDS = 60.0
@@ -84,13 +86,13 @@ class Watcher(threading.Thread):
 IN_FLIGHT = 128
 
 
-def steady(url: str, seconds: float, run: str, watcher: Watcher, rate: float = RATE,
-           ) -> list[tuple[int, float]]:
+def steady(url: str, seconds: float, run: str, watcher: Watcher, tokens: Mapping[str, str],
+           rate: float = RATE) -> list[tuple[int, float]]:
     """Uploads due at RATE per second for `seconds`, at most IN_FLIGHT at a time (a thread and
     a keep-alive connection each); the rest wait in the pool's queue, and that wait counts:
     each upload is timed from when it was due."""
     photo = small_jpeg()
-    uploads = Uploads(url, run, seed=37, timeout=60)
+    uploads = Uploads(url, run, tokens, seed=37, timeout=60)
     results: list[tuple[int, float]] = []
 
     def one(i: int, scheduled: float) -> None:
@@ -141,12 +143,13 @@ def run(ctx: Context) -> list[Figure]:
             procs.append(services.start("sink", ["sink", "--loglevel", "warning"], settings,
                                         run_dir))
             procs.append(start_api(settings, run_dir, procs))
-            _warm_up(settings.api_url, ctx.run_id, watcher, procs)
+            tokens = sample_tokens(db_url)  # the sample workers signed in, in memory only
+            _warm_up(settings.api_url, ctx.run_id, watcher, procs, tokens)
             watcher.start()
             low_seconds = max(5.0, LOW_SECONDS * ctx.scale)
             say(ctx.echo, f"e2e: comparison run, {LOW_RATE:g} uploads/s for {low_seconds:g} s ...")
             low_results = steady(settings.api_url, low_seconds, f"{ctx.run_id}l", watcher,
-                                 LOW_RATE)
+                                 tokens, LOW_RATE)
             _drain(watcher, procs)
             with watcher.lock:
                 low_lat = list(watcher.latency.values())
@@ -156,7 +159,7 @@ def run(ctx: Context) -> list[Figure]:
             say(ctx.echo, f"e2e: {RATE:g} uploads/s for {seconds:g} s ...")
             cpu0 = {p.name: tree_cpu_s(p.proc.pid) for p in procs if p.proc}
             own0, t0 = own_cpu_s(), time.monotonic()
-            results = steady(settings.api_url, seconds, ctx.run_id, watcher)
+            results = steady(settings.api_url, seconds, ctx.run_id, watcher, tokens)
             t_sent = time.monotonic()
             _drain(watcher, procs)
             wall = time.monotonic() - t0
@@ -229,9 +232,10 @@ def _drain(watcher: Watcher, procs: list[services.Service], timeout_s: float = 6
         time.sleep(0.2)
 
 
-def _warm_up(url: str, run: str, watcher: Watcher, procs: list[services.Service]) -> None:
+def _warm_up(url: str, run: str, watcher: Watcher, procs: list[services.Service],
+             tokens: Mapping[str, str]) -> None:
     """One upload through the whole pipeline before timing (the worker's first rebalance)."""
-    Uploads(url, f"{run}w", seed=41, timeout=60).one(0, variant(small_jpeg(), 10**6))
+    Uploads(url, f"{run}w", tokens, seed=41, timeout=60).one(0, variant(small_jpeg(), 10**6))
     watcher.expect(f"{run}w-{0:07d}", time.perf_counter())
     deadline = time.monotonic() + 120
     while watcher.pending and time.monotonic() < deadline:

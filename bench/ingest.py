@@ -9,7 +9,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from bench.common import (
 from bench.load import County, Uploader, base_jpeg, multipart_body, variant
 from gridflow import services, topics
 from gridflow.settings import Settings
+from producers.simulator import sample_tokens
 
 FULL_UPLOADS = 2000
 CONCURRENCY = 32
@@ -64,8 +65,10 @@ def start_api(settings: Settings, run_dir: Path, procs: list[services.Service] |
 class Uploads:
     """Grid workers' uploads of the sample county over `Uploader`s, one per thread."""
 
-    def __init__(self, url: str, run: str, seed: int = 23, timeout: float = 120.0) -> None:
-        self.url, self.run, self.timeout = url, run, timeout
+    def __init__(self, url: str, run: str, tokens: Mapping[str, str], seed: int = 23,
+                 timeout: float = 120.0) -> None:
+        """`tokens`: worker id → session token (producers.simulator.sample_tokens)."""
+        self.url, self.run, self.timeout, self.tokens = url, run, timeout, tokens
         self.county = County(seed=seed)
         self.lock = threading.Lock()  # the county's draws
         self.local = threading.local()
@@ -78,7 +81,8 @@ class Uploads:
         if client is None:
             client = self.local.client = Uploader(self.url, self.timeout)
         body, ctype = multipart_body(report, [photo])
-        headers = {"Authorization": f"Bearer {spot.worker.token}", "Content-Type": ctype}
+        headers = {"Authorization": f"Bearer {self.tokens[spot.worker.id]}",
+                   "Content-Type": ctype}
         t0 = time.perf_counter()
         status, answer = client.post("/api/v1/reports", body, headers)
         seconds = time.perf_counter() - t0
@@ -87,9 +91,9 @@ class Uploads:
 
 
 def drive(url: str, count: int, concurrency: int, run: str, photo_of: Callable[[int], bytes],
-          ) -> tuple[float, list[tuple[int, float, str]]]:
+          tokens: Mapping[str, str]) -> tuple[float, list[tuple[int, float, str]]]:
     """`count` uploads, `concurrency` at a time (one thread and connection each)."""
-    uploads = Uploads(url, run)
+    uploads = Uploads(url, run, tokens)
     indices = iter(range(count))
     results: list[tuple[int, float, str]] = []
 
@@ -166,7 +170,7 @@ def run(ctx: Context) -> list[Figure]:
             api_pid = api.proc.pid if api.proc is not None else 0
             api_cpu0, client_cpu0 = tree_cpu_s(api_pid), own_cpu_s()
             seconds, results = drive(settings.api_url, count, CONCURRENCY, ctx.run_id,
-                                     photo_of)
+                                     photo_of, sample_tokens(db_url))
             api_cpu, client_cpu = tree_cpu_s(api_pid) - api_cpu0, own_cpu_s() - client_cpu0
         finally:
             api.stop()

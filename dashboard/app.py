@@ -8,14 +8,24 @@ Photos are served from the archive bucket's EXIF-free thumbnails, never the orig
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import click
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import HTMLResponse, Response
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.orm import Session
 
+from accounts import facts
+from accounts.access import allow, in_scope, not_found
+from accounts.roles import (
+    AUDITOR,
+    COUNTY_LEADER,
+    COUNTY_SUPERVISOR,
+    TOWNSHIP_SUPERVISOR,
+    Principal,
+)
+from accounts.store import AccountStore
 from dashboard.board import board_data
 from dashboard.html import render_board, render_case
 from gridflow.calendars import calendar_notices
@@ -24,34 +34,61 @@ from gridflow.core.refdata import ReferenceData, load_reference_data
 from gridflow.settings import Settings, load_settings
 
 
+def board_townships(caller: Principal) -> list[str] | None:
+    """Whose figures the caller's board counts: the county's (None) or their townships'."""
+    if caller.has(COUNTY_SUPERVISOR, COUNTY_LEADER, AUDITOR):
+        return None
+    return sorted(caller.scopes(TOWNSHIP_SUPERVISOR))
+
+
+def no_case() -> Any:
+    return not_found("case_not_found", "案件不存在", "no such case", field="case_id")
+
+
+def no_photo() -> Any:
+    return not_found("photo_not_found", "照片不存在", "no such photo", field="sha256")
+
+
 def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock: Clock,
-                     object_store: Any = None) -> FastAPI:
+                     object_store: Any = None, accounts: AccountStore | None = None) -> FastAPI:
+    """The board's app. `accounts`: who may sign in (default: the accounts in `engine`)."""
+    from producers.errors import ApiError
     from sinks.models import create_schema
     from sinks.queries import case_detail
 
     create_schema(engine)
     app = FastAPI(title="gridflow 督办看板", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app.state.accounts = accounts or AccountStore(engine, ref)
 
-    def figures() -> dict[str, Any]:
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    app.add_exception_handler(ApiError, on_api_error)
+
+    def figures(caller: Principal) -> dict[str, Any]:
         # The calendar directory is read on every call: a year added there shows at once.
         now = clock()
         with Session(engine) as session:
-            return {**board_data(session, ref, now), "notices": calendar_notices(settings, now)}
+            return {**board_data(session, ref, now, board_townships(caller)),
+                    "notices": calendar_notices(settings, now)}
 
     @app.get("/", response_class=HTMLResponse, summary="督办看板 / supervisors' board")
-    def board() -> str:
-        return render_board(figures())
+    def board(caller: Annotated[Principal, allow("board.read")]) -> str:
+        return render_board(figures(caller))
 
     @app.get("/api/board", summary="看板数据 / board figures as JSON")
-    def board_json() -> dict[str, Any]:
-        return figures()
+    def board_json(caller: Annotated[Principal, allow("board.read")]) -> dict[str, Any]:
+        return figures(caller)
 
     @app.get("/cases/{case_id}", response_class=HTMLResponse, summary="案件全过程 / case history")
-    def case_page(case_id: str) -> str:
+    def case_page(case_id: str, caller: Annotated[Principal, allow("case.read")]) -> str:
+        if not in_scope(caller, facts.case_facts(engine, case_id)):
+            raise no_case()
         with Session(engine) as session:
             detail = case_detail(session, case_id)
         if detail is None:
-            raise HTTPException(404, "案件不存在 / no such case")
+            raise no_case()
         detail["grid_name"] = ref.area_name(detail.get("grid_code") or "")
         for task in detail["tasks"]:
             dept = ref.departments.get(task["department"])
@@ -59,15 +96,18 @@ def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock:
         return render_case(detail, lambda p: f"/thumbs/{quote(p['sha256'])}")
 
     @app.get("/thumbs/{sha256}", summary="照片缩略图 / photo thumbnail (EXIF-free)")
-    def thumbnail(sha256: str) -> Response:
+    def thumbnail(sha256: str, caller: Annotated[Principal, allow("photo.read")]) -> Response:
         from gridflow.objectstore import read_object
         from processors.archive import thumbnail_key
 
         if object_store is None or len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
-            raise HTTPException(404, "照片不存在 / no such photo")
+            raise no_photo()
+        if not any(in_scope(caller, facts.case_facts(engine, case_id))
+                   for case_id in facts.photo_cases(engine, sha256)):
+            raise no_photo()
         data = read_object(object_store, settings.bucket_archive, thumbnail_key(sha256))
         if data is None:
-            raise HTTPException(404, "照片不存在 / no such photo")
+            raise no_photo()
         return Response(data, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=86400"})
 

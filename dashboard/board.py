@@ -10,7 +10,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, false, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from gridflow.core.case import OPEN_TASK_STATES, TASK_STATE_NAMES_ZH
@@ -32,33 +32,43 @@ def _overdue_condition(now: datetime) -> Any:
     return and_(Task.state.in_(sorted(OPEN_TASK_STATES)), by_stage)
 
 
-def board_data(session: Session, ref: ReferenceData, now: datetime) -> dict[str, Any]:
-    """KPIs, indicators per department, open/overdue per grid, recent escalations."""
+def board_data(session: Session, ref: ReferenceData, now: datetime,
+               townships: list[str] | None = None) -> dict[str, Any]:
+    """KPIs, indicators per department, open/overdue per grid, recent escalations; of the given
+    townships only (a township supervisor's board), or of the whole county (None)."""
     day_start = (now + LOCAL).replace(hour=0, minute=0, second=0, microsecond=0) - LOCAL
+    in_case, in_task, of_cases = _scope(townships)
 
     def scalar(q: Any) -> int:
         return int(session.execute(q).scalar() or 0)
 
-    overdue = _overdue_condition(now)
+    overdue = and_(_overdue_condition(now), in_task)
     kpi: dict[str, float | None] = {  # counts, and the overall rates (None: nothing to rate)
         "reports_today": scalar(select(func.count()).select_from(Case)
-                                .where(Case.filed_at >= day_start)),
-        "open_cases": scalar(select(func.count()).select_from(Case).where(Case.status == "open")),
+                                .where(Case.filed_at >= day_start, in_case)),
+        "open_cases": scalar(select(func.count()).select_from(Case)
+                             .where(Case.status == "open", in_case)),
         "closed_cases": scalar(select(func.count()).select_from(Case)
-                               .where(Case.status == "closed")),
+                               .where(Case.status == "closed", in_case)),
         "not_filed": scalar(select(func.count()).select_from(Case)
-                            .where(Case.status == "not_filed")),
+                            .where(Case.status == "not_filed", in_case)),
         "open_tasks": scalar(select(func.count()).select_from(Task)
-                             .where(Task.state.in_(sorted(OPEN_TASK_STATES)))),
+                             .where(Task.state.in_(sorted(OPEN_TASK_STATES)), in_task)),
         "overdue_tasks": scalar(select(func.count()).select_from(Task).where(overdue)),
         "escalated_tasks": scalar(select(func.count()).select_from(Task)
                                   .where(Task.state.in_(sorted(OPEN_TASK_STATES)),
-                                         Task.escalation_level > 0)),
+                                         Task.escalation_level > 0, in_task)),
         "photos_archived": scalar(select(func.count()).select_from(Photo)
-                                  .where(Photo.archive_status == "archived")),
-        "dead_letters": scalar(select(func.count()).select_from(DeadLetter)),
+                                  .where(Photo.archive_status == "archived",
+                                         of_cases(Photo.case_id))),
+        # dead letters belong to no township: the county's board only
+        "dead_letters": scalar(select(func.count()).select_from(DeadLetter))
+        if townships is None else 0,
     }
-    indicators = department_indicators(task_rows_for_metrics(session), now)
+    rows = task_rows_for_metrics(session)
+    if townships is not None:
+        rows = [r for r in rows if (r.get("township_code") or "") in townships]
+    indicators = department_indicators(rows, now)
     overall = next((i for i in indicators if i.department is None), None)
     kpi["on_time_close_rate"] = overall.on_time_close_rate if overall else None
     kpi["mean_satisfaction"] = overall.mean_satisfaction if overall else None
@@ -66,7 +76,7 @@ def board_data(session: Session, ref: ReferenceData, now: datetime) -> dict[str,
     open_by_grid: Counter[str] = Counter()
     overdue_by_grid: Counter[str] = Counter()
     for grid, n in session.execute(select(Task.grid_code, func.count())
-                                   .where(Task.state.in_(sorted(OPEN_TASK_STATES)))
+                                   .where(Task.state.in_(sorted(OPEN_TASK_STATES)), in_task)
                                    .group_by(Task.grid_code)).all():
         open_by_grid[grid or ""] = n
     for grid, n in session.execute(select(Task.grid_code, func.count()).where(overdue)
@@ -81,7 +91,7 @@ def board_data(session: Session, ref: ReferenceData, now: datetime) -> dict[str,
         {"case_id": r.case_id, "at": r.at, "actor": r.actor, "data": r.data}
         for r in session.execute(
             select(CaseEvent.case_id, CaseEvent.at, CaseEvent.actor, CaseEvent.data)
-            .where(CaseEvent.type == "TaskEscalated")
+            .where(CaseEvent.type == "TaskEscalated", of_cases(CaseEvent.case_id))
             .order_by(CaseEvent.at.desc()).limit(15)
         ).all()
     ]
@@ -109,6 +119,15 @@ def board_data(session: Session, ref: ReferenceData, now: datetime) -> dict[str,
         "escalations": escalations,
         "overdue": overdue_tasks,
     }
+
+
+def _scope(townships: list[str] | None) -> tuple[Any, Any, Any]:
+    """Conditions on cases, on tasks, and on a case id column, for the townships' share."""
+    if townships is None:
+        return true(), true(), lambda column: true()
+    in_case = Case.township_code.in_(sorted(townships))
+    in_task = or_(false(), *(Task.grid_code.like(f"{t}%") for t in sorted(townships) if t))
+    return in_case, in_task, lambda column: column.in_(select(Case.case_id).where(in_case))
 
 
 def _indicator_dict(i: Any) -> dict[str, Any]:

@@ -58,30 +58,31 @@ class Cast:
     grid_workers: dict[str, str]  # grid code -> a worker id of that grid
 
     @classmethod
-    def load(cls, ref: ReferenceData) -> Cast:
-        """The county's staff and supervisors as the API knows them (producers.auth)."""
-        from producers.auth import DEPT, SUPERVISOR, load_staff
+    def load(cls, ref: ReferenceData, sessions: Any) -> Cast:
+        """The county's people signed in (accounts.sample.SampleSessions): the first active
+        staff member of each department, the county supervisor, every active grid worker."""
+        from accounts.people import county_people
+        from accounts.roles import COUNTY_SUPERVISOR, DEPT_STAFF
 
-        staff = sorted(load_staff(ref).items(), key=lambda item: item[1].id)
+        people = sorted((p for p in county_people(ref) if p.active), key=lambda p: p.login)
         dept_tokens: dict[str, str] = {}
-        for token, p in staff:
-            if p.kind == DEPT and p.active:
-                dept_tokens.setdefault(p.department, token)
-        supervisor = next(
-            (t for t, p in staff if p.kind == SUPERVISOR and p.active and p.area == ref.county.code),
-            None,
-        )
+        for p in people:
+            for g in p.grants:
+                if g.role == DEPT_STAFF and g.scope not in dept_tokens:
+                    dept_tokens[g.scope] = sessions.token(p.login)
+        supervisor = next((p.login for p in people
+                           if any(g.role == COUNTY_SUPERVISOR for g in p.grants)), None)
         if supervisor is None:
             raise click.ClickException(
                 f"{ref.source}: staff.json names no active county supervisor (area "
                 f"{ref.county.code}): the demo needs one to decide extensions"
             )
-        workers = {w.id: w.token for w in ref.workers.values() if w.active}
+        workers = {w.id: sessions.token(w.id) for w in ref.workers.values() if w.active}
         grids: dict[str, str] = {}
         for w in sorted(ref.workers.values(), key=lambda w: w.id):
             if w.active:
                 grids.setdefault(w.grid_code, w.id)
-        return cls(ref, dept_tokens, supervisor, workers, grids)
+        return cls(ref, dept_tokens, sessions.token(supervisor), workers, grids)
 
 
 @dataclass(frozen=True)
@@ -483,6 +484,8 @@ def settle(engine: Any, procs: list[services.Service], quiet_s: float = 4.0, tim
 @click.option("--seed", default=7, show_default=True, type=int)
 def demo(reports: int, rate: float, speed: float, days: float, database: str | None, seed: int) -> None:
     """Run the whole pipeline on the local stack with a simulated county, and show the results."""
+    from accounts.sample import SampleSessions
+    from accounts.store import AccountStore
     from infra import stack
     from producers.simulator import run as run_simulator
     from sinks.models import create_schema, make_engine
@@ -507,6 +510,10 @@ def demo(reports: int, rate: float, speed: float, days: float, database: str | N
     topics.ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
     engine = make_engine(db_url)
     create_schema(engine)
+    ref = load_reference_data(settings.refdata_dir)
+    accounts = AccountStore(engine, ref)
+    sessions = SampleSessions(accounts, "demo")  # the sample county's people, signed in
+    cast = Cast.load(ref, sessions)
     say(f"[2/5] run {run_id}: topics '{run_id}.*', database {db_url}, "
         f"clock x{speed:g} from {SIM_START:%Y-%m-%d %H:%M} UTC; logs in {run_dir}")
     procs = [
@@ -519,12 +526,13 @@ def demo(reports: int, rate: float, speed: float, days: float, database: str | N
         wait_healthy(settings.api_url, procs)
         say(f"[3/5] grid workers and residents uploading {reports} reports at {rate:g}/s ...")
         summary = asyncio.run(run_simulator(settings.api_url, rate, reports, None, seed, 8,
-                                            echo=lambda m: say(f"      {m}"), clock=clock))
+                                            echo=lambda m: say(f"      {m}"), clock=clock,
+                                            tokens=cast.worker_tokens))
         say("      " + summary.render().replace("\n", "\n      "))
         settle(engine, procs, quiet_s=3.0)
         end = clock() + timedelta(days=days)
         say(f"[4/5] departments at work until {end:%Y-%m-%d %H:%M} UTC (simulated) ...")
-        director = Director(settings.api_url, Cast.load(load_reference_data(settings.refdata_dir)), engine, clock, seed)
+        director = Director(settings.api_url, cast, engine, clock, seed)
         last = 0.0
         while clock() < end:
             for p in procs:
@@ -550,7 +558,36 @@ def demo(reports: int, rate: float, speed: float, days: float, database: str | N
     say(f"Data of this run: topics '{run_id}.*', database {db_url}")
     say(f"See it on the supervisors' board: GRIDFLOW_DATABASE_URL='{db_url}' "
         f"GRIDFLOW_CLOCK='scaled:{clock().isoformat()}@0x0' gridflow dashboard")
+    say(sign_in_help(accounts, db_url))
     say("The stack is still running: `gridflow status`; stop it with `gridflow down`.")
+
+
+# Whom the demo invites to sign in afterwards: one of each kind of board user.
+SIGN_IN_SAMPLE = ("sv0001", "sv0102", "ds0003", "au0001", "ad0001")
+
+
+def sign_in_help(accounts: Any, db_url: str) -> str:
+    """How to sign in to the board as the sample county's people: a one-time code each for a
+    few of them (the demo's own sessions of those accounts end), set a password with it."""
+    from accounts.roles import ROLE_NAMES_ZH
+    from accounts.store import Refused
+
+    lines = ["", "== 登录 / sign in ==",
+             "示例县人员的账号已创建(账号名 = 编号小写)。在看板登录页选择「首次登录」, 输入账号名、"
+             "下面的一次性验证码并设置密码 / accounts of the sample county's people exist (login = "
+             "id in lower case); on the board's sign-in page choose 首次登录 and set a password "
+             "with the one-time code:"]
+    for login in SIGN_IN_SAMPLE:
+        try:
+            code = accounts.reset_password(login, "demo")
+            view = accounts.get(login)
+        except Refused:
+            continue
+        roles = "、".join(ROLE_NAMES_ZH.get(g.role, g.role) for g in view.grants)
+        lines.append(f"  {login:<8} {view.name} ({roles}): {code}")
+    lines.append(f"其他人 / anyone else: GRIDFLOW_DATABASE_URL='{db_url}' gridflow users "
+                 "reset-password <login>")
+    return "\n".join(lines)
 
 
 def _fresh_postgres(settings: Settings, name: str) -> str:

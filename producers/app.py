@@ -12,15 +12,19 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
+from accounts import routes as account_routes
+from accounts.access import public
+from accounts.roles import Principal
+from accounts.store import AccountStore
 from gridflow.clock import Clock, clock_from_spec, wall_clock
 from gridflow.core.refdata import ReferenceData, load_reference_data
 from gridflow.settings import Settings, load_settings, settings_env
 from producers import commands, open311, receipts, reports, status
-from producers.auth import Authenticator
 from producers.context import Context
 from producers.errors import install_handlers
 from producers.publisher import KafkaPublisher, Publisher
@@ -48,6 +52,8 @@ class Deps:
     store: ObjectStore
     engine: Engine
     clock: Clock = field(default=wall_clock)
+    # Sessions and API keys (on the wall clock, never `clock`); None: AccountStore(engine, ref)
+    accounts: AccountStore | None = None
 
 
 # Blocking work runs in anyio's worker threads (run_in_threadpool), at most this many at once
@@ -83,13 +89,14 @@ def create_app(settings: Settings, deps: Deps) -> FastAPI:
 
     receipts.create_tables(deps.engine)
     create_schema(deps.engine)
+    accounts = deps.accounts or AccountStore(deps.engine, deps.ref)
     limits = PhotoLimits(
         settings.max_photo_bytes, settings.max_photo_pixels, settings.max_photos_per_report
     )
     context = Context(
         settings=settings,
         ref=deps.ref,
-        auth=Authenticator(deps.ref),
+        accounts=accounts,
         publisher=deps.publisher,
         store=deps.store,
         engine=deps.engine,
@@ -110,14 +117,16 @@ def create_app(settings: Settings, deps: Deps) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ctx = context
+    app.state.accounts = accounts  # accounts.access finds the callers here
     install_handlers(app)
     app.include_router(reports.router)
     app.include_router(status.router)
     app.include_router(commands.router)
     app.include_router(open311.router)
+    app.include_router(account_routes.router)
 
     @app.get("/api/v1/health", tags=["ops"], summary="存活检查 / liveness")
-    def health() -> dict[str, str]:
+    def health(_: Annotated[Principal | None, public("存活检查: 公开")]) -> dict[str, str]:
         return {"status": "ok"}
 
     return app

@@ -64,6 +64,8 @@ def simulate(
     a summary (accepted, duplicates by retry, refusals with reasons, p50/p99 latency).
     """
     from gridflow.clock import clock_from_spec
+    from gridflow.core.refdata import load_reference_data
+    from producers.simulator import sample_tokens
     from producers.simulator import simulate as run
 
     if count is None and duration is None:
@@ -74,8 +76,11 @@ def simulate(
         f"gridflow simulate: {url}, {rate:g}/s, "
         f"{f'{count} requests' if count else f'{duration:g} s'}, seed {seed}"
     )
+    # The workers sign in to the API's database (GRIDFLOW_DATABASE_URL) as trusted local tools.
+    tokens = sample_tokens(settings.database_url, load_reference_data(settings.refdata_dir))
     # The API's clock (GRIDFLOW_CLOCK): capture times must not lie in a simulated clock's future.
-    summary = run(url, rate, count, duration, seed, concurrency, clock_from_spec(settings.clock))
+    summary = run(url, rate, count, duration, seed, concurrency, clock_from_spec(settings.clock),
+                  tokens)
     click.echo(summary.render())
     if summary.counts()["failed"]:
         sys.exit(1)

@@ -18,11 +18,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
+from accounts import facts
+from accounts.access import acting, allow, not_found
+from accounts.roles import CaseFacts, Principal, actor_of
 from gridflow import events as ev
 from gridflow import topics
 from gridflow.core.refdata import ReferenceData
 from gridflow.events import Message, derived_id, iso
-from producers.auth import DEPT, SUPERVISOR, WORKER, Principal
 from producers.context import Context, ctx
 from producers.errors import ApiError
 from producers.publisher import PublishError
@@ -173,7 +175,7 @@ def command_message(
 
 async def publish_command(
     c: Context,
-    principal: Principal,
+    actor: str,
     type_: str,
     case_id: str,
     data: dict[str, Any],
@@ -181,8 +183,8 @@ async def publish_command(
     command_id: str | None = None,
 ) -> JSONResponse:
     target = data.get("task_id") or case_id
-    command_id = command_id or command_id_for(principal.actor, type_, target, idempotency_key)
-    msg = command_message(command_id, type_, case_id, principal.actor, iso(c.clock()), data)
+    command_id = command_id or command_id_for(actor, type_, target, idempotency_key)
+    msg = command_message(command_id, type_, case_id, actor, iso(c.clock()), data)
     try:
         await run_in_threadpool(c.publisher.publish, c.topic(topics.CASE_COMMANDS), case_id, msg)
     except PublishError as exc:
@@ -205,33 +207,55 @@ IdemKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", description="重试时保持不变 / same value on retries"),
 ]
-Auth = Annotated[str | None, Header(alias="Authorization", description="Bearer <token>")]
 RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"description": "submitted: the command is on the log; poll status_url"},
-    401: {"description": "no/unknown token"},
-    403: {"description": "suspended or wrong role"},
+    401: {"description": "not signed in"},
+    403: {"description": "the caller's role may not give this command"},
+    404: {"description": "no such task or case inside the caller's scope"},
     422: {"description": "invalid body"},
     503: {"description": "log unavailable: retry"},
 }
 
 
-def _task_command(
-    path: str, type_: str, kinds: tuple[str, ...], model: type[BaseModel], summary: str
-) -> None:
+def task_missing(task_id: str) -> ApiError:
+    """The answer for a task that does not exist and for one outside the caller's scope."""
+    return not_found("task_not_found", "未找到该任务", f"no task {task_id!r}", field="task_id")
+
+
+def case_missing(case_id: str) -> ApiError:
+    return not_found("case_not_found", "未找到该案件", f"no case {case_id!r}", field="case_id")
+
+
+async def task_actor(c: Context, caller: Principal, action: str, task_id: str) -> str:
+    """The actor the caller gives this task command as (404 / 403 outside their scope)."""
+    case_of_task(task_id)
+    found: CaseFacts | None = await run_in_threadpool(facts.task_facts, c.engine, task_id)
+    return actor_of(caller, acting(caller, action, found, task_missing(task_id)))
+
+
+async def case_actor(c: Context, caller: Principal, action: str, case_id: str) -> str:
+    check_case_id(case_id)
+    found: CaseFacts | None = await run_in_threadpool(facts.case_facts, c.engine, case_id)
+    return actor_of(caller, acting(caller, action, found, case_missing(case_id)))
+
+
+def _task_command(path: str, type_: str, action: str, model: type[BaseModel], summary: str) -> None:
     async def handler(
         task_id: TaskId,
         body: model,  # type: ignore[valid-type]  # FastAPI reads the model class at runtime
         request: Request,
-        authorization: Auth = None,
+        caller: Principal,
         idempotency_key: IdemKey = None,
     ) -> JSONResponse:
         c = ctx(request)
-        principal = c.auth.require(authorization, *kinds)
-        case_id = case_of_task(task_id)
+        actor = await task_actor(c, caller, action, task_id)
         data = {"task_id": task_id, **body.model_dump()}  # type: ignore[attr-defined]
-        return await publish_command(c, principal, type_, case_id, data, idempotency_key)
+        return await publish_command(
+            c, actor, type_, case_of_task(task_id), data, idempotency_key
+        )
 
     handler.__annotations__["body"] = model  # a class, not the string "model", for FastAPI
+    handler.__annotations__["caller"] = Annotated[Principal, allow(action)]
     handler.__name__ = f"{type_[0].lower()}{type_[1:]}"
     router.post(
         f"/api/v1/tasks/{{task_id}}/{path}",
@@ -242,29 +266,30 @@ def _task_command(
     )(handler)
 
 
-_task_command("sign", ev.SIGN_TASK, (DEPT,), SignBody, "签收 / sign for a task")
-_task_command("progress", ev.NOTE_PROGRESS, (DEPT,), ProgressBody, "处置进展 / note progress")
+_task_command("sign", ev.SIGN_TASK, "task.sign", SignBody, "签收 / sign for a task")
+_task_command("progress", ev.NOTE_PROGRESS, "task.progress", ProgressBody, "处置进展 / note progress")
 _task_command(
-    "extension", ev.REQUEST_EXTENSION, (DEPT,), ExtensionBody, "延期申请 / request an extension"
+    "extension", ev.REQUEST_EXTENSION, "task.extension", ExtensionBody,
+    "延期申请 / request an extension",
 )
 _task_command(
     "extension/decision",
     ev.DECIDE_EXTENSION,
-    (SUPERVISOR,),
+    "task.decide_extension",
     ExtensionDecisionBody,
     "延期审批 / approve or refuse an extension",
 )
 _task_command(
-    "verify", ev.VERIFY_TASK, (WORKER, SUPERVISOR), VerifyBody, "核查通过 / verify the fix on site"
+    "verify", ev.VERIFY_TASK, "task.verify", VerifyBody, "核查通过 / verify the fix on site"
 )
 _task_command(
     "reject",
     ev.REJECT_TASK,
-    (WORKER, SUPERVISOR),
+    "task.verify",
     ReasonBody,
     "核查不通过 / the fix failed verification",
 )
-_task_command("cancel", ev.CANCEL_TASK, (SUPERVISOR,), ReasonBody, "撤销 / cancel a task")
+_task_command("cancel", ev.CANCEL_TASK, "task.cancel", ReasonBody, "撤销 / cancel a task")
 
 
 @router.post(
@@ -278,18 +303,18 @@ async def send_back(
     task_id: TaskId,
     body: SendBackBody,
     request: Request,
-    authorization: Auth = None,
+    caller: Annotated[Principal, allow("task.send_back")],
     idempotency_key: IdemKey = None,
 ) -> JSONResponse:
     c = ctx(request)
-    principal = c.auth.require(authorization, DEPT)
+    actor = await task_actor(c, caller, "task.send_back", task_id)
     case_id = case_of_task(task_id)
     if body.reroute_to:
         target = check_department(c.ref, body.reroute_to.strip(), "reroute_to")
     else:
         target = await default_reroute(c, case_id)
     data = {"task_id": task_id, "reason": body.reason, "reroute_to": target}
-    return await publish_command(c, principal, ev.SEND_BACK_TASK, case_id, data, idempotency_key)
+    return await publish_command(c, actor, ev.SEND_BACK_TASK, case_id, data, idempotency_key)
 
 
 async def default_reroute(c: Context, case_id: str) -> str:
@@ -320,12 +345,15 @@ RESOLVE_DOC = multipart_doc(
     summary="办结 / resolve a task with after photos",
 )
 async def resolve(
-    task_id: TaskId, request: Request, authorization: Auth = None, idempotency_key: IdemKey = None
+    task_id: TaskId,
+    request: Request,
+    caller: Annotated[Principal, allow("task.resolve")],
+    idempotency_key: IdemKey = None,
 ) -> JSONResponse:
     c = ctx(request)
-    principal = c.auth.require(authorization, DEPT)
+    actor = await task_actor(c, caller, "task.resolve", task_id)
     case_id = case_of_task(task_id)
-    command_id = command_id_for(principal.actor, ev.RESOLVE_TASK, task_id, idempotency_key)
+    command_id = command_id_for(actor, ev.RESOLVE_TASK, task_id, idempotency_key)
 
     async def handle(reader: Any) -> JSONResponse:
         raw = await read_json_part(reader, "resolution")
@@ -351,7 +379,7 @@ async def resolve(
             await receive_photos(reader, upload, store=True)
             data = {"task_id": task_id, "note": part.note, "photos": upload.ref_dicts()}
             return await publish_command(
-                c, principal, ev.RESOLVE_TASK, case_id, data, idempotency_key, command_id
+                c, actor, ev.RESOLVE_TASK, case_id, data, idempotency_key, command_id
             )
         except NotPublished as exc:
             if not exc.maybe_written:  # else the command may be out: its photos must stay
@@ -375,15 +403,13 @@ async def rate(
     case_id: str,
     body: RatingBody,
     request: Request,
-    authorization: Auth = None,
+    caller: Annotated[Principal, allow("case.rate")],
     idempotency_key: IdemKey = None,
 ) -> JSONResponse:
     c = ctx(request)
-    principal = c.auth.require(authorization, WORKER, SUPERVISOR)
+    actor = await case_actor(c, caller, "case.rate", case_id)
     data = body.model_dump()
-    return await publish_command(
-        c, principal, ev.RATE_CASE, check_case_id(case_id), data, idempotency_key
-    )
+    return await publish_command(c, actor, ev.RATE_CASE, case_id, data, idempotency_key)
 
 
 @router.post(
@@ -397,16 +423,14 @@ async def whistle(
     case_id: str,
     body: WhistleBody,
     request: Request,
-    authorization: Auth = None,
+    caller: Annotated[Principal, allow("case.whistle")],
     idempotency_key: IdemKey = None,
 ) -> JSONResponse:
     c = ctx(request)
-    principal = c.auth.require(authorization, SUPERVISOR)
+    actor = await case_actor(c, caller, "case.whistle", case_id)
     departments = [
         check_department(c.ref, d.strip(), f"departments[{i}]")
         for i, d in enumerate(body.departments)
     ]
     data = {"departments": list(dict.fromkeys(departments)), "reason": body.reason}
-    return await publish_command(
-        c, principal, ev.WHISTLE_CASE, check_case_id(case_id), data, idempotency_key
-    )
+    return await publish_command(c, actor, ev.WHISTLE_CASE, case_id, data, idempotency_key)

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from fastapi import Request
 from sqlalchemy import Engine
 
+from accounts.store import AccountStore
 from gridflow import topics
 from gridflow.clock import Clock
 from gridflow.core.refdata import ReferenceData
 from gridflow.settings import Settings
-from producers.auth import Authenticator
 from producers.publisher import Publisher
 from producers.store import ObjectStore
 from producers.uploads import Inspector, PhotoLimits
@@ -25,7 +25,7 @@ from producers.uploads import Inspector, PhotoLimits
 class Context:
     settings: Settings
     ref: ReferenceData
-    auth: Authenticator
+    accounts: AccountStore  # who is calling (accounts.access reads it from app.state)
     publisher: Publisher
     store: ObjectStore
     engine: Engine

@@ -31,7 +31,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 from xml.sax.saxutils import escape as xml_escape
 
@@ -39,6 +39,9 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from accounts.access import public, unauthorized, wrong_role
+from accounts.facts import cases_in_scope
+from accounts.roles import OPEN311_PARTNER, Principal, may
 from gridflow.core import intake
 from gridflow.core.refdata import ReferenceData
 from gridflow.events import derived_id, iso
@@ -247,7 +250,9 @@ def post_response(ticket: str, account_id: str | None) -> list[dict[str, Any]]:
 
 
 @router.get(f"{PREFIX}/services.json", summary="诉求类别 / GeoReport v2 service list")
-def services(request: Request) -> JSONResponse:
+def services(
+    request: Request, _: Annotated[Principal | None, public("诉求类别: 公开")]
+) -> JSONResponse:
     return JSONResponse(service_list(ctx(request).ref))
 
 
@@ -281,12 +286,16 @@ POST_DOC = {
     },
 )
 async def post_request(
-    request: Request, idempotency_key: str | None = Header(None, alias="Idempotency-Key")
+    request: Request,
+    caller: Annotated[Principal | None, public("群众诉求入口, 无需登录; 对接系统可带 API 密钥")],
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
 ) -> JSONResponse:
     c = ctx(request)
     try:
         form = await _form(request)
         req = resident_request(form, c.ref, c.clock(), idempotency_key)
+        if caller is not None and caller.has(OPEN311_PARTNER):
+            req.data["partner"] = caller.name  # which partner system passed it on
         return await _accept(c, req)
     except Open311Error as exc:
         return open311_error_response(exc.status, exc.description())
@@ -400,7 +409,11 @@ async def _accept(c: Context, req: ResidentRequest) -> JSONResponse:
     f"{PREFIX}/requests/{{service_request_id}}.json",
     summary="诉求办理情况 / GeoReport v2 GET service request",
 )
-async def get_request(service_request_id: str, request: Request) -> JSONResponse:
+async def get_request(
+    service_request_id: str,
+    request: Request,
+    _: Annotated[Principal | None, public("凭受理编号查询办理进度: 公开")],
+) -> JSONResponse:
     c = ctx(request)
     found = await run_in_threadpool(open311_request, c, service_request_id)
     if found is None:
@@ -414,6 +427,10 @@ async def get_request(service_request_id: str, request: Request) -> JSONResponse
 @router.get(f"{PREFIX}/requests.json", summary="诉求列表 / GeoReport v2 GET service requests")
 async def list_requests(
     request: Request,
+    caller: Annotated[
+        Principal | None,
+        public("凭受理编号(service_request_id)查询: 公开; 浏览诉求列表须登录, 仅列管辖范围内的案件"),
+    ],
     service_request_id: str | None = Query(
         None, description="comma-separated tickets; overrides every other filter (spec)"
     ),
@@ -429,5 +446,12 @@ async def list_requests(
         )
     except Open311Error as exc:
         return open311_error_response(exc.status, exc.description())
-    rows = await run_in_threadpool(open311_requests, c, filters)
+    scope = None
+    if not filters.ids:  # browsing, not looking tickets up: the caller's cases only
+        if caller is None:
+            raise unauthorized()
+        if not may(caller, "case.read"):
+            raise wrong_role("case.read")
+        scope = cases_in_scope(caller)
+    rows = await run_in_threadpool(open311_requests, c, filters, scope)
     return JSONResponse(rows)

@@ -50,6 +50,9 @@ ingest_receipts = Table(
     Column("response", Text, nullable=False),  # the JSON body answered
     Column("created_at", DateTime(timezone=True), nullable=False),  # event clock
     Column("claimed_at", Float, nullable=False),  # wall clock epoch: the claim's lease
+    # Who submitted (the reporter's actor; '' for residents and older receipts): a report not
+    # filed yet is shown to its reporter only (gridflow/migrations 0003).
+    Column("reporter", String(128), nullable=False, default=""),
 )
 
 
@@ -107,6 +110,7 @@ class Receipt:
     photos_hash: str
     response: Any  # the JSON body answered
     created_at: datetime
+    reporter: str = ""
 
     def same_photos(self, photos_hash: str) -> bool:
         """Whether a retry carries the photos this receipt was written for ('' = not known yet)."""
@@ -130,6 +134,7 @@ def _row_to_receipt(row: Any) -> Receipt:
         row.photos_hash,
         json.loads(row.response),
         created,
+        row.reporter or "",
     )
 
 
@@ -153,6 +158,7 @@ def claim(
     response: Any,
     created_at: datetime,
     lease_s: float = 120.0,
+    reporter: str = "",
 ) -> Claim:
     """Insert a pending receipt. If one exists: take it over when its lease ran out
     (pending only), else hand it back so the caller can replay or refuse."""
@@ -171,6 +177,7 @@ def claim(
                     "response": body,
                     "created_at": created_at,
                     "claimed_at": now,
+                    "reporter": reporter,
                 },
             )
             return Claim(True, None)

@@ -16,19 +16,20 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from accounts.access import allow
+from accounts.roles import GRID_WORKER, Grant, Principal, actor_of
 from gridflow import events as ev
 from gridflow import topics
 from gridflow.core import intake
 from gridflow.events import Message, PhotoRef, canonical_json, derived_id, iso
 from producers import receipts
-from producers.auth import WORKER, Principal
 from producers.context import Context, ctx
 from producers.errors import ApiError
 from producers.multipart import MultipartError, MultipartReader, Part
@@ -92,13 +93,15 @@ def client_fields(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_report_data(obj: dict[str, Any], worker: Principal) -> dict[str, Any]:
-    """The ReportSubmitted data before validation: the client's fields, our reporter."""
+    """The ReportSubmitted data before validation: the client's fields, our reporter (the
+    signed-in grid worker, as worker:<account id>@<their grid>)."""
+    grid = sorted(worker.scopes(GRID_WORKER))[0]
     data = client_fields(obj)
     data.update(
         source=SOURCE_WORKER,
         channel="app",
-        reporter=worker.actor,
-        worker_grid_code=worker.grid_code,
+        reporter=actor_of(worker, Grant(GRID_WORKER, grid)),
+        worker_grid_code=grid,
         photos=[],
     )
     return data
@@ -315,7 +318,8 @@ class Submission:
     def take_claim(self) -> None:
         try:
             self.claim = receipts.claim(
-                self.c.engine, self.report_id, self.ticket, self.req_hash, self.first, self.now
+                self.c.engine, self.report_id, self.ticket, self.req_hash, self.first, self.now,
+                reporter=str(self.data.get("reporter", "")),
             )
         except receipts.ClaimLost as exc:
             raise in_progress() from exc
@@ -406,8 +410,8 @@ UPLOAD_DOC = multipart_doc(
         200: {"description": "a retry: the first answer again"},
         202: {"description": "accepted: the event is on the log"},
         400: {"description": "malformed body"},
-        401: {"description": "no/unknown token"},
-        403: {"description": "suspended"},
+        401: {"description": "not signed in"},
+        403: {"description": "not a grid worker"},
         409: {"description": "report_id reused"},
         413: {"description": "photo too large"},
         415: {"description": "not an image"},
@@ -415,9 +419,10 @@ UPLOAD_DOC = multipart_doc(
         503: {"description": "log or store unavailable: retry (Retry-After)"},
     },
 )
-async def submit_report(request: Request) -> JSONResponse:
+async def submit_report(
+    request: Request, worker: Annotated[Principal, allow("report.submit")]
+) -> JSONResponse:
     c = ctx(request)
-    worker = c.auth.require(request.headers.get("authorization"), WORKER)
     return await with_multipart(request, lambda reader: _submit(c, worker, reader))
 
 
@@ -497,7 +502,7 @@ async def _submit(c: Context, worker: Principal, reader: MultipartReader) -> JSO
     now = c.clock()
     data = worker_report_data(obj, worker)
     report = precheck(data, now)
-    req_hash = request_hash(worker.actor, client_fields(obj))
+    req_hash = request_hash(data["reporter"], client_fields(obj))
     upload = PhotoUpload(
         c.store,
         c.settings.bucket_incoming,

@@ -17,7 +17,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -225,7 +225,8 @@ class Plan:
         return Planned(index, "resident", None, form=form)
 
 
-async def send(client: httpx.AsyncClient, p: Planned) -> Outcome:
+async def send(client: httpx.AsyncClient, p: Planned, tokens: Mapping[str, str]) -> Outcome:
+    """Send one planned request; a worker's upload with that worker's session token."""
     t0 = time.perf_counter()
     try:
         if p.kind == "resident":
@@ -239,7 +240,7 @@ async def send(client: httpx.AsyncClient, p: Planned) -> Outcome:
             ]
             r = await client.post(
                 "/api/v1/reports",
-                headers={"Authorization": f"Bearer {p.worker.token}"},
+                headers={"Authorization": f"Bearer {tokens[p.worker.id]}"},
                 data={"report": json.dumps(p.report, ensure_ascii=False)},
                 files=files,
             )
@@ -267,8 +268,10 @@ async def run(
     ref: ReferenceData | None = None,
     timeout_s: float = 60.0,
     clock: Callable[[], datetime] | None = None,
+    tokens: Mapping[str, str] | None = None,
 ) -> Summary:
-    """Drive the API at `api` for `count` requests or `duration` seconds."""
+    """Drive the API at `api` for `count` requests or `duration` seconds. `tokens`: worker id →
+    session token of every active worker (`sample_tokens`)."""
     if count is None and duration is None:
         raise ValueError("give count or duration")
     plan = Plan(ref or load_reference_data(), seed, clock or (lambda: datetime.now(UTC)))
@@ -279,7 +282,7 @@ async def run(
 
     async def one(p: Planned) -> None:
         async with gate:
-            summary.add(await send(client, p))
+            summary.add(await send(client, p, tokens or {}))
 
     async with httpx.AsyncClient(base_url=api, timeout=timeout_s) as client:
         tasks: list[asyncio.Task[None]] = []
@@ -317,6 +320,7 @@ def simulate(
     seed: int,
     concurrency: int = 8,
     clock: Callable[[], datetime] | None = None,
+    tokens: Mapping[str, str] | None = None,
 ) -> Summary:
     """`run` on its own event loop, printing progress (for the CLI). `clock` dates the photos
     and capture times: give the API's clock when it runs a simulated one."""
@@ -324,4 +328,22 @@ def simulate(
     def echo(line: str) -> None:
         print(line, flush=True, file=sys.stdout)
 
-    return asyncio.run(run(api, rate, count, duration, seed, concurrency, echo, clock=clock))
+    return asyncio.run(
+        run(api, rate, count, duration, seed, concurrency, echo, clock=clock, tokens=tokens)
+    )
+
+
+def sample_tokens(database_url: str, ref: ReferenceData | None = None) -> dict[str, str]:
+    """Worker id → a session token of every active grid worker of the reference data, opened in
+    the API's database (their accounts are created first if missing). In memory only."""
+    from accounts.sample import SampleSessions
+    from accounts.store import AccountStore
+    from sinks.models import make_engine
+
+    ref = ref or load_reference_data()
+    engine = make_engine(database_url)
+    try:
+        sessions = SampleSessions(AccountStore(engine, ref), "simulator")
+        return {w.id: sessions.token(w.id) for w in ref.workers.values() if w.active}
+    finally:
+        engine.dispose()

@@ -13,26 +13,35 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from accounts import facts
+from accounts.access import allow, in_scope
+from accounts.roles import (
+    AUDITOR,
+    COUNTY_LEADER,
+    COUNTY_SUPERVISOR,
+    DEPT_STAFF,
+    TOWNSHIP_SUPERVISOR,
+    Principal,
+    sees_originals,
+)
 from gridflow import events as ev
 from gridflow.core.case import FINAL_TASK_STATES, STAGE_OF_STATE, TASK_STATE_NAMES_ZH
 from gridflow.core.refdata import ReferenceData
 from gridflow.events import SchemaError, iso, parse_ts
 from producers import receipts
-from producers.auth import DEPT, SUPERVISOR
 from producers.context import Context, ctx
-from producers.errors import ApiError, forbidden
+from producers.errors import ApiError
 from sinks import queries
 from sinks.models import Case, CaseEvent, Report, Task
 
 router = APIRouter(tags=["status 办理进度"])
 
-Auth = Annotated[str | None, Header(alias="Authorization", description="Bearer <token>")]
 Links = Callable[[str, str], str | None]
 
 REPORT_STATUS_ZH = {
@@ -91,7 +100,9 @@ def current_due(task: dict[str, Any]) -> Any:
 # --- report status (pure over sinks.queries.report_status) -----------------------------------
 
 
-def report_view(ref: ReferenceData, found: dict[str, Any], links: Links) -> dict[str, Any]:
+def report_view(
+    ref: ReferenceData, found: dict[str, Any], links: Links, originals: bool = True
+) -> dict[str, Any]:
     """What a grid worker sees about a report: status, case, tasks, departments, deadlines,
     photo links, why it was not filed."""
     case_status = found.get("status") or "new"
@@ -132,7 +143,7 @@ def report_view(ref: ReferenceData, found: dict[str, Any], links: Links) -> dict
             "departments": [{"code": d, "name": department_name(ref, d)} for d in departments],
             "next_due_at": min(open_dues) if open_dues else None,
             "tasks": tasks,
-            "photos": [photo_view(p, links) for p in found.get("photos", [])],
+            "photos": [photo_view(p, links, originals) for p in found.get("photos", [])],
             "timeline": [step_view(ref, step) for step in found.get("timeline", [])],
         }
     )
@@ -154,8 +165,9 @@ def step_view(ref: ReferenceData, step: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def photo_view(p: dict[str, Any], links: Links) -> dict[str, Any]:
-    """A photo with a time-limited link: the archived copy once archived, else the upload."""
+def photo_view(p: dict[str, Any], links: Links, originals: bool = True) -> dict[str, Any]:
+    """A photo with a time-limited link: the archived copy once archived, else the upload;
+    without `originals`, only the EXIF-free thumbnail."""
     archived = p.get("archive_status") == "archived" and p.get("archive_key")
     bucket = p.get("archive_bucket") if archived else p.get("incoming_bucket")
     key = p.get("archive_key") if archived else p.get("incoming_key")
@@ -165,7 +177,7 @@ def photo_view(p: dict[str, Any], links: Links) -> dict[str, Any]:
         "task_id": p.get("task_id"),
         "sha256": p.get("sha256"),
         "archive_status": p.get("archive_status") or "pending",
-        "url": links(bucket, key) if bucket and key else None,
+        "url": links(bucket, key) if originals and bucket and key else None,
         "thumbnail_url": links(thumb_bucket, thumb) if thumb_bucket and thumb else None,
     }
 
@@ -212,22 +224,36 @@ def case_steps(session: Session, case_id: str) -> list[dict[str, Any]]:
     return [dict(r) for r in session.execute(query).mappings()]
 
 
-def report_status(c: Context, report_id: str) -> dict[str, Any] | None:
+def report_status(c: Context, report_id: str, caller: Principal) -> dict[str, Any] | None:
+    """The report as the caller may see it; None when there is none or it is outside their
+    scope (a report not filed yet: its reporter's and auditors' only)."""
+    case_id = facts.report_case(c.engine, report_id)
+    if case_id is None:
+        receipt = receipts.get(c.engine, report_id)
+        if receipt is None:
+            return None
+        mine = bool(receipt.reporter) and receipt.reporter.startswith(
+            f"worker:{caller.account_id}@")
+        return accepted_view(receipt) if mine or caller.has(AUDITOR) else None
+    case = facts.case_facts(c.engine, case_id)
+    if not in_scope(caller, case):
+        return None
+    assert case is not None
     with Session(c.engine) as session:
         found = queries.report_status(session, report_id)
         if found is not None:
             found["timeline"] = case_steps(session, found["case_id"])
-    if found is not None:
-        return report_view(c.ref, found, _links(c))
-    receipt = receipts.get(c.engine, report_id)
-    return accepted_view(receipt) if receipt is not None else None
+    if found is None:
+        return None
+    return report_view(c.ref, found, _links(c), sees_originals(caller, case))
 
 
 @router.get("/api/v1/reports/{report_id}", summary="上报办理情况 / status of a report")
-async def get_report(report_id: str, request: Request, authorization: Auth = None) -> JSONResponse:
+async def get_report(
+    report_id: str, request: Request, caller: Annotated[Principal, allow("report.read")]
+) -> JSONResponse:
     c = ctx(request)
-    c.auth.identify(authorization)
-    found = await run_in_threadpool(report_status, c, report_id)
+    found = await run_in_threadpool(report_status, c, report_id, caller)
     if found is None:
         raise ApiError(
             404,
@@ -263,26 +289,30 @@ def command_view(outcome: dict[str, Any] | None, command_id: str) -> dict[str, A
     )
 
 
-def command_outcome(c: Context, command_id: str) -> dict[str, Any] | None:
+def command_outcome(c: Context, command_id: str, caller: Principal) -> dict[str, Any] | None:
+    """The outcome, once there is one and its case is inside the caller's scope (a command
+    on a case outside it reads as pending forever, as an unknown id does)."""
     with Session(c.engine) as session:
-        return queries.command_outcome(session, command_id)
+        outcome = queries.command_outcome(session, command_id)
+    if outcome is None or not in_scope(caller, facts.case_facts(c.engine, outcome["case_id"])):
+        return None
+    return outcome
 
 
 @router.get("/api/v1/commands/{command_id}", summary="指令结果 / outcome of a command")
 async def get_command(
     command_id: str,
     request: Request,
-    authorization: Auth = None,
+    caller: Annotated[Principal, allow("command.read")],
     wait: float = Query(
         0, ge=0, le=10, description="等待结果的秒数 / seconds to wait for an outcome"
     ),
 ) -> JSONResponse:
     c = ctx(request)
-    c.auth.identify(authorization)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
-        outcome = await run_in_threadpool(command_outcome, c, command_id)
+        outcome = await run_in_threadpool(command_outcome, c, command_id, caller)
         if outcome is not None or loop.time() >= deadline:
             return JSONResponse(command_view(outcome, command_id))
         await asyncio.sleep(0.2)
@@ -313,7 +343,7 @@ def inbox_rows(
 async def inbox(
     code: str,
     request: Request,
-    authorization: Auth = None,
+    caller: Annotated[Principal, allow("inbox.read")],
     state: str | None = Query(
         None,
         description="任务状态, 逗号分隔 / task states, e.g. "
@@ -324,8 +354,7 @@ async def inbox(
     grid: str | None = Query(None, description="网格编码 / grid code"),
 ) -> JSONResponse:
     c = ctx(request)
-    principal = c.auth.require(authorization, DEPT, SUPERVISOR)
-    if code not in c.ref.departments:
+    if code not in c.ref.departments or not sees_inbox(c.ref, caller, code):
         raise ApiError(
             404,
             "unknown_department",
@@ -333,8 +362,6 @@ async def inbox(
             f"unknown department {code!r}",
             field="code",
         )
-    if principal.kind == DEPT and principal.department != code:
-        raise forbidden("只能查看本部门的待办", "staff see their own department's inbox only")
     states = [s.strip() for s in state.split(",") if s.strip()] if state else None
     unknown = [s for s in states or () if s not in TASK_STATE_NAMES_ZH]
     if unknown:
@@ -354,6 +381,17 @@ async def inbox(
             "tasks": rows,
         }
     )
+
+
+def sees_inbox(ref: ReferenceData, caller: Principal, code: str) -> bool:
+    """A department's inbox is its staff's; a township supervisor's for the departments serving
+    their township (its offices and villages); the county's and auditors' for every one."""
+    if caller.has(COUNTY_SUPERVISOR, COUNTY_LEADER, AUDITOR):
+        return True
+    if code in caller.scopes(DEPT_STAFF):
+        return True
+    area = ref.departments[code].area_code
+    return any(area.startswith(t) for t in caller.scopes(TOWNSHIP_SUPERVISOR) if t)
 
 
 # --- for producers.commands ----------------------------------------------------------------
@@ -569,14 +607,18 @@ def _tasks_by_case(session: Session, case_ids: list[str]) -> dict[str, list[dict
     return by_case
 
 
-def open311_requests(c: Context, f: Open311Filters) -> list[dict[str, Any]]:
-    """Cases matching the filters, newest first (a plain read of the cases and tasks tables).
+def open311_requests(c: Context, f: Open311Filters, scope: Any = None) -> list[dict[str, Any]]:
+    """Cases matching the filters and `scope` (a condition on cases: the caller's), newest
+    first (a plain read of the cases and tasks tables).
 
     service_request_id overrides every other argument (GeoReport v2): then each ticket is
-    looked up as on its own (`open311_requests_by_id`), merged requests included."""
+    looked up as on its own (`open311_requests_by_id`, which anyone holding the ticket may
+    do), merged requests included."""
     if f.ids:
         return open311_requests_by_id(c, f.ids)
     query = select(Case.__table__)
+    if scope is not None:
+        query = query.where(scope)
     if f.category_codes:
         query = query.where(Case.category_code.in_(f.category_codes))
     if f.statuses:

@@ -103,7 +103,6 @@ class Grid:
 class Worker:
     id: str
     name: str
-    token: str
     grid_code: str
     status: str  # active | suspended
     phone: str = ""
@@ -197,13 +196,10 @@ class ReferenceData:
     source: str  # directory loaded from
     digest: str  # sha256 over all files: which reference data a decision used
     spatial: GridIndex = field(repr=False)
-    workers_by_token: Mapping[str, Worker] = field(repr=False)
     grids_by_village: Mapping[str, tuple[str, ...]] = field(repr=False)
     villages_by_township: Mapping[str, tuple[str, ...]] = field(repr=False)
     rules_by_area: Mapping[str, tuple[RoutingRule, ...]] = field(repr=False)
 
-    def worker_by_token(self, token: str) -> Worker | None:
-        return self.workers_by_token.get(token)
 
     def category_for_service(self, service_code: str) -> Category | None:
         service = self.services.get(service_code)
@@ -491,24 +487,20 @@ def _load_grids(doc: _Doc, villages: dict[str, Village]) -> dict[str, Grid]:
 def _load_workers(doc: _Doc, grids: Mapping[str, Grid]) -> dict[str, Worker]:
     root = _Obj(doc, doc.root, "$")
     workers: dict[str, Worker] = {}
-    tokens: dict[str, str] = {}
     for o in root.objects("workers"):
         wid = o.text("id")
         if wid in workers:
             o.fail("id", f"duplicate worker id {wid!r}")
-        token = o.text("token")
-        if len(token) < 16:
-            o.fail("token", "token must be at least 16 characters")
-        if token in tokens:
-            o.fail("token", f"token already used by worker {tokens[token]}")
+        if "token" in o.value:
+            o.fail("token", "credentials do not belong in reference data: give people accounts "
+                   "with `gridflow users` (import / add)")
         grid = o.text("grid_code", pattern=GRID_RE)
         if grid not in grids:
             o.fail("grid_code", f"unknown grid {grid}")
         status = o.text("status")
         if status not in WORKER_STATUSES:
             o.fail("status", f"{status!r} is not one of {sorted(WORKER_STATUSES)}")
-        tokens[token] = wid
-        workers[wid] = Worker(wid, o.text("name"), token, grid, status, o.text("phone", ""))
+        workers[wid] = Worker(wid, o.text("name"), grid, status, o.text("phone", ""))
     return workers
 
 
@@ -732,7 +724,6 @@ def _assemble(directory: Path, county: County, townships: dict[str, Township],
         workers=_ro(workers), departments=_ro(depts), categories=_ro(cats),
         severity_levels=MappingProxyType(levels), rules=tuple(rules), services=_ro(services),
         source=str(directory), digest=_digest(directory), spatial=GridIndex(grids.values()),
-        workers_by_token=_ro({w.token: w for w in workers.values()}),
         grids_by_village=_ro({k: tuple(v) for k, v in by_village.items()}),
         villages_by_township=_ro({k: tuple(v) for k, v in by_township.items()}),
         rules_by_area=_ro({k: tuple(v) for k, v in by_area.items()}),

@@ -21,6 +21,10 @@ from typing import Any
 
 import httpx
 
+from accounts.people import county_people
+from accounts.roles import COUNTY_SUPERVISOR, DEPT_STAFF
+from accounts.sample import SampleSessions
+from accounts.store import AccountStore
 from gridflow import services
 from gridflow.clock import clock_from_spec
 from gridflow.core import geo
@@ -28,7 +32,6 @@ from gridflow.core.refdata import Worker, load_reference_data
 from gridflow.settings import Settings
 from gridflow.testing import images
 from infra.procs import port_bindable
-from producers.auth import DEPT, SUPERVISOR, load_staff
 
 REF = load_reference_data()
 # Monday 2026-11-30 08:31 in Beijing: a working morning, 3.5 working hours before lunch.
@@ -106,19 +109,31 @@ class Pipeline:
         self.settings, self.procs, self.webhooks = settings, procs, inbox
         self.clock = clock_from_spec(clock_spec)
         self.http = httpx.Client(base_url=settings.api_url, timeout=60)
-        staff = sorted(load_staff(REF).items(), key=lambda item: item[1].id)
+        from sinks.models import make_engine
+
+        # The sample county's people as accounts in the API's database, signed in as a test
+        # does it: through the account store, tokens in memory only.
+        self.engine = make_engine(settings.database_url)
+        self.sessions = SampleSessions(AccountStore(self.engine, REF), "e2e")
+        people = sorted((p for p in county_people(REF) if p.active), key=lambda p: p.login)
         self.staff: dict[str, list[str]] = {}
-        for token, p in staff:
-            if p.kind == DEPT and p.active:
-                self.staff.setdefault(p.department, []).append(token)
-        self.supervisor = next(t for t, p in staff if p.kind == SUPERVISOR and p.active
-                               and p.area == REF.county.code)
+        for p in people:
+            for g in p.grants:
+                if g.role == DEPT_STAFF:
+                    self.staff.setdefault(g.scope, []).append(p.login)
+        self.supervisor = self.sessions.token(next(
+            p.login for p in people if any(g.role == COUNTY_SUPERVISOR for g in p.grants)))
         self._n = 0
 
     # --- who -------------------------------------------------------------------------------
 
     def dept(self, code: str, which: int = 0) -> str:
-        return self.staff[code][which]
+        """A session token of the department's `which`-th staff member."""
+        return self.sessions.token(self.staff[code][which])
+
+    def worker(self, worker: Worker) -> str:
+        """A session token of the grid worker."""
+        return self.sessions.token(worker.id)
 
     def check(self) -> None:
         for p in self.procs:
@@ -154,12 +169,13 @@ class Pipeline:
             jpeg = images.make_jpeg(640, 480, seed=self._n * 10 + i, gps=(lat, lon),
                                     taken_at=taken)
             files.append(("photos", (f"IMG_{i}.jpg", jpeg, "image/jpeg")))
-        r = self.http.post("/api/v1/reports", files=files, headers=self.auth(worker.token))
+        r = self.http.post("/api/v1/reports", files=files, headers=self.auth(self.worker(worker)))
         assert r.status_code == 202, r.text
         return Upload(report_id, r.json()["case_id"], worker)
 
     def report(self, up: Upload) -> dict[str, Any]:
-        r = self.http.get(f"/api/v1/reports/{up.report_id}", headers=self.auth(up.worker.token))
+        r = self.http.get(f"/api/v1/reports/{up.report_id}",
+                          headers=self.auth(self.worker(up.worker)))
         assert r.status_code == 200, r.text
         return r.json()
 

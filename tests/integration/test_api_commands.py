@@ -19,23 +19,36 @@ from typing import Any
 import httpx
 import pytest
 
+from accounts.people import county_people
+from accounts.roles import DEPT_STAFF
+from accounts.sample import SampleSessions
+from accounts.store import AccountStore
 from gridflow import topics
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import decode_message
 from gridflow.settings import Settings
 from gridflow.testing import images
 from producers.app import create_app
-from producers.auth import staff_file
 from producers.testing import ApiEnv, InProcessPipeline, LiveApi, chinese, real_deps
 
 pytestmark = pytest.mark.integration
 
 REF = load_reference_data()
 WORKER = REF.workers["GW0001"]  # 石门村一组网格: E0102 there goes to 石门村村委会
-STAFF = json.loads(staff_file(REF).read_text(encoding="utf-8"))  # type: ignore[union-attr]
-TOKENS = {s["department"]: s["token"] for s in STAFF["staff"] if s["status"] == "active"}
 VILLAGE = "421099101201.cwh"
-SUPERVISOR = STAFF["supervisors"][0]["token"]
+# Who acts, by a name the tests use: a department code (its first active staff member), the
+# grid worker, the county supervisor. Signed in per test through the account store.
+LOGINS: dict[str, str] = {"worker": "gw0001", "supervisor": "sv0001"}
+for _p in sorted((p for p in county_people(REF) if p.active), key=lambda p: p.login):
+    for _g in _p.grants:
+        if _g.role == DEPT_STAFF:
+            LOGINS.setdefault(_g.scope, _p.login)
+SESSIONS: list[SampleSessions] = []  # this test's
+
+
+def token(who: str) -> str:
+    """A session token of `who` in the current test's API database."""
+    return SESSIONS[-1].token(LOGINS[who])
 
 
 @pytest.fixture
@@ -43,7 +56,9 @@ def env(stack: Any, stack_settings: Settings) -> Iterator[ApiEnv]:
     s3 = stack.s3()
     deps = real_deps(stack_settings, s3, REF)
     with LiveApi(create_app(stack_settings, deps)) as api:
+        SESSIONS.append(SampleSessions(AccountStore(deps.engine, REF), "test"))
         yield ApiEnv(stack_settings, s3, deps, api.url)
+    SESSIONS.pop()
 
 
 @pytest.fixture
@@ -71,7 +86,7 @@ def filed_case(env: ApiEnv, pipeline: InProcessPipeline) -> tuple[str, str, str]
     }
     r = httpx.post(
         f"{env.url}/api/v1/reports",
-        headers=auth(WORKER.token),
+        headers=auth(token("worker")),
         timeout=60,
         files=[
             ("report", (None, json.dumps(report).encode(), "application/json")),
@@ -104,7 +119,7 @@ def decided(env: ApiEnv, pipeline: InProcessPipeline, answer: httpx.Response) ->
     )
     pipeline.command(record.value, case_id, datetime.now(UTC))
     outcome = httpx.get(
-        f"{env.url}{body['status_url']}", headers=auth(WORKER.token), params={"wait": 2}, timeout=30
+        f"{env.url}{body['status_url']}", headers=auth(token("worker")), params={"wait": 2}, timeout=30
     )
     assert outcome.status_code == 200
     return outcome.json()
@@ -113,7 +128,7 @@ def decided(env: ApiEnv, pipeline: InProcessPipeline, answer: httpx.Response) ->
 def test_report_status_follows_the_case(env: ApiEnv, pipeline: InProcessPipeline) -> None:
     rid, case_id, task_id = filed_case(env, pipeline)
 
-    r = httpx.get(f"{env.url}/api/v1/reports/{rid}", headers=auth(WORKER.token))
+    r = httpx.get(f"{env.url}/api/v1/reports/{rid}", headers=auth(token("worker")))
 
     assert r.status_code == 200, r.text
     s = r.json()
@@ -128,7 +143,7 @@ def test_report_status_follows_the_case(env: ApiEnv, pipeline: InProcessPipeline
 
 
 def test_unknown_and_not_yet_filed_reports(env: ApiEnv) -> None:
-    missing = httpx.get(f"{env.url}/api/v1/reports/no-such-report-1", headers=auth(WORKER.token))
+    missing = httpx.get(f"{env.url}/api/v1/reports/no-such-report-1", headers=auth(token("worker")))
     assert missing.status_code == 404 and chinese(missing.json()["message_zh"])
 
     report = {
@@ -141,7 +156,7 @@ def test_unknown_and_not_yet_filed_reports(env: ApiEnv) -> None:
     }
     up = httpx.post(
         f"{env.url}/api/v1/reports",
-        headers=auth(WORKER.token),
+        headers=auth(token("worker")),
         timeout=60,
         files=[
             ("report", (None, json.dumps(report).encode(), "application/json")),
@@ -150,7 +165,7 @@ def test_unknown_and_not_yet_filed_reports(env: ApiEnv) -> None:
     )
     assert up.status_code == 202
     pending = httpx.get(
-        f"{env.url}/api/v1/reports/{report['report_id']}", headers=auth(WORKER.token)
+        f"{env.url}/api/v1/reports/{report['report_id']}", headers=auth(token("worker"))
     ).json()
     assert pending["status"] == "accepted" and pending["status_zh"] == "已受理, 处理中"
     assert pending["case_id"] == up.json()["case_id"]
@@ -160,7 +175,7 @@ def test_a_task_is_signed_resolved_verified_and_rated(
     env: ApiEnv, pipeline: InProcessPipeline
 ) -> None:
     rid, case_id, task_id = filed_case(env, pipeline)
-    village = TOKENS[VILLAGE]
+    village = token(VILLAGE)
 
     inbox = httpx.get(f"{env.url}/api/v1/departments/{VILLAGE}/inbox", headers=auth(village))
     assert inbox.status_code == 200
@@ -196,14 +211,14 @@ def test_a_task_is_signed_resolved_verified_and_rated(
         hashlib.sha256(v).hexdigest() for v in after
     )
 
-    verify = command(env, f"/api/v1/tasks/{task_id}/verify", WORKER.token, json={"note": "已核查"})
+    verify = command(env, f"/api/v1/tasks/{task_id}/verify", token("worker"), json={"note": "已核查"})
     assert decided(env, pipeline, verify)["status"] == "accepted"
     rating = command(
-        env, f"/api/v1/cases/{case_id}/rating", WORKER.token, json={"score": 5, "comment": "很满意"}
+        env, f"/api/v1/cases/{case_id}/rating", token("worker"), json={"score": 5, "comment": "很满意"}
     )
     assert decided(env, pipeline, rating)["status"] == "accepted"
 
-    s = httpx.get(f"{env.url}/api/v1/reports/{rid}", headers=auth(WORKER.token)).json()
+    s = httpx.get(f"{env.url}/api/v1/reports/{rid}", headers=auth(token("worker"))).json()
     assert s["status"] == "closed" and s["rating"] == 5
     assert {p["role"] for p in s["photos"]} == {"before", "after"}
 
@@ -212,11 +227,16 @@ def test_a_command_the_case_does_not_allow_is_refused_with_a_reason(
     env: ApiEnv, pipeline: InProcessPipeline
 ) -> None:
     _, _, task_id = filed_case(env, pipeline)
-    other = TOKENS["county.chengguan"]  # not this task's department
+    # another department's task is outside its scope: answered as if it did not exist
+    other = command(env, f"/api/v1/tasks/{task_id}/sign", token("county.chengguan"), json={})
+    missing = command(env, f"/api/v1/tasks/{task_id[:-2]}99/sign", token(VILLAGE), json={})
+    assert other.status_code == missing.status_code == 404
+    assert other.json() | {"message_en": ""} == missing.json() | {"message_en": ""}
 
-    outcome = decided(env, pipeline, command(env, f"/api/v1/tasks/{task_id}/sign", other, json={}))
-
-    assert outcome["status"] == "refused" and outcome["code"] == "not_allowed"
+    # inside the scope, the case decides: nothing to verify before it is resolved
+    outcome = decided(env, pipeline, command(env, f"/api/v1/tasks/{task_id}/verify",
+                                             token("worker"), json={}))
+    assert outcome["status"] == "refused" and outcome["code"] == "bad_state"
     assert chinese(outcome["reason_zh"]) and outcome["reason_en"]
 
 
@@ -228,7 +248,7 @@ def test_send_back_goes_to_the_township_centre_by_default(
     answer = command(
         env,
         f"/api/v1/tasks/{task_id}/send-back",
-        TOKENS[VILLAGE],
+        token(VILLAGE),
         json={"reason": "不属于村委会职责"},
     )
 
@@ -242,46 +262,47 @@ def test_send_back_goes_to_the_township_centre_by_default(
 
 
 @pytest.mark.parametrize(
-    ("path", "token", "body", "status", "code"),
+    ("path", "who", "body", "status", "code"),
     [
         ("/api/v1/tasks/{task}/sign", None, {}, 401, "unauthorized"),
-        ("/api/v1/tasks/{task}/sign", WORKER.token, {}, 403, "wrong_role"),
-        ("/api/v1/tasks/{task}/cancel", TOKENS[VILLAGE], {"reason": "x"}, 403, "wrong_role"),
-        ("/api/v1/tasks/{task}/progress", TOKENS[VILLAGE], {"note": "  "}, 422, "invalid_request"),
+        ("/api/v1/tasks/{task}/sign", "worker", {}, 403, "wrong_role"),
+        ("/api/v1/tasks/{task}/cancel", VILLAGE, {"reason": "x"}, 403, "wrong_role"),
+        ("/api/v1/tasks/{task}/progress", VILLAGE, {"note": "  "}, 422, "invalid_request"),
         (
             "/api/v1/tasks/{task}/send-back",
-            TOKENS[VILLAGE],
+            VILLAGE,
             {"reason": "x", "reroute_to": "nope"},
             422,
             "unknown_department",
         ),
         (
             "/api/v1/tasks/{task}/extension",
-            TOKENS[VILLAGE],
+            VILLAGE,
             {"days": 45, "reason": "x"},
             422,
             "invalid_request",
         ),
-        ("/api/v1/cases/{case}/rating", WORKER.token, {"score": 6}, 422, "invalid_request"),
+        ("/api/v1/cases/{case}/rating", "worker", {"score": 6}, 422, "invalid_request"),
         (
             "/api/v1/cases/{case}/whistle",
-            SUPERVISOR,
+            "supervisor",
             {"departments": ["nope"]},
             422,
             "unknown_department",
         ),
-        ("/api/v1/tasks/not-a-task/sign", TOKENS[VILLAGE], {}, 422, "bad_task_id"),
+        ("/api/v1/tasks/not-a-task/sign", VILLAGE, {}, 422, "bad_task_id"),
     ],
 )
 def test_commands_are_checked_before_they_are_published(
-    env: ApiEnv, path: str, token: str | None, body: dict[str, Any], status: int, code: str
+    env: ApiEnv, pipeline: InProcessPipeline, path: str, who: str | None,
+    body: dict[str, Any], status: int, code: str,
 ) -> None:
-    case_id = f"AJ20261123-{uuid.uuid4().hex[:8].upper()}"
+    _, case_id, _ = filed_case(env, pipeline)
     url = path.format(task=f"{case_id}-T01", case=case_id)
-    r = httpx.post(f"{env.url}{url}", json=body, headers=auth(token) if token else {})
+    r = httpx.post(f"{env.url}{url}", json=body, headers=auth(token(who)) if who else {})
     assert r.status_code == status, r.text
     assert r.json()["code"] == code and chinese(r.json()["message_zh"])
-    ok = command(env, f"/api/v1/tasks/{case_id}-T01/sign", TOKENS[VILLAGE], json={})
+    ok = command(env, f"/api/v1/tasks/{case_id}-T01/sign", token(VILLAGE), json={})
     assert ok.status_code == 202
     keys = [x.key for x in env.records(topics.CASE_COMMANDS, case_id)]
     assert keys == [case_id.encode()], "only the valid command was published"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from faults import FlakyProxy
 from minio import Minio
-from test_api_reports import build_deps, new_report, photo, upload
+from test_api_reports import build_deps, new_report, photo, sign_in, upload
 
 from gridflow import topics
 from gridflow.settings import Settings
@@ -30,13 +30,17 @@ def test_object_store_down_answers_503_publishes_nothing_and_the_retry_succeeds(
     report = new_report()
     jpegs = [photo(40), photo(41)]
     try:
-        with LiveApi(create_app(stack_settings, build_deps(stack_settings, flaky_s3))) as api:
+        deps = build_deps(stack_settings, flaky_s3)
+        with LiveApi(create_app(stack_settings, deps)) as api:
+            sign_in(api.url, deps)
             r = upload(api.url, report, jpegs)
         assert r.status_code == 503, r.text
         assert int(r.headers["Retry-After"]) > 0
         assert chinese(r.json()["message_zh"])
         proxy.up()
-        with LiveApi(create_app(stack_settings, build_deps(stack_settings, flaky_s3))) as api:
+        deps = build_deps(stack_settings, flaky_s3)
+        with LiveApi(create_app(stack_settings, deps)) as api:
+            sign_in(api.url, deps)
             again = upload(api.url, report, jpegs)
         assert again.status_code == 202, again.text
     finally:

@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from accounts.sample import SampleSessions
+from accounts.store import AccountStore
 from gridflow import topics
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import REPORT_SUBMITTED, decode_message, derived_id
@@ -31,7 +33,12 @@ pytestmark = pytest.mark.integration
 
 REF = load_reference_data()
 WORKER = REF.workers["GW0001"]  # 石门村一组网格
-SUSPENDED = REF.workers["GW0024"]
+SIGNED_IN: dict[str, str] = {}  # API url -> GW0001's session token in that API's database
+
+
+def sign_in(url: str, deps: Deps) -> None:
+    """GW0001 signed in to the API at `url` (accounts created through the account store)."""
+    SIGNED_IN[url] = SampleSessions(AccountStore(deps.engine, REF), "test").token(WORKER.id)
 
 
 def build_deps(
@@ -45,6 +52,7 @@ def env(stack: Any, stack_settings: Settings) -> Iterator[ApiEnv]:
     s3 = stack.s3()
     deps = build_deps(stack_settings, s3)
     with LiveApi(create_app(stack_settings, deps)) as api:
+        sign_in(api.url, deps)
         yield ApiEnv(stack_settings, s3, deps, api.url)
 
 
@@ -70,8 +78,10 @@ def photo(seed: int) -> bytes:
 
 
 def upload(
-    url: str, report: dict[str, Any] | bytes, photos: list[bytes], token: str | None = WORKER.token
+    url: str, report: dict[str, Any] | bytes, photos: list[bytes], token: str | None = "worker"
 ) -> httpx.Response:
+    """Upload as GW0001 (`token` "worker"), as another token, or without one (None)."""
+    token = SIGNED_IN[url] if token == "worker" else token
     part = report if isinstance(report, bytes) else json.dumps(report, ensure_ascii=False).encode()
     files = [("report", (None, part, "application/json"))]
     files += [("photos", (f"IMG_{i}.jpg", data, "image/jpeg")) for i, data in enumerate(photos)]
@@ -157,6 +167,7 @@ def pg_env(stack: Any, stack_settings: Settings, pg_url: str) -> Iterator[ApiEnv
     deps = build_deps(settings, s3)
     try:
         with LiveApi(create_app(settings, deps)) as api:
+            sign_in(api.url, deps)
             yield ApiEnv(settings, s3, deps, api.url)
     finally:
         deps.engine.dispose()  # the database is dropped after the test
@@ -219,16 +230,22 @@ def test_a_report_outside_the_workers_own_grid_is_accepted(env: ApiEnv) -> None:
 
 
 @pytest.mark.parametrize(
-    ("token", "status", "code"),
+    ("who", "status", "code"),
     [
         (None, 401, "unauthorized"),
-        ("not-a-token-of-anyone-000000", 401, "unauthorized"),
-        (SUSPENDED.token, 403, "suspended"),
+        ("gfs_not-a-token-of-anyone-000000", 401, "unauthorized"),
+        ("disabled", 401, "unauthorized"),  # its sessions ended when it was disabled
+        ("ds0003", 403, "wrong_role"),  # department staff do not report
     ],
 )
 def test_only_active_grid_workers_may_upload(
-    env: ApiEnv, token: str | None, status: int, code: str
+    env: ApiEnv, who: str | None, status: int, code: str
 ) -> None:
+    sessions = SampleSessions(AccountStore(env.deps.engine, REF), "test")
+    token = who if who is None or who.startswith("gfs_") else sessions.token(
+        "gw0002" if who == "disabled" else who)
+    if who == "disabled":
+        sessions.store.set_status("gw0002", False, "test-admin")
     report = new_report()
     r = upload(env.url, report, [photo(10)], token=token)
     assert r.status_code == status, r.text
@@ -302,6 +319,7 @@ def test_kafka_unreachable_answers_503_keeps_nothing_and_the_retry_succeeds(
     report = new_report()
     jpegs = [photo(30), photo(31)]
     with LiveApi(create_app(stack_settings, dead)) as api:
+        sign_in(api.url, dead)
         r = upload(api.url, report, jpegs)
 
     assert r.status_code == 503, r.text
@@ -311,7 +329,9 @@ def test_kafka_unreachable_answers_503_keeps_nothing_and_the_retry_succeeds(
     assert list(s3.list_objects(bucket, recursive=True)) == []
 
     # The phone retries once the log is back: the same report is accepted, nothing was lost.
-    with LiveApi(create_app(stack_settings, build_deps(stack_settings, s3))) as api:
+    live = build_deps(stack_settings, s3)
+    with LiveApi(create_app(stack_settings, live)) as api:
+        sign_in(api.url, live)
         again = upload(api.url, report, jpegs)
     assert again.status_code == 202, again.text
     records = read_topic(

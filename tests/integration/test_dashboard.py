@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from fastapi.testclient import TestClient
 
+from accounts.sample import SampleSessions
 from dashboard.app import create_dashboard
 from gridflow.core.metrics import department_indicators
 from gridflow.core.refdata import load_reference_data
@@ -32,7 +33,9 @@ def board(stack, stack_settings, buckets):
              sample.not_filed("AJ-DASH-3")]
     SqlSink(engine).apply_batch(sample.interleaved(cases, f"{stack_settings.topic_prefix}.case-events"))
     app = create_dashboard(stack_settings, engine, REF, lambda: NOW, stack.s3())
-    return TestClient(app), engine
+    # the sample histories lie in made-up grids (G1, T1): only an auditor's scope holds them
+    auditor = SampleSessions(app.state.accounts, "test").bearer("au0001")
+    return TestClient(app, headers=auditor), engine
 
 
 def test_board_speaks_chinese_and_shows_the_indicators_of_the_read_models(board):

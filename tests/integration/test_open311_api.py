@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from accounts.sample import SampleSessions
+from accounts.store import AccountStore
 from gridflow import topics
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import decode_message
@@ -218,13 +220,18 @@ def test_a_ticket_can_be_looked_up_before_and_after_filing(env: ApiEnv) -> None:
     assert filed["address"] == "石门村卫生室门口"
     assert filed["requested_datetime"] and filed["expected_datetime"]
 
+    # browsing the list is for signed-in staff, each seeing their own scope
+    assert_spec_error(httpx.get(f"{env.url}/open311/v2/requests.json"), 401)
+    county = SampleSessions(AccountStore(env.deps.engine, REF), "test").bearer("sv0001")
     listed = httpx.get(
         f"{env.url}/open311/v2/requests.json",
         params={"service_code": "illegal-parking", "status": "open"},
+        headers=county,
     ).json()
     assert [x["service_request_id"] for x in listed] == [ticket]
     assert set(listed[0]) == REQUEST_KEYS
-    closed = httpx.get(f"{env.url}/open311/v2/requests.json", params={"status": "closed"}).json()
+    closed = httpx.get(f"{env.url}/open311/v2/requests.json", params={"status": "closed"},
+                       headers=county).json()
     assert closed == []
     by_id = httpx.get(
         f"{env.url}/open311/v2/requests.json",

@@ -11,10 +11,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from argon2 import PasswordHasher
+from argon2.profiles import CHEAPEST
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
+from accounts.sample import SampleSessions
+from accounts.store import AccountStore
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import Message
 from gridflow.settings import Settings
@@ -69,16 +73,20 @@ class Api:
         engine = create_engine(
             "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
-        deps = Deps(REF, self.publisher, self.store, engine, clock=lambda: self.now)
+        accounts = AccountStore(engine, REF, hasher=PasswordHasher.from_parameters(CHEAPEST))
+        deps = Deps(REF, self.publisher, self.store, engine, clock=lambda: self.now,
+                    accounts=accounts)
         self.client = TestClient(create_app(Settings(max_photo_bytes=200_000), deps))
+        self.worker = SampleSessions(accounts, "unit").bearer(WORKER.id)  # GW0001 signed in
 
     def upload(
-        self, report: dict[str, Any] | bytes, photos: list[bytes], token: str | None = WORKER.token
+        self, report: dict[str, Any] | bytes, photos: list[bytes], token: str | None = "worker"
     ) -> Any:
         part = report if isinstance(report, bytes) else json.dumps(report).encode()
         files = [("report", (None, part, "application/json"))]
         files += [("photos", (f"{i}.jpg", p, "image/jpeg")) for i, p in enumerate(photos)]
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = (self.worker if token == "worker"
+                   else {"Authorization": f"Bearer {token}"} if token else {})
         return self.client.post("/api/v1/reports", files=files, headers=headers)
 
 
@@ -177,7 +185,7 @@ def test_the_report_part_must_come_first(api: Api) -> None:
         ("report", (None, json.dumps(report()).encode(), "application/json")),
     ]
     r = api.client.post(
-        "/api/v1/reports", files=files, headers={"Authorization": f"Bearer {WORKER.token}"}
+        "/api/v1/reports", files=files, headers=api.worker
     )
     assert r.status_code == 400 and r.json()["code"] == "missing_part"
     assert chinese(r.json()["message_zh"]) and api.store.objects == {}
@@ -190,7 +198,7 @@ def test_unexpected_parts_are_refused_and_cleaned_up(api: Api) -> None:
         ("video", ("v.mp4", b"....", "video/mp4")),
     ]
     r = api.client.post(
-        "/api/v1/reports", files=files, headers={"Authorization": f"Bearer {WORKER.token}"}
+        "/api/v1/reports", files=files, headers=api.worker
     )
     assert r.status_code == 400 and r.json()["code"] == "unexpected_part"
     assert api.store.objects == {} and api.publisher.sent == []
@@ -200,7 +208,7 @@ def test_a_form_instead_of_multipart_is_400(api: Api) -> None:
     r = api.client.post(
         "/api/v1/reports",
         data={"report": json.dumps(report())},
-        headers={"Authorization": f"Bearer {WORKER.token}"},
+        headers=api.worker,
     )
     assert r.status_code == 400 and r.json()["code"] == "not_multipart"
 
@@ -253,12 +261,12 @@ def test_the_retry_after_an_ack_timeout_must_carry_the_same_photos(api: Api) -> 
 def test_status_of_an_accepted_report_before_filing(api: Api) -> None:
     assert api.upload(report(), [JPEG]).status_code == 202
     r = api.client.get(
-        "/api/v1/reports/unit-report-0001", headers={"Authorization": f"Bearer {WORKER.token}"}
+        "/api/v1/reports/unit-report-0001", headers=api.worker
     )
     assert r.status_code == 200 and r.json()["status"] == "accepted"
     assert r.json()["status_zh"] == "已受理, 处理中"
     unknown = api.client.get(
-        "/api/v1/reports/nope-nope-nope", headers={"Authorization": f"Bearer {WORKER.token}"}
+        "/api/v1/reports/nope-nope-nope", headers=api.worker
     )
     assert unknown.status_code == 404 and chinese(unknown.json()["message_zh"])
     assert api.client.get("/api/v1/reports/unit-report-0001").status_code == 401
@@ -268,7 +276,7 @@ def test_validation_errors_of_json_bodies_are_bilingual(api: Api) -> None:
     r = api.client.post(
         "/api/v1/cases/AJ20261123-ABCDEFGH/rating",
         json={"score": "5", "extra": 1},
-        headers={"Authorization": f"Bearer {WORKER.token}"},
+        headers=api.worker,
     )
     assert r.status_code == 422
     body = r.json()
@@ -277,7 +285,8 @@ def test_validation_errors_of_json_bodies_are_bilingual(api: Api) -> None:
 
 
 def test_open311_validation_errors_are_spec_arrays(api: Api) -> None:
-    r = api.client.get("/open311/v2/requests.json", params={"service_code": "x"})
+    r = api.client.get("/open311/v2/requests.json", params={"service_code": "x"},
+                       headers=api.worker)
     assert r.status_code == 404
     [err] = r.json()
     assert err["code"] == 404 and chinese(err["description"])

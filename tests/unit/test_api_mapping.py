@@ -8,20 +8,18 @@ from typing import Any
 
 import pytest
 
+from accounts.roles import GRID_WORKER, Grant, Principal
 from gridflow.core import intake, photos
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import PhotoRef
 from producers import commands, open311, reports, status
-from producers.auth import Principal
 from producers.errors import ApiError
 from producers.status import Open311Error
 from producers.uploads import rejected
 
 REF = load_reference_data()
 NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
-WORKER = Principal(
-    "worker", "GW0001", "赵建军", "worker:GW0001@421099101201001", True, grid_code="421099101201001"
-)
+WORKER = Principal("GW0001", "赵建军", (Grant(GRID_WORKER, "421099101201001"),))
 SHA = "ab" * 32
 
 

@@ -132,7 +132,10 @@ def board(tmp_path: Path, cal_dir: Path):  # type: ignore[no-untyped-def]
     settings = Settings(state_dir=tmp_path, calendar_dir=cal_dir)
     engine = make_engine(f"sqlite:///{tmp_path / 'board.db'}")
     app = create_dashboard(settings, engine, load_reference_data(), lambda: now["at"])
-    yield TestClient(app), now
+    from accounts.sample import SampleSessions
+
+    supervisor = SampleSessions(app.state.accounts, "test").bearer("sv0001")  # the board is theirs
+    yield TestClient(app, headers=supervisor), now
     engine.dispose()
 
 

@@ -53,6 +53,13 @@ def test_one_department_to_call_is_no_whistle_up() -> None:
     assert demo.whistle_for(case(category_code="E0201"), [task(escalation_level=1)], REF) is None
 
 
+class FakeSessions:
+    """Stands in for accounts.sample.SampleSessions: a made-up token per person."""
+
+    def token(self, login: str) -> str:
+        return f"gfs_test-{login}"
+
+
 class FakeHttp:
     def __init__(self) -> None:
         self.posts: list[tuple[str, dict[str, Any]]] = []
@@ -63,7 +70,7 @@ class FakeHttp:
 
 
 def test_the_supervisor_whistles_through_the_api_once_per_case_and_a_few_per_run() -> None:
-    cast = demo.Cast.load(REF)
+    cast = demo.Cast.load(REF, FakeSessions())
     director = demo.Director("http://127.0.0.1:9", cast, None, lambda: datetime.now(UTC), 7)
     director.http = FakeHttp()  # type: ignore[assignment]
     row = {"case_status": "open", "severity": 1, "case_category": "E0102",
@@ -106,7 +113,7 @@ def test_a_department_whistled_up_signs_the_task_instead_of_sending_it_back() ->
            "reporter": "worker:GW0001@" + GRID.code}
     done = []
     for reason in ("routing", "whistle"):
-        director = demo.Director("http://127.0.0.1:9", demo.Cast.load(REF), None,
+        director = demo.Director("http://127.0.0.1:9", demo.Cast.load(REF, FakeSessions()), None,
                                  lambda: datetime.now(UTC), 7)
         director.http = FakeHttp()  # type: ignore[assignment]
         director._act({**row, "dispatch_reason": reason}, datetime(2026, 11, 17, tzinfo=UTC))

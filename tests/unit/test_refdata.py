@@ -77,8 +77,18 @@ def test_every_grid_has_an_active_worker_and_one_is_suspended(ref: ReferenceData
     active = {w.grid_code for w in ref.workers.values() if w.active}
     assert active == set(ref.grids)
     assert any(w.status == "suspended" for w in ref.workers.values())
-    for worker in ref.workers.values():
-        assert ref.worker_by_token(worker.token) is worker
+
+
+def test_reference_data_holds_no_credentials(ref: ReferenceData, tmp_path: Path) -> None:
+    for name in ("workers.json", "staff.json"):
+        assert '"token"' not in (Path(ref.source) / name).read_text(encoding="utf-8")
+    county = tmp_path / "county"
+    shutil.copytree(ref.source, county)
+    doc = json.loads((county / "workers.json").read_text(encoding="utf-8"))
+    doc["workers"][0]["token"] = "0123456789abcdef0123"
+    (county / "workers.json").write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(RefDataError, match="token.*gridflow users"):
+        load_reference_data(county)
 
 
 def test_departments_form_a_ladder_to_leadership(ref: ReferenceData) -> None:
