@@ -4,12 +4,12 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 # the packages mypy checks (configured in pyproject.toml, [tool.mypy])
-TYPED  := gridflow producers processors sinks infra audit dashboard bench accounts
+TYPED  := gridflow producers processors sinks infra audit dashboard bench accounts mobile
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo up down status lint clean-venv
+.PHONY: install test demo up down status lint clean-venv browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ install: $(STAMP)
 # The lint first: a tree that does not lint does not get tested.
 # The session fixture in tests/conftest.py starts Kafka, MinIO and PostgreSQL (or reuses a
 # running stack) and stops what it started.
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest tests/ $(PYTEST_ARGS)
+
+# Debian's Chromium and a CJK font for tests/browser/ (apt, once; instant when present)
+browser:
+	tests/browser/install_chromium.sh
 
 demo: install
 	$(BIN)/gridflow demo

@@ -24,6 +24,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("audit.cli", "archive_log_command"),
     ("chaos.cli", "chaos"),
     ("accounts.cli", "users"),
+    ("mobile.qrcodes", "qrcodes"),
 ]
 
 
