@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from accounts import credentials as cred
 from accounts.roles import ACTIONS, CaseFacts, Principal, may, refusal, sees_case
@@ -70,20 +71,26 @@ def credential(request: Request) -> tuple[str | None, bool]:
     return (cookie, True) if cookie else (None, False)
 
 
-def identify(request: Request) -> Principal | None:
+async def identify(request: Request) -> Principal | None:
     """The caller, None when the request carries no credential; 401 for a bad one; 403 for a
-    state-changing request authenticated by cookie without its CSRF token."""
+    state-changing request authenticated by the session cookie without its CSRF token (in the
+    X-CSRF-Token header, or the `csrf` field of a form)."""
     token, from_cookie = credential(request)
     if token is None:
         return None
-    principal = accounts_of(request).authenticate(token) if token else None
+    store = accounts_of(request)
+    principal = await run_in_threadpool(store.authenticate, token) if token else None
     if principal is None:
         raise unauthorized()
     if from_cookie and request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
+        content_type = request.headers.get("content-type", "")
+        if not sent and content_type.startswith("application/x-www-form-urlencoded"):
+            sent = str((await request.form()).get("csrf", ""))
         if not sent or not _same(sent, cred.csrf_token(token)):
             raise csrf_refused()
     request.state.principal = principal
+    request.state.session_token = token if from_cookie else None
     return principal
 
 
@@ -103,8 +110,8 @@ def allow(action: str) -> Any:
     if action not in ACTIONS:
         raise KeyError(f"unknown action {action!r}")
 
-    def dependency(request: Request) -> Principal:
-        principal = identify(request)
+    async def dependency(request: Request) -> Principal:
+        principal = await identify(request)
         if principal is None:
             raise unauthorized()
         if not may(principal, action):
@@ -115,15 +122,15 @@ def allow(action: str) -> Any:
 
 
 def public(note: str) -> Any:
-    """Depends(...) for a route anyone may call; a credential it carries is still checked
-    (the caller, or None)."""
+    """Depends(...) for a route anyone may call; a bearer credential it carries is still
+    checked (the caller, or None; a stale session cookie counts as none)."""
 
-    def dependency(request: Request) -> Principal | None:
-        token, _ = credential(request)
+    async def dependency(request: Request) -> Principal | None:
+        token, from_cookie = credential(request)
         if not token:
             return None
-        principal = accounts_of(request).authenticate(token)
-        if principal is None:
+        principal = await run_in_threadpool(accounts_of(request).authenticate, token)
+        if principal is None and not from_cookie:  # a stale cookie: simply not signed in
             raise unauthorized()
         return principal
 

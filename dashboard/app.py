@@ -13,11 +13,12 @@ from urllib.parse import quote
 
 import click
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from accounts import facts
-from accounts.access import allow, in_scope, not_found
+from accounts import facts, web
+from accounts.access import allow, in_scope, not_found, public
+from accounts.credentials import csrf_token
 from accounts.roles import (
     AUDITOR,
     COUNTY_LEADER,
@@ -26,6 +27,7 @@ from accounts.roles import (
     Principal,
 )
 from accounts.store import AccountStore
+from dashboard import pages, signin
 from dashboard.board import board_data
 from dashboard.html import render_board, render_case
 from gridflow.calendars import calendar_notices
@@ -57,14 +59,39 @@ def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock:
     from sinks.queries import case_detail
 
     create_schema(engine)
-    app = FastAPI(title="gridflow 督办看板", docs_url="/api/docs", openapi_url="/api/openapi.json")
-    app.state.accounts = accounts or AccountStore(engine, ref)
+    app = FastAPI(title="gridflow 督办看板", docs_url=None, redoc_url=None,
+                  openapi_url="/api/openapi.json")
+    app.state.settings = settings
+    app.state.accounts = accounts or AccountStore(engine, ref, policy=web.session_policy(settings))
+    web.install_security(app, settings)
+    app.include_router(signin.router)
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
+        """JSON for /api/ and photos; a page people can read for the rest: not signed in goes
+        to the sign-in page and back."""
         assert isinstance(exc, ApiError)
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        path = request.url.path
+        if path.startswith(("/api/", "/thumbs/")):
+            return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        if exc.status == 401 and request.method == "GET":
+            back = path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/sign-in?next={quote(back)}", status_code=303)
+        return HTMLResponse(pages.error_page(exc.status, exc.message_zh, exc.code, exc.message_en),
+                            status_code=exc.status, headers=exc.headers)
 
     app.add_exception_handler(ApiError, on_api_error)
+
+    def nav_of(request: Request, caller: Principal) -> str:
+        token = getattr(request.state, "session_token", None)  # a browser's cookie session
+        return pages.nav(caller, csrf_token(token)) if token else ""
+
+    @app.get("/static/board.css", summary="样式表 / the pages' style sheet")
+    def stylesheet(_: Annotated[Principal | None, public("样式表: 公开")]) -> Response:
+        return signin.stylesheet_response()
+
+    @app.get("/api/docs", response_class=HTMLResponse, summary="接口一览 / the routes")
+    def docs(_: Annotated[Principal | None, public("接口一览: 公开")]) -> str:
+        return web.docs_page(app.openapi(), web.access_summary(app), "/static/board.css")
 
     def figures(caller: Principal) -> dict[str, Any]:
         # The calendar directory is read on every call: a year added there shows at once.
@@ -74,15 +101,16 @@ def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock:
                     "notices": calendar_notices(settings, now)}
 
     @app.get("/", response_class=HTMLResponse, summary="督办看板 / supervisors' board")
-    def board(caller: Annotated[Principal, allow("board.read")]) -> str:
-        return render_board(figures(caller))
+    def board(request: Request, caller: Annotated[Principal, allow("board.read")]) -> str:
+        return render_board(figures(caller), nav_of(request, caller))
 
     @app.get("/api/board", summary="看板数据 / board figures as JSON")
     def board_json(caller: Annotated[Principal, allow("board.read")]) -> dict[str, Any]:
         return figures(caller)
 
     @app.get("/cases/{case_id}", response_class=HTMLResponse, summary="案件全过程 / case history")
-    def case_page(case_id: str, caller: Annotated[Principal, allow("case.read")]) -> str:
+    def case_page(case_id: str, request: Request,
+                  caller: Annotated[Principal, allow("case.read")]) -> str:
         if not in_scope(caller, facts.case_facts(engine, case_id)):
             raise no_case()
         with Session(engine) as session:
@@ -93,7 +121,8 @@ def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock:
         for task in detail["tasks"]:
             dept = ref.departments.get(task["department"])
             task["department_name"] = dept.name if dept else task["department"]
-        return render_case(detail, lambda p: f"/thumbs/{quote(p['sha256'])}")
+        return render_case(detail, lambda p: f"/thumbs/{quote(p['sha256'])}",
+                           nav_of(request, caller))
 
     @app.get("/thumbs/{sha256}", summary="照片缩略图 / photo thumbnail (EXIF-free)")
     def thumbnail(sha256: str, caller: Annotated[Principal, allow("photo.read")]) -> Response:

@@ -41,6 +41,7 @@ th{background:#fafafa} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .bad{color:#c62828;font-weight:bold} a{color:#1565c0;text-decoration:none}
 .photos img{height:120px;margin:4px;border:1px solid #ccc}
 .grid2{display:grid;grid-template-columns:1fr 1fr;gap:16px}
+figure.ph{display:inline-block}
 .code{color:#777;font-size:12px;font-family:monospace;margin-left:6px}
 .notice{background:#fff3e0;border:1px solid #ef6c00;color:#8a3b00;border-radius:6px;padding:10px 14px;margin:0 0 16px}
 """
@@ -62,15 +63,19 @@ def _score(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
-def _page(title: str, subtitle: str, body: str, refresh: int | None = None) -> str:
+def _page(title: str, subtitle: str, body: str, refresh: int | None = None,
+          nav: str = "") -> str:
+    """A page: the style sheet is /static/board.css (STYLE), never inline (the CSP allows no
+    inline style or script); `nav` is the signed-in person's bar (dashboard.pages)."""
     meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
     return (f'<!doctype html><html lang="zh-CN"><head><meta charset="utf-8">{meta}'
-            f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
-            f"<header><h1>{escape(title)}</h1><p>{escape(subtitle)}</p></header>"
-            f"<main>{body}</main></body></html>")
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{escape(title)}</title><link rel="stylesheet" href="/static/board.css">'
+            f"</head><body><header>{nav}<h1>{escape(title)}</h1><p>{escape(subtitle)}</p>"
+            f"</header><main>{body}</main></body></html>")
 
 
-def render_board(data: dict[str, Any]) -> str:
+def render_board(data: dict[str, Any], nav: str = "") -> str:
     k = data["kpi"]
     cards = [
         ("今日立案", k["reports_today"], False), ("办理中案件", k["open_cases"], False),
@@ -132,10 +137,10 @@ def render_board(data: dict[str, Any]) -> str:
     )
     return _page(f"{data['county']} 网格化管理督办看板",
                  f"数据截至 {local_time(data['now'])} (北京时间) · 每30秒自动刷新", body,
-                 refresh=30)
+                 refresh=30, nav=nav)
 
 
-def render_case(detail: dict[str, Any], photo_url: Any) -> str:
+def render_case(detail: dict[str, Any], photo_url: Any, nav: str = "") -> str:
     tasks = "".join(
         f"<tr><td>{escape(t['task_id'])}</td><td>{escape(t.get('department_name') or t['department'])}</td>"
         f"<td>{escape(t.get('state_zh', t['state']))}</td><td>{local_time(t.get('sign_due'))}</td>"
@@ -150,7 +155,7 @@ def render_case(detail: dict[str, Any], photo_url: Any) -> str:
         for e in detail["events"]
     )
     photos = "".join(
-        f'<figure style="display:inline-block"><img src="{escape(photo_url(p))}" alt="">'
+        f'<figure class="ph"><img src="{escape(photo_url(p))}" alt="">'
         f"<figcaption>{escape(_role_zh(p.get('role')))} · {escape((p.get('sha256') or '')[:10])}"
         f"</figcaption></figure>"
         for p in detail["photos"] if p.get("thumbnail_key")
@@ -172,7 +177,7 @@ def render_case(detail: dict[str, Any], photo_url: Any) -> str:
         f"<th>操作人</th><th>哈希</th></tr>{events}</table></section>"
         '<p><a href="/">返回看板</a></p>'
     )
-    return _page(f"案件 {detail['case_id']}", "案件全过程 · 北京时间", body)
+    return _page(f"案件 {detail['case_id']}", "案件全过程 · 北京时间", body, nav=nav)
 
 
 def grid_label(name: str | None, code: str | None) -> str:

@@ -86,6 +86,16 @@ class Settings:
     # Time: "wall", or a scaled simulated clock shared by every process (see gridflow.clock)
     clock: str = "wall"
 
+    # Accounts (always on the wall clock, whatever `clock` says): a session ends after this long
+    # without a request, and at the latest this long after signing in.
+    session_idle_minutes: int = 30
+    session_max_hours: int = 12
+    # Browser sessions: the cookie's Secure flag ("auto": when the request came over TLS, or a
+    # proxy says X-Forwarded-Proto: https), and the hosts allowed to frame the pages
+    # (CSP frame-ancestors, space-separated, e.g. the county's 企业微信 / 钉钉 workbench hosts).
+    cookie_secure: str = "auto"
+    frame_ancestors: str = ""
+
     # SQL sink: how long the broker may hold a fetch to gather more events (one transaction
     # per fetch: a caught-up sink otherwise commits a handful of events at a time)
     sink_fetch_wait_ms: int = 100
@@ -149,6 +159,10 @@ def load_settings() -> Settings:
         max_photo_pixels=_env_int("MAX_PHOTO_PIXELS", base.max_photo_pixels),
         worker_web_port=_env_int("WORKER_WEB_PORT", base.worker_web_port),
         clock=_env("CLOCK", base.clock),
+        session_idle_minutes=_env_int("SESSION_IDLE_MINUTES", base.session_idle_minutes),
+        session_max_hours=_env_int("SESSION_MAX_HOURS", base.session_max_hours),
+        cookie_secure=_env("COOKIE_SECURE", base.cookie_secure),
+        frame_ancestors=_env("FRAME_ANCESTORS", base.frame_ancestors),
         dedupe_radius_m=float(_env("DEDUPE_RADIUS_M", str(base.dedupe_radius_m))),
         dedupe_window_hours=float(_env("DEDUPE_WINDOW_HOURS", str(base.dedupe_window_hours))),
         sink_fetch_wait_ms=int(_env("SINK_FETCH_WAIT_MS", str(base.sink_fetch_wait_ms))),
@@ -177,6 +191,8 @@ _ENV_FIELDS = {
     "dedupe_radius_m": "DEDUPE_RADIUS_M", "dedupe_window_hours": "DEDUPE_WINDOW_HOURS",
     "sink_fetch_wait_ms": "SINK_FETCH_WAIT_MS",
     "worker_session_timeout_s": "WORKER_SESSION_TIMEOUT_S",
+    "session_idle_minutes": "SESSION_IDLE_MINUTES", "session_max_hours": "SESSION_MAX_HOURS",
+    "cookie_secure": "COOKIE_SECURE", "frame_ancestors": "FRAME_ANCESTORS",
 }
 
 

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 from sqlalchemy import Engine
 
 from accounts import routes as account_routes
+from accounts import web
 from accounts.access import public
 from accounts.roles import Principal
 from accounts.store import AccountStore
@@ -89,7 +91,8 @@ def create_app(settings: Settings, deps: Deps) -> FastAPI:
 
     receipts.create_tables(deps.engine)
     create_schema(deps.engine)
-    accounts = deps.accounts or AccountStore(deps.engine, deps.ref)
+    accounts = deps.accounts or AccountStore(deps.engine, deps.ref,
+                                             policy=web.session_policy(settings))
     limits = PhotoLimits(
         settings.max_photo_bytes, settings.max_photo_pixels, settings.max_photos_per_report
     )
@@ -115,9 +118,13 @@ def create_app(settings: Settings, deps: Deps) -> FastAPI:
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI loads from a CDN with inline scripts: /docs is ours
+        redoc_url=None,
     )
     app.state.ctx = context
     app.state.accounts = accounts  # accounts.access finds the callers here
+    app.state.settings = settings
+    web.install_security(app, settings)
     install_handlers(app)
     app.include_router(reports.router)
     app.include_router(status.router)
@@ -128,6 +135,11 @@ def create_app(settings: Settings, deps: Deps) -> FastAPI:
     @app.get("/api/v1/health", tags=["ops"], summary="存活检查 / liveness")
     def health(_: Annotated[Principal | None, public("存活检查: 公开")]) -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/docs", response_class=HTMLResponse, tags=["ops"],
+             summary="接口一览与调用权限 / the routes and who may call them")
+    def docs(_: Annotated[Principal | None, public("接口文档: 公开")]) -> str:
+        return web.docs_page(app.openapi(), web.access_summary(app))
 
     return app
 

@@ -96,8 +96,6 @@ TABLE: dict[str, dict[str, int]] = {
     "GET /api/v1/health": ANYONE,
     "GET /openapi.json": ANYONE,
     "GET /docs": ANYONE,
-    "GET /docs/oauth2-redirect": ANYONE,
-    "GET /redoc": ANYONE,
     "POST /api/v1/auth/sign-in": ANYONE,
     "POST /api/v1/auth/password": row(422),  # reached by anyone: the body the table sends is bad
     "POST /api/v1/auth/sign-out": SIGNED_IN,
@@ -128,17 +126,27 @@ TABLE: dict[str, dict[str, int]] = {
     "POST /open311/v2/requests.json": row(201),  # the residents' door: no sign-in
     "GET /open311/v2/requests/{service_request_id}.json": ANYONE,  # status by ticket
     "GET /open311/v2/requests.json": row(200, anonymous=401, admin=403, key_partner=403),
+    # the phone pages (mobile/): assets and the residents' QR page are public
+    "GET /m/static/{name}": ANYONE,
+    "GET /r/{code}": ANYONE,
+    "POST /r/{code}": row(303),  # a resident's report, answered by its ticket page
+    "GET /r/t/{ticket}": ANYONE,
     # the board ----------------------------------------------------------------------------------
-    "BOARD GET /": row(403, anonymous=401, township_in=200, township_out=200, county=200,
+    # pages: not signed in goes to the sign-in page (303)
+    "BOARD GET /": row(403, anonymous=303, township_in=200, township_out=200, county=200,
                        leader=200, auditor=200),
     "BOARD GET /api/board": row(403, anonymous=401, township_in=200, township_out=200,
                                 county=200, leader=200, auditor=200),
-    "BOARD GET /cases/{case_id}": case_read(),
+    "BOARD GET /cases/{case_id}": {**case_read(), "anonymous": 303},
     "BOARD GET /thumbs/{sha256}": case_read(),
     "BOARD GET /api/openapi.json": ANYONE,
     "BOARD GET /api/docs": ANYONE,
-    "BOARD GET /docs/oauth2-redirect": ANYONE,
-    "BOARD GET /redoc": ANYONE,
+    "BOARD GET /static/board.css": ANYONE,
+    "BOARD GET /sign-in": ANYONE,
+    "BOARD POST /sign-in": row(303),  # signed in (as the table's own account) and sent back
+    "BOARD GET /password": ANYONE,
+    "BOARD POST /password": row(422),  # reached by anyone: the two new passwords differ
+    "BOARD POST /sign-out": row(403, anonymous=401, **dict.fromkeys(PERSONS, 303)),
 }
 
 
@@ -238,6 +246,11 @@ def world(apps: tuple[FastAPI, FastAPI, Any]) -> Iterator[World]:
 Request = tuple[str, str, dict[str, Any]]  # method, url, httpx keyword arguments
 
 
+SIGNER_PASSWORD = "青山县-表格-密码-2031"
+LOGIN_CSRF_VALUE = "table-login-csrf-0123456789"
+LOGIN_CSRF = {"Cookie": f"gridflow_login_csrf={LOGIN_CSRF_VALUE}"}
+
+
 def requests_for(w: World) -> dict[str, Callable[[str], Request]]:
     """route → caller → the request the table sends: a valid one, so that what answers is who
     may call it (and never a wrong body), unless the row says otherwise."""
@@ -255,11 +268,9 @@ def requests_for(w: World) -> dict[str, Callable[[str], Request]]:
         "GET /api/v1/health": get(f"{a}/api/v1/health"),
         "GET /openapi.json": get(f"{a}/openapi.json"),
         "GET /docs": get(f"{a}/docs"),
-        "GET /docs/oauth2-redirect": get(f"{a}/docs/oauth2-redirect"),
-        "GET /redoc": get(f"{a}/redoc"),
         "POST /api/v1/auth/sign-in": lambda caller: (
             "POST", f"{a}/api/v1/auth/sign-in",
-            {"json": {"login": "acl-signer", "password": "青山县-表格-密码-2031"}}),
+            {"json": {"login": "acl-signer", "password": SIGNER_PASSWORD}}),
         "POST /api/v1/auth/password": post(f"{a}/api/v1/auth/password",
                                            json={"login": "acl-signer", "code": "X",
                                                  "new_password": "short"}),
@@ -300,14 +311,28 @@ def requests_for(w: World) -> dict[str, Callable[[str], Request]]:
         "GET /open311/v2/requests/{service_request_id}.json": get(
             f"{a}/open311/v2/requests/{w.ticket}.json"),
         "GET /open311/v2/requests.json": get(f"{a}/open311/v2/requests.json"),
+        "GET /m/static/{name}": get(f"{a}/m/static/app.css"),
+        "GET /r/{code}": get(f"{a}/r/{GRID}"),
+        "POST /r/{code}": lambda caller: ("POST", f"{a}/r/{GRID}", {"files": [
+            ("report_id", (None, f"qr-acl-{caller}-{uuid.uuid4().hex[:8]}")),
+            ("service_code", (None, "litter")), ("description", (None, f"垃圾 {caller}")),
+            ("phone", (None, "13800001234"))]}),
+        "GET /r/t/{ticket}": get(f"{a}/r/t/{w.ticket}"),
         "BOARD GET /": get(f"{b}/"),
         "BOARD GET /api/board": get(f"{b}/api/board"),
         "BOARD GET /cases/{case_id}": get(f"{b}/cases/{c}"),
         "BOARD GET /thumbs/{sha256}": get(f"{b}/thumbs/{w.sha256}"),
         "BOARD GET /api/openapi.json": get(f"{b}/api/openapi.json"),
         "BOARD GET /api/docs": get(f"{b}/api/docs"),
-        "BOARD GET /docs/oauth2-redirect": get(f"{b}/docs/oauth2-redirect"),
-        "BOARD GET /redoc": get(f"{b}/redoc"),
+        "BOARD GET /static/board.css": get(f"{b}/static/board.css"),
+        "BOARD GET /sign-in": get(f"{b}/sign-in"),
+        "BOARD POST /sign-in": post(f"{b}/sign-in", headers=LOGIN_CSRF, data={
+            "csrf": LOGIN_CSRF_VALUE, "login": "acl-signer", "password": SIGNER_PASSWORD}),
+        "BOARD GET /password": get(f"{b}/password"),
+        "BOARD POST /password": post(f"{b}/password", headers=LOGIN_CSRF, data={
+            "csrf": LOGIN_CSRF_VALUE, "login": "acl-signer", "code": "X",
+            "new_password": "one-password-2031", "confirm": "another-password-2031"}),
+        "BOARD POST /sign-out": post(f"{b}/sign-out"),
     }
 
 
@@ -337,27 +362,33 @@ def test_every_route_has_a_row_and_declares_who_may_call_it(
 def test_the_table(world: World) -> None:
     store = world.sessions.store
     _, code = store.add(_signer(), "test")
-    store.set_password("acl-signer", code or "", "青山县-表格-密码-2031", "10.99.0.1")
+    store.set_password("acl-signer", code or "", SIGNER_PASSWORD, "10.99.0.1")
     requests = requests_for(world)
     wrong: list[str] = []
     with httpx.Client(timeout=60) as http:
         for route, expected in TABLE.items():
             for caller in CALLERS:
                 method, url, kw = requests[route](caller)
-                r = http.request(method, url, headers=world.headers(caller),
-                                 follow_redirects=False, **kw)
+                kw = dict(kw)
+                headers = {**world.headers(caller), **kw.pop("headers", {})}
+                http.cookies.clear()  # each request stands alone: no cookie from the last one
+                r = http.request(method, url, headers=headers, follow_redirects=False, **kw)
                 if r.status_code != expected[caller]:
                     wrong.append(f"{route} as {caller}: {r.status_code}, expected "
                                  f"{expected[caller]}: {r.text[:160]}")
-                elif r.status_code == 403 and not bilingual(r.json()):
+                elif r.status_code == 403 and not bilingual(r):
                     wrong.append(f"{route} as {caller}: 403 without both reasons: {r.text}")
                 if route.endswith("/sign-out") and caller in PEOPLE:
                     world.sessions.forget(PEOPLE[caller])  # every session of theirs ended
     assert wrong == [], "\n".join(wrong)
 
 
-def bilingual(body: Any) -> bool:
-    """A refusal's reason in Chinese and English (Open311 paths: one "zh / en" description)."""
+def bilingual(r: httpx.Response) -> bool:
+    """A refusal's reason in Chinese and English (Open311 paths: one "zh / en" description;
+    pages: the reason in Chinese, the code and the English under it)."""
+    if r.headers.get("content-type", "").startswith("text/html"):
+        return "无权" in r.text and "wrong_role" in r.text and "may not" in r.text
+    body = r.json()
     if isinstance(body, list):
         text = str(body[0].get("description", ""))
         return " / " in text and any("\u4e00" <= ch <= "\u9fff" for ch in text)

@@ -412,3 +412,35 @@ def test_undecodable_form_bodies_are_400_spec_errors(
     err = assert_open311_error(post_form(api, body, content_type), 400)
     assert "UTF-8" in err["description"]
     assert api.publisher.sent == []
+
+
+# --- browser sessions on the API: cookie + CSRF, security headers, local docs ------------------
+
+
+def test_a_cookie_session_needs_its_csrf_token_for_a_command(api: Api) -> None:
+    from accounts.access import CSRF_HEADER, SESSION_COOKIE
+    from accounts.credentials import csrf_token
+
+    token = api.worker["Authorization"].removeprefix("Bearer ")
+    api.client.cookies.set(SESSION_COOKIE, token)
+    try:
+        url = "/api/v1/tasks/AJ20261123-ABCDEFGH-T01/verify"
+        forged = api.client.post(url, json={})
+        assert forged.status_code == 403 and forged.json()["code"] == "csrf"
+        assert chinese(forged.json()["message_zh"])
+        ok = api.client.post(url, json={}, headers={CSRF_HEADER: csrf_token(token)})
+        assert ok.status_code == 404  # past the CSRF check: no such task
+        assert api.client.get("/api/v1/auth/me").json()["account_id"] == "GW0001"
+    finally:
+        api.client.cookies.clear()
+    assert api.publisher.sent == []
+
+
+def test_the_api_sends_security_headers_and_documents_itself_without_scripts(api: Api) -> None:
+    r = api.client.get("/docs")
+    assert r.status_code == 200 and "/api/v1/reports" in r.text and "谁可调用" in r.text
+    assert "<script" not in r.text and "cdn" not in r.text.lower()
+    for resp in (r, api.client.get("/api/v1/health")):
+        assert resp.headers["x-content-type-options"] == "nosniff"
+        assert "unsafe-inline" not in resp.headers["content-security-policy"]
+    assert api.client.get("/redoc").status_code == 404
