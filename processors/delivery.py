@@ -14,15 +14,17 @@ no agent processed, which is how an acknowledged report was once lost under repe
    the acked list. Records that faust itself dropped (a fetch cut short by a rebalance, records
    older than its read offset after a seek) look exactly like such a gap.
 3. Agents send their output straight to the producer (processors.app.emit); faust's flush
-   before a commit waits for those sends but never looks at whether they failed.
+   before a commit waits for those sends but never looks at whether they failed, and it
+   stops draining its buffer of table changelog writes as soon as one takes over 0.1 s.
 
 gridflow's input topics are neither compacted nor transactional, so their offsets are dense:
 every offset up to the end of the log holds a record. `GridflowConsumer` therefore commits a
 partition only up to the end of the run of processed offsets that starts exactly at its
 committed offset (the log start for a new group), registers no gaps, and rewinds a partition
 whose next record stays unprocessed while later ones are done (the record is read again;
-processing is idempotent). `SendLedger` remembers the agents' direct sends, and a commit is
-refused, and the worker crashed, if any of them failed.
+processing is idempotent). `SendLedger` remembers the agents' direct sends and their tables'
+changelog writes; a commit waits for all of them and is refused, and the worker crashed, if
+any failed.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ log = logging.getLogger("gridflow.delivery")
 # is rewound to its committed offset. In-order processing never leaves such a hole, so it
 # means faust dropped a fetched record; a short grace lets a rebalance's own seek come first.
 REWIND_AFTER_S = 3.0
+# How long a commit waits for the sends it covers before it gives up and crashes the worker.
+SETTLE_TIMEOUT_S = 120.0
 
 
 class SendLedger:
@@ -58,12 +62,7 @@ class SendLedger:
         self._pending.append(cast("asyncio.Future[Any]", fut))
 
     def check(self) -> None:
-        """Raise ProducerSendError if a finished send failed; forget the finished ones.
-
-        Called right after faust's producer flush, so every send made for a record that this
-        commit covers has finished: aiokafka resolves each message's future before the flush
-        that waits for its batch returns.
-        """
+        """Raise ProducerSendError if a finished send failed; forget the finished ones."""
         pending = []
         for fut in self._pending:
             if not fut.done():
@@ -74,6 +73,22 @@ class SendLedger:
                 self._pending = pending + [f for f in self._pending if not f.done()]
                 raise ProducerSendError(f"an agent's output was not delivered: {exc!r}")
         self._pending = pending
+
+    async def settle(self, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+        """Wait until every send tracked so far has finished, then `check`.
+
+        faust's flush before a commit drains its buffer of table changelog writes only while
+        each write goes out within 0.1 s (ProducerBuffer.flush_atmost gives up after that), so
+        a commit could overtake a state change; waiting for every tracked future cannot.
+        Raises ProducerSendError when they do not finish within `timeout_s`.
+        """
+        waiting = [f for f in self._pending if not f.done()]
+        if waiting:
+            _, late = await asyncio.wait(waiting, timeout=timeout_s)
+            if late:
+                raise ProducerSendError(
+                    f"{len(late)} of the agents' sends not acknowledged within {timeout_s:.0f} s")
+        self.check()
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -203,12 +218,13 @@ class GridflowConsumer(faust_aiokafka.Consumer):
     # --- the commit itself ------------------------------------------------------------
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
-        """Called by faust right after its producer flush: refuse (and crash the worker, so
-        it restarts from the last good commit) if an agent's direct send failed."""
+        """Called by faust right after its producer flush: wait for every send the agents made
+        so far (direct sends and table changelog writes); refuse, and crash the worker so it
+        restarts from the last good commit, if one failed or does not finish."""
         ledger: SendLedger | None = getattr(self.app, "send_ledger", None)
         if ledger is not None:
             try:
-                ledger.check()
+                await ledger.settle()
             except ProducerSendError as exc:
                 log.critical("not committing %s: %s", dict(offsets), exc)
                 await self.crash(exc)
@@ -221,8 +237,8 @@ class GridflowTransport(faust_aiokafka.Transport):
 
 
 class GridflowApp(faust.App):
-    """A faust app whose consumer commits strictly (GridflowConsumer) and whose agents'
-    direct sends are checked before each commit (send_ledger)."""
+    """A faust app whose consumer commits strictly (GridflowConsumer) and whose agents' sends
+    (direct and table changelog) are waited for and checked before each commit (send_ledger)."""
 
     dense_topics: frozenset[str] = frozenset()
 
@@ -233,3 +249,17 @@ class GridflowApp(faust.App):
 
     def _new_transport(self) -> GridflowTransport:
         return GridflowTransport(self.conf.broker_consumer, self)
+
+    def _new_producer(self) -> Any:
+        """faust's producer, with its buffer of table changelog writes tracked by the ledger
+        too, so no commit overtakes a change of an agent's state."""
+        producer = super()._new_producer()
+        buffer, ledger = producer.buffer, self.send_ledger
+        put = buffer.put
+
+        def tracked_put(fut: Any) -> None:
+            ledger.track(fut)
+            put(fut)
+
+        buffer.put = tracked_put  # type: ignore[method-assign]
+        return producer

@@ -158,3 +158,35 @@ def test_a_record_skipped_as_stale_is_not_counted_as_processed(consumer):
                   generation_id=2)
     assert c.ack(msg) is False
     assert 41 not in c._acked_index[tp]
+
+
+def test_a_commit_waits_for_sends_still_under_way():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        ledger = SendLedger()
+        slow = loop.create_future()
+        ledger.track(slow)
+        loop.call_later(0.05, slow.set_result, "metadata")
+        await ledger.settle(timeout_s=5)
+        assert slow.done() and len(ledger) == 0
+
+    _run(scenario())
+
+
+def test_a_send_that_never_finishes_refuses_the_commit():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        ledger = SendLedger()
+        ledger.track(loop.create_future())
+        with pytest.raises(ProducerSendError, match="not acknowledged"):
+            await ledger.settle(timeout_s=0.05)
+
+    _run(scenario())
+
+
+def test_table_changelog_writes_are_tracked(consumer):
+    c, _, _ = consumer
+    app = c.app
+    before = len(app.send_ledger)
+    app.producer.buffer.put(asyncio.Future(loop=asyncio.new_event_loop()))
+    assert len(app.send_ledger) == before + 1
