@@ -7,6 +7,8 @@ for something outside the caller's scope.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import ColumnElement, Engine, select
 from sqlalchemy.orm import Session
 
@@ -103,3 +105,24 @@ def cases_in_scope(principal: Principal) -> ColumnElement[bool]:
 
 def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def case_contacts(engine: Engine, case_id: str) -> list[dict[str, Any]]:
+    """The residents' contact details the case's reports carry (their names, phones, e-mails
+    for the call-back, 回访), oldest report first: [{report_id, contact}]. Personal data: show
+    it through accounts.pii and record unmasked reads (accounts.access_log)."""
+    from gridflow import events as ev
+    from sinks.models import CaseEvent
+
+    kinds = (ev.CASE_FILED, ev.REPORT_MERGED, ev.CASE_NOT_FILED)
+    with Session(engine) as session:
+        rows = session.execute(select(CaseEvent.data).where(
+            CaseEvent.case_id == case_id, CaseEvent.type.in_(kinds))
+            .order_by(CaseEvent.seq, CaseEvent.event_id)).all()
+    out: list[dict[str, Any]] = []
+    for (data,) in rows:
+        report = (data or {}).get("report") if isinstance(data, dict) else None
+        contact = report.get("contact") if isinstance(report, dict) else None
+        if isinstance(contact, dict) and any(str(v or "").strip() for v in contact.values()):
+            out.append({"report_id": str(report.get("report_id", "")), "contact": contact})
+    return out

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from accounts import facts, web
 from accounts.access import allow, in_scope, not_found, public
+from accounts.access_log import AccessLog
 from accounts.credentials import csrf_token
 from accounts.roles import (
     AUDITOR,
@@ -52,9 +53,12 @@ def no_photo() -> Any:
 
 
 def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock: Clock,
-                     object_store: Any = None, accounts: AccountStore | None = None) -> FastAPI:
-    """The board's app. `accounts`: who may sign in (default: the accounts in `engine`)."""
+                     object_store: Any = None, accounts: AccountStore | None = None,
+                     access_log: AccessLog | None = None) -> FastAPI:
+    """The board's app. `accounts`: who may sign in (default: the accounts in `engine`);
+    `access_log`: where reads of personal data are recorded (default: the settings' Kafka)."""
     from producers.errors import ApiError
+    from producers.privacy import contacts_for
     from sinks.models import create_schema
     from sinks.queries import case_detail
 
@@ -62,6 +66,11 @@ def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock:
     app = FastAPI(title="gridflow 督办看板", docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")
     app.state.settings = settings
+    if access_log is None:
+        from producers.publisher import KafkaPublisher
+
+        access_log = AccessLog(KafkaPublisher(settings.kafka_bootstrap),
+                               settings.kafka_bootstrap, settings.topic_prefix)
     app.state.accounts = accounts or AccountStore(engine, ref, policy=web.session_policy(settings))
     web.install_security(app, settings)
     app.include_router(signin.router)
@@ -121,8 +130,11 @@ def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock:
         for task in detail["tasks"]:
             dept = ref.departments.get(task["department"])
             task["department_name"] = dept.name if dept else task["department"]
+        client = request.client.host if request.client else "unknown"
+        contacts = contacts_for(engine, access_log, caller, case_id, "GET /cases/{case_id}",
+                                client)
         return render_case(detail, lambda p: f"/thumbs/{quote(p['sha256'])}",
-                           nav_of(request, caller))
+                           nav_of(request, caller), pages.contacts_section(contacts))
 
     @app.get("/thumbs/{sha256}", summary="照片缩略图 / photo thumbnail (EXIF-free)")
     def thumbnail(sha256: str, caller: Annotated[Principal, allow("photo.read")]) -> Response:

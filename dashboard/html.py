@@ -140,7 +140,8 @@ def render_board(data: dict[str, Any], nav: str = "") -> str:
                  refresh=30, nav=nav)
 
 
-def render_case(detail: dict[str, Any], photo_url: Any, nav: str = "") -> str:
+def render_case(detail: dict[str, Any], photo_url: Any, nav: str = "", extra: str = "") -> str:
+    """The case page; `extra`: sections after the overview (dashboard.pages.contacts_section)."""
     tasks = "".join(
         f"<tr><td>{escape(t['task_id'])}</td><td>{escape(t.get('department_name') or t['department'])}</td>"
         f"<td>{escape(t.get('state_zh', t['state']))}</td><td>{local_time(t.get('sign_due'))}</td>"
@@ -170,6 +171,7 @@ def render_case(detail: dict[str, Any], photo_url: Any, nav: str = "") -> str:
         f"<tr><th>网格</th><td>{grid_label(detail.get('grid_name'), detail.get('grid_code'))}</td></tr>"
         f"<tr><th>立案时间</th><td>{local_time(detail.get('filed_at'))}</td></tr>"
         f"<tr><th>满意度</th><td>{escape(str(detail.get('rating') or '—'))}</td></tr></table></section>"
+        f"{extra}"
         "<section><h2>任务</h2><table><tr><th>任务</th><th>责任部门</th><th>状态</th>"
         f"<th>签收期限</th><th>办结期限</th><th>升级级别</th><th>返工次数</th></tr>{tasks}</table></section>"
         f'<section class="photos"><h2>照片</h2>{photos}</section>'

@@ -8,6 +8,7 @@ and repeated beside the field (GOV.UK style), in Chinese with the code underneat
 from __future__ import annotations
 
 from html import escape
+from typing import Any
 from urllib.parse import quote
 
 from accounts.roles import ROLE_NAMES_ZH, Principal
@@ -108,3 +109,22 @@ def error_page(status: int, zh: str, code: str, en: str = "") -> str:
             f'{": " + escape(en) if en else ""}</small>'
             '<p><a href="/">返回看板</a></p></section>')
     return _page(titles.get(status, "出错了"), "网格化管理督办看板", body)
+
+
+def contacts_section(found: dict[str, Any] | None) -> str:
+    """回访信息: the residents' names and numbers, masked unless the viewer calls them back."""
+    if not found or not found["contacts"]:
+        return ""
+    rows = "".join(
+        f"<tr><td>{escape(c.get('name', '—'))}</td><td>{escape(c.get('phone', '—'))}</td>"
+        f"<td>{escape(c.get('email', '—'))}</td><td><code>{escape(c['report_id'])}</code></td></tr>"
+        for c in found["contacts"])
+    if found.get("note_zh"):
+        hint = f'<p class="bad">{escape(found["note_zh"])}</p>'
+    elif found["masked"]:
+        hint = '<p class="hint">个人信息已脱敏显示; 回访由督办人员负责。</p>'
+    else:
+        hint = '<p class="hint">个人信息仅用于回访; 本次查看已记录在案。</p>'
+    return ("<section><h2>回访信息 (个人信息)</h2>" + hint
+            + "<table><tr><th>姓名</th><th>电话</th><th>电子邮箱</th><th>上报编号</th></tr>"
+            + rows + "</table></section>")

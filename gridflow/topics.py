@@ -60,8 +60,14 @@ DEAD_LETTERS = TopicSpec(
     "Undecodable or invalid input: the original bytes, where they came from and why.",
 )
 
+ACCESS_LOG = TopicSpec(
+    "access-log", 1, FOREVER, False, "case_id",
+    "Who read which case's personal data (PersonalDataRead), for auditors (accounts.access_log).",
+)
+
 CATALOGUE: tuple[TopicSpec, ...] = (
     REPORTS, REPORTS_LOCATED, CASE_COMMANDS, CASE_EVENTS, DEADLINE_TICKS, DEAD_LETTERS,
+    ACCESS_LOG,
 )
 
 

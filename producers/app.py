@@ -26,7 +26,7 @@ from accounts.store import AccountStore
 from gridflow.clock import Clock, clock_from_spec, wall_clock
 from gridflow.core.refdata import ReferenceData, load_reference_data
 from gridflow.settings import Settings, load_settings, settings_env
-from producers import commands, open311, receipts, reports, status
+from producers import commands, open311, privacy, receipts, reports, status
 from producers.context import Context
 from producers.errors import install_handlers
 from producers.publisher import KafkaPublisher, Publisher
@@ -131,6 +131,7 @@ def create_app(settings: Settings, deps: Deps) -> FastAPI:
     app.include_router(commands.router)
     app.include_router(open311.router)
     app.include_router(account_routes.router)
+    app.include_router(privacy.router)
 
     @app.get("/api/v1/health", tags=["ops"], summary="存活检查 / liveness")
     def health(_: Annotated[Principal | None, public("存活检查: 公开")]) -> dict[str, str]:

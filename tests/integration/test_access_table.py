@@ -122,6 +122,8 @@ TABLE: dict[str, dict[str, int]] = {
     "POST /api/v1/cases/{case_id}/rating": {**supervisor_command(), "worker_in": 202,
                                             "worker_out": 404},
     "POST /api/v1/cases/{case_id}/whistle": supervisor_command(leader=202),
+    "GET /api/v1/cases/{case_id}/contacts": case_read(),  # masked but for 回访 roles
+    "GET /api/v1/audit/access-log": row(403, anonymous=401, auditor=200),
     "GET /open311/v2/services.json": ANYONE,
     "POST /open311/v2/requests.json": row(201),  # the residents' door: no sign-in
     "GET /open311/v2/requests/{service_request_id}.json": ANYONE,  # status by ticket
@@ -302,6 +304,9 @@ def requests_for(w: World) -> dict[str, Callable[[str], Request]]:
                                                     json={"score": 5}),
         "POST /api/v1/cases/{case_id}/whistle": post(f"{a}/api/v1/cases/{c}/whistle",
                                                      json={"departments": ["county.huanjing"]}),
+        "GET /api/v1/cases/{case_id}/contacts": get(f"{a}/api/v1/cases/{c}/contacts"),
+        "GET /api/v1/audit/access-log": get(f"{a}/api/v1/audit/access-log",
+                                            params={"case_id": c}),
         "GET /open311/v2/services.json": get(f"{a}/open311/v2/services.json"),
         "POST /open311/v2/requests.json": lambda caller: (
             "POST", f"{a}/open311/v2/requests.json",
