@@ -121,8 +121,10 @@ def case_contacts(engine: Engine, case_id: str) -> list[dict[str, Any]]:
             .order_by(CaseEvent.seq, CaseEvent.event_id)).all()
     out: list[dict[str, Any]] = []
     for (data,) in rows:
-        report = (data or {}).get("report") if isinstance(data, dict) else None
-        contact = report.get("contact") if isinstance(report, dict) else None
+        report = data.get("report") if isinstance(data, dict) else None
+        if not isinstance(report, dict):
+            continue
+        contact = report.get("contact")
         if isinstance(contact, dict) and any(str(v or "").strip() for v in contact.values()):
             out.append({"report_id": str(report.get("report_id", "")), "contact": contact})
     return out
