@@ -27,11 +27,13 @@ from gridflow.settings import load_settings
               show_default=True,
               help="The worker's Kafka session timeout (how long a killed worker's partitions "
                    "wait before they are handed out again).")
+@click.option("--static/--dynamic", "static", default=False, show_default=True,
+              help="Restart the worker under the same group instance id (static membership).")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the processes' logs go (default: a new temporary directory).")
 def chaos(scenario: str, full: bool, cycles: int | None, rate: float, session_timeout: float,
-          seed: int, log_dir: Path | None) -> None:
+          static: bool, seed: int, log_dir: Path | None) -> None:
     """Inject faults into gridflow's own processes on the running local stack and count what
     was acknowledged against what was kept (needs `gridflow up`)."""
     from chaos import kill_worker
@@ -41,7 +43,8 @@ def chaos(scenario: str, full: bool, cycles: int | None, rate: float, session_ti
     n = cycles or (50 if full else 12)
     click.echo(f"chaos {scenario}: {n} cycles at {rate:g} reports/s; logs in {log_dir}")
     result = kill_worker.run(settings, log_dir, cycles=n, rate=rate,
-                             session_timeout_s=session_timeout, seed=seed,
+                             session_timeout_s=session_timeout, static_membership=static,
+                             seed=seed,
                              echo=lambda line: click.echo(line))
     for line in result.lines():
         click.echo(line)

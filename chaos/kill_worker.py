@@ -164,14 +164,18 @@ def report_rows(database_url: str) -> tuple[set[str], int]:
 
 def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10.0,
         max_up_s: float = 12.0, sink_every: int = 3, session_timeout_s: float = 6.0,
-        catch_up_timeout_s: float = 240.0, seed: int = 1,
+        static_membership: bool = False, catch_up_timeout_s: float = 240.0, seed: int = 1,
         echo: Callable[[str], None] = print) -> KillReport:
-    """Run the scenario on a fresh topic prefix and SQLite database; return its accounting."""
+    """Run the scenario on a fresh topic prefix and SQLite database; return its accounting.
+
+    `static_membership` restarts the worker under the same group instance id, so it takes
+    its partitions straight back instead of waiting out the session timeout."""
     prefix = f"chaos-{uuid.uuid4().hex[:8]}"
     log_dir.mkdir(parents=True, exist_ok=True)
     settings = settings.with_(
         topic_prefix=prefix, database_url=f"sqlite:///{log_dir / (prefix + '.db')}",
-        faust_data_dir=log_dir / "faust", worker_session_timeout_s=session_timeout_s)
+        faust_data_dir=log_dir / "faust", worker_session_timeout_s=session_timeout_s,
+        worker_instance_id="chaos-worker-1" if static_membership else "")
     topics.ensure_topics(settings.kafka_bootstrap, prefix)
     rng = random.Random(seed)
     ref = load_reference_data(settings.refdata_dir)

@@ -105,6 +105,10 @@ class Settings:
     # How long the broker waits for a silent worker before handing its partitions to the
     # others (a worker killed without a goodbye stalls its partitions this long).
     worker_session_timeout_s: float = 60.0
+    # Static group membership (Kafka KIP-345): a worker restarted under the same id takes its
+    # partitions straight back instead of waiting out the session timeout. Give each worker
+    # process of a group its own id (e.g. host name and role); empty: dynamic membership.
+    worker_instance_id: str = ""
     faust_data_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -168,6 +172,7 @@ def load_settings() -> Settings:
         sink_fetch_wait_ms=int(_env("SINK_FETCH_WAIT_MS", str(base.sink_fetch_wait_ms))),
         worker_session_timeout_s=float(_env("WORKER_SESSION_TIMEOUT_S",
                                             str(base.worker_session_timeout_s))),
+        worker_instance_id=_env("WORKER_INSTANCE_ID", ""),
         refdata_dir=Path(_env("REFDATA_DIR", "")).expanduser() if _env("REFDATA_DIR", "") else None,
         calendar_dir=(Path(_env("CALENDAR_DIR", "")).expanduser() if _env("CALENDAR_DIR", "")
                       else None),
@@ -191,6 +196,7 @@ _ENV_FIELDS = {
     "dedupe_radius_m": "DEDUPE_RADIUS_M", "dedupe_window_hours": "DEDUPE_WINDOW_HOURS",
     "sink_fetch_wait_ms": "SINK_FETCH_WAIT_MS",
     "worker_session_timeout_s": "WORKER_SESSION_TIMEOUT_S",
+    "worker_instance_id": "WORKER_INSTANCE_ID",
     "session_idle_minutes": "SESSION_IDLE_MINUTES", "session_max_hours": "SESSION_MAX_HOURS",
     "cookie_secure": "COOKIE_SECURE", "frame_ancestors": "FRAME_ANCESTORS",
 }

@@ -95,6 +95,7 @@ def build_app(rt: Runtime, app_id: str | None = None) -> GridflowApp:
         producer_linger=0.005,
         broker_session_timeout=s.worker_session_timeout_s,
         broker_heartbeat_interval=min(3.0, s.worker_session_timeout_s / 3),
+        consumer_group_instance_id=s.worker_instance_id or None,
     )
 
     def topic(spec: topics.TopicSpec) -> faust.TopicT:

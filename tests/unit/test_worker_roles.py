@@ -39,3 +39,16 @@ def test_archive_runs_the_archive_alone_in_a_group_of_its_own():
 def test_an_unknown_role_is_refused():
     with pytest.raises(click.BadParameter, match="role must be one of"):
         runtime_for_role(load_settings(), "everything")
+
+
+def test_group_membership_settings_reach_the_consumer(monkeypatch):
+    monkeypatch.setenv("GRIDFLOW_WORKER_INSTANCE_ID", "host1-pipeline")
+    monkeypatch.setenv("GRIDFLOW_WORKER_SESSION_TIMEOUT_S", "9")
+    settings = load_settings().with_(topic_prefix="roles")
+    app = build_app(runtime_for_role(settings, "pipeline"))
+    assert app.conf.consumer_group_instance_id == "host1-pipeline"
+    assert app.conf.broker_session_timeout == 9.0
+    assert app.conf.broker_heartbeat_interval == 3.0
+    default = build_app(runtime_for_role(load_settings().with_(
+        topic_prefix="roles", worker_instance_id=""), "pipeline"))
+    assert default.conf.consumer_group_instance_id is None  # dynamic membership
