@@ -1,0 +1,62 @@
+"""Mounts the workbench (/w/) and the supervisors' console (/s/) into the ingest API's app:
+`install(app)` after producers.app.create_app has wired the API's context and accounts.
+
+Guarantee: the pages reuse the API's parts (context, accounts, publisher, object store) and add
+no other client; a refusal on a page is an HTML page for browsers (401: to the sign-in page)
+and the API's JSON error shape for every other client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from producers.errors import ApiError
+from workbench import common, dept
+from workbench.csrf import FormCsrf
+from workbench.state import WorkbenchState
+from workbench.web import page_response, render_text, see_other, wants_html
+
+PREFIXES = ("/w/", "/s/")
+
+
+def is_page(request: Request) -> bool:
+    return request.url.path.startswith(PREFIXES)
+
+
+def install(app: FastAPI) -> FastAPI:
+    app.state.workbench = WorkbenchState.build(app.state.ctx)
+    app.add_middleware(FormCsrf, prefixes=PREFIXES)
+    app.include_router(common.router)
+    app.include_router(dept.router)
+    _html_errors(app)
+    return app
+
+
+ERROR_HEADINGS = {401: "请先登录", 403: "无权访问", 404: "未找到", 409: "操作冲突",
+                  422: "请求有误", 503: "服务暂不可用"}
+
+
+def _html_errors(app: FastAPI) -> None:
+    """Browsers asking for a page get an HTML refusal; API clients keep the JSON shape."""
+    json_handler = app.exception_handlers.get(ApiError)
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        if is_page(request) and wants_html(request):
+            if exc.status == 401:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return see_other(f"/w/sign-in?next={quote(target)}")
+            html = render_text("error_plain.html", status=exc.status,
+                               heading=ERROR_HEADINGS.get(exc.status, "出错了"),
+                               message=exc.message_zh)
+            return page_response(html, exc.status)
+        if json_handler is not None:
+            result: Any = json_handler(request, exc)
+            return await result if hasattr(result, "__await__") else result
+        raise exc
+
+    app.add_exception_handler(ApiError, on_api_error)
