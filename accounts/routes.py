@@ -44,7 +44,9 @@ def api_error(exc: Refused) -> ApiError:
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    from accounts.web import client_address as address
+
+    return address(request)
 
 
 def principal_view(p: Principal, ref: Any = None) -> dict[str, Any]:

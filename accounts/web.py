@@ -75,6 +75,20 @@ def is_secure(request: Request, settings: Settings) -> bool:
     return request.url.scheme == "https" or forwarded == "https"
 
 
+def client_address(request: Request) -> str:
+    """The client's address: the peer's, or — when the peer is one of the configured trusted
+    proxies (GRIDFLOW_TRUSTED_PROXIES) — the last address X-Forwarded-For names before it."""
+    peer = request.client.host if request.client else "unknown"
+    settings: Settings | None = getattr(request.app.state, "settings", None)
+    trusted = set(settings.trusted_proxies.split()) if settings else set()
+    if peer not in trusted:
+        return peer
+    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    while hops and hops[-1] in trusted:
+        hops.pop()
+    return hops[-1][:64] if hops else peer
+
+
 def set_session_cookie(response: Response, request: Request, settings: Settings, token: str,
                        expires_at: datetime, now: datetime) -> None:
     response.set_cookie(SESSION_COOKIE, token, max_age=max(1, int((expires_at - now)

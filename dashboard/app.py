@@ -130,7 +130,7 @@ def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock:
         for task in detail["tasks"]:
             dept = ref.departments.get(task["department"])
             task["department_name"] = dept.name if dept else task["department"]
-        client = request.client.host if request.client else "unknown"
+        client = web.client_address(request)
         contacts = contacts_for(engine, access_log, caller, case_id, "GET /cases/{case_id}",
                                 client)
         return render_case(detail, lambda p: f"/thumbs/{quote(p['sha256'])}",

@@ -71,7 +71,7 @@ def _signed_in(request: Request, signed: SignedIn, next_path: str) -> Response:
 
 
 def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    return web.client_address(request)
 
 
 @router.get("/sign-in", response_class=HTMLResponse, summary="登录页 / sign-in page")

@@ -95,6 +95,9 @@ class Settings:
     # (CSP frame-ancestors, space-separated, e.g. the county's 企业微信 / 钉钉 workbench hosts).
     cookie_secure: str = "auto"
     frame_ancestors: str = ""
+    # Reverse proxies (their addresses, space-separated) whose X-Forwarded-For names the client:
+    # sign-in locks count failures per client address, not per proxy.
+    trusted_proxies: str = ""
 
     # SQL sink: how long the broker may hold a fetch to gather more events (one transaction
     # per fetch: a caught-up sink otherwise commits a handful of events at a time)
@@ -167,6 +170,7 @@ def load_settings() -> Settings:
         session_max_hours=_env_int("SESSION_MAX_HOURS", base.session_max_hours),
         cookie_secure=_env("COOKIE_SECURE", base.cookie_secure),
         frame_ancestors=_env("FRAME_ANCESTORS", base.frame_ancestors),
+        trusted_proxies=_env("TRUSTED_PROXIES", base.trusted_proxies),
         dedupe_radius_m=float(_env("DEDUPE_RADIUS_M", str(base.dedupe_radius_m))),
         dedupe_window_hours=float(_env("DEDUPE_WINDOW_HOURS", str(base.dedupe_window_hours))),
         sink_fetch_wait_ms=int(_env("SINK_FETCH_WAIT_MS", str(base.sink_fetch_wait_ms))),
@@ -199,6 +203,7 @@ _ENV_FIELDS = {
     "worker_instance_id": "WORKER_INSTANCE_ID",
     "session_idle_minutes": "SESSION_IDLE_MINUTES", "session_max_hours": "SESSION_MAX_HOURS",
     "cookie_secure": "COOKIE_SECURE", "frame_ancestors": "FRAME_ANCESTORS",
+    "trusted_proxies": "TRUSTED_PROXIES",
 }
 
 

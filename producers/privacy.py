@@ -19,6 +19,7 @@ from accounts.access import allow, in_scope, not_found
 from accounts.access_log import AccessLog
 from accounts.pii import contact_view, has_personal_data
 from accounts.roles import Principal, sees_unmasked
+from accounts.web import client_address
 from producers.context import Context, ctx
 
 router = APIRouter(tags=["privacy 个人信息"])
@@ -61,7 +62,7 @@ async def case_contacts(
     case_id: str, request: Request, caller: Annotated[Principal, allow("case.read")]
 ) -> JSONResponse:
     c = ctx(request)
-    client = request.client.host if request.client else "unknown"
+    client = client_address(request)
     found = await run_in_threadpool(contacts_for, c.engine, access_log(c), caller, case_id,
                                     "GET /api/v1/cases/{case_id}/contacts", client)
     if found is None:

@@ -251,3 +251,21 @@ def test_every_page_has_the_security_headers_and_no_inline_script_or_style(
         assert ("frame-ancestors 'self' https://work.weixin.qq.com https://*.dingtalk.com"
                 in r.headers["content-security-policy"])
         assert "x-frame-options" not in r.headers
+
+
+def test_behind_a_trusted_proxy_failures_count_per_client_not_per_proxy(
+    store: AccountStore, tmp_path: Path
+) -> None:
+    with board(store, tmp_path, trusted_proxies="testclient") as c:
+        def attempt(client_ip: str, login: str, password: str) -> int:
+            c.cookies.clear()
+            c.headers["X-Forwarded-For"] = f"{client_ip}, testclient"
+            return sign_in(c, login, password).status_code  # type: ignore[attr-defined]
+
+        for i in range(5):  # five clients, one failure each (unknown accounts: no account lock)
+            assert attempt(f"203.0.113.{i}", f"nobody{i}", "wrong-password") == 401
+        assert attempt("203.0.113.50", "sv0001", PASSWORD) == 303  # the proxy is not locked
+        for _ in range(5):
+            attempt("198.51.100.7", "nobody-else", "wrong-password")
+        assert attempt("198.51.100.7", "sv0001", PASSWORD) == 429  # that client is
+        assert attempt("198.51.100.8", "sv0001", PASSWORD) == 303
