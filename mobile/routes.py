@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from accounts.access import public
 from accounts.roles import Principal
-from mobile import resident
+from mobile import resident, worker
 from mobile.web import static_response
 from producers.errors import ApiError
 
@@ -30,3 +30,4 @@ def static_asset(
 
 
 router.include_router(resident.router)
+router.include_router(worker.router)

@@ -26,6 +26,7 @@ from accounts.store import AccountStore
 from gridflow.clock import Clock, clock_from_spec, wall_clock
 from gridflow.core.refdata import ReferenceData, load_reference_data
 from gridflow.settings import Settings, load_settings, settings_env
+from mobile import routes as mobile_routes
 from producers import commands, open311, privacy, receipts, reports, status
 from producers.context import Context
 from producers.errors import install_handlers
@@ -132,6 +133,7 @@ def create_app(settings: Settings, deps: Deps) -> FastAPI:
     app.include_router(open311.router)
     app.include_router(account_routes.router)
     app.include_router(privacy.router)
+    app.include_router(mobile_routes.router)  # the phone pages: /m/ (grid workers), /r/ (QR)
 
     @app.get("/api/v1/health", tags=["ops"], summary="存活检查 / liveness")
     def health(_: Annotated[Principal | None, public("存活检查: 公开")]) -> dict[str, str]:

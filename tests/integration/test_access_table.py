@@ -129,10 +129,24 @@ TABLE: dict[str, dict[str, int]] = {
     "GET /open311/v2/requests/{service_request_id}.json": ANYONE,  # status by ticket
     "GET /open311/v2/requests.json": row(200, anonymous=401, admin=403, key_partner=403),
     # the phone pages (mobile/): assets and the residents' QR page are public
-    "GET /m/static/{name}": ANYONE,
+    "GET /m/static/{name:path}": ANYONE,
     "GET /r/{code}": ANYONE,
     "POST /r/{code}": row(303),  # a resident's report, answered by its ticket page
     "GET /r/t/{ticket}": ANYONE,
+    "GET /m/": ANYONE,  # the grid workers' app shell: nothing personal in it
+    "GET /m/sw.js": ANYONE,
+    "GET /m/manifest.webmanifest": ANYONE,
+    "GET /m/sign-in": ANYONE,
+    "POST /m/sign-in": row(403),  # the table's own account is no grid worker
+    "POST /m/sign-out": row(403, anonymous=401, **dict.fromkeys(PERSONS, 303)),
+    "GET /m/api/me": row(403, anonymous=401, worker_in=200, worker_out=200),
+    "GET /m/api/catalogue": row(403, anonymous=401, worker_in=200, worker_out=200),
+    "GET /m/api/reports": row(403, anonymous=401, worker_in=200, worker_out=200),
+    "GET /m/api/tasks": row(403, anonymous=401, worker_in=200, worker_out=200, township_in=200,
+                            township_out=200, county=200),
+    "GET /m/api/photos/{photo_id}": case_read(),
+    "POST /m/api/tasks/{task_id}/verification": row(
+        403, anonymous=401, worker_in=202, worker_out=404, township_out=404),
     # the board ----------------------------------------------------------------------------------
     # pages: not signed in goes to the sign-in page (303)
     "BOARD GET /": row(403, anonymous=303, township_in=200, township_out=200, county=200,
@@ -316,13 +330,30 @@ def requests_for(w: World) -> dict[str, Callable[[str], Request]]:
         "GET /open311/v2/requests/{service_request_id}.json": get(
             f"{a}/open311/v2/requests/{w.ticket}.json"),
         "GET /open311/v2/requests.json": get(f"{a}/open311/v2/requests.json"),
-        "GET /m/static/{name}": get(f"{a}/m/static/app.css"),
+        "GET /m/static/{name:path}": get(f"{a}/m/static/app.css"),
         "GET /r/{code}": get(f"{a}/r/{GRID}"),
         "POST /r/{code}": lambda caller: ("POST", f"{a}/r/{GRID}", {"files": [
             ("report_id", (None, f"qr-acl-{caller}-{uuid.uuid4().hex[:8]}")),
             ("service_code", (None, "litter")), ("description", (None, f"垃圾 {caller}")),
             ("phone", (None, "13800001234"))]}),
         "GET /r/t/{ticket}": get(f"{a}/r/t/{w.ticket}"),
+        "GET /m/": get(f"{a}/m/"),
+        "GET /m/sw.js": get(f"{a}/m/sw.js"),
+        "GET /m/manifest.webmanifest": get(f"{a}/m/manifest.webmanifest"),
+        "GET /m/sign-in": get(f"{a}/m/sign-in"),
+        "POST /m/sign-in": post(f"{a}/m/sign-in", headers={**LOGIN_CSRF,
+                                                             "Accept": "application/json"},
+                                data={"csrf": LOGIN_CSRF_VALUE, "login": "acl-signer",
+                                      "password": SIGNER_PASSWORD}),
+        "POST /m/sign-out": post(f"{a}/m/sign-out"),
+        "GET /m/api/me": get(f"{a}/m/api/me"),
+        "GET /m/api/catalogue": get(f"{a}/m/api/catalogue"),
+        "GET /m/api/reports": get(f"{a}/m/api/reports"),
+        "GET /m/api/tasks": get(f"{a}/m/api/tasks"),
+        "GET /m/api/photos/{photo_id}": get(f"{a}/m/api/photos/{photo_id(w)}"),
+        "POST /m/api/tasks/{task_id}/verification": lambda caller: (
+            "POST", f"{a}/m/api/tasks/{t}/verification", {"files": [
+                ("verification", (None, b'{"passed": true, "note": "ok"}', "application/json"))]}),
         "BOARD GET /": get(f"{b}/"),
         "BOARD GET /api/board": get(f"{b}/api/board"),
         "BOARD GET /cases/{case_id}": get(f"{b}/cases/{c}"),
@@ -399,6 +430,17 @@ def bilingual(r: httpx.Response) -> bool:
         return " / " in text and any("\u4e00" <= ch <= "\u9fff" for ch in text)
     zh = str(body.get("message_zh") or "")
     return bool(body.get("message_en")) and any("\u4e00" <= ch <= "\u9fff" for ch in zh)
+
+
+def photo_id(w: World) -> str:
+    """The id of the world's photo in the read models (what the phone app asks for)."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from sinks.models import Photo
+
+    with Session(w.sessions.store.engine) as session:
+        return str(session.execute(select(Photo.id).where(Photo.sha256 == w.sha256)).scalar())
 
 
 def _signer() -> Any:
