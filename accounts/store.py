@@ -454,14 +454,25 @@ class AccountStore:
         now = self.clock()
         s = auth_sessions.c
         digest = cred.token_hash(token)
-        with self.engine.connect() as conn:
-            row = conn.execute(select(s.account_id, s.last_seen_at, s.expires_at, s.ended_at)
-                               .where(s.session_hash == digest)).first()
-            if row is None or row.ended_at is not None:
-                return None
-            reason = ("expired" if now >= row.expires_at
-                      else "idle" if now - row.last_seen_at >= self.policy.idle else None)
-            principal = None if reason else self._principal(conn, row.account_id, token)
+        a, r = accounts.c, account_roles.c
+        query = (select(s.account_id, s.last_seen_at, s.expires_at, s.ended_at, a.display_name,
+                        a.status, r.role, r.scope)
+                 .join(accounts, a.account_id == s.account_id)
+                 .join(account_roles, r.account_id == s.account_id, isouter=True)
+                 .where(s.session_hash == digest)
+                 .order_by(r.role, r.scope))
+        with self.engine.connect() as conn:  # one round trip: the session, its person, roles
+            rows = conn.execute(query).all()
+        if not rows or rows[0].ended_at is not None:
+            return None
+        row = rows[0]
+        reason = ("expired" if now >= row.expires_at
+                  else "idle" if now - row.last_seen_at >= self.policy.idle else None)
+        principal = None
+        if not reason and row.status == ACTIVE:
+            grants = tuple(Grant(x.role, x.scope) for x in rows if x.role is not None)
+            principal = Principal(row.account_id, row.display_name, grants, "session",
+                                  digest[:12])
         if reason:
             with self.engine.begin() as conn:
                 conn.execute(update(auth_sessions).where(s.session_hash == digest,
