@@ -1,7 +1,8 @@
 """Scenario: the worker killed with SIGKILL again and again under a steady stream of reports.
 
-Reports go straight onto `<prefix>.reports` (what the API does once it has answered 202), so
-every report on that topic is one the system has promised to keep. The worker is killed at
+Reports go straight onto `<prefix>.reports`, each with a real photo in the incoming bucket
+(what the API does before it answers 202), so every report on that topic is one the system
+has promised to keep. The worker is killed at
 random moments — some in its first second, before its first commit, some mid-stream — and
 restarted at once; the SQL sink is killed too, every `sink_every` cycles. Afterwards every
 report id on the reports topic must have its row in the read models (filed, merged or
@@ -10,6 +11,8 @@ refused): anything else is lost, and the run says which, with its partition and 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
 import signal
@@ -22,13 +25,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from minio import Minio
 from sqlalchemy import func, select
 
 from gridflow import events as ev
 from gridflow import services, topics
 from gridflow.core.refdata import ReferenceData, load_reference_data
 from gridflow.events import Message, derived_id, iso
+from gridflow.objectstore import make_client
 from gridflow.settings import Settings
+from gridflow.testing.images import make_jpeg
 from sinks.models import Case, Report, Task, create_schema, make_engine, table_of
 
 # Up-times before a kill: a third in the first seconds (the first commit of a new group, a
@@ -48,10 +54,13 @@ class KillReport:
     catch_up_s: float = 0.0
     seconds: float = 0.0
     worker_log: str = ""
+    audit_clean: bool | None = None  # gridflow audit verify's verdict (None: not run)
+    audit_lines: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not self.lost and self.duplicate_rows == 0 and self.kept == self.sent
+        return (not self.lost and self.duplicate_rows == 0 and self.kept == self.sent
+                and self.audit_clean is not False)
 
     def lines(self) -> list[str]:
         out = [
@@ -65,21 +74,25 @@ class KillReport:
         ]
         for partition, offset, report_id in self.lost[:20]:
             out.append(f"  LOST {report_id} at reports[{partition}]@{offset}")
+        if self.audit_clean is not None:
+            out.append("  gridflow audit verify:                       "
+                       + ("clean" if self.audit_clean else "DIFFERENCES"))
+            if not self.audit_clean:
+                out += ["    " + line for line in self.audit_lines[:40]]
         out.append("  verdict: " + ("nothing lost / 无丢失" if self.clean else "LOSS / 有丢失"))
         return out
 
 
-def sample_report(ref: ReferenceData, index: int, rng: random.Random, run: str) -> Message:
-    """A grid worker's report inside their own grid, with a photo reference (never archived:
-    the scenario runs the pipeline without the photo archive)."""
+def sample_report(ref: ReferenceData, index: int, rng: random.Random, run: str,
+                  photo: dict[str, object]) -> Message:
+    """A grid worker's report inside their own grid, with one photo already in the incoming
+    bucket (`photo`: its reference, as the API makes it)."""
     workers = sorted(ref.workers.values(), key=lambda w: w.id)
     w = workers[index % len(workers)]
     box = ref.grids[w.grid_code].bbox
     rid = f"{run}-{index:06d}"
     now = iso(datetime.now(UTC))
     actor = f"worker:{w.id}@{w.grid_code}"
-    photo = {"bucket": "chaos-none", "key": f"reports/{rid}/0.jpg", "size": 1,
-             "sha256": "0" * 64, "content_type": "image/jpeg", "role": "before"}
     return Message(
         id=derived_id("report", rid), type=ev.REPORT_SUBMITTED, case_id="", at=now, actor=actor,
         data={"report_id": rid, "source": "grid_worker", "channel": "app", "reporter": actor,
@@ -90,8 +103,19 @@ def sample_report(ref: ReferenceData, index: int, rng: random.Random, run: str) 
     )
 
 
+def upload_photo(store: Minio, bucket: str, run: str, index: int) -> dict[str, object]:
+    """A small real JPEG in the incoming bucket, as the API stores a worker's photo."""
+    data = make_jpeg(96, 72, seed=index, noise=0.3)
+    sha = hashlib.sha256(data).hexdigest()
+    key = f"reports/{run}-{index:06d}/0-{sha[:16]}.jpg"
+    store.put_object(bucket, key, io.BytesIO(data), len(data), content_type="image/jpeg")
+    return {"bucket": bucket, "key": key, "size": len(data), "sha256": sha,
+            "content_type": "image/jpeg", "role": "before"}
+
+
 class _Producer(threading.Thread):
-    """Puts reports on the reports topic at a steady rate, each acknowledged (acks=all)."""
+    """Puts reports on the reports topic at a steady rate, each acknowledged (acks=all), each
+    with its photo uploaded first (the claim check)."""
 
     def __init__(self, settings: Settings, ref: ReferenceData, rate: float, seed: int) -> None:
         super().__init__(daemon=True)
@@ -106,10 +130,12 @@ class _Producer(threading.Thread):
         producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
                                  enable_idempotence=True)
         name = topics.REPORTS.name(self.settings.topic_prefix)
+        store = make_client(self.settings)
         try:
             i = 0
             while not self.stop_event.is_set():
-                msg = sample_report(self.ref, i, self.rng, self.run_id)
+                photo = upload_photo(store, self.settings.bucket_incoming, self.run_id, i)
+                msg = sample_report(self.ref, i, self.rng, self.run_id, photo)
                 producer.send(name, key=msg.data["report_id"].encode(),
                               value=msg.encode()).get(timeout=60)
                 self.sent.append(msg.data["report_id"])
@@ -162,9 +188,22 @@ def report_rows(database_url: str) -> tuple[set[str], int]:
         engine.dispose()
 
 
+def _audit(settings: Settings, report: KillReport, echo: Callable[[str], None]) -> None:
+    """`gridflow audit verify` on the scenario's log and database: read models against a fresh
+    replay, hash chains, and completeness (every record a group committed past handed on)."""
+    from audit import report as audit_report
+    from audit.verify import verify
+
+    echo("  running gridflow audit verify")
+    result = verify(settings, settings.database_url, prefix=settings.topic_prefix)
+    report.audit_clean = result.clean
+    report.audit_lines = list(audit_report.verify_lines(result))
+
+
 def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10.0,
         max_up_s: float = 12.0, sink_every: int = 3, session_timeout_s: float = 6.0,
-        static_membership: bool = False, catch_up_timeout_s: float = 240.0, seed: int = 1,
+        static_membership: bool = False, audit: bool = True, catch_up_timeout_s: float = 240.0,
+        seed: int = 1,
         echo: Callable[[str], None] = print) -> KillReport:
     """Run the scenario on a fresh topic prefix and SQLite database; return its accounting.
 
@@ -181,7 +220,7 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
     ref = load_reference_data(settings.refdata_dir)
     report = KillReport(prefix, cycles, 0)
     t0 = time.monotonic()
-    worker_args = ["worker", "--role", "pipeline", "--loglevel", "info"]
+    worker_args = ["worker", "--loglevel", "info"]  # every agent, the photo archive included
 
     def start(name: str, args: list[str]) -> services.Service:
         return services.start(name, args, settings, log_dir)
@@ -233,6 +272,8 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
         report.kept = len(kept)
         report.duplicate_rows = repeats
         report.lost = sorted((*on_topic[rid], rid) for rid in on_topic.keys() - ids)
+        if audit:
+            _audit(settings, report, echo)
     finally:
         producer.stop_event.set()
         worker.stop()
