@@ -6,6 +6,7 @@ tail; `status` always exits 0 and reports each server's state.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -14,6 +15,7 @@ import click
 
 from gridflow.settings import Settings, load_settings
 from infra import stack
+from infra.lag import PipelineLag, lag_lines, pipeline_lag
 
 
 def _echo(message: str) -> None:
@@ -86,6 +88,13 @@ def _notices(settings: Settings) -> list[str]:
     return calendar_notices(settings, now)
 
 
+def _pipeline_lag(settings: Settings, rows: list[stack.Status]) -> PipelineLag | None:
+    """The consumers' lag when Kafka is among the servers shown and up."""
+    if not any(r.server == "kafka" and r.up for r in rows):
+        return None
+    return pipeline_lag(settings)
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--only", metavar="NAMES", help=ONLY_HELP)
@@ -96,9 +105,16 @@ def status(as_json: bool, only: str | None) -> None:
     settings = load_settings()
     rows = stack.status(settings, _parse_only(only))
     notices = _notices(settings)
+    pipeline = _pipeline_lag(settings, rows)
     if as_json:
-        click.echo(stack.status_json(rows, notices))
+        out = json.loads(stack.status_json(rows, notices))
+        out["pipeline"] = pipeline.to_json() if pipeline is not None else None
+        click.echo(json.dumps(out, ensure_ascii=False))
         return
     click.echo(stack.status_table(rows))
+    if pipeline is not None:
+        click.echo("")
+        for line in lag_lines(pipeline):
+            click.echo(line)
     for notice in notices:
         click.echo(f"\n注意：{notice}")
