@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from producers.errors import ApiError
-from workbench import common, dept
+from workbench import common, console, dept
 from workbench.csrf import FormCsrf
 from workbench.state import WorkbenchState
 from workbench.web import page_response, render_text, see_other, wants_html
@@ -32,6 +32,7 @@ def install(app: FastAPI) -> FastAPI:
     app.add_middleware(FormCsrf, prefixes=PREFIXES)
     app.include_router(common.router)
     app.include_router(dept.router)
+    app.include_router(console.router)
     _html_errors(app)
     return app
 

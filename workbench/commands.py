@@ -123,7 +123,8 @@ ACCEPTED_NOTE = {
     "ResolveTask": "任务已办结, 等待现场核查。",
     "SendBackTask": "任务已退回并改派。",
     "RequestExtension": "延期申请已提交, 等待督办人员审批。",
-    "DecideExtension": "审批结果已记录。",
+    "ExtensionGranted": "延期已批准, 办结期限已顺延。",
+    "ExtensionRefused": "延期申请已驳回, 驳回理由已告知部门。",
     "CancelTask": "任务已撤销。",
     "WhistleCase": "各报到部门已收到任务。",
     "AssignTask": "承办人已确定。",
@@ -141,8 +142,8 @@ def outcome_views(ids: list[str], found: dict[str, dict[str, Any]], types: dict[
         if o is None:
             views.append({"command_id": cid, "status": "pending", "what": what, "refresh": refresh})
         elif o.get("accepted"):
-            views.append({"command_id": cid, "status": "accepted", "what": what,
-                          "note": ACCEPTED_NOTE.get(type_, "")})
+            note = ACCEPTED_NOTE.get(str(o.get("event_type")), ACCEPTED_NOTE.get(type_, ""))
+            views.append({"command_id": cid, "status": "accepted", "what": what, "note": note})
         else:
             views.append({"command_id": cid, "status": "refused", "what": what,
                           "reason_zh": o.get("reason_zh") or "处理未通过"})
