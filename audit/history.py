@@ -34,6 +34,7 @@ PHOTO_PATHS = {
     ev.CASE_FILED: ("report", "photos"), ev.CASE_NOT_FILED: ("report", "photos"),
     ev.REPORT_MERGED: ("report", "photos"), ev.TASK_RESOLVED: ("photos",),
     ev.TASK_PROGRESS_NOTED: ("photos",), ev.TASK_VERIFIED: ("photos",),
+    ev.TASK_REOPENED: ("photos",),
 }
 
 

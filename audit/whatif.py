@@ -55,7 +55,7 @@ _TASK_COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     ev.TASK_RESOLVED: (ev.RESOLVE_TASK, ("task_id", "note", "photos")),
     ev.TASK_SENT_BACK: (ev.SEND_BACK_TASK, ("task_id", "reason", "reroute_to")),
     ev.TASK_VERIFIED: (ev.VERIFY_TASK, ("task_id", "note", "photos")),
-    ev.TASK_REOPENED: (ev.REJECT_TASK, ("task_id", "reason")),
+    ev.TASK_REOPENED: (ev.REJECT_TASK, ("task_id", "reason", "photos")),
     ev.TASK_CANCELLED: (ev.CANCEL_TASK, ("task_id", "reason")),
     ev.CASE_RATED: (ev.RATE_CASE, ("score", "comment")),
     ev.EXTENSION_REQUESTED: (ev.REQUEST_EXTENSION, ("task_id", "days", "reason")),

@@ -42,6 +42,7 @@ PHOTO_FIELDS = {
     ev.TASK_RESOLVED: ("photos",),
     ev.TASK_PROGRESS_NOTED: ("photos",),
     ev.TASK_VERIFIED: ("photos",),
+    ev.TASK_REOPENED: ("photos",),  # a failed verification's photos (核查不通过)
 }
 EXT = {"image/jpeg": "jpg", "image/png": "png", "image/heic": "heic"}
 # The archive agent (processors.app): events taken at most BATCH at a time (waiting at most

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -54,6 +55,10 @@ CLIENT_FIELDS = (
     "severity",
 )
 _PLACEHOLDER_PHOTO = asdict(PhotoRef("-", "-", 1, "0" * 64, "image/jpeg"))
+# What the phone app knows besides (mobile/): the position's accuracy and source, and each
+# original photo's EXIF capture time and GPS (the upload is scaled down, without EXIF). Kept
+# with the report as `device`, never used to file it; malformed values are left out.
+LOCATION_SOURCES = ("gps", "photo", "manual")
 
 
 # --- pure parts --------------------------------------------------------------------
@@ -92,11 +97,43 @@ def client_fields(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: obj[k] for k in CLIENT_FIELDS if k in obj}
 
 
+def _finite(value: Any, lo: float, hi: float) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and lo <= value <= hi else None
+
+
+def device_facts(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The phone's own facts about the report (see LOCATION_SOURCES), cleaned; None if none."""
+    out: dict[str, Any] = {}
+    accuracy = _finite(obj.get("location_accuracy_m"), 0, 100_000)
+    if accuracy is not None:
+        out["location_accuracy_m"] = round(accuracy, 1)
+    if obj.get("location_source") in LOCATION_SOURCES:
+        out["location_source"] = obj["location_source"]
+    exif = obj.get("photo_exif")
+    if isinstance(exif, list):
+        photos = []
+        for item in exif[:9]:
+            item = item if isinstance(item, dict) else {}
+            taken = item.get("taken_at")
+            photos.append({
+                "taken_at": taken if isinstance(taken, str) and len(taken) <= 40 else None,
+                "lat": _finite(item.get("lat"), -90, 90),
+                "lon": _finite(item.get("lon"), -180, 180),
+            })
+        out["photo_exif"] = photos
+    return out or None
+
+
 def worker_report_data(obj: dict[str, Any], worker: Principal) -> dict[str, Any]:
     """The ReportSubmitted data before validation: the client's fields, our reporter (the
     signed-in grid worker, as worker:<account id>@<their grid>)."""
     grid = sorted(worker.scopes(GRID_WORKER))[0]
     data = client_fields(obj)
+    device = device_facts(obj)
+    if device:
+        data["device"] = device
     data.update(
         source=SOURCE_WORKER,
         channel="app",
@@ -121,7 +158,8 @@ def finalize(data: dict[str, Any], photos: list[dict[str, Any]], now: datetime) 
         report = intake.validate_report({**data, "photos": photos}, now)
     except intake.ReportInvalid as exc:
         raise invalid(exc) from exc
-    extra = {k: v for k, v in data.items() if k in ("source", "channel", "worker_grid_code")}
+    extra = {k: v for k, v in data.items()
+             if k in ("source", "channel", "worker_grid_code", "device")}
     # The reporter as the case processor compares actors: worker:<id>@<grid>, unshortened.
     return {**report.to_dict(), **extra, "reporter": data["reporter"]}
 

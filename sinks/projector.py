@@ -791,6 +791,7 @@ def task_reopened(rm: ReadModels, m: Message, at: datetime, case: dict[str, Any]
     _restart_clock(task)
     if case["status"] == "closed":
         case.update(status="open", closed_at=None)
+    rm.add_photos(m, at, _list(m.data.get("photos")), "verification", task_id=task["task_id"])
 
 
 def task_cancelled(rm: ReadModels, m: Message, at: datetime, case: dict[str, Any]) -> None:

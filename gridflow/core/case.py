@@ -473,10 +473,11 @@ def _reject(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
     reason = str(c.data.get("reason", "")).strip()
     if not reason:
         raise Refused("reason_required", "核查不通过须说明理由", "a failed verification needs a reason")
-    _reopen(b, task, reason, planner)
+    _reopen(b, task, reason, planner, _photos(c, "verification", required=False))
 
 
-def _reopen(b: _Builder, task: TaskState, reason: str, planner: DeadlinePlanner) -> None:
+def _reopen(b: _Builder, task: TaskState, reason: str, planner: DeadlinePlanner,
+            photos: list[dict[str, Any]] | None = None) -> None:
     # Rework (返工): the resolve clock restarts from now under the same policy.
     resolve_due = planner.due(b.state.category_code, b.state.severity, "resolve", b.now)
     b.set_task(replace(task, state=IN_PROGRESS, reopened=task.reopened + 1, closed_at="",
@@ -485,7 +486,9 @@ def _reopen(b: _Builder, task: TaskState, reason: str, planner: DeadlinePlanner)
         b.state = replace(b.state, status="open")
     b.emit(ev.TASK_REOPENED, {"task_id": task.task_id, "department": task.department,
                               "reason": reason, "reopened": task.reopened + 1,
-                              "resolve_due": iso(resolve_due), **_ctx(b)})
+                              "resolve_due": iso(resolve_due), **_ctx(b),
+                              # what the grid worker photographed when the fix failed on site
+                              **({"photos": photos} if photos else {})})
 
 
 def _maybe_close_case(b: _Builder) -> None:

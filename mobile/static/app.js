@@ -7,7 +7,7 @@
   var $ = function (id) { return document.getElementById(id); };
   var state = { me: null, catalogue: null, photos: [], category: null, severity: null,
                 location: null, watch: null, editing: null, vphotos: [], task: null,
-                timer: null, tasks: [], mineTimer: null };
+                timer: null, tasks: [], mineTimer: null, preparing: Promise.resolve() };
   var VIEWS = ['loading', 'signin', 'report', 'outbox', 'mine', 'tasks', 'verify'];
   var MAX_PHOTOS = 9;
 
@@ -142,11 +142,14 @@
   function addPhotos(files, list, render) {
     var room = MAX_PHOTOS - list.length;
     if (files.length > room) notice('最多' + MAX_PHOTOS + '张照片, 多出的未添加');
-    return Promise.all(files.slice(0, Math.max(0, room)).map(GFPhoto.prepare)).then(function (done) {
+    var work = Promise.all(files.slice(0, Math.max(0, room)).map(GFPhoto.prepare)).then(function (done) {
       Array.prototype.push.apply(list, done);
       render();
       if (list === state.photos) useExifLocation();
     });
+    /* a tap on 提交 while photos are still being scaled waits for them */
+    state.preparing = Promise.all([state.preparing, work.catch(function () {})]);
+    return work;
   }
 
   function thumbs(box, list, render) {
@@ -318,6 +321,10 @@
 
   function submitReport(ev) {
     ev.preventDefault();
+    state.preparing.then(saveReport);
+  }
+
+  function saveReport() {
     var errors = [];
     if (!state.photos.length) errors.push({ field: 'f-photos', text: '请至少拍摄或选择1张照片' });
     if (!state.category) errors.push({ field: 'f-category', text: '请选择问题类别' });
@@ -550,6 +557,10 @@
 
   function submitVerify(ev) {
     ev.preventDefault();
+    state.preparing.then(sendVerify);
+  }
+
+  function sendVerify() {
     var result = document.querySelector('input[name=result]:checked');
     var note = $('vnote').value.trim(), errors = [];
     if (!result) errors.push({ field: 'f-result', text: '请选择核查结果' });

@@ -22,9 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -182,6 +180,7 @@ class Site:
     app: Any
     pump: Pump
     passwords: dict[str, str] = field(default_factory=dict)
+    imported: bool = False
 
     @property
     def engine(self) -> Any:
@@ -195,19 +194,26 @@ class Site:
         """A password for a sample-county person (set once through a one-time code)."""
         login = login.lower()
         if login not in self.passwords:
-            from accounts.people import county_people, import_people
-
-            store = self.accounts
-            import_people(store, county_people(store.ref), "browser-tests")
+            store = self.people()
             code = store.reset_password(login, "browser-tests")
             password = f"青山-巡检-{uuid.uuid4().hex[:10]}"
             store.set_password(login, code, password, "127.0.0.1")
             self.passwords[login] = password
         return self.passwords[login]
 
+    def people(self) -> Any:
+        """The account store, with the sample county's people in it (imported once)."""
+        from accounts.people import county_people, import_people
+
+        store = self.accounts
+        if not self.imported:
+            import_people(store, county_people(store.ref), "browser-tests")
+            self.imported = True
+        return store
+
     def bearer(self, login: str) -> dict[str, str]:
         """Headers of a session of the person, for setting the scene over HTTP."""
-        token = self.accounts.open_session(login.lower(), "browser-tests", "browser-tests").token
+        token = self.people().open_session(login.lower(), "browser-tests", "browser-tests").token
         return {"Authorization": f"Bearer {token}"}
 
     def rows(self, model: Any, *where: Any) -> list[Any]:
@@ -275,12 +281,3 @@ def wait_for(what: str, probe: Callable[[], Any], timeout_s: float = 30.0) -> An
 
     return wait_until(what, probe, timeout_s)
 
-
-def fresh_dir(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
-
-
-def elapsed_ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000

@@ -11,7 +11,10 @@ from typing import Any
 
 from conftest import Site, wait_for
 
+from gridflow import topics
+from gridflow.events import decode_message
 from gridflow.testing import images
+from producers.testing import read_topic
 from sinks.models import Report
 
 WORKER = "gw0001"  # 赵建军, 石门村一组网格 (421099101201001)
@@ -78,6 +81,13 @@ def test_a_worker_reports_with_two_photos_and_follows_the_case(
     shoot(page, "worker-outbox")
     [report] = wait_for("the report filed", lambda: site.rows(Report, Report.case_id == ticket))
     assert report.photo_count == 2 and report.reporter.startswith("worker:GW0001@")
+    [submitted] = [decode_message(r.value) for r in read_topic(
+        site.settings.kafka_bootstrap, topics.REPORTS.name(site.settings.topic_prefix),
+        lambda rs: any(r.key == report.report_id.encode() for r in rs))
+        if r.key == report.report_id.encode()]
+    device = submitted.data["device"]  # the phone's facts: accuracy, the originals' EXIF
+    assert device["location_accuracy_m"] == 20 and device["location_source"] == "gps"
+    assert [(p["lat"], p["lon"]) for p in device["photo_exif"]] == [(32.16, 109.96)] * 2
     page.goto(f"{site.url}/m/#mine")
     mine = page.locator(f"#mine-list li[data-case='{ticket}']")
     mine.locator(".state", has_text="已派遣").wait_for()

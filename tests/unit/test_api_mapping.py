@@ -419,3 +419,17 @@ def test_a_case_as_a_georeport_request() -> None:
 def test_photo_refs_round_trip_through_the_event_schema() -> None:
     ref = PhotoRef.from_dict(photo_refs(1)[0])
     assert ref.role == "before" and ref.sha256 == SHA
+
+
+def test_the_phones_own_facts_travel_with_the_report_cleaned() -> None:
+    sent = client_report(location_accuracy_m=12.34, location_source="gps", photo_exif=[
+        {"taken_at": "2026-11-23T09:18:00+08:00", "lat": 32.16, "lon": 109.96},
+        {"taken_at": 7, "lat": "north", "lon": 999}, "junk"])
+    out = reports.finalize(reports.worker_report_data(sent, WORKER), photo_refs(1), NOW)
+    assert out["device"] == {"location_accuracy_m": 12.3, "location_source": "gps", "photo_exif": [
+        {"taken_at": "2026-11-23T09:18:00+08:00", "lat": 32.16, "lon": 109.96},
+        {"taken_at": None, "lat": None, "lon": None},
+        {"taken_at": None, "lat": None, "lon": None}]}
+    plain = reports.finalize(reports.worker_report_data(client_report(location_source="x"),
+                                                        WORKER), photo_refs(1), NOW)
+    assert "device" not in plain

@@ -164,6 +164,16 @@ def test_failed_verification_reopens_and_counts_rework():
     assert state.tasks[tid].state == "in_progress" and state.tasks[tid].reopened == 1
 
 
+def test_a_failed_verification_keeps_the_photos_taken_on_site():
+    state, tid = full_cycle()
+    state, _ = run(state, cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG"),
+                   cmd(ev.RESOLVE_TASK, {"task_id": tid, "note": "ok", "photos": [PHOTO]}, "dept:D-CG"))
+    state, events = run(state, cmd(ev.REJECT_TASK, {"task_id": tid, "reason": "垃圾仍在",
+                                                    "photos": [PHOTO]}, "worker:W1@G1"))
+    [reopened] = events
+    assert [p["role"] for p in reopened.data["photos"]] == ["verification"]
+
+
 def test_unsatisfied_rating_reopens_the_closed_case():
     state, tid = full_cycle()
     state, _ = run(state, cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG"),
