@@ -33,6 +33,7 @@ from producers.errors import install_handlers
 from producers.publisher import KafkaPublisher, Publisher
 from producers.store import MinioStore, ObjectStore
 from producers.uploads import PhotoLimits, photo_inspector
+from workbench.app import install as install_workbench
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ def create_app(settings: Settings, deps: Deps) -> FastAPI:
     app.include_router(account_routes.router)
     app.include_router(privacy.router)
     app.include_router(mobile_routes.router)  # the phone pages: /m/ (grid workers), /r/ (QR)
+    install_workbench(app)  # the departments' workbench /w/, the supervisors' console /s/
 
     @app.get("/api/v1/health", tags=["ops"], summary="存活检查 / liveness")
     def health(_: Annotated[Principal | None, public("存活检查: 公开")]) -> dict[str, str]:

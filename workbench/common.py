@@ -7,6 +7,7 @@ lives only in an HttpOnly, SameSite=Lax cookie.
 
 from __future__ import annotations
 
+import hmac
 import mimetypes
 from importlib import resources
 from typing import Annotated, Any
@@ -17,9 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from accounts import facts
+from accounts import facts, web
 from accounts.access import (
-    SESSION_COOKIE,
     accounts_of,
     allow,
     credential,
@@ -27,9 +27,16 @@ from accounts.access import (
     not_found,
     public,
 )
-from accounts.roles import Principal, sees_originals
+from accounts.roles import (
+    GRID_WORKER,
+    ORIGINAL_PHOTO_ROLES,
+    ROLE_NAMES_ZH,
+    Principal,
+    sees_originals,
+)
 from accounts.store import Refused
 from producers.context import ctx
+from producers.errors import ApiError
 from sinks.models import Photo
 from workbench.commands import FormError
 from workbench.web import (
@@ -47,12 +54,20 @@ STATIC = resources.files("workbench") / "static"
 STATIC_NAMES = frozenset({"workbench.css", "workbench.js", "photo-pending.svg"})
 
 
+def _sign_in_form(request: Request, status: int, errors: list[FormError], login: str,
+                  target: str) -> Response:
+    csrf = web.login_csrf(request)  # double submit: no session yet to bind a token to
+    response = render(request, "sign_in.html", status=status, title="登录", section="登录",
+                      errors=errors, login=login, next=target, login_csrf=csrf)
+    web.set_login_csrf(response, request, ctx(request).settings, csrf)
+    return response
+
+
 @router.get("/w/sign-in", summary="登录页 / sign-in page")
 def sign_in_page(
     request: Request, _: Annotated[Principal | None, public("登录页: 公开")], next: str = ""
 ) -> Response:
-    return render(request, "sign_in.html", title="登录", section="登录", errors=[], login="",
-                  next=safe_next(next))
+    return _sign_in_form(request, 200, [], "", safe_next(next))
 
 
 @router.post("/w/sign-in", summary="登录 / sign in (form)")
@@ -63,6 +78,11 @@ async def sign_in(
     login = str(form.get("login") or "").strip()[:64]
     password = str(form.get("password") or "")
     target = safe_next(str(form.get("next") or ""))
+    cookie = request.cookies.get(web.LOGIN_CSRF_COOKIE, "")
+    sent = str(form.get("login_csrf") or "")
+    if not cookie or not hmac.compare_digest(cookie.encode(), sent.encode()):
+        return _sign_in_form(request, 403, [FormError("login", "页面已过期, 请重新登录")], login,
+                             target)
     errors = []
     if not login:
         errors.append(FormError("login", "请输入账号名或手机号"))
@@ -71,22 +91,22 @@ async def sign_in(
     if not errors:
         store = accounts_of(request)
         try:
-            signed = await run_in_threadpool(
-                store.sign_in, login, password,
-                request.client.host if request.client else "unknown",
-                request.headers.get("user-agent", ""))
+            signed = await run_in_threadpool(store.sign_in, login, password,
+                                             web.client_address(request),
+                                             request.headers.get("user-agent", ""))
         except Refused as exc:
             field = exc.field if exc.field in ("login", "password") else "password"
             errors.append(FormError(field, exc.zh))
-        else:
-            response = see_other(target)
-            max_age = max(60, int((signed.expires_at - store.clock()).total_seconds()))
-            response.set_cookie(SESSION_COOKIE, signed.token, max_age=max_age, path="/",
-                                httponly=True, samesite="lax",
-                                secure=request.url.scheme == "https")
+            response = _sign_in_form(request, exc.status, errors, login, target)
+            if exc.retry_after_s:
+                response.headers["Retry-After"] = str(exc.retry_after_s)
             return response
-    return render(request, "sign_in.html", status=422, title="登录", section="登录",
-                  errors=errors, login=login, next=target)
+        response = see_other(target)
+        web.set_session_cookie(response, request, ctx(request).settings, signed.token,
+                               signed.expires_at, store.clock())
+        response.delete_cookie(web.LOGIN_CSRF_COOKIE, path="/")
+        return response
+    return _sign_in_form(request, 422, errors, login, target)
 
 
 @router.post("/w/sign-out", summary="退出登录 / sign out (form)")
@@ -98,13 +118,15 @@ async def sign_out(
         await run_in_threadpool(accounts_of(request).sign_out, token)
     response = see_other("/w/sign-in")
     if from_cookie:
-        response.delete_cookie(SESSION_COOKIE, path="/")
+        web.clear_session_cookie(response, request, ctx(request).settings)
     return response
 
 
 @router.get("/w/", summary="工作台首页 / the caller's start page")
 def home(request: Request, caller: Annotated[Principal, allow("self.read")]) -> Response:
     depts = departments_of(caller)
+    if caller.roles() == {GRID_WORKER}:
+        return see_other("/m/")  # grid workers work from their phones
     if len(depts) == 1 and not supervises(caller):
         return see_other(f"/w/d/{depts[0]}/inbox")
     if supervises(caller) and not depts:
@@ -181,7 +203,9 @@ async def original(
     c = ctx(request)
     photo, found = await _photo_in_scope(request, caller, photo_id)
     if not sees_originals(caller, found):
-        raise no_photo()
+        who = "、".join(ROLE_NAMES_ZH[r] for r in ORIGINAL_PHOTO_ROLES)
+        raise ApiError(403, "original_not_allowed", f"原图仅限{who}查看, 请查看缩略图",
+                       "originals are for grid workers, department staff and auditors")
     archived = photo.get("archive_status") == "archived" and photo.get("archive_key")
     bucket = photo.get("archive_bucket") if archived else photo.get("incoming_bucket")
     key = photo.get("archive_key") if archived else photo.get("incoming_key")

@@ -147,6 +147,46 @@ TABLE: dict[str, dict[str, int]] = {
     "GET /m/api/photos/{photo_id}": case_read(),
     "POST /m/api/tasks/{task_id}/verification": row(
         403, anonymous=401, worker_in=202, worker_out=404, township_out=404),
+    # the departments' workbench and the supervisors' console (workbench/): a form answers 303
+    # (to the page showing its outcome); browsers without a session go to /w/sign-in, the
+    # table's bearer callers get 401
+    "GET /w/sign-in": ANYONE,
+    "POST /w/sign-in": row(303),  # signed in (as the table's own account) and sent on
+    "POST /w/sign-out": row(403, anonymous=401, **dict.fromkeys(PERSONS, 303)),
+    "GET /w/": row(403, anonymous=401, worker_in=303, worker_out=303, dept_in=303, dept_out=303,
+                   township_in=303, township_out=200, county=303, leader=303, auditor=303,
+                   admin=200),  # to the caller's inbox, console or phone app; else a chooser
+    "GET /w/static/{name}": ANYONE,
+    "GET /w/photos/{photo_id}/thumb": case_read(),
+    "GET /w/photos/{photo_id}/original": {**case_read(), "township_in": 403, "county": 403,
+                                          "leader": 403},  # supervisors: thumbnails only
+    "GET /w/d/{code}/inbox": row(
+        404, anonymous=401, worker_in=403, worker_out=403, admin=403, key_partner=403,
+        dept_in=200, township_in=200, county=200, leader=200, auditor=200, key_dept_in=200),
+    "GET /w/d/{code}/inbox/updates": row(
+        404, anonymous=401, worker_in=403, worker_out=403, admin=403, key_partner=403,
+        dept_in=200, township_in=200, county=200, leader=200, auditor=200, key_dept_in=200),
+    "GET /w/cases/{case_id}": case_read(),
+    **{f"GET /w/tasks/{{task_id}}/{form}": {k: 200 if v == 202 else v
+                                            for k, v in dept_command().items()}
+       for form in ("progress", "resolve", "send-back", "extension")},
+    **{f"POST /w/tasks/{{task_id}}/{form}": {k: 303 if v == 202 else v
+                                             for k, v in dept_command().items()}
+       for form in ("sign", "progress", "resolve", "send-back", "extension")},
+    "GET /s/": row(403, anonymous=401, township_in=200, township_out=200, county=200,
+                   leader=200, auditor=200),
+    "GET /s/q/{key}": row(403, anonymous=401, township_in=200, township_out=200, county=200,
+                          leader=200, auditor=200),
+    "POST /w/tasks/{task_id}/extension-decision": {
+        k: 303 if v == 202 else v for k, v in supervisor_command().items()},
+    "GET /s/cases/{case_id}/whistle": {
+        k: 200 if v == 202 else v for k, v in supervisor_command(leader=202).items()},
+    "POST /s/cases/{case_id}/whistle": {
+        k: 303 if v == 202 else v for k, v in supervisor_command(leader=202).items()},
+    "GET /s/cases/{case_id}/cancel": {
+        k: 200 if v == 202 else v for k, v in supervisor_command().items()},
+    "POST /s/cases/{case_id}/cancel": {
+        k: 303 if v == 202 else v for k, v in supervisor_command().items()},
     # the board ----------------------------------------------------------------------------------
     # pages: not signed in goes to the sign-in page (303)
     "BOARD GET /": row(403, anonymous=303, township_in=200, township_out=200, county=200,
@@ -354,6 +394,7 @@ def requests_for(w: World) -> dict[str, Callable[[str], Request]]:
         "POST /m/api/tasks/{task_id}/verification": lambda caller: (
             "POST", f"{a}/m/api/tasks/{t}/verification", {"files": [
                 ("verification", (None, b'{"passed": true, "note": "ok"}', "application/json"))]}),
+        **workbench_requests(w),
         "BOARD GET /": get(f"{b}/"),
         "BOARD GET /api/board": get(f"{b}/api/board"),
         "BOARD GET /cases/{case_id}": get(f"{b}/cases/{c}"),
@@ -430,6 +471,54 @@ def bilingual(r: httpx.Response) -> bool:
         return " / " in text and any("\u4e00" <= ch <= "\u9fff" for ch in text)
     zh = str(body.get("message_zh") or "")
     return bool(body.get("message_en")) and any("\u4e00" <= ch <= "\u9fff" for ch in zh)
+
+
+def workbench_requests(w: World) -> dict[str, Callable[[str], Request]]:
+    """The pages' requests: forms with what they need, as a browser posts them."""
+    a, t, c = w.api, w.task_id, w.case_id
+
+    def post(url: str, **kw: Any) -> Callable[[str], Request]:
+        return lambda caller: ("POST", url, kw)
+
+    def get(url: str, **kw: Any) -> Callable[[str], Request]:
+        return lambda caller: ("GET", url, kw)
+
+    photo = [("photos", ("after.jpg", w.photo, "image/jpeg"))]
+    return {
+        "GET /w/sign-in": get(f"{a}/w/sign-in"),
+        "POST /w/sign-in": post(f"{a}/w/sign-in", headers=LOGIN_CSRF, data={
+            "login_csrf": LOGIN_CSRF_VALUE, "login": "acl-signer", "password": SIGNER_PASSWORD,
+            "next": "/w/"}),
+        "POST /w/sign-out": post(f"{a}/w/sign-out"),
+        "GET /w/": get(f"{a}/w/"),
+        "GET /w/static/{name}": get(f"{a}/w/static/workbench.css"),
+        "GET /w/photos/{photo_id}/thumb": get(f"{a}/w/photos/{photo_id(w)}/thumb"),
+        "GET /w/photos/{photo_id}/original": get(f"{a}/w/photos/{photo_id(w)}/original"),
+        "GET /w/d/{code}/inbox": get(f"{a}/w/d/{DEPT}/inbox"),
+        "GET /w/d/{code}/inbox/updates": get(f"{a}/w/d/{DEPT}/inbox/updates"),
+        "GET /w/cases/{case_id}": get(f"{a}/w/cases/{c}"),
+        **{f"GET /w/tasks/{{task_id}}/{form}": get(f"{a}/w/tasks/{t}/{form}")
+           for form in ("progress", "resolve", "send-back", "extension")},
+        "POST /w/tasks/{task_id}/sign": post(f"{a}/w/tasks/{t}/sign", data={"form_key": "acl"}),
+        "POST /w/tasks/{task_id}/progress": post(f"{a}/w/tasks/{t}/progress",
+                                                 data={"note": "进展"}, files=photo),
+        "POST /w/tasks/{task_id}/resolve": post(f"{a}/w/tasks/{t}/resolve",
+                                                data={"note": "办结"}, files=photo),
+        "POST /w/tasks/{task_id}/send-back": post(f"{a}/w/tasks/{t}/send-back", data={
+            "reason": "非本部门", "reroute_to": "421099101.zongzhi"}),
+        "POST /w/tasks/{task_id}/extension": post(f"{a}/w/tasks/{t}/extension",
+                                                  data={"days": "1", "reason": "协调"}),
+        "GET /s/": get(f"{a}/s/"),
+        "GET /s/q/{key}": get(f"{a}/s/q/extensions"),
+        "POST /w/tasks/{task_id}/extension-decision": post(
+            f"{a}/w/tasks/{t}/extension-decision", data={"approve": "yes"}),
+        "GET /s/cases/{case_id}/whistle": get(f"{a}/s/cases/{c}/whistle"),
+        "POST /s/cases/{case_id}/whistle": post(f"{a}/s/cases/{c}/whistle", data={
+            "departments": ["county.huanjing"], "reason": "联合处置"}),
+        "GET /s/cases/{case_id}/cancel": get(f"{a}/s/cases/{c}/cancel"),
+        "POST /s/cases/{case_id}/cancel": post(f"{a}/s/cases/{c}/cancel",
+                                               data={"reason": "重复"}),
+    }
 
 
 def photo_id(w: World) -> str:

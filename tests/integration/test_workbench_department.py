@@ -9,6 +9,7 @@ it was done, or why not.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -184,12 +185,19 @@ def test_signing_in_with_a_password_sets_the_session_cookie(wb: WorkbenchEnv) ->
     code = store.reset_password("ds0019", "test")
     store.set_password("ds0019", code, "村委会-值班-密码-2026", "127.0.0.1")
     with httpx.Client(base_url=wb.url, follow_redirects=False) as http:
-        wrong = http.post("/w/sign-in", data={"login": "ds0019", "password": "nope"})
-        assert wrong.status_code == 422 and "请更正以下问题" in wrong.text
+        form = http.get("/w/sign-in")
+        [csrf] = re.findall(r'name="login_csrf" value="([^"]+)"', form.text)
+        forged = http.post("/w/sign-in", data={"login": "ds0019", "password": "x",
+                                               "login_csrf": "another-sites-guess-000000"})
+        assert forged.status_code == 403 and "页面已过期" in forged.text
+        wrong = http.post("/w/sign-in", data={"login": "ds0019", "password": "nope",
+                                              "login_csrf": csrf})
+        assert wrong.status_code == 401 and "请更正以下问题" in wrong.text
         ok = http.post("/w/sign-in", data={"login": "ds0019", "password": "村委会-值班-密码-2026",
-                                           "next": f"/w/d/{VILLAGE}/inbox"})
+                                           "login_csrf": csrf, "next": f"/w/d/{VILLAGE}/inbox"})
         assert ok.status_code == 303 and ok.headers["location"] == f"/w/d/{VILLAGE}/inbox"
         cookie = ok.headers["set-cookie"]
-        assert "gridflow_session=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
+        assert "gridflow_session=" in cookie and "HttpOnly" in cookie
+        assert "samesite=lax" in cookie.lower()
         inbox = http.get(ok.headers["location"], headers={"Accept": "text/html"})
         assert inbox.status_code == 200 and "全部在办" in inbox.text
