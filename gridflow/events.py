@@ -242,6 +242,8 @@ def decode_message(raw: bytes | str | dict[str, Any], allowed_types: frozenset[s
     """Decode and check an envelope. Raises SchemaError with the reason."""
     if isinstance(raw, dict):
         obj: Any = raw
+    elif raw is None:  # a record with no value (a tombstone): nothing to decode
+        raise SchemaError("the record has no value")
     else:
         try:
             obj = loads(raw)

@@ -184,7 +184,7 @@ def _install_archive(app: faust.App, t: dict[str, Any], rt: Runtime) -> None:
         async for batch in stream.take(archive.BATCH, within=archive.BATCH_WITHIN_S):
             jobs = []
             for raw in batch:
-                if b'"sha256"' not in raw:
+                if not raw or b'"sha256"' not in raw:
                     continue  # no photo reference in it (every one carries its sha256)
                 try:
                     event = decode_message(raw, ev.EVENT_TYPES)

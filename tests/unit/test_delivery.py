@@ -190,3 +190,18 @@ def test_table_changelog_writes_are_tracked(consumer):
     before = len(app.send_ledger)
     app.producer.buffer.put(asyncio.Future(loop=asyncio.new_event_loop()))
     assert len(app.send_ledger) == before + 1
+
+
+def test_a_record_without_a_value_is_a_dead_letter_not_a_crash():
+    # A null record on an input topic would otherwise crash the worker on every restart.
+    from datetime import UTC, datetime
+
+    from gridflow.core.refdata import load_reference_data
+    from processors import steps
+
+    now = datetime(2026, 1, 5, tzinfo=UTC)
+    out = steps.intake_step(None, load_reference_data(), now, "p.reports", 0, 7)  # type: ignore[arg-type]
+    assert [s[0] for s in out.sends] == ["dead-letters"]
+    assert b"no value" in out.sends[0][2]
+    out, _ = steps.case_step(None, None, None, now, "p.case-commands", "k", 0, 8)  # type: ignore[arg-type]
+    assert [s[0] for s in out.sends] == ["dead-letters"]
