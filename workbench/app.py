@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from producers.errors import ApiError
-from workbench import common, console, dept
+from workbench import boardpages, common, console, dept
 from workbench.csrf import FormCsrf
 from workbench.state import WorkbenchState
 from workbench.web import page_response, render_text, see_other, wants_html
@@ -33,6 +33,7 @@ def install(app: FastAPI) -> FastAPI:
     app.include_router(common.router)
     app.include_router(dept.router)
     app.include_router(console.router)
+    app.include_router(boardpages.router)
     _html_errors(app)
     return app
 

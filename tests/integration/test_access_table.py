@@ -177,6 +177,10 @@ TABLE: dict[str, dict[str, int]] = {
                    leader=200, auditor=200),
     "GET /s/q/{key}": row(403, anonymous=401, township_in=200, township_out=200, county=200,
                           leader=200, auditor=200),
+    **dict.fromkeys(("GET /s/board", "GET /s/board/indicators.{fmt}", "GET /s/map", "GET /s/cases",
+                     "GET /s/cases/export.{fmt}"),
+                    row(403, anonymous=401, township_in=200, township_out=200, county=200,
+                        leader=200, auditor=200)),  # each inside the caller's jurisdiction
     "POST /w/tasks/{task_id}/extension-decision": {
         k: 303 if v == 202 else v for k, v in supervisor_command().items()},
     "GET /s/cases/{case_id}/whistle": {
@@ -510,6 +514,11 @@ def workbench_requests(w: World) -> dict[str, Callable[[str], Request]]:
                                                   data={"days": "1", "reason": "协调"}),
         "GET /s/": get(f"{a}/s/"),
         "GET /s/q/{key}": get(f"{a}/s/q/extensions"),
+        "GET /s/board": get(f"{a}/s/board"),
+        "GET /s/board/indicators.{fmt}": get(f"{a}/s/board/indicators.xlsx"),
+        "GET /s/map": get(f"{a}/s/map"),
+        "GET /s/cases": get(f"{a}/s/cases"),
+        "GET /s/cases/export.{fmt}": get(f"{a}/s/cases/export.csv"),
         "POST /w/tasks/{task_id}/extension-decision": post(
             f"{a}/w/tasks/{t}/extension-decision", data={"approve": "yes"}),
         "GET /s/cases/{case_id}/whistle": get(f"{a}/s/cases/{c}/whistle"),

@@ -81,12 +81,23 @@ class Person:
             return c.post(path, data=fields)
 
 
+class MovableClock:
+    """The API's (domain) clock, set back for a test's history and forward again."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
 class WorkbenchEnv(ApiEnv):
     def __init__(self, settings: Any, s3: Any, deps: Any, url: str, pipeline: InProcessPipeline,
-                 sessions: SampleSessions) -> None:
+                 sessions: SampleSessions, clock: MovableClock) -> None:
         super().__init__(settings, s3, deps, url)
         self.pipeline = pipeline
         self.sessions = sessions
+        self.clock = clock
 
     def person(self, login: str) -> Person:
         return Person(self, login)
@@ -99,7 +110,7 @@ class WorkbenchEnv(ApiEnv):
         """A grid worker's report through the API, filed: the case id."""
         report = {"report_id": f"wb-{uuid.uuid4().hex[:16]}", "category_code": category,
                   "description": description, "lat": lat, "lon": lon,
-                  "captured_at": (datetime.now(UTC) - timedelta(minutes=3)).isoformat()}
+                  "captured_at": (self.clock() - timedelta(minutes=3)).isoformat()}
         r = httpx.post(f"{self.url}/api/v1/reports", headers=self.sessions.bearer(worker),
                        timeout=60, files=[
                            ("report", (None, json.dumps(report).encode(), "application/json")),
@@ -107,7 +118,7 @@ class WorkbenchEnv(ApiEnv):
         assert r.status_code == 202, r.text
         rid = report["report_id"]
         [record] = [x for x in self.records(topics.REPORTS, rid) if x.key == rid.encode()]
-        self.pipeline.report(record.value, datetime.now(UTC))
+        self.pipeline.report(record.value, self.clock())
         return str(r.json()["case_id"])
 
     def decide(self, answer: httpx.Response) -> list[str]:
@@ -126,7 +137,7 @@ class WorkbenchEnv(ApiEnv):
 
         records = self.read(topics.CASE_COMMANDS, lambda rs: any(mine(r) for r in rs))
         record = next(r for r in records if mine(r))
-        self.pipeline.command(record.value, record.key.decode(), datetime.now(UTC))
+        self.pipeline.command(record.value, record.key.decode(), self.clock())
 
 
 def photo(seed: int) -> bytes:
@@ -150,9 +161,11 @@ def running_workbench(stack: Any, stack_settings: Settings, pg_url: str) -> Iter
     settings = stack_settings.with_(database_url=pg_url)
     s3 = stack.s3()
     deps = real_deps(settings, s3, REF)
+    clock = MovableClock()
+    deps.clock = clock
     app = workbench_app(settings, deps)
     with LiveApi(app) as api:
         sessions = SampleSessions(AccountStore(deps.engine, REF), "wb-test")
         yield WorkbenchEnv(settings, s3, deps, api.url, InProcessPipeline(deps.engine, REF),
-                           sessions)
+                           sessions, clock)
     deps.engine.dispose()

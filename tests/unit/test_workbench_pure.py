@@ -128,3 +128,29 @@ def test_the_projection_fits_the_county_and_keeps_north_up() -> None:
 def test_a_square_box_stays_square() -> None:
     p = mapsvg.projection(BBox(110.0, 0.0, 111.0, 1.0), 200)
     assert abs(p.width - p.height) < 1
+
+
+# --- trend charts ---------------------------------------------------------------------------------
+
+
+def test_axis_maxima_are_round_numbers() -> None:
+    from workbench.charts import nice_max
+
+    assert [nice_max(v) for v in (0, 4, 7, 12, 48, 51, 230, 999)] == [5, 5, 10, 20, 50, 100,
+                                                                       500, 1000]
+
+
+def test_a_trend_chart_has_two_bars_a_slot_and_a_rate_point_where_tasks_closed() -> None:
+    from datetime import date
+
+    from workbench.board import TrendPoint
+    from workbench.charts import trend_chart
+
+    points = [TrendPoint(date(2026, 11, d), filed=d, closed=d - 1, closed_tasks=2 if d % 2 else 0,
+                         closed_on_time=1) for d in range(1, 11)]
+    chart = trend_chart(points, "day")
+    assert len(chart.bars) == 20 and len(chart.points) == 5
+    tallest = max(chart.bars, key=lambda b: float(b["h"]))
+    assert tallest["kind"] == "filed" and "2026-11-10 立案 10" == tallest["title"]
+    assert all(float(b["y"]) + float(b["h"]) == chart.plot["bottom"] for b in chart.bars)
+    assert chart.line.count(",") == 5 and chart.rate_ticks[-1]["label"] == "100%"
