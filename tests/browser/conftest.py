@@ -54,8 +54,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # --- the browser -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Module scope, not session: Playwright's sync API keeps an asyncio loop running in the
+    # main thread while it is open, and every later test that calls asyncio.run() (the unit
+    # tests, the benchmarks' smoke test) would fail with "cannot be called from a running
+    # event loop". A browser per module is started in about a second.
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: run tests/browser/install_chromium.sh "
                     "(make test does)", pytrace=False)
