@@ -27,6 +27,7 @@ BENCHMARKS: list[tuple[str, str]] = [
     ("archive", "bench.archive"),
     ("replay", "bench.replay"),
     ("deadlines", "bench.deadlines"),
+    ("phone", "bench.phone"),
 ]
 QUICK_SCALE = 0.01
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"

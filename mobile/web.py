@@ -8,6 +8,7 @@ cached for a year, anything else is revalidated.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import mimetypes
 from dataclasses import dataclass
@@ -30,11 +31,15 @@ PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"
                 "Referrer-Policy": "same-origin"}
 
 
+COMPRESSIBLE = (".js", ".css", ".svg", ".json", ".webmanifest")
+
+
 @dataclass(frozen=True)
 class Asset:
     name: str
     body: bytes
     version: str  # first 12 hex digits of the sha256 of its bytes
+    gz: bytes | None = None  # gzip of the body for text assets (weak rural networks)
 
     @property
     def url(self) -> str:
@@ -46,15 +51,26 @@ class Asset:
         return TYPES.get(suffix) or mimetypes.guess_type(self.name)[0] or "application/octet-stream"
 
 
+# The worker app's scripts as one file (one request, one cache lookup on a slow phone); the
+# service worker imports idb.js and queue.js on their own.
+BUNDLES = {"app.bundle.js": ("idb.js", "photo.js", "queue.js", "app.js")}
+
+
+def _asset(name: str, body: bytes) -> Asset:
+    gz = gzip.compress(body, 9, mtime=0) if Path(name).suffix in COMPRESSIBLE else None
+    return Asset(name, body, hashlib.sha256(body).hexdigest()[:12], gz)
+
+
 @cache
 def assets() -> dict[str, Asset]:
-    """Every file under static/ (read once per process)."""
+    """Every file under static/ and the bundles made of them (read once per process)."""
     out: dict[str, Asset] = {}
     for path in sorted(STATIC.rglob("*")):
         if path.is_file() and not path.name.startswith("."):
-            body = path.read_bytes()
             name = path.relative_to(STATIC).as_posix()
-            out[name] = Asset(name, body, hashlib.sha256(body).hexdigest()[:12])
+            out[name] = _asset(name, path.read_bytes())
+    for name, parts in BUNDLES.items():
+        out[name] = _asset(name, b";\n".join(out[p].body for p in parts))
     return out
 
 
@@ -70,15 +86,28 @@ def bundle_version(names: list[str] | tuple[str, ...]) -> str:
     return digest.hexdigest()[:12]
 
 
-def static_response(name: str, version: str | None) -> Response | None:
+def accepts_gzip(request: Request) -> bool:
+    return "gzip" in request.headers.get("accept-encoding", "").lower()
+
+
+def maybe_gzip(request: Request, body: bytes, gz: bytes | None, media_type: str,
+               headers: dict[str, str]) -> Response:
+    """The body gzipped when the client takes it (and it pays), else as it is."""
+    headers = {**headers, "Vary": "Accept-Encoding"}
+    if gz is not None and len(gz) < len(body) and accepts_gzip(request):
+        return Response(gz, media_type=media_type, headers={**headers, "Content-Encoding": "gzip"})
+    return Response(body, media_type=media_type, headers=headers)
+
+
+def static_response(request: Request, name: str, version: str | None) -> Response | None:
     asset = assets().get(name)
     if asset is None:
         return None
     cache = ("public, max-age=31536000, immutable" if version == asset.version
              else "no-cache")
-    return Response(asset.body, media_type=asset.media_type,
-                    headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff",
-                             "ETag": f'"{asset.version}"'})
+    return maybe_gzip(request, asset.body, asset.gz, asset.media_type,
+                      {"Cache-Control": cache, "X-Content-Type-Options": "nosniff",
+                       "ETag": f'"{asset.version}"'})
 
 
 @cache

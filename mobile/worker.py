@@ -11,8 +11,10 @@ and their own grids' tasks; a photo outside their scope answers 404 like a missi
 
 from __future__ import annotations
 
+import gzip
 import json
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
@@ -28,7 +30,7 @@ from accounts.roles import GRID_WORKER, Principal, acting_grant, actor_of
 from accounts.store import Refused
 from gridflow import events as ev
 from gridflow.core.refdata import ReferenceData
-from mobile.web import assets, bundle_version, render, wants_json
+from mobile.web import assets, bundle_version, maybe_gzip, render, wants_json
 from producers import status as report_status
 from producers.commands import (
     IdemKey,
@@ -47,7 +49,7 @@ from sinks.models import Case, Photo, Report, Task, TaskHistory
 router = APIRouter(tags=["grid workers' app 掌上巡检"])
 
 # What the service worker keeps for offline use: the shell and every asset it loads.
-SHELL_ASSETS = ("app.css", "photo.js", "idb.js", "queue.js", "app.js", "icon.svg")
+SHELL_ASSETS = ("app.css", "app.bundle.js", "icon.svg")
 MY_REPORTS_LIMIT = 30
 DUE_SOON = timedelta(hours=24)
 FORM_MAX = 8 * 1024
@@ -56,7 +58,7 @@ Public = Annotated[Principal | None, public("掌上巡检: 应用外壳、登录
 
 
 def shell_version() -> str:
-    return bundle_version(SHELL_ASSETS + ("sw.js",))
+    return bundle_version(SHELL_ASSETS + ("sw.js", "idb.js", "queue.js"))
 
 
 # --- pages ------------------------------------------------------------------------------------
@@ -216,10 +218,18 @@ def catalogue_version(ref: ReferenceData) -> str:
     return ref.digest[:12]
 
 
+@cache
+def catalogue_bytes(ref: ReferenceData) -> tuple[bytes, bytes]:
+    """The catalogue as JSON and gzipped (made once per reference data)."""
+    body = json.dumps(catalogue(ref), ensure_ascii=False, separators=(",", ":")).encode()
+    return body, gzip.compress(body, 9, mtime=0)
+
+
 @router.get("/m/api/catalogue", summary="掌上巡检: 问题类别与网格 / categories and grids")
 def get_catalogue(request: Request,
-                  _: Annotated[Principal, allow("report.submit")]) -> JSONResponse:
-    return JSONResponse(catalogue(ctx(request).ref), headers={"Cache-Control": "no-cache"})
+                  _: Annotated[Principal, allow("report.submit")]) -> Response:
+    body, gz = catalogue_bytes(ctx(request).ref)
+    return maybe_gzip(request, body, gz, "application/json", {"Cache-Control": "no-cache"})
 
 
 # --- my reports -------------------------------------------------------------------------------
@@ -270,7 +280,7 @@ def my_reports(c: Context, caller: Principal) -> list[dict[str, Any]]:
             found = report_status_query(session, report_id)
             if found is None:
                 continue
-            view = report_status.report_view(c.ref, found, lambda b, k: None, False)
+            view = report_status.report_view(c.ref, found, lambda *_: None, False)
             description = session.execute(select(Report.description)
                                           .where(Report.report_id == report_id)).scalar()
             out.append({"report_id": report_id, "case_id": view["case_id"],
@@ -360,18 +370,18 @@ def photo_bytes(c: Context, caller: Principal, photo_id: str) -> tuple[bytes, st
         photo = session.get(Photo, photo_id)
         if photo is None:
             return None
-        bucket_key = ((photo.archive_bucket, photo.thumbnail_key)
+        bucket_key = ((photo.archive_bucket, photo.thumbnail_key, photo.thumbnail_version_id)
                       if photo.archive_status == "archived" and photo.thumbnail_key
-                      else (photo.incoming_bucket, photo.incoming_key))
+                      else (photo.incoming_bucket, photo.incoming_key, None))
         case_id, content_type = photo.case_id, photo.content_type or "image/jpeg"
     if not in_scope(caller, facts.case_facts(c.engine, case_id)):
         return None
-    bucket, key = bucket_key
+    bucket, key, version = bucket_key  # the recorded version: a later DELETE hides nothing
     client = getattr(c.store, "client", None)
     if client is None or not bucket or not key:
         return None
     try:
-        response = client.get_object(bucket, key)
+        response = client.get_object(bucket, key, version_id=version or None)
         try:
             return response.read(), ("image/jpeg" if key == photo.thumbnail_key else content_type)
         finally:

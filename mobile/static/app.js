@@ -92,30 +92,41 @@
 
   /* --- who is signed in, and the catalogue -------------------------------------------- */
 
+  /* Who is signed in and the catalogue are kept in localStorage (read at once when the app
+     opens, before any network); the CSRF token also in IndexedDB, for the service worker. */
+  function keep(key, value) {
+    try {
+      if (value === null) localStorage.removeItem('gridflow.' + key);
+      else localStorage.setItem('gridflow.' + key, JSON.stringify(value));
+    } catch (e) { /* storage full or denied: the app still works online */ }
+  }
+
+  function kept(key) {
+    try { return JSON.parse(localStorage.getItem('gridflow.' + key) || 'null'); } catch (e) { return null; }
+  }
+
   function loadMe() {
     return api('/m/api/me').then(function (r) {
       if (r.ok) {
         state.me = r.body;
-        return Promise.all([GFDB.put('kv', r.body, 'me'), GFDB.put('kv', r.body.csrf, 'csrf')]);
+        keep('me', r.body);
+        return GFDB.put('kv', r.body.csrf, 'csrf');
       }
       if (r.status === 401 || r.status === 403) {
         state.me = null;
-        return GFDB.del('kv', 'me');
+        keep('me', null);
+        return;
       }
-      return GFDB.get('kv', 'me').then(function (me) { state.me = me || null; });
+      state.me = kept('me');
     }, function () {
-      return GFDB.get('kv', 'me').then(function (me) { state.me = me || null; });
+      state.me = kept('me');
     });
   }
 
-  function loadCatalogue() {
-    return GFDB.get('kv', 'catalogue').then(function (cached) {
-      if (cached && state.me && cached.version === state.me.catalogue) { state.catalogue = cached; return; }
-      return api('/m/api/catalogue').then(function (r) {
-        if (r.ok) { state.catalogue = r.body; return GFDB.put('kv', r.body, 'catalogue'); }
-        state.catalogue = cached || null;
-      }, function () { state.catalogue = cached || null; });
-    });
+  function fetchCatalogue() {
+    return api('/m/api/catalogue').then(function (r) {
+      if (r.ok) { state.catalogue = r.body; keep('catalogue', r.body); }
+    }, function () { /* offline: keep what we have */ });
   }
 
   function renderWho() {
@@ -131,8 +142,9 @@
       ev.preventDefault();
       fetch('/m/sign-out', { method: 'POST', credentials: 'same-origin',
                              headers: { 'X-CSRF-Token': me.csrf || '' } }).then(function () {
-        return GFDB.del('kv', 'me');
-      }).then(function () { location.assign('/m/sign-in'); });
+        keep('me', null);
+        location.assign('/m/sign-in');
+      });
     });
     $('who').appendChild(form);
   }
@@ -357,7 +369,7 @@
       return GFQueue.put(item);
     }).then(function () {
       resetForm();
-      notice('已保存在手机上, 正在发送', true);
+      notice(navigator.onLine ? '已保存在手机上, 正在发送' : '已保存在手机上, 联网后自动发送', true);
       location.hash = '#outbox';
       kick();
     }, function () {
@@ -596,7 +608,10 @@
     $('offline').hidden = navigator.onLine;
   }
 
+  function mark(name) { if (window.performance && performance.mark) performance.mark(name); }
+
   function start() {
+    mark('gf-start');
     if (!window.indexedDB || !window.fetch || !window.Promise) {
       $('view-loading').textContent = '此浏览器版本过旧, 无法使用掌上巡检; 请升级浏览器或微信。';
       return;
@@ -623,15 +638,36 @@
     GFQueue.onChange(renderOutbox);
     if (window.BroadcastChannel) new BroadcastChannel('gridflow-outbox').onmessage = renderOutbox;
     online();
-    loadMe().then(loadCatalogue).then(function () {
-      renderWho();
-      chooseCategory(null);
-      renderPhotos();
-      route();
-      renderOutbox();
-      document.body.setAttribute('data-ready', '1');
+    /* A second visit opens from what the phone keeps (who, the catalogue) and refreshes both
+       from the network afterwards; a first visit asks for both at once. */
+    var me = kept('me'), catalogue = kept('catalogue');
+    mark('gf-kept');
+    if (me && catalogue) {
+      state.me = me; state.catalogue = catalogue;
+      boot();
+      loadMe().then(function () {
+          renderWho();
+          if (!state.me) { route(); return; }
+        if (!state.catalogue || state.catalogue.version !== state.me.catalogue) {
+          return fetchCatalogue().then(renderCategories);
+        }
+      }).then(function () { if (state.me) kick(); });
+      return;
+    }
+    Promise.all([loadMe(), fetchCatalogue()]).then(function () {
+      boot();
       if (state.me) kick();
     });
+  }
+
+  function boot() {
+    renderWho();
+    chooseCategory(null);
+    renderPhotos();
+    route();
+    renderOutbox();
+    document.body.setAttribute('data-ready', '1');
+    mark('gf-ready');
   }
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);

@@ -95,6 +95,8 @@
     }
     item.status = 'rejected';
     item.reason = body.message_zh || ('上报被拒绝(' + status + ')');
+    var photo = /^photos\[(\d+)\]$/.exec(body.field || '');
+    if (photo) item.reason = '第' + (+photo[1] + 1) + '张照片: ' + item.reason;
     item.field = body.field || null;
     return save(item).then(function () { return null; });
   }
