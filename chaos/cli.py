@@ -1,51 +1,75 @@
 """`gridflow chaos`: fault scenarios on the local stack, with their accounting.
 
-Exit 0 when every scenario kept everything it acknowledged, 1 otherwise.
+Each scenario is a module of this package with a `cli(settings, log_dir, options, echo)`
+function returning (clean, lines); `SCENARIOS` names them. Exit 0 when every scenario run kept
+everything it acknowledged, 1 otherwise.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from gridflow.settings import load_settings
+from gridflow.settings import Settings, load_settings
+
+# scenario name -> (module under chaos/, what it does)
+SCENARIOS: dict[str, tuple[str, str]] = {
+    "kill-worker": ("chaos.kill_worker", "the worker (and the sink) killed with SIGKILL again "
+                    "and again under acknowledged reports"),
+    "scale-out": ("chaos.scale_out", "three workers in one group: one killed, a fourth added "
+                  "under load (--split: pipeline and archive workers side by side)"),
+    "tamper": ("chaos.tamper", "the photo archive tampered with by a holder of the store's "
+               "credentials (plain DELETE, overwrite, shortened retention), and what the audit "
+               "says (GRIDFLOW_ARCHIVE_LOCK_MODE)"),
+}
+
+Echo = Callable[[str], None]
 
 
 @click.command("chaos")
-@click.option("--scenario", type=click.Choice(["kill-worker"]), default="kill-worker",
-              show_default=True, help="Which fault to inject.")
-@click.option("--full", is_flag=True,
-              help="The long form: 50 kill cycles instead of 12.")
+@click.option("--scenario", "names", multiple=True, type=click.Choice(sorted(SCENARIOS)),
+              help="Which fault(s) to inject (repeatable; default: kill-worker).")
+@click.option("--full", is_flag=True, help="The long form of each scenario.")
 @click.option("--cycles", type=click.IntRange(1, 1000), default=None,
-              help="Kill cycles (default 12, or 50 with --full).")
-@click.option("--rate", type=click.FloatRange(0.5, 500), default=10.0, show_default=True,
-              help="Reports per second while the worker is being killed.")
+              help="kill-worker: kill cycles (default 12, or 50 with --full).")
+@click.option("--rate", type=click.FloatRange(0.5, 500), default=None,
+              help="Reports per second under the fault (scenario's default otherwise).")
 @click.option("--session-timeout", type=click.FloatRange(3, 300), default=6.0,
               show_default=True,
-              help="The worker's Kafka session timeout (how long a killed worker's partitions "
+              help="The workers' Kafka session timeout (how long a killed worker's partitions "
                    "wait before they are handed out again).")
 @click.option("--static/--dynamic", "static", default=False, show_default=True,
-              help="Restart the worker under the same group instance id (static membership).")
+              help="kill-worker: restart the worker under the same group instance id.")
+@click.option("--split", is_flag=True,
+              help="scale-out: pipeline and archive workers side by side.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the processes' logs go (default: a new temporary directory).")
-def chaos(scenario: str, full: bool, cycles: int | None, rate: float, session_timeout: float,
-          static: bool, seed: int, log_dir: Path | None) -> None:
+def chaos(names: tuple[str, ...], log_dir: Path | None, **options: Any) -> None:
     """Inject faults into gridflow's own processes on the running local stack and count what
     was acknowledged against what was kept (needs `gridflow up`)."""
-    from chaos import kill_worker
-
     settings = load_settings()
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="gridflow-chaos-"))
-    n = cycles or (50 if full else 12)
-    click.echo(f"chaos {scenario}: {n} cycles at {rate:g} reports/s; logs in {log_dir}")
-    result = kill_worker.run(settings, log_dir, cycles=n, rate=rate,
-                             session_timeout_s=session_timeout, static_membership=static,
-                             seed=seed,
-                             echo=lambda line: click.echo(line))
-    for line in result.lines():
-        click.echo(line)
-    sys.exit(0 if result.clean else 1)
+    clean = True
+    for name in names or ("kill-worker",):
+        module = importlib.import_module(SCENARIOS[name][0])
+        click.echo(f"chaos {name}: {SCENARIOS[name][1]}; logs in {log_dir / name}")
+        ok, lines = module.cli(settings, log_dir / name, options, click.echo)
+        for line in lines:
+            click.echo(line)
+        clean = clean and ok
+    sys.exit(0 if clean else 1)
+
+
+def run_scenario(name: str, settings: Settings, log_dir: Path, options: dict[str, Any],
+                 echo: Echo = print) -> tuple[bool, list[str]]:
+    """One scenario by name, as the command runs it (for scripts and tests)."""
+    module = importlib.import_module(SCENARIOS[name][0])
+    result: tuple[bool, list[str]] = module.cli(settings, log_dir, options, echo)
+    return result

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from minio import Minio
@@ -84,22 +85,22 @@ class KillReport:
 
 
 def sample_report(ref: ReferenceData, index: int, rng: random.Random, run: str,
-                  photo: dict[str, object]) -> Message:
+                  photo: dict[str, object], now: datetime | None = None) -> Message:
     """A grid worker's report inside their own grid, with one photo already in the incoming
     bucket (`photo`: its reference, as the API makes it)."""
     workers = sorted(ref.workers.values(), key=lambda w: w.id)
     w = workers[index % len(workers)]
     box = ref.grids[w.grid_code].bbox
     rid = f"{run}-{index:06d}"
-    now = iso(datetime.now(UTC))
+    now_s = iso(now or datetime.now(UTC))
     actor = f"worker:{w.id}@{w.grid_code}"
     return Message(
-        id=derived_id("report", rid), type=ev.REPORT_SUBMITTED, case_id="", at=now, actor=actor,
+        id=derived_id("report", rid), type=ev.REPORT_SUBMITTED, case_id="", at=now_s, actor=actor,
         data={"report_id": rid, "source": "grid_worker", "channel": "app", "reporter": actor,
               "category_code": "E0101", "description": "道路积水（故障注入测试）",
               "lat": rng.uniform(box.min_lat, box.max_lat),
               "lon": rng.uniform(box.min_lon, box.max_lon),
-              "captured_at": now, "worker_grid_code": w.grid_code, "photos": [photo]},
+              "captured_at": now_s, "worker_grid_code": w.grid_code, "photos": [photo]},
     )
 
 
@@ -113,13 +114,15 @@ def upload_photo(store: Minio, bucket: str, run: str, index: int) -> dict[str, o
             "content_type": "image/jpeg", "role": "before"}
 
 
-class _Producer(threading.Thread):
+class ReportProducer(threading.Thread):
     """Puts reports on the reports topic at a steady rate, each acknowledged (acks=all), each
-    with its photo uploaded first (the claim check)."""
+    with its photo uploaded first (the claim check); report times from `clock`."""
 
-    def __init__(self, settings: Settings, ref: ReferenceData, rate: float, seed: int) -> None:
+    def __init__(self, settings: Settings, ref: ReferenceData, rate: float, seed: int,
+                 clock: Callable[[], datetime] | None = None) -> None:
         super().__init__(daemon=True)
         self.settings, self.ref, self.rate = settings, ref, rate
+        self.clock = clock
         self.rng = random.Random(seed)
         self.run_id = "chaos" + uuid.uuid4().hex[:6]
         self.sent: list[str] = []
@@ -135,7 +138,8 @@ class _Producer(threading.Thread):
             i = 0
             while not self.stop_event.is_set():
                 photo = upload_photo(store, self.settings.bucket_incoming, self.run_id, i)
-                msg = sample_report(self.ref, i, self.rng, self.run_id, photo)
+                msg = sample_report(self.ref, i, self.rng, self.run_id, photo,
+                                    self.clock() if self.clock else None)
                 producer.send(name, key=msg.data["report_id"].encode(),
                               value=msg.encode()).get(timeout=60)
                 self.sent.append(msg.data["report_id"])
@@ -188,7 +192,7 @@ def report_rows(database_url: str) -> tuple[set[str], int]:
         engine.dispose()
 
 
-def _audit(settings: Settings, report: KillReport, echo: Callable[[str], None]) -> None:
+def audit_verdict(settings: Settings, echo: Callable[[str], None]) -> tuple[bool, list[str]]:
     """`gridflow audit verify` on the scenario's log and database: read models against a fresh
     replay, hash chains, and completeness (every record a group committed past handed on)."""
     from audit import report as audit_report
@@ -196,8 +200,11 @@ def _audit(settings: Settings, report: KillReport, echo: Callable[[str], None]) 
 
     echo("  running gridflow audit verify")
     result = verify(settings, settings.database_url, prefix=settings.topic_prefix)
-    report.audit_clean = result.clean
-    report.audit_lines = list(audit_report.verify_lines(result))
+    return result.clean, list(audit_report.verify_lines(result))
+
+
+def _audit(settings: Settings, report: KillReport, echo: Callable[[str], None]) -> None:
+    report.audit_clean, report.audit_lines = audit_verdict(settings, echo)
 
 
 def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10.0,
@@ -233,7 +240,7 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
             pass
         svc.proc.wait(30)
 
-    producer = _Producer(settings, ref, rate, seed)
+    producer = ReportProducer(settings, ref, rate, seed)
     worker = start("worker", worker_args)
     sink = start("sink", ["sink"])
     producer.start()
@@ -281,3 +288,14 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
         report.seconds = time.monotonic() - t0
         report.worker_log = str(worker.log_path)
     return report
+
+
+def cli(settings: Settings, log_dir: Path, options: dict[str, Any],
+        echo: Callable[[str], None]) -> tuple[bool, list[str]]:
+    """`gridflow chaos --scenario kill-worker`."""
+    cycles = options.get("cycles") or (50 if options.get("full") else 12)
+    result = run(settings, log_dir, cycles=cycles, rate=options.get("rate") or 10.0,
+                 session_timeout_s=options.get("session_timeout") or 6.0,
+                 static_membership=bool(options.get("static")),
+                 seed=options.get("seed") or 1, echo=echo)
+    return result.clean, result.lines()
