@@ -29,6 +29,7 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    inspect,
     select,
     text,
 )
@@ -39,7 +40,7 @@ from sqlalchemy.types import TypeEngine
 from gridflow.events import parse_ts
 
 # Bump with a migration in MIGRATIONS whenever a table changes shape.
-DB_SCHEMA_VERSION = 1
+DB_SCHEMA_VERSION = 2
 
 
 class SchemaVersionError(RuntimeError):
@@ -141,7 +142,12 @@ class Case(Base):
     chain_broken_at_seq: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    __table_args__ = (Index("ix_cases_status_filed", "status", "filed_at"),)
+    __table_args__ = (
+        Index("ix_cases_status_filed", "status", "filed_at"),
+        # the board's ranges and trends (schema 2)
+        Index("ix_cases_filed", "filed_at"),
+        Index("ix_cases_closed", "closed_at"),
+    )
 
 
 class Report(Base):
@@ -237,8 +243,17 @@ class Task(Base):
     last_warned_stage: Mapped[str | None] = mapped_column(String(16))
     last_warned_fraction: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # 二次派遣: the staff member of the department working it (TaskAssigned), schema 2
+    assignee: Mapped[str | None] = mapped_column(String(64))
+    assignee_name: Mapped[str | None] = mapped_column(String(128))
+    assigned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    __table_args__ = (Index("ix_tasks_department_state", "department", "state"),)
+    __table_args__ = (
+        Index("ix_tasks_department_state", "department", "state"),
+        # the board (schema 2): tasks by state (open ones, closed ones by day), by dispatch time
+        Index("ix_tasks_state_closed", "state", "closed_at"),
+        Index("ix_tasks_dispatched", "dispatched_at"),
+    )
 
 
 class TaskHistory(Base):
@@ -345,8 +360,22 @@ def table_of(model: type[Base]) -> Table:
     return cast(Table, model.__table__)
 
 
+def _to_2(conn: Connection) -> None:
+    """Tasks get their assignee (二次派遣); the board's indexes. Rows keep NULL until replayed
+    or assigned: no TaskAssigned event was ever written before this version."""
+    timestamp = "VARCHAR(26)" if conn.dialect.name == "sqlite" else "TIMESTAMP WITH TIME ZONE"
+    existing = {c["name"] for c in inspect(conn).get_columns("tasks")}
+    for name, kind in (("assignee", "VARCHAR(64)"), ("assignee_name", "VARCHAR(128)"),
+                       ("assigned_at", timestamp)):
+        if name not in existing:
+            conn.execute(text(f"ALTER TABLE tasks ADD COLUMN {name} {kind}"))
+    for table in (Task.__table__, Case.__table__):
+        for index in cast(Table, table).indexes:
+            index.create(conn, checkfirst=True)
+
+
 # version n -> function that migrates a database at version n to n + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_2}
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

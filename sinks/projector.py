@@ -62,6 +62,7 @@ COMMAND_OF_EVENT = {
     ev.DEADLINE_WARNED: ev.WARN_DEADLINE,
     ev.DEADLINE_BREACHED: ev.BREACH_DEADLINE,
     ev.TASK_ESCALATED: ev.ESCALATE_TASK,
+    ev.TASK_ASSIGNED: ev.ASSIGN_TASK,
 }
 
 # Events that carry a report (data.report), and the role its photos default to.
@@ -864,6 +865,11 @@ def task_escalated(rm: ReadModels, m: Message, at: datetime, case: dict[str, Any
     )
 
 
+def task_assigned(rm: ReadModels, m: Message, at: datetime, case: dict[str, Any]) -> None:
+    rm.task(m, at).update(assignee=_s(m.data.get("assignee")),
+                          assignee_name=_s(m.data.get("assignee_name")), assigned_at=at)
+
+
 def command_refused(rm: ReadModels, m: Message, at: datetime, case: dict[str, Any]) -> None:
     """Nothing changes but the command's outcome (written by ReadModels.fold)."""
 
@@ -899,5 +905,6 @@ HANDLERS: dict[str, Handler] = {
     ev.DEADLINE_WARNED: deadline_warned,
     ev.DEADLINE_BREACHED: deadline_breached,
     ev.TASK_ESCALATED: task_escalated,
+    ev.TASK_ASSIGNED: task_assigned,
     ev.COMMAND_REFUSED: command_refused,
 }

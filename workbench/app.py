@@ -13,9 +13,10 @@ from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from producers.errors import ApiError
-from workbench import boardpages, common, console, dept
+from workbench import boardpages, common, console, dept, team
 from workbench.csrf import FormCsrf
 from workbench.state import WorkbenchState
 from workbench.web import page_response, render_text, see_other, wants_html
@@ -34,6 +35,7 @@ def install(app: FastAPI) -> FastAPI:
     app.include_router(dept.router)
     app.include_router(console.router)
     app.include_router(boardpages.router)
+    app.include_router(team.router)
     _html_errors(app)
     return app
 
@@ -62,3 +64,21 @@ def _html_errors(app: FastAPI) -> None:
         raise exc
 
     app.add_exception_handler(ApiError, on_api_error)
+
+    http_handler = app.exception_handlers.get(StarletteHTTPException)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if is_page(request) and wants_html(request) and exc.status_code in (404, 405):
+            message = ("页面不存在, 请检查链接" if exc.status_code == 404
+                       else "该页面不支持此操作, 请从页面上的按钮或链接进入")
+            html = render_text("error_plain.html", status=exc.status_code,
+                               heading=ERROR_HEADINGS.get(exc.status_code, "出错了"),
+                               message=message)
+            return page_response(html, exc.status_code)
+        if http_handler is not None:
+            result: Any = http_handler(request, exc)
+            return await result if hasattr(result, "__await__") else result
+        raise exc
+
+    app.add_exception_handler(StarletteHTTPException, on_http_error)

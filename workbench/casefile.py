@@ -42,7 +42,7 @@ EVENT_ZH = {
     ev.CASE_CLOSED: "案件结案", ev.EXTENSION_REQUESTED: "申请延期",
     ev.EXTENSION_GRANTED: "批准延期", ev.EXTENSION_REFUSED: "驳回延期",
     ev.CASE_WHISTLED: "吹哨报到", ev.DEADLINE_WARNED: "超时预警", ev.DEADLINE_BREACHED: "超时",
-    ev.TASK_ESCALATED: "升级督办", ev.COMMAND_REFUSED: "操作未执行",
+    ev.TASK_ESCALATED: "升级督办", ev.COMMAND_REFUSED: "操作未执行", ev.TASK_ASSIGNED: "二次派遣",
 }
 # Case-level events every caller who sees the case sees (the rest belong to a task).
 CASE_LEVEL = frozenset({ev.CASE_FILED, ev.REPORT_MERGED, ev.CASE_CLOSED, ev.CASE_RATED,
@@ -52,7 +52,7 @@ COMMAND_ZH = {
     ev.SIGN_TASK: "签收", ev.NOTE_PROGRESS: "填报进展", ev.RESOLVE_TASK: "办结",
     ev.SEND_BACK_TASK: "退单", ev.REQUEST_EXTENSION: "延期申请", ev.DECIDE_EXTENSION: "延期审批",
     ev.CANCEL_TASK: "撤销", ev.WHISTLE_CASE: "吹哨报到", ev.VERIFY_TASK: "核查",
-    ev.REJECT_TASK: "核查不通过", ev.RATE_CASE: "回访评价",
+    ev.REJECT_TASK: "核查不通过", ev.RATE_CASE: "回访评价", ev.ASSIGN_TASK: "分派",
 }
 
 
@@ -111,6 +111,7 @@ class TaskView:
     mine: bool  # the caller's department's task
     actions: list[str]  # what the caller may do now: sign, progress, resolve, ...
     pending_extension: dict[str, Any] | None
+    assignee_name: str | None = None
 
     @property
     def task_id(self) -> str:
@@ -221,7 +222,7 @@ def step_detail(names: Names, type_: str, d: dict[str, Any]) -> str:
     if type_ == ev.COMMAND_REFUSED:
         return (f"{COMMAND_ZH.get(str(d.get('command_type')), str(d.get('command_type')))}未执行: "
                 f"{d.get('reason_zh') or ''}")
-    if type_ == "TaskAssigned":
+    if type_ == ev.TASK_ASSIGNED:
         return f"分派给 {d.get('assignee_name') or d.get('assignee') or ''}"
     return ""
 
@@ -257,8 +258,11 @@ def load_case_file(session: Session, ref: ReferenceData, caller: Principal, fact
             continue
         if type_ == ev.CASE_WHISTLED and not supervisor:
             d = {**d, "departments": [x for x in d.get("departments") or [] if x in mine]}
-        steps.append(Step(at, EVENT_ZH.get(type_, type_), names.actor(actor),
-                          step_detail(names, type_, d), task_id, type_ == ev.COMMAND_REFUSED))
+        who = names.actor(actor)
+        if d.get("by_name"):  # a department's step naming the person who took it
+            who = f"{who} · {d['by_name']}"
+        steps.append(Step(at, EVENT_ZH.get(type_, type_), who, step_detail(names, type_, d),
+                          task_id, type_ == ev.COMMAND_REFUSED))
     photos = [p for p in detail["photos"]
               if not p.get("task_id") or p["task_id"] in visible_ids]
     grid = ref.grids.get(detail.get("grid_code") or "")

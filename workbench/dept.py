@@ -39,6 +39,7 @@ from workbench.web import (
     new_form_key,
     query,
     render,
+    safe_next,
     see_other,
 )
 
@@ -161,7 +162,7 @@ async def inbox_page(
         can_act=code in caller.scopes(DEPT_STAFF),
         as_of_iso=iso(now), updates_url=f"{base}/updates", refresh_url=here,
         outcomes=cmd.outcome_views(ids, found, {}, here), form_key=new_form_key(),
-        assign_url=f"{base}/assign", **{k: v for k, v in extra.items() if k != "names"},
+        assign_url=f"/w/d/{quote(code)}/assign", **{k: v for k, v in extra.items() if k != "names"},
     )
 
 
@@ -344,7 +345,7 @@ async def show_form(request: Request, caller: Principal, action: str, task_id: s
     values = dict(values or {})
     if action == "send-back" and "reroute_to" not in values and spec["fields"][1]["options"]:
         values["reroute_to"] = spec["fields"][1]["options"][0][0]
-    templates = await st.reply_templates(request, task["department"]) if action in (
+    templates = await st.reply_templates(request, task["department"], action) if action in (
         "progress", "resolve") else []
     return render(
         request, "task_form.html", status=422 if errors else 200, caller=caller,
@@ -382,7 +383,8 @@ async def post_action(request: Request, caller: Principal, action: str, task_id:
     values = {k: str(v) for k, v in form.items() if isinstance(v, str)}
     st = state_of(request)
     try:
-        data = await validate(request, action, task_id, form, st)
+        department = await run_in_threadpool(task_department, c, task_id) or ""
+        data = await validate(request, action, task_id, form, st, department)
         command_id = cmd.command_id_for(actor, type_, task_id, key)
         upload = None
         if action in ("progress", "resolve"):
@@ -402,7 +404,7 @@ async def post_action(request: Request, caller: Principal, action: str, task_id:
 
 
 async def validate(request: Request, action: str, task_id: str, form: Any,
-                   st: Any) -> dict[str, Any]:
+                   st: Any, department: str) -> dict[str, Any]:
     """The command's data from the form, or FormInvalid with every problem (Chinese)."""
     c = ctx(request)
     errors: list[cmd.FormError] = []
@@ -414,7 +416,8 @@ async def validate(request: Request, action: str, task_id: str, form: Any,
     if action in ("progress", "resolve"):
         note = text("note", 2000)
         if not note:
-            picked = await st.template_text(request, str(form.get("template_note") or ""))
+            picked = await st.template_text(request, department,
+                                            str(form.get("template_note") or ""))
             note = picked or ""
         if not note:
             what = "处置进展" if action == "progress" else "办结说明"
@@ -466,10 +469,9 @@ async def sign(
     except cmd.FormInvalid as exc:
         return render(request, "error.html", status=503, caller=caller, title="未能提交",
                       heading="签收未能提交", message=exc.errors[0].message)
-    if back == "inbox":
-        dept = await run_in_threadpool(task_department, c, task_id)
-        if dept:
-            return see_other(f"/w/d/{quote(dept)}/inbox?cmd={command_id}")
+    if back.startswith("/w/d/"):
+        target = safe_next(back, f"/w/cases/{quote(case_id)}")
+        return see_other(target + ("&" if "?" in target else "?") + f"cmd={command_id}")
     return see_other(f"/w/cases/{quote(case_id)}?cmd={command_id}#task-{task_id}")
 
 

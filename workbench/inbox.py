@@ -107,6 +107,8 @@ def filter_conditions(department: str, f: Filters) -> list[ColumnElement[bool]]:
         out.append(Task.grid_code.like(f"{_like(f.township)}%", escape="\\"))
     if f.state:
         out.append(Task.state == f.state)
+    if f.mine:
+        out.append(Task.assignee == f.mine)
     return out
 
 

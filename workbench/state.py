@@ -14,11 +14,13 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from accounts.people import county_people
 from accounts.roles import (
     COUNTY_LEADER,
     COUNTY_SUPERVISOR,
+    DEPT_STAFF,
     TOWNSHIP_SUPERVISOR,
     CaseFacts,
     Principal,
@@ -29,6 +31,7 @@ from gridflow.core.calendar import WorkingCalendar
 from gridflow.core.sla import ExtensionLimit, load_bundled_policy
 from producers.context import Context
 from workbench import mapsvg
+from workbench.team import ASSIGNABLE, Team
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class WorkbenchState:
     context: Context
     calendar: WorkingCalendar | None
     extension_limit: ExtensionLimit | None
+    team: Team
     names: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -56,7 +60,7 @@ class WorkbenchState:
             names = {str(p.account_id): p.name for p in county_people(context.ref)}
         except Exception:  # noqa: BLE001 - names fall back to the account store
             log.exception("people of the reference data not read")
-        return cls(context, calendar, limit, names)
+        return cls(context, calendar, limit, Team(context), names)
 
     # --- people ---------------------------------------------------------------------------
 
@@ -115,24 +119,60 @@ class WorkbenchState:
         return out
 
     async def decorate_case(self, request: Request, caller: Principal, f: Any) -> None:
-        """Assignment facts on the case page's tasks (workbench.assign adds them)."""
+        """Who works each task (二次派遣), and whether the caller may assign it."""
         for t in f.tasks:
-            t.assignee_name = None
+            t.assignee_name = t.row.get("assignee_name") or t.row.get("assignee")
+            if t.mine and t.state in ASSIGNABLE and self.team.is_head(caller, t.row["department"]):
+                t.actions.append("assign")
 
     # --- the inbox ------------------------------------------------------------------------------
 
     async def inbox_extras(self, request: Request, caller: Principal, code: str,
                            page: Any) -> dict[str, Any]:
-        return {"assignable": False, "show_assignee": False, "my_tasks_link": None,
-                "my_count": 0, "staff": []}
+        """The inbox's assignment parts: the head's checkboxes and staff list, 我的任务."""
+        staff_member = code in caller.scopes(DEPT_STAFF)
+        head = self.team.is_head(caller, code)
+        staff = await run_in_threadpool(self.team.staff, code) if staff_member else []
+        names = {m.account_id: m.name for m in staff}
+        my_count = await run_in_threadpool(self._my_count, code, caller.account_id) \
+            if staff_member else 0
+        return {
+            "assignable": head and len(staff) > 1 and page.filters.tab != "done",
+            "show_assignee": len(staff) > 1 or any(r.get("assignee") for r in page.rows),
+            "my_tasks_link": (f"/w/d/{quote(code)}/inbox?mine={quote(caller.account_id)}"
+                              if staff_member else None),
+            "my_count": my_count, "staff": staff, "names": names.get,
+            "templates_link": f"/w/d/{quote(code)}/templates" if staff_member else None,
+        }
+
+    def _my_count(self, code: str, account_id: str) -> int:
+        from sqlalchemy import func, select
+        from sqlalchemy.orm import Session
+
+        from sinks.models import Task
+
+        with Session(self.context.engine) as session:
+            return int(session.execute(select(func.count()).select_from(Task).where(
+                Task.department == code, Task.state.in_(ASSIGNABLE),
+                Task.assignee == account_id)).scalar() or 0)
 
     # --- reply templates -------------------------------------------------------------------------
 
-    async def reply_templates(self, request: Request, department: str) -> list[dict[str, Any]]:
-        return []
+    async def reply_templates(self, request: Request, department: str,
+                              kind: str) -> list[dict[str, Any]]:
+        from workbench.team import templates_for_form
 
-    async def template_text(self, request: Request, template_id: str) -> str | None:
-        return None
+        return await run_in_threadpool(templates_for_form, self.context, department, kind)  # type: ignore[no-any-return]
+
+    async def template_text(self, request: Request, department: str,
+                            template_id: str) -> str | None:
+        from workbench import replies
+
+        if not template_id:
+            return None
+        found = await run_in_threadpool(replies.template, self.context.engine, department,
+                                        template_id)
+        return found.text if found is not None else None
 
 
 def state_of(request: Request) -> WorkbenchState:

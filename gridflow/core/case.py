@@ -57,6 +57,8 @@ TRANSITIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     ev.WARN_DEADLINE: (OPEN_TASK_STATES, frozenset({"system"})),
     ev.BREACH_DEADLINE: (OPEN_TASK_STATES, frozenset({"system"})),
     ev.ESCALATE_TASK: (OPEN_TASK_STATES, frozenset({"system", "supervisor"})),
+    # 二次派遣: the department gives its task to one of its staff (who may sign it, too).
+    ev.ASSIGN_TASK: (frozenset({DISPATCHED, SIGNED, IN_PROGRESS}), frozenset({"dept"})),
 }
 
 # The clock each task state runs: its deadline field, for deadline commands.
@@ -120,6 +122,7 @@ class TaskState:
     pending_extension: dict[str, Any] | None = None
     escalation_level: int = 0
     whistled: bool = False
+    assignee: str = ""  # the staff member the department gave the task to (account id)
 
     def due_for(self, stage: str) -> str:
         return {"sign": self.sign_due, "resolve": self.resolve_due, "verify": self.verify_due}[stage]
@@ -597,6 +600,24 @@ def _whistle(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
         _dispatch(b, task.department, planner, "whistle", planned=task)
 
 
+def _assign(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+    """二次派遣: who in the department works the task. Who may assign is the API's business
+    (the department's head); the case records the fact, in the case's own order."""
+    task = _task_for(b, c)
+    assignee = str(c.data.get("assignee", "")).strip()
+    if not assignee or len(assignee) > 64:
+        raise Refused("assignee_required", "请选择承办人", "name the staff member (assignee)")
+    if assignee == task.assignee:
+        raise Refused("already_assigned", "该任务已由此人承办", f"task is already {assignee}'s")
+    b.set_task(replace(task, assignee=assignee))
+    b.emit(ev.TASK_ASSIGNED, {
+        "task_id": task.task_id, "department": task.department, "assignee": assignee,
+        "assignee_name": str(c.data.get("assignee_name", ""))[:64],
+        "previous": task.assignee, "by": str(c.data.get("by", ""))[:64],
+        "by_name": str(c.data.get("by_name", ""))[:64],
+    })
+
+
 def _deadline_applies(b: _Builder, c: Message) -> TaskState | None:
     """Deadline commands are stale when the task moved on: then they are dropped silently."""
     task = b.state.tasks.get(str(c.data.get("task_id", "")))
@@ -665,4 +686,5 @@ _HANDLERS = {
     ev.WARN_DEADLINE: _warn,
     ev.BREACH_DEADLINE: _breach,
     ev.ESCALATE_TASK: _escalate,
+    ev.ASSIGN_TASK: _assign,
 }

@@ -456,3 +456,51 @@ def test_a_message_is_encoded_once_and_a_replaced_one_anew():
     other = dataclasses.replace(m, actor="worker:W2@G1")
     assert other.encode() != first and b"W2@G1" in other.encode()
     assert m == Message(**{f.name: getattr(m, f.name) for f in dataclasses.fields(m)})
+
+
+def test_a_department_assigns_its_task_to_a_staff_member_and_may_reassign_it():
+    state, tid = full_cycle()
+    state, events = run(state, cmd(ev.ASSIGN_TASK, {"task_id": tid, "assignee": "ds0028",
+                                                    "assignee_name": "城建监察员", "by": "ds0005"},
+                                   "dept:D-CG"))
+    assert types(events) == [ev.TASK_ASSIGNED]
+    assert events[0].data == {"task_id": tid, "department": "D-CG", "assignee": "ds0028",
+                              "assignee_name": "城建监察员", "previous": "", "by": "ds0005",
+                              "by_name": ""}
+    assert state.tasks[tid].assignee == "ds0028" and state.tasks[tid].state == "dispatched"
+    state, events = run(state, cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG"),
+                        cmd(ev.ASSIGN_TASK, {"task_id": tid, "assignee": "ds0005"}, "dept:D-CG"))
+    assert types(events) == [ev.TASK_SIGNED, ev.TASK_ASSIGNED]
+    assert events[1].data["previous"] == "ds0028" and state.tasks[tid].assignee == "ds0005"
+    assert CaseState.from_dict(state.to_dict()) == state
+
+
+@pytest.mark.parametrize("data, actor, code", [
+    ({"assignee": "ds0028"}, "dept:D-OTHER", "not_allowed"),  # another department's task
+    ({"assignee": "ds0028"}, "supervisor:sv1", "not_allowed"),  # the department's own business
+    ({"assignee": " "}, "dept:D-CG", "assignee_required"),
+])
+def test_an_assignment_is_the_tasks_departments_and_names_someone(data, actor, code):
+    state, tid = full_cycle()
+    after, events = run(state, cmd(ev.ASSIGN_TASK, {"task_id": tid, **data}, actor))
+    assert types(events) == [ev.COMMAND_REFUSED] and events[0].data["code"] == code
+    assert after.tasks == state.tasks
+
+
+def test_a_resolved_task_is_not_assigned_again_nor_to_the_same_person_twice():
+    state, tid = full_cycle()
+    state, _ = run(state, cmd(ev.ASSIGN_TASK, {"task_id": tid, "assignee": "a"}, "dept:D-CG"))
+    _, events = run(state, cmd(ev.ASSIGN_TASK, {"task_id": tid, "assignee": "a"}, "dept:D-CG"))
+    assert events[0].data["code"] == "already_assigned"
+    state, _ = run(state, cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG"),
+                   cmd(ev.RESOLVE_TASK, {"task_id": tid, "note": "ok", "photos": [PHOTO]},
+                       "dept:D-CG"))
+    _, events = run(state, cmd(ev.ASSIGN_TASK, {"task_id": tid, "assignee": "b"}, "dept:D-CG"))
+    assert events[0].data["code"] == "bad_state"
+
+
+def test_a_stored_state_without_assignees_still_loads():
+    state, tid = full_cycle()
+    stored = state.to_dict()
+    del stored["tasks"][tid]["assignee"]  # as written before tasks had assignees
+    assert CaseState.from_dict(stored).tasks[tid].assignee == ""

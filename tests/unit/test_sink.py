@@ -13,6 +13,7 @@ from gridflow import events as ev
 from gridflow.events import Message
 from sinks import projector, sample
 from sinks.models import (
+    DB_SCHEMA_VERSION,
     CaseEvent,
     DeadLetter,
     SchemaVersion,
@@ -331,8 +332,41 @@ def test_apply_event_folds_one_event_within_a_session(engine):
 
 
 def test_create_schema_is_idempotent_and_refuses_a_newer_database(engine):
-    assert create_schema(engine) == create_schema(engine) == 1
+    assert create_schema(engine) == create_schema(engine) == DB_SCHEMA_VERSION
     with Session(engine) as session, session.begin():
         session.execute(update(SchemaVersion).where(SchemaVersion.id == 1).values(version=99))
-    with pytest.raises(SchemaVersionError, match="version 99, newer than this build's 1"):
+    with pytest.raises(SchemaVersionError,
+                       match=f"version 99, newer than this build's {DB_SCHEMA_VERSION}"):
         create_schema(engine)
+
+
+def test_a_version_1_database_gets_the_assignee_columns_and_the_board_indexes(engine, sink):
+    sink.apply_batch(sample.records(sample.simple_lifecycle("AJ1"), TOPIC))
+    with engine.begin() as conn:  # back to version 1: without the columns and indexes of 2
+        for index in ("ix_tasks_state_closed", "ix_tasks_dispatched", "ix_cases_filed",
+                      "ix_cases_closed"):
+            conn.execute(text(f"DROP INDEX {index}"))
+        for column in ("assignee", "assignee_name", "assigned_at"):
+            conn.execute(text(f"ALTER TABLE tasks DROP COLUMN {column}"))
+        conn.execute(update(SchemaVersion).where(SchemaVersion.id == 1).values(version=1))
+    assert create_schema(engine) == DB_SCHEMA_VERSION
+    with engine.connect() as conn:
+        indexes = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master "
+                                                   "WHERE type = 'index'"))}
+    assert {"ix_tasks_state_closed", "ix_cases_filed"} <= indexes
+    assert by_id(engine, "tasks", "task_id")["AJ1-T01"]["assignee"] is None
+
+
+def test_an_assignment_names_the_tasks_assignee(engine, sink):
+    events = sample.simple_lifecycle("AJ1")
+    dispatched = next(e for e in events if e.type == ev.TASK_DISPATCHED)
+    dept = dispatched.data["department"]
+    assigned = Message(id="assign-1", type=ev.TASK_ASSIGNED, case_id="AJ1", at=dispatched.at,
+                       actor=f"dept:{dept}", seq=dispatched.seq + 1, causation_id="cmd-assign",
+                       data={"task_id": "AJ1-T01", "department": dept, "assignee": "ds0028",
+                             "assignee_name": "城建监察员"})
+    sink.apply_batch(sample.records([*events[:events.index(dispatched) + 1], assigned], TOPIC))
+    task = by_id(engine, "tasks", "task_id")["AJ1-T01"]
+    assert (task["assignee"], task["assignee_name"]) == ("ds0028", "城建监察员")
+    [outcome] = rows(engine, "SELECT * FROM command_outcomes WHERE event_id = 'assign-1'")
+    assert outcome["command_type"] == ev.ASSIGN_TASK
