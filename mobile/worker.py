@@ -164,6 +164,46 @@ async def sign_in(request: Request, _: Public) -> Response:
     return response
 
 
+@router.get("/m/password", summary="掌上巡检: 首次登录设置密码 / set a password with the code")
+def password_page(request: Request, _: Public) -> Response:
+    csrf = web.login_csrf(request)
+    login = request.query_params.get("login", "")[:64]
+    response = render("password.html", csrf=csrf, login=login, error=None)
+    web.set_login_csrf(response, request, request.app.state.ctx.settings, csrf)
+    return response
+
+
+@router.post("/m/password", summary="掌上巡检: 设置密码并登录 / set the password, signed in")
+async def set_password(request: Request, _: Public) -> Response:
+    c = ctx(request)
+    form = await _form(request)
+    login = form.get("login", "")[:64]
+    csrf = web.login_csrf(request)
+
+    def again(zh: str, status: int, field: str | None = None) -> Response:
+        response = render("password.html", status=status, csrf=csrf, login=login,
+                          error={"message_zh": zh, "field": field})
+        web.set_login_csrf(response, request, c.settings, csrf)
+        return response
+
+    if not _csrf_ok(request, form):
+        return again("页面已过期, 请重新提交", 403)
+    if form.get("new_password", "") != form.get("confirm", ""):
+        return again("两次输入的新密码不一致", 422, "confirm")
+    try:
+        signed = await run_in_threadpool(
+            accounts_of(request).set_password, login, form.get("code", ""),
+            form.get("new_password", ""), request.client.host if request.client else "unknown",
+            request.headers.get("user-agent", ""))
+    except Refused as exc:
+        return again(exc.zh, exc.status, exc.field)
+    response = RedirectResponse("/m/", status_code=303)
+    web.set_session_cookie(response, request, c.settings, signed.token, signed.expires_at,
+                           accounts_of(request).clock())
+    response.delete_cookie(web.LOGIN_CSRF_COOKIE, path="/")
+    return response
+
+
 @router.post("/m/sign-out", summary="掌上巡检: 退出登录 / sign out")
 async def sign_out(request: Request, caller: Annotated[Principal, allow("self.read")]) -> Response:
     token = getattr(request.state, "session_token", None) or credential(request)[0]

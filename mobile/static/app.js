@@ -405,8 +405,17 @@
 
   /* --- sending: now, on reconnect, and on the retry timer ------------------------------- */
 
+  /* Ask the service worker to send when the network is back, even if the page is closed by
+     then (Background Sync, where the browser has it; elsewhere the page sends when reopened). */
+  function syncLater() {
+    if (!('serviceWorker' in navigator)) return;
+    navigator.serviceWorker.ready.then(function (reg) {
+      if (reg.sync && reg.sync.register) return reg.sync.register('gridflow-outbox');
+    }).catch(function () { /* not supported or not allowed */ });
+  }
+
   function kick() {
-    if (!navigator.onLine) { renderOutbox(); return; }
+    if (!navigator.onLine) { syncLater(); renderOutbox(); return; }
     GFQueue.sendAll().then(function (stop) {
       if (stop === 'signin') { state.me = null; $('signin-why').textContent = '登录已失效: 请重新登录, 手机上保存的上报会在登录后自动发送。'; route(); }
       if (stop === 'csrf') return loadMe().then(function () { if (state.me) kick(); });

@@ -5,17 +5,19 @@ holding each report exactly once."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from conftest import Site, wait_for
+from PIL import Image
 
 from gridflow import topics
 from gridflow.events import decode_message
 from gridflow.testing import images
 from producers.testing import read_topic
-from sinks.models import Report
+from sinks.models import Photo, Report
 
 WORKER = "gw0001"  # 赵建军, 石门村一组网格 (421099101201001)
 IN_GRID = {"latitude": 32.16, "longitude": 109.96, "accuracy": 12}
@@ -90,6 +92,14 @@ def test_a_worker_reports_with_two_photos_and_follows_the_case(
     device = submitted.data["device"]  # the phone's facts: accuracy, the originals' EXIF
     assert device["location_accuracy_m"] == 20 and device["location_source"] == "gps"
     assert [(p["lat"], p["lon"]) for p in device["photo_exif"]] == [(32.16, 109.96)] * 2
+    for photo in site.rows(Photo, Photo.report_id == report.report_id):  # scaled on the phone
+        stored = site.app.state.ctx.store.client.get_object(photo.incoming_bucket,
+                                                            photo.incoming_key)
+        try:
+            assert Image.open(io.BytesIO(stored.read())).size == (2560, 1920)
+        finally:
+            stored.close()
+            stored.release_conn()
     page.goto(f"{site.url}/m/#mine")
     mine = page.locator(f"#mine-list li[data-case='{ticket}']")
     mine.locator(".state", has_text="已派遣").wait_for()
@@ -183,3 +193,26 @@ def test_a_fake_image_is_refused_in_chinese_then_replaced_and_sent(
         ".state", has_text="已受理").wait_for(timeout=60_000)
     wait_for("the report filed", lambda: reports_with(site, text))
     assert len(reports_with(site, text)) == 1
+
+
+def test_a_new_worker_sets_a_password_with_the_one_time_code_and_is_signed_in(
+    site: Site, phone: Any
+) -> None:
+    store = site.people()
+    code = store.reset_password("gw0003", "browser-tests")
+    page = phone.new_page()
+    page.goto(f"{site.url}/m/sign-in")
+    page.get_by_role("link", name="设置密码").click()
+    page.get_by_label("账号或手机号").fill("gw0003")
+    page.get_by_label("一次性验证码").fill(code)
+    page.get_by_label("新密码(至少 10 位, 不含账号名)").fill("青山巡检-新密码-0003")
+    page.get_by_label("再次输入新密码").fill("青山巡检-新密码-0004")
+    page.get_by_role("button", name="设置密码并登录").click()
+    assert "两次输入的新密码不一致" in page.locator("#error-summary").inner_text()
+    page.get_by_label("一次性验证码").fill(code)
+    page.get_by_label("新密码(至少 10 位, 不含账号名)").fill("青山巡检-新密码-0003")
+    page.get_by_label("再次输入新密码").fill("青山巡检-新密码-0003")
+    page.get_by_role("button", name="设置密码并登录").click()
+    page.wait_for_url("**/m/")
+    ready(page)
+    assert "梁志刚" in page.locator("#who").inner_text()

@@ -139,6 +139,8 @@ TABLE: dict[str, dict[str, int]] = {
     "GET /m/sign-in": ANYONE,
     "POST /m/sign-in": row(403),  # the table's own account is no grid worker
     "POST /m/sign-out": row(403, anonymous=401, **dict.fromkeys(PERSONS, 303)),
+    "GET /m/password": ANYONE,
+    "POST /m/password": row(422),  # reached by anyone: the two new passwords differ
     "GET /m/api/me": row(403, anonymous=401, worker_in=200, worker_out=200),
     "GET /m/api/catalogue": row(403, anonymous=401, worker_in=200, worker_out=200),
     "GET /m/api/reports": row(403, anonymous=401, worker_in=200, worker_out=200),
@@ -390,6 +392,10 @@ def requests_for(w: World) -> dict[str, Callable[[str], Request]]:
                                 data={"csrf": LOGIN_CSRF_VALUE, "login": "acl-signer",
                                       "password": SIGNER_PASSWORD}),
         "POST /m/sign-out": post(f"{a}/m/sign-out"),
+        "GET /m/password": get(f"{a}/m/password"),
+        "POST /m/password": post(f"{a}/m/password", headers=LOGIN_CSRF, data={
+            "csrf": LOGIN_CSRF_VALUE, "login": "acl-signer", "code": "X",
+            "new_password": "一个足够长的新密码-1", "confirm": "另一个足够长的密码-2"}),
         "GET /m/api/me": get(f"{a}/m/api/me"),
         "GET /m/api/catalogue": get(f"{a}/m/api/catalogue"),
         "GET /m/api/reports": get(f"{a}/m/api/reports"),
