@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
-import signal
 import threading
 import time
 import uuid
@@ -232,14 +230,6 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
     def start(name: str, args: list[str]) -> services.Service:
         return services.start(name, args, settings, log_dir)
 
-    def kill(svc: services.Service) -> None:
-        assert svc.proc is not None
-        try:
-            os.killpg(svc.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        svc.proc.wait(30)
-
     producer = ReportProducer(settings, ref, rate, seed)
     worker = start("worker", worker_args)
     sink = start("sink", ["sink"])
@@ -248,11 +238,11 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
         for cycle in range(1, cycles + 1):
             up = rng.choice(EARLY_UP_S) if cycle % 3 == 1 else rng.uniform(1.0, max_up_s)
             time.sleep(up)
-            kill(worker)
+            worker.kill()
             worker = start("worker", worker_args)
             what = "worker"
             if sink_every and cycle % sink_every == 0:
-                kill(sink)
+                sink.kill()
                 sink = start("sink", ["sink"])
                 report.sink_kills += 1
                 what = "worker and sink"

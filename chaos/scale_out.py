@@ -16,8 +16,6 @@ claimed twice in a hash chain).
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -155,13 +153,7 @@ def run(settings: Settings, log_dir: Path, *, split: bool = False, seconds: floa
         report.events.append(f"t={time.monotonic() - t0:5.1f} s: started {name} ({role})")
 
     def kill(name: str) -> None:
-        svc = procs.pop(name)
-        assert svc.proc is not None
-        try:
-            os.killpg(svc.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        svc.proc.wait(30)
+        procs.pop(name).kill()
         report.events.append(f"t={time.monotonic() - t0:5.1f} s: killed {name} (SIGKILL)")
 
     pipeline_role = "pipeline" if split else "all"

@@ -56,6 +56,16 @@ class Service:
                 f"{self.log_path}:\n{log_tail(self.log_path)}"
             )
 
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once (a crash, for fault scenarios) and reap it."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(30)
+
     def stop(self, timeout_s: float = 20.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
