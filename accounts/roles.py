@@ -21,12 +21,13 @@ COUNTY_LEADER = "county_leader"
 AUDITOR = "auditor"
 ADMIN = "admin"
 OPEN311_PARTNER = "open311_partner"  # machine clients only: a partner system posting requests
+MONITOR = "monitor"  # machine clients only: the operators' Prometheus reading /metrics
 
 PERSON_ROLES = (
     GRID_WORKER, DEPT_STAFF, TOWNSHIP_SUPERVISOR, COUNTY_SUPERVISOR, COUNTY_LEADER, AUDITOR, ADMIN,
 )
-KEY_ROLES = (DEPT_STAFF, OPEN311_PARTNER)  # what an API key may be for
-ROLES = (*PERSON_ROLES, OPEN311_PARTNER)
+KEY_ROLES = (DEPT_STAFF, OPEN311_PARTNER, MONITOR)  # what an API key may be for
+ROLES = (*PERSON_ROLES, OPEN311_PARTNER, MONITOR)
 
 ROLE_NAMES_ZH = {
     GRID_WORKER: "网格员",
@@ -37,6 +38,7 @@ ROLE_NAMES_ZH = {
     AUDITOR: "审计人员",
     ADMIN: "系统管理员",
     OPEN311_PARTNER: "诉求对接系统",
+    MONITOR: "运维监控系统",
 }
 
 # What a role's scope names: a grid code, a department code, a township code, the county code,
@@ -50,6 +52,7 @@ SCOPE_KIND = {
     AUDITOR: "",
     ADMIN: "",
     OPEN311_PARTNER: "",
+    MONITOR: "",
 }
 SUPERVISING = (TOWNSHIP_SUPERVISOR, COUNTY_SUPERVISOR, COUNTY_LEADER)
 # Who calls residents back (回访) and so sees their names and phone numbers unmasked.
@@ -96,6 +99,7 @@ ACTIONS = {
         _action("open311.partner", "以对接系统身份提交诉求", OPEN311_PARTNER),
         _action("self.read", "查看或退出本人账号", *PERSON_ROLES),
         _action("accounts.admin", "管理账号", ADMIN),
+        _action("ops.metrics", "读取运行指标", MONITOR),
     )
 }
 

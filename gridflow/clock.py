@@ -49,3 +49,16 @@ def clock_from_spec(spec: str) -> Clock:
         return scaled_clock(parse_ts(start_s), float(speed_s), float(anchor_s))
     except (ValueError, TypeError) as exc:
         raise ValueError(f"bad clock spec {spec!r}: {exc}") from exc
+
+
+def wall_epoch_of(spec: str) -> Callable[[datetime], float]:
+    """The inverse of `clock_from_spec(spec)`: the wall-clock epoch (seconds) at which a clock
+    of that spec read a given time (metrics compare an event's time with the log's record
+    timestamps, which are wall clock)."""
+    if not spec or spec == "wall":
+        return lambda at: at.timestamp()
+    body = spec.removeprefix("scaled:")
+    start_s, rest = body.rsplit("@", 1)
+    anchor_s, speed_s = rest.split("x", 1)
+    start, anchor, speed = parse_ts(start_s), float(anchor_s), float(speed_s)
+    return lambda at: anchor + (at - start).total_seconds() / speed

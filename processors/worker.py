@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import replace
 
 import click
@@ -19,7 +18,7 @@ from gridflow.core.refdata import load_reference_data
 from gridflow.core.sla import SlaPlanner, load_bundled_policy
 from gridflow.objectstore import make_client
 from gridflow.settings import Settings, load_settings
-from processors.app import ROLES, Runtime, build_app, clock_for
+from processors.app import ROLES, Runtime, app_id_for, build_app, clock_for
 
 log = logging.getLogger("gridflow.worker")
 
@@ -68,11 +67,17 @@ def runtime_for_role(settings: Settings, role: str = "all") -> Runtime:
 def run_worker(settings: Settings, loglevel: str = "warning", role: str = "all") -> None:
     import faust
 
-    from gridflow import topics
+    from gridflow import telemetry, topics
 
     topics.ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
     app = build_app(runtime_for_role(settings, role))
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    group = app_id_for(settings.topic_prefix, role != "archive")  # faust's group is its app id
+    telemetry.serve_metrics(settings.worker_metrics_port, settings.metrics_host,
+                            telemetry.PipelineCollector(settings, consumers=(
+                                telemetry.worker_consumer(group, role == "archive"),)))
+    json_logs = settings.log_format == "json"
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, logging_config=(
+        telemetry.logging_config(settings, loglevel, "worker") if json_logs else None))
     # faust's start-up spinner sets the root logger to DEBUG (so that every record spins it):
     # every debug call in faust and aiokafka then builds a LogRecord that the handler drops,
     # ~7% of the worker's CPU (docs/PERFORMANCE.md). No spinner: records below the level are
@@ -93,8 +98,10 @@ def run_worker(settings: Settings, loglevel: str = "warning", role: str = "all")
                    "it shares with the pipeline).")
 def worker_command(loglevel: str, role: str, niceness: int) -> None:
     """Run the stream processors (intake, filing, cases, archive, deadlines) until stopped."""
-    logging.basicConfig(level=loglevel.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gridflow.telemetry import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings, loglevel, "worker")
     if niceness:
         os.nice(niceness)
-    run_worker(load_settings(), loglevel, role)
+    run_worker(settings, loglevel, role)

@@ -30,6 +30,7 @@ from mobile import routes as mobile_routes
 from producers import commands, open311, privacy, receipts, reports, status
 from producers.context import Context
 from producers.errors import install_handlers
+from producers.metrics import install as install_metrics
 from producers.publisher import KafkaPublisher, Publisher
 from producers.store import MinioStore, ObjectStore
 from producers.uploads import PhotoLimits, photo_inspector
@@ -128,6 +129,7 @@ def create_app(settings: Settings, deps: Deps) -> FastAPI:
     app.state.settings = settings
     web.install_security(app, settings)
     install_handlers(app)
+    install_metrics(app)  # /metrics (a monitor API key) and the reports' outcomes
     app.include_router(reports.router)
     app.include_router(status.router)
     app.include_router(commands.router)
@@ -188,12 +190,28 @@ def serve(settings: Settings, log_level: str = "info", workers: int | None = Non
     """
     import uvicorn
 
+    from gridflow.telemetry import logging_config
+
+    # JSON lines when asked for (GRIDFLOW_LOG_FORMAT=json), else uvicorn's own text lines
+    logs = (logging_config(settings, log_level, "api") if settings.log_format == "json"
+            else uvicorn.config.LOGGING_CONFIG)
     workers = workers or default_workers()
     if workers == 1:
         app = create_app(settings, build_deps(settings))
-        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level=log_level)
+        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level=log_level,
+                    log_config=logs)
         return
     prepare_database(settings)
     os.environ.update(settings_env(settings))  # what the spawned workers load
-    uvicorn.run("producers.app:worker_app", factory=True, workers=workers,
-                host=settings.api_host, port=settings.api_port, log_level=log_level)
+    # Each worker process counts its own requests into this directory; /metrics adds them up.
+    import shutil
+    import tempfile
+
+    metrics_dir = tempfile.mkdtemp(prefix="gridflow-api-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run("producers.app:worker_app", factory=True, workers=workers,
+                    host=settings.api_host, port=settings.api_port, log_level=log_level,
+                    log_config=logs)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

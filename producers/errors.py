@@ -171,6 +171,7 @@ def install_handlers(app: FastAPI) -> None:
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
+        request.state.gridflow_refusal = exc.code  # the reason producers.metrics counts
         if is_open311(request):
             return open311_response(
                 request, exc.status, exc.message_zh, exc.message_en, exc.headers
@@ -194,6 +195,7 @@ def install_handlers(app: FastAPI) -> None:
 
     async def on_database_down(request: Request, exc: Exception) -> Response:
         log.warning("database unavailable: %s", exc)
+        request.state.gridflow_refusal = "database_unavailable"
         err = unavailable(
             "数据库暂不可用, 请稍后重试",
             "the database is unavailable, retry later",

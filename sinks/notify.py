@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -452,13 +451,13 @@ def _seek(consumer: Any, notifier: Notifier, topic: str, partitions: list[Any],
 def notify(database_url: str | None, config_path: str | None, consumer: str, from_end: bool,
            loglevel: str) -> None:
     """Notify departments of new tasks, deadline warnings, escalations and whistle-ups."""
+    from gridflow import telemetry
     from gridflow.core.notify import NotifyConfigError, load_notify_config
     from gridflow.core.refdata import load_reference_data
     from sinks.models import make_engine
 
-    logging.basicConfig(level=loglevel.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
+    telemetry.configure_logging(settings, loglevel, "notify")
     ref = load_reference_data(settings.refdata_dir)
     try:
         config = load_notify_config(config_path, ref)
@@ -466,6 +465,11 @@ def notify(database_url: str | None, config_path: str | None, consumer: str, fro
         raise click.ClickException(str(exc)) from exc
     engine = make_engine(database_url or settings.database_url)
     create_notify_tables(engine)
+    telemetry.serve_metrics(settings.notify_metrics_port, settings.metrics_host,
+                            telemetry.PipelineCollector(
+                                settings.with_(database_url=database_url or settings.database_url),
+                                consumers=(telemetry.notify_consumer(consumer),),
+                                notifications=True))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -476,7 +480,8 @@ def notify(database_url: str | None, config_path: str | None, consumer: str, fro
                f"department(s), the rest {config.default.method if config.default else 'skipped'}"
                f" ({config.source}); send states in {engine.url!r}")
     try:
-        total = run_notifier(settings, notifier, stop, from_end=from_end)
+        total = run_notifier(settings, notifier, stop, from_end=from_end,
+                             on_round=telemetry.count_notify_round)
     finally:
         notifier.close()
         close_methods(methods)

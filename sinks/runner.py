@@ -91,6 +91,7 @@ def run_sink(
     retry_max_s: float = RETRY_MAX_S,
     consumer_config: dict[str, Any] | None = None,
     replay: bool = False,
+    observer: Callable[[list[tuple[Record, Any]]], None] | None = None,
 ) -> Progress:
     """Consume case events and dead letters into the database behind `engine`.
 
@@ -113,7 +114,7 @@ def run_sink(
     """
     settings = settings or load_settings()
     stop = stop_event or threading.Event()
-    sink = SqlSink(engine, consumer_name, until)
+    sink = SqlSink(engine, consumer_name, until, observer)  # observer: metrics of what it applied
     sink.check_resumable()
     prefix = topic_prefix or settings.topic_prefix
     options = _Options(from_beginning, drain, max_records, poll_timeout_ms, progress,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -69,13 +69,16 @@ class SqlSink:
     """Applies record batches for one consumer name. `until` builds an "as of" snapshot."""
 
     def __init__(
-        self, engine: Engine, consumer_name: str = "sql-sink", until: datetime | None = None
+        self, engine: Engine, consumer_name: str = "sql-sink", until: datetime | None = None,
+        observer: Callable[[list[tuple[Record, Message]]], None] | None = None,
     ) -> None:
         if until is not None and until.tzinfo is None:
             raise ValueError("until must be timezone-aware")
         self.engine = engine
         self.consumer = consumer_name
         self.until = until.astimezone(UTC) if until is not None else None
+        # told of the events each committed batch applied (gridflow.telemetry.sink_observer)
+        self.observer = observer
 
     # --- case events ------------------------------------------------------------------
     def apply_batch(self, records: Iterable[Record | tuple[Any, ...]]) -> BatchStats:
@@ -98,6 +101,7 @@ class SqlSink:
             todo = self._new_events(session, fresh, stats)
             models = ReadModels(session)
             models.preload(m for _, m in todo)
+            applied: list[tuple[Record, Message]] = []
             for r, m in todo:
                 try:
                     models.fold(m, Position(r.topic, r.partition, r.offset))
@@ -114,10 +118,13 @@ class SqlSink:
                     continue
                 stats.applied += 1
                 stats.unknown_types += m.type not in ev.EVENT_TYPES
+                applied.append((r, m))
             models.flush()
             stats.dead_lettered = _insert_dead_letters(session, dead)
             offsets.save()
         stats.seconds = time.perf_counter() - t0
+        if self.observer is not None and applied:
+            self.observer(applied)
         return stats
 
     def _new_events(
