@@ -76,6 +76,15 @@ def photo_cases(engine: Engine, sha256: str) -> list[str]:
             select(Photo.case_id).where(Photo.sha256 == sha256))})
 
 
+def thumbnail_version(engine: Engine, sha256: str) -> str | None:
+    """The thumbnail version PhotoArchived recorded for a photo (by content), if any."""
+    with Session(engine) as session:
+        return session.execute(
+            select(Photo.thumbnail_version_id).where(Photo.sha256 == sha256,
+                                                     Photo.thumbnail_version_id.isnot(None))
+            .limit(1)).scalar()
+
+
 def cases_in_scope(principal: Principal) -> ColumnElement[bool]:
     """A condition on `cases` selecting the cases the caller may see (accounts.roles.sees_case
     in SQL, for lists and counts)."""

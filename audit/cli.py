@@ -319,12 +319,12 @@ def case_command(case_id: str, database_url: str | None, from_log: bool, prefix:
 @click.option("--seal", is_flag=True, help="With --once: seal every tail now.")
 @click.option("--interval", default=60.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds between rounds when running continuously.")
-@click.option("--lock-mode", default="GOVERNANCE", show_default=True,
-              type=click.Choice(["GOVERNANCE", "COMPLIANCE"]),
-              help="Object-lock mode of the segments (retention GRIDFLOW_ARCHIVE_RETENTION_DAYS).")
+@click.option("--lock-mode", default=None, type=click.Choice(["GOVERNANCE", "COMPLIANCE"]),
+              help="Object-lock mode of the segments (retention GRIDFLOW_ARCHIVE_RETENTION_DAYS) "
+                   "[default: GRIDFLOW_ARCHIVE_LOCK_MODE, GOVERNANCE unless set].")
 def archive_log_command(prefix: str | None, bucket: str | None, segment_records: int,
                         seal_after: float, once: bool, seal: bool, interval: float,
-                        lock_mode: str) -> None:
+                        lock_mode: str | None) -> None:
     """Copy the case-events and dead-letters topics into immutable, object-locked segment files
     with manifests (log-segments/<topic>/<partition>/...). Idempotent; runs until stopped."""
     from audit import archiver, logsource
@@ -335,7 +335,7 @@ def archive_log_command(prefix: str | None, bucket: str | None, segment_records:
     settings = _prefixed(load_settings(), prefix, bucket)
     cfg = archiver.ArchiveConfig(settings.bucket_archive, segment_records, seal_after,
                                  seal_partial=seal, retention_days=settings.archive_retention_days,
-                                 lock_mode=lock_mode)
+                                 lock_mode=lock_mode or settings.archive_lock_mode)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from audit import completeness, dbcompare
-from audit.history import STATUS_ZH, CaseHistory
+from audit.history import STATUS_ZH, TAMPERED_INTACT, CaseHistory
 from audit.moments import beijing
 from audit.replay import ReplayResult
 from audit.verify import VerifyReport
@@ -167,12 +167,21 @@ def history_lines(h: CaseHistory, checked_photos: bool) -> list[str]:
         status = (f"{OK_MARK if p.ok else BAD_MARK} {STATUS_ZH.get(p.status, p.status)} / "
                   f"{p.status}") if checked_photos else "(not checked)"
         where = f"s3://{p.archive_bucket}/{p.archive_key}" if p.archive_key else f"({p.source})"
+        if p.archive_version_id:
+            where += f" version {p.archive_version_id}"
         lines.append(f"  {status}  {p.role:<12} sha256 {p.sha256}  {p.size or '?'} B  "
                      f"(event #{p.seq})")
         lines.append(f"       {where}" + (f" — {p.detail}" if p.detail else ""))
     lines.append("")
-    lines.append("结论 / result: " + ("完整 — history intact, photos present and matching (exit 0)"
-                                      if h.clean else "发现问题 — problems found (exit 1)"))
+    tampered = [p for p in h.photos if p.status in TAMPERED_INTACT]
+    if h.clean:
+        verdict = "完整 — history intact, photos present and matching (exit 0)"
+    elif not h.findings and tampered and all(p.intact for p in h.photos):
+        verdict = (f"归档被改动 {len(tampered)} 张, 记录的锁定版本全部完好 — the archive was "
+                   "tampered with, every recorded version intact (exit 1)")
+    else:
+        verdict = "发现问题 — problems found (exit 1)"
+    lines.append("结论 / result: " + verdict)
     return lines
 
 

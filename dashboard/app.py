@@ -146,7 +146,8 @@ def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock:
         if not any(in_scope(caller, facts.case_facts(engine, case_id))
                    for case_id in facts.photo_cases(engine, sha256)):
             raise no_photo()
-        data = read_object(object_store, settings.bucket_archive, thumbnail_key(sha256))
+        data = read_object(object_store, settings.bucket_archive, thumbnail_key(sha256),
+                           facts.thumbnail_version(engine, sha256))
         if data is None:
             raise no_photo()
         return Response(data, media_type="image/jpeg",

@@ -3,8 +3,10 @@ every user needs."""
 
 from __future__ import annotations
 
+import hashlib
 import io
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from minio import Minio
@@ -41,18 +43,30 @@ def retain_until(retention_days: int, wall_now: Clock = wall_clock) -> datetime:
     is already the later one (a backlog archived late is kept longer, never shorter); an event
     time past the wall clock only comes from a simulated or skewed clock, and it must not lock
     real storage for years (irrevocably under COMPLIANCE). `wall_now` is injectable for tests;
-    give it a real-time clock only.
+    give it a real-time clock only. Whole seconds (rounded down): the date as the server
+    keeps and reports it, so what the archive records is what a later reader finds.
     """
-    return wall_now() + timedelta(days=retention_days)
+    return (wall_now() + timedelta(days=retention_days)).replace(microsecond=0)
 
 
-_MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
+# Object-lock modes (GRIDFLOW_ARCHIVE_LOCK_MODE): GOVERNANCE can be lifted or shortened by a
+# credential with the bypass permission (the object store's administrator has it);
+# COMPLIANCE by nobody until the date has passed.
+LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchVersion"}
 
 
-def read_object(client: Minio, bucket: str, key: str) -> bytes | None:
-    """The object's bytes, or None if there is no such object (other errors propagate)."""
+def read_object(client: Minio, bucket: str, key: str,
+                version_id: str | None = None) -> bytes | None:
+    """The object's bytes, or None if there is no such object (other errors propagate).
+
+    With `version_id`, that version, whatever was written or deleted at the key later (a
+    plain DELETE on a versioned bucket only adds a delete marker: without the version id the
+    read answers "no such key" although the locked version is there)."""
     try:
-        resp = client.get_object(bucket, key)
+        resp = client.get_object(bucket, key, version_id=version_id or None)
     except S3Error as exc:
         if exc.code in _MISSING:
             return None
@@ -74,6 +88,85 @@ def object_exists(client: Minio, bucket: str, key: str) -> bool:
         raise
 
 
+@dataclass(frozen=True)
+class Version:
+    """One version of a key on a versioned bucket, as the version listing gives it."""
+
+    version_id: str
+    delete_marker: bool
+    last_modified: datetime | None
+    size: int | None
+    etag: str
+
+
+def versions_of(client: Minio, bucket: str, key: str) -> list[Version]:
+    """Every version of `key` (delete markers included), oldest first."""
+    found = []
+    for o in client.list_objects(bucket, prefix=key, include_version=True):
+        if o.object_name != key:
+            continue
+        found.append(Version(str(o.version_id or ""), bool(o.is_delete_marker), o.last_modified,
+                             o.size, (o.etag or "").strip('"')))
+    # The listing gives a key's versions newest first; ties on the time keep that order.
+    found.reverse()
+    found.sort(key=lambda v: v.last_modified or _EPOCH)
+    return found
+
+
+def original_version(client: Minio, bucket: str, key: str, data: bytes | None = None) -> str | None:
+    """The version id of the first write of a content-addressed key: the oldest version that
+    is not a delete marker (with `data`, the oldest whose ETag is the MD5 of `data`, a
+    single-part PUT's ETag, so a later overwrite is never taken for it); None if there is
+    none. "" on an unversioned bucket."""
+    versions = [v for v in versions_of(client, bucket, key) if not v.delete_marker]
+    if data is not None:
+        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        same = [v for v in versions if v.etag == md5]
+        versions = same or versions
+    return versions[0].version_id if versions else None
+
+
+def retention_of(client: Minio, bucket: str, key: str,
+                 version_id: str | None = None) -> tuple[str, datetime] | None:
+    """The object-lock retention of a version: (mode, retain-until), or None if it has none."""
+    try:
+        found = client.get_object_retention(bucket, key, version_id=version_id or None)
+    except S3Error as exc:
+        if exc.code in {"NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError"}:
+            return None
+        raise
+    if found is None or found.retain_until_date is None or not found.mode:
+        return None
+    return str(found.mode), found.retain_until_date
+
+
+def put_once(client: Minio, bucket: str, key: str, data: bytes, *,
+             content_type: str = "application/octet-stream",
+             metadata: dict[str, Any] | None = None,
+             retention: Retention | None = None) -> tuple[bool, str | None]:
+    """`put_if_absent` that also gives the version id this call wrote: (True, version id), or
+    (False, None) when the key was already there (the caller finds the version it needs,
+    e.g. with `original_version`)."""
+    headers = genheaders(metadata, None, None, retention, False)
+    headers["Content-Type"] = content_type
+    headers["If-None-Match"] = "*"
+    put = getattr(client, "_put_object", None)
+    if put is None:
+        if object_exists(client, bucket, key):
+            return False, None
+        written = client.put_object(bucket, key, io.BytesIO(data), len(data),
+                                    content_type=content_type, metadata=metadata,
+                                    retention=retention)
+        return True, written.version_id
+    try:
+        result = put(bucket, key, data, headers)
+    except S3Error as exc:
+        if exc.code == "PreconditionFailed":
+            return False, None
+        raise
+    return True, getattr(result, "version_id", None)
+
+
 def put_if_absent(client: Minio, bucket: str, key: str, data: bytes, *,
                   content_type: str = "application/octet-stream",
                   metadata: dict[str, Any] | None = None,
@@ -92,20 +185,5 @@ def put_if_absent(client: Minio, bucket: str, key: str, data: bytes, *,
     A server that ignored the header would write a second, identical version (the pinned
     MinIO honours it: tests/integration/test_archive.py checks).
     """
-    headers = genheaders(metadata, None, None, retention, False)
-    headers["Content-Type"] = content_type
-    headers["If-None-Match"] = "*"
-    put = getattr(client, "_put_object", None)
-    if put is None:
-        if object_exists(client, bucket, key):
-            return False
-        client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type,
-                          metadata=metadata, retention=retention)
-        return True
-    try:
-        put(bucket, key, data, headers)
-    except S3Error as exc:
-        if exc.code == "PreconditionFailed":
-            return False
-        raise
-    return True
+    return put_once(client, bucket, key, data, content_type=content_type, metadata=metadata,
+                    retention=retention)[0]

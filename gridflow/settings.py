@@ -55,6 +55,10 @@ class Settings:
     bucket_incoming: str = "gridflow-incoming"
     bucket_archive: str = "gridflow-archive"
     archive_retention_days: int = 3650
+    # Object-lock mode of archived photos: GOVERNANCE (a credential with the bypass permission,
+    # e.g. the store's administrator, can shorten or lift it: tests clean up this way) or
+    # COMPLIANCE (nobody can until the date has passed: production).
+    archive_lock_mode: str = "GOVERNANCE"
 
     # Databases: the read models. SQLite is the zero-setup default.
     database_url: str = ""
@@ -113,22 +117,17 @@ class Settings:
     # process of a group its own id (e.g. host name and role); empty: dynamic membership.
     worker_instance_id: str = ""
     faust_data_dir: Path | None = None
-    # Operators' view (gridflow.telemetry): the worker, the sink and the notifier each serve
-    # Prometheus metrics on their own port (0: none) on `metrics_host`; the API serves them at
-    # /metrics. Logs as "text" lines for people or "json" lines for a log collector.
-    metrics_host: str = "127.0.0.1"
-    worker_metrics_port: int = 18091
-    sink_metrics_port: int = 18092
-    notify_metrics_port: int = 18093
-    log_format: str = "text"
 
     def __post_init__(self) -> None:
+        mode = self.archive_lock_mode.strip().upper()
+        if mode not in ("GOVERNANCE", "COMPLIANCE"):
+            raise ValueError("GRIDFLOW_ARCHIVE_LOCK_MODE must be GOVERNANCE or COMPLIANCE, "
+                             f"got {self.archive_lock_mode!r}")
+        object.__setattr__(self, "archive_lock_mode", mode)
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.state_dir / 'gridflow.db'}")
         if self.faust_data_dir is None:
             object.__setattr__(self, "faust_data_dir", self.state_dir / "faust")
-        if self.log_format not in ("text", "json"):
-            raise ValueError(f"GRIDFLOW_LOG_FORMAT must be text or json, got {self.log_format!r}")
 
     @property
     def postgres_url(self) -> str:
@@ -166,6 +165,7 @@ def load_settings() -> Settings:
         bucket_incoming=_env("BUCKET_INCOMING", base.bucket_incoming),
         bucket_archive=_env("BUCKET_ARCHIVE", base.bucket_archive),
         archive_retention_days=_env_int("ARCHIVE_RETENTION_DAYS", base.archive_retention_days),
+        archive_lock_mode=_env("ARCHIVE_LOCK_MODE", base.archive_lock_mode),
         database_url=_env("DATABASE_URL", ""),
         postgres_port=_env_int("POSTGRES_PORT", base.postgres_port),
         postgres_user=_env("POSTGRES_USER", base.postgres_user),
@@ -191,11 +191,6 @@ def load_settings() -> Settings:
         calendar_dir=(Path(_env("CALENDAR_DIR", "")).expanduser() if _env("CALENDAR_DIR", "")
                       else None),
         faust_data_dir=Path(_env("FAUST_DATA_DIR", str(state_dir / "faust"))),
-        metrics_host=_env("METRICS_HOST", base.metrics_host),
-        worker_metrics_port=_env_int("WORKER_METRICS_PORT", base.worker_metrics_port),
-        sink_metrics_port=_env_int("SINK_METRICS_PORT", base.sink_metrics_port),
-        notify_metrics_port=_env_int("NOTIFY_METRICS_PORT", base.notify_metrics_port),
-        log_format=_env("LOG_FORMAT", base.log_format).strip().lower(),
     )
 
 
@@ -206,6 +201,7 @@ _ENV_FIELDS = {
     "s3_access_key": "S3_ACCESS_KEY", "s3_secret_key": "S3_SECRET_KEY", "s3_secure": "S3_SECURE",
     "s3_region": "S3_REGION", "bucket_incoming": "BUCKET_INCOMING",
     "bucket_archive": "BUCKET_ARCHIVE", "archive_retention_days": "ARCHIVE_RETENTION_DAYS",
+    "archive_lock_mode": "ARCHIVE_LOCK_MODE",
     "database_url": "DATABASE_URL", "postgres_port": "POSTGRES_PORT",
     "postgres_user": "POSTGRES_USER", "postgres_db": "POSTGRES_DB", "api_host": "API_HOST",
     "api_port": "API_PORT", "max_photo_bytes": "MAX_PHOTO_BYTES",
@@ -219,9 +215,6 @@ _ENV_FIELDS = {
     "session_idle_minutes": "SESSION_IDLE_MINUTES", "session_max_hours": "SESSION_MAX_HOURS",
     "cookie_secure": "COOKIE_SECURE", "frame_ancestors": "FRAME_ANCESTORS",
     "trusted_proxies": "TRUSTED_PROXIES",
-    "metrics_host": "METRICS_HOST", "worker_metrics_port": "WORKER_METRICS_PORT",
-    "sink_metrics_port": "SINK_METRICS_PORT", "notify_metrics_port": "NOTIFY_METRICS_PORT",
-    "log_format": "LOG_FORMAT",
 }
 
 

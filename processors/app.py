@@ -26,7 +26,6 @@ from gridflow.core.case import DeadlinePlanner
 from gridflow.core.refdata import ReferenceData
 from gridflow.events import decode_message
 from gridflow.settings import Settings
-from gridflow.telemetry import ARCHIVE_RETRIES
 from processors import steps
 from processors.delivery import GridflowApp
 
@@ -57,7 +56,6 @@ async def with_retry(what: str, fn: Any, *args: Any) -> Any:
         try:
             return await loop.run_in_executor(None, fn, *args)
         except Exception as exc:  # transient I/O: MinIO or network down
-            ARCHIVE_RETRIES.inc()
             log.warning("%s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
@@ -168,7 +166,7 @@ def _install_archive(app: faust.App, t: dict[str, Any], rt: Runtime) -> None:
 
     s = rt.settings
     cfg = archive.ArchiveConfig(s.bucket_archive, s.archive_retention_days,
-                                s.max_photo_bytes, s.max_photo_pixels)
+                                s.max_photo_bytes, s.max_photo_pixels, s.archive_lock_mode)
 
     @app.agent(t["case-events"], supervisor_strategy=CrashingSupervisor)
     async def photo_archive(stream: Any) -> None:

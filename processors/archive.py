@@ -12,6 +12,14 @@ moment of writing plus the retention period, `objectstore.retain_until`), never 
 simulated clock the case decisions run on. Every step is idempotent, so a crash anywhere and a
 re-run yields the same archive and the same command id. Object-store errors
 propagate to the caller, which retries with backoff: nothing is dropped.
+
+The command records which version of each key it archived (`archive_version_id`,
+`thumbnail_version_id`) and the lock it put on the copy (`lock_mode`, `retain_until`): the
+archive bucket is versioned, so a plain DELETE only hides the locked version behind a delete
+marker and an overwrite only adds a newer one; readers read the recorded version and
+`gridflow audit case` tells what happened to the key since. A redelivery finds the versions
+and the lock the first write left (`original_version`, `retention_of`), so it records the
+same data.
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from minio import Minio
-from minio.commonconfig import GOVERNANCE
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from minio.retention import Retention
@@ -31,7 +38,13 @@ from gridflow import events as ev
 from gridflow.clock import Clock, wall_clock
 from gridflow.core import photos as photo_core
 from gridflow.events import Message, iso
-from gridflow.objectstore import object_exists, put_if_absent, read_object, retain_until
+from gridflow.objectstore import (
+    original_version,
+    put_once,
+    read_object,
+    retain_until,
+    retention_of,
+)
 from processors.steps import command
 
 # Events whose data carries photos, and where.
@@ -60,6 +73,7 @@ class ArchiveConfig:
     retention_days: int
     max_bytes: int
     max_pixels: int
+    lock_mode: str = "GOVERNANCE"  # GRIDFLOW_ARCHIVE_LOCK_MODE: GOVERNANCE | COMPLIANCE
 
 
 def photos_of(event: Message) -> list[dict[str, Any]]:
@@ -101,9 +115,14 @@ def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[s
     }
     data = read_object(client, str(ref.get("bucket")), str(ref.get("key")))
     if data is None:
-        status = "archived" if object_exists(client, cfg.archive_bucket, akey) else "missing"
+        # The incoming copy is gone: archived before (a redelivery after its removal), unless
+        # the archive has no version of the key either. A delete marker hides nothing here.
+        vid = original_version(client, cfg.archive_bucket, akey)
+        status = "archived" if vid is not None else "missing"
         result = {**base, "status": status, "archive_key": akey if status == "archived" else "",
                   "thumbnail_key": tkey if status == "archived" else "", "exif": {}}
+        if vid is not None:
+            result.update(_recorded_versions(client, cfg, akey, tkey, vid, None))
         return command(ev.RECORD_PHOTO_ARCHIVED, event.case_id, event.at, result,
                        cause=f"{event.id}:{sha}:{ref.get('key')}")
     problem = ""
@@ -123,23 +142,44 @@ def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[s
                        cause=f"{event.id}:{sha}:{ref.get('key')}")
     # Two conditional PUTs (no stat first: the keys are content-addressed, so "already there"
     # means "already archived"), the thumbnail's beside the locked copy's.
-    thumb_put = _SIDE.submit(put_if_absent, client, cfg.archive_bucket, tkey, thumb,
+    thumb_put = _SIDE.submit(put_once, client, cfg.archive_bucket, tkey, thumb,
                              content_type="image/jpeg")
+    until = retain_until(cfg.retention_days, wall_now)
     try:
-        put_if_absent(client, cfg.archive_bucket, akey, data, content_type=content_type,
-                      metadata={"x-amz-meta-sha256": sha},
-                      retention=Retention(GOVERNANCE,
-                                          retain_until(cfg.retention_days, wall_now)))
+        created, vid = put_once(client, cfg.archive_bucket, akey, data,
+                                content_type=content_type, metadata={"x-amz-meta-sha256": sha},
+                                retention=Retention(cfg.lock_mode, until))
     finally:
-        thumb_put.result()  # waited for even when the first put failed; its error propagates
+        thumb_created, tvid = thumb_put.result()  # waited for even when the first put failed
+    if created and thumb_created:
+        versions = {"archive_version_id": vid or "", "thumbnail_version_id": tvid or "",
+                    "lock_mode": cfg.lock_mode, "retain_until": iso(until)}
+    else:  # written before (a redelivery): what the first write left
+        versions = _recorded_versions(client, cfg, akey, tkey, vid if created else None,
+                                      data, tvid if thumb_created else None, thumb)
     exif = {
         "taken_at": iso(info.taken_at) if info.taken_at is not None else None,
         "lat": info.gps_lat, "lon": info.gps_lon,
     }
     result = {**base, "status": "archived", "archive_key": akey, "thumbnail_key": tkey,
-              "width": info.width, "height": info.height, "exif": exif}
+              **versions, "width": info.width, "height": info.height, "exif": exif}
     return command(ev.RECORD_PHOTO_ARCHIVED, event.case_id, event.at, result,
                    cause=f"{event.id}:{sha}:{ref.get('key')}")
+
+
+def _recorded_versions(client: Minio, cfg: ArchiveConfig, akey: str, tkey: str,
+                       vid: str | None, data: bytes | None, tvid: str | None = None,
+                       thumb: bytes | None = None) -> dict[str, str]:
+    """The versions and the lock of an archive copy written earlier: the key's first version
+    (the one whose bytes are `data`, when known), its thumbnail's, and the lock as the store
+    reports it now. A key with no version yet (the thumbnail of a copy archived before
+    thumbnails existed) records ""."""
+    vid = vid if vid is not None else original_version(client, cfg.archive_bucket, akey, data)
+    if tvid is None:
+        tvid = original_version(client, cfg.archive_bucket, tkey, thumb)
+    lock = retention_of(client, cfg.archive_bucket, akey, vid) if vid is not None else None
+    return {"archive_version_id": vid or "", "thumbnail_version_id": tvid or "",
+            "lock_mode": lock[0] if lock else "", "retain_until": iso(lock[1]) if lock else ""}
 
 
 def remove_incoming(client: Minio, ref: dict[str, Any]) -> None:

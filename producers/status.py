@@ -42,7 +42,8 @@ from sinks.models import Case, CaseEvent, Report, Task
 
 router = APIRouter(tags=["status 办理进度"])
 
-Links = Callable[[str, str], str | None]
+# (bucket, key, version id or None) -> a time-limited link to that version
+Links = Callable[[str, str, str | None], str | None]
 
 REPORT_STATUS_ZH = {
     "accepted": "已受理, 处理中",
@@ -171,14 +172,16 @@ def photo_view(p: dict[str, Any], links: Links, originals: bool = True) -> dict[
     archived = p.get("archive_status") == "archived" and p.get("archive_key")
     bucket = p.get("archive_bucket") if archived else p.get("incoming_bucket")
     key = p.get("archive_key") if archived else p.get("incoming_key")
+    version = p.get("archive_version_id") if archived else None
     thumb_bucket, thumb = p.get("archive_bucket"), p.get("thumbnail_key")
     return {
         "role": p.get("role"),
         "task_id": p.get("task_id"),
         "sha256": p.get("sha256"),
         "archive_status": p.get("archive_status") or "pending",
-        "url": links(bucket, key) if originals and bucket and key else None,
-        "thumbnail_url": links(thumb_bucket, thumb) if thumb_bucket and thumb else None,
+        "url": links(bucket, key, version) if originals and bucket and key else None,
+        "thumbnail_url": (links(thumb_bucket, thumb, p.get("thumbnail_version_id"))
+                          if thumb_bucket and thumb else None),
     }
 
 
@@ -204,9 +207,9 @@ def accepted_view(receipt: receipts.Receipt) -> dict[str, Any]:
 
 
 def _links(c: Context) -> Links:
-    def link(bucket: str, key: str) -> str | None:
+    def link(bucket: str, key: str, version_id: str | None = None) -> str | None:
         try:
-            return c.store.url(bucket, key, PHOTO_LINK_S)
+            return c.store.url(bucket, key, PHOTO_LINK_S, version_id)
         except Exception:  # noqa: BLE001 - a link is a convenience, never a failure
             return None
 

@@ -42,7 +42,8 @@ class ObjectStore(Protocol):
 
     def remove(self, bucket: str, key: str) -> None: ...
 
-    def url(self, bucket: str, key: str, expires_s: int = 3600) -> str: ...
+    def url(self, bucket: str, key: str, expires_s: int = 3600,
+            version_id: str | None = None) -> str: ...
 
 
 # The header that signs a request's body (AWS SigV4): its SHA-256, hex.
@@ -140,5 +141,9 @@ class MinioStore:
         except _STORE_ERRORS as exc:
             raise StoreError(f"remove {bucket}/{key} failed: {exc}") from exc
 
-    def url(self, bucket: str, key: str, expires_s: int = 3600) -> str:
-        return self.client.presigned_get_object(bucket, key, expires=timedelta(seconds=expires_s))
+    def url(self, bucket: str, key: str, expires_s: int = 3600,
+            version_id: str | None = None) -> str:
+        """A presigned GET of the object (of `version_id` when given: a later delete marker
+        or overwrite at the key does not change what the link shows)."""
+        return self.client.presigned_get_object(bucket, key, expires=timedelta(seconds=expires_s),
+                                                version_id=version_id or None)

@@ -40,7 +40,7 @@ from sqlalchemy.types import TypeEngine
 from gridflow.events import parse_ts
 
 # Bump with a migration in MIGRATIONS whenever a table changes shape.
-DB_SCHEMA_VERSION = 2
+DB_SCHEMA_VERSION = 3
 
 
 class SchemaVersionError(RuntimeError):
@@ -194,6 +194,10 @@ class Photo(Base):
     archive_bucket: Mapped[str | None] = mapped_column(String(128))
     archive_key: Mapped[str | None] = mapped_column(String(512))
     thumbnail_key: Mapped[str | None] = mapped_column(String(512))
+    # The versions PhotoArchived recorded (None for events written before it did): readers
+    # read these, whatever was written or deleted at the key later.
+    archive_version_id: Mapped[str | None] = mapped_column(String(1024))
+    thumbnail_version_id: Mapped[str | None] = mapped_column(String(1024))
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     exif_taken_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -374,8 +378,18 @@ def _to_2(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _to_3(conn: Connection) -> None:
+    """Photos get the archive versions PhotoArchived records (archive_version_id,
+    thumbnail_version_id): NULL until replayed, and for events written before they were
+    recorded (readers then read the latest version)."""
+    existing = {c["name"] for c in inspect(conn).get_columns("photos")}
+    for name in ("archive_version_id", "thumbnail_version_id"):
+        if name not in existing:
+            conn.execute(text(f"ALTER TABLE photos ADD COLUMN {name} VARCHAR(1024)"))
+
+
 # version n -> function that migrates a database at version n to n + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3}
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -728,6 +728,8 @@ def photo_archived(rm: ReadModels, m: Message, at: datetime, case: dict[str, Any
             archive_bucket=_s(d.get("archive_bucket")),
             archive_key=_s(d.get("archive_key")),
             thumbnail_key=_s(d.get("thumbnail_key")),
+            archive_version_id=_s(d.get("archive_version_id")),
+            thumbnail_version_id=_s(d.get("thumbnail_version_id")),
             width=_i(d.get("width")),
             height=_i(d.get("height")),
             exif_taken_at=_ts(exif.get("taken_at")),

@@ -159,13 +159,16 @@ def _photo(c: Any, photo_id: str) -> dict[str, Any] | None:
     return dict(row) if row is not None else None
 
 
-def _read(c: Any, bucket: str | None, key: str | None) -> bytes | None:
+def _read(c: Any, bucket: str | None, key: str | None,
+          version_id: str | None = None) -> bytes | None:
+    """The object's bytes (the recorded version when known: a later delete or overwrite at
+    the key does not change what is shown); None if there is none."""
     from gridflow.objectstore import read_object
 
     client = getattr(c.store, "client", None)
     if client is None or not bucket or not key:
         return None
-    return read_object(client, bucket, key)
+    return read_object(client, bucket, key, version_id)
 
 
 async def _photo_in_scope(request: Request, caller: Principal, photo_id: str) -> tuple[Any, Any]:
@@ -188,7 +191,8 @@ async def thumbnail(
     c = ctx(request)
     photo, _ = await _photo_in_scope(request, caller, photo_id)
     data = await run_in_threadpool(_read, c, photo.get("archive_bucket") or
-                                   c.settings.bucket_archive, photo.get("thumbnail_key"))
+                                   c.settings.bucket_archive, photo.get("thumbnail_key"),
+                                   photo.get("thumbnail_version_id"))
     if data is None:  # not archived yet: a placeholder saying so
         svg = (STATIC / "photo-pending.svg").read_bytes()
         return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
@@ -209,7 +213,8 @@ async def original(
     archived = photo.get("archive_status") == "archived" and photo.get("archive_key")
     bucket = photo.get("archive_bucket") if archived else photo.get("incoming_bucket")
     key = photo.get("archive_key") if archived else photo.get("incoming_key")
-    data = await run_in_threadpool(_read, c, bucket, key)
+    version = photo.get("archive_version_id") if archived else None
+    data = await run_in_threadpool(_read, c, bucket, key, version)
     if data is None:
         raise no_photo()
     headers = {**page_headers(), "Cache-Control": "private, max-age=3600"}

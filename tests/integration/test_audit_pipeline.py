@@ -489,7 +489,8 @@ def test_case_history_checks_every_photo_in_the_object_store(county: CountyRun) 
     from_log = gridflow("audit", "case", county.photo_case, "--from-log", "--no-photos",
                         "--prefix", county.prefix, settings=county.settings)
     assert from_log.returncode == 0 and "seq 1.." in from_log.stdout
-    # one archived photo replaced, another gone: both named
+    # one archived photo overwritten, another plainly deleted: both named, and both recorded
+    # versions still there (the bucket is versioned: a DELETE only adds a delete marker)
     engine = make_engine(county.sqlite_url)
     with engine.connect() as conn:
         keys = [k for (k,) in conn.execute(text(
@@ -504,5 +505,6 @@ def test_case_history_checks_every_photo_in_the_object_store(county: CountyRun) 
     store.remove_object(county.archive_bucket, keys[-1])
     result = gridflow(*args, settings=county.settings)
     assert result.returncode == 1
-    assert "大小不符" in result.stdout or "sha256 不符" in result.stdout
-    assert "✗ 缺失 / missing" in result.stdout
+    assert "✗ 被覆盖, 记录的版本完好 / overwritten" in result.stdout
+    assert "✗ 被加删除标记, 锁定版本完好 / delete_marker" in result.stdout
+    assert "缺失" not in result.stdout and "every recorded version intact" in result.stdout

@@ -62,8 +62,9 @@ class MemoryStore:
     def remove(self, bucket: str, key: str) -> None:
         self.objects.pop((bucket, key), None)
 
-    def url(self, bucket: str, key: str, expires_s: int = 3600) -> str:
-        return f"memory://{bucket}/{key}"
+    def url(self, bucket: str, key: str, expires_s: int = 3600,
+            version_id: str | None = None) -> str:
+        return f"memory://{bucket}/{key}" + (f"?versionId={version_id}" if version_id else "")
 
 
 class Api:

@@ -231,12 +231,12 @@ def found(**overrides: Any) -> dict[str, Any]:
     ],
 )
 def test_report_status_in_words(overrides: dict[str, Any], expected: str) -> None:
-    view = status.report_view(REF, found(**overrides), lambda b, k: None)
+    view = status.report_view(REF, found(**overrides), lambda *_: None)
     assert view["status"] == expected and chinese(view["status_zh"])
 
 
 def test_report_status_names_departments_and_the_next_deadline() -> None:
-    view = status.report_view(REF, found(grid_code="421099101201001"), lambda b, k: None)
+    view = status.report_view(REF, found(grid_code="421099101201001"), lambda *_: None)
     assert view["departments"] == [{"code": "county.chengguan", "name": "青山县城市管理执法局"}]
     assert (view["grid_name"], view["grid_code"]) == ("石门村一组网格", "421099101201001")
     assert view["next_due_at"] == "2026-11-23T11:30:00.000000Z"
@@ -244,7 +244,7 @@ def test_report_status_names_departments_and_the_next_deadline() -> None:
 
 
 def test_photo_links_prefer_the_archived_copy() -> None:
-    link = lambda b, k: f"{b}/{k}"  # noqa: E731
+    link = lambda b, k, v: f"{b}/{k}" + (f"@{v}" if v else "")  # noqa: E731
     pending = status.photo_view({"incoming_bucket": "in", "incoming_key": "k1"}, link)
     archived = status.photo_view(
         {
@@ -263,6 +263,23 @@ def test_photo_links_prefer_the_archived_copy() -> None:
         "pending",
     )
     assert (archived["url"], archived["thumbnail_url"]) == ("ar/sha/x.jpg", "ar/t/x.jpg")
+
+
+def test_photo_links_name_the_recorded_versions() -> None:
+    """A plain DELETE or an overwrite at the archive key does not change what a link shows:
+    it names the version PhotoArchived recorded (events without one: the latest)."""
+    link = lambda b, k, v: f"{b}/{k}" + (f"@{v}" if v else "")  # noqa: E731
+    view = status.photo_view(
+        {"incoming_bucket": "in", "incoming_key": "k1", "archive_status": "archived",
+         "archive_bucket": "ar", "archive_key": "sha/x.jpg", "thumbnail_key": "t/x.jpg",
+         "archive_version_id": "v1", "thumbnail_version_id": "t1"},
+        link,
+    )
+    assert (view["url"], view["thumbnail_url"]) == ("ar/sha/x.jpg@v1", "ar/t/x.jpg@t1")
+    # not archived yet: the upload, never with the archive's version
+    pending = status.photo_view({"incoming_bucket": "in", "incoming_key": "k1",
+                                 "archive_version_id": "v1"}, link)
+    assert pending["url"] == "in/k1"
 
 
 # --- Open311 ------------------------------------------------------------------------------
