@@ -118,6 +118,15 @@ class Settings:
     worker_instance_id: str = ""
     faust_data_dir: Path | None = None
 
+    # Operators' view (gridflow.telemetry): the worker, the sink and the notifier each serve
+    # Prometheus metrics on their own port (0: none) on `metrics_host`; the API serves them at
+    # /metrics. Logs as "text" lines for people or "json" lines for a log collector.
+    metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = 18091
+    sink_metrics_port: int = 18092
+    notify_metrics_port: int = 18093
+    log_format: str = "text"
+
     def __post_init__(self) -> None:
         mode = self.archive_lock_mode.strip().upper()
         if mode not in ("GOVERNANCE", "COMPLIANCE"):
@@ -128,6 +137,8 @@ class Settings:
             object.__setattr__(self, "database_url", f"sqlite:///{self.state_dir / 'gridflow.db'}")
         if self.faust_data_dir is None:
             object.__setattr__(self, "faust_data_dir", self.state_dir / "faust")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"GRIDFLOW_LOG_FORMAT must be text or json, got {self.log_format!r}")
 
     @property
     def postgres_url(self) -> str:
@@ -191,6 +202,11 @@ def load_settings() -> Settings:
         calendar_dir=(Path(_env("CALENDAR_DIR", "")).expanduser() if _env("CALENDAR_DIR", "")
                       else None),
         faust_data_dir=Path(_env("FAUST_DATA_DIR", str(state_dir / "faust"))),
+        metrics_host=_env("METRICS_HOST", base.metrics_host),
+        worker_metrics_port=_env_int("WORKER_METRICS_PORT", base.worker_metrics_port),
+        sink_metrics_port=_env_int("SINK_METRICS_PORT", base.sink_metrics_port),
+        notify_metrics_port=_env_int("NOTIFY_METRICS_PORT", base.notify_metrics_port),
+        log_format=_env("LOG_FORMAT", base.log_format).strip().lower(),
     )
 
 
@@ -215,6 +231,9 @@ _ENV_FIELDS = {
     "session_idle_minutes": "SESSION_IDLE_MINUTES", "session_max_hours": "SESSION_MAX_HOURS",
     "cookie_secure": "COOKIE_SECURE", "frame_ancestors": "FRAME_ANCESTORS",
     "trusted_proxies": "TRUSTED_PROXIES",
+    "metrics_host": "METRICS_HOST", "worker_metrics_port": "WORKER_METRICS_PORT",
+    "sink_metrics_port": "SINK_METRICS_PORT", "notify_metrics_port": "NOTIFY_METRICS_PORT",
+    "log_format": "LOG_FORMAT",
 }
 
 

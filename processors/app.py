@@ -26,6 +26,7 @@ from gridflow.core.case import DeadlinePlanner
 from gridflow.core.refdata import ReferenceData
 from gridflow.events import decode_message
 from gridflow.settings import Settings
+from gridflow.telemetry import ARCHIVE_RETRIES
 from processors import steps
 from processors.delivery import GridflowApp
 
@@ -56,6 +57,7 @@ async def with_retry(what: str, fn: Any, *args: Any) -> Any:
         try:
             return await loop.run_in_executor(None, fn, *args)
         except Exception as exc:  # transient I/O: MinIO or network down
+            ARCHIVE_RETRIES.inc()
             log.warning("%s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
