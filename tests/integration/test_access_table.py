@@ -96,8 +96,6 @@ TABLE: dict[str, dict[str, int]] = {
     "GET /api/v1/health": ANYONE,
     "GET /openapi.json": ANYONE,
     "GET /docs": ANYONE,
-    # Prometheus metrics: a monitor API key only (tests/integration/test_metrics.py reads them)
-    "GET /metrics": row(403, anonymous=401),
     "POST /api/v1/auth/sign-in": ANYONE,
     "POST /api/v1/auth/password": row(422),  # reached by anyone: the body the table sends is bad
     "POST /api/v1/auth/sign-out": SIGNED_IN,
@@ -176,7 +174,15 @@ TABLE: dict[str, dict[str, int]] = {
        for form in ("progress", "resolve", "send-back", "extension")},
     **{f"POST /w/tasks/{{task_id}}/{form}": {k: 303 if v == 202 else v
                                              for k, v in dept_command().items()}
-       for form in ("sign", "progress", "resolve", "send-back", "extension")},
+       for form in ("sign", "progress", "resolve", "send-back", "extension", "assign")},
+    # 二次派遣 and 常用回复: the department's head (石门村村委会 names none: each of its staff)
+    "GET /w/tasks/{task_id}/assign": {k: 200 if v == 202 else v
+                                      for k, v in dept_command().items()},
+    "POST /w/d/{code}/assign": {k: 303 if v == 202 else v for k, v in dept_command().items()},
+    "GET /w/d/{code}/templates": {k: 200 if v == 202 else v for k, v in dept_command().items()},
+    "POST /w/d/{code}/templates": {k: 303 if v == 202 else v for k, v in dept_command().items()},
+    "POST /w/d/{code}/templates/{template_id}/delete": {
+        k: 303 if v == 202 else v for k, v in dept_command().items()},
     "GET /s/": row(403, anonymous=401, township_in=200, township_out=200, county=200,
                    leader=200, auditor=200),
     "GET /s/q/{key}": row(403, anonymous=401, township_in=200, township_out=200, county=200,
@@ -332,7 +338,6 @@ def requests_for(w: World) -> dict[str, Callable[[str], Request]]:
         "GET /api/v1/health": get(f"{a}/api/v1/health"),
         "GET /openapi.json": get(f"{a}/openapi.json"),
         "GET /docs": get(f"{a}/docs"),
-        "GET /metrics": get(f"{a}/metrics"),
         "POST /api/v1/auth/sign-in": lambda caller: (
             "POST", f"{a}/api/v1/auth/sign-in",
             {"json": {"login": "acl-signer", "password": SIGNER_PASSWORD}}),
@@ -497,6 +502,12 @@ def workbench_requests(w: World) -> dict[str, Callable[[str], Request]]:
         return lambda caller: ("GET", url, kw)
 
     photo = [("photos", ("after.jpg", w.photo, "image/jpeg"))]
+    from datetime import UTC, datetime
+
+    from workbench import replies
+
+    template = {caller: replies.save(w.sessions.store.engine, DEPT, f"模板 {caller}", "已处理",
+                                     "any", "acl", datetime.now(UTC)) for caller in CALLERS}
     return {
         "GET /w/sign-in": get(f"{a}/w/sign-in"),
         "POST /w/sign-in": post(f"{a}/w/sign-in", headers=LOGIN_CSRF, data={
@@ -521,6 +532,16 @@ def workbench_requests(w: World) -> dict[str, Callable[[str], Request]]:
             "reason": "非本部门", "reroute_to": "421099101.zongzhi"}),
         "POST /w/tasks/{task_id}/extension": post(f"{a}/w/tasks/{t}/extension",
                                                   data={"days": "1", "reason": "协调"}),
+        "GET /w/tasks/{task_id}/assign": get(f"{a}/w/tasks/{t}/assign"),
+        "POST /w/tasks/{task_id}/assign": post(f"{a}/w/tasks/{t}/assign",
+                                               data={"assignee": "DS0019"}),
+        "POST /w/d/{code}/assign": post(f"{a}/w/d/{DEPT}/assign",
+                                        data={"assignee": "DS0019", "task_id": t}),
+        "GET /w/d/{code}/templates": get(f"{a}/w/d/{DEPT}/templates"),
+        "POST /w/d/{code}/templates": post(f"{a}/w/d/{DEPT}/templates", data={
+            "title": "已清运", "body": "垃圾已清运", "kind": "resolve"}),
+        "POST /w/d/{code}/templates/{template_id}/delete": lambda caller: (
+            "POST", f"{a}/w/d/{DEPT}/templates/{template[caller]}/delete", {}),
         "GET /s/": get(f"{a}/s/"),
         "GET /s/q/{key}": get(f"{a}/s/q/extensions"),
         "GET /s/board": get(f"{a}/s/board"),
