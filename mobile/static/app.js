@@ -85,8 +85,8 @@
   }
 
   function route() {
-    if (!state.me) { show('signin'); return; }
     var name = (location.hash || '#report').slice(1);
+    if (!state.me) { show(name === 'outbox' ? 'outbox' : 'signin'); return; }  /* what waits stays visible */
     show(['report', 'outbox', 'mine', 'tasks'].indexOf(name) >= 0 ? name : 'report');
   }
 
@@ -417,7 +417,11 @@
   function kick() {
     if (!navigator.onLine) { syncLater(); renderOutbox(); return; }
     GFQueue.sendAll().then(function (stop) {
-      if (stop === 'signin') { state.me = null; $('signin-why').textContent = '登录已失效: 请重新登录, 手机上保存的上报会在登录后自动发送。'; route(); }
+      if (stop === 'signin') {
+        state.me = null;
+        $('signin-why').textContent = '登录已失效: 请重新登录, 手机上保存的上报会在登录后自动发送。';
+        show('signin');
+      }
       if (stop === 'csrf') return loadMe().then(function () { if (state.me) kick(); });
     }).then(schedule, schedule);
   }
@@ -641,6 +645,10 @@
     });
     $('mine-refresh').addEventListener('click', loadMine);
     window.addEventListener('hashchange', route);
+    document.addEventListener('click', function (ev) {  /* a link to the view's own hash: show it */
+      var a = ev.target.closest && ev.target.closest('a[href^="#"]');
+      if (a && a.getAttribute('href') === location.hash) { ev.preventDefault(); route(); }
+    });
     window.addEventListener('online', function () { online(); kick(); });
     window.addEventListener('offline', online);
     document.addEventListener('visibilitychange', function () { if (!document.hidden) kick(); });

@@ -216,3 +216,29 @@ def test_a_new_worker_sets_a_password_with_the_one_time_code_and_is_signed_in(
     page.wait_for_url("**/m/")
     ready(page)
     assert "梁志刚" in page.locator("#who").inner_text()
+
+
+def test_a_report_made_after_the_session_ended_waits_for_sign_in_and_is_then_sent(
+    site: Site, new_phone: Callable[..., Any], shoot: Callable[[Any, str], Path]
+) -> None:
+    phone = new_phone(geolocation=IN_GRID, permissions=["geolocation"])
+    page = phone.new_page()
+    sign_in(site, page)
+    text = "登录过期: 井盖松动"
+    fill_report(page, [jpeg("s.jpg", 51, 1200, 900)], "井盖", "污水井盖", text)
+    [cookie] = [c for c in phone.cookies() if c["name"] == "gridflow_session"]
+    site.accounts.sign_out(cookie["value"])  # e.g. idle too long on patrol
+    page.get_by_role("button", name="提交").click()
+    page.get_by_text("请先登录").wait_for()
+    shoot(page, "worker-session-ended")
+    page.get_by_role("link", name="查看手机上待发送的上报").click()
+    item = page.locator("#outbox-list li", has_text=text)
+    item.locator(".state", has_text="待发送").wait_for()
+    assert "登录已失效" in item.locator(".reason").inner_text()
+    assert reports_with(site, text) == []
+    sign_in(site, page)
+    page.goto(f"{site.url}/m/#outbox")
+    page.locator("#outbox-list li", has_text=text).locator(
+        ".state", has_text="已受理").wait_for(timeout=60_000)
+    wait_for("the report filed", lambda: reports_with(site, text))
+    assert len(reports_with(site, text)) == 1
