@@ -24,6 +24,9 @@ SCENARIOS: dict[str, tuple[str, str]] = {
                     "and again under acknowledged reports"),
     "scale-out": ("chaos.scale_out", "three workers in one group: one killed, a fourth added "
                   "under load (--split: pipeline and archive workers side by side)"),
+    "kill-sink-notify": ("chaos.kill_sink_notify", "the SQL sink and the notifier killed with "
+                         "SIGKILL under load; a webhook receiver counts every notice and its "
+                         "repeats"),
     "tamper": ("chaos.tamper", "the photo archive tampered with by a holder of the store's "
                "credentials (plain DELETE, overwrite, shortened retention), and what the audit "
                "says (GRIDFLOW_ARCHIVE_LOCK_MODE)"),
