@@ -464,7 +464,11 @@
         if (item.status === 'rejected') {
           var edit = el('button', { type: 'button', class: 'small', text: '修改后重发' });
           edit.addEventListener('click', function () { editRejected(item); });
-          li.appendChild(el('div', { class: 'row' }, [edit]));
+          var drop = el('button', { type: 'button', class: 'small', text: '放弃此上报' });
+          drop.addEventListener('click', function () {
+            if (window.confirm('放弃后这条上报将从手机上删除, 不会再发送。确定放弃?')) GFQueue.remove(item.report_id);
+          });
+          li.appendChild(el('div', { class: 'row' }, [edit, drop]));
         } else if (item.status === 'waiting') {
           var again = el('button', { type: 'button', class: 'small', text: '立即重发' });
           again.addEventListener('click', function () { GFQueue.retryNow(item.report_id).then(kick); });
