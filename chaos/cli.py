@@ -27,6 +27,8 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "kill-sink-notify": ("chaos.kill_sink_notify", "the SQL sink and the notifier killed with "
                          "SIGKILL under load; a webhook receiver counts every notice and its "
                          "repeats"),
+    "kafka-outage": ("chaos.kafka_outage", "Kafka unreachable for the API's producer for 30 s "
+                     "under phones that retry after Retry-After"),
     "tamper": ("chaos.tamper", "the photo archive tampered with by a holder of the store's "
                "credentials (plain DELETE, overwrite, shortened retention), and what the audit "
                "says (GRIDFLOW_ARCHIVE_LOCK_MODE)"),
