@@ -160,10 +160,10 @@ def write_pdf(items: list[Place], base_url: str, path: Path, county: str) -> Pat
                     pdf.rect(qx + c * module, qy + side - (r + 1) * module, module, module,
                              stroke=0, fill=1)
         pdf.setFont("STSong-Light", 10)
-        pdf.drawCentredString(x0 + cell_w / 2, qy - 6 * mm, "码上说 · 扫码反映问题")
+        pdf.drawCentredString(x0 + cell_w / 2, qy - 6 * mm, "码上说  扫码反映问题")
         pdf.setFont("STSong-Light", 8)
-        where = place.where
-        for n, part in enumerate([where[j:j + 22] for j in range(0, len(where), 22)][:2]):
+        width = partial(pdfmetrics.stringWidth, fontName="STSong-Light", fontSize=8)
+        for n, part in enumerate(_wrap(place.where, width, cell_w - 8 * mm)[:3]):
             pdf.drawCentredString(x0 + cell_w / 2, qy - (11 + 4 * n) * mm, part)
         pdf.setFont("STSong-Light", 7)
         pdf.drawCentredString(x0 + cell_w / 2, y0 + 4 * mm, f"{county} 网格化管理")
