@@ -242,3 +242,21 @@ def test_a_report_made_after_the_session_ended_waits_for_sign_in_and_is_then_sen
         ".state", has_text="已受理").wait_for(timeout=60_000)
     wait_for("the report filed", lambda: reports_with(site, text))
     assert len(reports_with(site, text)) == 1
+
+
+def test_a_report_outside_the_county_is_sent_and_shown_as_not_filed_with_the_reason(
+    site: Site, new_phone: Callable[..., Any]
+) -> None:
+    far = {"latitude": 30.5928, "longitude": 114.3055, "accuracy": 15}  # 武汉, not this county
+    page = new_phone(geolocation=far, permissions=["geolocation"]).new_page()
+    sign_in(site, page)
+    text = "县外上报: 路灯不亮"
+    fill_report(page, [jpeg("f.jpg", 61, 1200, 900)], "路灯", "路灯", text)
+    page.get_by_text("该位置不在本县网格内").wait_for()  # said before sending; allowed
+    page.get_by_role("button", name="提交").click()
+    page.locator("#outbox-list li", has_text=text).locator(
+        ".state", has_text="已受理").wait_for(timeout=60_000)
+    page.goto(f"{site.url}/m/#mine")
+    item = page.locator("#mine-list li", has_text=text)
+    item.locator(".state", has_text="不予立案").wait_for(timeout=30_000)
+    assert "上报位置不在本县任何网格内" in item.locator(".reason").inner_text()
