@@ -29,6 +29,9 @@ SCENARIOS: dict[str, tuple[str, str]] = {
                          "repeats"),
     "kafka-outage": ("chaos.kafka_outage", "Kafka unreachable for the API's producer for 30 s "
                      "under phones that retry after Retry-After"),
+    "storage-outage": ("chaos.storage_outage", "MinIO unreachable for 60 s during uploads and "
+                       "archiving, then PostgreSQL for 60 s under the sink and the API's "
+                       "receipts, under phones that retry"),
     "tamper": ("chaos.tamper", "the photo archive tampered with by a holder of the store's "
                "credentials (plain DELETE, overwrite, shortened retention), and what the audit "
                "says (GRIDFLOW_ARCHIVE_LOCK_MODE)"),
