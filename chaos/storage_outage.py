@@ -71,9 +71,13 @@ def run(settings: Settings, log_dir: Path, *, outage_s: float = 60.0, rate: floa
             outage = phones_through_outage(batch, proxy, what, warmup_s, outage_s, after_s,
                                            echo)
             echo("  waiting for the phones' retries and the pipeline (metrics) to catch up")
-            seconds, lag, _ = wait_caught_up(
-                s, procs, lambda b=batch, a=acked: a | b.acknowledged(), outage.up_at, echo,
-                settled=batch.settled)
+            before = set(acked)
+
+            def acknowledged(b: Phones = batch, a: set[str] = before) -> set[str]:
+                return a | b.acknowledged()
+
+            seconds, lag, _ = wait_caught_up(s, procs, acknowledged, outage.up_at, echo,
+                                             settled=batch.settled)
             acc.recovery.append((f"{what.split(' ')[0]} back (outage {outage_s:.0f} s)",
                                  seconds))
             acked |= batch.acknowledged()
