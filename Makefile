@@ -47,6 +47,9 @@ status: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy $(TYPED)
+	@# pytest imports test modules by basename: two test files of one name stop collection
+	@dup=$$(find tests -name 'test_*.py' -printf '%f\n' | sort | uniq -d); \
+	  if [ -n "$$dup" ]; then echo "test files with the same name: $$dup" >&2; exit 1; fi
 
 clean-venv:
 	rm -rf $(VENV)
