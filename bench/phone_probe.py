@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,12 @@ def probe(url: str, token: str) -> dict[str, Any]:
         first = visit(context, url)
         page = first.pop("page")
         # the service worker takes over and keeps the shell (not throttled, not counted above)
-        page.wait_for_function("navigator.serviceWorker.controller !== null", timeout=60_000)
+        # polled: wait_for_function evaluates with eval(), which the app's CSP forbids
+        deadline = time.monotonic() + 60
+        while not page.evaluate("navigator.serviceWorker.controller !== null"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the service worker never took over the page")
+            time.sleep(0.1)
         page.evaluate("caches.keys().then(k => Promise.all(k.map(n => caches.open(n)"
                       ".then(c => c.keys()))))")
         page.close()

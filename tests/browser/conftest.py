@@ -15,6 +15,9 @@ Fixtures:
   GRIDFLOW_SCREENSHOTS=1 (`make screenshots`), else the test's tmp dir.
 
 Every test here is marked `browser` and `integration`.
+
+The pages' CSP allows no eval(): `page.wait_for_function("...")` fails as soon as it has to
+poll; poll `page.evaluate("...")` from the test instead (`wait_for`), or wait on a locator.
 """
 
 from __future__ import annotations

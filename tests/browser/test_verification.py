@@ -60,8 +60,10 @@ def test_a_verification_passed_and_one_failed_with_a_reason(
     for task_id in (passing, failing):
         page.locator(f"#task-list li[data-task='{task_id}']").wait_for()
     page.locator(f"#task-list li[data-task='{passing}'] .photos-row img").first.wait_for()
-    page.wait_for_function("[...document.querySelectorAll('.photos-row img')]"
-                           ".every(i => i.complete && i.naturalWidth > 0)")
+    # polled from here: wait_for_function evaluates with eval(), which the pages' CSP forbids
+    wait_for("the after-photos shown", lambda: page.evaluate(
+        "[...document.querySelectorAll('.photos-row img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)"))
     shoot(page, "worker-tasks")
 
     page.locator(f"#task-list li[data-task='{passing}']").get_by_role("button", name="去核查").click()
