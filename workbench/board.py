@@ -17,14 +17,14 @@ from sqlalchemy import ColumnElement, and_, case, false, func, literal_column, o
 from sqlalchemy.orm import Session
 
 from gridflow.core import case as core
-from gridflow.core.metrics import RATE_FIELDS, Indicators, department_indicators, format_rate
+from gridflow.core.metrics import COUNT_FIELDS, RATE_FIELDS, Indicators, format_rate, from_counts
 from gridflow.core.refdata import ReferenceData
 from sinks.models import Case, Task
 
 LOCAL = timedelta(hours=8)
 OPEN = tuple(sorted(core.OPEN_TASK_STATES))
 WORKING = (core.DISPATCHED, core.SIGNED, core.IN_PROGRESS)
-MAP_POINTS = 2000  # dots drawn at most (the most urgent first); the grids still count them all
+MAP_POINTS = 1500  # dots drawn at most (the most urgent first); the grids still count them all
 CASES_PAGE = 50
 EXPORT_MAX = 50_000
 
@@ -172,11 +172,63 @@ class IndicatorLine:
     values: Indicators
 
 
+def indicator_counts(session: Session, scope: Scope, r: Range, as_of: datetime
+                     ) -> dict[str, dict[str, int]]:
+    """department → the counts of gridflow.core.metrics (COUNT_FIELDS) over the tasks dispatched
+    in the range, as of `as_of`: the module's row-by-row definitions as one SQL aggregate (held
+    to them by tests/unit/test_workbench_indicators.py), so a month costs one index range."""
+    final = (core.CLOSED, core.SENT_BACK, core.CANCELLED)
+    ended = and_(Task.state.in_(final), or_(Task.closed_at.is_(None), Task.closed_at <= as_of))
+    dropped = and_(ended, Task.state.in_((core.SENT_BACK, core.CANCELLED)))
+    kept = ~dropped
+    closed = and_(ended, Task.state == core.CLOSED)
+    resolved = and_(Task.resolved_at.is_not(None), Task.resolved_at <= as_of)
+    done_at = func.coalesce(Task.resolved_at, Task.closed_at)
+    on_time = or_(Task.resolve_due.is_(None),
+                  and_(done_at.is_not(None), done_at <= Task.resolve_due))
+    overdue = and_(~ended, Task.resolve_due.is_not(None), Task.resolve_due < as_of,
+                   ~and_(Task.state.in_((core.RESOLVED, core.CLOSED)), resolved))
+    sent_back = or_(and_(Task.state == core.SENT_BACK, ended),
+                    and_(Task.state != core.SENT_BACK, Task.sent_back.is_(True)))
+    # The case's rating by key, per task (a join would hash the whole cases table).
+    rating = (select(Case.rating).where(Case.case_id == Task.case_id)
+              .correlate(Task).scalar_subquery())
+    rated_at = (select(Case.rated_at).where(Case.case_id == Task.case_id)
+                .correlate(Task).scalar_subquery())
+    rated = and_(rating.is_not(None), or_(rated_at.is_(None), rated_at <= as_of))
+
+    counted = Task.dispatched_at <= as_of  # a department with none still has its line
+
+    def n(condition: ColumnElement[bool]) -> Any:
+        return func.sum(case((and_(counted, condition), 1), else_=0))
+
+    columns = {
+        "dispatched": n(true()), "accepted": n(kept), "sent_back": n(sent_back),
+        "cancelled": n(and_(dropped, Task.state == core.CANCELLED)), "open": n(~ended),
+        "overdue": n(overdue), "resolved": n(and_(kept, resolved)), "closed": n(and_(kept, closed)),
+        "due_to_close": n(and_(kept, or_(closed, and_(Task.resolve_due.is_not(None),
+                                                       Task.resolve_due <= as_of)))),
+        "closed_on_time": n(and_(kept, closed, on_time)),
+        "reworked": n(and_(kept, resolved, Task.reopened > 0)),
+        "extended": n(and_(kept, Task.extensions > 0)), "rated": n(and_(kept, rated)),
+        "rating_sum": func.sum(case((and_(counted, kept, rated), rating), else_=0)),
+    }
+    query = (
+        select(Task.department, *(c.label(k) for k, c in columns.items()))
+        .where(Task.dispatched_at >= r.start, Task.dispatched_at < r.end, scope.tasks())
+        .group_by(Task.department)
+    )
+    return {row.department: {k: int(getattr(row, k) or 0) for k in columns}
+            for row in session.execute(query)}
+
+
 def indicators(session: Session, ref: ReferenceData, scope: Scope, r: Range,
                now: datetime) -> list[IndicatorLine]:
     """数字城管 indicators per department of the tasks dispatched in the range, as of its end
     (or now), then the total line."""
-    found = department_indicators(indicator_rows(session, scope, r), r.as_of(now))
+    counts = indicator_counts(session, scope, r, r.as_of(now))
+    total = {k: sum(c[k] for c in counts.values()) for k in COUNT_FIELDS}
+    found = [*(from_counts(d, counts[d]) for d in sorted(counts)), from_counts(None, total)]
     lines = []
     for i in found:
         if i.department is None:
@@ -271,6 +323,17 @@ def trends(session: Session, scope: Scope, r: Range, period: str) -> list[TrendP
     return out
 
 
+def weeks_of(days: list[TrendPoint]) -> list[TrendPoint]:
+    """Daily points summed into their weeks (each starting on its Monday): what
+    `trends(..., "week")` gives for the same range, without asking the database again."""
+    weeks: dict[date, list[int]] = {}
+    for p in days:
+        sums = weeks.setdefault(p.start - timedelta(days=p.start.weekday()), [0, 0, 0, 0])
+        for i, v in enumerate((p.filed, p.closed, p.closed_tasks, p.closed_on_time)):
+            sums[i] += v
+    return [TrendPoint(start, *sums) for start, sums in sorted(weeks.items())]
+
+
 # --- the map --------------------------------------------------------------------------------------------
 
 
@@ -289,44 +352,49 @@ def open_cases_for_map(session: Session, scope: Scope, now: datetime, limit: int
                        stage: str | None = None, overdue_only: bool = False
                        ) -> tuple[list[MapCase], dict[str, tuple[int, int]], int]:
     """Open cases with a place (the most urgent first, at most `limit`), open and overdue counts
-    per grid (of all of them), and how many there are."""
+    per grid (of all of them), and how many there are. A case is open while one of its tasks
+    is, so both come from the open tasks alone (index tasks(state, ...)); only the cases drawn
+    are read, by key."""
     due = _current_due()
     rank = case((Task.state == core.DISPATCHED, 0), (Task.state == core.RESOLVED, 2), else_=1)
     late = case((and_(Task.state.in_(WORKING), due < now), 1), else_=0)
     per_case = (
-        select(Task.case_id.label("case_id"), func.min(rank).label("rank"),
-               func.max(late).label("late"), func.min(due).label("due"))
+        select(Task.case_id.label("case_id"), func.min(Task.grid_code).label("grid_code"),
+               func.min(rank).label("rank"), func.max(late).label("late"),
+               func.min(due).label("due"))
         .where(Task.state.in_(OPEN), scope.tasks())
         .group_by(Task.case_id)
         .subquery()
     )
-    conditions: list[ColumnElement[bool]] = [Case.status == "open", scope.cases()]
+    wanted: list[ColumnElement[bool]] = []
     if stage in ("dispatched", "in_progress", "resolved"):
-        conditions.append(per_case.c.rank == {"dispatched": 0, "in_progress": 1,
-                                              "resolved": 2}[stage])
+        wanted.append(per_case.c.rank == {"dispatched": 0, "in_progress": 1, "resolved": 2}[stage])
     if overdue_only:
-        conditions.append(per_case.c.late == 1)
-    base = (select(Case.case_id, Case.lat, Case.lon, Case.grid_code, Case.category_name,
-                   per_case.c.rank, per_case.c.late)
-            .join(per_case, per_case.c.case_id == Case.case_id)
-            .where(*conditions))
-    by_grid: dict[str, tuple[int, int]] = {}
-    total = 0
-    for grid, n, k in session.execute(
-        select(Case.grid_code, func.count(), func.sum(per_case.c.late))
-        .join(per_case, per_case.c.case_id == Case.case_id).where(*conditions)
-        .group_by(Case.grid_code)
-    ).all():
-        by_grid[grid or ""] = (int(n), int(k or 0))
-        total += int(n)
-    rows = session.execute(
-        base.where(Case.lat.is_not(None), Case.lon.is_not(None))
-        .order_by(per_case.c.late.desc(), per_case.c.due, Case.case_id).limit(limit)
+        wanted.append(per_case.c.late == 1)
+    by_grid = {
+        grid or "": (int(n), int(k or 0))
+        for grid, n, k in session.execute(
+            select(per_case.c.grid_code, func.count(), func.sum(per_case.c.late))
+            .where(*wanted).group_by(per_case.c.grid_code)).all()
+    }
+    urgent = session.execute(
+        select(per_case.c.case_id, per_case.c.rank, per_case.c.late).where(*wanted)
+        .order_by(per_case.c.late.desc(), per_case.c.due, per_case.c.case_id).limit(limit)
     ).all()
+    where: dict[str, tuple[float, float, str, str]] = {}
+    ids = [u.case_id for u in urgent]
+    for i in range(0, len(ids), 500):  # by key, never a join the planner may turn into a scan
+        for cid, lat, lon, grid, name in session.execute(
+            select(Case.case_id, Case.lat, Case.lon, Case.grid_code, Case.category_name)
+            .where(Case.case_id.in_(ids[i:i + 500]), scope.cases())
+        ).all():
+            if lat is not None and lon is not None:
+                where[cid] = (lat, lon, grid or "", name or "")
     stages = {0: "dispatched", 1: "in_progress", 2: "resolved"}
-    cases = [MapCase(r.case_id, r.lat, r.lon, r.grid_code or "", r.category_name or "",
-                     stages.get(r.rank, "in_progress"), bool(r.late)) for r in rows]
-    return cases, by_grid, total
+    cases = [MapCase(u.case_id, *where[u.case_id][:2], where[u.case_id][2], where[u.case_id][3],
+                     stages.get(u.rank, "in_progress"), bool(u.late))
+             for u in urgent if u.case_id in where]
+    return cases, by_grid, sum(n for n, _ in by_grid.values())
 
 
 # --- the case list ------------------------------------------------------------------------------------

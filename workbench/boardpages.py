@@ -67,10 +67,13 @@ async def board_page(
                 "kpi": bd.kpis(session, scope, r, now),
                 "lines": bd.indicators(session, c.ref, scope, r, now),
                 "daily": bd.trends(session, scope, r, "day") if r.days <= DAILY_MAX_DAYS else [],
-                "weekly": bd.trends(session, scope, r, "week"),
             }
 
     data = await run_in_threadpool(load)
+    if data["daily"]:
+        data["weekly"] = bd.weeks_of(data["daily"])
+    else:
+        data["weekly"] = await run_in_threadpool(weekly, c, scope, r)
     total = next(x for x in data["lines"] if x.code is None)
     params = {"from": r.first.isoformat(), "to": r.last.isoformat(),
               "township": request.query_params.get("township") or None}
@@ -93,6 +96,11 @@ async def board_page(
         cases_link=query("/s/cases", **params), map_link=query("/s/map", township=params["township"]),
         notices=calendar_notices(c.settings, now),
     )
+
+
+def weekly(c: Context, scope: bd.Scope, r: bd.Range) -> list[bd.TrendPoint]:
+    with Session(c.engine) as session:
+        return bd.trends(session, scope, r, "week")
 
 
 @router.get("/s/board/indicators.{fmt}", summary="考核指标导出 / the indicators as CSV or XLSX")

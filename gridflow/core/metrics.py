@@ -194,6 +194,20 @@ def indicators_of(department: str | None, rows: Iterable[TaskRow], as_of: dateti
     for row in rows:
         if row.dispatched_at <= as_of:
             c.add(row, as_of)
+    return from_counts(department, c.__dict__)
+
+
+# The counts every indicator is made of (what `from_counts` takes; a database can count them).
+COUNT_FIELDS = ("dispatched", "accepted", "sent_back", "cancelled", "open", "overdue", "resolved",
+                "closed", "due_to_close", "closed_on_time", "reworked", "extended", "rated",
+                "rating_sum")
+
+
+def from_counts(department: str | None, counts: Mapping[str, int]) -> Indicators:
+    """The indicators of these counts (COUNT_FIELDS): the rates as the module defines them."""
+    c = _Counts()
+    for name in COUNT_FIELDS:
+        setattr(c, name, int(counts.get(name) or 0))
     return Indicators(
         department=department,
         dispatched=c.dispatched,
