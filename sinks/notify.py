@@ -45,7 +45,7 @@ from sinks.notify_send import SendFailed, SendMethod, close_methods, default_met
 log = logging.getLogger("gridflow.notify")
 
 RETRY_FIRST_S = 0.5
-RETRY_MAX_S = 30.0
+RETRY_MAX_S = 5.0  # the database or Kafka back is found within 5 s (was 30)
 LEASE_EXTRA_S = 60.0  # a claimed notice is someone's for its timeout plus this
 DELIVERY_BATCH = 64
 
