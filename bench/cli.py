@@ -28,6 +28,7 @@ BENCHMARKS: list[tuple[str, str]] = [
     ("replay", "bench.replay"),
     ("deadlines", "bench.deadlines"),
     ("phone", "bench.phone"),
+    ("workbench", "bench.workbench"),
 ]
 QUICK_SCALE = 0.01
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"

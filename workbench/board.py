@@ -377,23 +377,20 @@ def open_cases_for_map(session: Session, scope: Scope, now: datetime, limit: int
             select(per_case.c.grid_code, func.count(), func.sum(per_case.c.late))
             .where(*wanted).group_by(per_case.c.grid_code)).all()
     }
+    def of_case(column: Any) -> Any:  # read by key for the drawn rows only (after the limit)
+        return select(column).where(Case.case_id == per_case.c.case_id).scalar_subquery()
+
     urgent = session.execute(
-        select(per_case.c.case_id, per_case.c.rank, per_case.c.late).where(*wanted)
+        select(per_case.c.case_id, per_case.c.grid_code, per_case.c.rank, per_case.c.late,
+               of_case(Case.lat), of_case(Case.lon), of_case(Case.category_name))
+        .where(*wanted)
         .order_by(per_case.c.late.desc(), per_case.c.due, per_case.c.case_id).limit(limit)
     ).all()
-    where: dict[str, tuple[float, float, str, str]] = {}
-    ids = [u.case_id for u in urgent]
-    for i in range(0, len(ids), 500):  # by key, never a join the planner may turn into a scan
-        for cid, lat, lon, grid, name in session.execute(
-            select(Case.case_id, Case.lat, Case.lon, Case.grid_code, Case.category_name)
-            .where(Case.case_id.in_(ids[i:i + 500]), scope.cases())
-        ).all():
-            if lat is not None and lon is not None:
-                where[cid] = (lat, lon, grid or "", name or "")
     stages = {0: "dispatched", 1: "in_progress", 2: "resolved"}
-    cases = [MapCase(u.case_id, *where[u.case_id][:2], where[u.case_id][2], where[u.case_id][3],
-                     stages.get(u.rank, "in_progress"), bool(u.late))
-             for u in urgent if u.case_id in where]
+    cases = [MapCase(cid, lat, lon, grid or "", name or "", stages.get(rank, "in_progress"),
+                     bool(late))
+             for cid, grid, rank, late, lat, lon, name in urgent
+             if lat is not None and lon is not None]
     return cases, by_grid, sum(n for n, _ in by_grid.values())
 
 

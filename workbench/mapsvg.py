@@ -24,9 +24,12 @@ class Projection:
     width: float
     height: float
 
+    def raw_xy(self, lon: float, lat: float) -> tuple[float, float]:
+        return (self.pad + (lon - self.min_lon) * self.kx * self.scale,
+                self.pad + (self.max_lat - lat) * self.scale)
+
     def xy(self, lon: float, lat: float) -> tuple[float, float]:
-        x = self.pad + (lon - self.min_lon) * self.kx * self.scale
-        y = self.pad + (self.max_lat - lat) * self.scale
+        x, y = self.raw_xy(lon, lat)
         return round(x, 1), round(y, 1)
 
     def inside(self, lon: float | None, lat: float | None) -> bool:
