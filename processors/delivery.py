@@ -189,7 +189,7 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         before = list(acked)
         offset, _ = contiguous_commit(acked, base)
         self._acked_index[tp].difference_update(before[: len(before) - len(acked)])
-        if offset is not None:
+        if offset is not None or not acked:  # committed, or every ack was below the base
             self._hole_since.pop(tp, None)
             return offset
         self._note_hole(tp, base, acked[0])

@@ -205,3 +205,12 @@ def test_a_record_without_a_value_is_a_dead_letter_not_a_crash():
     assert b"no value" in out.sends[0][2]
     out, _ = steps.case_step(None, None, None, now, "p.case-commands", "k", 0, 8)  # type: ignore[arg-type]
     assert [s[0] for s in out.sends] == ["dead-letters"]
+
+
+def test_acks_that_are_all_below_the_committed_offset_commit_nothing_and_raise_nothing(consumer):
+    # a record read again after a rewind, acked once more after its offset was committed
+    c, tp, _ = consumer
+    c._committed_offset[tp] = 50
+    _acked(c, tp, [47, 48])
+    assert c._new_offset(tp) is None
+    assert c._acked[tp] == [] and tp not in c._hole_since
