@@ -96,6 +96,8 @@ TABLE: dict[str, dict[str, int]] = {
     "GET /api/v1/health": ANYONE,
     "GET /openapi.json": ANYONE,
     "GET /docs": ANYONE,
+    # Prometheus metrics: a monitor API key only (tests/integration/test_metrics_live.py)
+    "GET /metrics": row(403, anonymous=401),
     "POST /api/v1/auth/sign-in": ANYONE,
     "POST /api/v1/auth/password": row(422),  # reached by anyone: the body the table sends is bad
     "POST /api/v1/auth/sign-out": SIGNED_IN,
@@ -338,6 +340,7 @@ def requests_for(w: World) -> dict[str, Callable[[str], Request]]:
         "GET /api/v1/health": get(f"{a}/api/v1/health"),
         "GET /openapi.json": get(f"{a}/openapi.json"),
         "GET /docs": get(f"{a}/docs"),
+        "GET /metrics": get(f"{a}/metrics"),
         "POST /api/v1/auth/sign-in": lambda caller: (
             "POST", f"{a}/api/v1/auth/sign-in",
             {"json": {"login": "acl-signer", "password": SIGNER_PASSWORD}}),
