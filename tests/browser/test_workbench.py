@@ -111,6 +111,8 @@ class County:
         return str(self.wait(f"report {report['report_id']} filed", filed))
 
     def shoot(self, page: Any, name: str, full: bool = True) -> Path:
+        if not full:
+            page.evaluate("window.scrollTo(0, 0)")  # the decision is announced at the top
         target = (SCREENSHOTS if self.keep else Path("/tmp/gridflow-shots")) / f"{name}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(target), full_page=full, animations="disabled", caret="hide")
