@@ -35,6 +35,8 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "tamper": ("chaos.tamper", "the photo archive tampered with by a holder of the store's "
                "credentials (plain DELETE, overwrite, shortened retention), and what the audit "
                "says (GRIDFLOW_ARCHIVE_LOCK_MODE)"),
+    "fuzz": ("chaos.fuzz", "the API fuzzed from its OpenAPI document with signed-in callers "
+             "(schemathesis): no 5xx, every answer as documented"),
 }
 
 Echo = Callable[[str], None]

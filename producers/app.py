@@ -31,6 +31,7 @@ from producers import commands, open311, privacy, receipts, reports, status
 from producers.context import Context
 from producers.errors import install_handlers
 from producers.metrics import install as install_metrics
+from producers.openapi import install as install_openapi
 from producers.publisher import KafkaPublisher, Publisher
 from producers.store import MinioStore, ObjectStore
 from producers.uploads import PhotoLimits, photo_inspector
@@ -138,6 +139,7 @@ def create_app(settings: Settings, deps: Deps) -> FastAPI:
     app.include_router(privacy.router)
     app.include_router(mobile_routes.router)  # the phone pages: /m/ (grid workers), /r/ (QR)
     install_workbench(app)  # the departments' workbench /w/, the supervisors' console /s/
+    install_openapi(app)  # /openapi.json says what each operation answers, refusals included
 
     @app.get("/api/v1/health", tags=["ops"], summary="存活检查 / liveness")
     def health(_: Annotated[Principal | None, public("存活检查: 公开")]) -> dict[str, str]:

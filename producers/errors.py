@@ -145,6 +145,10 @@ HTTP_ZH = {
 }
 
 
+HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+              406: "not_acceptable", 413: "request_too_large", 415: "unsupported_media_type"}
+
+
 def is_open311(request: Request) -> bool:
     """Open311 paths answer every error as GeoReport v2's [{code, description}]."""
     return request.url.path.startswith("/open311/")
@@ -180,10 +184,16 @@ def install_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        if not is_open311(request):
+        if exc.status_code < 400:
             return await http_exception_handler(request, exc)
         zh, en = http_error_text(exc.status_code, exc.detail, request.method, request.url.path)
-        return open311_response(request, exc.status_code, zh, en, dict(exc.headers or {}))
+        if is_open311(request):
+            return open311_response(request, exc.status_code, zh, en, dict(exc.headers or {}))
+        # The router's and FastAPI's own refusals (unknown path, method not allowed, a body it
+        # cannot parse) in the API's one error shape, not {"detail": ...} (found by fuzzing).
+        err = ApiError(exc.status_code, HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}"),
+                       zh, en, headers=dict(exc.headers or {}))
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

@@ -57,6 +57,7 @@ class MultipartReader:
         self._header_name = b""
         self._header_value = b""
         self._headers: dict[str, str] = {}
+        self._disposition = b""  # the part's Content-Disposition as sent (bytes)
         self._in_part = False  # between headers_finished and part_end
         self._finished = False  # the body stream is exhausted
         self._ended = False  # the closing boundary was seen
@@ -78,6 +79,7 @@ class MultipartReader:
     # --- parser callbacks: turn into queued events ---------------------------------
     def _on_part_begin(self) -> None:
         self._headers = {}
+        self._disposition = b""
         self._parts += 1
         if self._parts > MAX_PARTS:
             raise MultipartError(f"more than {MAX_PARTS} parts")
@@ -93,10 +95,15 @@ class MultipartReader:
     def _on_header_end(self) -> None:
         name = self._header_name.decode("latin-1").strip().lower()
         self._headers[name] = self._header_value.decode("utf-8", "replace").strip()
+        if name == "content-disposition":
+            self._disposition = self._header_value.strip()
         self._header_name = self._header_value = b""
 
     def _on_headers_finished(self) -> None:
-        disposition, options = parse_options_header(self._headers.get("content-disposition", ""))
+        # Parsed from the bytes as sent: the parser round-trips them through latin-1, so a
+        # decoded value with a character beyond latin-1 (a UTF-8 name read as text) would
+        # make it raise UnicodeEncodeError, a 500 instead of this 400 (found by fuzzing).
+        disposition, options = parse_options_header(self._disposition)
         if disposition != b"form-data" or b"name" not in options:
             raise MultipartError("a part without Content-Disposition: form-data; name=...")
         filename = options.get(b"filename")
