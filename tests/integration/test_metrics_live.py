@@ -124,6 +124,8 @@ def test_a_report_shows_in_every_process_metrics(stack_settings: Settings,
                 done = (total(s, "gridflow_events_applied_total", type="TaskDispatched") >= 1
                         and total(s, "gridflow_events_applied_total", type="PhotoArchived") >= 1
                         and total(s, "gridflow_archive_backlog") == 0
+                        # the gauges read the database: wait until its commit is visible too
+                        and total(s, "gridflow_tasks_open") == 1
                         and present(s, "gridflow_consumer_lag", consumer="sql-sink")
                         and total(s, "gridflow_consumer_lag", consumer="sql-sink") == 0)
                 return s if done else None
