@@ -70,3 +70,27 @@ def test_the_routers_refusals_have_the_apis_error_body() -> None:
         body = answer.json()
         assert body["code"] == code and body["message_zh"] and body["message_en"]
         assert "detail" not in body
+
+
+def test_text_limits_hold_for_the_text_as_sent() -> None:
+    """POST /api/v1/tasks/{id}/sign and /verify accepted a note of 2,000+ characters (the
+    document's maxLength) because it was stripped before its length was checked."""
+    from pydantic import ValidationError
+
+    from producers.commands import ProgressBody, ReasonBody, SignBody, VerifyBody
+
+    padded = "办" + "\f" * 2000
+    for model, field in ((SignBody, "note"), (VerifyBody, "note"), (ProgressBody, "note"),
+                         (ReasonBody, "reason")):
+        with pytest.raises(ValidationError):
+            model.model_validate({field: padded})
+    assert SignBody.model_validate({"note": "  已到场 \n"}).note == "已到场"
+    assert ProgressBody.model_validate({"note": "x" * 2000}).note == "x" * 2000
+    for blank in ("   ", "\f\n"):
+        with pytest.raises(ValidationError):
+            ProgressBody.model_validate({"note": blank})
+        with pytest.raises(ValidationError):
+            ReasonBody.model_validate({"reason": blank})
+    assert SignBody.model_validate({"note": "   "}).note == ""
+    schema = SignBody.model_json_schema()["properties"]["note"]
+    assert schema["maxLength"] == 2000
