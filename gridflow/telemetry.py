@@ -17,7 +17,7 @@ gauges (lag, backlogs, open tasks) are read when scraped, from Kafka and the dat
 | `gridflow_events_applied_total{type}` (rate(): events applied per second) | counter | sink |
 | `gridflow_report_to_dispatch_seconds` (report accepted → its first task on the log) | histogram | sink |
 | `gridflow_archive_backlog` (photos in the read models not archived yet) | gauge | sink |
-| `gridflow_archive_retries_total` (failed object-store attempts, retried) | counter | worker |
+| `gridflow_retries_total{policy}` (failed attempts retried after a backoff: `archive`, `sql-sink`, `notify`, ...; gridflow.retry) | counter | worker, sink, notifier |
 | `gridflow_dead_letters` (records on `<p>.dead-letters`) | gauge | sink |
 | `gridflow_tasks_open`, `gridflow_tasks_overdue` | gauge | sink |
 | `gridflow_notifications_pending`, `gridflow_notifications_failing` | gauge | notifier |
@@ -71,8 +71,9 @@ REPORT_TO_DISPATCH = Histogram(
     "From a report's acceptance (its events' time) to its first task dispatched on the log "
     "(the TaskDispatched record's timestamp)",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600))
-ARCHIVE_RETRIES = Counter(
-    "gridflow_archive_retries", "Photo-archive object-store calls that failed and are retried")
+RETRIES = Counter(
+    "gridflow_retries",
+    "Failed attempts retried after a backoff, by retry policy (gridflow.core.retry)", ["policy"])
 NOTIFICATIONS_SENT = Counter(
     "gridflow_notifications_sent", "Notices delivered (a 2xx from the webhook, or logged)")
 NOTIFICATION_FAILURES = Counter(

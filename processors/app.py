@@ -25,15 +25,14 @@ from gridflow.clock import Clock, clock_from_spec
 from gridflow.core.case import DeadlinePlanner
 from gridflow.core.refdata import ReferenceData
 from gridflow.events import decode_message
+from gridflow.retry import outage_policy, retry_async
 from gridflow.settings import Settings
-from gridflow.telemetry import ARCHIVE_RETRIES
 from processors import steps
 from processors.delivery import GridflowApp
 
 log = logging.getLogger("gridflow.processors")
 
-RETRY_FIRST_S = 0.5
-RETRY_MAX_S = 5.0  # MinIO back is found within 5 s (chaos storage-outage: was 30)
+ARCHIVE_RETRY = outage_policy("archive")  # MinIO back is found within 5 s
 
 
 @dataclass
@@ -50,17 +49,8 @@ class Runtime:
 
 
 async def with_retry(what: str, fn: Any, *args: Any) -> Any:
-    """Run blocking I/O in a thread; on failure retry with capped exponential backoff, forever."""
-    delay = RETRY_FIRST_S
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            return await loop.run_in_executor(None, fn, *args)
-        except Exception as exc:  # transient I/O: MinIO or network down
-            ARCHIVE_RETRIES.inc()
-            log.warning("%s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
+    """Run blocking I/O in a thread; on failure retry by ARCHIVE_RETRY, forever."""
+    return await retry_async(ARCHIVE_RETRY, what, fn, *args, logger=log)
 
 
 ROLES = ("all", "pipeline", "archive")

@@ -31,6 +31,7 @@ from gridflow.clock import Clock, wall_clock
 from gridflow.core.notify import Notice, NotifyConfig, notices_for
 from gridflow.core.refdata import ReferenceData
 from gridflow.events import SchemaError, decode_message
+from gridflow.retry import Backoff, outage_policy
 from gridflow.settings import Settings, load_settings
 from sinks.notify_models import (
     NOTIFICATIONS,
@@ -44,8 +45,6 @@ from sinks.notify_send import SendFailed, SendMethod, close_methods, default_met
 
 log = logging.getLogger("gridflow.notify")
 
-RETRY_FIRST_S = 0.5
-RETRY_MAX_S = 5.0  # the database or Kafka back is found within 5 s (was 30)
 LEASE_EXTRA_S = 60.0  # a claimed notice is someone's for its timeout plus this
 DELIVERY_BATCH = 64
 
@@ -325,21 +324,6 @@ def send_states(engine: Engine, *, task_id: str | None = None,
 # --- the Kafka loop ---------------------------------------------------------------------------
 
 
-class _Backoff:
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop, self.delay = stop, RETRY_FIRST_S
-
-    def wait(self, what: str, exc: BaseException) -> None:
-        log.warning("%s (%s: %s); retrying in %.1f s, nothing is lost: the notifier resumes "
-                    "from the offsets stored with its notices", what, type(exc).__name__, exc,
-                    self.delay)
-        self.stop.wait(self.delay)
-        self.delay = min(self.delay * 2, RETRY_MAX_S)
-
-    def reset(self) -> None:
-        self.delay = RETRY_FIRST_S
-
-
 def run_notifier(
     settings: Settings,
     notifier: Notifier,
@@ -355,81 +339,33 @@ def run_notifier(
     or with `from_end=True` at its current end (a notifier added to a long-running system does
     not announce the past).
     """
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
+    from sinks.consumer import Polled, StoredOffsetsConsumer
 
-    stop = stop_event or threading.Event()
-    backoff = _Backoff(stop)
+    backoff = Backoff(outage_policy(notifier.consumer), stop_event, log,
+                      "nothing is lost: the notifier resumes from the offsets stored with its "
+                      "notices")
     total = NotifyStats()
-    topic = topics.CASE_EVENTS.name(settings.topic_prefix)
-    consumer = None
-    while consumer is None and not stop.is_set():
-        try:
-            consumer = KafkaConsumer(
-                bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                enable_auto_commit=False, auto_offset_reset="earliest",
-                isolation_level="read_committed", client_id=f"gridflow-{notifier.consumer}",
-            )
-        except KafkaError as exc:
-            backoff.wait(f"Kafka at {settings.kafka_bootstrap} is unreachable", exc)
-    if consumer is None:
-        return total
+    kc = StoredOffsetsConsumer(settings.kafka_bootstrap, f"gridflow-{notifier.consumer}",
+                               (topics.CASE_EVENTS.name(settings.topic_prefix),),
+                               notifier.next_offsets, backoff, max_records=1000,
+                               poll_timeout_ms=poll_timeout_ms, fresh_at_end=from_end)
+
+    def one_round(polled: Polled) -> None:
+        stats = NotifyStats()
+        records = [r for batch in polled.values() for r in batch]
+        if records:
+            stats.add(notifier.take_in(records))
+        stats.add(notifier.deliver_due())
+        total.add(stats)
+        if on_round is not None:
+            on_round(stats)
+
     try:
-        partitions: list[Any] = []
-        while not partitions and not stop.is_set():
-            try:
-                found = consumer.partitions_for_topic(topic)
-            except KafkaError as exc:
-                backoff.wait("reading topic metadata failed", exc)
-                continue
-            if not found:
-                backoff.wait("waiting for the case-events topic", LookupError(topic))
-                continue
-            partitions = [TopicPartition(topic, p) for p in sorted(found)]
-            consumer.assign(partitions)
-        positioned = False
-        while not stop.is_set():
-            try:
-                if not positioned:
-                    _seek(consumer, notifier, topic, partitions, from_end)
-                    positioned = True
-                polled = consumer.poll(timeout_ms=poll_timeout_ms, max_records=1000)
-            except KafkaError as exc:
-                backoff.wait("polling Kafka failed", exc)
-                continue
-            except Exception as exc:  # the database is down: nothing to seek to yet
-                backoff.wait("cannot read the notifier's stored offsets", exc)
-                continue
-            stats = NotifyStats()
-            try:
-                records = [r for batch in polled.values() for r in batch]
-                if records:
-                    stats.add(notifier.take_in(records))
-                stats.add(notifier.deliver_due())
-            except Exception as exc:  # database down or locked: read again from stored offsets
-                positioned = False
-                backoff.wait("taking notices in or recording a delivery failed", exc)
-                continue
-            backoff.reset()
-            total.add(stats)
-            if on_round is not None:
-                on_round(stats)
+        if kc.open():
+            kc.run(one_round, failure="taking notices in or recording a delivery failed")
     finally:
-        consumer.close()
+        kc.close()
     return total
-
-
-def _seek(consumer: Any, notifier: Notifier, topic: str, partitions: list[Any],
-          from_end: bool) -> None:
-    stored = notifier.next_offsets(topic)
-    fresh = []
-    for tp in partitions:
-        if tp.partition in stored:
-            consumer.seek(tp, stored[tp.partition])
-        else:
-            fresh.append(tp)
-    if fresh:
-        (consumer.seek_to_end if from_end else consumer.seek_to_beginning)(*fresh)
 
 
 # --- the command ------------------------------------------------------------------------------

@@ -18,18 +18,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from kafka.errors import KafkaError
 from sqlalchemy import Engine
 
 from gridflow import topics
+from gridflow.retry import OUTAGE_MAX_S, Backoff, outage_policy
 from gridflow.settings import Settings, load_settings
+from sinks.consumer import Polled, StoredOffsetsConsumer
 from sinks.sql import BatchStats, Record, SnapshotError, SqlSink
 
 log = logging.getLogger("gridflow.sinks.runner")
 
-RETRY_FIRST_S = 0.5
-RETRY_MAX_S = 5.0  # a server back is found within 5 s (chaos storage-outage: was 30)
+RETRY_MAX_S = OUTAGE_MAX_S
 LOG_EVERY_S = 10.0
 
 
@@ -51,27 +52,6 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
-
-
-class _Backoff:
-    def __init__(self, stop: threading.Event, first_s: float, max_s: float) -> None:
-        self.stop, self.first_s, self.max_s = stop, first_s, max_s
-        self.delay = first_s
-
-    def wait(self, what: str, exc: BaseException) -> None:
-        log.warning(
-            "%s (%s: %s); retrying in %.1fs, nothing is dropped: the sink resumes from "
-            "the offsets stored with its rows",
-            what,
-            type(exc).__name__,
-            exc,
-            self.delay,
-        )
-        self.stop.wait(self.delay)
-        self.delay = min(self.delay * 2, self.max_s)
-
-    def reset(self) -> None:
-        self.delay = self.first_s
 
 
 def run_sink(
@@ -119,20 +99,24 @@ def run_sink(
     prefix = topic_prefix or settings.topic_prefix
     options = _Options(from_beginning, drain, max_records, poll_timeout_ms, progress,
                        replay and drain)
-    backoff = _Backoff(stop, RETRY_FIRST_S, retry_max_s)
+    backoff = Backoff(outage_policy(consumer_name, retry_max_s), stop, log,
+                      "nothing is dropped: the sink resumes from the offsets stored with its rows")
     bootstrap = bootstrap or settings.kafka_bootstrap
-    consumer = _connect(bootstrap, consumer_name, max_records, consumer_config or {}, backoff)
+    names = (topics.CASE_EVENTS.name(prefix), topics.DEAD_LETTERS.name(prefix))
+    kc = StoredOffsetsConsumer(bootstrap, f"gridflow-sink-{consumer_name}", names,
+                               sink.next_offsets, backoff, max_records=max_records,
+                               poll_timeout_ms=poll_timeout_ms, config=consumer_config)
     state = Progress(consumer_name)
-    if consumer is None:
+    if not kc.open():
+        kc.close()
         return state
     try:
-        names = (topics.CASE_EVENTS.name(prefix), topics.DEAD_LETTERS.name(prefix))
-        loop = _SinkLoop(consumer, sink, names, options, backoff, state)
+        loop = _SinkLoop(kc, sink, names, options, state)
         loop.bootstrap = bootstrap
         loop.bulk_read = not consumer_config  # extra client settings: kafka-python reads
         loop.run()
     finally:
-        consumer.close()
+        kc.close()
     return state
 
 
@@ -151,51 +135,36 @@ class _SinkLoop:
 
     def __init__(
         self,
-        consumer: KafkaConsumer,
+        kc: StoredOffsetsConsumer,
         sink: SqlSink,
         names: tuple[str, str],
         options: _Options,
-        backoff: _Backoff,
         state: Progress,
     ) -> None:
-        self.consumer, self.sink, self.names = consumer, sink, names
-        self.options, self.backoff, self.state = options, backoff, state
-        self.stop = backoff.stop
-        self.partitions: list[TopicPartition] = []
+        self.kc, self.sink, self.names = kc, sink, names
+        self.options, self.backoff, self.state = options, kc.backoff, state
+        self.stop = kc.stop
         self.targets: dict[TopicPartition, int] = {}
         self.bootstrap = ""
         self.bulk_read = False  # the replay fast path reads with _BulkReader (aiokafka)
+        self.t0 = self.last_log = 0.0
+
+    @property
+    def partitions(self) -> list[TopicPartition]:
+        return self.kc.partitions
 
     def run(self) -> None:
-        self.partitions = _assign(self.consumer, self.names, self.backoff)
         if self.options.drain and self.partitions:
-            self.targets = _end_offsets(self.consumer, self.partitions, self.backoff)
+            self.targets = self.kc.end_offsets()
         if self.options.replay and self.partitions and self._run_fast():
             return
-        t0 = last_log = time.monotonic()
-        seeked = False
-        while not self.stop.is_set() and self.partitions:
-            seeked = seeked or self._seek(first=self.state.batches == 0)
-            if not seeked:
-                continue
-            try:
-                if self.options.drain and self._caught_up():
-                    self.state.caught_up = True
-                    break
-                polled = self.consumer.poll(
-                    timeout_ms=self.options.poll_timeout_ms, max_records=self.options.max_records
-                )
-            except KafkaError as exc:
-                self.backoff.wait("polling Kafka failed", exc)
-                continue
-            if polled and not self._apply(polled):
-                seeked = False  # the batch rolled back: read it again from the stored offsets
-                continue
-            self.state.elapsed_s = time.monotonic() - t0
-            if polled and time.monotonic() - last_log >= LOG_EVERY_S:
-                last_log = time.monotonic()
-                self._log()
-        self.state.elapsed_s = time.monotonic() - t0
+        self.t0 = self.last_log = time.monotonic()
+        if self.partitions:
+            self.state.caught_up = self.kc.run(
+                self._apply, from_beginning=self.options.from_beginning,
+                until=self.targets if self.options.drain else None,
+                failure="applying a batch failed", fatal=(SnapshotError,))
+        self.state.elapsed_s = time.monotonic() - self.t0
         if self.options.progress is not None:
             self.options.progress(self.state)
 
@@ -220,7 +189,7 @@ class _SinkLoop:
         try:
             dead_topic = self.names[1]
             if reader is None:
-                self.consumer.seek_to_beginning(*self.partitions)
+                self.kc.consumer.seek_to_beginning(*self.partitions)
             else:
                 reader.start()
             while not self.stop.is_set():
@@ -230,9 +199,9 @@ class _SinkLoop:
                         break  # caught up
                 else:
                     try:
-                        if self._caught_up():
+                        if self.kc.caught_up(self.targets):
                             break
-                        polled = self.consumer.poll(
+                        polled = self.kc.consumer.poll(
                             timeout_ms=self.options.poll_timeout_ms,
                             max_records=max(self.options.max_records, 20000))
                     except KafkaError as exc:
@@ -280,41 +249,26 @@ class _SinkLoop:
         self.state.last = last
         self.state.totals.add(last)
         self.state.elapsed_s = time.monotonic() - t0
-        self.state.lag = lag if lag is not None else _lag(self.consumer, self.partitions)
+        self.state.lag = lag if lag is not None else self.kc.lag()
         if self.options.progress is not None:
             self.options.progress(self.state)
 
-    def _seek(self, first: bool) -> bool:
-        try:
-            _seek(self.consumer, self.sink, self.partitions, self.options.from_beginning and first)
-            return True
-        except Exception as exc:  # the database is down: nothing to resume from yet
-            self.backoff.wait("cannot read the sink's stored offsets", exc)
-            return False
-
-    def _apply(self, polled: dict[TopicPartition, list[Any]]) -> bool:
-        try:
-            last = _apply(self.sink, polled, self.names[1])
-        except SnapshotError:
-            raise
-        except Exception as exc:  # database down or locked
-            self.backoff.wait("applying a batch failed", exc)
-            return False
-        self.backoff.reset()
+    def _apply(self, polled: Polled) -> None:
+        """One poll into the database (rows and offsets in one transaction); raises when the
+        batch rolled back (the loop then reads it again from the stored offsets)."""
+        if not polled:
+            return
+        last = _apply(self.sink, polled, self.names[1])
         self.state.batches += 1
         self.state.last = last
         self.state.totals.add(last)
-        self.state.lag = _lag(self.consumer, self.partitions)
+        self.state.lag = self.kc.lag()
         if self.options.progress is not None:
             self.options.progress(self.state)
-        return True
-
-    def _caught_up(self) -> bool:
-        for tp, end in self.targets.items():
-            position = self.consumer.position(tp, timeout_ms=self.options.poll_timeout_ms)
-            if position is None or position < end:
-                return False
-        return True
+        self.state.elapsed_s = time.monotonic() - self.t0
+        if time.monotonic() - self.last_log >= LOG_EVERY_S:
+            self.last_log = time.monotonic()
+            self._log()
 
     def _log(self) -> None:
         s = self.state
@@ -421,89 +375,7 @@ class _BulkReader:
             await consumer.stop()
 
 
-def _connect(
-    bootstrap: str, consumer_name: str, max_records: int, extra: dict[str, Any], backoff: _Backoff
-) -> KafkaConsumer | None:
-    config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
-        "client_id": f"gridflow-sink-{consumer_name}",
-        "group_id": None,  # manual assignment; positions live in the database
-        "enable_auto_commit": False,
-        "auto_offset_reset": "earliest",  # a stored offset lost to retention: oldest kept
-        "isolation_level": "read_committed",  # never apply an aborted transaction's events
-        "max_poll_records": max_records,
-        **extra,
-    }
-    while not backoff.stop.is_set():
-        try:
-            consumer = KafkaConsumer(**config)
-            backoff.reset()
-            return consumer
-        except KafkaError as exc:
-            backoff.wait(f"Kafka at {bootstrap} is unreachable", exc)
-    return None
-
-
-def _assign(
-    consumer: KafkaConsumer, names: tuple[str, ...], backoff: _Backoff
-) -> list[TopicPartition]:
-    while not backoff.stop.is_set():
-        try:
-            found = {name: consumer.partitions_for_topic(name) for name in names}
-        except KafkaError as exc:
-            backoff.wait("reading topic metadata failed", exc)
-            continue
-        missing = [name for name, parts in found.items() if not parts]
-        if missing:
-            backoff.wait("waiting for topics", LookupError(f"no such topic: {', '.join(missing)}"))
-            continue
-        partitions = [TopicPartition(n, p) for n in names for p in sorted(found[n] or ())]
-        consumer.assign(partitions)
-        backoff.reset()
-        return partitions
-    return []
-
-
-def _end_offsets(
-    consumer: KafkaConsumer, partitions: list[TopicPartition], backoff: _Backoff
-) -> dict[TopicPartition, int]:
-    while not backoff.stop.is_set():
-        try:
-            return dict(consumer.end_offsets(partitions))
-        except KafkaError as exc:
-            backoff.wait("reading end offsets failed", exc)
-    return {}
-
-
-def _seek(
-    consumer: KafkaConsumer, sink: SqlSink, partitions: list[TopicPartition], from_beginning: bool
-) -> None:
-    """Position every partition at the database's next offset (or the beginning)."""
-    stored: dict[str, dict[int, int]] = {}
-    if not from_beginning:
-        stored = {t: sink.next_offsets(t) for t in {tp.topic for tp in partitions}}
-    fresh = []
-    for tp in partitions:
-        offset = stored.get(tp.topic, {}).get(tp.partition)
-        if offset is None:
-            fresh.append(tp)
-        else:
-            consumer.seek(tp, offset)
-    if fresh:
-        consumer.seek_to_beginning(*fresh)
-
-
-def _lag(consumer: KafkaConsumer, partitions: list[TopicPartition]) -> int | None:
-    total = 0
-    for tp in partitions:
-        high, position = consumer.highwater(tp), consumer.position(tp, timeout_ms=0)
-        if high is None or position is None:
-            return None
-        total += max(0, high - position)
-    return total
-
-
-def _apply(sink: SqlSink, polled: dict[TopicPartition, list[Any]], dead_topic: str) -> BatchStats:
+def _apply(sink: SqlSink, polled: Polled, dead_topic: str) -> BatchStats:
     return apply_records(sink, (Record(r.topic, r.partition, r.offset, r.key, r.value,
                                        r.timestamp) for batch in polled.values() for r in batch),
                          dead_topic)

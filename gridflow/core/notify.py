@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gridflow import events as ev
 from gridflow.core.refdata import ReferenceData
+from gridflow.core.retry import RetryPolicy
 from gridflow.events import Message, derived_id, parse_ts
 
 NOTIFY_FILE = "notify.json"
@@ -62,22 +62,8 @@ class Contact:
         return self.url if self.method == "webhook" else self.method
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Capped exponential backoff: first_s after the first failure, times factor after each."""
-
-    first_s: float = 30.0
-    max_s: float = 3600.0
-    factor: float = 2.0
-
-    def delay_s(self, fail_count: int) -> float:
-        """Seconds to wait after the `fail_count`-th failure in a row (1, 2, ...)."""
-        if fail_count < 1:
-            return 0.0
-        return float(min(self.max_s, self.first_s * self.factor ** (fail_count - 1)))
-
-    def next_attempt(self, failed_at: datetime, fail_count: int) -> datetime:
-        return failed_at + timedelta(seconds=self.delay_s(fail_count))
+# A failed send is tried again by this policy (notify.json "retry" overrides its numbers).
+SEND_RETRY = RetryPolicy("notify-send", first_s=30.0, max_s=3600.0)
 
 
 @dataclass(frozen=True)
@@ -89,7 +75,7 @@ class NotifyConfig:
     escalation_recipients: Mapping[str, str] = field(
         default_factory=lambda: dict(DEFAULT_ESCALATION_RECIPIENTS)
     )
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = SEND_RETRY
     timezone: str = "Asia/Shanghai"  # for the times in the notice text
     source: str = ""
 
@@ -361,9 +347,12 @@ def parse_notify_config(raw: Any, ref: ReferenceData, origin: str = "<notify con
     retry_raw = raw.get("retry", {})
     if not isinstance(retry_raw, Mapping) or set(retry_raw) - {"first_s", "max_s", "factor"}:
         raise fail("$.retry", 'must be {"first_s": s, "max_s": s, "factor": f}')
-    retry = RetryPolicy(**{k: _positive(v, f"$.retry.{k}", fail) for k, v in retry_raw.items()})
-    if retry.factor < 1 or retry.max_s < retry.first_s:
+    numbers = {"first_s": SEND_RETRY.first_s, "max_s": SEND_RETRY.max_s,
+               "factor": SEND_RETRY.factor}
+    numbers.update({k: _positive(v, f"$.retry.{k}", fail) for k, v in retry_raw.items()})
+    if numbers["factor"] < 1 or numbers["max_s"] < numbers["first_s"]:
         raise fail("$.retry", "factor must be >= 1 and max_s >= first_s")
+    retry = RetryPolicy(SEND_RETRY.name, **numbers)
     timezone = str(raw.get("timezone", "Asia/Shanghai"))
     try:
         ZoneInfo(timezone)

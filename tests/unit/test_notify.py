@@ -178,7 +178,7 @@ def test_a_missing_default_file_means_log_everything(tmp_path: Path):
 
 
 def test_retry_backoff_doubles_and_is_capped():
-    retry = RetryPolicy(first_s=30, max_s=3600)
+    retry = RetryPolicy("notify-send", first_s=30, max_s=3600)
     assert [retry.delay_s(n) for n in (1, 2, 3, 4, 8, 20)] == [30, 60, 120, 240, 3600, 3600]
     assert retry.next_attempt(T0, 2) == T0 + timedelta(seconds=60)
 
@@ -231,7 +231,7 @@ def records(events: list[Message], start: int = 0) -> list[Rec]:
 def test_notices_are_taken_in_once_and_retried_with_backoff_until_sent(engine):
     method, clock = FlakyMethod(failures=2), Clock()
     config = NotifyConfig(contacts={VILLAGE_DEPT: Contact("webhook", "http://x/hook")},
-                          retry=RetryPolicy(first_s=10, max_s=100))
+                          retry=RetryPolicy("notify-send", first_s=10, max_s=100))
     notifier = Notifier(engine, config, REF, {"webhook": method, "log": method}, clock=clock)
     try:
         _, events = history(filing())
