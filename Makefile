@@ -43,10 +43,12 @@ down: install
 status: install
 	$(BIN)/gridflow status
 
-# ruff over the whole tree, mypy over the packages
+# ruff over the whole tree, mypy over the packages, the layering contracts (pyproject.toml,
+# [tool.importlinter]: the core imports no adapter, the adapters not each other)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy $(TYPED)
+	$(BIN)/lint-imports --no-cache
 	@# pytest imports test modules by basename: two test files of one name stop collection
 	@dup=$$(find tests -name 'test_*.py' -printf '%f\n' | sort | uniq -d); \
 	  if [ -n "$$dup" ]; then echo "test files with the same name: $$dup" >&2; exit 1; fi
