@@ -54,8 +54,9 @@ Echo = Callable[[str], None]
               show_default=True,
               help="The workers' Kafka session timeout (how long a killed worker's partitions "
                    "wait before they are handed out again).")
-@click.option("--static/--dynamic", "static", default=False, show_default=True,
-              help="kill-worker: restart the worker under the same group instance id.")
+@click.option("--static/--dynamic", "static", default=True, show_default=True,
+              help="kill-worker: static group membership (the worker's default: restarted, "
+                   "it comes back under the same instance id) or dynamic.")
 @click.option("--split", is_flag=True,
               help="scale-out: pipeline and archive workers side by side.")
 @click.option("--seed", type=int, default=1, show_default=True)

@@ -207,19 +207,20 @@ def _audit(settings: Settings, report: KillReport, echo: Callable[[str], None]) 
 
 def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10.0,
         max_up_s: float = 12.0, sink_every: int = 3, session_timeout_s: float = 6.0,
-        static_membership: bool = False, audit: bool = True, catch_up_timeout_s: float = 240.0,
+        static_membership: bool = True, audit: bool = True, catch_up_timeout_s: float = 240.0,
         seed: int = 1,
         echo: Callable[[str], None] = print) -> KillReport:
     """Run the scenario on a fresh topic prefix and SQLite database; return its accounting.
 
-    `static_membership` restarts the worker under the same group instance id, so it takes
-    its partitions straight back instead of waiting out the session timeout."""
+    `static_membership` (the worker's default) restarts the worker under the same group
+    instance id (derived from its data directory), so it takes its partitions straight back
+    instead of waiting out the session timeout; False runs it with dynamic membership."""
     prefix = f"chaos-{uuid.uuid4().hex[:8]}"
     log_dir.mkdir(parents=True, exist_ok=True)
     settings = settings.with_(
         topic_prefix=prefix, database_url=f"sqlite:///{log_dir / (prefix + '.db')}",
         faust_data_dir=log_dir / "faust", worker_session_timeout_s=session_timeout_s,
-        worker_instance_id="chaos-worker-1" if static_membership else "")
+        worker_instance_id="" if static_membership else "dynamic")
     topics.ensure_topics(settings.kafka_bootstrap, prefix)
     rng = random.Random(seed)
     ref = load_reference_data(settings.refdata_dir)
@@ -286,6 +287,6 @@ def cli(settings: Settings, log_dir: Path, options: dict[str, Any],
     cycles = options.get("cycles") or (50 if options.get("full") else 12)
     result = run(settings, log_dir, cycles=cycles, rate=options.get("rate") or 10.0,
                  session_timeout_s=options.get("session_timeout") or 6.0,
-                 static_membership=bool(options.get("static")),
+                 static_membership=bool(options.get("static", True)),
                  seed=options.get("seed") or 1, echo=echo)
     return result.clean, result.lines()

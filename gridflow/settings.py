@@ -113,10 +113,16 @@ class Settings:
     # others (a worker killed without a goodbye stalls its partitions this long).
     worker_session_timeout_s: float = 60.0
     # Static group membership (Kafka KIP-345): a worker restarted under the same id takes its
-    # partitions straight back instead of waiting out the session timeout. Give each worker
-    # process of a group its own id (e.g. host name and role); empty: dynamic membership.
+    # partitions straight back instead of waiting out the session timeout; a cleanly stopped
+    # one leaves the group at once. Empty (the default): an id derived from the host, the role
+    # and the worker's own data directory (processors.tablestore.instance_id_for); "dynamic":
+    # dynamic membership; anything else: that id (each worker process of a group its own).
     worker_instance_id: str = ""
     faust_data_dir: Path | None = None
+    # Where the worker keeps its tables (processors.tablestore): "rocksdb" on local disk, kept
+    # across restarts (each worker process takes its own directory under faust_data_dir), or
+    # "memory", rebuilt from the changelogs at every start.
+    worker_store: str = "rocksdb"
 
     # Operators' view (gridflow.telemetry): the worker, the sink and the notifier each serve
     # Prometheus metrics on their own port (0: none) on `metrics_host`; the API serves them at
@@ -137,6 +143,8 @@ class Settings:
             object.__setattr__(self, "database_url", f"sqlite:///{self.state_dir / 'gridflow.db'}")
         if self.faust_data_dir is None:
             object.__setattr__(self, "faust_data_dir", self.state_dir / "faust")
+        if self.worker_store not in ("rocksdb", "memory"):
+            raise ValueError(f"GRIDFLOW_WORKER_STORE must be rocksdb or memory, got {self.worker_store!r}")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"GRIDFLOW_LOG_FORMAT must be text or json, got {self.log_format!r}")
 
@@ -202,6 +210,7 @@ def load_settings() -> Settings:
         calendar_dir=(Path(_env("CALENDAR_DIR", "")).expanduser() if _env("CALENDAR_DIR", "")
                       else None),
         faust_data_dir=Path(_env("FAUST_DATA_DIR", str(state_dir / "faust"))),
+        worker_store=_env("WORKER_STORE", base.worker_store),
         metrics_host=_env("METRICS_HOST", base.metrics_host),
         worker_metrics_port=_env_int("WORKER_METRICS_PORT", base.worker_metrics_port),
         sink_metrics_port=_env_int("SINK_METRICS_PORT", base.sink_metrics_port),
@@ -227,7 +236,7 @@ _ENV_FIELDS = {
     "dedupe_radius_m": "DEDUPE_RADIUS_M", "dedupe_window_hours": "DEDUPE_WINDOW_HOURS",
     "sink_fetch_wait_ms": "SINK_FETCH_WAIT_MS",
     "worker_session_timeout_s": "WORKER_SESSION_TIMEOUT_S",
-    "worker_instance_id": "WORKER_INSTANCE_ID",
+    "worker_instance_id": "WORKER_INSTANCE_ID", "worker_store": "WORKER_STORE",
     "session_idle_minutes": "SESSION_IDLE_MINUTES", "session_max_hours": "SESSION_MAX_HOURS",
     "cookie_secure": "COOKIE_SECURE", "frame_ancestors": "FRAME_ANCESTORS",
     "trusted_proxies": "TRUSTED_PROXIES",

@@ -5,7 +5,8 @@ redelivered input produces the same ids and the case processor / sinks drop the
 repeats. An agent that fails on something unexpected crashes the worker, loudly (mode's
 CrashingSupervisor): a restarted worker resumes from the last committed offset.
 Each agent owns one kind of state in a changelog-backed faust table,
-keyed like its source topic, so a restarted worker recovers it from Kafka.
+keyed like its source topic, so a restarted worker recovers it from Kafka (or, with the
+RocksDB store, from its local disk and the changelog written since: processors.tablestore).
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ from gridflow.retry import outage_policy, retry_async
 from gridflow.settings import Settings
 from processors import steps
 from processors.delivery import GridflowApp
+from processors.tablestore import (
+    GridflowTable,
+    consumer_instance_id,
+    store_url,
+    table_options,
+)
 
 log = logging.getLogger("gridflow.processors")
 
@@ -70,7 +77,8 @@ def build_app(rt: Runtime, app_id: str | None = None) -> GridflowApp:
         app_id or app_id_for(prefix, rt.pipeline),
         dense_topics=[spec.name(prefix) for spec in topics.CATALOGUE],
         broker=f"kafka://{s.kafka_bootstrap}",
-        store="memory://",
+        store=store_url(s.worker_store),
+        Table=GridflowTable,
         topic_partitions=topics.CASE_PARTITIONS,
         key_serializer="raw",
         value_serializer="raw",
@@ -87,7 +95,7 @@ def build_app(rt: Runtime, app_id: str | None = None) -> GridflowApp:
         producer_linger=0.005,
         broker_session_timeout=s.worker_session_timeout_s,
         broker_heartbeat_interval=min(3.0, s.worker_session_timeout_s / 3),
-        consumer_group_instance_id=s.worker_instance_id or None,
+        consumer_group_instance_id=consumer_instance_id(s.worker_instance_id),
     )
 
     def topic(spec: topics.TopicSpec) -> faust.TopicT:
@@ -108,8 +116,11 @@ def build_app(rt: Runtime, app_id: str | None = None) -> GridflowApp:
 def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
     """Intake, filing and the case processor: report → located → command → case events."""
     s = rt.settings
-    recent_cases = app.Table("recent-cases", default=None, partitions=topics.CASE_PARTITIONS)
-    cases = app.Table("cases", default=None, partitions=topics.CASE_PARTITIONS)
+    kind = s.worker_store
+    recent_cases = app.Table("recent-cases", default=None, partitions=topics.CASE_PARTITIONS,
+                             options=table_options(kind))
+    cases = app.Table("cases", default=None, partitions=topics.CASE_PARTITIONS,
+                      options=table_options(kind))
 
     names = {suffix: topic.get_topic_name() for suffix, topic in t.items()}
 

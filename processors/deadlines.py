@@ -24,6 +24,7 @@ from gridflow.core.deadlines import DeadlineBook, DueItem, command_for, follow_e
 from gridflow.core.sla import SlaPolicy
 from gridflow.events import iso, parse_ts
 from processors.app import CrashingSupervisor
+from processors.tablestore import table_options
 
 log = logging.getLogger("gridflow.deadlines")
 
@@ -41,8 +42,11 @@ class DeadlineRuntime:
 
     def install(self, app: faust.App, t: dict[str, Any], rt: Any) -> None:
         prefix = rt.settings.topic_prefix
-        entries = app.Table("deadline-entries", partitions=t["case-events"].partitions)
-        buckets = app.Table("deadline-buckets", partitions=t["case-events"].partitions)
+        kind = rt.settings.worker_store
+        entries = app.Table("deadline-entries", partitions=t["case-events"].partitions,
+                            options=table_options(kind))
+        buckets = app.Table("deadline-buckets", partitions=t["case-events"].partitions,
+                            options=table_options(kind))
         source = app.topic(f"{prefix}.case-events", f"{prefix}.deadline-ticks",
                            key_type=bytes, value_type=bytes, key_serializer="raw",
                            value_serializer="raw")

@@ -111,6 +111,35 @@ def contiguous_commit(acked: list[int], base: int) -> tuple[int | None, int]:
     return base + n, stale + n
 
 
+class GridflowConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """A static member that leaves the group when it stops cleanly.
+
+    aiokafka sends no LeaveGroup for a static member (KIP-345: a restart under the same
+    `group.instance.id` gets its partitions back without a rebalance), so a worker stopped on
+    purpose would hold its partitions until the session timeout ran out. On a clean stop this
+    consumer forgets its instance id just before closing, so aiokafka sends LeaveGroup with
+    the member id, which the group coordinator accepts for a static member too: the group
+    rebalances at once and the other workers take the partitions. A killed worker sends
+    nothing; restarted under the same instance id, it takes its partitions straight back.
+    """
+
+    def _leave_on_close(self) -> None:
+        consumer = self._consumer
+        coordinator = getattr(consumer, "_coordinator", None) if consumer is not None else None
+        if coordinator is not None and getattr(coordinator, "_group_instance_id", None):
+            log.info("leaving the consumer group (static member %s)",
+                     coordinator._group_instance_id)
+            coordinator._group_instance_id = None
+
+    def close(self) -> None:
+        self._leave_on_close()
+        super().close()
+
+    async def on_thread_stop(self) -> None:
+        self._leave_on_close()
+        await super().on_thread_stop()
+
+
 class GridflowConsumer(faust_aiokafka.Consumer):
     """faust's aiokafka consumer with strict, dense-offset commits for gridflow's topics."""
 
@@ -119,6 +148,9 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         self._base: dict[TP, int] = {}
         self._hole_since: dict[TP, float] = {}
         self._rewinding: set[TP] = set()
+
+    def _new_consumer_thread(self) -> GridflowConsumerThread:
+        return GridflowConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def _dense(self, tp: TP) -> bool:
         return tp.topic in getattr(self.app, "dense_topics", frozenset())

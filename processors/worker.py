@@ -19,6 +19,7 @@ from gridflow.core.sla import SlaPlanner, load_bundled_policy
 from gridflow.objectstore import make_client
 from gridflow.settings import Settings, load_settings
 from processors.app import ROLES, Runtime, app_id_for, build_app, clock_for
+from processors.tablestore import claim_data_dir, resolve_instance_id
 
 log = logging.getLogger("gridflow.worker")
 
@@ -70,8 +71,17 @@ def run_worker(settings: Settings, loglevel: str = "warning", role: str = "all")
     from gridflow import telemetry, topics
 
     topics.ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
-    app = build_app(runtime_for_role(settings, role))
     group = app_id_for(settings.topic_prefix, role != "archive")  # faust's group is its app id
+    # This process's own data directory (its RocksDB files), kept while it lives.
+    assert settings.faust_data_dir is not None  # Settings fills it in
+    data_dir = claim_data_dir(settings.faust_data_dir, group)
+    # Static group membership by default: a worker restarted after a crash takes its
+    # partitions straight back; a clean stop leaves the group (processors.delivery).
+    instance_id = resolve_instance_id(settings.worker_instance_id, role, data_dir)
+    settings = settings.with_(faust_data_dir=data_dir, worker_instance_id=instance_id)
+    log.info("worker data directory %s (store: %s), group member %s", data_dir,
+             settings.worker_store, instance_id)
+    app = build_app(runtime_for_role(settings, role))
     telemetry.serve_metrics(settings.worker_metrics_port, settings.metrics_host,
                             telemetry.PipelineCollector(settings, consumers=(
                                 telemetry.worker_consumer(group, role == "archive"),)))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import click
 import pytest
 
 from gridflow.settings import load_settings
 from processors.app import build_app
+from processors.delivery import GridflowConsumerThread
+from processors.tablestore import consumer_instance_id, instance_id_for, resolve_instance_id
 from processors.worker import runtime_for_role
 
 
@@ -49,6 +53,28 @@ def test_group_membership_settings_reach_the_consumer(monkeypatch):
     assert app.conf.consumer_group_instance_id == "host1-pipeline"
     assert app.conf.broker_session_timeout == 9.0
     assert app.conf.broker_heartbeat_interval == 3.0
-    default = build_app(runtime_for_role(load_settings().with_(
-        topic_prefix="roles", worker_instance_id=""), "pipeline"))
-    assert default.conf.consumer_group_instance_id is None  # dynamic membership
+    dynamic = build_app(runtime_for_role(load_settings().with_(
+        topic_prefix="roles", worker_instance_id="dynamic"), "pipeline"))
+    assert dynamic.conf.consumer_group_instance_id is None  # dynamic membership
+
+
+def test_static_membership_is_the_default_with_an_id_of_the_worker_s_own(tmp_path):
+    data_dir = tmp_path / "roles-processor" / "w0"
+    derived = resolve_instance_id("", "pipeline", data_dir)
+    assert derived == instance_id_for("pipeline", data_dir)  # host, role, data directory
+    assert resolve_instance_id("dynamic", "pipeline", data_dir) == "dynamic"
+    assert resolve_instance_id("host1-pipeline", "pipeline", data_dir) == "host1-pipeline"
+    assert consumer_instance_id(derived) == derived
+    assert consumer_instance_id("dynamic") is None and consumer_instance_id("") is None
+
+
+def test_a_static_member_forgets_its_instance_id_when_it_stops_cleanly():
+    # so aiokafka sends LeaveGroup (it sends none for a static member) and the group hands
+    # the partitions over at once
+    class Coordinator:
+        _group_instance_id = "host1-pipeline-0123456789"
+
+    thread = GridflowConsumerThread.__new__(GridflowConsumerThread)
+    thread._consumer = SimpleNamespace(_coordinator=Coordinator())
+    thread._leave_on_close()
+    assert thread._consumer._coordinator._group_instance_id is None

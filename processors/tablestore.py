@@ -1,0 +1,233 @@
+"""Where the worker's faust tables live: in memory (rebuilt from the changelogs at every start)
+or in RocksDB on local disk (through rocksdict), kept across restarts.
+
+RocksDB (GRIDFLOW_WORKER_STORE=rocksdb, the default) keeps each table partition in a RocksDB
+database under the worker's own data directory, with the changelog offset it holds. A restart
+on the same machine reads only the changelog records written after that offset; on a new
+machine (an empty directory) faust restores the whole changelog, as it does for the memory
+store.
+
+**Local state never runs ahead of the changelog.** faust's RocksDB store writes a table change
+to RocksDB at once and sends it to the changelog afterwards. A worker killed with SIGKILL in
+between would come back with a state the changelog never saw: the case processor would find
+the command it was working on already decided (`CaseState.recent_commands`) and drop it when
+it is read again, so the events it decided would never be sent. `AckedRocksStore` holds every
+change in memory (`_pending`, read first) until the changelog acknowledges it, then writes the
+acknowledged value and its changelog offset to RocksDB in one batch. RocksDB therefore holds
+exactly a prefix of the changelog, as the memory store does after a restore, and the delivery
+guarantees of processors.delivery hold unchanged.
+
+**One data directory per worker process.** `claim_data_dir` takes the first free slot
+`<faust_data_dir>/<app id>/w<N>` under an exclusive lock held for the life of the process
+(released by the kernel when the process dies, SIGKILL included), so two workers on one
+machine never share RocksDB files, and a worker restarted at once gets its own slot — and its
+local state — back.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.stores import rocksdb as faust_rocksdb
+from faust.streams import current_event
+from faust.types import TP
+
+log = logging.getLogger("gridflow.tablestore")
+
+STORES = ("rocksdb", "memory")
+
+# RocksDB options per table partition. faust's defaults (64 MiB write buffers, 3 of them, a
+# 2 GiB block cache) are sized for one big table per process; the worker opens one database
+# per table and partition (5 tables x 4 partitions), whose memtables alone could then take
+# gigabytes. Small buffers keep the worker's memory flat whatever the size of its state.
+ROCKSDB_OPTIONS: dict[str, int] = {
+    "write_buffer_size": 4 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "target_file_size_base": 16 * 1024 * 1024,
+    "block_cache_size": 8 * 1024 * 1024,
+}
+
+
+def store_url(kind: str) -> str:
+    if kind not in STORES:
+        raise ValueError(f"GRIDFLOW_WORKER_STORE must be one of {', '.join(STORES)}, got {kind!r}")
+    return f"{kind}://"
+
+
+def table_options(kind: str) -> dict[str, Any] | None:
+    """A fresh options dict for one table (faust's RocksDB store pops keys out of it)."""
+    return dict(ROCKSDB_OPTIONS) if kind == "rocksdb" else None
+
+
+class AckedRocksStore(faust_rocksdb.Store):
+    """faust's RocksDB store whose disk state trails the changelog (see the module doc)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # key -> [partition, latest value (None: deleted), changes not yet acknowledged]
+        self._pending: dict[bytes, list[Any]] = {}
+
+    # --- changes wait in memory until the changelog has them ----------------------------
+
+    def _note(self, key: bytes, value: bytes | None) -> None:
+        event = current_event()
+        if event is None:
+            raise RuntimeError("a table change needs the event being processed (its partition)")
+        entry = self._pending.get(key)
+        if entry is None:
+            self._pending[key] = [event.message.partition, value, 1]
+        else:
+            entry[0], entry[1], entry[2] = event.message.partition, value, entry[2] + 1
+
+    def _set(self, key: bytes, value: bytes | None) -> None:
+        self._note(key, value)
+
+    def _del(self, key: bytes) -> None:
+        self._note(key, None)
+
+    def on_changelog_acked(self, partition: int, offset: int, key: bytes | None,
+                           value: bytes | None) -> None:
+        """The changelog holds `key` = `value` (None: a tombstone) at `offset`: write it, and
+        the offset, to the partition's database in one batch."""
+        batch = faust_rocksdb.rocksdict.WriteBatch(raw_mode=True)
+        if key is not None:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        batch.put(self.offset_key, str(offset).encode())
+        self._db_for_partition(partition).write(batch)
+        if key is not None:
+            entry = self._pending.get(key)
+            if entry is not None:
+                entry[2] -= 1
+                if entry[2] <= 0:
+                    del self._pending[key]
+            self._key_index[key] = partition
+
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    # --- reads see the latest change -----------------------------------------------------
+
+    def _get(self, key: bytes) -> bytes | None:
+        entry = self._pending.get(key)
+        if entry is not None:
+            return entry[1]  # type: ignore[no-any-return]
+        return super()._get(key)  # type: ignore[no-any-return]
+
+    def _contains(self, key: bytes) -> bool:
+        entry = self._pending.get(key)
+        if entry is not None:
+            return entry[1] is not None
+        return super()._contains(key)  # type: ignore[no-any-return]
+
+    def _iteritems(self) -> Iterator[tuple[bytes, bytes]]:
+        pending = dict(self._pending)
+        for key, entry in pending.items():
+            if entry[1] is not None:
+                yield key, entry[1]
+        for key, value in super()._iteritems():
+            if key not in pending:
+                yield key, value
+
+    def _iterkeys(self) -> Iterator[bytes]:
+        for key, _ in self._iteritems():
+            yield key
+
+    def _itervalues(self) -> Iterator[bytes]:
+        for _, value in self._iteritems():
+            yield value
+
+    def _size(self) -> int:
+        return sum(1 for _ in self._iteritems())
+
+    def revoke_partitions(self, table: Any, tps: set[TP]) -> None:
+        gone = {tp.partition for tp in tps if tp.topic in table.changelog_topic.topics}
+        for key in [k for k, e in self._pending.items() if e[0] in gone]:
+            del self._pending[key]
+        super().revoke_partitions(table, tps)
+
+
+class GridflowTable(faust.Table):
+    """A faust table whose RocksDB store is `AckedRocksStore`."""
+
+    def _new_store_by_url(self, url: Any) -> Any:
+        if str(url).startswith("rocksdb:"):
+            return AckedRocksStore(
+                url, self.app, self, table_name=self.name, key_type=self.key_type,
+                key_serializer=self.key_serializer, value_serializer=self.value_serializer,
+                value_type=self.value_type, loop=self.loop, options=self.options)
+        return super()._new_store_by_url(url)
+
+    def _on_changelog_sent(self, fut: Any) -> None:
+        data = self.data
+        if not isinstance(data, AckedRocksStore):
+            super()._on_changelog_sent(fut)
+            return
+        if fut.cancelled() or fut.exception() is not None:
+            return  # nothing reached the changelog: the ledger fails the next commit
+        res = fut.result()
+        message = fut.message
+        data.on_changelog_acked(res.topic_partition.partition, res.offset, message.key,
+                                message.value)
+
+
+# --- the worker's own data directory, and the identity derived from it ------------------
+
+_held: list[int] = []  # lock file descriptors, kept open for the life of the process
+
+
+def claim_data_dir(base: Path, app_id: str, max_slots: int = 64) -> Path:
+    """The first slot `<base>/<app_id>/w<N>` no other live process holds, locked for the life
+    of this process. A worker restarted after a crash gets the slot it had (its lock died with
+    it) as long as the other workers of the machine keep theirs."""
+    root = Path(base) / app_id
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(max_slots):
+        fd = os.open(root / f"w{n}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _held.append(fd)
+        slot = root / f"w{n}"
+        slot.mkdir(exist_ok=True)
+        return slot
+    raise RuntimeError(f"no free worker data directory under {root} ({max_slots} in use)")
+
+
+def instance_id_for(role: str, data_dir: Path, host: str | None = None) -> str:
+    """A static group instance id unique per worker process: the host, the role and a digest
+    of the worker's data directory (which `claim_data_dir` gives one live process at a time)."""
+    host = host or socket.gethostname()
+    digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:10]
+    safe_host = "".join(c if c.isalnum() or c in "._-" else "-" for c in host)[:100]
+    return f"{safe_host}-{role}-{digest}"
+
+
+DYNAMIC = "dynamic"
+
+
+def resolve_instance_id(setting: str, role: str, data_dir: Path) -> str:
+    """GRIDFLOW_WORKER_INSTANCE_ID as the worker uses it: empty (the default) derives a static
+    instance id from host, role and data directory (`instance_id_for`); "dynamic" asks for
+    dynamic membership (returned as is, see `consumer_instance_id`); anything else is used as
+    given (then each worker process of the group needs its own)."""
+    value = setting.strip()
+    return instance_id_for(role, data_dir) if not value else value
+
+
+def consumer_instance_id(setting: str) -> str | None:
+    """The consumer's group.instance.id for a resolved setting: None for dynamic membership."""
+    value = setting.strip()
+    return None if value in ("", DYNAMIC) else value

@@ -1,0 +1,149 @@
+"""The worker's RocksDB table store (processors.tablestore): disk state trails the changelog,
+reads see the latest change, each worker process gets a data directory of its own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import weakref
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.streams import _current_event
+from faust.types import TP
+
+from gridflow.settings import Settings, load_settings
+from processors.app import build_app
+from processors.tablestore import (
+    AckedRocksStore,
+    claim_data_dir,
+    instance_id_for,
+    store_url,
+    table_options,
+)
+from processors.worker import runtime_for_role
+
+
+def _app(tmp_path: Path, store: str = "rocksdb") -> Any:
+    settings = load_settings().with_(topic_prefix="tstore", faust_data_dir=tmp_path / "data",
+                                     worker_store=store)
+    return build_app(runtime_for_role(settings, "pipeline"))
+
+
+class _Event:
+    def __init__(self, partition: int) -> None:
+        self.message = SimpleNamespace(partition=partition)
+
+
+def _in_event(partition: int) -> _Event:
+    event = _Event(partition)
+    _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+    return event  # the caller keeps it alive while the weak reference is used
+
+
+def _ack(table: Any, partition: int, offset: int, key: str, value: Any) -> None:
+    store = table.data
+    store.on_changelog_acked(partition, offset, store._encode_key(key),
+                             None if value is None else store._encode_value(value))
+
+
+def _on_disk(table: Any, partition: int, key: str) -> Any:
+    store = table.data
+    raw = store._db_for_partition(partition).get(store._encode_key(key))
+    return None if raw is None else store._decode_value(raw)
+
+
+def test_the_store_setting_chooses_rocksdb_or_memory(tmp_path):
+    assert _app(tmp_path).conf.store.scheme == "rocksdb"
+    assert _app(tmp_path, "memory").conf.store.scheme == "memory"
+    assert table_options("memory") is None
+    assert table_options("rocksdb")["write_buffer_size"] <= 8 * 1024 * 1024
+    with pytest.raises(ValueError, match="GRIDFLOW_WORKER_STORE"):
+        store_url("redis")
+    with pytest.raises(ValueError, match="GRIDFLOW_WORKER_STORE"):
+        Settings(worker_store="disk")
+    assert Settings().worker_store == "rocksdb"  # the production default
+
+
+def test_a_change_reaches_disk_only_once_the_changelog_has_it(tmp_path):
+    app = _app(tmp_path)
+    cases = app.tables["cases"]
+    assert isinstance(cases.data, AckedRocksStore)
+    event = _in_event(2)
+    cases.data["AJ1"] = {"seq": 1}
+    assert cases.data["AJ1"] == {"seq": 1}  # read back at once (from memory)
+    assert _on_disk(cases, 2, "AJ1") is None  # a SIGKILL now loses nothing the log has
+    assert cases.data.persisted_offset(TP("x", 2)) is None
+    cases.data["AJ1"] = {"seq": 2}  # a second change before the first is acknowledged
+    _ack(cases, 2, 10, "AJ1", {"seq": 1})
+    assert _on_disk(cases, 2, "AJ1") == {"seq": 1}
+    assert cases.data["AJ1"] == {"seq": 2}  # the unacknowledged change still wins
+    assert cases.data.persisted_offset(TP("x", 2)) == 10
+    _ack(cases, 2, 11, "AJ1", {"seq": 2})
+    assert cases.data.pending_count() == 0
+    assert _on_disk(cases, 2, "AJ1") == {"seq": 2}
+    assert cases.data.persisted_offset(TP("x", 2)) == 11
+    del event
+
+
+def test_a_delete_is_a_change_like_any_other(tmp_path):
+    app = _app(tmp_path)
+    cases = app.tables["cases"]
+    event = _in_event(0)
+    cases.data["AJ2"] = {"seq": 5}
+    _ack(cases, 0, 3, "AJ2", {"seq": 5})
+    del cases.data["AJ2"]
+    assert "AJ2" not in cases.data and cases.data.get("AJ2") is None
+    assert _on_disk(cases, 0, "AJ2") == {"seq": 5}  # until the tombstone is acknowledged
+    _ack(cases, 0, 4, "AJ2", None)
+    assert _on_disk(cases, 0, "AJ2") is None
+    assert "AJ2" not in cases.data
+    del event
+
+
+def test_changes_of_a_partition_given_away_are_forgotten(tmp_path):
+    app = _app(tmp_path)
+    cases = app.tables["cases"]
+    event = _in_event(1)
+    cases.data["AJ3"] = {"seq": 1}
+    topic = cases.changelog_topic.get_topic_name()
+    cases.data.revoke_partitions(cases, {TP(topic, 1)})
+    assert cases.data.pending_count() == 0
+    del event
+
+
+def test_the_changelog_value_and_the_stored_bytes_are_the_same_encoding(tmp_path):
+    # on_changelog_acked writes the changelog message's own key and value bytes: they must be
+    # what the store itself encodes, or a restart would read keys the agents never look up.
+    app = _app(tmp_path)
+    cases = app.tables["cases"]
+    key, value = "AJ20261203-ABCDEFGH", {"case_id": "x", "tasks": {"t": {"a": 1}}}
+    fut = cases.changelog_topic.as_future_message(
+        key=key, value=value, partition=0, key_serializer=cases.key_serializer,
+        value_serializer=cases.value_serializer)
+    assert fut.message.key == cases.data._encode_key(key)
+    assert fut.message.value == cases.data._encode_value(value)
+
+
+def test_each_worker_process_claims_its_own_data_directory(tmp_path):
+    # a second process on the machine cannot take the slot this one holds
+    first = claim_data_dir(tmp_path, "g-processor")
+    code = ("import sys; from pathlib import Path; from processors.tablestore import "
+            "claim_data_dir; print(claim_data_dir(Path(sys.argv[1]), 'g-processor'))")
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert Path(other) != first and Path(other).parent == first.parent
+    # ... and once it is gone, its slot is free for the next one (a restart gets it back)
+    again = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert again == other
+
+
+def test_the_instance_id_follows_host_role_and_data_directory(tmp_path):
+    a = instance_id_for("pipeline", tmp_path / "w0", host="node 1")
+    assert a == instance_id_for("pipeline", tmp_path / "w0", host="node 1")
+    assert a.startswith("node-1-pipeline-")
+    assert a != instance_id_for("pipeline", tmp_path / "w1", host="node 1")
+    assert a != instance_id_for("archive", tmp_path / "w0", host="node 1")
