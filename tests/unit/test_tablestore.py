@@ -120,11 +120,11 @@ def test_the_changelog_value_and_the_stored_bytes_are_the_same_encoding(tmp_path
     app = _app(tmp_path)
     cases = app.tables["cases"]
     key, value = "AJ20261203-ABCDEFGH", {"case_id": "x", "tasks": {"t": {"a": 1}}}
-    fut = cases.changelog_topic.as_future_message(
-        key=key, value=value, partition=0, key_serializer=cases.key_serializer,
-        value_serializer=cases.value_serializer)
-    assert fut.message.key == cases.data._encode_key(key)
-    assert fut.message.value == cases.data._encode_value(value)
+    topic = cases.changelog_topic  # what send_changelog serializes the message with
+    sent_key, _ = topic.prepare_key(key, cases.key_serializer)
+    sent_value, _ = topic.prepare_value(value, cases.value_serializer)
+    assert sent_key == cases.data._encode_key(key)
+    assert sent_value == cases.data._encode_value(value)
 
 
 def test_each_worker_process_claims_its_own_data_directory(tmp_path):
