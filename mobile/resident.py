@@ -4,7 +4,7 @@ call-back (回访) and gets a ticket to follow at `/r/t/<ticket>`.
 
 Works without JavaScript (a plain multipart form, answered by a redirect to the ticket page);
 resident.js only adds: photos scaled down on the phone, an inline error summary.
-Guarantee: as the workers' upload (producers.reports): the ticket is shown only after the
+Guarantee: as the workers' upload (producers.submission): the ticket is shown only after the
 report is on the log; the report id is made when the form is shown, so the same form sent
 twice is one report; a refusal re-shows the form with what was typed and the reason in
 Chinese.
@@ -31,7 +31,8 @@ from producers.context import Context, ctx
 from producers.errors import ApiError
 from producers.multipart import MultipartError, MultipartReader
 from producers.open311 import resident_id
-from producers.reports import (
+from producers.status import open311_request
+from producers.submission import (
     Submission,
     conflict,
     finalize,
@@ -40,7 +41,6 @@ from producers.reports import (
     request_hash,
     settled,
 )
-from producers.status import open311_request
 from producers.uploads import PhotoLimits, PhotoUpload, Received
 
 router = APIRouter(tags=["residents 码上说"])
@@ -125,7 +125,7 @@ def extra_data(place: Place, fields: dict[str, str]) -> dict[str, Any]:
 
 
 class ResidentSubmission(Submission):
-    """producers.reports.Submission, with the contact and place kept in the event."""
+    """producers.submission.Submission, with the contact and place kept in the event."""
 
     def __init__(self, *args: Any, extra: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -37,13 +37,13 @@ from producers.context import Context, ctx
 from producers.errors import ApiError
 from producers.publisher import PublishError
 from producers.reports import (
-    NotPublished,
     multipart_doc,
     read_json_part,
     receive_photos,
     with_multipart,
 )
 from producers.status import case_township
+from producers.submission import NotPublished
 from producers.uploads import PhotoUpload
 
 router = APIRouter(tags=["commands 任务指令"])

@@ -47,8 +47,8 @@ from gridflow.core.refdata import ReferenceData
 from gridflow.events import derived_id, iso
 from producers.context import Context, ctx
 from producers.errors import ApiError
-from producers.reports import claim, publish_report, replay, request_hash
 from producers.status import Open311Error, Open311Filters, open311_request, open311_requests
+from producers.submission import claim, publish_report, replay, request_hash
 
 router = APIRouter(tags=["open311 群众诉求 (GeoReport v2)"])
 

@@ -164,7 +164,7 @@ class PhotoUpload:
 
     def put_photo(self, photo: Received) -> PhotoRef:
         """Inspect a photo `read` returned and store it; the ref of what was stored. Blocking:
-        call it from a worker thread (see producers.reports.Submission)."""
+        call it from a worker thread (see producers.submission.Submission)."""
         data, sha = photo.data, photo.sha256
         try:
             info = self.inspect(data, sha)

@@ -23,7 +23,7 @@ from gridflow.events import derived_id
 from producers.commands import command_id_for, publish_command
 from producers.context import Context
 from producers.errors import ApiError
-from producers.reports import NotPublished
+from producers.submission import NotPublished
 from producers.uploads import PhotoUpload, Received
 from workbench.casefile import COMMAND_ZH, outcomes
 from workbench.web import new_form_key

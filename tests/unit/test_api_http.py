@@ -132,7 +132,7 @@ def test_accepted_report_uses_the_injected_clock(api: Api) -> None:
 def test_a_one_photo_report_does_its_blocking_work_in_one_thread_hop(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from producers import reports, uploads
+    from producers import reports, submission, uploads
 
     hops: list[str] = []
 
@@ -146,6 +146,7 @@ def test_a_one_photo_report_does_its_blocking_work_in_one_thread_hop(
         return hop
 
     monkeypatch.setattr(reports, "run_in_threadpool", counting(reports))
+    monkeypatch.setattr(submission, "run_in_threadpool", counting(submission))
     monkeypatch.setattr(uploads, "run_in_threadpool", counting(uploads))
     assert api.upload(report(), [JPEG]).status_code == 202
     assert hops == ["Submission.run"], "claim, check, put, publish and receipt: one hop"

@@ -12,7 +12,7 @@ from accounts.roles import GRID_WORKER, Grant, Principal
 from gridflow.core import intake, photos
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import PhotoRef
-from producers import commands, open311, reports, status
+from producers import commands, open311, reports, status, submission
 from producers.errors import ApiError
 from producers.status import Open311Error
 from producers.uploads import rejected
@@ -68,7 +68,7 @@ def test_the_api_sets_who_reports_and_what_photos_there_are() -> None:
 
 def test_event_data_is_normalised_and_keeps_the_full_reporter() -> None:
     data = reports.worker_report_data(client_report(address="石门村村口"), WORKER)
-    out = reports.finalize(data, photo_refs(2), NOW)
+    out = submission.finalize(data, photo_refs(2), NOW)
     assert out["reporter"] == "worker:GW0001@421099101201001"
     assert out["description"] == "垃圾满溢" and out["captured_at"] == "2026-11-23T09:20:00.000000Z"
     assert [p["role"] for p in out["photos"]] == ["before", "before"]
@@ -99,10 +99,10 @@ def test_intake_refusals_become_422_naming_the_field(overrides: dict[str, Any], 
 def test_a_grid_worker_report_carries_one_to_nine_photos(count: int, ok: bool) -> None:
     data = reports.worker_report_data(client_report(), WORKER)
     if ok:
-        assert len(reports.finalize(data, photo_refs(count), NOW)["photos"]) == count
+        assert len(submission.finalize(data, photo_refs(count), NOW)["photos"]) == count
     else:
         with pytest.raises(ApiError) as err:
-            reports.finalize(data, photo_refs(count), NOW)
+            submission.finalize(data, photo_refs(count), NOW)
         assert (err.value.status, err.value.field) == (422, "photos")
 
 
@@ -115,15 +115,15 @@ def test_malformed_report_parts_are_400() -> None:
 
 
 def test_request_hash_ignores_key_order_but_not_the_reporter() -> None:
-    a = reports.request_hash("worker:A", {"x": 1, "y": "二"})
-    assert a == reports.request_hash("worker:A", {"y": "二", "x": 1})
-    assert a != reports.request_hash("worker:B", {"x": 1, "y": "二"})
+    a = submission.request_hash("worker:A", {"x": 1, "y": "二"})
+    assert a == submission.request_hash("worker:A", {"y": "二", "x": 1})
+    assert a != submission.request_hash("worker:B", {"x": 1, "y": "二"})
 
 
 def test_the_event_id_depends_on_the_report_id_only() -> None:
-    data = reports.finalize(reports.worker_report_data(client_report(), WORKER), photo_refs(1), NOW)
-    first = reports.report_submitted(data, NOW)
-    later = reports.report_submitted(data, NOW + timedelta(minutes=5))
+    data = submission.finalize(reports.worker_report_data(client_report(), WORKER), photo_refs(1), NOW)
+    first = submission.report_submitted(data, NOW)
+    later = submission.report_submitted(data, NOW + timedelta(minutes=5))
     assert first.id == later.id and first.type == "ReportSubmitted" and first.case_id == ""
     assert first.actor == data["reporter"]
 
@@ -442,11 +442,11 @@ def test_the_phones_own_facts_travel_with_the_report_cleaned() -> None:
     sent = client_report(location_accuracy_m=12.34, location_source="gps", photo_exif=[
         {"taken_at": "2026-11-23T09:18:00+08:00", "lat": 32.16, "lon": 109.96},
         {"taken_at": 7, "lat": "north", "lon": 999}, "junk"])
-    out = reports.finalize(reports.worker_report_data(sent, WORKER), photo_refs(1), NOW)
+    out = submission.finalize(reports.worker_report_data(sent, WORKER), photo_refs(1), NOW)
     assert out["device"] == {"location_accuracy_m": 12.3, "location_source": "gps", "photo_exif": [
         {"taken_at": "2026-11-23T09:18:00+08:00", "lat": 32.16, "lon": 109.96},
         {"taken_at": None, "lat": None, "lon": None},
         {"taken_at": None, "lat": None, "lon": None}]}
-    plain = reports.finalize(reports.worker_report_data(client_report(location_source="x"),
+    plain = submission.finalize(reports.worker_report_data(client_report(location_source="x"),
                                                         WORKER), photo_refs(1), NOW)
     assert "device" not in plain
