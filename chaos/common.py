@@ -77,7 +77,7 @@ def new_place(settings: Settings, log_dir: Path, tag: str) -> RunPlace:
         topic_prefix=prefix, database_url=url, faust_data_dir=log_dir / "faust",
         api_port=free_port(), worker_metrics_port=free_port(), sink_metrics_port=free_port(),
         notify_metrics_port=free_port())
-    topics.ensure_topics(settings.kafka_bootstrap, prefix)
+    topics.ensure_topics(settings.kafka_bootstrap, prefix, replication=settings.kafka_replication)
     return RunPlace(run, admin, name)
 
 

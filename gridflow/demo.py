@@ -507,7 +507,8 @@ def demo(reports: int, rate: float, speed: float, days: float, database: str | N
     settings = base.with_(topic_prefix=run_id, database_url=db_url, clock=spec,
                           faust_data_dir=run_dir / "faust")
     clock = clock_from_spec(spec)
-    topics.ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
+    topics.ensure_topics(settings.kafka_bootstrap, settings.topic_prefix,
+                         replication=settings.kafka_replication)
     engine = make_engine(db_url)
     create_schema(engine)
     ref = load_reference_data(settings.refdata_dir)

@@ -43,6 +43,14 @@ class Settings:
     # Kafka
     kafka_bootstrap: str = "127.0.0.1:19092"
     kafka_controller_port: int = 19093
+    # Nodes of the local Kafka cluster `gridflow up` runs (KRaft, each broker + controller):
+    # 1, or 3 for the production shape (node i listens on the bootstrap's port + 2(i-1), its
+    # controller on kafka_controller_port + 2(i-1)).
+    kafka_brokers: int = 1
+    # Replication factor of the topics gridflow and faust create; 0: what fits the cluster
+    # (3 on three brokers or more, else the number of brokers). min.insync.replicas follows it
+    # (2 for 3 replicas), so a write acknowledged with acks=all is on two brokers at least.
+    kafka_replication: int = 0
     topic_prefix: str = "gridflow"
 
     # Object storage (MinIO or any S3)
@@ -145,6 +153,11 @@ class Settings:
             object.__setattr__(self, "faust_data_dir", self.state_dir / "faust")
         if self.worker_store not in ("rocksdb", "memory"):
             raise ValueError(f"GRIDFLOW_WORKER_STORE must be rocksdb or memory, got {self.worker_store!r}")
+        if self.kafka_brokers < 1:
+            raise ValueError(f"GRIDFLOW_KAFKA_BROKERS must be at least 1, got {self.kafka_brokers}")
+        if self.kafka_replication < 0:
+            raise ValueError("GRIDFLOW_KAFKA_REPLICATION must be 0 (auto) or more, "
+                             f"got {self.kafka_replication}")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"GRIDFLOW_LOG_FORMAT must be text or json, got {self.log_format!r}")
 
@@ -155,6 +168,21 @@ class Settings:
             f"postgresql+psycopg://{self.postgres_user}@127.0.0.1:{self.postgres_port}/"
             f"{self.postgres_db}"
         )
+
+    def kafka_nodes(self) -> list[tuple[str, str]]:
+        """(broker address, controller address) of each node of the local Kafka cluster, from
+        the first bootstrap address and the controller port, two ports apart per node."""
+        host, port = self.kafka_bootstrap.split(",")[0].strip().rsplit(":", 1)
+        return [(f"{host}:{int(port) + 2 * i}", f"{host}:{self.kafka_controller_port + 2 * i}")
+                for i in range(self.kafka_brokers)]
+
+    def with_brokers(self, count: int) -> Settings:
+        """These settings for a local cluster of `count` nodes: clients bootstrap from every
+        node (a client started while one is down still finds the others)."""
+        shaped = replace(self, kafka_brokers=count)
+        if count > 1 and "," not in self.kafka_bootstrap:
+            shaped = replace(shaped, kafka_bootstrap=",".join(b for b, _ in shaped.kafka_nodes()))
+        return shaped
 
     @property
     def api_url(self) -> str:
@@ -169,11 +197,12 @@ def load_settings() -> Settings:
     base = Settings()
     cache_dir = Path(_env("CACHE_DIR", str(base.cache_dir))).expanduser()
     state_dir = Path(_env("STATE_DIR", str(base.state_dir))).expanduser()
-    return Settings(
+    settings = Settings(
         cache_dir=cache_dir,
         state_dir=state_dir,
         kafka_bootstrap=_env("KAFKA_BOOTSTRAP", base.kafka_bootstrap),
         kafka_controller_port=_env_int("KAFKA_CONTROLLER_PORT", base.kafka_controller_port),
+        kafka_replication=_env_int("KAFKA_REPLICATION", base.kafka_replication),
         topic_prefix=_env("TOPIC_PREFIX", base.topic_prefix),
         s3_endpoint=_env("S3_ENDPOINT", base.s3_endpoint),
         s3_console_port=_env_int("S3_CONSOLE_PORT", base.s3_console_port),
@@ -217,11 +246,13 @@ def load_settings() -> Settings:
         notify_metrics_port=_env_int("NOTIFY_METRICS_PORT", base.notify_metrics_port),
         log_format=_env("LOG_FORMAT", base.log_format).strip().lower(),
     )
+    return settings.with_brokers(_env_int("KAFKA_BROKERS", base.kafka_brokers))
 
 
 _ENV_FIELDS = {
     "cache_dir": "CACHE_DIR", "state_dir": "STATE_DIR", "kafka_bootstrap": "KAFKA_BOOTSTRAP",
     "kafka_controller_port": "KAFKA_CONTROLLER_PORT", "topic_prefix": "TOPIC_PREFIX",
+    "kafka_brokers": "KAFKA_BROKERS", "kafka_replication": "KAFKA_REPLICATION",
     "s3_endpoint": "S3_ENDPOINT", "s3_console_port": "S3_CONSOLE_PORT",
     "s3_access_key": "S3_ACCESS_KEY", "s3_secret_key": "S3_SECRET_KEY", "s3_secure": "S3_SECURE",
     "s3_region": "S3_REGION", "bucket_incoming": "BUCKET_INCOMING",

@@ -25,10 +25,12 @@ class TopicSpec:
     def name(self, prefix: str) -> str:
         return f"{prefix}.{self.suffix}"
 
-    def configs(self) -> dict[str, str]:
+    def configs(self, replication: int = 1) -> dict[str, str]:
         cfg = {"retention.ms": str(self.retention_ms)}
         if self.compacted:
             cfg["cleanup.policy"] = "compact"
+        if replication > 1:
+            cfg["min.insync.replicas"] = str(min_insync_replicas(replication))
         return cfg
 
 
@@ -75,10 +77,40 @@ def topic_names(prefix: str) -> dict[str, str]:
     return {spec.suffix: spec.name(prefix) for spec in CATALOGUE}
 
 
-def ensure_topics(bootstrap: str, prefix: str, timeout_s: float = 30.0) -> list[str]:
+def min_insync_replicas(replication: int) -> int:
+    """How many replicas must have a record before acks=all acknowledges it: 2 of 3 (one broker
+    may be down, and an acknowledged record is still on two), 1 below 3 replicas."""
+    return 2 if replication >= 3 else 1
+
+
+def fitting_replication(brokers: int) -> int:
+    """The replication factor that fits a cluster of `brokers`: 3, or all of them if fewer."""
+    return max(1, min(3, brokers))
+
+
+def replication_factor(bootstrap: str, wanted: int = 0, timeout_s: float = 30.0) -> int:
+    """`wanted` (GRIDFLOW_KAFKA_REPLICATION), or when 0 what fits the cluster at `bootstrap`."""
+    if wanted > 0:
+        return wanted
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="gridflow-admin",
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+    try:
+        return fitting_replication(len(admin.describe_cluster()["brokers"]))
+    finally:
+        admin.close()
+
+
+def ensure_topics(bootstrap: str, prefix: str, timeout_s: float = 30.0,
+                  replication: int = 0) -> list[str]:
     """Create every catalogue topic under `prefix` that does not exist yet. Returns created names.
 
-    Fails if an existing topic has a different partition count than the catalogue says.
+    `replication`: the replication factor (0: what fits the cluster, `fitting_replication`);
+    with 3 replicas or more a topic takes min.insync.replicas=2. Fails if an existing topic has
+    a different partition count than the catalogue says.
     """
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -89,8 +121,9 @@ def ensure_topics(bootstrap: str, prefix: str, timeout_s: float = 30.0) -> list[
     )
     try:
         existing = set(admin.list_topics())
+        rf = replication or fitting_replication(len(admin.describe_cluster()["brokers"]))
         wanted = [
-            NewTopic(spec.name(prefix), spec.partitions, 1, topic_configs=spec.configs())
+            NewTopic(spec.name(prefix), spec.partitions, rf, topic_configs=spec.configs(rf))
             for spec in CATALOGUE
             if spec.name(prefix) not in existing
         ]

@@ -23,33 +23,42 @@ def _echo(message: str) -> None:
     sys.stdout.flush()
 
 
-def _parse_only(only: str | None) -> list[str] | None:
+def _parse_only(only: str | None, brokers: int = 1) -> list[str] | None:
     if not only:
         return None
     names = [n.strip() for n in only.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(stack.SERVER_NAMES))
+    allowed = set(stack.SERVER_NAMES) | {f"kafka-{i}" for i in range(1, brokers + 1)
+                                         if brokers > 1}
+    unknown = sorted(set(names) - allowed)
     if unknown:
         raise click.BadParameter(
-            f"unknown server(s) {', '.join(unknown)}; choose from {', '.join(stack.SERVER_NAMES)}",
+            f"unknown server(s) {', '.join(unknown)}; choose from {', '.join(sorted(allowed))}",
             param_hint="--only",
         )
     return names
 
 
-ONLY_HELP = f"Comma-separated subset of: {', '.join(stack.SERVER_NAMES)}."
+ONLY_HELP = (f"Comma-separated subset of: {', '.join(stack.SERVER_NAMES)} (`kafka` is every node "
+             "of a cluster; kafka-1, kafka-2 ... one node).")
 
 
 @click.command()
 @click.option("--only", metavar="NAMES", help=ONLY_HELP)
-def up(only: str | None) -> None:
+@click.option("--brokers", type=click.IntRange(1, 9), default=None,
+              help="Kafka nodes to run on loopback (each broker + KRaft controller): 3 is the "
+                   "production shape (topics with 3 replicas, min.insync.replicas 2). Kept for "
+                   "this state dir; default: as last run here, else GRIDFLOW_KAFKA_BROKERS (1).")
+def up(only: str | None, brokers: int | None) -> None:
     """Install (first time), start and provision the local Kafka, MinIO and PostgreSQL."""
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # refused connections while starting
     settings = load_settings()
-    names = _parse_only(only)
+    if brokers is None and settings.kafka_brokers > 1:
+        brokers = settings.kafka_brokers
+    names = _parse_only(only, brokers or stack.kafka_shape(settings).kafka_brokers)
     t0 = time.monotonic()
     _echo(f"gridflow up: state {settings.state_dir}, cache {settings.cache_dir}")
     try:
-        started = stack.up(settings, names, echo=_echo)
+        started = stack.up(settings, names, echo=_echo, brokers=brokers)
     except stack.StackError as exc:
         click.echo(f"\ngridflow up FAILED ({', '.join(exc.servers)}):\n{exc}", err=True)
         sys.exit(1)
@@ -67,7 +76,8 @@ def down(only: str | None) -> None:
     settings = load_settings()
     t0 = time.monotonic()
     try:
-        stopped = stack.down(settings, _parse_only(only), echo=_echo)
+        names = _parse_only(only, stack.kafka_shape(settings).kafka_brokers)
+        stopped = stack.down(settings, names, echo=_echo)
     except (RuntimeError, TimeoutError) as exc:
         click.echo(f"gridflow down FAILED: {exc}", err=True)
         sys.exit(1)
@@ -90,9 +100,9 @@ def _notices(settings: Settings) -> list[str]:
 
 def _pipeline_lag(settings: Settings, rows: list[stack.Status]) -> PipelineLag | None:
     """The consumers' lag when Kafka is among the servers shown and up."""
-    if not any(r.server == "kafka" and r.up for r in rows):
+    if not any(r.server.startswith("kafka") and r.up for r in rows):
         return None
-    return pipeline_lag(settings)
+    return pipeline_lag(stack.kafka_shape(settings))
 
 
 @click.command()
@@ -103,7 +113,7 @@ def status(as_json: bool, only: str | None) -> None:
     must act on (the working calendar ending soon). Always exits 0."""
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     settings = load_settings()
-    rows = stack.status(settings, _parse_only(only))
+    rows = stack.status(settings, _parse_only(only, stack.kafka_shape(settings).kafka_brokers))
     notices = _notices(settings)
     pipeline = _pipeline_lag(settings, rows)
     if as_json:

@@ -1,12 +1,18 @@
-"""Single-node Apache Kafka 3.9.1 in KRaft mode (combined broker + controller), from Maven Central.
+"""Apache Kafka 3.9.1 in KRaft mode from Maven Central: one node (the default), or a cluster of
+several on loopback (`gridflow up --brokers 3`, the production shape), each node a combined
+broker + controller and a voter of the quorum.
 
-Guarantee: the jars are resolved once into the cache; the storage is formatted once;
-the broker listens on loopback only and the catalogue topics exist after provision.
+Guarantee: the jars are resolved once into the cache; each node's storage is formatted once,
+every node of a cluster with the cluster's one id (kept in <state>/kafka-cluster.json); the
+nodes listen on loopback only; a node is healthy when every node of the cluster is registered
+as a broker and the quorum has a leader; the catalogue topics exist after provision, with
+replication factor 3 and min.insync.replicas 2 on three brokers.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import subprocess
@@ -15,7 +21,8 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
-from gridflow.topics import CATALOGUE, ensure_topics
+from gridflow.settings import Settings
+from gridflow.topics import CATALOGUE, ensure_topics, fitting_replication, min_insync_replicas
 from infra.procs import Echo, ServerError, file_lock, port_open, run_logged, split_host_port
 from infra.server import Server, require_tool
 
@@ -32,12 +39,56 @@ JVM_OPTS = [
 MIN_JAVA = 11
 
 
+def cluster_record_path(settings: Settings) -> Path:
+    return settings.state_dir / "kafka-cluster.json"
+
+
+def read_cluster_record(settings: Settings) -> dict[str, object]:
+    """{"brokers": N, "cluster_id": ...} of the multi-node cluster in this state dir, or {}."""
+    try:
+        record = json.loads(cluster_record_path(settings).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def write_cluster_record(settings: Settings, record: dict[str, object]) -> None:
+    path = cluster_record_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def recorded_brokers(settings: Settings) -> int:
+    """How many nodes the Kafka of this state dir has: 1 unless `up --brokers N` made more."""
+    brokers = read_cluster_record(settings).get("brokers", 1)
+    return brokers if isinstance(brokers, int) and brokers > 1 else 1
+
+
 class Kafka(Server):
+    """One node. A single node (the default) is the server `kafka` exactly as ever; node i of a
+    cluster of N is `kafka-<i>`, with its own ports, data dir, log and pid file."""
+
     name = "kafka"
     title = "Apache Kafka (KRaft)"
     start_timeout_s = 60.0
     stop_timeout_s = 30.0
     _java_path: str | None = None
+
+    def __init__(self, settings: Settings, node: int = 1) -> None:
+        super().__init__(settings)
+        self.node = node
+        self.nodes = settings.kafka_nodes()
+        if not 1 <= node <= len(self.nodes):
+            raise ValueError(f"Kafka node {node} of {len(self.nodes)}")
+        if self.clustered:
+            self.name = f"kafka-{node}"
+            self.title = f"Apache Kafka (KRaft node {node} of {len(self.nodes)})"
+            # Every node waits for the others to register, and a JVM each on a small machine
+            self.start_timeout_s = 90.0 + 15.0 * len(self.nodes)
+
+    @property
+    def clustered(self) -> bool:
+        return len(self.nodes) > 1
 
     # --- paths ---------------------------------------------------------------
     @property
@@ -59,12 +110,21 @@ class Kafka(Server):
     # --- addresses -----------------------------------------------------------
     @property
     def address(self) -> str:
-        return self.settings.kafka_bootstrap
+        if not self.clustered:
+            return self.settings.kafka_bootstrap
+        return self.nodes[self.node - 1][0]
 
     @property
     def controller_address(self) -> str:
+        if self.clustered:
+            return self.nodes[self.node - 1][1]
         host, _ = split_host_port(self.address)
         return f"{host}:{self.settings.kafka_controller_port}"
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's broker address: what the cluster's clients bootstrap from."""
+        return ",".join(broker for broker, _ in self.nodes) if self.clustered else self.address
 
     def listen_addresses(self) -> list[tuple[str, int]]:
         return [split_host_port(self.address), split_host_port(self.controller_address)]
@@ -119,7 +179,7 @@ class Kafka(Server):
             resources.files("infra").joinpath("kafka-log4j.properties").read_bytes()
         )
         if not (self.data_dir / "meta.properties").exists():
-            cluster_id = new_cluster_id()
+            cluster_id = self._cluster_id()
             echo(f"{self.name}: formatting storage in {self.data_dir} (cluster id {cluster_id})")
             run_logged(
                 self.name,
@@ -128,11 +188,29 @@ class Kafka(Server):
                 self.log_path, "formatting Kafka storage", echo, timeout_s=120,
             )
 
+    def _cluster_id(self) -> str:
+        """A new id for a single node; a cluster's nodes share the one in the cluster record
+        (made by the first node formatted)."""
+        if not self.clustered:
+            return new_cluster_id()
+        record = read_cluster_record(self.settings)
+        cluster_id = record.get("cluster_id")
+        if not isinstance(cluster_id, str) or not cluster_id:
+            cluster_id = new_cluster_id()
+            write_cluster_record(self.settings, {**record, "brokers": len(self.nodes),
+                                                 "cluster_id": cluster_id})
+        return cluster_id
+
     def server_properties(self) -> str:
+        size = len(self.nodes)
+        replicas = fitting_replication(size)
+        min_isr = min_insync_replicas(replicas)
+        voters = ",".join(f"{i}@{controller}"
+                          for i, (_, controller) in enumerate(self.nodes, start=1))
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{self.controller_address}",
+            "node.id": str(self.node),
+            "controller.quorum.voters": voters,
             "listeners": f"PLAINTEXT://{self.address},CONTROLLER://{self.controller_address}",
             "advertised.listeners": f"PLAINTEXT://{self.address}",
             "controller.listener.names": "CONTROLLER",
@@ -140,12 +218,12 @@ class Kafka(Server):
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(self.data_dir),
             "num.partitions": "1",
-            "default.replication.factor": "1",
-            "min.insync.replicas": "1",
-            "offsets.topic.replication.factor": "1",
+            "default.replication.factor": str(replicas),
+            "min.insync.replicas": str(min_isr),
+            "offsets.topic.replication.factor": str(replicas),
             "offsets.topic.num.partitions": "8",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": str(replicas),
+            "transaction.state.log.min.isr": str(min_isr),
             "transaction.state.log.num.partitions": "8",
             "group.initial.rebalance.delay.ms": "0",
             # Faust creates its own changelog/repartition topics through the admin API;
@@ -155,6 +233,10 @@ class Kafka(Server):
             "num.network.threads": "3",
             "num.io.threads": "4",
         }
+        if self.clustered:
+            # A replica that was out of sync never becomes leader (no acknowledged write is
+            # given up for availability); this is Kafka's default, said here on purpose.
+            props["unclean.leader.election.enable"] = "false"
         lines = ["# Written by gridflow infra/kafka.py on every start; edits are overwritten."]
         lines += [f"{key}={value}" for key, value in props.items()]
         return "\n".join(lines) + "\n"
@@ -180,15 +262,32 @@ class Kafka(Server):
         except Exception:
             return False
         try:
-            admin.list_topics()
-            return True
+            if not self.clustered:
+                admin.list_topics()
+                return True
+            # Asked of this node alone: every node registered as a broker (registering goes
+            # through the active controller), and this node knows the quorum's leader.
+            brokers = {b["broker_id"] for b in admin.describe_cluster()["brokers"]}
+            return brokers == set(range(1, len(self.nodes) + 1)) and self.quorum_leader() is not None
         except Exception:
             return False
         finally:
             admin.close()
 
+    def quorum_leader(self) -> int | None:
+        """The quorum leader this node last recorded (its quorum-state file), or None."""
+        try:
+            state = json.loads((self.data_dir / "__cluster_metadata-0" / "quorum-state").read_text())
+        except (OSError, ValueError):
+            return None
+        leader = state.get("leaderId", -1) if isinstance(state, dict) else -1
+        return leader if isinstance(leader, int) and leader > 0 else None
+
     def provision(self, echo: Echo) -> None:
-        created = ensure_catalogue(self.address, self.settings.topic_prefix)
+        if self.node != 1:
+            return  # a cluster's catalogue is created once, through node 1 (to every node)
+        created = ensure_catalogue(self.bootstrap, self.settings.topic_prefix,
+                                   replication=self.settings.kafka_replication)
         prefix = self.settings.topic_prefix
         if created:
             echo(f"{self.name}: created topics {', '.join(created)}")
@@ -199,9 +298,11 @@ class Kafka(Server):
         return KAFKA_VERSION if self.installed() else f"{KAFKA_VERSION} (not downloaded)"
 
 
-def ensure_catalogue(bootstrap: str, prefix: str, timeout_s: float = 30.0) -> list[str]:
-    """Create the catalogue topics under `prefix` (gridflow.topics.ensure_topics) and return
-    only when every partition has a leader, so producers and workers can use them at once."""
+def ensure_catalogue(bootstrap: str, prefix: str, timeout_s: float = 30.0,
+                     replication: int = 0) -> list[str]:
+    """Create the catalogue topics under `prefix` (gridflow.topics.ensure_topics; `replication`
+    0: what fits the cluster) and return only when every partition has a leader, so producers
+    and workers can use them at once."""
     names = [spec.name(prefix) for spec in CATALOGUE]
     deadline = time.monotonic() + timeout_s
     admin = _admin(bootstrap, timeout_ms=int(timeout_s * 1000))
@@ -209,7 +310,7 @@ def ensure_catalogue(bootstrap: str, prefix: str, timeout_s: float = 30.0) -> li
         before = set(admin.list_topics())
         while True:
             try:
-                ensure_topics(bootstrap, prefix, timeout_s)
+                ensure_topics(bootstrap, prefix, timeout_s, replication=replication)
                 break
             except RuntimeError as exc:
                 # KRaft publishes a new topic to the broker's metadata asynchronously: describing

@@ -10,15 +10,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import time
 import traceback
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from gridflow.settings import Settings
-from infra.kafka import Kafka
+from infra.kafka import Kafka, read_cluster_record, recorded_brokers, write_cluster_record
 from infra.minio import MinIOServer
 from infra.postgres import PostgreSQL
 from infra.procs import (
@@ -45,12 +46,59 @@ def _quiet(_: str) -> None:
 
 
 def servers(settings: Settings, only: Iterable[str] | None = None) -> list[Server]:
-    """The selected servers in start order; unknown names are an error."""
+    """The selected servers in start order; unknown names are an error. Kafka is one server
+    (`kafka`) or, for a cluster, one per node (`kafka-1` ...): `kafka` selects them all."""
     wanted = list(only) if only else list(SERVER_NAMES)
-    unknown = sorted(set(wanted) - set(SERVER_NAMES))
+    nodes = kafka_nodes(settings)
+    node_names = {node.name for node in nodes}
+    unknown = sorted(set(wanted) - set(SERVER_NAMES) - node_names)
     if unknown:
-        raise ValueError(f"unknown server(s) {', '.join(unknown)}; choose from {', '.join(SERVER_NAMES)}")
-    return [t(settings) for t in SERVER_TYPES if t.name in wanted]
+        raise ValueError(f"unknown server(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(sorted(set(SERVER_NAMES) | node_names))}")
+    selected: list[Server] = []
+    for t in SERVER_TYPES:
+        if t is Kafka:
+            selected += [n for n in nodes if "kafka" in wanted or n.name in wanted]
+        elif t.name in wanted:
+            selected.append(t(settings))
+    return selected
+
+
+def kafka_shape(settings: Settings) -> Settings:
+    """The settings with the Kafka shape of this state dir: GRIDFLOW_KAFKA_BROKERS when it asks
+    for a cluster, else the cluster `up --brokers N` recorded here, else one node."""
+    if settings.kafka_brokers > 1:
+        return settings
+    return settings.with_brokers(recorded_brokers(settings))
+
+
+def kafka_nodes(settings: Settings) -> list[Kafka]:
+    shaped = kafka_shape(settings)
+    return [Kafka(shaped, node) for node in range(1, shaped.kafka_brokers + 1)]
+
+
+def set_kafka_shape(settings: Settings, brokers: int, echo: Echo) -> Settings:
+    """`up --brokers N`: record the shape of this state dir's Kafka (so that `up`, `down` and
+    `status` find every node), refusing while Kafka of another shape runs here."""
+    current = kafka_nodes(settings)
+    if len(current) != brokers:
+        live = [n.name for n in current
+                if (rec := PidRecord.read(n.pid_path)) is not None and rec.alive()]
+        if live:
+            raise ServerError("kafka", f"{', '.join(live)} running here with "
+                              f"{len(current)} node(s); `gridflow down --only kafka` first to "
+                              f"run {brokers}")
+    shaped = settings.with_brokers(brokers)
+    record = read_cluster_record(settings)
+    if brokers > 1:
+        if record.get("brokers") != brokers:
+            # A new cluster shape is a new cluster: its nodes are formatted with a new id
+            write_cluster_record(settings, {"brokers": brokers})
+    elif record:
+        write_cluster_record(settings, {**record, "brokers": 1})
+    if len(current) != brokers:
+        echo(f"kafka: {brokers} node(s) in {settings.state_dir}")
+    return shaped
 
 
 def stack_lock(settings: Settings, echo: Echo) -> contextlib.AbstractContextManager[None]:
@@ -68,15 +116,20 @@ class Started:
     t0: float
 
 
-def up(settings: Settings, only: Iterable[str] | None = None, echo: Echo = _quiet) -> list[str]:
-    """Install, start and provision the selected servers. Returns the names this call started."""
-    selected = servers(settings, only)
+def up(settings: Settings, only: Iterable[str] | None = None, echo: Echo = _quiet,
+       brokers: int | None = None) -> list[str]:
+    """Install, start and provision the selected servers. Returns the names this call started.
+    `brokers`: the number of Kafka nodes (recorded for this state dir; None: as recorded)."""
     with stack_lock(settings, echo):
+        if brokers is not None:
+            set_kafka_shape(settings, brokers, echo)
+        selected = servers(settings, only)
         launched, errors = _launch_all(selected, echo)
         ready: list[Started] = []
+        nodes = [item for item in launched if isinstance(item.server, Kafka)]
         for item in launched:
             try:
-                _wait_healthy(item, echo)
+                _wait_healthy(item, echo, nodes if item in nodes else [])
                 ready.append(item)
             except ServerError as exc:
                 errors.append(exc)
@@ -169,8 +222,9 @@ def _check_ports_free(server: Server) -> None:
                               "or choose other ports (GRIDFLOW_* settings)")
 
 
-def _wait_healthy(item: Started, echo: Echo) -> None:
-    """Poll the health probe until the deadline; fail fast if the process exits."""
+def _wait_healthy(item: Started, echo: Echo, cluster: Sequence[Started] = ()) -> None:
+    """Poll the health probe until the deadline; fail fast if the process exits, or (a node of
+    a cluster) if another node's process exited: the cluster cannot become healthy then."""
     server, record = item.server, item.record
     deadline = item.t0 + server.start_timeout_s
     while True:
@@ -180,13 +234,16 @@ def _wait_healthy(item: Started, echo: Echo) -> None:
                               server.log_path)
         if server.healthy():
             break
-        if time.monotonic() > deadline:
+        dead = [other.server.name for other in cluster
+                if other is not item and not other.record.alive()]
+        if dead or time.monotonic() > deadline:
             if item.fresh:
                 stop_process(record, server.stop_signal, 10.0)
                 server.pid_path.unlink(missing_ok=True)
             hint = " (stopped it)" if item.fresh else f" (pid {record.pid}; try `gridflow down`)"
-            raise ServerError(server.name, f"not healthy within {server.start_timeout_s:.0f} s"
-                              + hint, server.log_path)
+            why = (f"not healthy: node(s) {', '.join(dead)} of its cluster exited" if dead
+                   else f"not healthy within {server.start_timeout_s:.0f} s")
+            raise ServerError(server.name, why + hint, server.log_path)
         time.sleep(0.25)
     took = time.monotonic() - item.t0
     how = f"up in {took:.1f} s" if item.fresh else "already running"
@@ -204,17 +261,71 @@ def down(settings: Settings, only: Iterable[str] | None = None, echo: Echo = _qu
 
 
 def _stop_all(selected: list[Server], echo: Echo) -> list[str]:
-    """Stop servers concurrently (each its own signal and timeout); report each as it ends."""
+    """Stop servers concurrently (each its own signal and timeout); report each as it ends.
+    The nodes of a Kafka cluster are stopped together (`_stop_cluster`)."""
     stopped: list[str] = []
-    with ThreadPoolExecutor(max_workers=len(selected) or 1) as pool:
-        futures = {pool.submit(_stop, server): server for server in selected}
+    cluster = [s for s in selected if isinstance(s, Kafka) and s.clustered]
+    alone = [s for s in selected if s not in cluster]
+    with ThreadPoolExecutor(max_workers=len(alone) + 1) as pool:
+        futures: dict[Future[list[str]], list[str]] = {
+            pool.submit(_stop_one, server): [server.name] for server in alone}
+        if cluster:
+            futures[pool.submit(_stop_cluster, cluster)] = [n.name for n in cluster]
         for future in as_completed(futures):
-            name = futures[future].name
-            how = future.result()
-            echo(f"{name}: {how}")
-            if how != "not running":
-                stopped.append(name)
+            for name, how in zip(futures[future], future.result(), strict=True):
+                echo(f"{name}: {how}")
+                if how != "not running":
+                    stopped.append(name)
     return stopped
+
+
+def _stop_cluster(nodes: list[Kafka], grace_s: float = 5.0) -> list[str]:
+    """SIGTERM to the selected nodes of a Kafka cluster at once: each hands its partitions over
+    and leaves (controlled shutdown, committed by the quorum). A node left when the quorum is
+    gone (fewer than a majority of the cluster's nodes still running) cannot complete that
+    step — Kafka would wait 5 minutes — so it gets SIGKILL after `grace_s`: nothing it
+    acknowledged is lost (its log is written; the next start checks it)."""
+    everyone = kafka_nodes(nodes[0].settings)
+    majority = len(everyone) // 2 + 1
+    how: dict[str, str] = {}
+    live: dict[str, tuple[Kafka, PidRecord]] = {}
+    for node in nodes:
+        record = PidRecord.read(node.pid_path)
+        if record is None or not record.alive():
+            how[node.name] = stop_process(record, node.stop_signal, 1.0) if record else "not running"
+            node.pid_path.unlink(missing_ok=True)
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.pid, node.stop_signal)
+        live[node.name] = (node, record)
+    deadline = time.monotonic() + max(n.stop_timeout_s for n in nodes)
+    no_quorum_since: float | None = None
+    while live:
+        for name, (node, record) in list(live.items()):
+            if not record.alive():
+                how[name] = stop_process(record, node.stop_signal, 1.0).replace(
+                    "not running", "stopped")
+                node.pid_path.unlink(missing_ok=True)
+                del live[name]
+        running = sum(1 for n in everyone
+                      if (r := PidRecord.read(n.pid_path)) is not None and r.alive())
+        if live and running < majority:
+            no_quorum_since = no_quorum_since or time.monotonic()
+        now = time.monotonic()
+        if live and (now > deadline or (no_quorum_since and now - no_quorum_since > grace_s)):
+            why = ("no quorum left for its controlled shutdown" if no_quorum_since
+                   else "no exit in time")
+            for name, (node, record) in live.items():
+                stop_process(record, signal.SIGKILL, 10.0)
+                node.pid_path.unlink(missing_ok=True)
+                how[name] = f"stopped (SIGKILL: {why})"
+            break
+        time.sleep(0.1)
+    return [how[n.name] for n in nodes]
+
+
+def _stop_one(server: Server) -> list[str]:
+    return [_stop(server)]
 
 
 def _stop(server: Server) -> str:

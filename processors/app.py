@@ -84,6 +84,9 @@ def build_app(rt: Runtime, app_id: str | None = None) -> GridflowApp:
         value_serializer="raw",
         processing_guarantee="at_least_once",
         producer_acks=-1,
+        # faust's changelog and repartition topics: as many replicas as the catalogue's
+        # (processors.worker resolves GRIDFLOW_KAFKA_REPLICATION 0 against the cluster first).
+        topic_replication_factor=s.kafka_replication or 1,
         web_enabled=False,
         datadir=str(s.faust_data_dir),
         topic_disable_leader=False,

@@ -70,7 +70,12 @@ def run_worker(settings: Settings, loglevel: str = "warning", role: str = "all")
 
     from gridflow import telemetry, topics
 
-    topics.ensure_topics(settings.kafka_bootstrap, settings.topic_prefix)
+    # The replication factor of faust's own topics (changelogs, repartitions) is decided here,
+    # once: GRIDFLOW_KAFKA_REPLICATION, or what fits the cluster (3 on three brokers).
+    settings = settings.with_(kafka_replication=topics.replication_factor(
+        settings.kafka_bootstrap, settings.kafka_replication))
+    topics.ensure_topics(settings.kafka_bootstrap, settings.topic_prefix,
+                         replication=settings.kafka_replication)
     group = app_id_for(settings.topic_prefix, role != "archive")  # faust's group is its app id
     # This process's own data directory (its RocksDB files), kept while it lives.
     assert settings.faust_data_dir is not None  # Settings fills it in

@@ -102,3 +102,37 @@ def isolated_stack() -> Iterator[IsolatedStack]:
         result = iso.gridflow("down", timeout=120)
         shutil.rmtree(state_dir, ignore_errors=True)
         assert result.returncode == 0, result.output
+
+
+def cluster_ports(nodes: int = 3) -> tuple[int, int]:
+    """A broker port base and a controller port base with every node's port free (node i:
+    base + 2(i-1)), as `gridflow up --brokers N` lays them out."""
+    rng = random.Random()
+    while True:
+        broker, controller = rng.randrange(20000, 31900, 2), rng.randrange(20001, 31900, 2)
+        wanted = {base + 2 * i for base in (broker, controller) for i in range(nodes)}
+        if len(wanted) == 2 * nodes and all(port_bindable("127.0.0.1", p) for p in wanted):
+            return broker, controller
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> Iterator[IsolatedStack]:
+    """A three-broker Kafka cluster (KRaft, every node broker + controller) of the test session's
+    own: its own state dir and ports, the shared cache; MinIO and PostgreSQL stay the shared
+    stack's. Started on first use, stopped (`gridflow down --only kafka`) at the end."""
+    state_dir = Path(tempfile.mkdtemp(prefix="gridflow-brokers-"))
+    broker, controller = cluster_ports(3)
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "GRIDFLOW_KAFKA_BOOTSTRAP", "GRIDFLOW_KAFKA_CONTROLLER_PORT", "GRIDFLOW_KAFKA_BROKERS",
+        "GRIDFLOW_KAFKA_REPLICATION", "GRIDFLOW_STATE_DIR")}
+    env.update(GRIDFLOW_STATE_DIR=str(state_dir), GRIDFLOW_KAFKA_BOOTSTRAP=f"127.0.0.1:{broker}",
+               GRIDFLOW_KAFKA_CONTROLLER_PORT=str(controller), GRIDFLOW_KAFKA_BROKERS="3")
+    cluster = IsolatedStack(state_dir, env)
+    try:
+        started = cluster.gridflow("up", "--only", "kafka", timeout=400)
+        assert started.returncode == 0, started.output
+        yield cluster
+    finally:
+        result = cluster.gridflow("down", "--only", "kafka", timeout=120)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        assert result.returncode == 0, result.output
