@@ -34,7 +34,6 @@ that the last configured year is ending and which file to add (see docs/CALENDAR
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict
+
+from gridflow.core.configfile import ConfigError, read_json
 
 REFDATA_DIR = Path(__file__).resolve().parent.parent / "refdata"
 WARN_DAYS_AHEAD = 60  # operators are told this many days before the calendar's last day
@@ -323,31 +326,43 @@ class _Parsed:
     makeup_workdays: dict[date, str]
 
 
+class _Festival(BaseModel):
+    name: str
+    off: list[Any] = []  # dates are checked one by one below ("bad date", "appears twice")
+    makeup_workdays: list[Any] = []
+
+
+class _Year(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    holidays: list[_Festival] = []
+    source: Any = None
+    note: Any = None
+
+
+class _CalendarFile(BaseModel):
+    """calendar_<year>.json's shape (what each value must be is checked in _parse_fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Any = None
+    note: Any = None
+    timezone: str = "Asia/Shanghai"
+    working_hours: list[Any] = []
+    weekend: list[Any] = [6, 7]
+    unknown_years: str = UNKNOWN_YEARS_ERROR
+    years: dict[str, _Year] = {}
+
+
 def _parse_source(source: CalendarSource) -> _Parsed:
     if isinstance(source, Mapping):
         return _parse(source, "<calendar dict>")
-    path = Path(source)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except OSError as exc:
-        raise CalendarError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise CalendarError(f"{path}: not valid JSON: {exc}") from exc
-    except CalendarError as exc:  # a duplicate key
-        raise CalendarError(f"{path}: {exc}") from exc
-    if not isinstance(raw, Mapping):
-        raise CalendarError(f"{path}: a calendar must be a JSON object")
-    return _parse(raw, str(path))
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object with a key written twice (e.g. a year) would silently lose the first."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise CalendarError(f"key {key!r} appears twice in one object")
-        out[key] = value
-    return out
+        doc = read_json(source)
+        doc.validate(_CalendarFile)
+    except ConfigError as exc:  # the file, the line, the JSON path and why
+        raise CalendarError(str(exc)) from exc
+    return _parse(doc.root, str(source))
 
 
 def _parse(raw: Mapping[str, Any], origin: str) -> _Parsed:

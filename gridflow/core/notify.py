@@ -8,14 +8,16 @@ event is recognisably the same notice: a sender keeps one send state per notice 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
 from gridflow import events as ev
+from gridflow.core.configfile import ConfigError, JsonDoc, JsonPath, doc_of, read_json
 from gridflow.core.refdata import ReferenceData
 from gridflow.core.retry import RetryPolicy
 from gridflow.events import Message, derived_id, parse_ts
@@ -45,8 +47,8 @@ DEFAULT_ESCALATION_RECIPIENTS: Mapping[str, str] = {
 }
 
 
-class NotifyConfigError(ValueError):
-    """A notify.json that cannot be used; the message names the file, the place and why."""
+class NotifyConfigError(ConfigError):
+    """A notify.json that cannot be used: the file, the line, the JSON path and why."""
 
 
 @dataclass(frozen=True)
@@ -307,78 +309,78 @@ def load_notify_config(path: str | Path | None, ref: ReferenceData,
     file = Path(path) if path is not None else notify_file(ref)
     if path is None and not file.exists():
         return NotifyConfig(source="(no notify.json: every department by log)")
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise NotifyConfigError(f"{file}: cannot read: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise NotifyConfigError(f"{file}: not valid JSON: {exc}") from exc
-    return parse_notify_config(raw, ref, str(file), methods)
+    return _build(read_json(file, NotifyConfigError), ref, methods)
 
 
 def parse_notify_config(raw: Any, ref: ReferenceData, origin: str = "<notify config>",
                         methods: frozenset[str] = METHODS) -> NotifyConfig:
-    """Check and build a config; errors name `origin`, the JSON path and the reason."""
+    """Check and build a config given as data; errors name `origin`, the JSON path and why."""
+    return _build(doc_of(raw, origin, NotifyConfigError), ref, methods)
 
-    def fail(where: str, reason: str) -> NotifyConfigError:
-        return NotifyConfigError(f"{origin}: {where}: {reason}")
 
-    if not isinstance(raw, Mapping):
-        raise fail("$", "must be a JSON object")
-    unknown = set(raw) - {"note", "default", "departments", "escalation_recipients", "retry",
-                          "timezone"}
-    if unknown:
-        raise fail("$", f"unknown keys {sorted(unknown)}")
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"must be a positive number, got {value!r}")
+    return value
+
+
+Positive = Annotated[float, AfterValidator(_positive)]
+
+
+class _ContactEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    url: str = ""
+    timeout_s: Positive = 5.0
+    note: str = ""
+
+
+class _RetryEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    first_s: Positive = SEND_RETRY.first_s
+    max_s: Positive = SEND_RETRY.max_s
+    factor: Positive = SEND_RETRY.factor
+
+
+class _NotifyFile(BaseModel):
+    """notify.json's shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = ""
+    default: _ContactEntry | None = _ContactEntry(method="log")
+    departments: dict[str, _ContactEntry] = {}
+    escalation_recipients: dict[str, str] = {}
+    retry: _RetryEntry = _RetryEntry()
+    timezone: str = "Asia/Shanghai"
+
+
+def _build(doc: JsonDoc, ref: ReferenceData, methods: frozenset[str]) -> NotifyConfig:
+    raw = doc.validate(_NotifyFile)
     contacts: dict[str, Contact] = {}
-    departments = raw.get("departments", {})
-    if not isinstance(departments, Mapping):
-        raise fail("$.departments", "must be an object of department code → contact")
-    for code, value in departments.items():
+    for code, entry in raw.departments.items():
         if code not in ref.departments:
-            raise fail(f"$.departments.{code}", "unknown department code")
-        contacts[code] = _contact(value, f"$.departments.{code}", fail, methods)
-    default = raw.get("default", {"method": "log"})
-    default_contact = None if default is None else _contact(default, "$.default", fail, methods)
-    recipients = dict(DEFAULT_ESCALATION_RECIPIENTS)
-    given = raw.get("escalation_recipients", {})
-    if not isinstance(given, Mapping) or not all(isinstance(v, str) for v in given.values()):
-        raise fail("$.escalation_recipients", "must map ladder level codes to department codes")
-    recipients.update(given)
-    retry_raw = raw.get("retry", {})
-    if not isinstance(retry_raw, Mapping) or set(retry_raw) - {"first_s", "max_s", "factor"}:
-        raise fail("$.retry", 'must be {"first_s": s, "max_s": s, "factor": f}')
-    numbers = {"first_s": SEND_RETRY.first_s, "max_s": SEND_RETRY.max_s,
-               "factor": SEND_RETRY.factor}
-    numbers.update({k: _positive(v, f"$.retry.{k}", fail) for k, v in retry_raw.items()})
-    if numbers["factor"] < 1 or numbers["max_s"] < numbers["first_s"]:
-        raise fail("$.retry", "factor must be >= 1 and max_s >= first_s")
-    retry = RetryPolicy(SEND_RETRY.name, **numbers)
-    timezone = str(raw.get("timezone", "Asia/Shanghai"))
+            doc.fail(("departments", code), "unknown department code")
+        contacts[code] = _contact(doc, entry, ("departments", code), methods)
+    default = None if raw.default is None else _contact(doc, raw.default, ("default",), methods)
+    recipients = {**DEFAULT_ESCALATION_RECIPIENTS, **raw.escalation_recipients}
+    r = raw.retry
+    if r.factor < 1 or r.max_s < r.first_s:
+        doc.fail(("retry",), "factor must be >= 1 and max_s >= first_s")
+    retry = RetryPolicy(SEND_RETRY.name, r.first_s, r.max_s, r.factor)
     try:
-        ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise fail("$.timezone", f"unknown time zone {timezone!r}") from exc
-    return NotifyConfig(contacts, default_contact, recipients, retry, timezone, origin)
+        ZoneInfo(raw.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        doc.fail(("timezone",), f"unknown time zone {raw.timezone!r}")
+    return NotifyConfig(contacts, default, recipients, retry, raw.timezone, doc.name)
 
 
-def _contact(value: Any, where: str, fail: Any, methods: frozenset[str]) -> Contact:
-    if not isinstance(value, Mapping):
-        raise fail(where, 'a contact is {"method": "webhook", "url": "http://..."} or '
-                          '{"method": "log"}')
-    unknown = set(value) - {"method", "url", "timeout_s", "note"}
-    if unknown:
-        raise fail(where, f"unknown keys {sorted(unknown)}")
-    method = value.get("method")
-    if method not in methods:
-        raise fail(f"{where}.method", f"must be one of {sorted(methods)}, got {method!r}")
-    url = str(value.get("url", ""))
-    if method == "webhook" and not url.startswith(("http://", "https://")):
-        raise fail(f"{where}.url", f"a webhook needs an http(s) URL, got {url!r}")
-    timeout = _positive(value.get("timeout_s", 5.0), f"{where}.timeout_s", fail)
-    return Contact(str(method), url, timeout)
-
-
-def _positive(value: Any, where: str, fail: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise fail(where, f"must be a positive number, got {value!r}")
-    return float(value)
+def _contact(doc: JsonDoc, entry: _ContactEntry, at: JsonPath,
+             methods: frozenset[str]) -> Contact:
+    if entry.method not in methods:
+        doc.fail(at + ("method",), f"must be one of {sorted(methods)}, got {entry.method!r}")
+    if entry.method == "webhook" and not entry.url.startswith(("http://", "https://")):
+        doc.fail(at + ("url",), f"a webhook needs an http(s) URL, got {entry.url!r}")
+    return Contact(entry.method, entry.url, entry.timeout_s)

@@ -22,14 +22,16 @@ value. So a category rule is never overridden by the default's severity table.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from gridflow.core.calendar import WorkingCalendar
+from gridflow.core.configfile import ConfigError, read_json
 
 REFDATA_DIR = Path(__file__).resolve().parent.parent / "refdata"
 
@@ -359,19 +361,54 @@ _POLICY_KEYS = {
 _RULE_KEYS = {"match", "name", "note", "severity", "warn_fractions", *STAGES}
 
 
+class _PolicyFile(BaseModel):
+    """sla_policy.json's shape (what each rule and limit must be is checked below)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Any = None
+    note: Any = None
+    severity_names: dict[str, str] = {}
+    warn_fractions: Any = None
+    resolve_clock_starts: str = "dispatch"
+    send_back: Any = None
+    extension: Any = None
+    default: dict[str, Any]
+    rules: list[Any] = []
+    escalation: str | dict[str, Any] | None = None
+
+
+class _LevelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str
+    name: str
+    escalate_after_hours: Any = None
+    notify: list[str] = []
+    note: Any = None
+
+
+class _EscalationFile(BaseModel):
+    """escalation.json's shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Any = None
+    note: Any = None
+    levels: list[_LevelEntry]
+    start_level_by_department_level: dict[str, str] = {}
+
+
 def _read(source: PolicySource, what: str) -> tuple[Mapping[str, Any], str, Path]:
     if isinstance(source, Mapping):
         return source, f"<{what} dict>", REFDATA_DIR
     path = Path(source)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise PolicyError(f"{path}: not valid JSON: {exc}") from exc
-    if not isinstance(raw, Mapping):
-        raise PolicyError(f"{path}: must be a JSON object")
-    return raw, str(path), path.parent
+        doc = read_json(path)
+        doc.validate(_EscalationFile if what == "escalation" else _PolicyFile)
+    except ConfigError as exc:  # the file, the line, the JSON path and why
+        raise PolicyError(str(exc)) from exc
+    return doc.root, str(path), path.parent
 
 
 def _build_policy(

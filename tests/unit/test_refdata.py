@@ -163,7 +163,7 @@ def test_syntax_error_names_file_and_line(county_dir: Path) -> None:
     assert "not valid JSON" in str(err.value)
 
 
-def test_unknown_department_in_category_names_object_line_and_path(county_dir: Path) -> None:
+def test_unknown_department_in_category_names_the_value_line_and_path(county_dir: Path) -> None:
     text = edit_json(county_dir, "categories.json",
                      lambda d: d["classes"][0]["subcategories"][1].update(department="county.nope"))
     with pytest.raises(RefDataError) as err:
@@ -171,7 +171,7 @@ def test_unknown_department_in_category_names_object_line_and_path(county_dir: P
     e = err.value
     assert e.file == "categories.json"
     assert e.path == "$.classes[0].subcategories[1].department"
-    assert e.line == line_of(text, '"code": "E0102"') - 1  # the line of the object's "{"
+    assert e.line == line_of(text, '"department": "county.nope"')  # the offending value's line
     assert "county.nope" in e.reason
 
 
@@ -214,7 +214,7 @@ def test_worker_of_unknown_grid(county_dir: Path) -> None:
         load_reference_data(county_dir)
     assert err.value.file == "workers.json"
     assert err.value.path == "$.workers[3].grid_code"
-    assert err.value.line == line_of(text, '"id": "GW0004"') - 1
+    assert err.value.line == line_of(text, '"grid_code": "421099101201009"')
 
 
 def test_rule_with_unknown_department(county_dir: Path) -> None:
@@ -278,7 +278,8 @@ def test_duplicate_key_is_refused(county_dir: Path) -> None:
     with pytest.raises(RefDataError) as err:
         load_reference_data(county_dir)
     assert "duplicate key 'id'" in str(err.value)
-    assert err.value.line == line_of(text, '"id": "GW0002"') - 1
+    assert err.value.line == line_of(text, '"id": "GW9999"')  # the key written again
+    assert err.value.path == "$.workers[1].id"
 
 
 def test_parent_loop_is_refused(county_dir: Path) -> None:

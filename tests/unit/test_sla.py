@@ -247,5 +247,5 @@ def test_escalation_file_errors_name_that_file(tmp_path) -> None:
     with pytest.raises(PolicyError, match=r"missing\.json: cannot read"):
         SlaPolicy.load(BASE, escalation=tmp_path / "missing.json")
     (tmp_path / "broken.json").write_text("{", encoding="utf-8")
-    with pytest.raises(PolicyError, match=r"broken\.json: not valid JSON"):
+    with pytest.raises(PolicyError, match=r"broken\.json:1: not valid JSON"):
         SlaPolicy.load(tmp_path / "broken.json")
