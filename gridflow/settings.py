@@ -131,6 +131,10 @@ class Settings:
     # across restarts (each worker process takes its own directory under faust_data_dir), or
     # "memory", rebuilt from the changelogs at every start.
     worker_store: str = "rocksdb"
+    # A finished case (closed, or not filed) untouched this many days of domain time leaves the
+    # case processor's table (a tombstone on its changelog; gridflow.core.eviction); a later
+    # command for it is refused with code case_evicted. 0: kept for ever.
+    closed_case_evict_days: float = 30.0
 
     # Operators' view (gridflow.telemetry): the worker, the sink and the notifier each serve
     # Prometheus metrics on their own port (0: none) on `metrics_host`; the API serves them at
@@ -240,6 +244,8 @@ def load_settings() -> Settings:
                       else None),
         faust_data_dir=Path(_env("FAUST_DATA_DIR", str(state_dir / "faust"))),
         worker_store=_env("WORKER_STORE", base.worker_store),
+        closed_case_evict_days=float(_env("CLOSED_CASE_EVICT_DAYS",
+                                          str(base.closed_case_evict_days))),
         metrics_host=_env("METRICS_HOST", base.metrics_host),
         worker_metrics_port=_env_int("WORKER_METRICS_PORT", base.worker_metrics_port),
         sink_metrics_port=_env_int("SINK_METRICS_PORT", base.sink_metrics_port),
@@ -268,6 +274,7 @@ _ENV_FIELDS = {
     "sink_fetch_wait_ms": "SINK_FETCH_WAIT_MS",
     "worker_session_timeout_s": "WORKER_SESSION_TIMEOUT_S",
     "worker_instance_id": "WORKER_INSTANCE_ID", "worker_store": "WORKER_STORE",
+    "closed_case_evict_days": "CLOSED_CASE_EVICT_DAYS",
     "session_idle_minutes": "SESSION_IDLE_MINUTES", "session_max_hours": "SESSION_MAX_HOURS",
     "cookie_secure": "COOKIE_SECURE", "frame_ancestors": "FRAME_ANCESTORS",
     "trusted_proxies": "TRUSTED_PROXIES",

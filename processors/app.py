@@ -23,6 +23,7 @@ from mode import CrashingSupervisor
 from gridflow import events as ev
 from gridflow import topics
 from gridflow.clock import Clock, clock_from_spec
+from gridflow.core import eviction
 from gridflow.core.case import DeadlinePlanner
 from gridflow.core.refdata import ReferenceData
 from gridflow.events import decode_message
@@ -154,15 +155,48 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
                                           m.partition, m.offset, radius_m, window)
             await emit(out)
 
-    @app.agent(t["case-commands"], supervisor_strategy=CrashingSupervisor)
+    # Finished cases leave `cases` after evict_days of domain time (gridflow.core.eviction):
+    # the case agent then also follows the deadline ticks, which carry the domain time, and
+    # keeps an index of finished cases by hour and a stub of each evicted case.
+    evict_days = s.closed_case_evict_days if rt.deadlines is not None else 0.0
+    source: Any = t["case-commands"]
+    ticks_name = ""
+    if evict_days > 0:
+        closed_index = app.Table("closed-cases", default=None, partitions=topics.CASE_PARTITIONS,
+                                 options=table_options(kind))
+        evicted = app.Table("evicted-cases", default=None, partitions=topics.CASE_PARTITIONS,
+                            options=table_options(kind))
+        ticks_name = names["deadline-ticks"]
+        source = app.topic(names["case-commands"], ticks_name, key_type=bytes, value_type=bytes,
+                           key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, supervisor_strategy=CrashingSupervisor)
     async def case_processor(stream: Any) -> None:
         async for event in stream.events():
             m = event.message
+            if m.topic == ticks_name:
+                now = eviction.tick_time(event.value)
+                if now is not None:
+                    eviction.evict_due(cases, evicted, eviction.EvictionIndex(
+                        closed_index, f"p{m.partition}:"), now, evict_days)
+                continue
             key = (event.key or b"").decode("utf-8", "replace")
-            out, state = steps.case_step(event.value, cases.get(key), rt.planner, rt.clock(), m.topic,
+            before = cases.get(key)
+            if before is None and evict_days > 0:
+                stub = evicted.get(key)
+                if stub is not None:
+                    out, kept = steps.evicted_case_step(event.value, stub, rt.clock(), m.topic,
+                                                        m.partition, m.offset)
+                    if kept is not None:
+                        evicted[key] = kept
+                    await emit(out)
+                    continue
+            out, state = steps.case_step(event.value, before, rt.planner, rt.clock(), m.topic,
                                          key, m.partition, m.offset)
             if state is not None:
                 cases[key] = state
+                if evict_days > 0:
+                    eviction.EvictionIndex(closed_index, f"p{m.partition}:").note(before, state)
             await emit(out)
 
 

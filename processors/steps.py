@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gridflow import events as ev
-from gridflow.core import dedupe, intake
+from gridflow.core import dedupe, eviction, intake
 from gridflow.core.case import CaseState, DeadlinePlanner, decide, new_case
 from gridflow.core.refdata import ReferenceData
 from gridflow.events import Message, SchemaError, decode_message, derived_id, iso
@@ -182,6 +182,32 @@ def case_step(raw: bytes, state: dict[str, Any] | None, planner: DeadlinePlanner
     for event in decision.events:
         out.send("case-events", cmd.case_id, event.encode())
     return out, decision.state.to_dict()
+
+
+def evicted_case_step(raw: bytes, stub: dict[str, Any], now: datetime, source: str,
+                      partition: int | None = None, offset: int | None = None,
+                      ) -> tuple[Outputs, dict[str, Any] | None]:
+    """A command for a case evicted from the case table (gridflow.core.eviction): refused with
+    code case_evicted as the next link of the case's chain (a near-duplicate report is filed
+    as its own case instead, as for any closed case). Returns the stub to keep, or None when
+    it is unchanged."""
+    out = Outputs()
+    try:
+        cmd = decode_message(raw, ev.COMMAND_TYPES)
+    except SchemaError as exc:
+        out.dead(source, partition, offset, raw, f"undecodable command: {exc}", now)
+        return out, None
+    own = str(cmd.data.get("own_case_id", "")) if cmd.type == ev.FILE_REPORT else ""
+    if own and own != cmd.case_id:
+        data = {k: v for k, v in cmd.data.items() if k not in ("distance_m", "own_case_id")}
+        refile = Message(id=derived_id(cmd.id, "refile"), type=ev.FILE_REPORT, case_id=own,
+                         at=cmd.at, actor=cmd.actor, data=data, causation_id=cmd.id)
+        out.send("case-commands", own, refile.encode())
+        return out, None
+    decision = eviction.refuse_evicted(stub, cmd)
+    for event in decision.events:
+        out.send("case-events", cmd.case_id, event.encode())
+    return out, (eviction.stub_of(decision.state.to_dict(), stub) if decision.events else None)
 
 
 def decode_json(raw: bytes) -> Any:

@@ -248,6 +248,21 @@ def decide(state: CaseState, command: Message, planner: DeadlinePlanner) -> Deci
     return b.finish()
 
 
+def refuse(state: CaseState, command: Message, code: str, zh: str, en: str) -> Decision:
+    """`command` refused outright (e.g. its case has left the worker's state: gridflow.core.
+    eviction), as `decide` refuses one: one CommandRefused on the case's chain. A command id
+    seen before yields nothing."""
+    if command.id in state.recent_commands:
+        return Decision(state, [])
+    b = _Builder(state, command)
+    b.emit(ev.COMMAND_REFUSED, {
+        "command_id": command.id, "command_type": command.type,
+        "task_id": command.data.get("task_id", ""), "code": code,
+        "reason_zh": zh, "reason_en": en,
+    })
+    return b.finish()
+
+
 # --- roles -------------------------------------------------------------------
 
 def actor_roles(state: CaseState, task: TaskState | None, actor: str) -> set[str]:
