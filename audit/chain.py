@@ -9,13 +9,12 @@ chain link broken, or a ledger row that no longer hashes to what it stored. Exac
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from gridflow.events import Message, SchemaError, canonical_json, decode_message, iso
+from gridflow.events import Message, SchemaError, decode_message, envelope_hash, iso
 
 # Finding kinds (stable codes; tests and scripts match on them).
 FIRST_NOT_ONE = "chain_start"  # a case's first event in the log is not seq 1 / has a prev_hash
@@ -100,7 +99,7 @@ class ChainVerifier:
         try:
             if value is None:
                 raise SchemaError("empty record (tombstone)")
-            m = decode_message(value)
+            m = decode_message(value, typed=False)
             if not m.case_id:
                 raise SchemaError("a case event needs a case_id")
         except SchemaError as exc:
@@ -187,16 +186,9 @@ class ChainVerifier:
 def ledger_row_hash(row: dict[str, Any]) -> str:
     """Message.hash() of the event a ledger row (case_events) holds."""
     at = row["at"]
-    content = {
-        "id": row["event_id"],
-        "type": row["type"],
-        "case_id": row["case_id"],
-        "at": iso(at) if isinstance(at, datetime) else str(at),
-        "actor": row["actor"],
-        "data": row["data"] if row["data"] is not None else {},
-        "schema": row["schema"],
-        "causation_id": row["causation_id"] or "",
-        "seq": row["seq"],
-        "prev_hash": row["prev_hash"] or "",
-    }
-    return hashlib.sha256(canonical_json(content)).hexdigest()
+    return envelope_hash(
+        id=row["event_id"], type=row["type"], case_id=row["case_id"],
+        at=iso(at) if isinstance(at, datetime) else str(at), actor=row["actor"],
+        data=row["data"] if row["data"] is not None else {}, schema=row["schema"],
+        causation_id=row["causation_id"] or "", seq=row["seq"], prev_hash=row["prev_hash"] or "",
+    )

@@ -204,7 +204,7 @@ def read_events(settings: Settings, store: Any) -> list[Any]:
         for batch in logsource.read(kc, plans, store=store, bucket=settings.bucket_archive):
             for r in batch:
                 try:
-                    m = decode_message(r.value or b"")
+                    m = decode_message(r.value or b"", typed=False)
                 except SchemaError:
                     continue
                 if m.case_id:

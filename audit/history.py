@@ -308,7 +308,7 @@ def load_from_log(kc: Any, topic: str, case_id: str, *, store: Minio | None = No
                 if r.key is not None and r.key != case_id.encode():
                     continue
                 try:
-                    m = decode_message(r.value or b"")
+                    m = decode_message(r.value or b"", typed=False)
                 except SchemaError:
                     continue
                 if m.case_id == case_id:

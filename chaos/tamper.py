@@ -198,7 +198,7 @@ def wait_archived(settings: Settings, report_id: str, timeout_s: float,
             alive()
             for batch in consumer.poll(timeout_ms=500).values():
                 for r in batch:
-                    m = decode_message(r.value or b"")
+                    m = decode_message(r.value or b"", typed=False)
                     if (m.type == ev.PHOTO_ARCHIVED and m.data.get("report_id") == report_id
                             and m.data.get("status") == "archived"):
                         return m

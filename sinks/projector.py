@@ -9,10 +9,9 @@ this build does not know reaches the ledger and the case's chain position, nothi
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -447,7 +446,7 @@ class ReadModels:
              digest: str | None = None) -> None:
         """Apply one event. Raises ProjectionError (and changes nothing) if it cannot.
 
-        `at` (m.at_dt) and `digest` (event_hash(m)) may be passed in when the caller already
+        `at` (m.at_dt) and `digest` (m.hash()) may be passed in when the caller already
         has them (the replay fast path); they are computed here otherwise.
         """
         if m.id not in self._preloaded:
@@ -458,7 +457,7 @@ class ReadModels:
             if at is None:
                 at = m.at_dt
             if digest is None:
-                digest = event_hash(m)
+                digest = m.hash()
             case = self.case(m.case_id, at)
             _advance_chain(case, m, digest, at)
             handler = HANDLERS.get(m.type)
@@ -540,20 +539,6 @@ def apply_event(session: Session, message: Message, where: Position = Position()
     models = ReadModels(session)
     models.fold(message, where)
     models.flush()
-
-
-_MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
-
-
-# gridflow.events.canonical_json's encoder, built once (json.dumps with options builds one per call).
-_CANONICAL = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
-
-
-def event_hash(m: Message) -> str:
-    """Message.hash() without its deep copy of the data (same canonical bytes, same digest)."""
-    return hashlib.sha256(
-        _CANONICAL({name: getattr(m, name) for name in _MESSAGE_FIELDS}).encode()
-    ).hexdigest()
 
 
 def _command_id(m: Message) -> str:

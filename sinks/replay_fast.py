@@ -18,8 +18,6 @@ until the end (about 1 KB per case and 100 B per event); the append-only rows on
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -41,7 +39,6 @@ from sinks.models import (
     table_of,
 )
 from sinks.projector import (
-    _CANONICAL,
     Position,
     ProjectionError,
     ReadModels,
@@ -232,19 +229,14 @@ class Replayer:
 
 # --- decoding and hashing, for the common case only ---------------------------------------
 
-_json_str = json.encoder.encode_basestring  # how the canonical encoder writes a str (C)
-_sha256 = hashlib.sha256
-
-
 def _decode_hashed(value: bytes | None) -> tuple[Message, datetime, str | None] | None:
     """A case event decoded as sinks.sql._decode_case_event decodes it, its time (m.at_dt)
-    and its hash (sinks.projector.event_hash: SHA-256 of the canonical bytes), for a record
+    and its hash (gridflow.contract.envelope_hash, as Message.hash()), for a record
     in the shape every producer writes (UTF-8 JSON object, envelope fields of their JSON
     types). Anything else returns None and the caller takes the general path, which gives
-    the result or the error the live sink gives. The hash is computed, never taken from the
-    record: the canonical bytes are built from the decoded values, with the envelope (ten
-    keys in sorted order) written here and only `data` through the canonical encoder, so a
-    record whose bytes are not canonical, or altered, hashes exactly as in the live sink.
+    the result or the error the live sink gives (a payload that does not match its type
+    included). The hash is computed from the decoded values, never taken from the record, so
+    a record whose bytes are not canonical, or altered, hashes exactly as in the live sink.
     The digest is None where that encoding fails (the fold then fails as in the live sink).
     """
     if value is None or value[:1] != b"{" or value[1:2] in (b"", b"\x00"):
@@ -269,16 +261,15 @@ def _decode_hashed(value: bytes | None) -> tuple[Message, datetime, str | None] 
     except SchemaError:
         return None
     m = Message(id_, type_, case_id, at, actor, data, schema, causation_id, seq, prev_hash)
+    if type_ in ev.PAYLOADS:
+        try:
+            m.body  # noqa: B018 - the typed payload, checked as decode_message checks it
+        except SchemaError:
+            return None
     try:
-        canonical = "".join((
-            '{"actor":', _json_str(actor), ',"at":', _json_str(at),
-            ',"case_id":', _json_str(case_id), ',"causation_id":', _json_str(causation_id),
-            ',"data":', _CANONICAL(data), ',"id":', _json_str(id_),
-            ',"prev_hash":', _json_str(prev_hash), ',"schema":', int.__repr__(schema),
-            ',"seq":', int.__repr__(seq), ',"type":', _json_str(type_), "}",
-        ))
-        digest: str | None = _sha256(canonical.encode()).hexdigest()
-    except Exception:  # e.g. a lone surrogate: event_hash fails the same way in the fold
+        digest: str | None = ev.envelope_hash(id_, type_, case_id, at, actor, data, schema,
+                                              causation_id, seq, prev_hash)
+    except Exception:  # e.g. a lone surrogate: Message.hash() fails the same way in the fold
         digest = None
     return m, at_dt, digest
 

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from gridflow import events as ev
+from gridflow.contract import envelope
 from sinks import sample
 
 
@@ -243,8 +244,8 @@ def test_what_orjson_reads_and_what_json_reads():
         return orjson.loads(raw)
 
     event = sample.eventful_lifecycle("AJO")[0].encode()
-    original = ev._orjson_loads
-    ev._orjson_loads = spy
+    original = envelope._orjson_loads
+    envelope._orjson_loads = spy
     try:
         assert ev.loads(event) == json.loads(event) and called == [event]
         assert ev.loads(event.decode()) == json.loads(event) and len(called) == 2
@@ -253,7 +254,7 @@ def test_what_orjson_reads_and_what_json_reads():
             same(routed)
         assert len(called) == 2
     finally:
-        ev._orjson_loads = original
+        envelope._orjson_loads = original
 
 
 def test_decode_message_and_dead_letter_reasons_unchanged():
