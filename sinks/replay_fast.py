@@ -28,6 +28,7 @@ from sqlalchemy import Engine, Table
 
 from gridflow import events as ev
 from gridflow.events import Message, SchemaError
+from sinks.bulk import converters, same
 from sinks.models import (
     Base,
     CaseEvent,
@@ -38,13 +39,7 @@ from sinks.models import (
     UTCDateTime,
     table_of,
 )
-from sinks.projector import (
-    Position,
-    ProjectionError,
-    ReadModels,
-    _converters,
-    _same,
-)
+from sinks.projector import Position, ProjectionError, ReadModels
 from sinks.sql import (
     SINK_LOCK,
     BatchStats,
@@ -281,14 +276,14 @@ _TABLES = tuple(
 
 def _row_maker(table: Table, dialect: Any) -> tuple[list[str], Callable[[dict[str, Any]], tuple[Any, ...]]]:
     """Column names, and a function making a row's driver values in that order (the same
-    conversions as the live sink's bulk_write: sinks.projector._converters)."""
-    converters = _converters(table, dialect)
-    names = [name for name, _, _ in converters]
-    defaults = {name: default for name, default, _ in converters}
+    conversions as the live sink's bulk_write: sinks.bulk.converters)."""
+    convert = converters(table, dialect)
+    names = [name for name, _, _ in convert]
+    defaults = {name: default for name, default, _ in convert}
     scope: dict[str, Any] = {"defaults": defaults}
     values = []
-    for i, (name, _, fn) in enumerate(converters):
-        if fn is _same:
+    for i, (name, _, fn) in enumerate(convert):
+        if fn is same:
             values.append(f"row[{name!r}]")
         else:
             scope[f"c{i}"] = _memo(fn) if isinstance(table.c[name].type, UTCDateTime) else fn

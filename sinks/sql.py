@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 from gridflow import events as ev
 from gridflow.events import Message, SchemaError, decode_message
 from sinks.models import CaseEvent, DeadLetter, SinkOffset, table_of
-from sinks.projector import Position, ProjectionError, ReadModels, in_chunks
+from sinks.projector import Position, ProjectionError, ReadModels
+from sinks.rows import in_chunks
 
 log = logging.getLogger("gridflow.sinks.sql")
 

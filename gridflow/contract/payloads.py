@@ -92,7 +92,7 @@ class ReportData(msgspec.Struct, frozen=True, kw_only=True):
     lon: float | None = None
     captured_at: str | None = None
     submitted_at: str | None = None
-    photos: list[Any] = msgspec.field(default_factory=list)
+    photos: list[PhotoData] = msgspec.field(default_factory=list)
 
 
 def report_of(report: dict[str, Any]) -> ReportData:
@@ -206,6 +206,9 @@ class CaseFiled(Event, frozen=True, kw_only=True):
     routing_rule: int | None | UnsetType = UNSET
     routing_reason_zh: str | UnsetType = UNSET
 
+    def __post_init__(self) -> None:
+        report_of(self.report)  # the report's fields have their types (SchemaError)
+
 
 class CaseNotFiled(Event, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "CaseNotFiled"
@@ -216,6 +219,9 @@ class CaseNotFiled(Event, frozen=True, kw_only=True):
     code: str = ""
     reason_zh: str = ""
     reason_en: str = ""
+
+    def __post_init__(self) -> None:
+        report_of(self.report)  # the report's fields have their types (SchemaError)
 
 
 class ReportMerged(Event, frozen=True, kw_only=True):
@@ -228,6 +234,9 @@ class ReportMerged(Event, frozen=True, kw_only=True):
     report: dict[str, Any]
     distance_m: float | None = None
     case_status: str = ""
+
+    def __post_init__(self) -> None:
+        report_of(self.report)  # the report's fields have their types (SchemaError)
 
 
 class TaskDispatched(Event, frozen=True, kw_only=True):

@@ -264,8 +264,8 @@ def test_an_event_that_cannot_be_folded_leaves_no_trace_but_a_dead_letter(
     events = sample.simple_lifecycle("AJ1")
     sink.apply_batch(sample.records(events[:2], TOPIC))  # filed and dispatched
 
-    def half_then_fail(rm, m, at, case):
-        rm.task(m, at)["state"] = "mangled"
+    def half_then_fail(rm, m, e, at, case):
+        rm.task(m.case_id, e.task_id, e.department, at)["state"] = "mangled"
         case["status"] = "mangled"
         raise KeyError("boom")
 

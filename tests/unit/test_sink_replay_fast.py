@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from gridflow import events as ev
-from sinks import projector, sample
+from sinks import bulk, projector, sample
 from sinks.models import create_schema, make_engine
 from sinks.replay_fast import NotEmpty, Replayer
 from sinks.sql import Record, SnapshotError, SqlSink
@@ -127,7 +127,7 @@ def test_a_fast_replay_can_be_continued_by_the_live_sink(tmp_path):
 
 
 def test_an_event_that_cannot_be_folded_is_dead_lettered_the_same_way(tmp_path, monkeypatch):
-    def half_then_fail(rm, m, at, case):  # type: ignore[no-untyped-def]
+    def half_then_fail(rm, m, e, at, case):  # type: ignore[no-untyped-def]
         case["rating"] = 99
         raise ValueError("boom")
 
@@ -258,10 +258,10 @@ def test_the_prebuilt_json_encoder_stands_in_only_for_make_engines_default():
 
     engine = make_engine("sqlite://")
     default = engine.dialect._json_serializer
-    assert projector._prebuilt(default) is projector._DUMPS_NON_ASCII
+    assert bulk._prebuilt(default) is bulk._DUMPS_NON_ASCII
     for value in ({"b": "é中文", "a": [1.5, 1e16, -0.0, None, True, {"z": "\u2028\x00"}]}, [], "x"):
-        assert projector._DUMPS_NON_ASCII(value) == default(value)
+        assert bulk._DUMPS_NON_ASCII(value) == default(value)
     for other in (json.dumps, lambda o: json.dumps(o, ensure_ascii=False, sort_keys=True),
                   lambda o: json.dumps(o)):
-        assert projector._prebuilt(other) is other
+        assert bulk._prebuilt(other) is other
     engine.dispose()

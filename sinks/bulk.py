@@ -1,0 +1,128 @@
+"""Bulk writes of read-model rows: INSERT, INSERT ... ON CONFLICT DO NOTHING and the upsert, as
+one driver-level executemany per table, values converted once per column (SQLite, PostgreSQL).
+
+Guarantee: the same values in the database as the column types' own bind processors would
+write (sinks.models.UTCDateTime, JSON); `converters` is what the fast replay's COPY and
+executemany use too.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import JSON, Column, Dialect, Insert, Table, insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from sinks.models import UTCDateTime, utc_datetime, utc_text
+
+
+def column_default(column: Column[Any]) -> Any:
+    default = column.default
+    return default.arg if default is not None and default.is_scalar else None  # type: ignore[attr-defined]
+
+
+def _dialect_insert(table: Table, dialect_name: str) -> sqlite.Insert | postgresql.Insert:
+    dialects = {"sqlite": sqlite, "postgresql": postgresql}
+    if dialect_name not in dialects:
+        raise NotImplementedError(f"the read models need SQLite or PostgreSQL, not {dialect_name}")
+    return dialects[dialect_name].insert(table)
+
+
+@functools.cache
+def _insert_new(table: Table, dialect_name: str) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING: rows whose primary key is taken stay as they are."""
+    return _dialect_insert(table, dialect_name).on_conflict_do_nothing()
+
+
+@functools.cache
+def _upsert(table: Table, dialect_name: str) -> Insert:
+    """INSERT ... ON CONFLICT (primary key) DO UPDATE SET every other column."""
+    stmt = _dialect_insert(table, dialect_name)
+    return stmt.on_conflict_do_update(
+        index_elements=list(table.primary_key.columns),
+        set_={c.name: stmt.excluded[c.name] for c in table.columns if not c.primary_key},
+    )
+
+
+def converters(table: Table, dialect: Dialect) -> list[tuple[str, Any, Callable[[Any], Any]]]:
+    """(column, default, to-driver function) per column: what the column types' bind
+    processors do (sinks.models.UTCDateTime, JSON), without their per-row dispatch."""
+    serialize = _prebuilt(getattr(dialect, "_json_serializer", None) or json.dumps)
+    out: list[tuple[str, Any, Callable[[Any], Any]]] = []
+    for c in table.columns:
+        fn: Callable[[Any], Any] = same
+        if isinstance(c.type, UTCDateTime):
+            fn = utc_text if dialect.name == "sqlite" else utc_datetime
+        elif isinstance(c.type, JSON):
+            if dialect.name == "sqlite":
+                def fn(v: Any, dumps: Callable[[Any], str] = serialize) -> Any:
+                    return None if v is None else dumps(v)
+            else:
+                from psycopg.types.json import Jsonb
+
+                def fn(v: Any, dumps: Callable[[Any], str] = serialize) -> Any:
+                    return None if v is None else Jsonb(v, dumps)
+        out.append((c.name, column_default(c), fn))
+    return out
+
+
+# json.dumps(o, ensure_ascii=False) builds a JSONEncoder per call; this one is built once.
+_DUMPS_NON_ASCII = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _prebuilt(serialize: Callable[[Any], str]) -> Callable[[Any], str]:
+    """The engine's JSON serializer, or the same encoder built once when it is
+    sinks.models.make_engine's default `lambda o: json.dumps(o, ensure_ascii=False)` (checked
+    by its code: that lambda, calling json.dumps with ensure_ascii=False and nothing else)."""
+    from sinks import models
+
+    code = getattr(serialize, "__code__", None)
+    if (code is not None and code in models.make_engine.__code__.co_consts
+            and getattr(serialize, "__closure__", None) is None
+            and code.co_names == ("json", "dumps")
+            and set(code.co_consts) <= {None, False, ("ensure_ascii",)}
+            and models.json is json):
+        return _DUMPS_NON_ASCII
+    return serialize
+
+
+def same(value: Any) -> Any:
+    return value
+
+
+@functools.cache
+def _bulk_statement(table: Table, kind: str, dialect: Dialect,
+                    ) -> tuple[str, list[tuple[str, Any, Callable[[Any], Any]]], bool]:
+    """The driver-level SQL of an insert of every column, and how to make its parameters."""
+    stmt: Any = {
+        "upsert": lambda: _upsert(table, dialect.name),
+        "insert_new": lambda: _insert_new(table, dialect.name),
+        "insert": lambda: insert(table),
+    }[kind]()
+    compiled = stmt.compile(dialect=dialect, column_keys=[c.name for c in table.columns])
+    convert = converters(table, dialect)
+    order = {name: i for i, (name, _, _) in enumerate(convert)}
+    positional = compiled.positiontup is not None
+    if positional:  # qmark (SQLite): parameters in the statement's order
+        convert = [convert[order[name]] for name in compiled.positiontup]
+    return str(compiled), convert, positional
+
+
+def bulk_write(session: Session, table: Table, kind: str, rows: list[dict[str, Any]]) -> None:
+    """INSERT (kind "insert"), INSERT ... ON CONFLICT DO NOTHING ("insert_new") or the upsert
+    ("upsert") of `rows` in the session's transaction, as one driver-level executemany."""
+    conn = session.connection()
+    sql, convert, positional = _bulk_statement(table, kind, conn.dialect)
+    if positional:
+        params: list[Any] = [
+            tuple([fn(row.get(name, default)) for name, default, fn in convert])
+            for row in rows
+        ]
+    else:
+        params = [{name: fn(row.get(name, default)) for name, default, fn in convert}
+                  for row in rows]
+    conn.exec_driver_sql(sql, params)
