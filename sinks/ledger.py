@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gridflow.contract import CommandRefused, Message
+from gridflow.contract import CommandRefused, Message, Payload
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,8 @@ def ledger_row(m: Message, at: datetime, digest: str, where: Position) -> dict[s
     }
 
 
-def command_id(m: Message) -> str:
+def command_id(m: Message, body: Payload | None) -> str:
     """The command an event answers: a refusal names it, any other event is caused by it."""
-    if m.known and isinstance(m.body, CommandRefused):
-        return m.body.command_id or m.causation_id
+    if isinstance(body, CommandRefused):
+        return body.command_id or m.causation_id
     return m.causation_id

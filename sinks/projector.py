@@ -19,10 +19,12 @@ from sqlalchemy.orm import Session
 
 from gridflow.contract import (
     COMMAND_OF_EVENT,
+    PAYLOADS,
     CaseFiled,
     CaseNotFiled,
     CommandRefused,
     Message,
+    Payload,
     PhotoArchived,
     ReportMerged,
     SchemaError,
@@ -151,10 +153,12 @@ class ReadModels:
             case = self.case(m.case_id, at)
             advance_chain(case, m, digest, at)
             handler = HANDLERS.get(m.type)
+            body = m.body if m.type in PAYLOADS else None  # None: a type this build lacks
             if handler is not None:
-                handler(self, m, m.body, at, case)
-            history = self._history_row(m, at)
-            outcome = self._outcome_row(m, at)
+                handler(self, m, body, at, case)
+            task_id = task_id_of(m, body)
+            history = self._history_row(m, task_id, at)
+            outcome = self._outcome_row(m, body, task_id, at)
         except Exception as exc:
             self._undo()
             raise ProjectionError(f"cannot fold {m.type} event {m.id}: {exc!r}") from exc
@@ -174,8 +178,7 @@ class ReadModels:
                 for ids in self.photo_ids_by_case.values():
                     ids[:] = [pid for pid in ids if pid not in removed]
 
-    def _history_row(self, m: Message, at: datetime) -> dict[str, Any] | None:
-        task_id = task_id_of(m)
+    def _history_row(self, m: Message, task_id: str, at: datetime) -> dict[str, Any] | None:
         task = self.tasks.get(task_id) if task_id else None
         if task is None:
             return None
@@ -191,15 +194,16 @@ class ReadModels:
             "summary": {k: v for k, v in m.data.items() if k != "task_id"},
         }
 
-    def _outcome_row(self, m: Message, at: datetime) -> dict[str, Any] | None:
-        cid = command_id(m)
+    def _outcome_row(self, m: Message, body: Payload | None, task_id: str, at: datetime,
+                     ) -> dict[str, Any] | None:
+        cid = command_id(m, body)
         if not cid or cid in self.known_commands:
             return None  # a command's first event decides its outcome (see flush)
-        refused = m.body if m.known and isinstance(m.body, CommandRefused) else None
+        refused = body if isinstance(body, CommandRefused) else None
         return {
             "command_id": cid,
             "case_id": m.case_id,
-            "task_id": task_id_of(m) or None,
+            "task_id": task_id or None,
             "command_type": (refused.command_type or None) if refused
             else COMMAND_OF_EVENT.get(m.type),
             "accepted": refused is None,
@@ -231,10 +235,10 @@ def apply_event(session: Session, message: Message, where: Position = NOWHERE) -
     models.flush()
 
 
-def task_id_of(m: Message) -> str:
+def task_id_of(m: Message, body: Payload | None) -> str:
     """The task an event is about ("" for a case-level one). The data of an event type this
-    build does not know is untyped: its task_id is taken if it is a string."""
-    if m.known:
-        return str(getattr(m.body, "task_id", ""))
+    build does not know (no `body`) is untyped: its task_id is taken if it is a string."""
+    if body is not None:
+        return str(getattr(body, "task_id", ""))
     value = m.data.get("task_id")
     return value if isinstance(value, str) else ""

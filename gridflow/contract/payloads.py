@@ -23,7 +23,7 @@ class SchemaError(ValueError):
     """A message that cannot be decoded or does not match its schema."""
 
 
-class Payload(msgspec.Struct, frozen=True, kw_only=True):
+class Payload(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A message's payload. TYPE is the envelope's `type`; LABEL_ZH what a person reads."""
 
     TYPE: ClassVar[str] = ""
@@ -65,7 +65,7 @@ def given(value: Any, default: Any = "") -> Any:
 # --- parts ------------------------------------------------------------------------------------
 
 
-class PhotoData(msgspec.Struct, frozen=True, kw_only=True):
+class PhotoData(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A photo reference inside a payload (claim check), as the aggregate writes it."""
 
     bucket: str | None = None
@@ -76,7 +76,7 @@ class PhotoData(msgspec.Struct, frozen=True, kw_only=True):
     role: str | UnsetType = UNSET
 
 
-class ReportData(msgspec.Struct, frozen=True, kw_only=True):
+class ReportData(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What the read side takes from a report (`report` of CaseFiled, ReportMerged,
     CaseNotFiled, FileReport, RefuseReport, ReportLocated): the report itself stays the dict
     the intake received (it carries the phone's and the resident's own fields), this is its
@@ -103,7 +103,7 @@ def report_of(report: dict[str, Any]) -> ReportData:
         raise SchemaError(f"bad report: {exc}") from exc
 
 
-class Exif(msgspec.Struct, frozen=True, kw_only=True):
+class Exif(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A photo's EXIF facts ({} when none were read: a missing or corrupt original)."""
 
     taken_at: str | None | UnsetType = UNSET
@@ -111,7 +111,7 @@ class Exif(msgspec.Struct, frozen=True, kw_only=True):
     lon: float | None | UnsetType = UNSET
 
 
-class WhistledTask(msgspec.Struct, frozen=True, kw_only=True):
+class WhistledTask(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     task_id: str
     department: str
     sign_due: str
