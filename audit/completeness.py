@@ -577,39 +577,22 @@ def read_commits(bootstrap: str, prefix: str, timeout_s: float = 30.0) -> Commit
     from kafka.errors import KafkaError
 
     from audit.logsource import LogUnavailable
+    from gridflow.kafka_groups import committed_offsets, group_exists
 
     proc, arch = processor_group(prefix), archive_group(prefix)
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="gridflow-verify",
                                  request_timeout_ms=int(timeout_s * 1000))
         try:
-            archive: Offsets | None = _group_offsets(admin, arch)
-            if not archive and not _group_exists(admin, arch):
+            archive: Offsets | None = committed_offsets(admin, arch)
+            if not archive and not group_exists(admin, arch):
                 archive = None
-            return Commits(_group_offsets(admin, proc), archive, proc, arch)
+            return Commits(committed_offsets(admin, proc), archive, proc, arch)
         finally:
             admin.close()
     except KafkaError as exc:
         raise LogUnavailable(f"reading the committed offsets of {proc} / {arch} failed "
                              f"({type(exc).__name__}: {exc}) / 无法读取消费组已提交位点") from exc
-
-
-def _group_offsets(admin: Any, group: str) -> dict[tuple[str, int], int]:
-    if hasattr(admin, "list_group_offsets"):  # kafka-python 3
-        found = admin.list_group_offsets({group: None}).get(group, {})
-    else:  # kafka-python 2
-        found = admin.list_consumer_group_offsets(group)
-    return {(tp.topic, tp.partition): int(om.offset) for tp, om in found.items()
-            if om is not None and om.offset is not None and om.offset >= 0}
-
-
-def _group_exists(admin: Any, group: str) -> bool:
-    if hasattr(admin, "describe_groups"):  # kafka-python 3: {group: {"group_state": ...}}
-        state = admin.describe_groups([group]).get(group, {}).get("group_state", "Dead")
-    else:  # kafka-python 2: [GroupInformation(error_code, group, state, ...)]
-        described = admin.describe_consumer_groups([group])
-        state = described[0].state if described else "Dead"
-    return str(state) not in ("Dead", "")
 
 
 def rest_plans(kc: Any, names: LogNames, read: list[Any]) -> tuple[list[Any], set[str],

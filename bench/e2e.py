@@ -115,7 +115,7 @@ def steady(url: str, seconds: float, run: str, watcher: Watcher, tokens: Mapping
 
 
 def run(ctx: Context) -> list[Figure]:
-    from producers.testing import free_port
+    from demo.live import free_port
     from sinks.models import create_schema, make_engine
 
     seconds = max(5.0, FULL_SECONDS * ctx.scale)

@@ -141,14 +141,14 @@ def raw_baseline(settings: Settings, bucket: str, topic: str, count: int, concur
 
 
 def _event_size(bootstrap: str, topic: str) -> int:
-    from producers.testing import read_topic
+    from demo.live import read_topic
 
     records = read_topic(bootstrap, topic, lambda rs: len(rs) >= 1, timeout_s=20)
     return len(records[0].value) if records else 1200
 
 
 def run(ctx: Context) -> list[Figure]:
-    from producers.testing import free_port
+    from demo.live import free_port
 
     count = ctx.n(FULL_UPLOADS, 64)
     base = base_jpeg()

@@ -86,7 +86,7 @@ class County:
 @cache
 def base_jpeg(target: int = PHOTO_BYTES) -> bytes:
     """A real 1600×1200 JPEG with EXIF (capture time, GPS) of about `target` bytes."""
-    from gridflow.testing.images import make_jpeg
+    from demo.images import make_jpeg
 
     noise = 0.09 * (target / PHOTO_BYTES)
     return make_jpeg(1600, 1200, seed=5, noise=noise, quality=85,
@@ -96,7 +96,7 @@ def base_jpeg(target: int = PHOTO_BYTES) -> bytes:
 @cache
 def small_jpeg() -> bytes:
     """A 640×480 JPEG as the simulator sends (a phone app that downsizes)."""
-    from gridflow.testing.images import make_jpeg
+    from demo.images import make_jpeg
 
     return make_jpeg(640, 480, seed=6, quality=85, taken_at=datetime(2026, 11, 17, 10, 0),
                      gps=(32.2, 110.0))

@@ -35,7 +35,7 @@ def probe(url: str, token: str, out: Path) -> dict[str, Any]:
 
 
 def run(ctx: Context) -> list[Figure]:
-    from producers.testing import free_port
+    from demo.live import free_port
 
     if not Path(CHROMIUM).exists():
         return [Figure("phone app (掌上巡检)", "not measured",

@@ -30,12 +30,12 @@ TARGET_RATIO = 0.5
 
 
 class CaseLog:
-    """Case histories made from one real one (sinks.sample.eventful_lifecycle, every event type)
+    """Case histories made from one real one (demo.histories.eventful_lifecycle, every event type)
     by renaming the case, shifting its times and re-chaining its hashes: case k starts k
     minutes after case 0, so the log interleaves cases as a live county's would."""
 
     def __init__(self) -> None:
-        from sinks import sample
+        from demo import histories as sample
 
         events = sample.eventful_lifecycle(TEMPLATE_CASE, sample.T0)
         self.template = [e.to_dict() for e in events]

@@ -287,7 +287,7 @@ def staff_token(db_url: str, ref: ReferenceData, department: str, *logins: str) 
 
 
 def run(ctx: Context) -> list[Figure]:
-    from producers.testing import free_port
+    from demo.live import free_port
 
     ref = load_reference_data()
     cases = ctx.n(CASES, 200)

@@ -26,10 +26,10 @@ import httpx
 from sqlalchemy import func, select
 
 from chaos.observe import Samples, metrics_url, present, scrape, total
+from demo import images
 from gridflow import services, topics
-from gridflow.core.refdata import ReferenceData
+from gridflow.core.refdata import ReferenceData, load_reference_data
 from gridflow.settings import Settings
-from gridflow.testing import images
 from sinks.models import Case, Photo, Report, Task, create_schema, make_engine, table_of
 
 Echo = Callable[[str], None]
@@ -517,21 +517,43 @@ def judge_answers(acc: Accounting, phones: Phones, outage: Outage) -> None:
 
 def topic_copies(settings: Settings) -> Counter[str]:
     """How many records each report id has on the reports topic."""
-    from kafka import KafkaConsumer, TopicPartition
+    from chaos.kill_worker import reports_topic_records
 
-    name = topics.REPORTS.name(settings.topic_prefix)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                             enable_auto_commit=False, consumer_timeout_ms=3000)
-    try:
-        tps = [TopicPartition(name, p) for p in range(topics.REPORTS.partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        found: Counter[str] = Counter()
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            for records in consumer.poll(timeout_ms=1000).values():
-                for r in records:
-                    found[r.key.decode()] += 1
-        return found
-    finally:
-        consumer.close()
+    return Counter(r.key.decode() for r in reports_topic_records(settings))
+
+
+# --- the outage scenarios' common frame (kafka-outage, storage-outage) ---------------------------
+
+
+def outage_place(settings: Settings, log_dir: Path, tag: str) -> tuple[RunPlace, Settings,
+                                                                       ReferenceData]:
+    """A fault run's own place, its settings (a short session timeout: a restarted worker is
+    back within seconds) and the reference data."""
+    place = new_place(settings, log_dir, tag)
+    s = place.settings.with_(worker_session_timeout_s=6.0)
+    return place, s, load_reference_data(s.refdata_dir)
+
+
+def account_acknowledged(acc: Accounting, settings: Settings, acked: set[str]) -> None:
+    """Acknowledged reports against the read models: how many, and which never arrived."""
+    acc.acknowledged = len(acked)
+    acc.counts = read_models(settings.database_url)
+    acc.lost = sorted(acked - acc.counts.reports)
+
+
+OutageRun = Callable[..., Accounting]
+
+
+def outage_cli(run: OutageRun, outage_s: float) -> Callable[..., tuple[bool, list[str]]]:
+    """The `gridflow chaos --scenario ...` entry of an outage scenario: `outage_s` at 3 reports/s
+    (--full: 5 reports/s, a longer stream before the outage; --rate, --seed)."""
+
+    def cli(settings: Settings, log_dir: Path, options: dict[str, Any],
+            echo: Echo) -> tuple[bool, list[str]]:
+        full = bool(options.get("full"))
+        result = run(settings, log_dir, outage_s=outage_s,
+                     rate=options.get("rate") or (5.0 if full else 3.0),
+                     warmup_s=15.0 if full else 8.0, seed=options.get("seed") or 1, echo=echo)
+        return result.clean, result.lines()
+
+    return cli

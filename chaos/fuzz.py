@@ -154,16 +154,16 @@ class Known:
 
 def seed_case(base_url: str, app: Any, callers: Callers) -> Known:
     """A report with a photo by gw0001 through the API, filed by the pipeline's own steps into
-    the read models (producers.testing.InProcessPipeline), and one command outcome."""
+    the read models (demo.live.InProcessPipeline), and one command outcome."""
     import json
     from datetime import UTC, datetime, timedelta
 
     import httpx
     from sqlalchemy import select
 
+    from demo import images
+    from demo.live import InProcessPipeline, read_topic
     from gridflow import topics
-    from gridflow.testing import images
-    from producers.testing import InProcessPipeline, read_topic
     from sinks.models import Photo, table_of
 
     c = app.state.ctx
@@ -199,11 +199,11 @@ def seed_case(base_url: str, app: Any, callers: Callers) -> Known:
 def live_api(settings: Settings, log_dir: Path) -> Iterator[tuple[str, Any, Settings]]:
     """The real API over HTTP on its own prefix, buckets and SQLite database; yields (base
     URL, app, settings). Its topics and buckets are removed afterwards."""
+    from demo.live import LiveApi, real_deps
     from gridflow import topics
     from gridflow.core.refdata import load_reference_data
     from gridflow.objectstore import make_client
     from producers.app import create_app
-    from producers.testing import LiveApi, real_deps
 
     prefix = f"fuzz-{uuid.uuid4().hex[:8]}"
     log_dir.mkdir(parents=True, exist_ok=True)

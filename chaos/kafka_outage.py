@@ -16,60 +16,42 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
-from chaos.common import (
-    Accounting,
-    Echo,
-    Phones,
-    Procs,
-    judge_answers,
-    new_place,
-    phone_tokens,
-    phones_through_outage,
-    read_models,
-    topic_copies,
-    wait_caught_up,
-    wait_healthy,
-)
+from chaos import common
 from chaos.kill_worker import audit_verdict
 from chaos.proxy import KafkaProxy
-from gridflow.core.refdata import load_reference_data
 from gridflow.settings import Settings
 
 
 def run(settings: Settings, log_dir: Path, *, outage_s: float = 30.0, rate: float = 3.0,
         warmup_s: float = 8.0, after_s: float = 5.0, seed: int = 1, audit: bool = True,
-        echo: Echo = print) -> Accounting:
-    place = new_place(settings, log_dir, "chaos-kafka")
-    s = place.settings.with_(worker_session_timeout_s=6.0)
-    ref = load_reference_data(s.refdata_dir)
+        echo: common.Echo = print) -> common.Accounting:
+    place, s, ref = common.outage_place(settings, log_dir, "chaos-kafka")
     proxy = KafkaProxy.to(s.kafka_bootstrap)
     proxy.up()
-    acc = Accounting("kafka-outage", f"Kafka unreachable for the API's producer for "
+    acc = common.Accounting("kafka-outage", f"Kafka unreachable for the API's producer for "
                      f"{outage_s:.0f} s at {rate:g} reports/s", s.topic_prefix)
-    procs = Procs(log_dir)
-    phones: Phones | None = None
+    procs = common.Procs(log_dir)
+    phones: common.Phones | None = None
     t0 = time.monotonic()
     try:
         procs.start("worker", ["worker", "--loglevel", "info"], s)
         procs.start("sink", ["sink"], s)
         procs.start("api", ["api", "--workers", "1"], s.with_(kafka_bootstrap=proxy.address))
-        wait_healthy(s.api_url, procs)
-        phones = Phones(s.api_url, phone_tokens(s, ref, 12, "chaos-kafka"), ref, rate, seed)
-        outage = phones_through_outage(phones, proxy, "Kafka (the API's producer)", warmup_s,
-                                       outage_s, after_s, echo)
+        common.wait_healthy(s.api_url, procs)
+        tokens = common.phone_tokens(s, ref, 12, "chaos-kafka")
+        phones = common.Phones(s.api_url, tokens, ref, rate, seed)
+        outage = common.phones_through_outage(phones, proxy, "Kafka (the API's producer)",
+                                              warmup_s, outage_s, after_s, echo)
         echo("  waiting for the phones' retries and the pipeline (metrics) to catch up")
-        seconds, lag, _ = wait_caught_up(s, procs, phones.acknowledged, outage.up_at, echo,
-                                         settled=phones.settled)
+        seconds, lag, _ = common.wait_caught_up(s, procs, phones.acknowledged, outage.up_at,
+                                                echo, settled=phones.settled)
         acc.recovery.append((f"Kafka back (outage {outage_s:.0f} s)", seconds))
         acked = phones.acknowledged()
-        acc.acknowledged = len(acked)
-        acc.counts = read_models(s.database_url)
-        acc.lost = sorted(acked - acc.counts.reports)
+        common.account_acknowledged(acc, s, acked)
         acc.dead_letters = lag.dead_letters
-        judge_answers(acc, phones, outage)
-        copies = topic_copies(s)
+        common.judge_answers(acc, phones, outage)
+        copies = common.topic_copies(s)
         twice = sum(1 for n in copies.values() if n > 1)
         acc.api.append(f"reports topic: {sum(copies.values())} records of {len(copies)} reports"
                        f" ({twice} published twice: an ack the API could not be sure of, "
@@ -89,12 +71,6 @@ def run(settings: Settings, log_dir: Path, *, outage_s: float = 30.0, rate: floa
     return acc
 
 
-def cli(settings: Settings, log_dir: Path, options: dict[str, Any],
-        echo: Echo) -> tuple[bool, list[str]]:
-    """`gridflow chaos --scenario kafka-outage`: 30 s at 3 reports/s (--full: 5 reports/s, a
-    longer stream before the outage)."""
-    full = bool(options.get("full"))
-    result = run(settings, log_dir, outage_s=30.0,
-                 rate=options.get("rate") or (5.0 if full else 3.0),
-                 warmup_s=15.0 if full else 8.0, seed=options.get("seed") or 1, echo=echo)
-    return result.clean, result.lines()
+# `gridflow chaos --scenario kafka-outage`: 30 s at 3 reports/s (--full: 5 reports/s, a longer
+# stream before the outage)
+cli = common.outage_cli(run, outage_s=30.0)

@@ -17,7 +17,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,13 +27,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from minio import Minio
 from sqlalchemy import func, select
 
+from demo.images import make_jpeg
 from gridflow import events as ev
 from gridflow import services, topics
 from gridflow.core.refdata import ReferenceData, load_reference_data
 from gridflow.events import Message, derived_id, iso
 from gridflow.objectstore import make_client
 from gridflow.settings import Settings
-from gridflow.testing.images import make_jpeg
 from sinks.models import Case, Report, Task, create_schema, make_engine, table_of
 
 # Up-times before a kill: a third in the first seconds (the first commit of a new group, a
@@ -149,8 +149,8 @@ class ReportProducer(threading.Thread):
             producer.close()
 
 
-def reports_on_topic(settings: Settings) -> dict[str, tuple[int, int]]:
-    """Every report id on the reports topic, with its partition and offset."""
+def reports_topic_records(settings: Settings) -> Iterator[Any]:
+    """Every record of the reports topic, from the beginning to the end it had when asked."""
     name = topics.REPORTS.name(settings.topic_prefix)
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
                              enable_auto_commit=False, consumer_timeout_ms=3000)
@@ -159,14 +159,16 @@ def reports_on_topic(settings: Settings) -> dict[str, tuple[int, int]]:
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
-        found: dict[str, tuple[int, int]] = {}
         while any(consumer.position(tp) < end[tp] for tp in tps):
             for records in consumer.poll(timeout_ms=1000).values():
-                for r in records:
-                    found[r.key.decode()] = (r.partition, r.offset)
-        return found
+                yield from records
     finally:
         consumer.close()
+
+
+def reports_on_topic(settings: Settings) -> dict[str, tuple[int, int]]:
+    """Every report id on the reports topic, with its partition and offset."""
+    return {r.key.decode(): (r.partition, r.offset) for r in reports_topic_records(settings)}
 
 
 def report_rows(database_url: str) -> tuple[set[str], int]:

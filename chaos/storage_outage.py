@@ -17,43 +17,26 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
-from chaos.common import (
-    Accounting,
-    Echo,
-    Phones,
-    Procs,
-    judge_answers,
-    new_place,
-    phone_tokens,
-    phones_through_outage,
-    read_models,
-    via_proxy,
-    wait_caught_up,
-    wait_healthy,
-)
+from chaos import common
 from chaos.kill_worker import audit_verdict
 from chaos.proxy import FlakyProxy
-from gridflow.core.refdata import load_reference_data
 from gridflow.settings import Settings
 
 
 def run(settings: Settings, log_dir: Path, *, outage_s: float = 60.0, rate: float = 3.0,
         warmup_s: float = 8.0, after_s: float = 5.0, seed: int = 1, audit: bool = True,
-        echo: Echo = print) -> Accounting:
-    place = new_place(settings, log_dir, "chaos-store")
-    s = place.settings.with_(worker_session_timeout_s=6.0)
-    ref = load_reference_data(s.refdata_dir)
+        echo: common.Echo = print) -> common.Accounting:
+    place, s, ref = common.outage_place(settings, log_dir, "chaos-store")
     minio = FlakyProxy.to(s.s3_endpoint)
     postgres = FlakyProxy("127.0.0.1", s.postgres_port)
     minio.up()
     postgres.up()
-    db_via_proxy = via_proxy(s.database_url, postgres.address)
-    acc = Accounting("storage-outage", f"MinIO, then PostgreSQL, unreachable for "
+    db_via_proxy = common.via_proxy(s.database_url, postgres.address)
+    acc = common.Accounting("storage-outage", f"MinIO, then PostgreSQL, unreachable for "
                      f"{outage_s:.0f} s each at {rate:g} reports/s", s.topic_prefix)
-    procs = Procs(log_dir)
-    phones: list[Phones] = []
+    procs = common.Procs(log_dir)
+    phones: list[common.Phones] = []
     t0 = time.monotonic()
     try:
         procs.start("worker", ["worker", "--loglevel", "info"],
@@ -61,31 +44,29 @@ def run(settings: Settings, log_dir: Path, *, outage_s: float = 60.0, rate: floa
         procs.start("sink", ["sink"], s.with_(database_url=db_via_proxy))
         procs.start("api", ["api", "--workers", "1"],
                     s.with_(s3_endpoint=minio.address, database_url=db_via_proxy))
-        wait_healthy(s.api_url, procs)
-        tokens = phone_tokens(s, ref, 12, "chaos-store")
+        common.wait_healthy(s.api_url, procs)
+        tokens = common.phone_tokens(s, ref, 12, "chaos-store")
         acked: set[str] = set()
         for what, proxy in (("MinIO (uploads and the photo archive)", minio),
                             ("PostgreSQL (the sink and the API's receipts)", postgres)):
-            batch = Phones(s.api_url, tokens, ref, rate, seed + len(phones))
+            batch = common.Phones(s.api_url, tokens, ref, rate, seed + len(phones))
             phones.append(batch)
-            outage = phones_through_outage(batch, proxy, what, warmup_s, outage_s, after_s,
-                                           echo)
+            outage = common.phones_through_outage(batch, proxy, what, warmup_s, outage_s,
+                                                  after_s, echo)
             echo("  waiting for the phones' retries and the pipeline (metrics) to catch up")
             before = set(acked)
 
-            def acknowledged(b: Phones = batch, a: set[str] = before) -> set[str]:
+            def acknowledged(b: common.Phones = batch, a: set[str] = before) -> set[str]:
                 return a | b.acknowledged()
 
-            seconds, lag, _ = wait_caught_up(s, procs, acknowledged, outage.up_at, echo,
-                                             settled=batch.settled)
+            seconds, lag, _ = common.wait_caught_up(s, procs, acknowledged, outage.up_at,
+                                                    echo, settled=batch.settled)
             acc.recovery.append((f"{what.split(' ')[0]} back (outage {outage_s:.0f} s)",
                                  seconds))
             acked |= batch.acknowledged()
             acc.dead_letters = lag.dead_letters
-            judge_answers(acc, batch, outage)
-        acc.acknowledged = len(acked)
-        acc.counts = read_models(s.database_url)
-        acc.lost = sorted(acked - acc.counts.reports)
+            common.judge_answers(acc, batch, outage)
+        common.account_acknowledged(acc, s, acked)
         if acc.counts.archived != acc.counts.photos:
             acc.problems.append(f"{acc.counts.photos - acc.counts.archived} photos not archived")
         if audit:
@@ -101,12 +82,6 @@ def run(settings: Settings, log_dir: Path, *, outage_s: float = 60.0, rate: floa
     return acc
 
 
-def cli(settings: Settings, log_dir: Path, options: dict[str, Any],
-        echo: Echo) -> tuple[bool, list[str]]:
-    """`gridflow chaos --scenario storage-outage`: 60 s each at 3 reports/s (--full: 5
-    reports/s, a longer stream before each outage)."""
-    full = bool(options.get("full"))
-    result = run(settings, log_dir, outage_s=60.0,
-                 rate=options.get("rate") or (5.0 if full else 3.0),
-                 warmup_s=15.0 if full else 8.0, seed=options.get("seed") or 1, echo=echo)
-    return result.clean, result.lines()
+# `gridflow chaos --scenario storage-outage`: 60 s each at 3 reports/s (--full: 5 reports/s, a
+# longer stream before each outage)
+cli = common.outage_cli(run, outage_s=60.0)

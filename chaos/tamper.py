@@ -232,7 +232,7 @@ def _remove_buckets(s3: Minio, settings: Settings) -> bool:
 def run(settings: Settings, log_dir: Path, *, timeout_s: float = 180.0,
         echo: Echo = print) -> TamperReport:
     from chaos.kill_worker import sample_report, upload_photo
-    from gridflow.testing.images import make_jpeg
+    from demo.images import make_jpeg
 
     t0 = time.monotonic()
     prefix = f"tamper-{uuid.uuid4().hex[:8]}"

@@ -277,7 +277,7 @@ class Director:
 
 
 def _after_photo() -> bytes:
-    from gridflow.testing.images import make_jpeg
+    from demo.images import make_jpeg
 
     return make_jpeg(640, 480, seed=99, taken_at=datetime(2026, 11, 17, 10, 0),
                      gps=(32.2, 110.0))

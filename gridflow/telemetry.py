@@ -236,17 +236,14 @@ class PipelineCollector(Collector):
     def _group_offsets(self, group: str) -> dict[tuple[str, int], int]:
         from kafka.admin import KafkaAdminClient
 
+        from gridflow.kafka_groups import committed_offsets
+
         if self._admin is None:
             ms = int(self.timeout_s * 1000)
             self._admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap,
                                            client_id="gridflow-metrics",
                                            request_timeout_ms=max(ms, 1000))
-        if hasattr(self._admin, "list_group_offsets"):  # kafka-python 3
-            found = self._admin.list_group_offsets({group: None}).get(group, {})
-        else:  # kafka-python 2
-            found = self._admin.list_consumer_group_offsets(group)
-        return {(tp.topic, tp.partition): int(meta.offset) for tp, meta in found.items()
-                if meta.offset is not None and meta.offset >= 0}
+        return committed_offsets(self._admin, group)
 
     def _reset_kafka(self) -> None:
         for client in (self._kafka, self._admin):

@@ -63,18 +63,14 @@ def _group_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int] | N
     """A Kafka group's committed offsets; None when the group has never committed."""
     from kafka.admin import KafkaAdminClient
 
+    from gridflow.kafka_groups import committed_offsets
+
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="gridflow-status",
                              request_timeout_ms=10000)
     try:
-        if hasattr(admin, "list_group_offsets"):  # kafka-python 3
-            found = admin.list_group_offsets({group: None}).get(group, {})
-        else:  # kafka-python 2
-            found = admin.list_consumer_group_offsets(group)
+        return committed_offsets(admin, group) or None
     finally:
         admin.close()
-    out = {(tp.topic, tp.partition): int(meta.offset) for tp, meta in found.items()
-           if meta.offset is not None and meta.offset >= 0}
-    return out or None
 
 
 def _stored_offsets(database_url: str, table: str, consumer: str) -> dict[tuple[str, int], int]:

@@ -24,10 +24,10 @@ from typing import Any
 
 import httpx
 
+from demo import images
 from gridflow.core.geo import random_point_in
 from gridflow.core.intake import CHINA_TZ
 from gridflow.core.refdata import ReferenceData, Worker, load_reference_data
-from gridflow.testing import images
 
 # Share of each kind of traffic (the rest: fresh photo reports).
 MIX = {"retry": 0.08, "near_duplicate": 0.08, "bad_photo": 0.04, "resident": 0.12}

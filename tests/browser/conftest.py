@@ -126,12 +126,12 @@ def shoot(tmp_path: Path) -> Callable[[Any, str], Path]:
 
 class Pump:
     """The pipeline behind the API for browser tests: reads the reports and case-commands topics
-    (what the API publishes) and runs them through producers.testing.InProcessPipeline (the
+    (what the API publishes) and runs them through demo.live.InProcessPipeline (the
     processors' pure steps and the real SQL sink) in one thread, in the order they arrive."""
 
     def __init__(self, bootstrap: str, prefix: str, engine: Any, ref: Any) -> None:
+        from demo.live import InProcessPipeline
         from gridflow import topics
-        from producers.testing import InProcessPipeline
 
         self.pipeline = InProcessPipeline(engine, ref)
         self.bootstrap = bootstrap
@@ -237,11 +237,11 @@ def site(stack: Any) -> Iterator[Site]:
     behind it; all removed afterwards, pass or fail."""
     import psycopg
 
+    from demo.live import LiveApi, real_deps
     from gridflow.core.refdata import load_reference_data
     from gridflow.topics import delete_topics
     from infra.kafka import ensure_catalogue
     from producers.app import create_app
-    from producers.testing import LiveApi, real_deps
 
     tag = f"b{uuid.uuid4().hex[:11]}"
     base = stack.settings

@@ -9,7 +9,7 @@ from typing import Any
 
 from conftest import Site, wait_for
 
-from gridflow.testing import images
+from demo import images
 from mobile.places import door_plate
 from sinks.models import Report, Task
 

@@ -13,7 +13,7 @@ import httpx
 from conftest import Site, wait_for
 from test_worker_app import IN_GRID, jpeg, sign_in
 
-from gridflow.testing import images
+from demo import images
 from sinks.models import Photo, Task
 
 DEPT_STAFF = "ds0019"  # 石门村村委会, the department of litter in 石门村

@@ -30,10 +30,10 @@ from openpyxl import load_workbook
 
 from accounts.sample import SampleSessions
 from accounts.store import AccountStore
+from demo import images
 from gridflow import services
 from gridflow.core import geo
 from gridflow.core.refdata import load_reference_data
-from gridflow.testing import images
 
 REF = load_reference_data()
 VILLAGE = "421099101201.cwh"  # 石门村村委会: E0102 in 石门村一组网格 goes here
@@ -123,9 +123,9 @@ class County:
 def county(stack: Any, browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[County]:
     import psycopg
 
+    from demo.live import free_port
     from gridflow.topics import delete_topics
     from infra.kafka import ensure_catalogue
-    from producers.testing import free_port
     from sinks.models import make_engine
 
     tag = f"w{uuid.uuid4().hex[:11]}"

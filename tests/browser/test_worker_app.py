@@ -13,10 +13,10 @@ from typing import Any
 from conftest import Site, wait_for
 from PIL import Image
 
+from demo import images
+from demo.live import read_topic
 from gridflow import topics
 from gridflow.events import decode_message
-from gridflow.testing import images
-from producers.testing import read_topic
 from sinks.models import Photo, Report
 
 WORKER = "gw0001"  # 赵建军, 石门村一组网格 (421099101201001)

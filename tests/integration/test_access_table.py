@@ -28,13 +28,13 @@ from accounts.roles import DEPT_STAFF, OPEN311_PARTNER, Grant
 from accounts.sample import SampleSessions
 from accounts.store import AccountStore
 from dashboard.app import create_dashboard
+from demo import images
+from demo.live import InProcessPipeline, LiveApi, read_topic, real_deps
 from gridflow import topics
 from gridflow.core.refdata import load_reference_data
 from gridflow.settings import Settings
-from gridflow.testing import images
 from processors.archive import thumbnail_key
 from producers.app import create_app
-from producers.testing import InProcessPipeline, LiveApi, read_topic, real_deps
 
 pytestmark = pytest.mark.integration
 

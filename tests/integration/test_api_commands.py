@@ -23,13 +23,14 @@ from accounts.people import county_people
 from accounts.roles import DEPT_STAFF
 from accounts.sample import SampleSessions
 from accounts.store import AccountStore
+from demo import images
+from demo.live import InProcessPipeline, LiveApi, real_deps
 from gridflow import topics
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import decode_message
 from gridflow.settings import Settings
-from gridflow.testing import images
 from producers.app import create_app
-from producers.testing import ApiEnv, InProcessPipeline, LiveApi, chinese, real_deps
+from tests.support.api import ApiEnv, chinese
 
 pytestmark = pytest.mark.integration
 

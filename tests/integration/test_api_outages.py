@@ -10,10 +10,11 @@ from faults import FlakyProxy
 from minio import Minio
 from test_api_reports import build_deps, new_report, photo, sign_in, upload
 
+from demo.live import LiveApi, read_topic
 from gridflow import topics
 from gridflow.settings import Settings
 from producers.app import create_app
-from producers.testing import LiveApi, chinese, read_topic
+from tests.support.api import chinese
 
 pytestmark = pytest.mark.integration
 

@@ -21,13 +21,14 @@ import pytest
 
 from accounts.sample import SampleSessions
 from accounts.store import AccountStore
+from demo import images
+from demo.live import LiveApi, free_port, read_topic, real_deps
 from gridflow import topics
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import REPORT_SUBMITTED, decode_message, derived_id
 from gridflow.settings import Settings
-from gridflow.testing import images
 from producers.app import Deps, create_app
-from producers.testing import ApiEnv, LiveApi, chinese, free_port, read_topic, real_deps
+from tests.support.api import ApiEnv, chinese
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,10 @@ from minio import Minio
 from minio.error import S3Error
 from PIL import Image
 
+from demo import images
 from gridflow import events as ev
 from gridflow.events import Message, iso
 from gridflow.objectstore import put_if_absent
-from gridflow.testing import images
 from processors import archive
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)

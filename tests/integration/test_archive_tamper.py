@@ -33,14 +33,14 @@ from audit import history, report
 from chaos import tamper
 from chaos.kill_worker import sample_report
 from dashboard.app import create_dashboard
+from demo import images
+from demo.live import InProcessPipeline, real_deps
 from gridflow import events as ev
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import Message, iso
 from gridflow.objectstore import read_object, retention_of, versions_of
-from gridflow.testing import images
 from processors import archive
 from producers.app import create_app
-from producers.testing import InProcessPipeline, real_deps
 
 REF = load_reference_data()
 DAY = 1  # retention: the date comes from the wall clock; a COMPLIANCE object stays a day

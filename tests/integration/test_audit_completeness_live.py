@@ -17,6 +17,7 @@ from kafka.structs import OffsetAndMetadata
 
 from audit import completeness as cmp
 from audit.verify import verify
+from demo.histories import T0, HoursPlanner, photo
 from gridflow import events as ev
 from gridflow import topics
 from gridflow.core import geo
@@ -26,7 +27,6 @@ from processors import steps
 from processors.archive import photos_of
 from sinks.models import create_schema, make_engine
 from sinks.runner import run_sink
-from sinks.sample import T0, HoursPlanner, photo
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -22,11 +22,11 @@ from audit import archiver, chain, dbcompare, logsource
 from audit import segments as seg
 from audit.replay import log_topics, replay_into
 from audit.verify import verify
+from demo import histories as sample
 from gridflow import events as ev
 from gridflow import topics
 from gridflow.events import Message
 from infra.kafka import ensure_catalogue
-from sinks import sample
 from sinks.models import create_schema, make_engine
 from sinks.runner import run_sink
 

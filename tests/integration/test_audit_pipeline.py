@@ -30,13 +30,13 @@ from streams import start_worker, wait_consumed
 
 from audit import dbcompare
 from audit.verify import verify
+from demo.images import make_jpeg
 from gridflow import events as ev
 from gridflow import services, topics
 from gridflow.clock import scaled_spec
 from gridflow.core.sla import REFDATA_DIR
 from gridflow.events import Message, iso
 from gridflow.settings import Settings
-from gridflow.testing.images import make_jpeg
 from infra.kafka import ensure_catalogue
 from processors.app import app_id_for
 from sinks.models import create_schema, make_engine

@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 
 from accounts.sample import SampleSessions
 from dashboard.app import create_dashboard
+from demo import histories as sample
 from gridflow.core.metrics import department_indicators
 from gridflow.core.refdata import load_reference_data
 from processors.archive import thumbnail_key
-from sinks import sample
 from sinks.models import create_schema, make_engine
 from sinks.queries import task_rows_for_metrics
 from sinks.sql import SqlSink

@@ -19,11 +19,11 @@ from accounts.roles import MONITOR, Grant
 from accounts.sample import SampleSessions
 from accounts.store import AccountStore
 from chaos.observe import WebhookReceiver, metrics_url, present, scrape, total
+from demo import images
+from demo.live import free_port
 from gridflow import services
 from gridflow.core.refdata import load_reference_data
 from gridflow.settings import Settings
-from gridflow.testing import images
-from producers.testing import free_port
 from sinks.models import make_engine
 
 pytestmark = pytest.mark.integration

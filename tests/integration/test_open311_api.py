@@ -19,12 +19,13 @@ import pytest
 
 from accounts.sample import SampleSessions
 from accounts.store import AccountStore
+from demo.live import InProcessPipeline, LiveApi, free_port, real_deps
 from gridflow import topics
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import decode_message
 from gridflow.settings import Settings
 from producers.app import create_app
-from producers.testing import ApiEnv, InProcessPipeline, LiveApi, chinese, free_port, real_deps
+from tests.support.api import ApiEnv, chinese
 
 pytestmark = pytest.mark.integration
 

@@ -19,12 +19,13 @@ from accounts.people import county_people
 from accounts.roles import DEPT_STAFF
 from accounts.sample import SampleSessions
 from dashboard.app import create_dashboard
+from demo.live import InProcessPipeline, LiveApi, free_port, real_deps
 from gridflow import topics
 from gridflow.core.refdata import load_reference_data
 from gridflow.settings import Settings
 from producers.app import create_app
 from producers.publisher import KafkaPublisher
-from producers.testing import ApiEnv, InProcessPipeline, LiveApi, free_port, real_deps
+from tests.support.api import ApiEnv
 
 pytestmark = pytest.mark.integration
 

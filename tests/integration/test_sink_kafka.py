@@ -14,9 +14,9 @@ from kafka import KafkaProducer
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from demo import histories as sample
 from gridflow import events as ev
 from gridflow import topics
-from sinks import sample
 from sinks.models import create_schema, make_engine
 from sinks.runner import Progress, run_sink
 from sinks.sql import SnapshotError, SqlSink

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from sinks import queries, sample
+from demo import histories as sample
+from sinks import queries
 from sinks.models import create_schema, make_engine
 from sinks.sql import Record, SqlSink
 

@@ -11,8 +11,8 @@ import pytest
 from kafka import KafkaProducer
 from sqlalchemy import text
 
+from demo import histories as sample
 from gridflow import topics
-from sinks import sample
 from sinks.models import create_schema, drop_schema, make_engine
 from sinks.runner import run_sink
 from sinks.sql import SnapshotError, SqlSink

@@ -1,6 +1,6 @@
 """The workbench on the real stack for page tests: the API app with the pages mounted, a real
 Kafka log, MinIO and PostgreSQL, and the processors' steps plus the SQL sink run in-process on
-the very records the pages published (producers.testing.InProcessPipeline).
+the very records the pages published (demo.live.InProcessPipeline).
 
 A `Person` is a browser without scripts: the session cookie, the CSRF field in every form, and
 redirects read by hand, as a page's links and forms would be followed.
@@ -22,13 +22,14 @@ import httpx
 from accounts import credentials as cred
 from accounts.sample import SampleSessions
 from accounts.store import AccountStore
+from demo import images
+from demo.live import InProcessPipeline, LiveApi, real_deps
 from gridflow import topics
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import decode_message
 from gridflow.settings import Settings
-from gridflow.testing import images
 from producers.app import create_app
-from producers.testing import ApiEnv, InProcessPipeline, LiveApi, real_deps
+from tests.support.api import ApiEnv
 
 REF = load_reference_data()
 VILLAGE = "421099101201.cwh"  # 石门村村委会: E0102 in 石门村一组网格 goes here

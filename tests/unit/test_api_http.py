@@ -19,10 +19,10 @@ from sqlalchemy.pool import StaticPool
 
 from accounts.sample import SampleSessions
 from accounts.store import AccountStore
+from demo import images
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import Message
 from gridflow.settings import Settings
-from gridflow.testing import images
 from producers.app import Deps, create_app
 from producers.publisher import PublishError
 

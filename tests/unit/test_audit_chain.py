@@ -9,8 +9,8 @@ from typing import Any
 
 from audit import chain
 from audit.chain import ChainVerifier, ledger_row_hash
+from demo import histories as sample
 from gridflow.events import Message
-from sinks import sample
 
 
 def cases() -> list[list[Message]]:

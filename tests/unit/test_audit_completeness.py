@@ -12,13 +12,13 @@ from typing import Any
 from audit import completeness as cmp
 from audit.completeness import Commits, LogNames
 from audit.segments import LogRecord
+from demo.histories import HoursPlanner, photo
 from gridflow import events as ev
 from gridflow.core import geo
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import Message, canonical_json, derived_id, iso
 from processors import steps
 from processors.archive import photos_of as archive_photos_of
-from sinks.sample import HoursPlanner, photo
 
 NAMES = LogNames.of("t")
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)

@@ -11,9 +11,9 @@ import pytest
 from audit import history
 from audit.moments import MomentError, beijing, parse_moment
 from audit.summaries import actor_zh, summarize
+from demo import histories as sample
 from gridflow import events as ev
 from gridflow.events import Message, iso
-from sinks import sample
 
 
 def test_a_time_without_offset_is_beijing_time_and_says_so() -> None:

@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
+from demo import histories as sample
 from gridflow import events as ev
 from gridflow.contract import envelope
-from sinks import sample
 
 
 def shape(v: Any) -> tuple[Any, ...]:

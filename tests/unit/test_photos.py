@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from PIL import Image, ImageFile, PngImagePlugin
 
+from demo import images
 from gridflow.core import photos
 from gridflow.core.photos import PhotoRejected, inspect_photo, make_thumbnail, strip_exif
-from gridflow.testing import images
 
 CST = timezone(timedelta(hours=8))
 TAKEN = datetime(2026, 11, 23, 9, 30, 5, tzinfo=CST)

@@ -12,18 +12,7 @@ import pytest
 from gridflow.core.retry import RetryPolicy
 from gridflow.retry import OUTAGE_MAX_S, Backoff, outage_policy, retry_async, retry_blocking
 from gridflow.telemetry import RETRIES
-
-
-class RecordingStop(threading.Event):
-    """A stop event whose wait records the delay instead of sleeping."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waited: list[float] = []
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waited.append(float(timeout or 0))
-        return self.is_set()
+from tests.support.stop import RecordingStop
 
 
 def retries(name: str) -> float:

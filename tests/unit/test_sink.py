@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
+from demo import histories as sample
 from gridflow import events as ev
 from gridflow.events import Message
-from sinks import projector, sample
+from sinks import projector
 from sinks.models import (
     DB_SCHEMA_VERSION,
     CaseEvent,

@@ -3,7 +3,6 @@ Kafka client: where it seeks, what it hands over, how it waits out Kafka and the
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -14,6 +13,7 @@ from kafka.errors import KafkaConnectionError, KafkaError
 from gridflow.core.retry import RetryPolicy
 from gridflow.retry import Backoff
 from sinks.consumer import StoredOffsetsConsumer
+from tests.support.stop import RecordingStop
 
 TOPIC = "t.case-events"
 
@@ -23,16 +23,6 @@ class Rec(NamedTuple):
     partition: int
     offset: int
     value: bytes
-
-
-class RecordingStop(threading.Event):
-    def __init__(self) -> None:
-        super().__init__()
-        self.waited: list[float] = []
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waited.append(float(timeout or 0))
-        return self.is_set()
 
 
 class FakeKafka:

@@ -7,8 +7,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session
 
+from demo import histories as sample
 from gridflow import events as ev
-from sinks import queries, sample
+from sinks import queries
 from sinks.models import create_schema, make_engine
 from sinks.sql import SqlSink
 

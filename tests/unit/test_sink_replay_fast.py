@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from demo import histories as sample
 from gridflow import events as ev
-from sinks import bulk, projector, sample
+from sinks import bulk, projector
 from sinks.models import create_schema, make_engine
 from sinks.replay_fast import NotEmpty, Replayer
 from sinks.sql import Record, SnapshotError, SqlSink

@@ -1,8 +1,10 @@
-"""Test helpers for the ingest API: a real uvicorn server in a thread, and reading a topic back.
+"""The pipeline run live beside a test, a benchmark or a fault scenario: the ingest API in a
+uvicorn thread, a topic read back, the processors' steps and the SQL sink in this process.
 
-For tests and demos only. `LiveApi` serves over real HTTP on a free loopback port (streamed
-bodies, early answers and connection handling as in production, unlike an in-process
-client); `read_topic` reads a topic from the beginning with kafka-python.
+Never imported by what serves. `LiveApi` serves over real HTTP on a free loopback port
+(streamed bodies, early answers and connection handling as in production, unlike an in-process
+client); `read_topic` reads a topic from the beginning with kafka-python; `InProcessPipeline`
+files, decides and projects what the API published; `real_deps` wires the API to the stack.
 """
 
 from __future__ import annotations
@@ -133,51 +135,6 @@ class InProcessPipeline:
             self.events.append(decode_message(value))
         if records:
             self.sink.apply_batch(records)
-
-
-def chinese(text: str | None) -> bool:
-    """Whether a message says something in Chinese (the user-facing half of every error)."""
-    return any("\u4e00" <= ch <= "\u9fff" for ch in text or "")
-
-
-class ApiEnv:
-    """One test's API on the real stack: a LiveApi over real deps, plus ways to look behind it
-    (objects in the incoming bucket, records on a topic)."""
-
-    def __init__(self, settings: Any, s3: Any, deps: Any, url: str) -> None:
-        self.settings, self.s3, self.deps, self.url = settings, s3, deps, url
-
-    def topic(self, spec: Any) -> str:
-        return str(spec.name(self.settings.topic_prefix))
-
-    def objects(self, prefix: str = "") -> dict[str, bytes]:
-        bucket = self.settings.bucket_incoming
-        out = {}
-        for o in self.s3.list_objects(bucket, prefix=prefix, recursive=True):
-            resp = self.s3.get_object(bucket, o.object_name)
-            try:
-                out[o.object_name] = resp.read()
-            finally:
-                resp.close()
-                resp.release_conn()
-        return out
-
-    def records(
-        self, spec: Any, key: str, until: Callable[[Any], bool] | None = None, timeout_s: float = 60
-    ) -> list[Any]:
-        """Records of a catalogue topic, read until one keyed `key` (and matching `until`)."""
-        want = key.encode()
-        return self.read(
-            spec,
-            lambda rs: any(r.key == want and (until is None or until(r)) for r in rs),
-            timeout_s,
-        )
-
-    def read(
-        self, spec: Any, until: Callable[[list[Any]], bool], timeout_s: float = 60
-    ) -> list[Any]:
-        """Records of a catalogue topic, read until `until(records)` holds (or time is up)."""
-        return read_topic(self.settings.kafka_bootstrap, self.topic(spec), until, timeout_s)
 
 
 def real_deps(
