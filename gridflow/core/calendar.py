@@ -44,7 +44,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict
 
-from gridflow.core.configfile import ConfigError, read_json
+from gridflow.core.configfile import ConfigError, JsonDoc, JsonPath, doc_of, read_json
 
 REFDATA_DIR = Path(__file__).resolve().parent.parent / "refdata"
 WARN_DAYS_AHEAD = 60  # operators are told this many days before the calendar's last day
@@ -354,6 +354,14 @@ class _CalendarFile(BaseModel):
     years: dict[str, _Year] = {}
 
 
+class _At(ValueError):
+    """A value of a calendar refused, with the JSON path where it stands."""
+
+    def __init__(self, path: JsonPath, reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+
+
 def _parse_source(source: CalendarSource) -> _Parsed:
     if isinstance(source, Mapping):
         return _parse(source, "<calendar dict>")
@@ -362,14 +370,17 @@ def _parse_source(source: CalendarSource) -> _Parsed:
         doc.validate(_CalendarFile)
     except ConfigError as exc:  # the file, the line, the JSON path and why
         raise CalendarError(str(exc)) from exc
-    return _parse(doc.root, str(source))
+    return _parse(doc.root, str(source), doc)
 
 
-def _parse(raw: Mapping[str, Any], origin: str) -> _Parsed:
+def _parse(raw: Mapping[str, Any], origin: str, doc: JsonDoc | None = None) -> _Parsed:
     try:
         return _parse_fields(raw, origin)
     except CalendarError:
         raise
+    except _At as exc:  # file:line: $.path: reason (no line for a calendar given as a dict)
+        where = doc if doc is not None else doc_of(raw, origin)
+        raise CalendarError(str(where.error(exc.path, str(exc)))) from exc
     except (KeyError, TypeError, ValueError) as exc:
         raise CalendarError(f"{origin}: {exc}") from exc
 
@@ -383,19 +394,23 @@ def _parse_fields(raw: Mapping[str, Any], origin: str) -> _Parsed:
     try:
         ZoneInfo(str(tz_name))
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown timezone {tz_name!r}") from exc
+        raise _At(("timezone",), f"unknown timezone {tz_name!r}") from exc
     unknown_years = str(raw.get("unknown_years", UNKNOWN_YEARS_ERROR))
     if unknown_years not in {UNKNOWN_YEARS_ERROR, UNKNOWN_YEARS_WEEKDAYS}:
-        raise ValueError(f"unknown_years must be 'error' or 'weekdays', got {unknown_years!r}")
+        raise _At(("unknown_years",),
+                  f"unknown_years must be 'error' or 'weekdays', got {unknown_years!r}")
     weekend = _parse_weekend(raw.get("weekend", [6, 7]))
     years_raw = raw.get("years", {})
     if not isinstance(years_raw, Mapping):
-        raise ValueError("'years' must be an object keyed by year, e.g. {\"2026\": {...}}")
+        raise _At(("years",), "'years' must be an object keyed by year, e.g. {\"2026\": {...}}")
     holidays: dict[date, str] = {}
     makeup: dict[date, str] = {}
     years: set[int] = set()
     for year_key, year_raw in years_raw.items():
-        years.add(_parse_year_key(year_key))
+        try:
+            years.add(_parse_year_key(year_key))
+        except ValueError as exc:
+            raise _At(("years", year_key), str(exc)) from exc
         _parse_year(year_key, year_raw, weekend, holidays, makeup)
     return _Parsed(
         origin=origin,
@@ -411,34 +426,37 @@ def _parse_fields(raw: Mapping[str, Any], origin: str) -> _Parsed:
 
 def _parse_working_hours(value: Any) -> tuple[tuple[time, time], ...]:
     if not isinstance(value, list) or not value:
-        raise ValueError('\'working_hours\' must be a non-empty list of ["HH:MM", "HH:MM"] pairs')
+        raise _At(("working_hours",),
+                  '\'working_hours\' must be a non-empty list of ["HH:MM", "HH:MM"] pairs')
     intervals: list[tuple[time, time]] = []
-    for item in value:
+    for i, item in enumerate(value):
+        at: JsonPath = ("working_hours", i)
         if not isinstance(item, list) or len(item) != 2:
-            raise ValueError(f'working interval {item!r} must be a pair ["HH:MM", "HH:MM"]')
-        start, end = _parse_time(item[0]), _parse_time(item[1])
+            raise _At(at, f'working interval {item!r} must be a pair ["HH:MM", "HH:MM"]')
+        start, end = _parse_time(item[0], at + (0,)), _parse_time(item[1], at + (1,))
         if start >= end:
-            raise ValueError(f"working interval {item!r} must end after it starts")
+            raise _At(at, f"working interval {item!r} must end after it starts")
         if intervals and start < intervals[-1][1]:
-            raise ValueError(f"working interval {item!r} overlaps or precedes the one before it")
+            raise _At(at, f"working interval {item!r} overlaps or precedes the one before it")
         intervals.append((start, end))
     return tuple(intervals)
 
 
-def _parse_time(value: Any) -> time:
+def _parse_time(value: Any, at: JsonPath) -> time:
     if not isinstance(value, str):
-        raise ValueError(f'time of day must be a string "HH:MM", got {value!r}')
+        raise _At(at, f'time of day must be a string "HH:MM", got {value!r}')
     try:
         return time.fromisoformat(value)
     except ValueError as exc:
-        raise ValueError(f'bad time of day {value!r} (expected "HH:MM")') from exc
+        raise _At(at, f'bad time of day {value!r} (expected "HH:MM")') from exc
 
 
 def _parse_weekend(value: Any) -> frozenset[int]:
     if not isinstance(value, list) or not all(isinstance(d, int) and 1 <= d <= 7 for d in value):
-        raise ValueError(f"'weekend' must list ISO weekdays 1 (Mon) to 7 (Sun), got {value!r}")
+        raise _At(("weekend",),
+                  f"'weekend' must list ISO weekdays 1 (Mon) to 7 (Sun), got {value!r}")
     if len(set(value)) == 7:
-        raise ValueError("'weekend' cannot cover all seven days")
+        raise _At(("weekend",), "'weekend' cannot cover all seven days")
     return frozenset(value)
 
 
@@ -460,48 +478,52 @@ def _parse_year(
     makeup: dict[date, str],
 ) -> None:
     if not isinstance(value, Mapping) or set(value) - {"holidays", "source", "note"}:
-        raise ValueError(f'year {key}: expected {{"holidays": [...]}}')
+        raise _At(("years", key), f'year {key}: expected {{"holidays": [...]}}')
     festivals = value.get("holidays", [])
     if not isinstance(festivals, list):
-        raise ValueError(f"year {key}: 'holidays' must be a list")
+        raise _At(("years", key, "holidays"), f"year {key}: 'holidays' must be a list")
     year = int(key)
     seen: dict[date, tuple[str, str]] = {}  # date -> (festival, kind): every date appears once
-    for fest in festivals:
+    for i, fest in enumerate(festivals):
+        at: JsonPath = ("years", key, "holidays", i)
         if not isinstance(fest, Mapping) or not isinstance(fest.get("name"), str):
-            raise ValueError(f"year {key}: each holiday needs a 'name', got {fest!r}")
+            raise _At(at, f"year {key}: each holiday needs a 'name', got {fest!r}")
         name = fest["name"]
-        for d in _parse_dates(fest.get("off", []), f"{key} {name} off"):
-            _once(seen, d, year, name, "day off")
+        for d, where in _parse_dates(fest.get("off", []), f"{key} {name} off", at + ("off",)):
+            _once(seen, d, year, name, "day off", where)
             holidays[d] = name
-        for d in _parse_dates(fest.get("makeup_workdays", []), f"{key} {name} makeup_workdays"):
+        for d, where in _parse_dates(fest.get("makeup_workdays", []),
+                                     f"{key} {name} makeup_workdays", at + ("makeup_workdays",)):
             if d.isoweekday() not in weekend:
-                raise ValueError(f"{name}: make-up working day {d} is not a weekend day")
-            _once(seen, d, year, name, "make-up working day")
+                raise _At(where, f"{name}: make-up working day {d} is not a weekend day")
+            _once(seen, d, year, name, "make-up working day", where)
             makeup[d] = name
 
 
-def _parse_dates(value: Any, what: str) -> list[date]:
+def _parse_dates(value: Any, what: str, at: JsonPath) -> list[tuple[date, JsonPath]]:
+    """The dates of a list, each with its JSON path."""
     if not isinstance(value, list):
-        raise ValueError(f'{what}: expected a list of "YYYY-MM-DD" dates')
-    days: list[date] = []
-    for item in value:
+        raise _At(at, f'{what}: expected a list of "YYYY-MM-DD" dates')
+    days: list[tuple[date, JsonPath]] = []
+    for j, item in enumerate(value):
         try:
-            days.append(date.fromisoformat(item))
+            days.append((date.fromisoformat(item), at + (j,)))
         except (TypeError, ValueError) as exc:
-            raise ValueError(f'{what}: bad date {item!r} (expected "YYYY-MM-DD")') from exc
+            raise _At(at + (j,), f'{what}: bad date {item!r} (expected "YYYY-MM-DD")') from exc
     return days
 
 
-def _once(seen: dict[date, tuple[str, str]], d: date, year: int, name: str, kind: str) -> None:
+def _once(seen: dict[date, tuple[str, str]], d: date, year: int, name: str, kind: str,
+          at: JsonPath) -> None:
     if d.year != year:
-        raise ValueError(f"{name}: {kind} {d} is not in {year}: a year lists its own dates only")
+        raise _At(at, f"{name}: {kind} {d} is not in {year}: a year lists its own dates only")
     if d in seen:
         other, other_kind = seen[d]
         if other_kind != kind:
-            raise ValueError(f"year {year}: {d} is both a day off and a make-up working day "
-                             f"({other}, {name})")
-        raise ValueError(f"year {year}: {d} appears twice ({other} and {name}, {kind}): "
-                         "every date appears once")
+            raise _At(at, f"year {year}: {d} is both a day off and a make-up working day "
+                          f"({other}, {name})")
+        raise _At(at, f"year {year}: {d} appears twice ({other} and {name}, {kind}): "
+                      "every date appears once")
     seen[d] = (name, kind)
 
 

@@ -22,16 +22,16 @@ value. So a category rule is never overridden by the default's severity table.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from gridflow.core.calendar import WorkingCalendar
-from gridflow.core.configfile import ConfigError, read_json
+from gridflow.core.configfile import ConfigError, JsonDoc, JsonPath, doc_of, read_json
 
 REFDATA_DIR = Path(__file__).resolve().parent.parent / "refdata"
 
@@ -42,6 +42,7 @@ DEFAULT_WARN_FRACTIONS: tuple[float, ...] = (0.5, 0.8)
 DEFAULT_RULE = "default"
 
 PolicySource = str | Path | Mapping[str, Any]
+T = TypeVar("T")
 
 
 class PolicyError(ValueError):
@@ -168,11 +169,13 @@ class SlaPolicy:
     def load(cls, source: PolicySource, escalation: PolicySource | None = None) -> SlaPolicy:
         """Load a policy; the ladder comes from `escalation`, else the policy's "escalation"
         entry (an inline object, or a file name relative to the policy file's directory)."""
-        raw, origin, base_dir = _read(source, "policy")
+        raw, origin, base_dir, doc = _read(source, "policy")
         try:
             return _build_policy(raw, origin, base_dir, escalation)
         except PolicyError:
             raise
+        except _At as exc:  # file:line: $.path: reason
+            raise PolicyError(str(doc.error(exc.path, str(exc)))) from exc
         except (KeyError, TypeError, ValueError) as exc:
             raise PolicyError(f"{origin}: {exc}") from exc
 
@@ -399,47 +402,66 @@ class _EscalationFile(BaseModel):
     start_level_by_department_level: dict[str, str] = {}
 
 
-def _read(source: PolicySource, what: str) -> tuple[Mapping[str, Any], str, Path]:
+class _At(ValueError):
+    """A value of a policy or ladder refused, with the JSON path where it stands."""
+
+    def __init__(self, path: JsonPath, reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+
+
+def _at(path: JsonPath, parse: Callable[..., T], *args: Any) -> T:
+    """`parse(*args)`, a refusal placed at `path` (unless it names a deeper place itself)."""
+    try:
+        return parse(*args)
+    except _At:
+        raise
+    except ValueError as exc:
+        raise _At(path, str(exc)) from exc
+
+
+def _read(source: PolicySource, what: str) -> tuple[Mapping[str, Any], str, Path, JsonDoc]:
     if isinstance(source, Mapping):
-        return source, f"<{what} dict>", REFDATA_DIR
+        return source, f"<{what} dict>", REFDATA_DIR, doc_of(source, f"<{what} dict>")
     path = Path(source)
     try:
         doc = read_json(path)
         doc.validate(_EscalationFile if what == "escalation" else _PolicyFile)
     except ConfigError as exc:  # the file, the line, the JSON path and why
         raise PolicyError(str(exc)) from exc
-    return doc.root, str(path), path.parent
+    return doc.root, str(path), path.parent, doc
 
 
 def _build_policy(
     raw: Mapping[str, Any], origin: str, base_dir: Path, escalation: PolicySource | None
 ) -> SlaPolicy:
     _no_unknown(raw, _POLICY_KEYS, "policy")
-    default = _parse_rule(DEFAULT_RULE, raw["default"] if "default" in raw else None)
+    default = _parse_rule(DEFAULT_RULE, raw["default"] if "default" in raw else None,
+                          ("default",))
     missing = [s for s in STAGES if s not in default.limits]
     if missing:
-        raise ValueError(f"'default' must set every stage; missing {missing}")
+        raise _At(("default",), f"'default' must set every stage; missing {missing}")
     rules: dict[str, _Rule] = {}
-    for item in _list(raw.get("rules", []), "rules"):
+    for i, item in enumerate(_list(raw.get("rules", []), "rules")):
         key = item.get("match") if isinstance(item, Mapping) else None
         if not isinstance(key, str) or not key:
-            raise ValueError(f"each rule needs a non-empty 'match' code, got {item!r}")
+            raise _At(("rules", i), f"each rule needs a non-empty 'match' code, got {item!r}")
         if key in rules:
-            raise ValueError(f"rule {key!r} is defined twice")
-        rules[key] = _parse_rule(key, item)
+            raise _At(("rules", i, "match"), f"rule {key!r} is defined twice")
+        rules[key] = _parse_rule(key, item, ("rules", i))
     starts = str(raw.get("resolve_clock_starts", "dispatch"))
     if starts not in {"dispatch", "sign"}:
-        raise ValueError(f"resolve_clock_starts must be 'dispatch' or 'sign', got {starts!r}")
+        raise _At(("resolve_clock_starts",),
+                  f"resolve_clock_starts must be 'dispatch' or 'sign', got {starts!r}")
     ladder, start_levels = _load_ladder(raw, origin, base_dir, escalation)
     return SlaPolicy(
         default=default,
         rules=rules,
-        warn_fractions=_fractions(
-            raw.get("warn_fractions", list(DEFAULT_WARN_FRACTIONS)), "policy"
-        ),
+        warn_fractions=_at(("warn_fractions",), _fractions,
+                           raw.get("warn_fractions", list(DEFAULT_WARN_FRACTIONS)), "policy"),
         resolve_clock_starts=starts,
-        send_back_restarts_clock=_send_back(raw.get("send_back", {})),
-        extension_limit=_extension(raw.get("extension", {})),
+        send_back_restarts_clock=_at(("send_back",), _send_back, raw.get("send_back", {})),
+        extension_limit=_at(("extension",), _extension, raw.get("extension", {})),
         escalation_ladder=ladder,
         start_levels=start_levels,
         severity_names={int(k): str(v) for k, v in dict(raw.get("severity_names", {})).items()},
@@ -447,26 +469,28 @@ def _build_policy(
     )
 
 
-def _parse_rule(key: str, raw: Any) -> _Rule:
+def _parse_rule(key: str, raw: Any, at: JsonPath) -> _Rule:
     if not isinstance(raw, Mapping):
-        raise ValueError(f"rule {key!r} must be an object")
-    _no_unknown(raw, _RULE_KEYS, f"rule {key!r}")
+        raise _At(at, f"rule {key!r} must be an object")
+    _at(at, _no_unknown, raw, _RULE_KEYS, f"rule {key!r}")
     severity: dict[int, dict[str, StageLimit]] = {}
     for sev, limits in dict(raw.get("severity", {})).items():
-        where = f"rule {key!r} severity {sev!r}"
+        where, here = f"rule {key!r} severity {sev!r}", at + ("severity", sev)
         if not isinstance(limits, Mapping):
-            raise ValueError(f"{where} must be an object of stage limits")
-        _no_unknown(limits, set(STAGES), where)
-        severity[_severity_key(sev, where)] = {
-            s: _limit(v, f"{where} {s}") for s, v in limits.items()
+            raise _At(here, f"{where} must be an object of stage limits")
+        _at(here, _no_unknown, limits, set(STAGES), where)
+        severity[_at(here, _severity_key, sev, where)] = {
+            s: _at(here + (s,), _limit, v, f"{where} {s}") for s, v in limits.items()
         }
     fractions = raw.get("warn_fractions")
     return _Rule(
         key=key,
         name=str(raw.get("name", "")),
-        limits={s: _limit(raw[s], f"rule {key!r} {s}") for s in STAGES if s in raw},
+        limits={s: _at(at + (s,), _limit, raw[s], f"rule {key!r} {s}")
+                for s in STAGES if s in raw},
         severity=severity,
-        warn_fractions=None if fractions is None else _fractions(fractions, f"rule {key!r}"),
+        warn_fractions=None if fractions is None else _at(
+            at + ("warn_fractions",), _fractions, fractions, f"rule {key!r}"),
     )
 
 
@@ -529,9 +553,11 @@ def _load_ladder(
         if ref is None:
             raise ValueError('no escalation ladder: set "escalation" or pass one to load()')
         escalation = ref if isinstance(ref, Mapping) else base_dir / str(ref)
-    esc_raw, esc_origin, _ = _read(escalation, "escalation")
+    esc_raw, esc_origin, _, esc_doc = _read(escalation, "escalation")
     try:
         return _parse_ladder(esc_raw)
+    except _At as exc:  # file:line: $.path: reason
+        raise PolicyError(str(esc_doc.error(exc.path, str(exc)))) from exc
     except (KeyError, TypeError, ValueError) as exc:
         raise PolicyError(f"{esc_origin}: {exc}") from exc
 
@@ -539,15 +565,17 @@ def _load_ladder(
 def _parse_ladder(raw: Mapping[str, Any]) -> tuple[tuple[Level, ...], dict[str, int]]:
     _no_unknown(raw, {"source", "note", "levels", "start_level_by_department_level"}, "escalation")
     levels: list[Level] = []
-    for item in _list(raw.get("levels"), "levels"):
+    for i, item in enumerate(_list(raw.get("levels"), "levels")):
         if not isinstance(item, Mapping):
-            raise ValueError(f"each level must be an object, got {item!r}")
-        _no_unknown(item, {"code", "name", "escalate_after_hours", "notify", "note"}, "level")
+            raise _At(("levels", i), f"each level must be an object, got {item!r}")
+        _at(("levels", i), _no_unknown, item,
+            {"code", "name", "escalate_after_hours", "notify", "note"}, "level")
         after = item.get("escalate_after_hours")
         if after is not None and (
             isinstance(after, bool) or not isinstance(after, (int, float)) or after < 0
         ):
-            raise ValueError(f"level {item.get('code')!r}: escalate_after_hours must be >= 0")
+            raise _At(("levels", i, "escalate_after_hours"),
+                      f"level {item.get('code')!r}: escalate_after_hours must be >= 0")
         levels.append(
             Level(
                 code=str(item["code"]),
@@ -557,7 +585,7 @@ def _parse_ladder(raw: Mapping[str, Any]) -> tuple[tuple[Level, ...], dict[str, 
             )
         )
     if not levels:
-        raise ValueError("the escalation ladder needs at least one level")
+        raise _At(("levels",), "the escalation ladder needs at least one level")
     codes = [lv.code for lv in levels]
     if len(set(codes)) != len(codes):
         raise ValueError(f"duplicate level codes in {codes}")
@@ -567,7 +595,8 @@ def _parse_ladder(raw: Mapping[str, Any]) -> tuple[tuple[Level, ...], dict[str, 
     starts: dict[str, int] = {}
     for dept_level, code in dict(raw.get("start_level_by_department_level", {})).items():
         if code not in codes:
-            raise ValueError(f"start level {code!r} for {dept_level!r} is not a ladder level")
+            raise _At(("start_level_by_department_level", dept_level),
+                      f"start level {code!r} for {dept_level!r} is not a ladder level")
         starts[str(dept_level)] = codes.index(code)
     return tuple(levels), starts
 

@@ -412,7 +412,8 @@ def test_a_year_is_added_by_dropping_its_file_into_the_directory(tmp_path) -> No
         ({"calendar_2027-draft": FICTIONAL_2027}, "calendar_2027-draft.json: a calendar file is named"),
         ({"calendar_2027": base_config(years={"2027": {"holidays": [
             {"name": "春节", "off": ["2027-02-06", "2027-02-06"]}]}})},
-         "calendar_2027.json: year 2027: 2027-02-06 appears twice"),
+         "calendar_2027.json:1: $.years.2027.holidays[0].off[1]: year 2027: 2027-02-06 "
+         "appears twice"),
         ({"calendar_2027": {**FICTIONAL_2027, "working_hours": [["09:00", "17:00"]]}},
          "calendar_2027.json: working_hours differs"),
     ],

@@ -114,3 +114,24 @@ def test_the_calendar_and_the_policy_files_say_where(tmp_path):
     with pytest.raises(PolicyError, match=r"sla.json:6: \$.resolve_clock_starts: expected a "
                                           r"string, got an integer"):
         SlaPolicy.load(policy)
+
+
+def test_a_calendar_rule_broken_deep_in_a_file_names_the_date_s_line_and_path(tmp_path):
+    cal = tmp_path / "calendar_2026.json"
+    cal.write_text("""{
+  "timezone": "Asia/Shanghai",
+  "working_hours": [["08:30", "12:00"], ["14:00", "17:30"]],
+  "years": {"2026": {"holidays": [
+    {"name": "国庆节",
+     "off": ["2026-10-01", "2026-10-02"],
+     "makeup_workdays": [
+       "2026-10-12"
+     ]}
+  ]}}
+}""", encoding="utf-8")
+    with pytest.raises(CalendarError) as err:
+        WorkingCalendar.load(cal)
+    assert str(err.value) == (
+        f"{cal}:8: $.years.2026.holidays[0].makeup_workdays[0]: 国庆节: make-up working day "
+        "2026-10-12 is not a weekend day")
+

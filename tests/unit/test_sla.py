@@ -242,7 +242,7 @@ def test_escalation_file_errors_name_that_file(tmp_path) -> None:
     (tmp_path / "ladder.json").write_text('{"levels": []}', encoding="utf-8")
     raw = {**copy.deepcopy(BASE), "escalation": "ladder.json"}
     (tmp_path / "sla.json").write_text(json.dumps(raw), encoding="utf-8")
-    with pytest.raises(PolicyError, match=r"ladder\.json: the escalation ladder needs"):
+    with pytest.raises(PolicyError, match=r"ladder\.json:1: \$\.levels: the escalation ladder needs"):
         SlaPolicy.load(tmp_path / "sla.json")
     with pytest.raises(PolicyError, match=r"missing\.json: cannot read"):
         SlaPolicy.load(BASE, escalation=tmp_path / "missing.json")
