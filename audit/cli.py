@@ -358,7 +358,13 @@ def _rounds(run: Callable[[], Any], once: bool, interval: float, stop: threading
     from minio.error import S3Error
 
     from audit.logsource import LogUnavailable
+    from gridflow.core.retry import RetryPolicy
+    from gridflow.retry import Backoff
 
+    # a failed round is tried again a round later (the rounds' own pace, not a growing delay)
+    backoff = Backoff(RetryPolicy("archive-log", interval, interval, factor=1.0), stop,
+                      logging.getLogger("gridflow.audit.archiver"),
+                      "nothing is skipped: the next round resumes after the last manifest")
     first = True
     while not stop.is_set():
         try:
@@ -366,10 +372,9 @@ def _rounds(run: Callable[[], Any], once: bool, interval: float, stop: threading
         except (KafkaError, S3Error, LogUnavailable, OSError) as exc:
             if once:
                 raise
-            logging.getLogger("gridflow.audit.archiver").warning(
-                "archiving failed (%s: %s); retrying in %.0fs", type(exc).__name__, exc, interval)
-            stop.wait(interval)
+            backoff.wait("archiving failed", exc)
             continue
+        backoff.reset()
         for m in result.completed:
             _say(f"completed manifest of {m['segment_key']} ({m['count']} records)")
         for m in result.written:

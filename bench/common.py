@@ -196,17 +196,18 @@ def _drop_database(admin: dict[str, Any], name: str, attempts: int = 5) -> None:
     cannot be dropped is reported, not raised, so the figures measured before stand."""
     import psycopg
 
-    for attempt in range(attempts):
-        try:
-            with psycopg.connect(**admin) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            return
-        except psycopg.Error as exc:
-            if attempt == attempts - 1:
-                print(f"bench: could not drop database {name} ({exc}); drop it by hand",
-                      file=sys.stderr)
-                return
-            time.sleep(1.0 + attempt)
+    from gridflow.core.retry import RetryPolicy
+    from gridflow.retry import retry_blocking
+
+    def drop() -> None:
+        with psycopg.connect(**admin) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    try:
+        retry_blocking(RetryPolicy("bench-drop-database", 1.0, 5.0), f"dropping {name}", drop,
+                       attempts=attempts, retry_on=(psycopg.Error,))
+    except psycopg.Error as exc:
+        print(f"bench: could not drop database {name} ({exc}); drop it by hand", file=sys.stderr)
 
 
 def tree_cpu_s(root: int) -> float:
