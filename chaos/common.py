@@ -450,13 +450,9 @@ class Accounting:
         for report_id in self.lost[:20]:
             out.append(f"  LOST {report_id}")
         out += [f"  PROBLEM: {p}" for p in self.problems]
-        if self.audit_clean is not None:
-            out.append("  gridflow audit verify:                       "
-                       + ("clean" if self.audit_clean else "DIFFERENCES"))
-            if not self.audit_clean:
-                out += ["    " + line for line in self.audit_lines[:40]]
-        out.append("  verdict: " + ("nothing lost / 无丢失" if self.clean else "LOSS / 有丢失"))
-        return out
+        from chaos.kill_worker import verdict_lines
+
+        return out + verdict_lines(self.audit_clean, self.audit_lines, self.clean)
 
 
 # --- outages under the phones ---------------------------------------------------------------

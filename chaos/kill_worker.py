@@ -73,13 +73,7 @@ class KillReport:
         ]
         for partition, offset, report_id in self.lost[:20]:
             out.append(f"  LOST {report_id} at reports[{partition}]@{offset}")
-        if self.audit_clean is not None:
-            out.append("  gridflow audit verify:                       "
-                       + ("clean" if self.audit_clean else "DIFFERENCES"))
-            if not self.audit_clean:
-                out += ["    " + line for line in self.audit_lines[:40]]
-        out.append("  verdict: " + ("nothing lost / 无丢失" if self.clean else "LOSS / 有丢失"))
-        return out
+        return out + verdict_lines(self.audit_clean, self.audit_lines, self.clean)
 
 
 def sample_report(ref: ReferenceData, index: int, rng: random.Random, run: str,
@@ -190,6 +184,19 @@ def report_rows(database_url: str) -> tuple[set[str], int]:
         return ids, repeats
     finally:
         engine.dispose()
+
+
+def verdict_lines(audit_clean: bool | None, audit_lines: list[str], clean: bool) -> list[str]:
+    """The closing lines of a scenario's accounting: the audit's verdict (when it ran), with
+    its first differences, and whether anything was lost."""
+    out = []
+    if audit_clean is not None:
+        out.append("  gridflow audit verify:                       "
+                   + ("clean" if audit_clean else "DIFFERENCES"))
+        if not audit_clean:
+            out += ["    " + line for line in audit_lines[:40]]
+    out.append("  verdict: " + ("nothing lost / 无丢失" if clean else "LOSS / 有丢失"))
+    return out
 
 
 def audit_verdict(settings: Settings, echo: Callable[[str], None]) -> tuple[bool, list[str]]:

@@ -35,9 +35,7 @@ from producers.status import open311_request
 from producers.submission import (
     Submission,
     conflict,
-    finalize,
     in_progress,
-    publish_report_sync,
     request_hash,
     settled,
 )
@@ -124,27 +122,6 @@ def extra_data(place: Place, fields: dict[str, str]) -> dict[str, Any]:
             "contact": {"name": fields["name"], "phone": fields["phone"], "email": ""}}
 
 
-class ResidentSubmission(Submission):
-    """producers.submission.Submission, with the contact and place kept in the event."""
-
-    def __init__(self, *args: Any, extra: dict[str, Any], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.extra = extra
-
-    def publish(self) -> dict[str, Any] | None:
-        if not self.won:
-            return None
-        assert self.claim is not None
-        taken = self.claim.receipt
-        at, body = (taken.created_at, taken.response) if taken else (self.now, self.first)
-        if taken and not taken.same_photos(self.upload.photos_hash()):
-            raise conflict()
-        event_data = {**finalize(self.data, self.upload.ref_dicts(), at), **self.extra}
-        self.open = False
-        publish_report_sync(self.c, event_data, at, self.upload, taken_over=self.taken_over)
-        return dict(body)
-
-
 def ticket_body(ticket: str, report_id: str) -> dict[str, Any]:
     return {"ticket": ticket, "report_id": report_id, "status": "accepted",
             "ticket_url": f"/r/t/{ticket}",
@@ -204,8 +181,8 @@ async def submit(c: Context, place: Place, request: Request,
     req_hash = request_hash(data["reporter"], content)
     ticket = intake.case_id_for(fields["report_id"], now)
     first = ticket_body(ticket, fields["report_id"])
-    job = ResidentSubmission(c, fields["report_id"], ticket, req_hash, first, now, data, upload,
-                             extra=extra_data(place, fields))
+    job = Submission(c, fields["report_id"], ticket, req_hash, first, now, data, upload,
+                     extra=extra_data(place, fields))
     steps: list[Any] = [job.take_claim]
     steps += [(lambda r=r: job.store(r)) for r in photos]
     steps.append(job.publish)

@@ -194,11 +194,13 @@ async def publish_report(
 
 
 class Submission:
-    """The blocking steps of one grid worker's upload: claim the receipt, inspect and store
-    each photo, publish the event, complete the receipt. The route runs them in as few thread
-    hops as the body allows (`run`): for a one-photo report, all of them in one hop once the
-    body is read; with more photos, one hop per photo (so at most one photo is held in
-    memory) and the publish with the last. Whatever fails undoes what this request did."""
+    """The blocking steps of one upload with photos (a grid worker's, a resident's QR form):
+    claim the receipt, inspect and store each photo, publish the event, complete the receipt.
+    The route runs them in as few thread hops as the body allows (`run`): for a one-photo
+    report, all of them in one hop once the body is read; with more photos, one hop per photo
+    (so at most one photo is held in memory) and the publish with the last. Whatever fails
+    undoes what this request did. `extra`: fields the event carries besides the validated
+    report (the residents' contact and place)."""
 
     def __init__(
         self,
@@ -210,9 +212,11 @@ class Submission:
         now: datetime,
         data: dict[str, Any],
         upload: PhotoUpload,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.c, self.report_id, self.ticket, self.req_hash = c, report_id, ticket, req_hash
         self.first, self.now, self.data, self.upload = first, now, data, upload
+        self.extra = extra or {}
         self.claim: receipts.Claim | None = None
         self.open = False  # holds the claim: must complete, expire or release it
 
@@ -257,7 +261,7 @@ class Submission:
         at, body = (taken.created_at, taken.response) if taken else (self.now, self.first)
         if taken and not taken.same_photos(self.upload.photos_hash()):
             raise conflict()
-        event_data = finalize(self.data, self.upload.ref_dicts(), at)
+        event_data = {**finalize(self.data, self.upload.ref_dicts(), at), **self.extra}
         self.open = False  # from here on publish_report_sync undoes what a failure needs
         publish_report_sync(self.c, event_data, at, self.upload, taken_over=self.taken_over)
         return dict(body)
