@@ -29,6 +29,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
                          "repeats"),
     "kafka-outage": ("chaos.kafka_outage", "Kafka unreachable for the API's producer for 30 s "
                      "under phones that retry after Retry-After"),
+    "broker-failover": ("chaos.broker_failover", "a three-broker Kafka cluster (replication 3, "
+                        "min.insync.replicas 2): the leader of the case-event partitions killed "
+                        "with SIGKILL mid-stream and restarted after a pause, under uploads and "
+                        "complaints through the API"),
     "storage-outage": ("chaos.storage_outage", "MinIO unreachable for 60 s during uploads and "
                        "archiving, then PostgreSQL for 60 s under the sink and the API's "
                        "receipts, under phones that retry"),

@@ -265,8 +265,10 @@ class Phones:
     sends the same report (same id, same photo) again, as the app's outbox does."""
 
     def __init__(self, api_url: str, tokens: dict[str, str], ref: ReferenceData, rate: float,
-                 seed: int, give_up_s: float = 400.0, concurrency: int = 48) -> None:
+                 seed: int, give_up_s: float = 400.0, concurrency: int = 48,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.api_url, self.tokens, self.ref, self.rate = api_url, tokens, ref, rate
+        self.clock = clock or (lambda: datetime.now(UTC))  # when photos are taken
         self.rng = random.Random(seed)
         self.run_id = "ph" + uuid.uuid4().hex[:6]
         self.give_up_s = give_up_s
@@ -315,7 +317,7 @@ class Phones:
             self.stop_new.wait(1.0 / self.rate)
 
     def _send(self, report: PhoneReport, worker: str, lat: float, lon: float, i: int) -> None:
-        captured = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+        captured = (self.clock() - timedelta(minutes=1)).isoformat()
         body = {"report_id": report.report_id, "category_code": "E0101",
                 "description": "道路积水（故障注入测试）", "lat": lat, "lon": lon,
                 "captured_at": captured}

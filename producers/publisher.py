@@ -75,6 +75,10 @@ class KafkaPublisher:
                     linger_ms=0,
                     max_block_ms=ms,
                     request_timeout_ms=ms,
+                    # Not longer: while Kafka cannot acknowledge, the API answers 503 and the
+                    # phone retries (kafka-outage). A leader failover (the dead broker fenced
+                    # after broker.session.timeout.ms, 9 s) mostly fits; on a loaded machine
+                    # some requests get their 503 (broker-failover, docs/RELIABILITY.md).
                     delivery_timeout_ms=ms + 1000,
                     bootstrap_timeout_ms=ms,
                     # Retry a lost broker every second at most (kafka-python backs off up to
@@ -84,15 +88,17 @@ class KafkaPublisher:
                 )
             return self._producer
 
-    def _drop(self) -> None:
+    def _drop(self, producer: object | None = None, backoff: bool = True) -> None:
+        """Forget the producer (`producer`: only if it is still the current one) and close it;
+        `backoff`: the cluster was unreachable, fail fast for `backoff_s`."""
         with self._lock:
-            producer, self._producer = self._producer, None
-            self._down_until = time.monotonic() + self.backoff_s
-        if producer is not None:
-            try:
-                producer.close(timeout=1)  # type: ignore[attr-defined]
-            except Exception:  # noqa: BLE001 - closing a broken producer is best effort
-                log.debug("closing a broken producer failed", exc_info=True)
+            if producer is not None and producer is not self._producer:
+                return  # another request thread dropped it already
+            old, self._producer = self._producer, None
+            if backoff:
+                self._down_until = time.monotonic() + self.backoff_s
+        if old is not None:
+            _close_now(old)
 
     def publish(self, topic: str, key: str, message: Message) -> None:
         from kafka.errors import KafkaError, KafkaTimeoutError
@@ -109,12 +115,32 @@ class KafkaPublisher:
         try:
             future.get(timeout=self.timeout_s + 2)
         except KafkaTimeoutError as exc:
+            # No answer in time. A leader that died with this producer's batches in flight
+            # can leave kafka-python's idempotent producer wedged: every later send times out
+            # too, even once a new leader is elected (chaos broker-failover). A new producer
+            # (a new producer id) is built for the next request; the record may be on the log.
+            self._drop(producer, backoff=False)
             raise PublishError(f"kafka ack timed out: {exc}", maybe_written=True) from exc
         except KafkaError as exc:
-            raise PublishError(f"kafka refused the record: {exc}") from exc
+            # A producer dropped meanwhile fails its pending records: they may be on the log.
+            dropped = producer is not self._producer
+            raise PublishError(f"kafka refused the record: {exc}", maybe_written=dropped) from exc
 
     def close(self) -> None:
         with self._lock:
             producer, self._producer = self._producer, None
         if producer is not None:
             producer.close(timeout=5)  # type: ignore[attr-defined]
+
+
+def _close_now(producer: object) -> None:
+    """Close a producer that may be wedged: a second for what is in flight, then force.
+    (kafka-python's close() raises when its flush times out, before it stops the sender
+    thread: stop that thread ourselves then, or every dropped producer leaves one behind.)"""
+    try:
+        producer.close(timeout=1)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - closing a broken producer is best effort
+        log.debug("closing a broken producer failed; forcing it", exc_info=True)
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
