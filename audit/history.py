@@ -31,9 +31,9 @@ from sqlalchemy import Engine, select
 from audit import logsource
 from audit.chain import ChainVerifier, Finding, position
 from audit.moments import beijing
-from audit.summaries import TYPE_ZH, actor_zh, summarize
+from audit.summaries import actor_zh, summarize
 from gridflow import events as ev
-from gridflow.events import Message, SchemaError, decode_message, iso, parse_ts
+from gridflow.events import Message, SchemaError, decode_message, iso, label_zh, parse_ts
 from gridflow.objectstore import Version, retention_of, versions_of
 from sinks.models import CaseEvent, table_of
 
@@ -379,4 +379,4 @@ def _check_object(store: Minio, bucket: str, key: str, size: int | None,
 
 
 def type_zh(t: str) -> str:
-    return TYPE_ZH.get(t, t)
+    return label_zh(t)

@@ -12,42 +12,7 @@ from typing import Any
 from audit.moments import beijing
 from gridflow import events as ev
 from gridflow.core.sla import STAGE_NAMES_ZH
-from gridflow.events import Message, SchemaError, parse_ts
-
-TYPE_ZH = {
-    ev.CASE_FILED: "立案",
-    ev.CASE_NOT_FILED: "不予立案",
-    ev.REPORT_MERGED: "合并上报",
-    ev.TASK_DISPATCHED: "派遣",
-    ev.PHOTO_ARCHIVED: "照片归档",
-    ev.TASK_SIGNED: "签收",
-    ev.TASK_PROGRESS_NOTED: "处置进展",
-    ev.TASK_RESOLVED: "办结",
-    ev.TASK_SENT_BACK: "退单",
-    ev.TASK_VERIFIED: "核查通过",
-    ev.TASK_REOPENED: "返工",
-    ev.TASK_CANCELLED: "撤销",
-    ev.TASK_CLOSED: "任务关闭",
-    ev.CASE_RATED: "回访评价",
-    ev.CASE_CLOSED: "结案",
-    ev.EXTENSION_REQUESTED: "延期申请",
-    ev.EXTENSION_GRANTED: "批准延期",
-    ev.EXTENSION_REFUSED: "不予延期",
-    ev.CASE_WHISTLED: "吹哨报到",
-    ev.DEADLINE_WARNED: "超时预警",
-    ev.DEADLINE_BREACHED: "超时",
-    ev.TASK_ESCALATED: "升级督办",
-    ev.COMMAND_REFUSED: "指令被拒",
-}
-
-COMMAND_ZH = {
-    ev.FILE_REPORT: "立案", ev.REFUSE_REPORT: "不予立案", ev.RECORD_PHOTO_ARCHIVED: "照片归档",
-    ev.SIGN_TASK: "签收", ev.NOTE_PROGRESS: "填报进展", ev.RESOLVE_TASK: "办结",
-    ev.SEND_BACK_TASK: "退单", ev.VERIFY_TASK: "核查", ev.REJECT_TASK: "核查不通过",
-    ev.RATE_CASE: "评价", ev.CANCEL_TASK: "撤销", ev.REQUEST_EXTENSION: "申请延期",
-    ev.DECIDE_EXTENSION: "审批延期", ev.WHISTLE_CASE: "吹哨", ev.WARN_DEADLINE: "预警",
-    ev.BREACH_DEADLINE: "超时", ev.ESCALATE_TASK: "升级督办",
-}
+from gridflow.events import Message, SchemaError, label_zh, parse_ts
 
 DISPATCH_REASON_ZH = {"routing": "按规则派遣", "sent_back": "退单改派", "whistle": "吹哨报到"}
 
@@ -165,6 +130,6 @@ def summarize(m: Message, names: Mapping[str, str] | None = None) -> str:
                 + (f", 通知 {notify}" if notify else ""))
     if t == ev.COMMAND_REFUSED:
         cmd = str(d.get("command_type", ""))
-        return (f"指令被拒绝 ({COMMAND_ZH.get(cmd, cmd)}"
+        return (f"指令被拒绝 ({label_zh(cmd)}"
                 + (f", 任务 {task}" if task else "") + f"): {d.get('reason_zh', '')}")
     return f"{t} (未知事件类型 / unknown event type)"

@@ -48,24 +48,6 @@ from gridflow.events import Message, iso, parse_ts
 RECORD, IDEAL = "record", "ideal"
 DEADLINE_EVENTS = frozenset({ev.DEADLINE_WARNED, ev.DEADLINE_BREACHED, ev.TASK_ESCALATED})
 
-# The command a step's first event reveals, and the data it took (from the event's data).
-_TASK_COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    ev.TASK_SIGNED: (ev.SIGN_TASK, ("task_id",)),
-    ev.TASK_PROGRESS_NOTED: (ev.NOTE_PROGRESS, ("task_id", "note", "photos")),
-    ev.TASK_RESOLVED: (ev.RESOLVE_TASK, ("task_id", "note", "photos")),
-    ev.TASK_SENT_BACK: (ev.SEND_BACK_TASK, ("task_id", "reason", "reroute_to")),
-    ev.TASK_VERIFIED: (ev.VERIFY_TASK, ("task_id", "note", "photos")),
-    ev.TASK_REOPENED: (ev.REJECT_TASK, ("task_id", "reason", "photos")),
-    ev.TASK_CANCELLED: (ev.CANCEL_TASK, ("task_id", "reason")),
-    ev.CASE_RATED: (ev.RATE_CASE, ("score", "comment")),
-    ev.EXTENSION_REQUESTED: (ev.REQUEST_EXTENSION, ("task_id", "days", "reason")),
-    ev.CASE_WHISTLED: (ev.WHISTLE_CASE, ("departments", "reason")),
-    ev.CASE_NOT_FILED: (ev.REFUSE_REPORT, ("report", "code", "reason_zh", "reason_en")),
-    ev.TASK_ESCALATED: (ev.ESCALATE_TASK, ("task_id", "level", "level_code", "level_name",
-                                           "notify", "stage", "reason")),
-}
-
-
 @dataclass(frozen=True)
 class Recorded:
     """One event of the log and where it lies."""
@@ -193,8 +175,11 @@ def command_of(step: Sequence[Recorded]) -> Message | None:
         kind = ev.DECIDE_EXTENSION
         data = {"task_id": d.get("task_id"), "approve": first.type == ev.EXTENSION_GRANTED,
                 "reason": d.get("reason", "")}
-    elif first.type in _TASK_COMMANDS and not is_deadline_decision(first):
-        kind, fields = _TASK_COMMANDS[first.type]
+    elif first.type in ev.COMMAND_OF_EVENT and not is_deadline_decision(first):
+        # the command its first event reveals (gridflow.contract), with the data it took: the
+        # event's fields the command has
+        kind = ev.COMMAND_OF_EVENT[first.type]
+        fields = ev.PAYLOADS[kind].__struct_fields__
         data = {k: d[k] for k in fields if k in d}
     if not kind:
         return None

@@ -11,19 +11,9 @@ from typing import Any
 from urllib.parse import quote
 
 from gridflow.core.metrics import format_rate
+from gridflow.events import label_zh
 
 LOCAL = timedelta(hours=8)
-
-EVENT_ZH = {
-    "CaseFiled": "立案", "CaseNotFiled": "不予立案", "ReportMerged": "重复上报合并",
-    "TaskDispatched": "派遣", "PhotoArchived": "照片归档", "TaskSigned": "签收",
-    "TaskProgressNoted": "处置进展", "TaskResolved": "办结", "TaskSentBack": "退单",
-    "TaskVerified": "核查通过", "TaskReopened": "返工", "TaskCancelled": "撤销",
-    "TaskClosed": "结案", "CaseRated": "回访评价", "CaseClosed": "结案",
-    "ExtensionRequested": "申请延期", "ExtensionGranted": "批准延期",
-    "ExtensionRefused": "驳回延期", "CaseWhistled": "吹哨报到", "DeadlineWarned": "超时预警",
-    "DeadlineBreached": "超时", "TaskEscalated": "升级督办", "CommandRefused": "操作被拒绝",
-}
 
 STYLE = """
 body{font-family:"Noto Sans CJK SC","Microsoft YaHei",sans-serif;margin:0;background:#f4f6f9;color:#222}
@@ -151,7 +141,7 @@ def render_case(detail: dict[str, Any], photo_url: Any, nav: str = "", extra: st
     )
     events = "".join(
         f"<tr><td class=n>{e['seq']}</td><td>{local_time(e['at'])}</td>"
-        f"<td>{escape(EVENT_ZH.get(e['type'], e['type']))}</td><td>{escape(e['actor'])}</td>"
+        f"<td>{escape(label_zh(e['type']))}</td><td>{escape(e['actor'])}</td>"
         f"<td><code>{escape(e['hash'][:12])}</code></td></tr>"
         for e in detail["events"]
     )

@@ -52,26 +52,14 @@ REPORT_STATUS_ZH = {
     "closed": "已办结",
     "not_filed": "不予立案",
 }
-# The steps of a case its reporter sees, in order (the rest of the log is for staff).
-STEP_ZH = {
-    ev.CASE_FILED: "立案",
-    ev.REPORT_MERGED: "并案",
-    ev.TASK_DISPATCHED: "派遣",
-    ev.TASK_SIGNED: "签收",
-    ev.TASK_PROGRESS_NOTED: "处置进展",
-    ev.TASK_RESOLVED: "办结",
-    ev.TASK_SENT_BACK: "退单",
-    ev.TASK_VERIFIED: "核查通过",
-    ev.TASK_REOPENED: "返工",
-    ev.TASK_CANCELLED: "撤销",
-    ev.EXTENSION_GRANTED: "延期",
-    ev.CASE_WHISTLED: "吹哨报到",
-    ev.DEADLINE_BREACHED: "超时",
-    ev.TASK_ESCALATED: "升级督办",
-    ev.CASE_CLOSED: "结案",
-    ev.CASE_RATED: "评价",
-    ev.CASE_NOT_FILED: "不予立案",
-}
+# The steps of a case its reporter sees (the rest of the log is for staff), each shown by its
+# event's label (gridflow.contract).
+STEPS = frozenset({
+    ev.CASE_FILED, ev.REPORT_MERGED, ev.TASK_DISPATCHED, ev.TASK_SIGNED, ev.TASK_PROGRESS_NOTED,
+    ev.TASK_RESOLVED, ev.TASK_SENT_BACK, ev.TASK_VERIFIED, ev.TASK_REOPENED, ev.TASK_CANCELLED,
+    ev.EXTENSION_GRANTED, ev.CASE_WHISTLED, ev.DEADLINE_BREACHED, ev.TASK_ESCALATED,
+    ev.CASE_CLOSED, ev.CASE_RATED, ev.CASE_NOT_FILED,
+})
 OPEN311_LIST_LIMIT = 1000
 PHOTO_LINK_S = 3600
 
@@ -159,7 +147,7 @@ def step_view(ref: ReferenceData, step: dict[str, Any]) -> dict[str, Any]:
         "seq": step.get("seq"),
         "at": step.get("at"),
         "type": step.get("type"),
-        "step_zh": STEP_ZH.get(step.get("type", ""), step.get("type")),
+        "step_zh": ev.label_zh(step.get("type", "")),
         "task_id": data.get("task_id"),
         "department": dept,
         "department_name": department_name(ref, dept) if dept else None,
@@ -221,7 +209,7 @@ def case_steps(session: Session, case_id: str) -> list[dict[str, Any]]:
     t = CaseEvent.__table__.c
     query = (
         select(t.seq, t.type, t.at, t.data)
-        .where(t.case_id == case_id, t.type.in_(sorted(STEP_ZH)))
+        .where(t.case_id == case_id, t.type.in_(sorted(STEPS)))
         .order_by(t.seq, t.event_id)
     )
     return [dict(r) for r in session.execute(query).mappings()]

@@ -33,27 +33,10 @@ from sinks.models import CaseEvent, CommandOutcome
 from sinks.queries import case_detail
 from workbench.web import Countdown, countdown, local_time
 
-EVENT_ZH = {
-    ev.CASE_FILED: "立案", ev.CASE_NOT_FILED: "不予立案", ev.REPORT_MERGED: "重复上报并案",
-    ev.TASK_DISPATCHED: "派遣", ev.PHOTO_ARCHIVED: "照片归档", ev.TASK_SIGNED: "签收",
-    ev.TASK_PROGRESS_NOTED: "处置进展", ev.TASK_RESOLVED: "办结", ev.TASK_SENT_BACK: "退单",
-    ev.TASK_VERIFIED: "核查通过", ev.TASK_REOPENED: "核查不通过, 返工",
-    ev.TASK_CANCELLED: "撤销", ev.TASK_CLOSED: "结案", ev.CASE_RATED: "回访评价",
-    ev.CASE_CLOSED: "案件结案", ev.EXTENSION_REQUESTED: "申请延期",
-    ev.EXTENSION_GRANTED: "批准延期", ev.EXTENSION_REFUSED: "驳回延期",
-    ev.CASE_WHISTLED: "吹哨报到", ev.DEADLINE_WARNED: "超时预警", ev.DEADLINE_BREACHED: "超时",
-    ev.TASK_ESCALATED: "升级督办", ev.COMMAND_REFUSED: "操作未执行", ev.TASK_ASSIGNED: "二次派遣",
-}
 # Case-level events every caller who sees the case sees (the rest belong to a task).
 CASE_LEVEL = frozenset({ev.CASE_FILED, ev.REPORT_MERGED, ev.CASE_CLOSED, ev.CASE_RATED,
                         ev.CASE_NOT_FILED, ev.CASE_WHISTLED})
 STAGE_ZH = {"sign": "签收", "resolve": "办结", "verify": "核查"}
-COMMAND_ZH = {
-    ev.SIGN_TASK: "签收", ev.NOTE_PROGRESS: "填报进展", ev.RESOLVE_TASK: "办结",
-    ev.SEND_BACK_TASK: "退单", ev.REQUEST_EXTENSION: "延期申请", ev.DECIDE_EXTENSION: "延期审批",
-    ev.CANCEL_TASK: "撤销", ev.WHISTLE_CASE: "吹哨报到", ev.VERIFY_TASK: "核查",
-    ev.REJECT_TASK: "核查不通过", ev.RATE_CASE: "回访评价", ev.ASSIGN_TASK: "分派",
-}
 
 
 @dataclass
@@ -220,7 +203,7 @@ def step_detail(names: Names, type_: str, d: dict[str, Any]) -> str:
     if type_ == ev.CASE_FILED:
         return f"{d.get('category_name') or d.get('category_code') or ''}"
     if type_ == ev.COMMAND_REFUSED:
-        return (f"{COMMAND_ZH.get(str(d.get('command_type')), str(d.get('command_type')))}未执行: "
+        return (f"{ev.label_zh(str(d.get('command_type')))}未执行: "
                 f"{d.get('reason_zh') or ''}")
     if type_ == ev.TASK_ASSIGNED:
         return f"分派给 {d.get('assignee_name') or d.get('assignee') or ''}"
@@ -261,7 +244,7 @@ def load_case_file(session: Session, ref: ReferenceData, caller: Principal, fact
         who = names.actor(actor)
         if d.get("by_name"):  # a department's step naming the person who took it
             who = f"{who} · {d['by_name']}"
-        steps.append(Step(at, EVENT_ZH.get(type_, type_), who, step_detail(names, type_, d),
+        steps.append(Step(at, ev.label_zh(type_), who, step_detail(names, type_, d),
                           task_id, type_ == ev.COMMAND_REFUSED))
     photos = [p for p in detail["photos"]
               if not p.get("task_id") or p["task_id"] in visible_ids]

@@ -19,13 +19,14 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from gridflow import events as ev
 from gridflow.events import derived_id
 from producers.commands import command_id_for, publish_command
 from producers.context import Context
 from producers.errors import ApiError
 from producers.submission import NotPublished
 from producers.uploads import PhotoUpload, Received
-from workbench.casefile import COMMAND_ZH, outcomes
+from workbench.casefile import outcomes
 from workbench.web import new_form_key
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def outcome_views(ids: list[str], found: dict[str, dict[str, Any]], types: dict[
     for cid in ids:
         o = found.get(cid)
         type_ = (o or {}).get("command_type") or types.get(cid, "")
-        what = COMMAND_ZH.get(type_, "操作") if type_ else "操作"
+        what = ev.COMMAND_LABELS_ZH.get(type_, "操作") if type_ else "操作"
         if o is None:
             views.append({"command_id": cid, "status": "pending", "what": what, "refresh": refresh})
         elif o.get("accepted"):

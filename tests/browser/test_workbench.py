@@ -237,7 +237,7 @@ def test_a_department_signs_notes_progress_resolves_and_the_verification_closes_
 
     county.wait("the case to close", closed)
     steps = staff.locator("ol.steps").inner_text()
-    for step in ("立案", "派遣", "签收", "处置进展", "办结", "核查通过", "案件结案"):
+    for step in ("立案", "派遣", "签收", "处置进展", "办结", "核查通过", "结案"):
         assert step in steps
     def archived() -> bool:
         staff.reload()

@@ -108,7 +108,7 @@ def test_a_phone_report_is_filed_worked_verified_rated_and_closed(pipeline: Pipe
                 json={"score": 5, "comment": "处理及时, 很满意"})
     s = pipeline.report(up)
     assert s["rating"] == 5 and s["status_zh"] == "已办结"
-    assert steps(s) == ["立案", "派遣", "签收", "处置进展", "办结", "核查通过", "结案", "评价"]
+    assert steps(s) == ["立案", "派遣", "签收", "处置进展", "办结", "核查通过", "结案", "回访评价"]
     assert all(step["task_id"] in (None, task_id) for step in s["timeline"])
     assert task_id not in pipeline.inbox(VILLAGE, token)  # done: off the open inbox
 
@@ -172,7 +172,7 @@ def test_an_approved_extension_moves_the_deadline_and_a_second_one_is_refused(pi
     task = only_task(pipeline.report(up))
     planner = SlaPlanner(load_bundled_policy(), working_calendar())
     assert task["resolve_due"] == iso(planner.add_working_days(parse_ts(before), 2))
-    assert task["extensions"] == 1 and steps(pipeline.report(up))[-1] == "延期"
+    assert task["extensions"] == 1 and steps(pipeline.report(up))[-1] == "批准延期"
 
     again = pipeline.outcome(pipeline.post(f"/api/v1/tasks/{task_id}/extension", token,
                                            json={"days": 1, "reason": "再次延期"}))
