@@ -197,11 +197,12 @@ class Message:
     @classmethod
     def of(cls, body: Payload, *, id: str, case_id: str, at: str, actor: str,  # noqa: A002
            causation_id: str = "", seq: int = 0, prev_hash: str = "") -> Message:
-        """A message carrying `body`: its type is the body's, its data the body's JSON form."""
-        m = cls(id=id, type=body.TYPE, case_id=case_id, at=at, actor=actor, data=body.to_data(),
-                causation_id=causation_id, seq=seq, prev_hash=prev_hash)
-        object.__setattr__(m, "_body", body)
-        return m
+        """A message carrying `body`: its type is the body's, its data the body's JSON form.
+        Its `body` is read back from that data when asked for, as a decoded message's is (so a
+        payload built with a part of another type than its class says shows at once)."""
+        return cls(id=id, type=body.TYPE, case_id=case_id, at=at, actor=actor,
+                   data=body.to_data(), causation_id=causation_id, seq=seq,
+                   prev_hash=prev_hash)
 
     @property
     def body(self) -> Payload:

@@ -57,6 +57,11 @@ class Intake(Payload, frozen=True, kw_only=True):
     KIND: ClassVar[str] = "intake"
 
 
+def as_data(part: Any) -> Any:
+    """The JSON form of a payload or a part of one (UNSET fields left out)."""
+    return msgspec.to_builtins(part)
+
+
 def given(value: Any, default: Any = "") -> Any:
     """`value`, or `default` when it is UNSET (a field the record does not carry)."""
     return default if value is UNSET else value
@@ -197,7 +202,7 @@ class CaseFiled(Event, frozen=True, kw_only=True):
     cross_grid: bool = False
     departments: list[str] = msgspec.field(default_factory=list)
     routing_reason: str = ""
-    # filing facts, carried through when the intake supplies them (FILING_EXTRAS)
+    # filing facts, carried through when the intake supplies them
     grid_name: str | UnsetType = UNSET
     worker_grid_code: str | UnsetType = UNSET
     lead_department: str | UnsetType = UNSET

@@ -11,13 +11,16 @@ the extension limit and whether a send-back restarts the clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from gridflow import events as ev
+from gridflow.contract import payloads as ct
+from gridflow.contract.payloads import UNSET, given
 from gridflow.core.sla import ExtensionLimit
-from gridflow.events import Message, derived_id, iso, parse_ts
+from gridflow.events import Message, SchemaError, derived_id, iso, parse_ts
 
 # --- task states -------------------------------------------------------------
 DISPATCHED = "dispatched"  # 已派遣
@@ -65,12 +68,6 @@ TRANSITIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 STAGE_OF_STATE = {DISPATCHED: "sign", SIGNED: "resolve", IN_PROGRESS: "resolve", RESOLVED: "verify"}
 
 RECENT_COMMANDS_KEPT = 200
-
-# Filing facts CaseFiled carries through when the intake supplies them.
-FILING_EXTRAS = (
-    "grid_name", "worker_grid_code", "lead_department", "multi_department", "routing_source",
-    "routing_rule", "routing_reason_zh",
-)
 
 
 class DeadlinePlanner(Protocol):
@@ -191,15 +188,14 @@ class _Builder:
         last = parse_ts(state.last_at, "last event time") if state.last_at else cmd_at
         self.now = max(cmd_at, last)
 
-    def emit(self, type_: str, data: dict[str, Any], actor: str | None = None) -> Message:
+    def emit(self, body: ct.Event, actor: str | None = None) -> Message:
         seq = self.state.seq + 1
-        msg = Message(
-            id=derived_id(self.command.id, type_, str(len(self.events))),
-            type=type_,
+        msg = Message.of(
+            body,
+            id=derived_id(self.command.id, body.TYPE, str(len(self.events))),
             case_id=self.state.case_id,
             at=iso(self.now),
             actor=actor or self.command.actor,
-            data=data,
             causation_id=self.command.id,
             seq=seq,
             prev_hash=self.state.last_hash,
@@ -237,15 +233,22 @@ def decide(state: CaseState, command: Message, planner: DeadlinePlanner) -> Deci
     try:
         if handler is None:
             raise Refused("unknown_command", "未知指令", f"unknown command {command.type!r}")
-        handler(b, command, planner)
+        try:
+            body = command.body
+        except SchemaError as exc:
+            raise Refused("bad_payload", "指令内容格式错误", str(exc)) from exc
+        handler(b, command, body, planner)
     except Refused as r:
         b = _Builder(state, command)
-        b.emit(ev.COMMAND_REFUSED, {
-            "command_id": command.id, "command_type": command.type,
-            "task_id": command.data.get("task_id", ""), "code": r.code,
-            "reason_zh": r.zh, "reason_en": r.en,
-        })
+        b.emit(_refusal(command, r.code, r.zh, r.en))
     return b.finish()
+
+
+def _refusal(command: Message, code: str, zh: str, en: str) -> ct.CommandRefused:
+    task_id = command.data.get("task_id", "")  # the command may not have decoded
+    return ct.CommandRefused(command_id=command.id, command_type=command.type,
+                            task_id=task_id if isinstance(task_id, str) else "", code=code,
+                            reason_zh=zh, reason_en=en)
 
 
 def refuse(state: CaseState, command: Message, code: str, zh: str, en: str) -> Decision:
@@ -255,11 +258,7 @@ def refuse(state: CaseState, command: Message, code: str, zh: str, en: str) -> D
     if command.id in state.recent_commands:
         return Decision(state, [])
     b = _Builder(state, command)
-    b.emit(ev.COMMAND_REFUSED, {
-        "command_id": command.id, "command_type": command.type,
-        "task_id": command.data.get("task_id", ""), "code": code,
-        "reason_zh": zh, "reason_en": en,
-    })
+    b.emit(_refusal(command, code, zh, en))
     return b.finish()
 
 
@@ -283,9 +282,9 @@ def actor_roles(state: CaseState, task: TaskState | None, actor: str) -> set[str
     return roles
 
 
-def _task_for(b: _Builder, command: Message) -> TaskState:
-    task_id = command.data.get("task_id")
-    if not isinstance(task_id, str) or task_id not in b.state.tasks:
+def _task_for(b: _Builder, command: Message, body: ct.TaskCommand) -> TaskState:
+    task_id = given(body.task_id, None)
+    if task_id not in b.state.tasks:
         raise Refused("unknown_task", "该案件下没有此任务", f"case has no task {task_id!r}")
     task = b.state.tasks[task_id]
     allowed_states, allowed_roles = TRANSITIONS[command.type]
@@ -305,11 +304,7 @@ def _task_for(b: _Builder, command: Message) -> TaskState:
     return task
 
 
-def _photos(command: Message, role: str, required: bool) -> list[dict[str, Any]]:
-    return _photo_list(command.data.get("photos", []), role, required)
-
-
-def _photo_list(photos: Any, role: str, required: bool) -> list[dict[str, Any]]:
+def _photo_list(photos: Any, role: str, required: bool) -> list[ct.PhotoData]:
     if not isinstance(photos, list):
         raise Refused("bad_photos", "照片格式错误", "photos must be a list")
     if required and not 1 <= len(photos) <= 9:
@@ -317,9 +312,14 @@ def _photo_list(photos: Any, role: str, required: bool) -> list[dict[str, Any]]:
     if len(photos) > 9:
         raise Refused("photo_count", "最多上传9张照片", "at most 9 photos")
     try:
-        return [asdict(replace(ev.PhotoRef.from_dict(p), role=role)) for p in photos]
+        refs = [ev.PhotoRef.from_dict(ref) for ref in photos]
     except ev.SchemaError as exc:
         raise Refused("bad_photos", "照片引用无效", str(exc)) from exc
+    return [ct.PhotoData(**asdict(replace(ref, role=role))) for ref in refs]
+
+
+def _photo_dicts(photos: list[ct.PhotoData]) -> list[dict[str, Any]]:
+    return [ct.as_data(photo) for photo in photos]
 
 
 # --- filing and dispatch -------------------------------------------------------
@@ -341,127 +341,130 @@ def _plan_task(b: _Builder, department: str, planner: DeadlinePlanner, whistled:
 
 
 def _dispatch(b: _Builder, department: str, planner: DeadlinePlanner, reason: str,
-              whistled: bool = False, extra: dict[str, Any] | None = None,
-              inherit: TaskState | None = None, planned: TaskState | None = None) -> TaskState:
+              whistled: bool = False, inherit: TaskState | None = None,
+              planned: TaskState | None = None, replaces_task: str | ct.UnsetType = UNSET,
+              clock: str | ct.UnsetType = UNSET) -> TaskState:
     """Add a task to the case and emit TaskDispatched (a `planned` one, or a new one)."""
     task = planned or _plan_task(b, department, planner, whistled, inherit)
-    task_id, department, whistled = task.task_id, task.department, task.whistled
     b.set_task(task)
-    b.emit(ev.TASK_DISPATCHED, {
-        "task_id": task_id, "department": department, "reason": reason,
-        "sign_due": task.sign_due, "resolve_due": task.resolve_due, "whistled": whistled,
-        "category_code": b.state.category_code, "severity": b.state.severity,
-        "grid_code": b.state.grid_code, **(extra or {}),
-    }, actor="system")
+    b.emit(ct.TaskDispatched(
+        task_id=task.task_id, department=task.department, reason=reason,
+        sign_due=task.sign_due, resolve_due=task.resolve_due, whistled=task.whistled,
+        category_code=b.state.category_code, severity=b.state.severity,
+        grid_code=b.state.grid_code, replaces_task=replaces_task, clock=clock,
+    ), actor="system")
     return task
 
 
-def _file_report(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
-    d = c.data
-    report = dict(d.get("report", {}))
+def _file_report(b: _Builder, c: Message, d: ct.FileReport, planner: DeadlinePlanner) -> None:
+    report = dict(d.report)
     report_id = str(report.get("report_id", ""))
     if report_id in b.state.report_ids:
         return  # the same report filed twice (a retried upload): nothing new
     photos = _photo_list(report.get("photos", []), "before", required=False)
-    own = str(d.get("own_case_id", ""))
+    own = given(d.own_case_id)
     if b.state.status in ("closed", "not_filed") and own and own != b.state.case_id:
         # A near-duplicate of a case that is already closed is a new problem: file it as its
         # own case instead of merging it into finished work.
-        data = {k: v for k, v in d.items() if k not in ("distance_m", "own_case_id")}
+        data = {k: v for k, v in c.data.items() if k not in ("distance_m", "own_case_id")}
         b.commands.append(Message(
             id=derived_id(c.id, "refile"), type=ev.FILE_REPORT, case_id=own, at=c.at,
             actor=c.actor, data=data, causation_id=c.id,
         ))
         return
+    reporter = str(report.get("reporter", c.actor))
+    report = {**report, "photos": _photo_dicts(photos)}
     if b.state.status == "new":
+        if given(d.grid_code, None) is None:
+            raise KeyError("grid_code")  # a FileReport without its grid: malformed
         b.state = replace(
-            b.state, status="open", category_code=str(d["category_code"]),
-            severity=int(d.get("severity", 1)), grid_code=str(d["grid_code"]),
-            village_code=str(d.get("village_code", "")), township_code=str(d.get("township_code", "")),
-            reporter=str(report.get("reporter", c.actor)), report_ids=(report_id,),
+            b.state, status="open", category_code=d.category_code,
+            severity=given(d.severity, 1), grid_code=given(d.grid_code),
+            village_code=given(d.village_code), township_code=given(d.township_code),
+            reporter=reporter, report_ids=(report_id,),
         )
-        b.emit(ev.CASE_FILED, {
-            "report": {**report, "photos": photos}, "category_code": b.state.category_code,
-            "category_name": d.get("category_name", ""), "severity": b.state.severity,
-            "grid_code": b.state.grid_code, "village_code": b.state.village_code,
-            "township_code": b.state.township_code, "cross_grid": bool(d.get("cross_grid", False)),
-            "departments": list(d.get("departments", [])), "routing_reason": d.get("routing_reason", ""),
-            **{k: d[k] for k in FILING_EXTRAS if k in d},
-        }, actor=b.state.reporter)
-        departments = list(d.get("departments", []))
+        departments = list(given(d.departments, []))
+        b.emit(ct.CaseFiled(
+            report=report, category_code=b.state.category_code,
+            category_name=given(d.category_name), severity=b.state.severity,
+            grid_code=b.state.grid_code, village_code=b.state.village_code,
+            township_code=b.state.township_code, cross_grid=given(d.cross_grid, False),
+            departments=departments, routing_reason=given(d.routing_reason),
+            # filing facts carried through when the intake supplies them
+            grid_name=d.grid_name, worker_grid_code=d.worker_grid_code,
+            lead_department=d.lead_department, multi_department=d.multi_department,
+            routing_source=d.routing_source, routing_rule=d.routing_rule,
+            routing_reason_zh=d.routing_reason_zh,
+        ), actor=b.state.reporter)
         multi = len(departments) > 1
         for dept in departments:
             _dispatch(b, dept, planner, "routing", whistled=multi)
     else:
         b.state = replace(b.state, report_ids=(*b.state.report_ids, report_id))
-        b.emit(ev.REPORT_MERGED, {
-            "report": {**report, "photos": photos},
-            "distance_m": d.get("distance_m"), "case_status": b.state.status,
-        }, actor=str(report.get("reporter", c.actor)))
+        b.emit(ct.ReportMerged(report=report, distance_m=given(d.distance_m, None),
+                               case_status=b.state.status), actor=reporter)
 
 
-def _refuse_report(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+def _refuse_report(b: _Builder, c: Message, d: ct.RefuseReport, planner: DeadlinePlanner,
+                   ) -> None:
     if b.state.status != "new":
         return
-    report = dict(c.data.get("report", {}))
+    report = dict(given(d.report, {}))
     b.state = replace(b.state, status="not_filed", reporter=str(report.get("reporter", c.actor)),
                       report_ids=(str(report.get("report_id", "")),))
-    b.emit(ev.CASE_NOT_FILED, {
-        "report": report, "code": c.data.get("code", ""),
-        "reason_zh": c.data.get("reason_zh", ""), "reason_en": c.data.get("reason_en", ""),
-    }, actor=b.state.reporter)
+    b.emit(ct.CaseNotFiled(report=report, code=given(d.code), reason_zh=given(d.reason_zh),
+                           reason_en=given(d.reason_en)), actor=b.state.reporter)
 
 
-def _photo_archived(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+def _photo_archived(b: _Builder, c: Message, d: ct.RecordPhotoArchived,
+                    planner: DeadlinePlanner) -> None:
     if b.state.status == "new":
         raise Refused("unknown_case", "案件不存在", "no such case")
-    b.emit(ev.PHOTO_ARCHIVED, dict(c.data), actor="system")
+    # the facts the archive agent found, as it wrote them (a field it left out stays out)
+    facts = {name: getattr(d, name) for name in ct.PhotoArchiveFacts.__struct_fields__
+             if name in c.data}
+    b.emit(ct.PhotoArchived(**facts), actor="system")
 
 
 # --- task lifecycle ------------------------------------------------------------
 
-def _ctx(b: _Builder) -> dict[str, Any]:
-    """Category and severity: what the deadline processor needs to plan a stage's clock."""
-    return {"category_code": b.state.category_code, "severity": b.state.severity}
-
-
-def _sign(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
-    task = _task_for(b, c)
+def _sign(b: _Builder, c: Message, d: ct.SignTask, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c, d)
     b.set_task(replace(task, state=SIGNED, signed_at=iso(b.now)))
-    b.emit(ev.TASK_SIGNED, {"task_id": task.task_id, "department": task.department,
-                            "on_time": b.now <= parse_ts(task.sign_due),
-                            "dispatched_at": task.dispatched_at, "resolve_due": task.resolve_due,
-                            **_ctx(b)})
+    b.emit(ct.TaskSigned(task_id=task.task_id, department=task.department,
+                         on_time=b.now <= parse_ts(task.sign_due),
+                         dispatched_at=task.dispatched_at, resolve_due=task.resolve_due,
+                         category_code=b.state.category_code, severity=b.state.severity))
 
 
-def _progress(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
-    task = _task_for(b, c)
-    note = str(c.data.get("note", "")).strip()
+def _progress(b: _Builder, c: Message, d: ct.NoteProgress, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c, d)
+    note = given(d.note).strip()
     if not note:
         raise Refused("note_required", "请填写处置进展", "a progress note is required")
+    photos = _photo_list(given(d.photos, []), "progress", required=False)
     b.set_task(replace(task, state=IN_PROGRESS))
-    b.emit(ev.TASK_PROGRESS_NOTED, {"task_id": task.task_id, "note": note[:2000],
-                                    "photos": _photos(c, "progress", required=False)})
+    b.emit(ct.TaskProgressNoted(task_id=task.task_id, note=note[:2000], photos=photos))
 
 
-def _resolve(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
-    task = _task_for(b, c)
-    note = str(c.data.get("note", "")).strip()
+def _resolve(b: _Builder, c: Message, d: ct.ResolveTask, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c, d)
+    note = given(d.note).strip()
     if not note:
         raise Refused("note_required", "请填写办结说明", "a resolution note is required")
-    photos = _photos(c, "after", required=True)
+    photos = _photo_list(given(d.photos, []), "after", required=True)
     verify_due = planner.due(b.state.category_code, b.state.severity, "verify", b.now)
     on_time = b.now <= parse_ts(task.resolve_due)
     b.set_task(replace(task, state=RESOLVED, resolved_at=iso(b.now), verify_due=iso(verify_due)))
-    b.emit(ev.TASK_RESOLVED, {"task_id": task.task_id, "department": task.department,
-                              "note": note[:2000], "photos": photos, "on_time": on_time,
-                              "verify_due": iso(verify_due), **_ctx(b)})
+    b.emit(ct.TaskResolved(task_id=task.task_id, department=task.department, note=note[:2000],
+                           photos=photos, on_time=on_time, verify_due=iso(verify_due),
+                           category_code=b.state.category_code, severity=b.state.severity))
 
 
-def _send_back(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
-    task = _task_for(b, c)
-    reason = str(c.data.get("reason", "")).strip()
-    target = str(c.data.get("reroute_to", "")).strip()
+def _send_back(b: _Builder, c: Message, d: ct.SendBackTask, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c, d)
+    reason = given(d.reason).strip()
+    target = given(d.reroute_to).strip()
     if not reason:
         raise Refused("reason_required", "退单须说明理由", "a send-back needs a reason")
     if not target or target == task.department:
@@ -469,116 +472,118 @@ def _send_back(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
                       "a send-back needs another responsible department to re-route to")
     restart = send_back_restarts_clock(planner)
     b.set_task(replace(task, state=SENT_BACK, closed_at=iso(b.now)))
-    b.emit(ev.TASK_SENT_BACK, {"task_id": task.task_id, "department": task.department,
-                               "reason": reason, "reroute_to": target})
+    b.emit(ct.TaskSentBack(task_id=task.task_id, department=task.department, reason=reason,
+                           reroute_to=target))
     # 退单改派: a fresh clock for the new department, or (policy) the original deadlines.
     _dispatch(b, target, planner, "sent_back", inherit=None if restart else task,
-              extra={"replaces_task": task.task_id,
-                     "clock": "restarted" if restart else "inherited"})
+              replaces_task=task.task_id, clock="restarted" if restart else "inherited")
 
 
-def _verify(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
-    task = _task_for(b, c)
+def _verify(b: _Builder, c: Message, d: ct.VerifyTask, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c, d)
+    photos = _photo_list(given(d.photos, []), "verification", required=False)
     b.set_task(replace(task, state=CLOSED, closed_at=iso(b.now)))
-    b.emit(ev.TASK_VERIFIED, {"task_id": task.task_id, "department": task.department,
-                              "note": str(c.data.get("note", ""))[:2000],
-                              "photos": _photos(c, "verification", required=False)})
+    b.emit(ct.TaskVerified(task_id=task.task_id, department=task.department,
+                           note=given(d.note)[:2000], photos=photos))
     _maybe_close_case(b)
 
 
-def _reject(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
-    task = _task_for(b, c)
-    reason = str(c.data.get("reason", "")).strip()
+def _reject(b: _Builder, c: Message, d: ct.RejectTask, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c, d)
+    reason = given(d.reason).strip()
     if not reason:
         raise Refused("reason_required", "核查不通过须说明理由", "a failed verification needs a reason")
-    _reopen(b, task, reason, planner, _photos(c, "verification", required=False))
+    _reopen(b, task, reason, planner, _photo_list(given(d.photos, []), "verification",
+                                                  required=False))
 
 
 def _reopen(b: _Builder, task: TaskState, reason: str, planner: DeadlinePlanner,
-            photos: list[dict[str, Any]] | None = None) -> None:
+            photos: list[ct.PhotoData] | None = None) -> None:
     # Rework (返工): the resolve clock restarts from now under the same policy.
     resolve_due = planner.due(b.state.category_code, b.state.severity, "resolve", b.now)
     b.set_task(replace(task, state=IN_PROGRESS, reopened=task.reopened + 1, closed_at="",
                        resolve_due=iso(resolve_due), verify_due=""))
     if b.state.status == "closed":
         b.state = replace(b.state, status="open")
-    b.emit(ev.TASK_REOPENED, {"task_id": task.task_id, "department": task.department,
-                              "reason": reason, "reopened": task.reopened + 1,
-                              "resolve_due": iso(resolve_due), **_ctx(b),
-                              # what the grid worker photographed when the fix failed on site
-                              **({"photos": photos} if photos else {})})
+    b.emit(ct.TaskReopened(task_id=task.task_id, department=task.department, reason=reason,
+                           reopened=task.reopened + 1, resolve_due=iso(resolve_due),
+                           category_code=b.state.category_code, severity=b.state.severity,
+                           # what the grid worker photographed when the fix failed on site
+                           photos=photos if photos else UNSET))
 
 
 def _maybe_close_case(b: _Builder) -> None:
     if all(t.state in FINAL_TASK_STATES for t in b.state.tasks.values()) and b.state.status == "open":
         b.state = replace(b.state, status="closed")
-        b.emit(ev.CASE_CLOSED, {"tasks": sorted(b.state.tasks)}, actor="system")
+        b.emit(ct.CaseClosed(tasks=sorted(b.state.tasks)), actor="system")
 
 
-def _rate(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+def _rate(b: _Builder, c: Message, d: ct.RateCase, planner: DeadlinePlanner) -> None:
     roles = actor_roles(b.state, None, c.actor)
     if "reporter" not in roles and "supervisor" not in roles:
         raise Refused("not_allowed", "仅报告人可评价", f"{c.actor} is not this case's reporter")
     if b.state.status != "closed":
         raise Refused("not_closed", "案件办结核查后方可评价", "a case can be rated once it is closed")
-    score = c.data.get("score")
+    score = given(d.score, None)
     if not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 5:
         raise Refused("bad_score", "满意度须为1至5的整数", "score must be an integer 1-5")
     b.state = replace(b.state, rating=score)
-    b.emit(ev.CASE_RATED, {"score": score, "comment": str(c.data.get("comment", ""))[:1000]})
+    b.emit(ct.CaseRated(score=score, comment=given(d.comment)[:1000]))
     if score <= 2:  # unsatisfied: the work goes back to the departments (不满意重办)
         for task in list(b.state.tasks.values()):
             if task.state == CLOSED:
                 _reopen(b, task, "回访不满意 / unsatisfied rating", planner)
 
 
-def _cancel(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
-    task = _task_for(b, c)
-    reason = str(c.data.get("reason", "")).strip()
+def _cancel(b: _Builder, c: Message, d: ct.CancelTask, planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c, d)
+    reason = given(d.reason).strip()
     if not reason:
         raise Refused("reason_required", "撤销须说明理由", "a cancellation needs a reason")
     b.set_task(replace(task, state=CANCELLED, closed_at=iso(b.now)))
-    b.emit(ev.TASK_CANCELLED, {"task_id": task.task_id, "department": task.department,
-                               "reason": reason})
+    b.emit(ct.TaskCancelled(task_id=task.task_id, department=task.department, reason=reason))
     _maybe_close_case(b)
 
 
-def _request_extension(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
-    task = _task_for(b, c)
+def _request_extension(b: _Builder, c: Message, d: ct.RequestExtension,
+                       planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c, d)
     if task.pending_extension:
         raise Refused("extension_pending", "已有延期申请待审批", "an extension request is pending")
-    reason = str(c.data.get("reason", "")).strip()
-    days = c.data.get("days")
+    reason = given(d.reason).strip()
+    days = given(d.days, None)
     if not reason or not isinstance(days, (int, float)) or isinstance(days, bool) or not 0 < days <= 30:
         raise Refused("bad_extension", "延期须说明理由并给出1至30个工作日",
                       "an extension needs a reason and 0 < days <= 30 working days")
     _check_extension_limit(task, float(days), planner)
     request = {"request_id": c.id, "days": days, "reason": reason}
     b.set_task(replace(task, pending_extension=request))
-    b.emit(ev.EXTENSION_REQUESTED, {"task_id": task.task_id, "department": task.department,
-                                    **request})
+    b.emit(ct.ExtensionRequested(task_id=task.task_id, department=task.department,
+                                 request_id=c.id, days=days, reason=reason))
 
 
-def _decide_extension(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
-    task = _task_for(b, c)
+def _decide_extension(b: _Builder, c: Message, d: ct.DecideExtension,
+                      planner: DeadlinePlanner) -> None:
+    task = _task_for(b, c, d)
     req = task.pending_extension
     if not req:
         raise Refused("no_extension", "没有待审批的延期申请", "no pending extension request")
-    if c.data.get("approve") is True:
+    if given(d.approve, None) is True:
         days = float(req["days"])
         _check_extension_limit(task, days, planner)  # the policy may have changed meanwhile
         new_due = planner.add_working_days(parse_ts(task.resolve_due), days)
         b.set_task(replace(task, pending_extension=None, extensions=task.extensions + 1,
                            extension_days=task.extension_days + days, resolve_due=iso(new_due)))
-        b.emit(ev.EXTENSION_GRANTED, {"task_id": task.task_id, "department": task.department,
-                                      "request_id": req["request_id"], "days": req["days"],
-                                      "previous_due": task.resolve_due, "resolve_due": iso(new_due),
-                                      **_ctx(b)})
+        b.emit(ct.ExtensionGranted(task_id=task.task_id, department=task.department,
+                                   request_id=req["request_id"], days=req["days"],
+                                   previous_due=task.resolve_due, resolve_due=iso(new_due),
+                                   category_code=b.state.category_code,
+                                   severity=b.state.severity))
     else:
         b.set_task(replace(task, pending_extension=None))
-        b.emit(ev.EXTENSION_REFUSED, {"task_id": task.task_id, "department": task.department,
-                                      "request_id": req["request_id"],
-                                      "reason": str(c.data.get("reason", ""))[:1000]})
+        b.emit(ct.ExtensionRefused(task_id=task.task_id, department=task.department,
+                                   request_id=req["request_id"],
+                                   reason=given(d.reason)[:1000]))
 
 
 def _check_extension_limit(task: TaskState, days: float, planner: DeadlinePlanner) -> None:
@@ -592,98 +597,97 @@ def _check_extension_limit(task: TaskState, days: float, planner: DeadlinePlanne
                       f"extension beyond the policy limit: {exceeded.en}")
 
 
-def _whistle(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+def _whistle(b: _Builder, c: Message, d: ct.WhistleCase, planner: DeadlinePlanner) -> None:
     if "supervisor" not in actor_roles(b.state, None, c.actor):
         raise Refused("not_allowed", "仅督办人员可吹哨", "only a supervisor may whistle a case up")
     if b.state.status != "open":
         raise Refused("not_open", "案件未在办理中", "the case is not open")
-    departments = c.data.get("departments")
+    departments = given(d.departments, None)
     if not isinstance(departments, list) or not departments:
         raise Refused("departments_required", "吹哨须指定报到部门", "name the departments to whistle up")
     active = {t.department for t in b.state.tasks.values() if t.state in OPEN_TASK_STATES}
-    new = [str(d) for d in dict.fromkeys(departments) if str(d) not in active]
+    new = [str(x) for x in dict.fromkeys(departments) if str(x) not in active]
     if not new:
         raise Refused("already_assigned", "所列部门均已在办理", "every department named already has an open task")
     planned = [_plan_task(b, dept, planner, whistled=True, ahead=i) for i, dept in enumerate(new)]
-    b.emit(ev.CASE_WHISTLED, {
-        "departments": new, "reason": str(c.data.get("reason", ""))[:1000],
-        "grid_code": b.state.grid_code,
-        "tasks": [{"task_id": t.task_id, "department": t.department, "sign_due": t.sign_due,
-                   "resolve_due": t.resolve_due} for t in planned],
-    })
+    b.emit(ct.CaseWhistled(
+        departments=new, reason=given(d.reason)[:1000], grid_code=b.state.grid_code,
+        tasks=[ct.WhistledTask(task_id=t.task_id, department=t.department, sign_due=t.sign_due,
+                               resolve_due=t.resolve_due) for t in planned],
+    ))
     for task in planned:
         _dispatch(b, task.department, planner, "whistle", planned=task)
 
 
-def _assign(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+def _assign(b: _Builder, c: Message, d: ct.AssignTask, planner: DeadlinePlanner) -> None:
     """二次派遣: who in the department works the task. Who may assign is the API's business
     (the department's head); the case records the fact, in the case's own order."""
-    task = _task_for(b, c)
-    assignee = str(c.data.get("assignee", "")).strip()
+    task = _task_for(b, c, d)
+    assignee = given(d.assignee).strip()
     if not assignee or len(assignee) > 64:
         raise Refused("assignee_required", "请选择承办人", "name the staff member (assignee)")
     if assignee == task.assignee:
         raise Refused("already_assigned", "该任务已由此人承办", f"task is already {assignee}'s")
     b.set_task(replace(task, assignee=assignee))
-    b.emit(ev.TASK_ASSIGNED, {
-        "task_id": task.task_id, "department": task.department, "assignee": assignee,
-        "assignee_name": str(c.data.get("assignee_name", ""))[:64],
-        "previous": task.assignee, "by": str(c.data.get("by", ""))[:64],
-        "by_name": str(c.data.get("by_name", ""))[:64],
-    })
+    b.emit(ct.TaskAssigned(
+        task_id=task.task_id, department=task.department, assignee=assignee,
+        assignee_name=given(d.assignee_name)[:64], previous=task.assignee,
+        by=given(d.by)[:64], by_name=given(d.by_name)[:64],
+    ))
 
 
-def _deadline_applies(b: _Builder, c: Message) -> TaskState | None:
+def _deadline_applies(b: _Builder, d: ct.DeadlineCommand) -> TaskState | None:
     """Deadline commands are stale when the task moved on: then they are dropped silently."""
-    task = b.state.tasks.get(str(c.data.get("task_id", "")))
+    task = b.state.tasks.get(given(d.task_id))
     if task is None or task.state not in OPEN_TASK_STATES:
         return None
-    stage = str(c.data.get("stage", ""))
+    stage = given(d.stage)
     if STAGE_OF_STATE.get(task.state) != stage:
         return None
-    if str(c.data.get("due_at", "")) != task.due_for(stage):
+    if given(d.due_at) != task.due_for(stage):
         return None  # the deadline moved (extension, rework) since this was scheduled
     return task
 
 
-def _warn(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
-    task = _deadline_applies(b, c)
+def _warn(b: _Builder, c: Message, d: ct.WarnDeadline, planner: DeadlinePlanner) -> None:
+    task = _deadline_applies(b, d)
     if task is None:
         return
-    b.emit(ev.DEADLINE_WARNED, {"task_id": task.task_id, "department": task.department,
-                                "stage": c.data["stage"], "due_at": c.data["due_at"],
-                                "fraction": c.data.get("fraction")})
+    b.emit(ct.DeadlineWarned(task_id=task.task_id, department=task.department,
+                             stage=given(d.stage), due_at=given(d.due_at),
+                             fraction=given(d.fraction, None)))
 
 
-def _breach(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
-    task = _deadline_applies(b, c)
+def _breach(b: _Builder, c: Message, d: ct.BreachDeadline, planner: DeadlinePlanner) -> None:
+    task = _deadline_applies(b, d)
     if task is None:
         return
-    b.emit(ev.DEADLINE_BREACHED, {"task_id": task.task_id, "department": task.department,
-                                  "stage": c.data["stage"], "due_at": c.data["due_at"]})
+    b.emit(ct.DeadlineBreached(task_id=task.task_id, department=task.department,
+                               stage=given(d.stage), due_at=given(d.due_at)))
 
 
-def _escalate(b: _Builder, c: Message, planner: DeadlinePlanner) -> None:
+def _escalate(b: _Builder, c: Message, d: ct.EscalateTask, planner: DeadlinePlanner) -> None:
     if c.actor.startswith("system"):
-        task = _deadline_applies(b, c)
-        if task is None:
+        found = _deadline_applies(b, d)
+        if found is None:
             return
+        task = found
     else:
-        task = _task_for(b, c)
-    level = int(c.data.get("level", task.escalation_level + 1))
+        task = _task_for(b, c, d)
+    level = given(d.level, task.escalation_level + 1)
     if level <= task.escalation_level:
         return
     b.set_task(replace(task, escalation_level=level))
-    b.emit(ev.TASK_ESCALATED, {
-        "task_id": task.task_id, "department": task.department, "level": level,
-        "level_code": c.data.get("level_code", ""), "level_name": c.data.get("level_name", ""),
-        "notify": c.data.get("notify", []), "stage": c.data.get("stage", ""),
-        "reason": c.data.get("reason", "deadline breached without progress"),
-        "grid_code": b.state.grid_code,
-    })
+    b.emit(ct.TaskEscalated(
+        task_id=task.task_id, department=task.department, level=level,
+        level_code=given(d.level_code), level_name=given(d.level_name),
+        notify=list(given(d.notify, [])), stage=given(d.stage),
+        reason=given(d.reason, "deadline breached without progress"),
+        grid_code=b.state.grid_code,
+    ))
 
 
-_HANDLERS = {
+_HANDLERS: dict[str, Callable[[_Builder, Message, Any, DeadlinePlanner], None]] = {
     ev.FILE_REPORT: _file_report,
     ev.REFUSE_REPORT: _refuse_report,
     ev.RECORD_PHOTO_ARCHIVED: _photo_archived,

@@ -8,7 +8,7 @@ event is recognisably the same notice: a sender keeps one send state per notice 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from gridflow import events as ev
+from gridflow.contract import payloads as ct
+from gridflow.contract.payloads import given
 from gridflow.core.configfile import ConfigError, JsonDoc, JsonPath, doc_of, read_json
 from gridflow.core.refdata import ReferenceData
 from gridflow.core.retry import RetryPolicy
@@ -160,7 +162,7 @@ def notices_for(event: Message, config: NotifyConfig, ref: ReferenceData) -> lis
         return []
     out: list[Notice] = []
     seen: set[str] = set()
-    for notice in make(event, config, ref):
+    for notice in make(event, event.body, config, ref):
         if notice.recipient in seen or config.contact_for(notice.recipient) is None:
             continue
         seen.add(notice.recipient)
@@ -187,7 +189,7 @@ def _category(ref: ReferenceData, code: str) -> str:
     return f"{cat.name}({code})" if cat else code
 
 
-def _local(config: NotifyConfig, value: Any) -> str:
+def _local(config: NotifyConfig, value: str) -> str:
     """An event's ISO time as local wall time for the text, e.g. 11月16日 10:30."""
     try:
         t = parse_ts(value)
@@ -201,35 +203,34 @@ def _local(config: NotifyConfig, value: Any) -> str:
     return f"{local.month}月{local.day}日 {local:%H:%M}"
 
 
-def _task_dispatched(event: Message, config: NotifyConfig, ref: ReferenceData) -> list[Notice]:
-    d = event.data
-    if d.get("reason") == "whistle":
+def _task_dispatched(event: Message, e: ct.TaskDispatched, config: NotifyConfig,
+                     ref: ReferenceData) -> list[Notice]:
+    if e.reason == "whistle":
         return []  # announced by the CaseWhistled that caused it (吹哨报到, with this task)
-    dept, task_id = str(d.get("department", "")), str(d.get("task_id", ""))
-    sign_due, resolve_due = _local(config, d.get("sign_due")), _local(config, d.get("resolve_due"))
-    what = _category(ref, str(d.get("category_code", "")))
-    sent_back = d.get("reason") == "sent_back"
+    dept, task_id = e.department, e.task_id
+    sign_due, resolve_due = _local(config, e.sign_due), _local(config, e.resolve_due)
+    what = _category(ref, e.category_code)
+    sent_back = e.reason == "sent_back"
     prefix_zh, prefix_en = ("退单改派 ", "re-routed ") if sent_back else ("", "")
     text_zh = (f"{prefix_zh}{_dept_name(ref, dept)}: 案件 {event.case_id} 任务 {task_id}"
                f"({what})已派遣至本部门, 请于 {sign_due} 前签收, {resolve_due} 前办结。")
     text_en = (f"{prefix_en}task {task_id} of case {event.case_id} ({what}) is yours: sign for it "
-               f"by {d.get('sign_due')} and resolve it by {d.get('resolve_due')}.")
-    facts = {k: d.get(k) for k in ("department", "sign_due", "resolve_due", "category_code",
-                                   "severity", "grid_code", "reason", "replaces_task")}
+               f"by {e.sign_due} and resolve it by {e.resolve_due}.")
+    facts = {"department": dept, "sign_due": e.sign_due, "resolve_due": e.resolve_due,
+             "category_code": e.category_code, "severity": e.severity, "grid_code": e.grid_code,
+             "reason": e.reason, "replaces_task": given(e.replaces_task, None)}
     return [_notice(event, NEW_TASK, dept, task_id, f"{prefix_zh}新任务 {task_id}",
                     f"{prefix_en}new task {task_id}", text_zh, text_en, facts)]
 
 
-def _deadline_warned(event: Message, config: NotifyConfig, ref: ReferenceData) -> list[Notice]:
-    d = event.data
-    dept, task_id = str(d.get("department", "")), str(d.get("task_id", ""))
-    stage = str(d.get("stage", ""))
-    fraction = d.get("fraction")
-    used = f"已用时限{round(float(fraction) * 100)}%, " if isinstance(fraction, int | float) else ""
+def _deadline_warned(event: Message, e: ct.DeadlineWarned, config: NotifyConfig,
+                     ref: ReferenceData) -> list[Notice]:
+    dept, task_id, stage, fraction = e.department, e.task_id, e.stage, e.fraction
+    used = f"已用时限{round(fraction * 100)}%, " if fraction is not None else ""
     text_zh = (f"{_dept_name(ref, dept)}: 任务 {task_id} 的{STAGE_ZH.get(stage, stage)}时限"
-               f"将于 {_local(config, d.get('due_at'))} 到期({used}请抓紧办理)。")
-    text_en = f"task {task_id}: the {stage} deadline {d.get('due_at')} is near."
-    facts = {"department": dept, "stage": stage, "due_at": d.get("due_at"), "fraction": fraction}
+               f"将于 {_local(config, e.due_at)} 到期({used}请抓紧办理)。")
+    text_en = f"task {task_id}: the {stage} deadline {e.due_at} is near."
+    facts = {"department": dept, "stage": stage, "due_at": e.due_at, "fraction": fraction}
     return [_notice(event, DEADLINE_WARNING, dept, task_id, f"超时预警 {task_id}",
                     f"deadline warning {task_id}", text_zh, text_en, facts)]
 
@@ -248,47 +249,48 @@ def escalation_recipient(config: NotifyConfig, ref: ReferenceData, level_code: s
     return template if template in ref.departments else f"level:{level_code}"
 
 
-def _task_escalated(event: Message, config: NotifyConfig, ref: ReferenceData) -> list[Notice]:
-    d = event.data
-    dept, task_id = str(d.get("department", "")), str(d.get("task_id", ""))
-    level_code = str(d.get("level_code", ""))
-    level_name = str(d.get("level_name", "")) or level_code
-    recipient = escalation_recipient(config, ref, level_code, str(d.get("grid_code", "")))
-    roles = "、".join(str(r) for r in d.get("notify", []) if r)
-    stage = str(d.get("stage", ""))
+def _task_escalated(event: Message, e: ct.TaskEscalated, config: NotifyConfig,
+                    ref: ReferenceData) -> list[Notice]:
+    dept, task_id, stage = e.department, e.task_id, e.stage
+    level_code = e.level_code
+    level_name = e.level_name or level_code
+    recipient = escalation_recipient(config, ref, level_code, given(e.grid_code))
+    roles = "、".join(r for r in e.notify if r)
     text_zh = (f"升级督办: {_dept_name(ref, dept)} 的任务 {task_id}(案件 {event.case_id})"
                f"{STAGE_ZH.get(stage, stage)}超时未处置, 已升级至{level_name}督办"
                f"{f', 请{roles}督促办理' if roles else ''}。")
     text_en = (f"escalation: task {task_id} of {dept} (case {event.case_id}) is overdue "
-               f"({stage}) and went up to level {level_code or d.get('level')}.")
-    facts = {"department": dept, "level": d.get("level"), "level_code": level_code,
-             "level_name": level_name, "notify": list(d.get("notify", [])), "stage": stage}
+               f"({stage}) and went up to level {level_code or e.level}.")
+    facts = {"department": dept, "level": e.level, "level_code": level_code,
+             "level_name": level_name, "notify": list(e.notify), "stage": stage}
     return [_notice(event, ESCALATION, recipient, task_id, f"升级督办 {task_id}",
                     f"escalation {task_id}", text_zh, text_en, facts)]
 
 
-def _case_whistled(event: Message, config: NotifyConfig, ref: ReferenceData) -> list[Notice]:
-    d = event.data
-    tasks = {str(t.get("department")): t for t in d.get("tasks", []) if isinstance(t, dict)}
-    reason = str(d.get("reason", ""))
+def _case_whistled(event: Message, e: ct.CaseWhistled, config: NotifyConfig,
+                   ref: ReferenceData) -> list[Notice]:
+    tasks = {t.department: t for t in given(e.tasks, [])}
+    reason = e.reason
     out = []
-    for dept in (str(x) for x in d.get("departments", [])):
-        task = tasks.get(dept, {})
-        task_id = str(task.get("task_id", ""))
-        due = f", 请于 {_local(config, task['sign_due'])} 前签收" if task.get("sign_due") else ""
+    for dept in e.departments:
+        task = tasks.get(dept)
+        task_id = task.task_id if task else ""
+        due = f", 请于 {_local(config, task.sign_due)} 前签收" if task and task.sign_due else ""
         text_zh = (f"吹哨报到: 请{_dept_name(ref, dept)}到案件 {event.case_id} 报到"
                    f"{f'(任务 {task_id})' if task_id else ''}{due}。"
                    f"{f'事由: {reason}' if reason else ''}")
         text_en = (f"whistle-up: {dept} is called to case {event.case_id}"
                    f"{f' (task {task_id})' if task_id else ''}.")
-        facts = {"department": dept, "reason": reason, "sign_due": task.get("sign_due"),
-                 "resolve_due": task.get("resolve_due"), "grid_code": d.get("grid_code")}
+        facts = {"department": dept, "reason": reason,
+                 "sign_due": task.sign_due if task else None,
+                 "resolve_due": task.resolve_due if task else None,
+                 "grid_code": given(e.grid_code, None)}
         out.append(_notice(event, WHISTLE, dept, task_id, f"吹哨报到 {event.case_id}",
                            f"whistle-up {event.case_id}", text_zh, text_en, facts))
     return out
 
 
-_NOTICES = {
+_NOTICES: dict[str, Callable[[Message, Any, NotifyConfig, ReferenceData], list[Notice]]] = {
     ev.TASK_DISPATCHED: _task_dispatched,
     ev.DEADLINE_WARNED: _deadline_warned,
     ev.TASK_ESCALATED: _task_escalated,

@@ -55,7 +55,7 @@ def test_a_message_made_from_a_typed_payload_is_what_decoding_its_bytes_gives():
                          resolve_due="2026-11-04T01:00:00.000000Z")
     m = Message.of(body, id="e1", case_id="AJ1", at="2026-11-02T01:30:00.000000Z",
                    actor="dept:D-CG", causation_id="c1", seq=3, prev_hash="ab" * 32)
-    assert m.type == ev.TASK_SIGNED and m.body is body
+    assert m.type == ev.TASK_SIGNED and m.body == body
     # fields a record does not carry stay out of its data (dispatched_at, category_code, ...)
     assert m.data == {"task_id": "AJ1-T01", "department": "D-CG", "on_time": True,
                       "resolve_due": "2026-11-04T01:00:00.000000Z"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, MutableMapping
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -114,7 +113,8 @@ def test_plan_deadlines_from_policy_and_calendar() -> None:
     assert entry.due_at.astimezone(CST) == local(2026, 10, 10, 9, 0)  # 国庆, then 调休 Saturday
     assert [(d.kind, d.fraction) for d in entry.dues] == [(WARN, 0.5), (WARN, 0.8), (BREACH, None)]
     assert entry.dues[0].at.astimezone(CST) == local(2026, 10, 8, 14, 30)
-    assert DeadlineEntry.from_dict(json.loads(json.dumps(entry.to_dict()))) == entry
+    buckets = tuple(int(d.at.timestamp() // 60) for d in entry.dues)
+    assert decode_entry(entry.key, encode_entry(entry, buckets, 60), 60) == (entry, buckets)
 
 
 def test_plan_with_a_given_due_and_not_before_skips_stale_warnings() -> None:
@@ -228,50 +228,6 @@ def test_stored_entries_are_short_strings_that_round_trip() -> None:
 def test_a_task_id_with_a_line_break_is_refused() -> None:
     with pytest.raises(ValueError):
         DeadlineBook().upsert(plan("T\n1", local(2026, 11, 23, 9, 0)))
-
-
-def _earlier_format(book: DeadlineBook) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The book's maps as the earlier format stored them: dicts of ISO strings, key lists."""
-    entries: dict[str, Any] = {}
-    for key, raw in book.entries.items():
-        entry, filed = book._decode(key, raw)
-        kinds = {"w": WARN, "b": BREACH, "e": ESCALATE}
-        ids = [
-            ev.derived_id("deadline", entry.task_id, entry.stage, kinds[m[0]], iso(entry.due_at),
-                          m[1:])
-            for m in entry.fired
-        ]
-        d = entry.to_dict() | {"fired": sorted(ids)}
-        for stored, b in zip(d["dues"], filed, strict=True):
-            stored["bucket"] = b
-        entries[key] = d
-    buckets = {
-        k: v if isinstance(v, dict) else sorted(v.split("\n")) for k, v in book.buckets.items()
-    }
-    return json.loads(json.dumps(entries)), json.loads(json.dumps(buckets))
-
-
-def test_a_book_stored_in_the_earlier_format_goes_on_where_it_was() -> None:
-    day_start, noon, day_end = (
-        local(2026, 11, 23, 8, 0),
-        local(2026, 11, 23, 12, 0),
-        local(2026, 11, 24, 8, 0),
-    )
-    reference, _ = seeded_book()
-    expected = [i.id for _, i in tick(reference, day_start, day_end)]
-
-    first, planned = seeded_book()
-    before = [i.id for _, i in tick(first, day_start, noon)]
-    entries, buckets = _earlier_format(first)  # the changelog an older worker wrote
-    assert any(e["fired"] for e in entries.values())
-    second = DeadlineBook(entries, buckets, policy=POLICY, calendar=CAL)
-    assert second.get("T119", "resolve") == replace(first.get("T119", "resolve"), fired=())
-    assert second.pop_due(noon) == []
-    for entry in planned:  # redelivered events: nothing fired before is planned again
-        second.upsert(entry)
-    after = [i.id for _, i in tick(second, noon + timedelta(minutes=1), day_end)]
-    assert before + after == expected
-    assert all(isinstance(v, str) for v in entries.values())  # written again: compact
 
 
 def test_the_escalations_one_tick_files_write_each_bucket_once() -> None:
