@@ -127,11 +127,14 @@ def _decode_located(raw: bytes, out: Outputs, source: str, partition: int | None
                     offset: int | None, now: datetime) -> _Located | None:
     try:
         msg = decode_message(raw, frozenset({ev.REPORT_LOCATED}))
-        data = msg.data
-        report = data["report"]
-        lat, lon = float(report["lat"]), float(report["lon"])
-        category = str(data["category_code"])
-    except (SchemaError, KeyError, TypeError, ValueError) as exc:
+        located = msg.body
+        if not isinstance(located, ev.ReportLocated):
+            raise SchemaError(f"not a ReportLocated: {msg.type}")
+        report = ev.report_of(located.report)
+        if report.lat is None or report.lon is None:
+            raise SchemaError("the report has no position (lat, lon)")
+        data, lat, lon, category = msg.data, report.lat, report.lon, located.category_code
+    except SchemaError as exc:
         out.dead(source, partition, offset, raw, f"undecodable located report: {exc!r}", now)
         return None
     return msg, data, category, lat, lon
