@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 
 from audit import history, summaries
+from demo import histories as sample
 from gridflow import events as ev
 from gridflow.contract import payloads
 from gridflow.events import Message, SchemaError, canonical_json, decode_message
-from sinks import sample
 
 
 def test_every_message_type_is_one_frozen_class_with_a_chinese_label():
