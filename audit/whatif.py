@@ -76,12 +76,13 @@ class Tally:
     indicators: list[Indicators] = field(default_factory=list)
 
     def count(self, m: Message) -> None:
-        if m.type == ev.DEADLINE_WARNED:
-            self.warnings[str(m.data.get("stage", ""))] += 1
-        elif m.type == ev.DEADLINE_BREACHED:
-            self.breaches[str(m.data.get("stage", ""))] += 1
-        elif m.type == ev.TASK_ESCALATED:
-            self.escalations[(int(m.data.get("level", 0)), str(m.data.get("level_name", "")))] += 1
+        match typed(m):
+            case ev.DeadlineWarned(stage=stage):
+                self.warnings[stage] += 1
+            case ev.DeadlineBreached(stage=stage):
+                self.breaches[stage] += 1
+            case ev.TaskEscalated(level=level, level_name=name):
+                self.escalations[(level or 0, name)] += 1
 
     @property
     def overall(self) -> Indicators | None:
@@ -153,6 +154,15 @@ def steps(events: Sequence[Recorded]) -> list[list[Recorded]]:
         else:
             out.append([r])
     return out
+
+
+def typed(m: Message) -> ev.Payload | None:
+    """The event's typed payload; None for a type this build does not know, or a payload that
+    does not match its type (the audit reads the log as it was written)."""
+    try:
+        return m.body if m.known else None
+    except ev.SchemaError:
+        return None
 
 
 def is_deadline_decision(m: Message) -> bool:
@@ -250,8 +260,10 @@ class _Partition:
         item_id = m.causation_id
         if item_id in self.fired:
             return self.fired[item_id]
-        task_id, stage = str(m.data.get("task_id", "")), str(m.data.get("stage", ""))
-        entry = self.book.get(task_id, stage)
+        body = typed(m)
+        if not isinstance(body, ev.DeadlineWarned | ev.DeadlineBreached | ev.TaskEscalated):
+            return None
+        entry = self.book.get(body.task_id, body.stage)
         for due in entry.dues if entry is not None else ():
             if entry is not None and entry.due_id(due) == item_id:
                 return due.at
@@ -317,8 +329,9 @@ def _marker_instant(part: _Partition, r: Recorded,
             f"case {r.message.case_id} seq {r.message.seq} p{r.partition}@{r.offset}: the "
             f"recorded {r.message.type} is not due in the re-run's book")
         # the record itself: it cannot be later than the tick that fired it
-        instant = parse_ts(r.message.data.get("due_at")) if r.message.type == \
-            ev.DEADLINE_BREACHED else r.message.at_dt
+        body = typed(r.message)
+        instant = parse_ts(body.due_at) if isinstance(body, ev.DeadlineBreached) \
+            else r.message.at_dt
     return instant
 
 
