@@ -29,6 +29,7 @@ BENCHMARKS: list[tuple[str, str]] = [
     ("deadlines", "bench.deadlines"),
     ("phone", "bench.phone"),
     ("workbench", "bench.workbench"),
+    ("restart", "bench.restart"),
 ]
 QUICK_SCALE = 0.01
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"

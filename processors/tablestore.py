@@ -150,11 +150,22 @@ class AckedRocksStore(faust_rocksdb.Store):
     def _size(self) -> int:
         return sum(1 for _ in self._iteritems())
 
+    async def stop(self) -> None:
+        """faust's, without its gc.collect(): ~1 s per table on a loaded machine, six tables in
+        a row before the consumer leaves the group on a clean stop (the databases close when
+        their last reference goes; the process is ending)."""
+        self._dbs.clear()
+
     def revoke_partitions(self, table: Any, tps: set[TP]) -> None:
+        """faust's, without its gc.collect() when nothing is revoked: it runs for every table
+        at every rebalance, a second of a loaded worker's start blocked for nothing (the
+        collection is there to close a revoked partition's database, which rocksdict closes
+        when the last reference goes)."""
         gone = {tp.partition for tp in tps if tp.topic in table.changelog_topic.topics}
         for key in [k for k, e in self._pending.items() if e[0] in gone]:
             del self._pending[key]
-        super().revoke_partitions(table, tps)
+        if gone & self._dbs.keys():
+            super().revoke_partitions(table, tps)
 
 
 class GridflowTable(faust.Table):
