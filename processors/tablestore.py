@@ -30,7 +30,9 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,10 @@ from faust.types import TP
 log = logging.getLogger("gridflow.tablestore")
 
 STORES = ("rocksdb", "memory")
+# When a partition's local state was last brought up to date (wall clock), beside its offset.
+WRITTEN_AT_KEY = b"__gridflow\0written_at__"
+# Older local state is restored afresh: below Kafka's default delete.retention.ms (24 h).
+STALE_AFTER_S = 20 * 3600.0
 
 # RocksDB options per table partition. faust's defaults (64 MiB write buffers, 3 of them, a
 # 2 GiB block cache) are sized for one big table per process; the worker opens one database
@@ -104,6 +110,7 @@ class AckedRocksStore(faust_rocksdb.Store):
             else:
                 batch.put(key, value)
         batch.put(self.offset_key, str(offset).encode())
+        batch.put(WRITTEN_AT_KEY, repr(time.time()).encode())
         self._db_for_partition(partition).write(batch)
         if key is not None:
             entry = self._pending.get(key)
@@ -115,6 +122,48 @@ class AckedRocksStore(faust_rocksdb.Store):
 
     def pending_count(self) -> int:
         return len(self._pending)
+
+    def set_persisted_offset(self, tp: TP, offset: int) -> None:
+        """After a batch restored from the changelog: the offset, and when it was current."""
+        batch = faust_rocksdb.rocksdict.WriteBatch(raw_mode=True)
+        batch.put(self.offset_key, str(offset).encode())
+        batch.put(WRITTEN_AT_KEY, repr(time.time()).encode())
+        self._db_for_partition(tp.partition).write(batch)
+
+    # --- local state too old to trust is restored afresh ---------------------------------
+
+    def _open_for_partition(self, partition: int) -> Any:
+        """Open a partition's database; one last written more than STALE_AFTER_S ago (or never
+        marked) is removed first, so the changelog restores it. A tombstone stays on a compacted
+        changelog only `delete.retention.ms` (24 h by default): local state older than that
+        could still hold a key whose deletion (an evicted case) it will never read again."""
+        path = self.partition_path(partition)
+        if path.exists():
+            db = super()._open_for_partition(partition)
+            raw = db.get(WRITTEN_AT_KEY)
+            try:
+                age = time.time() - float(raw) if raw is not None else None
+            except ValueError:
+                age = None
+            if age is not None and age <= STALE_AFTER_S:
+                return db
+            db.close()
+            del db
+            log.warning("%s: local state %s (last written %s); restoring it from the changelog",
+                        path, "unmarked" if age is None else "too old",
+                        "never" if age is None else f"{age / 3600:.1f} h ago")
+            shutil.rmtree(path, ignore_errors=True)
+        return super()._open_for_partition(partition)
+
+    def _visible_keys(self, db: Any) -> Iterator[bytes]:
+        for key in super()._visible_keys(db):
+            if key != WRITTEN_AT_KEY:
+                yield key
+
+    def _visible_items(self, db: Any) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in super()._visible_items(db):
+            if key != WRITTEN_AT_KEY:
+                yield key, value
 
     # --- reads see the latest change -----------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import weakref
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +18,8 @@ from faust.types import TP
 from gridflow.settings import Settings, load_settings
 from processors.app import build_app
 from processors.tablestore import (
+    STALE_AFTER_S,
+    WRITTEN_AT_KEY,
     AckedRocksStore,
     claim_data_dir,
     instance_id_for,
@@ -147,3 +150,25 @@ def test_the_instance_id_follows_host_role_and_data_directory(tmp_path):
     assert a.startswith("node-1-pipeline-")
     assert a != instance_id_for("pipeline", tmp_path / "w1", host="node 1")
     assert a != instance_id_for("archive", tmp_path / "w0", host="node 1")
+
+
+def test_local_state_too_old_to_trust_is_restored_afresh(tmp_path):
+    # a tombstone stays on a compacted changelog ~24 h: older local state could keep a case
+    # whose deletion it will never read, so it is dropped and the changelog restores it
+    app = _app(tmp_path)
+    cases = app.tables["cases"]
+    store = cases.data
+    topic = cases.changelog_topic.get_topic_name()
+    event = _in_event(3)
+    store["AJ9"] = {"seq": 1}
+    _ack(cases, 3, 7, "AJ9", {"seq": 1})
+    # the time mark is not a key of the table
+    assert list(store._visible_keys(store._db_for_partition(3))) == [store._encode_key("AJ9")]
+    store.revoke_partitions(cases, {TP(topic, 3)})
+    assert _on_disk(cases, 3, "AJ9") == {"seq": 1}  # recent: opened again as it was
+    assert store.persisted_offset(TP(topic, 3)) == 7
+    store._db_for_partition(3).put(WRITTEN_AT_KEY, repr(time.time() - STALE_AFTER_S - 60).encode())
+    store.revoke_partitions(cases, {TP(topic, 3)})
+    assert _on_disk(cases, 3, "AJ9") is None  # too old: gone, restored from the changelog
+    assert store.persisted_offset(TP(topic, 3)) is None
+    del event
