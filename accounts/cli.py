@@ -16,20 +16,15 @@ import click
 
 from accounts.roles import ROLE_NAMES_ZH, Grant, parse_grant
 from accounts.store import AccountStore, AccountView, KeyView, NewAccount, Refused
-from gridflow.settings import load_settings
 
 LOCAL = timedelta(hours=8)
 
 
 def _store(database_url: str | None) -> AccountStore:
-    from gridflow.core.refdata import load_reference_data
-    from sinks.models import make_engine
+    from bootstrap import bootstrap
 
-    settings = load_settings()
-    url = database_url or settings.database_url
-    if url.startswith("sqlite:///"):
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-    return AccountStore(make_engine(url), load_reference_data(settings.refdata_dir))
+    world = bootstrap()
+    return AccountStore(world.engine(database_url), world.ref)
 
 
 def _by() -> str:

@@ -15,7 +15,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -75,9 +74,9 @@ def _existing_database(url: str) -> str:
 
 
 def _store(settings: Settings) -> Any:
-    from gridflow.objectstore import make_client
+    from bootstrap import bootstrap
 
-    return make_client(settings)
+    return bootstrap(settings).object_store
 
 
 def _prefixed(settings: Settings, prefix: str | None, bucket: str | None = None) -> Settings:
@@ -158,18 +157,17 @@ def replay(into: str | None, until: str | None, prefix: str | None, from_archive
 def _whatif(settings: Settings, store: Any, policy_file: str | None, calendar_file: str | None,
             ideal_clock: bool, max_tick_lag: float | None, as_json: bool) -> int:
     from audit import report, whatif
-    from gridflow.calendars import load_working_calendar
-    from gridflow.core.calendar import UNKNOWN_YEARS_WEEKDAYS, WorkingCalendar
-    from gridflow.core.refdata import load_reference_data
-    from gridflow.core.sla import SlaPolicy, load_bundled_policy
+    from bootstrap import bootstrap
+    from gridflow.core.calendar import WorkingCalendar
+    from gridflow.core.sla import SlaPolicy
 
-    ref = load_reference_data(settings.refdata_dir)
+    world = bootstrap(settings)
+    ref = world.ref
     levels = {code: d.level for code, d in ref.departments.items()}
     names = {code: d.name for code, d in ref.departments.items()}
-    # what the worker decides with (processors.worker): the bundled policy, the configured
+    # what the worker decides with (bootstrap.Bundle.planner): the bundled policy, the configured
     # calendar (GRIDFLOW_CALENDAR_DIR)
-    calendar = replace(load_working_calendar(settings), unknown_years=UNKNOWN_YEARS_WEEKDAYS)
-    recorded = whatif.Regime(load_bundled_policy(), calendar, levels)
+    recorded = whatif.Regime(world.planner.policy, world.calendar, levels)
     other = whatif.Regime(
         SlaPolicy.load(Path(policy_file)) if policy_file else recorded.policy,
         WorkingCalendar.load(Path(calendar_file)) if calendar_file else recorded.calendar,
@@ -268,13 +266,12 @@ def case_command(case_id: str, database_url: str | None, from_log: bool, prefix:
     """The full, ordered history of a case: every event, who, when (Beijing time), what, and
     every photo checked against the object store."""
     from audit import history, logsource, report
+    from bootstrap import bootstrap
     from gridflow import topics
-    from gridflow.core.refdata import load_reference_data
-    from sinks.models import make_engine
 
     settings = _prefixed(load_settings(), prefix, bucket)
-    names = {code: d.name
-             for code, d in load_reference_data(settings.refdata_dir).departments.items()}
+    world = bootstrap(settings)
+    names = {code: d.name for code, d in world.ref.departments.items()}
     with _errors():
         store = _store(settings)
         if from_log or from_archive:
@@ -289,7 +286,7 @@ def case_command(case_id: str, database_url: str | None, from_log: bool, prefix:
             source = f"the log {topic}" + (" (segment archive and Kafka)" if from_archive else "")
         else:
             url = _existing_database(database_url or settings.database_url)
-            engine = make_engine(url)
+            engine = world.engine(url)
             events = history.load_from_ledger(engine, case_id)
             source = f"the ledger of {engine.url.render_as_string(hide_password=True)}"
         if not events:

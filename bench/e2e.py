@@ -29,7 +29,7 @@ from bench.common import (
 )
 from bench.ingest import Uploads, start_api
 from bench.load import small_jpeg, variant
-from gridflow import services
+from infra import services
 from producers.simulator import sample_tokens
 
 RATE = 100.0  # uploads per second

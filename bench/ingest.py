@@ -33,8 +33,9 @@ from bench.common import (
     tree_cpu_s,
 )
 from bench.load import County, Uploader, base_jpeg, multipart_body, variant
-from gridflow import services, topics
+from gridflow import topics
 from gridflow.settings import Settings
+from infra import services
 from producers.simulator import sample_tokens
 
 FULL_UPLOADS = 2000

@@ -1,5 +1,5 @@
 """Processing benchmark: reports pre-loaded on the reports topic, the real worker and SQL sink
-started as child processes (gridflow.services), timed until every case and task is in the
+started as child processes (infra.services), timed until every case and task is in the
 database; beside a bare aiokafka consumer that reads the same topic and produces one event per
 input (acks=all, like the worker's producer).
 
@@ -30,8 +30,9 @@ from bench.common import (
     tree_cpu_s,
 )
 from bench.load import County
-from gridflow import services, topics
+from gridflow import topics
 from gridflow.clock import scaled_spec
+from infra import services
 from infra.kafka import ensure_catalogue
 
 FULL_REPORTS = 100_000

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Context, Figure, say, topic_prefix
-from gridflow import services, topics
+from gridflow import topics
+from infra import services
 
 FULL_SIZES = (100_000, 1_000_000)
 OPEN_SHARE = 0.11  # the workbench benchmark's year: 10,946 open tasks of 100,000 cases

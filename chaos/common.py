@@ -27,9 +27,10 @@ from sqlalchemy import func, select
 
 from chaos.observe import Samples, metrics_url, present, scrape, total
 from demo import images
-from gridflow import services, topics
+from gridflow import topics
 from gridflow.core.refdata import ReferenceData, load_reference_data
 from gridflow.settings import Settings
+from infra import services
 from sinks.models import Case, Photo, Report, Task, create_schema, make_engine, table_of
 
 Echo = Callable[[str], None]
@@ -92,7 +93,7 @@ def via_proxy(database_url: str, address: str) -> str:
 
 @dataclass
 class Procs:
-    """The run's processes (gridflow.services children), each with its own settings."""
+    """The run's processes (infra.services children), each with its own settings."""
 
     log_dir: Path
     running: dict[str, services.Service] = field(default_factory=dict)

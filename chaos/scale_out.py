@@ -28,10 +28,11 @@ from sqlalchemy import func, select
 
 from chaos.kill_worker import ReportProducer, audit_verdict, report_rows, reports_on_topic
 from gridflow import events as ev
-from gridflow import services, topics
+from gridflow import topics
 from gridflow.clock import clock_from_spec, scaled_spec
 from gridflow.core.refdata import load_reference_data
 from gridflow.settings import Settings
+from infra import services
 from sinks.models import CaseEvent, Task, create_schema, make_engine, table_of
 
 # Monday 2026-11-16 08:30 in Beijing: the simulated run starts at the opening of business.

@@ -43,11 +43,12 @@ from minio.retention import Retention
 from minio.xml import marshal
 
 from gridflow import events as ev
-from gridflow import services, topics
+from gridflow import topics
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import Message, decode_message
 from gridflow.objectstore import make_client, read_object, retention_of
 from gridflow.settings import Settings
+from infra import services
 
 BYPASS = {"x-amz-bypass-governance-retention": "true"}
 Echo = Callable[[str], None]

@@ -32,9 +32,9 @@ from dashboard import pages, signin
 from dashboard.board import board_data
 from dashboard.html import render_board, render_case
 from gridflow.calendars import calendar_notices
-from gridflow.clock import Clock, clock_from_spec
-from gridflow.core.refdata import ReferenceData, load_reference_data
-from gridflow.settings import Settings, load_settings
+from gridflow.clock import Clock
+from gridflow.core.refdata import ReferenceData
+from gridflow.settings import Settings
 
 
 def board_townships(caller: Principal) -> list[str] | None:
@@ -162,13 +162,11 @@ def dashboard(port: int | None) -> None:
     """Serve the supervisors' dashboard (督办看板) in Chinese until stopped."""
     import uvicorn
 
-    from gridflow.objectstore import make_client
-    from sinks.models import make_engine
+    from bootstrap import bootstrap
 
-    settings = load_settings()
-    app = create_dashboard(settings, make_engine(settings.database_url),
-                           load_reference_data(settings.refdata_dir),
-                           clock_from_spec(settings.clock), make_client(settings))
+    world = bootstrap()
+    settings = world.settings
+    app = create_dashboard(settings, world.engine(), world.ref, world.clock, world.object_store)
     port = port or settings.api_port + 1
     click.echo(f"gridflow dashboard: http://{settings.api_host}:{port}/")
     uvicorn.run(app, host=settings.api_host, port=port, log_level="warning")

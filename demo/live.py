@@ -88,8 +88,8 @@ class InProcessPipeline:
     """
 
     def __init__(self, engine: Any, ref: Any, merge_duplicates: bool = False) -> None:
+        from bootstrap import working_calendar
         from gridflow.core.sla import SlaPlanner, load_bundled_policy
-        from processors.worker import working_calendar
         from sinks.sql import SqlSink
 
         self.ref = ref

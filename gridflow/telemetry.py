@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -107,22 +107,33 @@ def notify_consumer(name: str = "notify") -> Consumer:
     return Consumer(name, "database", ("case-events",), "notify_offsets")
 
 
+class DatabaseReader(Protocol):
+    """Reads a process's database when scraped (sinks.gauges.DatabaseReader)."""
+
+    def offsets(self, table: str, consumer: str) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> next offset of `consumer` in the offsets table `table`."""
+        ...
+
+    def gauges(self) -> list[Metric]:
+        """The gauges read from the database's tables."""
+        ...
+
+
 @dataclass(eq=False)  # registered by identity
 class PipelineCollector(Collector):
     """Gauges read from Kafka and the database when scraped (cached for `ttl_s`).
 
-    `consumers`: whose lag per partition; `read_models`: open and overdue tasks and the archive
-    backlog; `notifications`: pending and failing notices; `dead_letters`: records on the
+    `consumers`: whose lag per partition; `database`: where the offsets of database consumers
+    and the database's gauges are read (sinks.gauges.DatabaseReader: the read models' and the
+    notifier's tables, wired by the composition root); `dead_letters`: records on the
     dead-letters topic. What cannot be read is left out, and `gridflow_metrics_source_up`
     says which source failed (a scrape never fails because Kafka or the database is down).
     """
 
     settings: Settings
     consumers: tuple[Consumer, ...] = ()
-    read_models: bool = False
-    notifications: bool = False
+    database: DatabaseReader | None = None
     dead_letters: bool = False
-    engine: Any = None  # sqlalchemy Engine; made from settings.database_url when needed
     ttl_s: float = 1.0
     timeout_s: float = 5.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -191,9 +202,9 @@ class PipelineCollector(Collector):
             out.append(GaugeMetricFamily(
                 "gridflow_dead_letters", "Records on the dead-letters topic",
                 value=sum(e - s for (t, _), (s, e) in ends.items() if t == dl)))
-        if self.read_models or self.notifications:
+        if self.database is not None:
             try:
-                out += self._database_gauges()
+                out += self.database.gauges()
                 db_ok = db_ok if db_ok is False else True
             except Exception as exc:  # noqa: BLE001
                 log.debug("metrics: database gauges: %s", exc)
@@ -223,15 +234,9 @@ class PipelineCollector(Collector):
     def _offsets(self, consumer: Consumer) -> dict[tuple[str, int], int]:
         if consumer.where == "kafka":
             return self._group_offsets(consumer.name)
-        from sqlalchemy import inspect, text
-
-        with self._engine().connect() as conn:
-            if not inspect(conn).has_table(consumer.table):
-                return {}
-            rows = conn.execute(text(f"SELECT topic, partition, next_offset FROM "
-                                     f"{consumer.table} WHERE consumer = :c"),
-                                {"c": consumer.name}).all()
-        return {(r[0], int(r[1])): int(r[2]) for r in rows}
+        if self.database is None:
+            raise LookupError(f"no database to read the offsets of {consumer.name} from")
+        return self.database.offsets(consumer.table, consumer.name)
 
     def _group_offsets(self, group: str) -> dict[tuple[str, int], int]:
         from kafka.admin import KafkaAdminClient
@@ -253,66 +258,6 @@ class PipelineCollector(Collector):
                 except Exception:  # noqa: BLE001 - closing a broken client is best effort
                     pass
         self._kafka = self._admin = None
-
-    def _engine(self) -> Any:
-        if self.engine is None:
-            from sqlalchemy import create_engine
-
-            url = self.settings.database_url
-            if url.startswith("postgresql"):  # a small pool; a dead server fails fast
-                self.engine = create_engine(
-                    url, pool_size=1, max_overflow=1, pool_pre_ping=True,
-                    connect_args={"connect_timeout": max(1, int(self.timeout_s))})
-            else:
-                self.engine = create_engine(url)
-        return self.engine
-
-    def _database_gauges(self) -> list[Metric]:
-        from sqlalchemy import and_, func, inspect, or_, select
-
-        out: list[Metric] = []
-        with self._engine().connect() as conn:
-            present = set(inspect(conn).get_table_names())
-            if self.read_models and {"tasks", "photos"} <= present:
-                from gridflow.clock import clock_from_spec
-                from gridflow.core.case import OPEN_TASK_STATES
-                from sinks.models import Photo, Task, table_of
-                from sinks.queries import _current_due
-
-                tasks, photos = table_of(Task).c, table_of(Photo).c
-                now = clock_from_spec(self.settings.clock)()
-                is_open = tasks.state.in_(sorted(OPEN_TASK_STATES))
-                due = _current_due()
-                overdue = or_(and_(due.is_not(None), due < now),
-                              tasks.deadline_state.in_(("overdue", "escalated")))
-                n_open = conn.execute(select(func.count()).where(is_open)).scalar_one()
-                n_overdue = conn.execute(
-                    select(func.count()).where(and_(is_open, overdue))).scalar_one()
-                backlog = conn.execute(select(func.count()).where(
-                    photos.archive_status.is_(None))).scalar_one()
-                out += [
-                    GaugeMetricFamily("gridflow_tasks_open", "Tasks not closed, sent back or "
-                                      "cancelled (read models)", value=n_open),
-                    GaugeMetricFamily("gridflow_tasks_overdue", "Open tasks past the deadline "
-                                      "of their current stage (read models)", value=n_overdue),
-                    GaugeMetricFamily("gridflow_archive_backlog", "Photos in the read models "
-                                      "not archived yet", value=backlog),
-                ]
-            if self.notifications and "notifications" in present:
-                from sinks.notify_models import NOTIFICATIONS, RETRYING, SENT
-
-                c = NOTIFICATIONS.c
-                pending = conn.execute(select(func.count()).where(c.status != SENT)).scalar_one()
-                failing = conn.execute(
-                    select(func.count()).where(c.status == RETRYING)).scalar_one()
-                out += [
-                    GaugeMetricFamily("gridflow_notifications_pending",
-                                      "Notices not delivered yet", value=pending),
-                    GaugeMetricFamily("gridflow_notifications_failing",
-                                      "Notices whose last attempt failed (retrying)",
-                                      value=failing),
-                ]
-        return out
 
 
 def _topic_names(prefix: str) -> dict[str, str]:

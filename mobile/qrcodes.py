@@ -14,8 +14,7 @@ from pathlib import Path
 
 import click
 
-from gridflow.core.refdata import ReferenceData, load_reference_data
-from gridflow.settings import load_settings
+from gridflow.core.refdata import ReferenceData
 from mobile.places import Place, door_plate, grid_place
 
 PLATE_RE = re.compile(r"^(?P<label>.+)@(?P<lat>-?\d+(\.\d+)?),(?P<lon>-?\d+(\.\d+)?)$")
@@ -186,8 +185,10 @@ def write_pdf(items: list[Place], base_url: str, path: Path, county: str) -> Pat
 def qrcodes(out: Path, fmt: str, base_url: str | None, grids: tuple[str, ...],
             township: str | None, plates: tuple[str, ...]) -> None:
     """Printable QR codes (码上说) for the county's grids and door plates."""
-    settings = load_settings()
-    ref = load_reference_data(settings.refdata_dir)
+    from bootstrap import bootstrap
+
+    world = bootstrap()
+    settings, ref = world.settings, world.ref
     base = base_url or f"http://{settings.api_host}:{settings.api_port}"
     items = places(ref, grids, township, plates)
     if fmt == "pdf":

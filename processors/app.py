@@ -45,7 +45,8 @@ ARCHIVE_RETRY = outage_policy("archive")  # MinIO back is found within 5 s
 
 @dataclass
 class Runtime:
-    """Everything the agents need, built once by the composition root (processors.worker)."""
+    """Everything the agents need, built once from the composition root's pieces
+    (processors.worker.build_runtime over a bootstrap.Bundle)."""
 
     settings: Settings
     ref: ReferenceData

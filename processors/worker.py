@@ -1,53 +1,51 @@
-"""Composition root of the stream processors, and the `gridflow worker` command.
-
-Builds reference data, deadline policy, calendar, clock and object-store client
-from settings, wires them into the faust app and runs a worker until SIGTERM.
+"""Runs the stream processors: wires the pieces the composition root built (bootstrap.Bundle:
+reference data, deadline planner over the working calendar, clock, object-store client) into
+the faust app and runs a worker until SIGTERM. `gridflow worker` is bootstrap.commands.worker.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import replace
+from typing import Any, Protocol
 
-import click
-
-from gridflow.calendars import end_warning, load_working_calendar
-from gridflow.core.calendar import UNKNOWN_YEARS_WEEKDAYS, WorkingCalendar, load_bundled_calendar
-from gridflow.core.refdata import load_reference_data
-from gridflow.core.sla import SlaPlanner, load_bundled_policy
-from gridflow.objectstore import make_client
-from gridflow.settings import Settings, load_settings
-from processors.app import ROLES, Runtime, app_id_for, build_app, clock_for
+from gridflow.calendars import end_warning
+from gridflow.clock import Clock
+from gridflow.core.refdata import ReferenceData
+from gridflow.core.sla import SlaPlanner
+from gridflow.settings import Settings
+from processors.app import ROLES, Runtime, app_id_for, build_app
 from processors.tablestore import claim_data_dir, resolve_instance_id
 
 log = logging.getLogger("gridflow.worker")
 
 
-def working_calendar(settings: Settings | None = None) -> WorkingCalendar:
-    """The calendar of `settings` (its calendar directory, read now: a year added there is
-    picked up by restarting the worker), or the bundled one; past its last configured year,
-    plain Monday-Friday.
+class WorkerPieces(Protocol):
+    """What a worker is built from; the composition root (bootstrap.Bundle) supplies it.
+    `object_store` is read only when the archive agent runs."""
 
-    Refusing every deadline that reaches into a year whose holiday notice is not yet
-    configured would stop dispatch at year end; the worker's log, `gridflow status` and the
-    supervisors' board warn 60 days ahead instead (gridflow.calendars).
-    """
-    cal = load_working_calendar(settings) if settings is not None else load_bundled_calendar()
-    return replace(cal, unknown_years=UNKNOWN_YEARS_WEEKDAYS)
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def ref(self) -> ReferenceData: ...
+    @property
+    def planner(self) -> SlaPlanner: ...
+    @property
+    def object_store(self) -> Any: ...
 
 
-def build_runtime(settings: Settings, with_archive: bool = True, with_deadlines: bool = True,
-                  with_pipeline: bool = True) -> Runtime:
-    ref = load_reference_data(settings.refdata_dir)
-    clock = clock_for(settings)
-    calendar = working_calendar(settings)
-    warning = end_warning(calendar, clock(), settings)
+def build_runtime(pieces: WorkerPieces, with_archive: bool = True, with_deadlines: bool = True,
+                  with_pipeline: bool = True, settings: Settings | None = None) -> Runtime:
+    """The agents' runtime from `pieces` (`settings`: the worker's own, when it settled some
+    at start-up, e.g. its data directory; default pieces.settings)."""
+    settings = settings or pieces.settings
+    clock, planner = pieces.clock, pieces.planner
+    warning = end_warning(planner.calendar, clock(), settings)
     if warning:
         log.warning("%s", warning)
-    planner = SlaPlanner(load_bundled_policy(), calendar)
-    rt = Runtime(settings=settings, ref=ref, planner=planner, clock=clock,
-                 object_store=make_client(settings) if with_archive else None,
+    rt = Runtime(settings=settings, ref=pieces.ref, planner=planner, clock=clock,
+                 object_store=pieces.object_store if with_archive else None,
                  pipeline=with_pipeline)
     if with_deadlines:
         from processors.deadlines import DeadlineRuntime
@@ -56,20 +54,22 @@ def build_runtime(settings: Settings, with_archive: bool = True, with_deadlines:
     return rt
 
 
-def runtime_for_role(settings: Settings, role: str = "all") -> Runtime:
+def runtime_for_role(pieces: WorkerPieces, role: str = "all",
+                     settings: Settings | None = None) -> Runtime:
     """"all": every agent in one worker; "pipeline": all but the photo archive; "archive":
     the photo archive alone (its own consumer group, see processors.app.app_id_for)."""
     if role not in ROLES:
-        raise click.BadParameter(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    return build_runtime(settings, with_archive=role != "pipeline",
-                         with_deadlines=role != "archive", with_pipeline=role != "archive")
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    return build_runtime(pieces, with_archive=role != "pipeline", with_deadlines=role != "archive",
+                         with_pipeline=role != "archive", settings=settings)
 
 
-def run_worker(settings: Settings, loglevel: str = "warning", role: str = "all") -> None:
+def run_worker(pieces: WorkerPieces, loglevel: str = "warning", role: str = "all") -> None:
     import faust
 
     from gridflow import telemetry, topics
 
+    settings = pieces.settings
     # The replication factor of faust's own topics (changelogs, repartitions) is decided here,
     # once: GRIDFLOW_KAFKA_REPLICATION, or what fits the cluster (3 on three brokers).
     settings = settings.with_(kafka_replication=topics.replication_factor(
@@ -86,7 +86,7 @@ def run_worker(settings: Settings, loglevel: str = "warning", role: str = "all")
     settings = settings.with_(faust_data_dir=data_dir, worker_instance_id=instance_id)
     log.info("worker data directory %s (store: %s), group member %s", data_dir,
              settings.worker_store, instance_id)
-    app = build_app(runtime_for_role(settings, role))
+    app = build_app(runtime_for_role(pieces, role, settings))
     telemetry.serve_metrics(settings.worker_metrics_port, settings.metrics_host,
                             telemetry.PipelineCollector(settings, consumers=(
                                 telemetry.worker_consumer(group, role == "archive"),)))
@@ -100,23 +100,3 @@ def run_worker(settings: Settings, loglevel: str = "warning", role: str = "all")
     worker.spinner = None
     worker.execute_from_commandline()
 
-
-@click.command("worker")
-@click.option("--loglevel", default="warning", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-@click.option("--role", default="all", show_default=True, type=click.Choice(list(ROLES)),
-              help="all: every agent; pipeline: intake, filing, cases and deadlines; archive: "
-                   "the photo archive alone (run one of each to keep photo work off the "
-                   "path from report to dispatched task).")
-@click.option("--nice", "niceness", default=0, show_default=True, type=click.IntRange(0, 19),
-              help="Lower this worker's CPU priority (e.g. an archive worker on a machine "
-                   "it shares with the pipeline).")
-def worker_command(loglevel: str, role: str, niceness: int) -> None:
-    """Run the stream processors (intake, filing, cases, archive, deadlines) until stopped."""
-    from gridflow.telemetry import configure_logging
-
-    settings = load_settings()
-    configure_logging(settings, loglevel, "worker")
-    if niceness:
-        os.nice(niceness)
-    run_worker(settings, loglevel, role)

@@ -1,5 +1,6 @@
-"""Composition root of the ingest API: `create_app(settings, deps)` wires the routes to their
-adapters; `build_deps(settings)` makes the real ones; `serve(settings)` runs uvicorn.
+"""The ingest API: `create_app(settings, deps)` wires the routes to their adapters;
+`build_deps(world)` takes the real ones from the composition root's bundle (bootstrap);
+`serve(settings)` runs uvicorn.
 
 Nothing else in producers/ builds a client or reads the environment: tests and the demo pass
 their own Deps (a simulated clock, a publisher pointed at a dead port, ...).
@@ -23,16 +24,17 @@ from accounts import web
 from accounts.access import public
 from accounts.roles import Principal
 from accounts.store import AccountStore
-from gridflow.clock import Clock, clock_from_spec, wall_clock
-from gridflow.core.refdata import ReferenceData, load_reference_data
-from gridflow.settings import Settings, load_settings, settings_env
+from bootstrap import Bundle, bootstrap
+from gridflow.clock import Clock, wall_clock
+from gridflow.core.refdata import ReferenceData
+from gridflow.settings import Settings, settings_env
 from mobile import routes as mobile_routes
 from producers import commands, open311, privacy, receipts, reports, status
 from producers.context import Context
 from producers.errors import install_handlers
 from producers.metrics import install as install_metrics
 from producers.openapi import install as install_openapi
-from producers.publisher import KafkaPublisher, Publisher
+from producers.publisher import Publisher
 from producers.store import MinioStore, ObjectStore
 from producers.uploads import PhotoLimits, photo_inspector
 from workbench.app import install as install_workbench
@@ -70,21 +72,19 @@ API_THREADS = 40
 DB_POOL = 16  # connections kept; each thread holds one only for a statement at a time
 
 
-def build_deps(settings: Settings) -> Deps:
-    """The real adapters from settings: sample-county reference data, Kafka, MinIO, the database."""
-    from sinks.models import make_engine
-
+def build_deps(world: Bundle) -> Deps:
+    """The real adapters from the composition root's bundle: reference data, the Kafka
+    publisher, a MinIO client pooled for the API's threads, the database pooled the same."""
+    settings = world.settings
     pool: dict[str, int] = {}
-    if settings.database_url.startswith("sqlite:///"):
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-    elif settings.database_url.startswith("postgresql"):
+    if settings.database_url.startswith("postgresql"):
         pool = {"pool_size": DB_POOL, "max_overflow": API_THREADS - DB_POOL}
     return Deps(
-        ref=load_reference_data(settings.refdata_dir),
-        publisher=KafkaPublisher(settings.kafka_bootstrap),
+        ref=world.ref,
+        publisher=world.publisher,
         store=MinioStore.from_settings(settings, connections=API_THREADS),
-        engine=make_engine(settings.database_url, **pool),
-        clock=clock_from_spec(settings.clock),
+        engine=world.engine(None, **pool),
+        clock=world.clock,
     )
 
 
@@ -164,18 +164,16 @@ def default_workers() -> int:
 def worker_app() -> FastAPI:
     """The app of one of several API worker processes: settings from the environment, which
     `serve` set to the settings it was given before starting the workers."""
-    settings = load_settings()
-    return create_app(settings, build_deps(settings))
+    world = bootstrap()
+    return create_app(world.settings, build_deps(world))
 
 
 def prepare_database(settings: Settings) -> None:
     """The receipts table and the read-model schema, created once before several workers start
     (each worker's `create_app` then finds them, instead of racing to create them)."""
-    from sinks.models import create_schema, make_engine
+    from sinks.models import create_schema
 
-    if settings.database_url.startswith("sqlite:///"):
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url)
+    engine = bootstrap(settings).engine()
     try:
         receipts.create_tables(engine)
         create_schema(engine)
@@ -199,7 +197,7 @@ def serve(settings: Settings, log_level: str = "info", workers: int | None = Non
             else uvicorn.config.LOGGING_CONFIG)
     workers = workers or default_workers()
     if workers == 1:
-        app = create_app(settings, build_deps(settings))
+        app = create_app(settings, build_deps(bootstrap(settings)))
         uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level=log_level,
                     log_config=logs)
         return

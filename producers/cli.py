@@ -63,24 +63,23 @@ def simulate(
     second worker, a few fake images, and residents' Open311 complaints; prints progress and
     a summary (accepted, duplicates by retry, refusals with reasons, p50/p99 latency).
     """
-    from gridflow.clock import clock_from_spec
-    from gridflow.core.refdata import load_reference_data
+    from bootstrap import bootstrap
     from producers.simulator import sample_tokens
     from producers.simulator import simulate as run
 
     if count is None and duration is None:
         count = 100
-    settings = load_settings()
+    world = bootstrap()
+    settings = world.settings
     url = api_url or settings.api_url
     click.echo(
         f"gridflow simulate: {url}, {rate:g}/s, "
         f"{f'{count} requests' if count else f'{duration:g} s'}, seed {seed}"
     )
     # The workers sign in to the API's database (GRIDFLOW_DATABASE_URL) as trusted local tools.
-    tokens = sample_tokens(settings.database_url, load_reference_data(settings.refdata_dir))
+    tokens = sample_tokens(settings.database_url, world.ref)
     # The API's clock (GRIDFLOW_CLOCK): capture times must not lie in a simulated clock's future.
-    summary = run(url, rate, count, duration, seed, concurrency, clock_from_spec(settings.clock),
-                  tokens)
+    summary = run(url, rate, count, duration, seed, concurrency, world.clock, tokens)
     click.echo(summary.render())
     if summary.counts()["failed"]:
         sys.exit(1)

@@ -13,7 +13,6 @@ at-least-once: only a crash between a 2xx and recording it sends again, with the
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-import click
 from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -32,16 +30,15 @@ from gridflow.core.notify import Notice, NotifyConfig, notices_for
 from gridflow.core.refdata import ReferenceData
 from gridflow.events import SchemaError, decode_message
 from gridflow.retry import Backoff, outage_policy
-from gridflow.settings import Settings, load_settings
+from gridflow.settings import Settings
 from sinks.notify_models import (
     NOTIFICATIONS,
     NOTIFY_OFFSETS,
     PENDING,
     RETRYING,
     SENT,
-    create_notify_tables,
 )
-from sinks.notify_send import SendFailed, SendMethod, close_methods, default_methods
+from sinks.notify_send import SendFailed, SendMethod, default_methods
 
 log = logging.getLogger("gridflow.notify")
 
@@ -368,61 +365,4 @@ def run_notifier(
     return total
 
 
-# --- the command ------------------------------------------------------------------------------
-
-
-@click.command("notify")
-@click.option("--database", "database_url", default=None, metavar="URL",
-              help="SQLAlchemy URL where the send states live [default: GRIDFLOW_DATABASE_URL].")
-@click.option("--config", "config_path", default=None, metavar="PATH",
-              type=click.Path(dir_okay=False),
-              help="notify.json: each department's send method [default: the reference "
-                   "data's notify.json; without one, every notice is logged].")
-@click.option("--consumer", default="notify", show_default=True,
-              help="Name under which positions are stored (one per notifier deployment).")
-@click.option("--from-end", is_flag=True,
-              help="Without stored positions, start at the log's end instead of its beginning.")
-@click.option("--loglevel", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def notify(database_url: str | None, config_path: str | None, consumer: str, from_end: bool,
-           loglevel: str) -> None:
-    """Notify departments of new tasks, deadline warnings, escalations and whistle-ups."""
-    from gridflow import telemetry
-    from gridflow.core.notify import NotifyConfigError, load_notify_config
-    from gridflow.core.refdata import load_reference_data
-    from sinks.models import make_engine
-
-    settings = load_settings()
-    telemetry.configure_logging(settings, loglevel, "notify")
-    ref = load_reference_data(settings.refdata_dir)
-    try:
-        config = load_notify_config(config_path, ref)
-    except NotifyConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    engine = make_engine(database_url or settings.database_url)
-    create_notify_tables(engine)
-    telemetry.serve_metrics(settings.notify_metrics_port, settings.metrics_host,
-                            telemetry.PipelineCollector(
-                                settings.with_(database_url=database_url or settings.database_url),
-                                consumers=(telemetry.notify_consumer(consumer),),
-                                notifications=True))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    methods = default_methods()
-    notifier = Notifier(engine, config, ref, methods, consumer=consumer)
-    webhooks = sum(1 for c in config.contacts.values() if c.method == "webhook")
-    click.echo(f"gridflow notify: {settings.topic_prefix}.case-events -> {webhooks} webhook "
-               f"department(s), the rest {config.default.method if config.default else 'skipped'}"
-               f" ({config.source}); send states in {engine.url!r}")
-    try:
-        total = run_notifier(settings, notifier, stop, from_end=from_end,
-                             on_round=telemetry.count_notify_round)
-    finally:
-        notifier.close()
-        close_methods(methods)
-    click.echo(f"gridflow notify: stopped; {total.notices} notices taken in, {total.sent} sent, "
-               f"{total.failed} failed attempts")
-
-
-__all__ = ["Notifier", "NotifyStats", "notify", "run_notifier", "send_states"]
+__all__ = ["Notifier", "NotifyStats", "run_notifier", "send_states"]

@@ -31,9 +31,9 @@ from openpyxl import load_workbook
 from accounts.sample import SampleSessions
 from accounts.store import AccountStore
 from demo import images
-from gridflow import services
 from gridflow.core import geo
 from gridflow.core.refdata import load_reference_data
+from infra import services
 
 REF = load_reference_data()
 VILLAGE = "421099101201.cwh"  # 石门村村委会: E0102 in 石门村一组网格 goes here

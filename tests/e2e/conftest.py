@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from e2e_pipeline import REF, SIM_START, SPEED, Pipeline, free_port, healthy, webhook_server
 
-from gridflow import services
 from gridflow.clock import scaled_spec
 from gridflow.topics import delete_topics
+from infra import services
 from infra.kafka import ensure_catalogue
 
 HERE = Path(__file__).parent

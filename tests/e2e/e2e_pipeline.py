@@ -26,11 +26,11 @@ from accounts.roles import COUNTY_SUPERVISOR, DEPT_STAFF
 from accounts.sample import SampleSessions
 from accounts.store import AccountStore
 from demo import images
-from gridflow import services
 from gridflow.clock import clock_from_spec
 from gridflow.core import geo
 from gridflow.core.refdata import Worker, load_reference_data
 from gridflow.settings import Settings
+from infra import services
 from infra.procs import port_bindable
 
 REF = load_reference_data()

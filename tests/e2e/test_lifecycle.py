@@ -19,10 +19,10 @@ import httpx
 import pytest
 from e2e_pipeline import REF, Pipeline, Upload
 
+from bootstrap import working_calendar
 from gridflow.core.routing import route
 from gridflow.core.sla import SlaPlanner, load_bundled_policy
 from gridflow.events import iso, parse_ts
-from processors.worker import working_calendar
 
 GW_A = REF.workers["GW0001"]  # 石门村一组网格 (青石镇)
 GW_B = REF.workers["GW0016"]  # a grid of 白鹤乡

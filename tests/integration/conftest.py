@@ -74,7 +74,7 @@ class IsolatedStack:
     def gridflow(self, *args: str, timeout: float = 300, env: dict[str, str] | None = None) -> CliResult:
         """Run the `gridflow` CLI in a subprocess against this stack."""
         proc = subprocess.run(
-            [sys.executable, "-m", "gridflow.cli", *args], cwd=REPO, env=env or self.env,
+            [sys.executable, "-m", "bootstrap.cli", *args], cwd=REPO, env=env or self.env,
             capture_output=True, text=True, timeout=timeout,
         )
         return CliResult(proc.returncode, proc.stdout, proc.stderr)

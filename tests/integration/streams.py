@@ -9,8 +9,8 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from gridflow import services
 from gridflow.settings import Settings
+from infra import services
 from tests.waiting import wait_until
 
 

@@ -132,7 +132,7 @@ def test_verify_lists_a_report_the_processor_committed_past_and_lost(
     assert lost.group == group and c.end_to_end.lost == 1
     assert result.tables.clean and result.chain.clean  # the read models agree with the log
 
-    cli = subprocess.run([sys.executable, "-m", "gridflow.cli", "audit", "verify", "--database",
+    cli = subprocess.run([sys.executable, "-m", "bootstrap.cli", "audit", "verify", "--database",
                           sqlite_url, "--prefix", topic_prefix], cwd=REPO, capture_output=True,
                          text=True, timeout=120)
     assert cli.returncode == 1, cli.stdout + cli.stderr

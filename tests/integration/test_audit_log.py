@@ -100,7 +100,7 @@ def copy_log(stack, source: str, target: str,  # type: ignore[no-untyped-def]
 
 
 def gridflow(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gridflow.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "bootstrap.cli", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -32,11 +32,12 @@ from audit import dbcompare
 from audit.verify import verify
 from demo.images import make_jpeg
 from gridflow import events as ev
-from gridflow import services, topics
+from gridflow import topics
 from gridflow.clock import scaled_spec
 from gridflow.core.sla import REFDATA_DIR
 from gridflow.events import Message, iso
 from gridflow.settings import Settings
+from infra import services
 from infra.kafka import ensure_catalogue
 from processors.app import app_id_for
 from sinks.models import create_schema, make_engine
@@ -352,7 +353,7 @@ def gridflow(*args: str, settings: Settings | None = None) -> subprocess.Complet
     from gridflow.settings import settings_env
 
     env = {**os.environ, **(settings_env(settings) if settings else {})}
-    return subprocess.run([sys.executable, "-m", "gridflow.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "bootstrap.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

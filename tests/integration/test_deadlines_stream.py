@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from streams import consume_until, produce, start_worker, wait_consumed
 
+from bootstrap import working_calendar
 from gridflow import events as ev
 from gridflow.clock import scaled_spec
 from gridflow.core.sla import load_bundled_policy, warn_instants
 from gridflow.events import Message, iso, parse_ts
 from processors.app import app_id_for
-from processors.worker import working_calendar
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration

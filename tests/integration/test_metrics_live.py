@@ -21,9 +21,9 @@ from accounts.store import AccountStore
 from chaos.observe import WebhookReceiver, metrics_url, present, scrape, total
 from demo import images
 from demo.live import free_port
-from gridflow import services
 from gridflow.core.refdata import load_reference_data
 from gridflow.settings import Settings
+from infra import services
 from sinks.models import make_engine
 
 pytestmark = pytest.mark.integration

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 from streams import produce
 
+from bootstrap import working_calendar
 from gridflow import events as ev
 from gridflow.core.case import decide, new_case
 from gridflow.core.notify import load_notify_config
 from gridflow.core.refdata import load_reference_data
 from gridflow.core.sla import SlaPlanner, load_bundled_policy
 from gridflow.events import Message, iso
-from processors.worker import working_calendar
 from sinks.models import make_engine
 from sinks.notify import Notifier, run_notifier, send_states
 from sinks.notify_models import RETRYING, SENT, create_notify_tables

@@ -13,11 +13,11 @@ from streams import consume_until, produce, start_worker
 
 from demo.images import make_jpeg
 from gridflow import events as ev
-from gridflow import services
 from gridflow.core import geo
 from gridflow.core.intake import case_id_for
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import Message, derived_id, iso
+from infra import services
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration

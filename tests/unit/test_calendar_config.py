@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
+from bootstrap import bootstrap
 from dashboard.app import create_dashboard
 from gridflow.calendars import calendar_notices
 from gridflow.clock import scaled_spec
@@ -67,7 +68,7 @@ def test_the_directory_is_a_setting_passed_on_to_child_processes(monkeypatch, ca
 def test_a_worker_restart_picks_up_an_added_year_and_warns_by_its_clock(cal_dir, caplog) -> None:
     settings = Settings(calendar_dir=cal_dir, clock=frozen(IN_WINDOW), topic_prefix="cal")
     with caplog.at_level(logging.WARNING, logger="gridflow.worker"):
-        before = runtime_for_role(settings, "pipeline")
+        before = runtime_for_role(bootstrap(settings), "pipeline")
     assert before.planner.calendar.years == frozenset({2026})
     assert any(WARNING in r.getMessage() and str(cal_dir) in r.getMessage()
                for r in caplog.records)
@@ -77,7 +78,7 @@ def test_a_worker_restart_picks_up_an_added_year_and_warns_by_its_clock(cal_dir,
     add_2027(cal_dir)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="gridflow.worker"):
-        after = runtime_for_role(settings, "pipeline")  # the restart
+        after = runtime_for_role(bootstrap(settings), "pipeline")  # the restart
     assert after.planner.calendar.years == frozenset({2026, 2027})
     assert not after.planner.calendar.is_working_day(new_year)
     assert not any("工作日历" in r.getMessage() for r in caplog.records)
@@ -86,7 +87,7 @@ def test_a_worker_restart_picks_up_an_added_year_and_warns_by_its_clock(cal_dir,
 def test_a_worker_far_from_the_end_does_not_warn(cal_dir, caplog) -> None:
     settings = Settings(calendar_dir=cal_dir, clock=frozen(OUTSIDE), topic_prefix="cal")
     with caplog.at_level(logging.WARNING, logger="gridflow.worker"):
-        runtime_for_role(settings, "pipeline")
+        runtime_for_role(bootstrap(settings), "pipeline")
     assert not any("工作日历" in r.getMessage() for r in caplog.records)
 
 

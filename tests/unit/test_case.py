@@ -362,9 +362,9 @@ def test_send_back_keeps_the_original_deadlines_when_the_policy_says_so():
 
 
 def test_the_bundled_policy_reaches_the_aggregate_through_sla_planner():
+    from bootstrap import working_calendar
     from gridflow.core.case import PolicyPlanner
     from gridflow.core.sla import SlaPlanner, load_bundled_policy
-    from processors.worker import working_calendar
 
     planner = SlaPlanner(load_bundled_policy(), working_calendar())
     assert isinstance(planner, PolicyPlanner) and planner.send_back_restarts_clock is True

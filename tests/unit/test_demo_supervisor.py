@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from gridflow import demo
+from demo import run as demo
 from gridflow.core.refdata import load_reference_data
 
 REF = load_reference_data()

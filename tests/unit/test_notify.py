@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from bootstrap import working_calendar
 from gridflow import events as ev
 from gridflow.core import notify as core
 from gridflow.core.case import decide, new_case
@@ -26,7 +27,6 @@ from gridflow.core.notify import (
 from gridflow.core.refdata import load_reference_data
 from gridflow.core.sla import SlaPlanner, load_bundled_policy
 from gridflow.events import Message, iso
-from processors.worker import working_calendar
 from sinks.models import make_engine
 from sinks.notify import Notifier, send_states
 from sinks.notify_models import RETRYING, SENT, create_notify_tables

@@ -15,6 +15,7 @@ import pytest
 from faust.streams import _current_event
 from faust.types import TP
 
+from bootstrap import bootstrap
 from gridflow.settings import Settings, load_settings
 from processors.app import build_app
 from processors.tablestore import (
@@ -32,7 +33,7 @@ from processors.worker import runtime_for_role
 def _app(tmp_path: Path, store: str = "rocksdb") -> Any:
     settings = load_settings().with_(topic_prefix="tstore", faust_data_dir=tmp_path / "data",
                                      worker_store=store)
-    return build_app(runtime_for_role(settings, "pipeline"))
+    return build_app(runtime_for_role(bootstrap(settings), "pipeline"))
 
 
 class _Event:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import click
 import pytest
 
+from bootstrap import bootstrap
 from gridflow.settings import load_settings
 from processors.app import build_app
 from processors.delivery import GridflowConsumerThread
@@ -16,7 +16,7 @@ from processors.worker import runtime_for_role
 
 def agents_and_group(role: str) -> tuple[set[str], str]:
     settings = load_settings().with_(topic_prefix="roles")
-    app = build_app(runtime_for_role(settings, role))
+    app = build_app(runtime_for_role(bootstrap(settings), role))
     names = {agent.name.rsplit(".", 1)[-1] for agent in app.agents.values()}
     return names, app.conf.id
 
@@ -41,20 +41,20 @@ def test_archive_runs_the_archive_alone_in_a_group_of_its_own():
 
 
 def test_an_unknown_role_is_refused():
-    with pytest.raises(click.BadParameter, match="role must be one of"):
-        runtime_for_role(load_settings(), "everything")
+    with pytest.raises(ValueError, match="role must be one of"):
+        runtime_for_role(bootstrap(load_settings()), "everything")
 
 
 def test_group_membership_settings_reach_the_consumer(monkeypatch):
     monkeypatch.setenv("GRIDFLOW_WORKER_INSTANCE_ID", "host1-pipeline")
     monkeypatch.setenv("GRIDFLOW_WORKER_SESSION_TIMEOUT_S", "9")
     settings = load_settings().with_(topic_prefix="roles")
-    app = build_app(runtime_for_role(settings, "pipeline"))
+    app = build_app(runtime_for_role(bootstrap(settings), "pipeline"))
     assert app.conf.consumer_group_instance_id == "host1-pipeline"
     assert app.conf.broker_session_timeout == 9.0
     assert app.conf.broker_heartbeat_interval == 3.0
-    dynamic = build_app(runtime_for_role(load_settings().with_(
-        topic_prefix="roles", worker_instance_id="dynamic"), "pipeline"))
+    dynamic = build_app(runtime_for_role(bootstrap(load_settings().with_(
+        topic_prefix="roles", worker_instance_id="dynamic")), "pipeline"))
     assert dynamic.conf.consumer_group_instance_id is None  # dynamic membership
 
 

@@ -1,4 +1,6 @@
-"""The `gridflow` console command: one entry point, subcommands live next to what they run."""
+"""The `gridflow` console command: one entry point. Each subcommand lives in a module that
+may call the composition root (bootstrap.commands for the worker, the sink and the notifier,
+whose packages may not; elsewhere next to what it runs)."""
 
 from __future__ import annotations
 
@@ -11,14 +13,14 @@ COMMANDS: list[tuple[str, str]] = [
     ("infra.cli", "up"),
     ("infra.cli", "down"),
     ("infra.cli", "status"),
-    ("processors.worker", "worker_command"),
-    ("sinks.cli", "sink"),
+    ("bootstrap.commands", "worker"),
+    ("bootstrap.commands", "sink"),
     ("producers.cli", "api"),
     ("producers.cli", "simulate"),
-    ("gridflow.demo", "demo"),
+    ("demo.run", "demo"),
     ("dashboard.app", "dashboard"),
     ("bench.cli", "bench"),
-    ("sinks.notify", "notify"),
+    ("bootstrap.commands", "notify"),
     ("audit.cli", "replay"),
     ("audit.cli", "audit"),
     ("audit.cli", "archive_log_command"),

@@ -29,13 +29,14 @@ import click
 import httpx
 from sqlalchemy import func, select
 
-from gridflow import services, topics
-from gridflow.clock import Clock, clock_from_spec, scaled_spec
+from gridflow import topics
+from gridflow.clock import Clock, scaled_spec
 from gridflow.core.case import OPEN_TASK_STATES
 from gridflow.core.metrics import INDICATOR_LABELS, department_indicators, format_rate
 from gridflow.core.refdata import ReferenceData, load_reference_data
 from gridflow.events import parse_ts
 from gridflow.settings import Settings, load_settings
+from infra import services
 
 # Monday 2026-11-16 08:30 in Beijing: the simulated week starts at the opening of business.
 SIM_START = datetime(2026, 11, 16, 0, 30, tzinfo=UTC)
@@ -486,9 +487,10 @@ def demo(reports: int, rate: float, speed: float, days: float, database: str | N
     """Run the whole pipeline on the local stack with a simulated county, and show the results."""
     from accounts.sample import SampleSessions
     from accounts.store import AccountStore
+    from bootstrap import bootstrap
     from infra import stack
     from producers.simulator import run as run_simulator
-    from sinks.models import create_schema, make_engine
+    from sinks.models import create_schema
 
     base = load_settings()
     say("== gridflow demo: 青山县 (sample county) ==")
@@ -506,12 +508,13 @@ def demo(reports: int, rate: float, speed: float, days: float, database: str | N
     spec = scaled_spec(SIM_START, speed)
     settings = base.with_(topic_prefix=run_id, database_url=db_url, clock=spec,
                           faust_data_dir=run_dir / "faust")
-    clock = clock_from_spec(spec)
+    world = bootstrap(settings)
+    clock = world.clock
     topics.ensure_topics(settings.kafka_bootstrap, settings.topic_prefix,
                          replication=settings.kafka_replication)
-    engine = make_engine(db_url)
+    engine = world.engine()
     create_schema(engine)
-    ref = load_reference_data(settings.refdata_dir)
+    ref = world.ref
     accounts = AccountStore(engine, ref)
     sessions = SampleSessions(accounts, "demo")  # the sample county's people, signed in
     cast = Cast.load(ref, sessions)

@@ -43,7 +43,7 @@ class Service:
                "PYTHONUNBUFFERED": "1"}
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gridflow.cli", *self.args], env=env, stdout=log,
+            [sys.executable, "-m", "bootstrap.cli", *self.args], env=env, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
