@@ -88,13 +88,12 @@ class InProcessPipeline:
     """
 
     def __init__(self, engine: Any, ref: Any, merge_duplicates: bool = False) -> None:
-        from bootstrap import working_calendar
-        from gridflow.core.sla import SlaPlanner, load_bundled_policy
+        from bootstrap import bundled_planner
         from sinks.sql import SqlSink
 
         self.ref = ref
         self.sink = SqlSink(engine, "api-tests")
-        self.planner = SlaPlanner(load_bundled_policy(), working_calendar())
+        self.planner = bundled_planner()
         self.states: dict[str, Any] = {}
         self.offset = 0
         self.events: list[Any] = []

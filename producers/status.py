@@ -8,7 +8,7 @@ pipeline shows as "accepted / 已受理, 处理中" rather than unknown. Read-on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -38,7 +38,6 @@ from producers import receipts
 from producers.context import Context, ctx
 from producers.errors import ApiError
 from sinks import queries
-from sinks.models import Case, CaseEvent, Report, Task
 
 router = APIRouter(tags=["status 办理进度"])
 
@@ -206,13 +205,7 @@ def _links(c: Context) -> Links:
 
 def case_steps(session: Session, case_id: str) -> list[dict[str, Any]]:
     """The case's reporter-facing events from the ledger, in case order."""
-    t = CaseEvent.__table__.c
-    query = (
-        select(t.seq, t.type, t.at, t.data)
-        .where(t.case_id == case_id, t.type.in_(sorted(STEPS)))
-        .order_by(t.seq, t.event_id)
-    )
-    return [dict(r) for r in session.execute(query).mappings()]
+    return queries.case_steps(session, case_id, STEPS)
 
 
 def report_status(c: Context, report_id: str, caller: Principal) -> dict[str, Any] | None:
@@ -390,8 +383,7 @@ def sees_inbox(ref: ReferenceData, caller: Principal, code: str) -> bool:
 
 def case_township(c: Context, case_id: str) -> str | None:
     with Session(c.engine) as session:
-        row = session.execute(select(Case.township_code).where(Case.case_id == case_id)).first()
-    return row[0] if row else None
+        return queries.case_township(session, case_id)
 
 
 # --- Open311 GeoReport v2 -------------------------------------------------------------------
@@ -544,19 +536,19 @@ def open311_requests_by_id(
                 select(r.ticket, r.report_id, r.created_at).where(r.ticket.in_(tickets))
             )
         }
-        reports = _rows_by(session, Report.report_id, [x.report_id for x in accepted.values()])
+        reports = queries.reports_by_id(session, [x.report_id for x in accepted.values()])
         case_of = {
             t: reports[accepted[t].report_id]["case_id"]
             if t in accepted and accepted[t].report_id in reports
             else t
             for t in tickets
         }
-        cases = _rows_by(session, Case.case_id, case_of.values())
+        cases = queries.cases_by_id(session, case_of.values())
         openers = [row["report_id"] for row in cases.values() if row.get("report_id")]
         reports.update(
-            _rows_by(session, Report.report_id, [x for x in openers if x not in reports])
+            queries.reports_by_id(session, [x for x in openers if x not in reports])
         )
-        tasks = _tasks_by_case(session, list(cases))
+        tasks = queries.tasks_by_case(session, list(cases))
     out = []
     for t in tickets:
         case = cases.get(case_of[t])
@@ -575,29 +567,6 @@ def open311_requests_by_id(
     return out
 
 
-def _rows_by(session: Session, column: Any, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Rows of the column's table whose column is one of `keys`, by that value."""
-    wanted = sorted(set(keys))
-    if not wanted:
-        return {}
-    rows = session.execute(select(column.table).where(column.in_(wanted))).mappings()
-    return {row[column.key]: dict(row) for row in rows}
-
-
-def _tasks_by_case(session: Session, case_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    by_case: dict[str, list[dict[str, Any]]] = {}
-    if not case_ids:
-        return by_case
-    query = (
-        select(Task.__table__)
-        .where(Task.case_id.in_(case_ids))
-        .order_by(Task.dispatched_at, Task.task_id)
-    )
-    for row in session.execute(query).mappings():
-        by_case.setdefault(row["case_id"], []).append(dict(row))
-    return by_case
-
-
 def open311_requests(c: Context, f: Open311Filters, scope: Any = None) -> list[dict[str, Any]]:
     """Cases matching the filters and `scope` (a condition on cases: the caller's), newest
     first (a plain read of the cases and tasks tables).
@@ -607,21 +576,12 @@ def open311_requests(c: Context, f: Open311Filters, scope: Any = None) -> list[d
     do), merged requests included."""
     if f.ids:
         return open311_requests_by_id(c, f.ids)
-    query = select(Case.__table__)
-    if scope is not None:
-        query = query.where(scope)
-    if f.category_codes:
-        query = query.where(Case.category_code.in_(f.category_codes))
-    if f.statuses:
-        query = query.where(Case.status.in_(f.statuses))
-    if f.start:
-        query = query.where(Case.filed_at >= f.start)
-    if f.end:
-        query = query.where(Case.filed_at < f.end)
-    query = query.order_by(Case.filed_at.desc(), Case.case_id).limit(OPEN311_LIST_LIMIT)
     with Session(c.engine) as session:
-        cases = [dict(r) for r in session.execute(query).mappings()]
-        by_case = _tasks_by_case(session, [r["case_id"] for r in cases])
+        cases = queries.cases_matching(
+            session, scope=scope, category_codes=f.category_codes or (),
+            statuses=f.statuses or (), filed_from=f.start, filed_before=f.end,
+            limit=OPEN311_LIST_LIMIT)
+        by_case = queries.tasks_by_case(session, [r["case_id"] for r in cases])
     return [
         open311_view(c.ref, r["case_id"], r, by_case.get(r["case_id"], []), None) for r in cases
     ]

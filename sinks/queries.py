@@ -339,3 +339,78 @@ def _stage(status: str, tasks: list[dict[str, Any]]) -> str:
     if core.RESOLVED in states:
         return "awaiting_verification"
     return "dispatched"
+
+
+# --- the API's reads (producers.status: a reporter's steps, Open311 requests) ----------------
+
+
+def case_steps(session: Session, case_id: str, types: Iterable[str]) -> list[dict[str, Any]]:
+    """The case's ledger events of `types` (seq, type, at, data), in case order."""
+    t = table_of(CaseEvent).c
+    query = (
+        select(t.seq, t.type, t.at, t.data)
+        .where(t.case_id == case_id, t.type.in_(sorted(types)))
+        .order_by(t.seq, t.event_id)
+    )
+    return [dict(r) for r in session.execute(query).mappings()]
+
+
+def case_township(session: Session, case_id: str) -> str | None:
+    """The township a case lies in, None for an unknown case."""
+    row = session.execute(select(Case.township_code).where(Case.case_id == case_id)).first()
+    return row[0] if row else None
+
+
+def _rows_by(session: Session, column: Any, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Rows of the column's table whose column is one of `keys`, by that value."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    rows = session.execute(select(column.table).where(column.in_(wanted))).mappings()
+    return {row[column.key]: dict(row) for row in rows}
+
+
+def reports_by_id(session: Session, report_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The reports rows of `report_ids` (unknown ones left out), by report id."""
+    return _rows_by(session, Report.report_id, report_ids)
+
+
+def cases_by_id(session: Session, case_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The cases rows of `case_ids` (unknown ones left out), by case id."""
+    return _rows_by(session, Case.case_id, case_ids)
+
+
+def tasks_by_case(session: Session, case_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The tasks rows of each case, in dispatch order."""
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    if not case_ids:
+        return by_case
+    query = (
+        select(Task.__table__)
+        .where(Task.case_id.in_(case_ids))
+        .order_by(Task.dispatched_at, Task.task_id)
+    )
+    for row in session.execute(query).mappings():
+        by_case.setdefault(row["case_id"], []).append(dict(row))
+    return by_case
+
+
+def cases_matching(session: Session, *, scope: ColumnElement[bool] | None = None,
+                   category_codes: Iterable[str] = (), statuses: Iterable[str] = (),
+                   filed_from: datetime | None = None, filed_before: datetime | None = None,
+                   limit: int) -> list[dict[str, Any]]:
+    """Cases rows within `scope` (a condition on cases: the caller's) and the filters, newest
+    filed first, at most `limit`."""
+    query = select(Case.__table__)
+    if scope is not None:
+        query = query.where(scope)
+    if category_codes:
+        query = query.where(Case.category_code.in_(list(category_codes)))
+    if statuses:
+        query = query.where(Case.status.in_(list(statuses)))
+    if filed_from:
+        query = query.where(Case.filed_at >= filed_from)
+    if filed_before:
+        query = query.where(Case.filed_at < filed_before)
+    query = query.order_by(Case.filed_at.desc(), Case.case_id).limit(limit)
+    return [dict(r) for r in session.execute(query).mappings()]

@@ -19,9 +19,8 @@ import httpx
 import pytest
 from e2e_pipeline import REF, Pipeline, Upload
 
-from bootstrap import working_calendar
+from bootstrap import bundled_planner
 from gridflow.core.routing import route
-from gridflow.core.sla import SlaPlanner, load_bundled_policy
 from gridflow.events import iso, parse_ts
 
 GW_A = REF.workers["GW0001"]  # 石门村一组网格 (青石镇)
@@ -170,7 +169,7 @@ def test_an_approved_extension_moves_the_deadline_and_a_second_one_is_refused(pi
                 json={"approve": True})
 
     task = only_task(pipeline.report(up))
-    planner = SlaPlanner(load_bundled_policy(), working_calendar())
+    planner = bundled_planner()
     assert task["resolve_due"] == iso(planner.add_working_days(parse_ts(before), 2))
     assert task["extensions"] == 1 and steps(pipeline.report(up))[-1] == "批准延期"
 

@@ -21,12 +21,11 @@ from typing import Any
 import pytest
 from streams import produce
 
-from bootstrap import working_calendar
+from bootstrap import bundled_planner
 from gridflow import events as ev
 from gridflow.core.case import decide, new_case
 from gridflow.core.notify import load_notify_config
 from gridflow.core.refdata import load_reference_data
-from gridflow.core.sla import SlaPlanner, load_bundled_policy
 from gridflow.events import Message, iso
 from sinks.models import make_engine
 from sinks.notify import Notifier, run_notifier, send_states
@@ -35,7 +34,7 @@ from sinks.notify_models import RETRYING, SENT, create_notify_tables
 pytestmark = pytest.mark.integration
 
 REF = load_reference_data()
-PLANNER = SlaPlanner(load_bundled_policy(), working_calendar())
+PLANNER = bundled_planner()
 T0 = datetime(2026, 11, 16, 1, 0, tzinfo=UTC)
 GRID = "421099101201001"
 

@@ -362,11 +362,10 @@ def test_send_back_keeps_the_original_deadlines_when_the_policy_says_so():
 
 
 def test_the_bundled_policy_reaches_the_aggregate_through_sla_planner():
-    from bootstrap import working_calendar
+    from bootstrap import bundled_planner
     from gridflow.core.case import PolicyPlanner
-    from gridflow.core.sla import SlaPlanner, load_bundled_policy
 
-    planner = SlaPlanner(load_bundled_policy(), working_calendar())
+    planner = bundled_planner()
     assert isinstance(planner, PolicyPlanner) and planner.send_back_restarts_clock is True
     state, tid = signed_task(planner)
     state, events = run_with(planner, state, ask(tid, 11))  # bundled: 10 days each

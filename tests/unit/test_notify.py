@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from bootstrap import working_calendar
+from bootstrap import bundled_planner
 from gridflow import events as ev
 from gridflow.core import notify as core
 from gridflow.core.case import decide, new_case
@@ -25,7 +25,6 @@ from gridflow.core.notify import (
     parse_notify_config,
 )
 from gridflow.core.refdata import load_reference_data
-from gridflow.core.sla import SlaPlanner, load_bundled_policy
 from gridflow.events import Message, iso
 from sinks.models import make_engine
 from sinks.notify import Notifier, send_states
@@ -33,7 +32,7 @@ from sinks.notify_models import RETRYING, SENT, create_notify_tables
 from sinks.notify_send import SendFailed
 
 REF = load_reference_data()
-PLANNER = SlaPlanner(load_bundled_policy(), working_calendar())
+PLANNER = bundled_planner()
 T0 = datetime(2026, 11, 16, 1, 0, tzinfo=UTC)  # Monday 09:00 in Beijing
 GRID = "421099101201001"  # 石门村一组: village 421099101201, township 421099101
 VILLAGE_DEPT = "421099101201.cwh"
