@@ -29,8 +29,8 @@ from bench.common import (
 )
 from bench.ingest import Uploads, start_api
 from bench.load import small_jpeg, variant
+from demo.simulator import sample_tokens
 from infra import services
-from producers.simulator import sample_tokens
 
 RATE = 100.0  # uploads per second
 FULL_SECONDS = 60.0

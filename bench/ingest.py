@@ -33,10 +33,10 @@ from bench.common import (
     tree_cpu_s,
 )
 from bench.load import County, Uploader, base_jpeg, multipart_body, variant
+from demo.simulator import sample_tokens
 from gridflow import topics
 from gridflow.settings import Settings
 from infra import services
-from producers.simulator import sample_tokens
 
 FULL_UPLOADS = 2000
 CONCURRENCY = 32
@@ -68,7 +68,7 @@ class Uploads:
 
     def __init__(self, url: str, run: str, tokens: Mapping[str, str], seed: int = 23,
                  timeout: float = 120.0) -> None:
-        """`tokens`: worker id → session token (producers.simulator.sample_tokens)."""
+        """`tokens`: worker id → session token (demo.simulator.sample_tokens)."""
         self.url, self.run, self.timeout, self.tokens = url, run, timeout, tokens
         self.county = County(seed=seed)
         self.lock = threading.Lock()  # the county's draws

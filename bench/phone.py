@@ -19,7 +19,7 @@ from typing import Any
 from bench.common import Context, Figure, buckets, pg_database, say, topic_prefix
 from bench.ingest import start_api
 from bench.phone_probe import CHROMIUM, CPU_SLOWDOWN
-from producers.simulator import sample_tokens
+from demo.simulator import sample_tokens
 
 FIRST_LOAD_KB = 300
 USABLE_S = 3.0

@@ -16,7 +16,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("bootstrap.commands", "worker"),
     ("bootstrap.commands", "sink"),
     ("producers.cli", "api"),
-    ("producers.cli", "simulate"),
+    ("demo.run", "simulate"),
     ("demo.run", "demo"),
     ("dashboard.app", "dashboard"),
     ("bench.cli", "bench"),

@@ -488,8 +488,8 @@ def demo(reports: int, rate: float, speed: float, days: float, database: str | N
     from accounts.sample import SampleSessions
     from accounts.store import AccountStore
     from bootstrap import bootstrap
+    from demo.simulator import run as run_simulator
     from infra import stack
-    from producers.simulator import run as run_simulator
     from sinks.models import create_schema
 
     base = load_settings()
@@ -602,3 +602,77 @@ def _fresh_postgres(settings: Settings, name: str) -> str:
         conn.execute(f'CREATE DATABASE "{name}"')
     return (f"postgresql+psycopg://{settings.postgres_user}@127.0.0.1:{settings.postgres_port}/"
             f"{name}")
+
+
+# --- `gridflow simulate`: drives an already running API ------------------------------------
+
+
+@click.command("simulate")
+@click.option(
+    "--api",
+    "api_url",
+    default=None,
+    metavar="URL",
+    help="Base URL of the running API [default: from GRIDFLOW_API_HOST/PORT].",
+)
+@click.option(
+    "--rate",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Requests started per second.",
+)
+@click.option(
+    "--count", default=None, type=click.IntRange(min=1), help="Stop after this many requests."
+)
+@click.option(
+    "--duration", default=None, type=click.FloatRange(min=0.1), help="Stop after this many seconds."
+)
+@click.option(
+    "--seed",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Same seed, same workers, places, photos and mishaps.",
+)
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="At most this many requests in flight.",
+)
+def simulate(
+    api_url: str | None,
+    rate: float,
+    count: int | None,
+    duration: float | None,
+    seed: int,
+    concurrency: int,
+) -> None:
+    """Simulate the sample county's grid workers and residents against a running API.
+
+    Photo reports with real JPEGs (EXIF GPS), retries of the same report, near-duplicates by a
+    second worker, a few fake images, and residents' Open311 complaints; prints progress and
+    a summary (accepted, duplicates by retry, refusals with reasons, p50/p99 latency).
+    """
+    from bootstrap import bootstrap
+    from demo.simulator import sample_tokens
+    from demo.simulator import simulate as run
+
+    if count is None and duration is None:
+        count = 100
+    world = bootstrap()
+    settings = world.settings
+    url = api_url or settings.api_url
+    click.echo(
+        f"gridflow simulate: {url}, {rate:g}/s, "
+        f"{f'{count} requests' if count else f'{duration:g} s'}, seed {seed}"
+    )
+    # The workers sign in to the API's database (GRIDFLOW_DATABASE_URL) as trusted local tools.
+    tokens = sample_tokens(settings.database_url, world.ref)
+    # The API's clock (GRIDFLOW_CLOCK): capture times must not lie in a simulated clock's future.
+    summary = run(url, rate, count, duration, seed, concurrency, world.clock, tokens)
+    click.echo(summary.render())
+    if summary.counts()["failed"]:
+        sys.exit(1)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime
 
+from demo.simulator import MIX, Outcome, Plan, Summary, pick_kind
 from gridflow.core import photos
 from gridflow.core.geo import haversine_m, locate
 from gridflow.core.intake import validate_report
 from gridflow.core.refdata import load_reference_data
-from producers.simulator import MIX, Outcome, Plan, Summary, pick_kind
 
 REF = load_reference_data()
 NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
