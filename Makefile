@@ -4,7 +4,7 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 # the packages mypy checks (configured in pyproject.toml, [tool.mypy])
-TYPED  := gridflow producers processors sinks infra audit dashboard bench accounts workbench mobile demo bootstrap
+TYPED  := gridflow producers processors sinks infra audit dashboard bench accounts workbench mobile demo bootstrap objectstore
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed

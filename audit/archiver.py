@@ -31,7 +31,7 @@ from audit import segments as seg
 from audit.segments import LogRecord
 from gridflow.clock import wall_clock
 from gridflow.events import iso
-from gridflow.objectstore import object_exists, read_object, retain_until
+from objectstore import object_exists, read_object, retain_until
 
 log = logging.getLogger("gridflow.audit.archiver")
 

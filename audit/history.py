@@ -34,7 +34,7 @@ from audit.moments import beijing
 from audit.summaries import actor_zh, summarize
 from gridflow import events as ev
 from gridflow.events import Message, SchemaError, decode_message, iso, label_zh, parse_ts
-from gridflow.objectstore import Version, retention_of, versions_of
+from objectstore import Version, retention_of, versions_of
 from sinks.models import CaseEvent, table_of
 
 OK, MISSING, SIZE_MISMATCH, SHA_MISMATCH, NOT_ARCHIVED = (

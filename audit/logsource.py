@@ -22,7 +22,7 @@ from minio.error import S3Error
 
 from audit import segments as seg
 from audit.segments import LogRecord
-from gridflow.objectstore import read_object
+from objectstore import read_object
 
 BATCH = 2000
 

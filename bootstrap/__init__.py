@@ -78,7 +78,7 @@ class Bundle:
     @cached_property
     def object_store(self) -> Minio:
         """A MinIO client for settings' server (the SDK's own connection pool)."""
-        from gridflow.objectstore import make_client
+        from objectstore import make_client
 
         return make_client(self.settings)
 

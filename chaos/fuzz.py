@@ -202,7 +202,7 @@ def live_api(settings: Settings, log_dir: Path) -> Iterator[tuple[str, Any, Sett
     from demo.live import LiveApi, real_deps
     from gridflow import topics
     from gridflow.core.refdata import load_reference_data
-    from gridflow.objectstore import make_client
+    from objectstore import make_client
     from producers.app import create_app
 
     prefix = f"fuzz-{uuid.uuid4().hex[:8]}"

@@ -32,9 +32,9 @@ from gridflow import events as ev
 from gridflow import topics
 from gridflow.core.refdata import ReferenceData, load_reference_data
 from gridflow.events import Message, derived_id, iso
-from gridflow.objectstore import make_client
 from gridflow.settings import Settings
 from infra import services
+from objectstore import make_client
 from sinks.models import Case, Report, Task, create_schema, make_engine, table_of
 
 # Up-times before a kill: a third in the first seconds (the first commit of a new group, a

@@ -46,9 +46,9 @@ from gridflow import events as ev
 from gridflow import topics
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import Message, decode_message
-from gridflow.objectstore import make_client, read_object, retention_of
 from gridflow.settings import Settings
 from infra import services
+from objectstore import make_client, read_object, retention_of
 
 BYPASS = {"x-amz-bypass-governance-retention": "true"}
 Echo = Callable[[str], None]

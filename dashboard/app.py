@@ -138,7 +138,7 @@ def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock:
 
     @app.get("/thumbs/{sha256}", summary="照片缩略图 / photo thumbnail (EXIF-free)")
     def thumbnail(sha256: str, caller: Annotated[Principal, allow("photo.read")]) -> Response:
-        from gridflow.objectstore import read_object
+        from objectstore import read_object
         from processors.archive import thumbnail_key
 
         if object_store is None or len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):

@@ -38,7 +38,7 @@ from gridflow import events as ev
 from gridflow.clock import Clock, wall_clock
 from gridflow.core import photos as photo_core
 from gridflow.events import Message, iso
-from gridflow.objectstore import (
+from objectstore import (
     original_version,
     put_once,
     read_object,

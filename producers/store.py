@@ -19,8 +19,8 @@ from minio import Minio
 from minio.error import MinioException
 from urllib3.exceptions import HTTPError
 
-from gridflow.objectstore import make_client
 from gridflow.settings import Settings
+from objectstore import make_client
 
 
 class StoreError(Exception):

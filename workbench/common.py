@@ -163,7 +163,7 @@ def _read(c: Any, bucket: str | None, key: str | None,
           version_id: str | None = None) -> bytes | None:
     """The object's bytes (the recorded version when known: a later delete or overwrite at
     the key does not change what is shown); None if there is none."""
-    from gridflow.objectstore import read_object
+    from objectstore import read_object
 
     client = getattr(c.store, "client", None)
     if client is None or not bucket or not key:

@@ -20,7 +20,7 @@ from PIL import Image
 from demo import images
 from gridflow import events as ev
 from gridflow.events import Message, iso
-from gridflow.objectstore import put_if_absent
+from objectstore import put_if_absent
 from processors import archive
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)

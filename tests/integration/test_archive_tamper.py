@@ -38,7 +38,7 @@ from demo.live import InProcessPipeline, real_deps
 from gridflow import events as ev
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import Message, iso
-from gridflow.objectstore import read_object, retention_of, versions_of
+from objectstore import read_object, retention_of, versions_of
 from processors import archive
 from producers.app import create_app
 

@@ -15,8 +15,8 @@ from audit import history
 from audit.history import Found, PhotoCheck, judge
 from gridflow import events as ev
 from gridflow.events import Message, iso
-from gridflow.objectstore import Version, retain_until
 from gridflow.settings import Settings
+from objectstore import Version, retain_until
 from sinks import models
 
 T0 = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)

@@ -1,5 +1,7 @@
 """The one place that builds a MinIO/S3 client from settings, and the small reads and writes
-every user needs."""
+every user needs (the API's photo store, the archive agent, the audit, the board, the
+workbench). An adapter of its own, beside its users, so that the independent adapters can
+share it: it imports gridflow's settings and clock, nothing of the pipeline."""
 
 from __future__ import annotations
 
