@@ -17,19 +17,17 @@ from sqlalchemy.exc import OperationalError
 from demo import histories as sample
 from gridflow import events as ev
 from gridflow import topics
-from sinks.models import create_schema, make_engine
 from sinks.runner import Progress, run_sink
 from sinks.sql import SnapshotError, SqlSink
+from tests.support.rows import fresh_engine
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def engine(sqlite_url: str):
-    eng = make_engine(sqlite_url)
-    create_schema(eng)
-    yield eng
-    eng.dispose()
+    with fresh_engine(sqlite_url) as eng:
+        yield eng
 
 
 def produce(bootstrap: str, prefix: str, events, junk: bool = False) -> None:

@@ -14,39 +14,21 @@ from demo import histories as sample
 from sinks import queries
 from sinks.models import create_schema, make_engine
 from sinks.sql import Record, SqlSink
+from tests.support import rows
 
 pytestmark = pytest.mark.integration
 
 TOPIC = "t.case-events"
-TABLES = (
-    "cases",
-    "tasks",
-    "reports",
-    "photos",
-    "task_history",
-    "case_events",
-    "command_outcomes",
-    "dead_letters",
-)
 
 
 @pytest.fixture
 def engine(pg_url: str):
-    eng = make_engine(pg_url)
-    create_schema(eng)
-    yield eng
-    eng.dispose()
+    with rows.fresh_engine(pg_url) as eng:
+        yield eng
 
 
-def dump(engine) -> dict[str, list[str]]:
-    with engine.connect() as conn:
-        return {
-            t: sorted(
-                str(sorted(dict(r).items()))
-                for r in conn.execute(text(f"SELECT * FROM {t}")).mappings()
-            )
-            for t in TABLES
-        }
+def dump(engine) -> dict[str, list[list[list[str]]]]:
+    return rows.dump(engine, rows.READ_MODEL_TABLES, show=str)
 
 
 def one(engine, sql: str) -> dict[str, Any]:

@@ -9,17 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from gridflow import events as ev
 from gridflow.events import SchemaError, decode_message
 from sinks.models import create_schema, make_engine
 from sinks.replay_fast import Replayer
 from sinks.sql import Record, SqlSink
+from tests.support.rows import dump
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "old_log"
-TABLES = ("cases", "tasks", "reports", "photos", "task_history", "case_events",
-          "command_outcomes", "dead_letters", "sink_offsets")
 
 
 def lines() -> list[dict[str, Any]]:
@@ -38,17 +36,6 @@ def stored_rows() -> dict[str, list[list[list[str]]]]:
     with gzip.open(FIXTURE / "rows.json.gz", "rt", encoding="utf-8") as f:
         rows: dict[str, list[list[list[str]]]] = json.load(f)
     return rows
-
-
-def dump(engine: Any) -> dict[str, list[list[list[str]]]]:
-    out = {}
-    with engine.connect() as conn:
-        for table in TABLES:
-            found = conn.execute(text(f"SELECT * FROM {table}")).mappings()
-            skip = {"updated_at"} if table == "sink_offsets" else set()
-            out[table] = sorted(
-                [sorted([k, repr(v)] for k, v in r.items() if k not in skip) for r in found])
-    return out
 
 
 def test_the_fixture_holds_every_message_type_of_the_contract():

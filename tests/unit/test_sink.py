@@ -23,45 +23,20 @@ from sinks.models import (
     make_engine,
 )
 from sinks.sql import Record, SnapshotError, SqlSink
+from tests.support.rows import dump, fresh_engine
 
 TOPIC, DLQ = "t.case-events", "t.dead-letters"
-TABLES = (
-    "cases",
-    "tasks",
-    "reports",
-    "photos",
-    "task_history",
-    "case_events",
-    "command_outcomes",
-    "dead_letters",
-    "sink_offsets",
-)
 
 
 @pytest.fixture
 def engine(tmp_path):
-    eng = make_engine(f"sqlite:///{tmp_path / 'read-models.db'}")
-    create_schema(eng)
-    yield eng
-    eng.dispose()
+    with fresh_engine(f"sqlite:///{tmp_path / 'read-models.db'}") as eng:
+        yield eng
 
 
 @pytest.fixture
 def sink(engine):
     return SqlSink(engine, "test-sink")
-
-
-def dump(engine) -> dict[str, list[tuple[Any, ...]]]:
-    """Every table's rows, sorted, without wall-clock bookkeeping columns."""
-    out = {}
-    with engine.connect() as conn:
-        for table in TABLES:
-            found = conn.execute(text(f"SELECT * FROM {table}")).mappings()
-            skip = {"updated_at"} if table == "sink_offsets" else set()
-            out[table] = sorted(
-                tuple(sorted((k, str(v)) for k, v in r.items() if k not in skip)) for r in found
-            )
-    return out
 
 
 def rows(engine, sql: str, **params: Any) -> list[dict[str, Any]]:
