@@ -34,15 +34,14 @@ from mobile.web import assets, bundle_version, maybe_gzip, render, wants_json
 from producers import status as report_status
 from producers.commands import (
     IdemKey,
-    NotPublished,
     case_of_task,
     command_id_for,
-    publish_command,
+    publish_with_photos,
     task_missing,
 )
 from producers.context import Context, ctx
 from producers.errors import ApiError
-from producers.reports import read_json_part, receive_photos, with_multipart
+from producers.reports import read_json_part, with_multipart
 from producers.uploads import PhotoLimits, PhotoUpload
 from sinks.models import Case, Photo, Report, Task, TaskHistory
 
@@ -485,19 +484,11 @@ async def verify_on_site(
         upload = PhotoUpload(c.store, c.settings.bucket_incoming,
                              f"tasks/{task_id}/{command_id[:12]}", "verification", limits,
                              c.inspect)
-        try:
-            await receive_photos(reader, upload, store=True)
-            data = {"task_id": task_id, "photos": upload.ref_dicts(),
-                    **({"note": text} if passed else {"reason": text})}
-            return await publish_command(c, actor, kind, case_id, data, idempotency_key,
-                                         command_id)
-        except NotPublished as exc:
-            if not exc.maybe_written:
-                await upload.cleanup()
-            raise
-        except BaseException:
-            await upload.cleanup()
-            raise
+        return await publish_with_photos(
+            c, reader, upload, actor, kind, case_id,
+            lambda photos: {"task_id": task_id, "photos": photos,
+                            **({"note": text} if passed else {"reason": text})},
+            idempotency_key, command_id)
 
     return await with_multipart(request, handle)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Request
@@ -223,6 +224,34 @@ async def publish_command(
     return JSONResponse(body.model_dump(), status_code=202)
 
 
+async def publish_with_photos(
+    c: Context,
+    reader: Any,
+    upload: PhotoUpload,
+    actor: str,
+    type_: str,
+    case_id: str,
+    data: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    idempotency_key: str | None,
+    command_id: str,
+) -> JSONResponse:
+    """Stores the photo parts that follow on `reader`, then publishes the command whose data
+    `data(photo refs)` makes. The stored photos are removed when anything fails, unless the
+    command may be on the log anyway (then they must stay: the command names them)."""
+    try:
+        await receive_photos(reader, upload, store=True)
+        return await publish_command(
+            c, actor, type_, case_id, data(upload.ref_dicts()), idempotency_key, command_id
+        )
+    except NotPublished as exc:
+        if not exc.maybe_written:
+            await upload.cleanup()
+        raise
+    except BaseException:
+        await upload.cleanup()
+        raise
+
+
 TaskId = Annotated[str, Path(description="任务编号 / task id, e.g. AJ20261123-ABCDEFGH-T01")]
 IdemKey = Annotated[
     str | None,
@@ -396,19 +425,17 @@ async def resolve(
             c.photo_limits,
             c.inspect,
         )
-        try:
-            await receive_photos(reader, upload, store=True)
-            data = {"task_id": task_id, "note": part.note, "photos": upload.ref_dicts()}
-            return await publish_command(
-                c, actor, ev.RESOLVE_TASK, case_id, data, idempotency_key, command_id
-            )
-        except NotPublished as exc:
-            if not exc.maybe_written:  # else the command may be out: its photos must stay
-                await upload.cleanup()
-            raise
-        except BaseException:
-            await upload.cleanup()
-            raise
+        return await publish_with_photos(
+            c,
+            reader,
+            upload,
+            actor,
+            ev.RESOLVE_TASK,
+            case_id,
+            lambda photos: {"task_id": task_id, "note": part.note, "photos": photos},
+            idempotency_key,
+            command_id,
+        )
 
     return await with_multipart(request, handle)
 
