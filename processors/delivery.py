@@ -38,6 +38,8 @@ from typing import Any, cast
 
 import faust
 from faust.exceptions import ProducerSendError
+from faust.tables import TableManager
+from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -268,6 +270,34 @@ class GridflowTransport(faust_aiokafka.Transport):
     Consumer = GridflowConsumer
 
 
+class GridflowRecovery(Recovery):
+    """faust's table recovery, without a crash it has in a rebalance during recovery.
+
+    A round builds the changelog offsets of the partitions assigned when it starts; a rebalance
+    that lands before the round seeks its standby partitions adds new ones to the very same
+    set with no offset (None, `Recovery.add_standby`), and seeking None raised ValueError
+    ("Offset must be a positive integer") and stopped the worker (seen in the scale-out test:
+    a worker added under load). A partition without an offset is read from the changelog's
+    start, as one with no local state is; the next round, which the rebalance starts anyway,
+    builds its offsets again."""
+
+    async def _seek_offsets(self, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+        for tp in tps:
+            if offsets.get(tp) is None:
+                offsets[tp] = -1  # faust's "from the start" (it seeks 0; the log start if later)
+        await super()._seek_offsets(consumer, tps, offsets, title)
+
+
+class GridflowTableManager(TableManager):
+    """faust's table manager with GridflowRecovery."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = GridflowRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
+
+
 class GridflowApp(faust.App):
     """A faust app whose consumer commits strictly (GridflowConsumer) and whose agents' sends
     (direct and table changelog) are waited for and checked before each commit (send_ledger)."""
@@ -275,6 +305,7 @@ class GridflowApp(faust.App):
     dense_topics: frozenset[str] = frozenset()
 
     def __init__(self, *args: Any, dense_topics: Iterable[str] = (), **kwargs: Any) -> None:
+        kwargs.setdefault("TableManager", GridflowTableManager)
         super().__init__(*args, **kwargs)
         self.dense_topics = frozenset(dense_topics)
         self.send_ledger = SendLedger()
