@@ -25,12 +25,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +39,7 @@ import httpx
 from chaos.common import (
     Accounting,
     Echo,
+    Load,
     Phones,
     Procs,
     new_place,
@@ -50,7 +49,7 @@ from chaos.common import (
     wait_caught_up,
     wait_healthy,
 )
-from chaos.kill_sink_notify import _notices
+from chaos.kill_sink_notify import account_notices
 from chaos.kill_worker import audit_verdict
 from chaos.observe import WebhookReceiver
 from chaos.scale_out import SIM_START, deadline_accounting
@@ -143,7 +142,7 @@ class Complaint:
     refused: str = ""
 
 
-class Residents:
+class Residents(Load):
     """Residents filing complaints through Open311 at a steady rate, each with its own
     Idempotency-Key, retrying after a 503 (or no answer) until it is taken (201)."""
 
@@ -153,30 +152,10 @@ class Residents:
         self.clock = clock
         self.give_up_s = give_up_s
         self.complaints: list[Complaint] = []
-        self.lock = threading.Lock()
-        self.pool = ThreadPoolExecutor(16, thread_name_prefix="resident")
-        self.futures: list[Any] = []
-        self.stop_new = threading.Event()
-        self.thread = threading.Thread(target=self._generate, daemon=True, name="residents")
-        self.http = httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0))
+        super().__init__("residents", 16, httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0)))
         grids = sorted(ref.grids.values(), key=lambda g: g.code)
         self.places = [g.bbox for g in grids]
         self.services = sorted(ref.services)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stop_new.set()
-        self.thread.join(30)
-
-    def settled(self) -> bool:
-        return self.stop_new.is_set() and all(f.done() for f in list(self.futures))
-
-    def close(self) -> None:
-        self.stop()
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.http.close()
 
     def acknowledged(self) -> set[str]:
         with self.lock:
@@ -319,19 +298,7 @@ def run(settings: Settings, log_dir: Path, *, rate: float = 4.0, complaint_rate:
             acc.counts = read_models(s.database_url)
             acc.lost = sorted(acked - acc.counts.reports)
             acc.dead_letters = lag.dead_letters
-            notices, sent, routed = _notices(s.database_url)
-            per_key = hooks.per_key()
-            acc.notices = {"notices": notices, "deliveries": hooks.deliveries,
-                           "distinct": len(per_key), "repeats": hooks.repeats,
-                           "missing": len(sent - set(per_key))}
-            if sent != set(per_key):
-                acc.problems.append(f"{len(sent - set(per_key))} notices recorded as sent never "
-                                    f"reached the webhook; {len(set(per_key) - sent)} delivered "
-                                    "but not recorded as sent")
-            if notices != len(sent):
-                acc.problems.append(f"{notices - len(sent)} notices not delivered")
-            if notices < routed:
-                acc.problems.append(f"{routed} tasks dispatched but {notices} notices")
+            account_notices(acc, s.database_url, hooks)
             events, twice, past, missing = deadline_accounting(s.database_url, clock())
             acc.api.append(f"deadlines: {events} warned/breached events, {twice} fired twice; "
                            f"{past} tasks past their sign-for deadline, {len(missing)} of them "

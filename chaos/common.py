@@ -260,7 +260,39 @@ class PhoneReport:
     refused: str = ""  # a 4xx other than a retryable one: the body
 
 
-class Phones:
+class Load:
+    """Requests made on a generator thread (`_generate`, at a steady rate) and sent from a pool
+    of threads, each retried until it is answered; stopping ends only the new ones."""
+
+    def __init__(self, name: str, concurrency: int, http: httpx.Client) -> None:
+        self.lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix=name.rstrip("s"))
+        self.futures: list[Any] = []
+        self.stop_new = threading.Event()
+        self.thread = threading.Thread(target=self._generate, daemon=True, name=name)
+        self.http = http
+
+    def _generate(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """No new requests; those under way keep retrying."""
+        self.stop_new.set()
+        self.thread.join(30)
+
+    def settled(self) -> bool:
+        return self.stop_new.is_set() and all(f.done() for f in list(self.futures))
+
+    def close(self) -> None:
+        self.stop()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.http.close()
+
+
+class Phones(Load):
     """Grid workers' phones: a new report every 1/rate s (a real JPEG), each sent until the
     API acknowledges it (202, or 200 for a retry); after a 503 the phone waits Retry-After and
     sends the same report (same id, same photo) again, as the app's outbox does."""
@@ -274,29 +306,9 @@ class Phones:
         self.run_id = "ph" + uuid.uuid4().hex[:6]
         self.give_up_s = give_up_s
         self.reports: list[PhoneReport] = []
-        self.lock = threading.Lock()
-        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="phone")
-        self.stop_new = threading.Event()
-        self.thread = threading.Thread(target=self._generate, daemon=True, name="phones")
-        self.futures: list[Any] = []
-        self.http = httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0),
-                                 limits=httpx.Limits(max_connections=concurrency))
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        """No new reports; those under way keep retrying."""
-        self.stop_new.set()
-        self.thread.join(30)
-
-    def settled(self) -> bool:
-        return self.stop_new.is_set() and all(f.done() for f in list(self.futures))
-
-    def close(self) -> None:
-        self.stop()
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.http.close()
+        super().__init__("phones", concurrency,
+                         httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0),
+                                      limits=httpx.Limits(max_connections=concurrency)))
 
     def acknowledged(self) -> set[str]:
         with self.lock:

@@ -68,10 +68,7 @@ def run(settings: Settings, log_dir: Path, *, kills: int = 10, rate: float = 8.0
                     procs.restart(name)
                 echo(f"  kill {k}/{kills}: {' and '.join(which)} killed after {up:.1f} s; "
                      f"{len(producer.sent)} reports acknowledged so far")
-            producer.stop_event.set()
-            producer.join(60)
-            if producer.error is not None:
-                raise RuntimeError(f"producing reports failed: {producer.error!r}")
+            producer.finish()
             fault_end = time.monotonic()
             acked = set(reports_on_topic(s))
             acc.acknowledged = len(acked)
@@ -85,19 +82,7 @@ def run(settings: Settings, log_dir: Path, *, kills: int = 10, rate: float = 8.0
             acc.counts = read_models(s.database_url)
             acc.lost = sorted(acked - acc.counts.reports)
             acc.dead_letters = lag.dead_letters
-            notices, sent, routed = _notices(s.database_url)
-            per_key = hooks.per_key()
-            acc.notices = {"notices": notices, "deliveries": hooks.deliveries,
-                           "distinct": len(per_key), "repeats": hooks.repeats,
-                           "missing": len(sent - set(per_key))}
-            if sent != set(per_key):
-                acc.problems.append(f"{len(sent - set(per_key))} notices recorded as sent never "
-                                    f"reached the webhook; {len(set(per_key) - sent)} delivered "
-                                    "but not recorded as sent")
-            if notices != len(sent):
-                acc.problems.append(f"{notices - len(sent)} notices not delivered")
-            if notices < routed:
-                acc.problems.append(f"{routed} tasks dispatched but {notices} notices")
+            account_notices(acc, s.database_url, hooks)
         if audit:
             acc.audit_clean, acc.audit_lines = audit_verdict(s, echo)
     finally:
@@ -106,6 +91,25 @@ def run(settings: Settings, log_dir: Path, *, kills: int = 10, rate: float = 8.0
         acc.seconds = time.monotonic() - t0
         place.drop()
     return acc
+
+
+def account_notices(acc: Accounting, database_url: str, hooks: WebhookReceiver) -> None:
+    """The notifier's promise, checked: every notice the database took in was sent, every one
+    recorded as sent reached the webhook (once a key, repeats counted), every task routing
+    dispatched has its notice. Figures into acc.notices, broken promises into acc.problems."""
+    notices, sent, routed = _notices(database_url)
+    per_key = hooks.per_key()
+    acc.notices = {"notices": notices, "deliveries": hooks.deliveries,
+                   "distinct": len(per_key), "repeats": hooks.repeats,
+                   "missing": len(sent - set(per_key))}
+    if sent != set(per_key):
+        acc.problems.append(f"{len(sent - set(per_key))} notices recorded as sent never "
+                            f"reached the webhook; {len(set(per_key) - sent)} delivered "
+                            "but not recorded as sent")
+    if notices != len(sent):
+        acc.problems.append(f"{notices - len(sent)} notices not delivered")
+    if notices < routed:
+        acc.problems.append(f"{routed} tasks dispatched but {notices} notices")
 
 
 def _notices(database_url: str) -> tuple[int, set[str], int]:

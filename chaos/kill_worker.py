@@ -143,6 +143,13 @@ class ReportProducer(threading.Thread):
         finally:
             producer.close()
 
+    def finish(self, timeout_s: float = 60.0) -> None:
+        """Stops putting reports on the topic; raises what made the thread fail, if anything."""
+        self.stop_event.set()
+        self.join(timeout_s)
+        if self.error is not None:
+            raise RuntimeError(f"producing reports failed: {self.error!r}")
+
 
 def reports_topic_records(settings: Settings) -> Iterator[Any]:
     """Every record of the reports topic, from the beginning to the end it had when asked."""
@@ -259,10 +266,7 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
                 what = "worker and sink"
             echo(f"  cycle {cycle}/{cycles}: {what} killed after {up:.1f} s; "
                  f"{len(producer.sent)} reports acknowledged so far")
-        producer.stop_event.set()
-        producer.join(60)
-        if producer.error is not None:
-            raise RuntimeError(f"producing reports failed: {producer.error!r}")
+        producer.finish()
         last_kill = time.monotonic()
         on_topic = reports_on_topic(settings)
         report.sent = len(on_topic)

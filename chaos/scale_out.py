@@ -186,10 +186,7 @@ def run(settings: Settings, log_dir: Path, *, split: bool = False, seconds: floa
         last_change = time.monotonic()
         echo(f"  {report.events[-1]}; {len(producer.sent)} reports so far")
         wait(seconds / 3)
-        producer.stop_event.set()
-        producer.join(60)
-        if producer.error is not None:
-            raise RuntimeError(f"producing reports failed: {producer.error!r}")
+        producer.finish()
         on_topic = reports_on_topic(settings)
         report.sent = len(on_topic)
         echo(f"  {report.sent} reports acknowledged; waiting for the read models and the "
