@@ -22,7 +22,6 @@ while the broker was down (with two of three brokers alive it should go on answe
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -49,7 +48,7 @@ from chaos.common import (
     wait_caught_up,
     wait_healthy,
 )
-from chaos.kill_sink_notify import account_notices
+from chaos.kill_sink_notify import account_notices, start_pipeline, webhook_config
 from chaos.kill_worker import audit_verdict
 from chaos.observe import WebhookReceiver
 from chaos.scale_out import SIM_START, deadline_accounting
@@ -231,15 +230,7 @@ def run(settings: Settings, log_dir: Path, *, rate: float = 4.0, complaint_rate:
         acc.prefix = s.topic_prefix
         ref = load_reference_data(s.refdata_dir)
         with WebhookReceiver() as hooks:
-            config = log_dir / "notify.json"
-            config.write_text(json.dumps({
-                "retry": {"first_s": 0.5, "max_s": 5},
-                "departments": {code: {"method": "webhook", "url": f"{hooks.url}/{code}",
-                                       "timeout_s": 5} for code in ref.departments},
-            }), encoding="utf-8")
-            procs.start("worker", ["worker", "--loglevel", "info"], s)
-            procs.start("sink", ["sink"], s)
-            procs.start("notify", ["notify", "--config", str(config)], s)
+            start_pipeline(procs, s, webhook_config(log_dir / "notify.json", hooks.url, ref))
             procs.start("api", ["api", "--workers", "1"], s)
             wait_healthy(s.api_url, procs)
             phones = Phones(s.api_url, phone_tokens(s, ref, 12, "chaos-brk"), ref, rate, seed,

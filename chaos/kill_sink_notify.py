@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from chaos.common import Accounting, Echo, Procs, new_place, read_models, wait_caught_up
 from chaos.kill_worker import ReportProducer, audit_verdict, reports_on_topic
 from chaos.observe import WebhookReceiver
-from gridflow.core.refdata import load_reference_data
+from gridflow.core.refdata import ReferenceData, load_reference_data
 from gridflow.settings import Settings
 from sinks.models import Task, make_engine, table_of
 from sinks.notify_models import NOTIFICATIONS, SENT
@@ -45,15 +45,7 @@ def run(settings: Settings, log_dir: Path, *, kills: int = 10, rate: float = 8.0
     producer = ReportProducer(s, ref, rate, seed)
     try:
         with WebhookReceiver() as hooks:
-            config = log_dir / "notify.json"
-            config.write_text(json.dumps({
-                "retry": {"first_s": 0.5, "max_s": 5},
-                "departments": {code: {"method": "webhook", "url": f"{hooks.url}/{code}",
-                                       "timeout_s": 5} for code in ref.departments},
-            }), encoding="utf-8")
-            procs.start("worker", ["worker", "--loglevel", "info"], s)
-            procs.start("sink", ["sink"], s)
-            procs.start("notify", ["notify", "--config", str(config)], s)
+            start_pipeline(procs, s, webhook_config(log_dir / "notify.json", hooks.url, ref))
             producer.start()
             killed = {"sink": 0, "notify": 0}
             for k in range(1, kills + 1):
@@ -91,6 +83,24 @@ def run(settings: Settings, log_dir: Path, *, kills: int = 10, rate: float = 8.0
         acc.seconds = time.monotonic() - t0
         place.drop()
     return acc
+
+
+def webhook_config(path: Path, hooks_url: str, ref: ReferenceData) -> Path:
+    """A notifier configuration at `path` sending every department's notices to the test
+    webhook (`hooks_url`/department code), retrying quickly."""
+    path.write_text(json.dumps({
+        "retry": {"first_s": 0.5, "max_s": 5},
+        "departments": {code: {"method": "webhook", "url": f"{hooks_url}/{code}",
+                               "timeout_s": 5} for code in ref.departments},
+    }), encoding="utf-8")
+    return path
+
+
+def start_pipeline(procs: Procs, s: Settings, notify_config: Path) -> None:
+    """The worker, the sink and the notifier (with `notify_config`)."""
+    procs.start("worker", ["worker", "--loglevel", "info"], s)
+    procs.start("sink", ["sink"], s)
+    procs.start("notify", ["notify", "--config", str(notify_config)], s)
 
 
 def account_notices(acc: Accounting, database_url: str, hooks: WebhookReceiver) -> None:
