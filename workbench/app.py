@@ -44,6 +44,20 @@ ERROR_HEADINGS = {401: "请先登录", 403: "无权访问", 404: "未找到", 40
                   422: "请求有误", 503: "服务暂不可用"}
 
 
+def _error_page(status: int, message: str) -> Response:
+    html = render_text("error_plain.html", status=status,
+                       heading=ERROR_HEADINGS.get(status, "出错了"), message=message)
+    return page_response(html, status)
+
+
+async def _handed_on(handler: Any, request: Request, exc: Exception) -> Response:
+    """The answer of the handler installed before ours (sync or async); none: raised on."""
+    if handler is None:
+        raise exc
+    result: Any = handler(request, exc)
+    return await result if hasattr(result, "__await__") else result
+
+
 def _html_errors(app: FastAPI) -> None:
     """Browsers asking for a page get an HTML refusal; API clients keep the JSON shape."""
     json_handler = app.exception_handlers.get(ApiError)
@@ -54,14 +68,8 @@ def _html_errors(app: FastAPI) -> None:
             if exc.status == 401:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return see_other(f"/w/sign-in?next={quote(target)}")
-            html = render_text("error_plain.html", status=exc.status,
-                               heading=ERROR_HEADINGS.get(exc.status, "出错了"),
-                               message=exc.message_zh)
-            return page_response(html, exc.status)
-        if json_handler is not None:
-            result: Any = json_handler(request, exc)
-            return await result if hasattr(result, "__await__") else result
-        raise exc
+            return _error_page(exc.status, exc.message_zh)
+        return await _handed_on(json_handler, request, exc)
 
     app.add_exception_handler(ApiError, on_api_error)
 
@@ -72,13 +80,7 @@ def _html_errors(app: FastAPI) -> None:
         if is_page(request) and wants_html(request) and exc.status_code in (404, 405):
             message = ("页面不存在, 请检查链接" if exc.status_code == 404
                        else "该页面不支持此操作, 请从页面上的按钮或链接进入")
-            html = render_text("error_plain.html", status=exc.status_code,
-                               heading=ERROR_HEADINGS.get(exc.status_code, "出错了"),
-                               message=message)
-            return page_response(html, exc.status_code)
-        if http_handler is not None:
-            result: Any = http_handler(request, exc)
-            return await result if hasattr(result, "__await__") else result
-        raise exc
+            return _error_page(exc.status_code, message)
+        return await _handed_on(http_handler, request, exc)
 
     app.add_exception_handler(StarletteHTTPException, on_http_error)

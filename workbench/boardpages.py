@@ -109,11 +109,7 @@ def weekly(c: Context, scope: bd.Scope, r: bd.Range) -> list[bd.TrendPoint]:
 async def indicators_export(
     fmt: str, request: Request, caller: Annotated[Principal, allow("board.read")]
 ) -> Response:
-    c = ctx(request)
-    if fmt not in ("csv", "xlsx"):
-        raise not_found("format_not_found", "仅支持 csv 或 xlsx", "csv or xlsx only")
-    now = c.clock()
-    scope, _, scope_name = scope_of(request, caller)
+    c, now, scope, scope_name = export_of(request, caller, fmt)
     r, _ = range_of(request, now)
 
     def load() -> list[bd.IndicatorLine]:
@@ -126,6 +122,17 @@ async def indicators_export(
         return download(export.indicators_csv(lines), "text/csv; charset=utf-8", f"{name}.csv")
     notes = export.range_notes(c.ref.county.name, scope_name, r, r.as_of(now))
     return download(export.indicators_xlsx(lines, notes), export.XLSX_TYPE, f"{name}.xlsx")
+
+
+def export_of(request: Request, caller: Principal,
+              fmt: str) -> tuple[Context, datetime, bd.Scope, str]:
+    """An export's context, its moment and the caller's scope (and its name); 404 for a format
+    other than csv or xlsx."""
+    c = ctx(request)
+    if fmt not in ("csv", "xlsx"):
+        raise not_found("format_not_found", "仅支持 csv 或 xlsx", "csv or xlsx only")
+    scope, _, scope_name = scope_of(request, caller)
+    return c, c.clock(), scope, scope_name
 
 
 def download(data: bytes, media: str, filename: str) -> Response:
@@ -263,11 +270,7 @@ async def cases_page(
 async def cases_export(
     fmt: str, request: Request, caller: Annotated[Principal, allow("board.read")]
 ) -> Response:
-    c = ctx(request)
-    if fmt not in ("csv", "xlsx"):
-        raise not_found("format_not_found", "仅支持 csv 或 xlsx", "csv or xlsx only")
-    now = c.clock()
-    scope, _, scope_name = scope_of(request, caller)
+    c, now, scope, scope_name = export_of(request, caller, fmt)
     f, _ = case_filters(request, now)
 
     def load() -> list[dict[str, Any]]:

@@ -31,11 +31,12 @@ from accounts.roles import (
 )
 from gridflow import events as ev
 from gridflow.core import case as core
-from producers.commands import case_actor, case_missing, case_of_task, task_actor
+from producers.commands import case_actor, case_missing
 from producers.context import Context, ctx
 from sinks.models import Case, Task
 from workbench import commands as cmd
 from workbench.dept import decorate_rows
+from workbench.forms import case_post, form_page, task_post
 from workbench.web import new_form_key, query, render, see_other
 
 router = APIRouter(tags=["console 督办台"], include_in_schema=False)
@@ -205,11 +206,8 @@ async def queue_page(
 async def decide_extension(
     task_id: str, request: Request, caller: Annotated[Principal, allow("task.decide_extension")]
 ) -> Response:
-    c = ctx(request)
-    actor = await task_actor(c, caller, "task.decide_extension", task_id)
-    case_id = case_of_task(task_id)
-    form = await request.form(max_files=0, max_fields=20)
-    key = cmd.form_key_of(form)
+    c, actor, case_id, form, key = await task_post(request, caller, "task.decide_extension",
+                                                   task_id)
     approve = str(form.get("approve") or "") == "yes"
     reason = str(form.get("reason") or "").strip()[:1000]
     back = str(form.get("back") or "")
@@ -281,21 +279,15 @@ async def show_whistle(request: Request, caller: Principal, case_id: str,
                   form_key=form_key or new_form_key())
 
 
-@router.get("/s/cases/{case_id}/whistle", summary="吹哨报到 (form)")
-async def whistle_page(
-    case_id: str, request: Request, caller: Annotated[Principal, allow("case.whistle")]
-) -> Response:
-    return await show_whistle(request, caller, case_id)
+form_page(router, "/s/cases/{case_id}/whistle", "whistle_page", "吹哨报到 (form)", "case.whistle",
+          show_whistle)
 
 
 @router.post("/s/cases/{case_id}/whistle", summary="吹哨报到 (submit)")
 async def whistle(
     case_id: str, request: Request, caller: Annotated[Principal, allow("case.whistle")]
 ) -> Response:
-    c = ctx(request)
-    actor = await case_actor(c, caller, "case.whistle", case_id)
-    form = await request.form(max_files=0, max_fields=100)
-    key = cmd.form_key_of(form)
+    c, actor, _, form, key = await case_post(request, caller, "case.whistle", case_id, 100)
     chosen = [str(d) for d in form.getlist("departments") if str(d) in c.ref.departments]
     reason = str(form.get("reason") or "").strip()[:1000]
     errors = []
@@ -336,21 +328,15 @@ async def show_cancel(request: Request, caller: Principal, case_id: str,
                   errors=errors or [], reason=reason, form_key=form_key or new_form_key())
 
 
-@router.get("/s/cases/{case_id}/cancel", summary="撤销案件 (form)")
-async def cancel_page(
-    case_id: str, request: Request, caller: Annotated[Principal, allow("task.cancel")]
-) -> Response:
-    return await show_cancel(request, caller, case_id)
+form_page(router, "/s/cases/{case_id}/cancel", "cancel_page", "撤销案件 (form)", "task.cancel",
+          show_cancel)
 
 
 @router.post("/s/cases/{case_id}/cancel", summary="撤销案件: every open task (submit)")
 async def cancel(
     case_id: str, request: Request, caller: Annotated[Principal, allow("task.cancel")]
 ) -> Response:
-    c = ctx(request)
-    actor = await case_actor(c, caller, "task.cancel", case_id)
-    form = await request.form(max_files=0, max_fields=20)
-    key = cmd.form_key_of(form)
+    c, actor, _, form, key = await case_post(request, caller, "task.cancel", case_id)
     reason = str(form.get("reason") or "").strip()[:1000]
     if not reason:
         return await show_cancel(request, caller, case_id,

@@ -26,13 +26,14 @@ from gridflow import events as ev
 from gridflow.core import case as core
 from gridflow.core.refdata import ReferenceData
 from gridflow.events import iso, parse_ts
-from producers.commands import case_missing, case_of_task, task_actor, task_missing, township_centre
+from producers.commands import case_missing, task_actor, task_missing, township_centre
 from producers.context import Context, ctx
 from producers.status import sees_inbox
 from sinks.models import Case, Task
 from workbench import commands as cmd
 from workbench import inbox as ib
 from workbench.casefile import Names, load_case_file
+from workbench.forms import task_post
 from workbench.state import state_of
 from workbench.web import (
     countdown,
@@ -374,12 +375,8 @@ def _action_routes(action: str) -> None:
 
 
 async def post_action(request: Request, caller: Principal, action: str, task_id: str) -> Response:
-    c = ctx(request)
     access, type_ = ACTIONS[action]
-    actor = await task_actor(c, caller, access, task_id)
-    case_id = case_of_task(task_id)
-    form = await request.form(max_files=20, max_fields=50)
-    key = cmd.form_key_of(form)
+    c, actor, case_id, form, key = await task_post(request, caller, access, task_id, 20, 50)
     values = {k: str(v) for k, v in form.items() if isinstance(v, str)}
     st = state_of(request)
     try:
@@ -457,11 +454,7 @@ for _action in ACTIONS:
 async def sign(
     task_id: str, request: Request, caller: Annotated[Principal, allow("task.sign")]
 ) -> Response:
-    c = ctx(request)
-    actor = await task_actor(c, caller, "task.sign", task_id)
-    case_id = case_of_task(task_id)
-    form = await request.form(max_files=0, max_fields=20)
-    key = cmd.form_key_of(form)
+    c, actor, case_id, form, key = await task_post(request, caller, "task.sign", task_id)
     back = str(form.get("back") or "")
     try:
         command_id = await cmd.submit(c, actor, ev.SIGN_TASK, case_id,

@@ -32,6 +32,7 @@ from producers.context import Context, ctx
 from producers.errors import ApiError
 from workbench import commands as cmd
 from workbench import replies
+from workbench.forms import form_page
 from workbench.web import new_form_key, render, safe_next, see_other
 
 router = APIRouter(tags=["workbench 部门工作台"], include_in_schema=False)
@@ -133,11 +134,8 @@ async def show_assign(request: Request, caller: Principal, task_id: str,
                   dept_name=c.ref.departments[task["department"]].name)
 
 
-@router.get("/w/tasks/{task_id}/assign", summary="二次派遣 (form)")
-async def assign_page(
-    task_id: str, request: Request, caller: Annotated[Principal, allow("task.sign")]
-) -> Response:
-    return await show_assign(request, caller, task_id)
+form_page(router, "/w/tasks/{task_id}/assign", "assign_page", "二次派遣 (form)", "task.sign",
+          show_assign)
 
 
 @router.post("/w/tasks/{task_id}/assign", summary="二次派遣 (submit)")
@@ -228,11 +226,9 @@ async def show_templates(request: Request, caller: Principal, code: str,
                   form_key=new_form_key())
 
 
-@router.get("/w/d/{code}/templates", summary="常用回复 / the department's reply templates")
-async def templates_page(
-    code: str, request: Request, caller: Annotated[Principal, allow("task.progress")]
-) -> Response:
-    return await show_templates(request, caller, code)
+form_page(router, "/w/d/{code}/templates", "templates_page",
+          "常用回复 / the department's reply templates", "task.progress",
+          show_templates)
 
 
 @router.post("/w/d/{code}/templates", summary="保存常用回复 / add or change a template (form)")
