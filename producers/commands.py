@@ -289,6 +289,14 @@ async def case_actor(c: Context, caller: Principal, action: str, case_id: str) -
     return actor_of(caller, acting(caller, action, found, case_missing(case_id)))
 
 
+def command_route(path: str, summary: str, **extra: Any) -> Callable[[Any], Any]:
+    """POST `path`: a command route, answered 202 Accepted once the command is on the log."""
+    return router.post(
+        path, status_code=202, response_model=Accepted, summary=summary, responses=RESPONSES,
+        **extra,
+    )
+
+
 def _task_command(path: str, type_: str, action: str, model: type[BaseModel], summary: str) -> None:
     async def handler(
         task_id: TaskId,
@@ -307,13 +315,7 @@ def _task_command(path: str, type_: str, action: str, model: type[BaseModel], su
     handler.__annotations__["body"] = model  # a class, not the string "model", for FastAPI
     handler.__annotations__["caller"] = Annotated[Principal, allow(action)]
     handler.__name__ = f"{type_[0].lower()}{type_[1:]}"
-    router.post(
-        f"/api/v1/tasks/{{task_id}}/{path}",
-        status_code=202,
-        response_model=Accepted,
-        summary=summary,
-        responses=RESPONSES,
-    )(handler)
+    command_route(f"/api/v1/tasks/{{task_id}}/{path}", summary)(handler)
 
 
 _task_command("sign", ev.SIGN_TASK, "task.sign", SignBody, "签收 / sign for a task")
@@ -342,12 +344,9 @@ _task_command(
 _task_command("cancel", ev.CANCEL_TASK, "task.cancel", ReasonBody, "撤销 / cancel a task")
 
 
-@router.post(
+@command_route(
     "/api/v1/tasks/{task_id}/send-back",
-    status_code=202,
-    response_model=Accepted,
-    summary="退单 / send a task back as not this department's",
-    responses=RESPONSES,
+    "退单 / send a task back as not this department's",
 )
 async def send_back(
     task_id: TaskId,
@@ -386,13 +385,10 @@ RESOLVE_DOC = multipart_doc(
 )
 
 
-@router.post(
+@command_route(
     "/api/v1/tasks/{task_id}/resolve",
-    status_code=202,
-    response_model=Accepted,
+    "办结 / resolve a task with after photos",
     openapi_extra=RESOLVE_DOC,
-    responses=RESPONSES,
-    summary="办结 / resolve a task with after photos",
 )
 async def resolve(
     task_id: TaskId,
@@ -440,12 +436,9 @@ async def resolve(
     return await with_multipart(request, handle)
 
 
-@router.post(
+@command_route(
     "/api/v1/cases/{case_id}/rating",
-    status_code=202,
-    response_model=Accepted,
-    summary="回访评价 / rate a closed case",
-    responses=RESPONSES,
+    "回访评价 / rate a closed case",
 )
 async def rate(
     case_id: str,
@@ -460,12 +453,9 @@ async def rate(
     return await publish_command(c, actor, ev.RATE_CASE, case_id, data, idempotency_key)
 
 
-@router.post(
+@command_route(
     "/api/v1/cases/{case_id}/whistle",
-    status_code=202,
-    response_model=Accepted,
-    summary="吹哨报到 / whistle departments up to a case",
-    responses=RESPONSES,
+    "吹哨报到 / whistle departments up to a case",
 )
 async def whistle(
     case_id: str,
