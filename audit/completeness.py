@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -365,6 +365,21 @@ class Completeness:
 
     # --- evaluation ---------------------------------------------------------------------------
 
+    def _report_hop(self, ctx: _Eval, hop: HopTally, proc: Offsets,
+                    rows: Iterable[tuple[int, int, str, str]], causes: Container[str],
+                    kind: str, unverifiable: bool) -> None:
+        """A report hop's records: handed on (a message caused by it is on the next topic),
+        dead-lettered, or else undecided (in flight, unverifiable or lost)."""
+        for p, o, mid, rid in rows:
+            hop.records += 1
+            if mid and mid in causes:
+                hop.handed_on += 1
+            elif (hop.topic, p, o) in self._dead:
+                ctx.dead(hop, rid)
+            else:
+                ctx.undecided(hop, proc, p, o, kind if mid else UNDECODABLE, mid, rid, "",
+                              unverifiable)
+
     def result(self, commits: Commits, max_diffs: int = 50,
                trimmed: Iterable[str] = ()) -> CompletenessReport:
         """Classify every record. `trimmed`: topics Kafka no longer holds from offset 0 (records
@@ -377,30 +392,14 @@ class Completeness:
         proc = commits.processor
 
         # 1. reports → intake
-        hop = ctx.hop(INTAKE, n.reports, commits.processor_group)
-        unverifiable = bool(cut & {n.located, n.commands})
-        for p, o, mid, rid in self._reports:
-            hop.records += 1
-            if mid and (mid in self._located_causes or mid in self._refuse_causes):
-                hop.handed_on += 1
-            elif (n.reports, p, o) in self._dead:
-                ctx.dead(hop, rid)
-            else:
-                ctx.undecided(hop, proc, p, o, ev.REPORT_SUBMITTED if mid else UNDECODABLE,
-                              mid, rid, "", unverifiable)
+        self._report_hop(ctx, ctx.hop(INTAKE, n.reports, commits.processor_group), proc,
+                         self._reports, self._located_causes | self._refuse_causes,
+                         ev.REPORT_SUBMITTED, bool(cut & {n.located, n.commands}))
 
         # 2. reports-located → filing
-        hop = ctx.hop(FILING, n.located, commits.processor_group)
-        unverifiable = n.commands in cut
-        for p, o, mid, rid in self._located:
-            hop.records += 1
-            if mid and mid in self._file_causes:
-                hop.handed_on += 1
-            elif (n.located, p, o) in self._dead:
-                ctx.dead(hop, rid)
-            else:
-                ctx.undecided(hop, proc, p, o, ev.REPORT_LOCATED if mid else UNDECODABLE,
-                              mid, rid, "", unverifiable)
+        self._report_hop(ctx, ctx.hop(FILING, n.located, commits.processor_group), proc,
+                         self._located, self._file_causes, ev.REPORT_LOCATED,
+                         n.commands in cut)
 
         # 3. case-commands → case processor
         hop = ctx.hop(CASES, n.commands, commits.processor_group)
