@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -111,13 +112,18 @@ def decided(env: ApiEnv, pipeline: InProcessPipeline, answer: httpx.Response) ->
     assert answer.status_code == 202, answer.text
     body = answer.json()
     cid, case_id = body["command_id"], body["case_id"]
-    record = next(
-        r
-        for r in env.records(
-            topics.CASE_COMMANDS, case_id, lambda r: decode_message(r.value).id == cid
-        )
-        if decode_message(r.value).id == cid
+    t0 = time.monotonic()
+    records = env.records(topics.CASE_COMMANDS, case_id, lambda r: decode_message(r.value).id == cid)
+    found = [r for r in records if decode_message(r.value).id == cid]
+    # seen twice on a loaded machine: a command answered 202 not found within the read's 60 s;
+    # say what was on the topic, so the next failure tells late from absent
+    assert found, (
+        f"command {cid} ({body}) not on case-commands after {time.monotonic() - t0:.1f} s; "
+        f"{len(records)} records read: "
+        + "; ".join(f"p{r.partition}@{r.offset} {r.key!r} {decode_message(r.value).type} "
+                    f"{decode_message(r.value).id}" for r in records[-20:])
     )
+    record = found[0]
     pipeline.command(record.value, case_id, datetime.now(UTC))
     outcome = httpx.get(
         f"{env.url}{body['status_url']}", headers=auth(token("worker")), params={"wait": 2}, timeout=30
