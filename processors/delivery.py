@@ -25,6 +25,30 @@ whose next record stays unprocessed while later ones are done (the record is rea
 processing is idempotent). `SendLedger` remembers the agents' direct sends and their tables'
 changelog writes; a commit waits for all of them and is refused, and the worker crashed, if
 any failed.
+
+Two more of faust's shortcuts left a worker alive but idle, with records waiting (issue 15,
+"a freshly started worker sometimes never processes"):
+
+4. At the end of a rebalance faust resumes the stream partitions and seeks them to their
+   committed offsets while its flow is already running, then resumes the flow once more,
+   which empties every stream's queue (`FlowControlEvent.resume` clears the queues made with
+   `clear_on_resume`). Records fetched in between were thrown away after the seek, so nothing
+   read them again. `GridflowRecovery` holds the flow during that resume-and-seek.
+5. aiokafka's `seek_to_committed` seeks only partitions with a committed offset above 0, so
+   a partition of a new consumer group kept whatever position the fetcher had reached.
+   `GridflowConsumer.seek_to_committed` seeks such a partition to where its count starts.
+
+6. faust's consumer runs aiokafka in a thread of its own and asks it for records through a
+   queue of method calls (mode.threads). Once, a worker's fetch request was never answered:
+   the thread's queue was empty and its workers idle, the request's future pending, and the
+   fetcher waited for it forever with the worker otherwise healthy (seen by attaching to a
+   stalled worker; the same stall as "Consumers slowly die over time" reported for
+   faust-streaming). `GridflowConsumerThread.getmany` gives a fetch FETCH_STUCK_AFTER_S beyond
+   its own timeout, then asks again.
+
+And, behind all of them, a watchdog (`GridflowConsumer._watch_stalls`): a dense partition whose
+fetch position has moved past its committed offset while no record of it is processed or in
+an agent's hands, and the whole worker is idle, for STALL_AFTER_S, is rewound.
 """
 
 from __future__ import annotations
@@ -42,6 +66,7 @@ from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from mode import Service
 
 log = logging.getLogger("gridflow.delivery")
 
@@ -49,6 +74,14 @@ log = logging.getLogger("gridflow.delivery")
 # is rewound to its committed offset. In-order processing never leaves such a hole, so it
 # means faust dropped a fetched record; a short grace lets a rebalance's own seek come first.
 REWIND_AFTER_S = 3.0
+# How often the stall watchdog looks, and how long a partition must look stalled (records
+# behind its fetch position, none processed or in an agent's hands, the worker idle) before it
+# is rewound. A false alarm costs a re-read of records already processed (idempotent).
+WATCH_EVERY_S = 2.0
+STALL_AFTER_S = 6.0
+# A fetch through the consumer thread answers within its timeout (1 s) unless the thread is
+# busy; one that has not answered after this much longer is taken as lost and asked again.
+FETCH_STUCK_AFTER_S = 30.0
 # How long a commit waits for the sends it covers before it gives up and crashes the worker.
 SETTLE_TIMEOUT_S = 120.0
 
@@ -113,6 +146,50 @@ def contiguous_commit(acked: list[int], base: int) -> tuple[int | None, int]:
     return base + n, stale + n
 
 
+class StallWatch:
+    """Which dense partitions look stalled: records fetched past the committed offset
+    (`position > start`), none of them processed (`acked`), no record in an agent's hands
+    anywhere in the worker (`busy`), and that unchanged for `after_s`.
+
+    A record dropped between the fetcher and a stream (faust's queues cleared on resume, a
+    fetch cut short) leaves exactly this picture: the fetcher has moved on and nothing will
+    ever ack the record, so its partition would wait forever."""
+
+    def __init__(self, after_s: float = STALL_AFTER_S) -> None:
+        self.after_s = after_s
+        self._since: dict[TP, tuple[int, float]] = {}
+
+    def look(self, tp: TP, *, start: int | None, position: int | None, acked: bool,
+             busy: bool, now: float) -> bool:
+        """Note what `tp` looks like at `now`; True when it has looked stalled for `after_s`
+        (then its clock starts again, so a rewind that does not help is retried later)."""
+        if start is None or position is None or position <= start or acked or busy:
+            self._since.pop(tp, None)
+            return False
+        seen = self._since.get(tp)
+        if seen is None or seen[0] != start:  # new, or its commit moved: count again
+            self._since[tp] = (start, now)
+            return False
+        if now - seen[1] < self.after_s:
+            return False
+        self._since[tp] = (start, now)
+        return True
+
+    def forget(self, tp: TP) -> None:
+        self._since.pop(tp, None)
+
+
+async def answered_within(call: Awaitable[Any], limit_s: float) -> tuple[bool, Any]:
+    """(True, result) if `call` finishes within `limit_s`, else (False, None) with the call
+    cancelled. Its exception, if it raised, is raised."""
+    task = asyncio.ensure_future(call)
+    done, _ = await asyncio.wait({task}, timeout=limit_s)
+    if task in done:
+        return True, task.result()
+    task.cancel()
+    return False, None
+
+
 class GridflowConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """A static member that leaves the group when it stops cleanly.
 
@@ -141,6 +218,23 @@ class GridflowConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         self._leave_on_close()
         await super().on_thread_stop()
 
+    lost_fetches = 0
+
+    async def getmany(self, active_partitions: Any, timeout: float) -> Any:
+        """faust's fetch through the thread, asked again if it is never answered (shortcut 6).
+
+        Records a lost fetch had taken from aiokafka's buffer, if it ever ran, are not
+        delivered; the partition's committed offset stays before them, and the hole rewind or
+        the stall watchdog reads them again."""
+        answered, records = await answered_within(
+            super().getmany(active_partitions, timeout), timeout + FETCH_STUCK_AFTER_S)
+        if answered:
+            return records
+        self.lost_fetches += 1
+        log.warning("a fetch through the consumer thread was not answered in %.0f s; asking "
+                    "again (%d lost so far)", timeout + FETCH_STUCK_AFTER_S, self.lost_fetches)
+        return {}
+
 
 class GridflowConsumer(faust_aiokafka.Consumer):
     """faust's aiokafka consumer with strict, dense-offset commits for gridflow's topics."""
@@ -150,6 +244,7 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         self._base: dict[TP, int] = {}
         self._hole_since: dict[TP, float] = {}
         self._rewinding: set[TP] = set()
+        self._stalls = StallWatch()
 
     def _new_consumer_thread(self) -> GridflowConsumerThread:
         return GridflowConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -174,12 +269,19 @@ class GridflowConsumer(faust_aiokafka.Consumer):
             if start is not None and start >= 0:
                 self._base[tp] = start
                 self._hole_since.pop(tp, None)
+                self._stalls.forget(tp)
+                if not off or off <= 0:
+                    # aiokafka seeks only offsets above 0: a partition of a new group (or one
+                    # committed at 0) would keep the position the fetcher had reached, past
+                    # records that faust may have dropped since.
+                    await self._seek(tp, start)
         return committed
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
             self._base.pop(tp, None)
             self._hole_since.pop(tp, None)
+            self._stalls.forget(tp)
         await super().on_partitions_revoked(revoked)
 
     def _start_of(self, tp: TP) -> int | None:
@@ -249,6 +351,41 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         finally:
             self._rewinding.discard(tp)
 
+    # --- the stall watchdog -----------------------------------------------------------
+
+    @Service.timer(WATCH_EVERY_S)
+    async def _watch_stalls(self) -> None:
+        """Rewind a dense partition that has stalled (StallWatch): its fetch position past its
+        committed offset, nothing of it processed, nothing in any agent's hands."""
+        app = self.app
+        if (not app.flow_control.is_active() or getattr(app, "rebalancing", False)
+                or getattr(app, "in_recovery", False)):
+            return
+        try:
+            assigned = self.assignment()
+        except Exception:  # not started yet, or closing
+            return
+        busy = bool(self._unacked_messages)
+        now = time.monotonic()
+        for tp in assigned:
+            if not self._dense(tp) or tp in self._rewinding:
+                continue
+            start = self._start_of(tp)
+            position = None
+            if start is not None and not busy and not self._acked[tp]:
+                try:
+                    _, position = await answered_within(self.position(tp), 10.0)
+                except Exception:
+                    position = None
+            if self._stalls.look(tp, start=start, position=position, acked=bool(self._acked[tp]),
+                                 busy=busy, now=now):
+                assert start is not None
+                log.warning("%s: fetched up to %s but nothing processed past %d for %.0f s "
+                            "with the worker idle; rewinding to %d", tp, position, start,
+                            self._stalls.after_s, start)
+                self._rewinding.add(tp)
+                await self._rewind(tp, start)
+
     # --- the commit itself ------------------------------------------------------------
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
@@ -286,6 +423,22 @@ class GridflowRecovery(Recovery):
             if offsets.get(tp) is None:
                 offsets[tp] = -1  # faust's "from the start" (it seeks 0; the log start if later)
         await super()._seek_offsets(consumer, tps, offsets, title)
+
+    # faust resumes the stream partitions and seeks them to their committed offsets with the
+    # flow already running (the changelog restore resumed it), then resumes the flow again,
+    # which clears every stream's queue: records fetched between the seek and that clear were
+    # dropped after the seek had passed them (processors.delivery, shortcut 4). Holding the
+    # flow first means nothing reaches the queues until the seek is done; a record an agent
+    # finishes meanwhile is not counted (GridflowConsumer.ack) and is read again from the
+    # committed offset.
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        self.app.flow_control.suspend()
+        await super().on_recovery_completed(generation_id)
+
+    async def _resume_streams(self, generation_id: int = 0) -> None:
+        self.app.flow_control.suspend()
+        await super()._resume_streams(generation_id)
 
 
 class GridflowTableManager(TableManager):

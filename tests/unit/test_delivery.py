@@ -7,8 +7,9 @@ import asyncio
 
 import pytest
 from faust.exceptions import ProducerSendError
+from faust.types import TP
 
-from processors.delivery import SendLedger, contiguous_commit
+from processors.delivery import SendLedger, StallWatch, answered_within, contiguous_commit
 
 
 def test_commits_the_run_that_starts_at_the_committed_offset():
@@ -214,3 +215,60 @@ def test_acks_that_are_all_below_the_committed_offset_commit_nothing_and_raise_n
     _acked(c, tp, [47, 48])
     assert c._new_offset(tp) is None
     assert c._acked[tp] == [] and tp not in c._hole_since
+
+
+# --- the stall watchdog's judgement (processors.delivery.StallWatch) ---------------------
+
+TP0 = TP("t.reports", 0)
+
+
+def _look(watch: StallWatch, at: float, **kw: object) -> bool:
+    seen: dict[str, object] = {"start": 5, "position": 9, "acked": False, "busy": False}
+    seen.update(kw)
+    return watch.look(TP0, now=at, **seen)  # type: ignore[arg-type]
+
+
+def test_a_partition_fetched_past_its_commit_with_nothing_processed_is_stalled_after_a_while() -> None:
+    watch = StallWatch(after_s=6.0)
+    assert not _look(watch, 100.0)
+    assert not _look(watch, 105.9)
+    assert _look(watch, 106.0)
+    # its clock starts again: a rewind that did not help is tried again later, not at once
+    assert not _look(watch, 107.0)
+    assert _look(watch, 112.0)
+
+
+def test_no_stall_while_anything_is_in_hand_processed_or_not_yet_fetched() -> None:
+    for kw in ({"busy": True}, {"acked": True}, {"position": 5}, {"position": None},
+               {"start": None}):
+        watch = StallWatch(after_s=6.0)
+        assert not _look(watch, 100.0, **kw)
+        assert not _look(watch, 200.0, **kw), kw
+
+
+def test_a_moving_commit_or_a_busy_moment_starts_the_count_again() -> None:
+    watch = StallWatch(after_s=6.0)
+    assert not _look(watch, 100.0)
+    assert not _look(watch, 105.0, start=6)  # committed further: counted from here
+    assert not _look(watch, 110.0, start=6)
+    assert _look(watch, 111.0, start=6)
+    watch = StallWatch(after_s=6.0)
+    assert not _look(watch, 100.0)
+    assert not _look(watch, 104.0, busy=True)
+    assert not _look(watch, 108.0)
+    assert _look(watch, 114.0)
+
+
+def test_answered_within_gives_up_on_a_call_that_never_returns() -> None:
+    async def run() -> tuple[tuple[bool, object], tuple[bool, object], bool]:
+        never = asyncio.Event()
+        forever = asyncio.ensure_future(never.wait())
+        lost = await answered_within(forever, 0.05)
+        answered = await answered_within(asyncio.sleep(0, result={"tp": [1]}), 1.0)
+        await asyncio.sleep(0)
+        return lost, answered, forever.cancelled()
+
+    lost, answered, cancelled = asyncio.run(run())
+    assert lost == (False, None)
+    assert answered == (True, {"tp": [1]})
+    assert cancelled  # the lost call is not left running
