@@ -196,17 +196,11 @@ def _drop_database(admin: dict[str, Any], name: str, attempts: int = 5) -> None:
     cannot be dropped is reported, not raised, so the figures measured before stand."""
     import psycopg
 
-    from gridflow.core.retry import RetryPolicy
-    from gridflow.retry import retry_blocking
-
-    def drop() -> None:
-        with psycopg.connect(**admin) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    from infra.postgres import drop_database
 
     try:
-        retry_blocking(RetryPolicy("bench-drop-database", 1.0, 5.0), f"dropping {name}", drop,
-                       attempts=attempts, retry_on=(psycopg.Error,))
-    except psycopg.Error as exc:
+        drop_database(admin, name, attempts=attempts)
+    except (psycopg.Error, RuntimeError) as exc:
         print(f"bench: could not drop database {name} ({exc}); drop it by hand", file=sys.stderr)
 
 

@@ -31,6 +31,7 @@ from gridflow import topics
 from gridflow.core.refdata import ReferenceData, load_reference_data
 from gridflow.settings import Settings
 from infra import services
+from infra.postgres import drop_database
 from sinks.models import Case, Photo, Report, Task, create_schema, make_engine, table_of
 
 Echo = Callable[[str], None]
@@ -53,11 +54,9 @@ class RunPlace:
     database: str
 
     def drop(self) -> None:
-        import psycopg
 
         topics.delete_topics(self.settings.kafka_bootstrap, self.settings.topic_prefix)
-        with psycopg.connect(**self.admin) as conn:  # type: ignore[arg-type]
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        drop_database(self.admin, self.database)
 
 
 def new_place(settings: Settings, log_dir: Path, tag: str) -> RunPlace:

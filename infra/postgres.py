@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from infra.procs import Echo, ServerError, port_open, run_logged, split_host_port
 from infra.server import Server
@@ -207,3 +208,43 @@ def can_traverse(user: str, directory: Path) -> bool:
     result = subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(directory)],
                             capture_output=True)
     return result.returncode == 0
+
+
+def drop_database(admin: dict[str, Any], name: str, attempts: int = 8) -> None:
+    """Drop database `name` (IF EXISTS, WITH (FORCE)) as the non-superuser in `admin`
+    (psycopg.connect keywords, autocommit), retrying while it cannot.
+
+    FORCE terminates the other sessions on the database, but only those the caller may
+    signal: an autovacuum worker (or a superuser's session) that happens to be on it makes
+    the drop fail with "must be a member of the role whose process is being terminated" (seen
+    in test teardowns). Such a session is short-lived, so the drop is tried again; when it
+    keeps failing, the error names the sessions still on the database."""
+    import time
+
+    import psycopg
+
+    for attempt in range(1, attempts + 1):
+        try:
+            with psycopg.connect(**admin) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse) as exc:
+            if attempt == attempts:
+                raise RuntimeError(f"database {name} could not be dropped after {attempts} "
+                                   f"tries ({exc}); sessions still on it: "
+                                   f"{_sessions_on(admin, name)}") from exc
+            time.sleep(min(0.25 * attempt, 2.0))
+
+
+def _sessions_on(admin: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    import psycopg
+
+    try:
+        with psycopg.connect(**admin) as conn:
+            rows = conn.execute(
+                "SELECT pid, usename, backend_type, state, left(query, 80) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchall()
+    except psycopg.Error as exc:
+        return [{"error": str(exc)}]
+    return [dict(zip(("pid", "user", "backend", "state", "query"), row, strict=True))
+            for row in rows]

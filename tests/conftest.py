@@ -20,6 +20,7 @@ from gridflow.topics import delete_topics
 from infra import stack as infra_stack
 from infra.kafka import ensure_catalogue
 from infra.minio import client as minio_client
+from infra.postgres import drop_database
 
 _install_error: list[str] = []
 
@@ -179,8 +180,7 @@ def pg_url(stack: Stack) -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     yield (f"postgresql+psycopg://{settings.postgres_user}@127.0.0.1:{settings.postgres_port}/"
            f"{name}")
-    with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(admin, name)
 
 
 @pytest.fixture

@@ -35,6 +35,8 @@ from typing import Any
 
 import pytest
 
+from infra.postgres import drop_database
+
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 SCREENSHOTS = REPO / "docs" / "screenshots"
@@ -268,8 +270,7 @@ def site(stack: Any) -> Iterator[Site]:
         delete_topics(stack.bootstrap, tag)
         for bucket in (incoming, archive):
             _remove_bucket(s3, bucket)
-        with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
-            conn.execute(f'DROP DATABASE IF EXISTS "{tag}" WITH (FORCE)')
+        drop_database(admin, tag)
 
 
 def _remove_bucket(s3: Any, name: str) -> None:

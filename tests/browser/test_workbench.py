@@ -34,6 +34,7 @@ from demo import images
 from gridflow.core import geo
 from gridflow.core.refdata import load_reference_data
 from infra import services
+from infra.postgres import drop_database
 
 REF = load_reference_data()
 VILLAGE = "421099101201.cwh"  # 石门村村委会: E0102 in 石门村一组网格 goes here
@@ -164,8 +165,7 @@ def county(stack: Any, browser: Any, tmp_path_factory: pytest.TempPathFactory) -
         delete_topics(stack.bootstrap, tag)
         for bucket in (incoming, archive):
             _remove_bucket(s3, bucket)
-        with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
-            conn.execute(f'DROP DATABASE IF EXISTS "{tag}" WITH (FORCE)')
+        drop_database(admin, tag)
 
 
 def _healthy(url: str) -> bool:

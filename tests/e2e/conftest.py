@@ -23,6 +23,7 @@ from gridflow.clock import scaled_spec
 from gridflow.topics import delete_topics
 from infra import services
 from infra.kafka import ensure_catalogue
+from infra.postgres import drop_database
 
 HERE = Path(__file__).parent
 
@@ -81,8 +82,7 @@ def pipeline(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
             delete_topics(stack.bootstrap, tag)
             for bucket in (incoming, archive):
                 _remove_bucket(s3, bucket)
-            with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
-                conn.execute(f'DROP DATABASE IF EXISTS "{tag}" WITH (FORCE)')
+            drop_database(admin, tag)
 
 
 def _remove_bucket(s3: Any, name: str) -> None:

@@ -39,6 +39,7 @@ from gridflow.events import Message, iso
 from gridflow.settings import Settings
 from infra import services
 from infra.kafka import ensure_catalogue
+from infra.postgres import drop_database
 from processors.app import app_id_for
 from sinks.models import create_schema, make_engine
 from tests.waiting import wait_until
@@ -317,8 +318,7 @@ def county(stack, tmp_path_factory) -> Iterator[CountyRun]:  # type: ignore[no-u
             p.stop()
     yield CountyRun(settings, prefix, sqlite_url, pg_url, f"sqlite:///{captured}", archive,
                     photo_case, events)
-    with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
-        conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+    drop_database(admin, pg_name)
     _drop_topics(stack.bootstrap, prefix)
     for bucket in (incoming, archive):
         _drop_bucket(store, bucket)
