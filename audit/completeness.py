@@ -6,7 +6,9 @@ dropped — the log simply never shows its consequences. This check follows each
 that already travel on the log:
 
 1. `<p>.reports` → intake: a ReportSubmitted R is handed on by a ReportLocated or a RefuseReport
-   command whose causation_id is R's id, or a dead letter naming R's topic/partition/offset;
+   command whose causation_id is R's id, by a FileReport caused by the ReportLocated id derived
+   from R's (a report filed in one step, keyed by township), or a dead letter naming R's
+   topic/partition/offset;
 2. `<p>.reports-located` → filing: a ReportLocated L by a FileReport caused by L, or a dead letter;
 3. `<p>.case-commands` → case processor: a command C by any case event or command caused by C,
    a CommandRefused naming C (data.command_id), or a dead letter. Decided without a trace by
@@ -55,7 +57,8 @@ HOP_LABELS = {
     PHOTOS: "照片归档 / photos → archive",
 }
 HOP_EVIDENCE = {
-    INTAKE: "reports-located, case-commands (RefuseReport) or the dead letters",
+    INTAKE: "reports-located, case-commands (RefuseReport, or FileReport when filed in one "
+            "step) or the dead letters",
     FILING: "case-commands (FileReport) or the dead letters",
     CASES: "case-events, case-commands or the dead letters",
     PHOTOS: "case-events (PhotoArchived) or case-commands (RecordPhotoArchived)",
@@ -284,7 +287,7 @@ class Completeness:
         obj = _obj(r.value)
         mid = _s(obj, "id") if obj is not None and obj.get("type") == ev.REPORT_SUBMITTED else ""
         rid = _s(obj.get("data"), "report_id") if obj is not None else ""
-        if not rid and r.key:  # the topic is keyed by report id
+        if not rid and r.key:  # keyed by report id, or by township (then a township code)
             rid = sys.intern(bytes(r.key).decode("utf-8", "replace"))
         self._reports.append((r.partition, r.offset, mid, rid))
 
@@ -391,9 +394,13 @@ class Completeness:
         ctx = _Eval(rep, max_diffs)
         proc = commits.processor
 
-        # 1. reports → intake
+        # 1. reports → intake; a report filed in the same step (issue 16: keyed by township,
+        # processors.steps.intake_and_file_step) has no ReportLocated on the log: its
+        # FileReport is caused by the ReportLocated id derived from it.
+        one_hop = {mid for _, _, mid, _ in self._reports
+                   if mid and ev.derived_id(mid, ev.REPORT_LOCATED) in self._file_causes}
         self._report_hop(ctx, ctx.hop(INTAKE, n.reports, commits.processor_group), proc,
-                         self._reports, self._located_causes | self._refuse_causes,
+                         self._reports, self._located_causes | self._refuse_causes | one_hop,
                          ev.REPORT_SUBMITTED, bool(cut & {n.located, n.commands}))
 
         # 2. reports-located → filing

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gridflow.core.geo import random_point_in
-from gridflow.core.intake import CHINA_TZ
+from gridflow.core.intake import CHINA_TZ, report_key
 from gridflow.core.refdata import ReferenceData, Worker, load_reference_data
 from gridflow.events import REPORT_SUBMITTED, Message, derived_id, iso
 
@@ -60,6 +60,17 @@ class County:
             "lon": s.lon,
             "captured_at": taken.isoformat(timespec="seconds"),
         }
+
+    def keyed_report(self, i: int, run: str, at: datetime,
+                     by_report_id: bool = False) -> tuple[str, bytes]:
+        """(key, value) of a resident's ReportSubmitted as the API publishes it: keyed by its
+        township (intake.report_key); `by_report_id` keys it as the API did before issue 16."""
+        value = self.resident_submitted(i, run, at)
+        report_id = f"{run}-{i:07d}"
+        if by_report_id:
+            return report_id, value
+        data = json.loads(value)["data"]  # the spot is random: read it back from the report
+        return report_key(self.ref, report_id, data["lat"], data["lon"]), value
 
     def resident_submitted(self, i: int, run: str, at: datetime) -> bytes:
         """A resident's ReportSubmitted without photos, as the API publishes it."""

@@ -7,11 +7,17 @@ Reports are residents' complaints without photos (so the archive agent has nothi
 1,000 per simulated day; the worker runs on a clock at the first report's time, so no deadline
 falls due during the run. Set GRIDFLOW_BENCH_PYSPY=<dir> to record py-spy profiles of the
 worker and the sink (speedscope JSON) while they run.
+
+Reports are keyed as the API keys them: by township (intake.report_key), so the worker files
+each in one step. GRIDFLOW_BENCH_REPORT_KEY=report_id keys them by report id as before issue
+16, which sends every report through `<p>.reports-located` (the two-hop path, for comparison
+in the same conditions).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,6 +46,7 @@ T0 = datetime(2026, 11, 2, 0, 30, tzinfo=UTC)
 PER_DAY = 1000
 TARGET_RATE = 5000
 TARGET_RATIO = 0.5
+BY_REPORT_ID = os.environ.get("GRIDFLOW_BENCH_REPORT_KEY", "township") == "report_id"
 
 
 def preload(bootstrap: str, topic: str, count: int, run: str) -> None:
@@ -51,8 +58,8 @@ def preload(bootstrap: str, topic: str, count: int, run: str) -> None:
     step = timedelta(days=1) / PER_DAY
     try:
         for i in range(count):
-            value = county.resident_submitted(i, run, T0 + i * step)
-            producer.send(topic, key=f"{run}-{i:07d}".encode(), value=value)
+            key, value = county.keyed_report(i, run, T0 + i * step, by_report_id=BY_REPORT_ID)
+            producer.send(topic, key=key.encode(), value=value)
         producer.flush(timeout=300)
     finally:
         producer.close(timeout=30)

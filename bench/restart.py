@@ -311,8 +311,9 @@ def put_reports(ctx: Context, settings: Any, numbers: range) -> set[str]:
         for n in numbers:
             at = datetime.now(UTC)
             report_id = f"{ctx.run_id}-{n:07d}"
-            producer.send(topics.REPORTS.name(settings.topic_prefix), key=report_id.encode(),
-                          value=county.resident_submitted(n, ctx.run_id, at)).get(timeout=60)
+            key, value = county.keyed_report(n, ctx.run_id, at)
+            producer.send(topics.REPORTS.name(settings.topic_prefix), key=key.encode(),
+                          value=value).get(timeout=60)
             wanted.add(case_id_for(report_id, at))
     finally:
         producer.close()

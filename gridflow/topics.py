@@ -165,3 +165,11 @@ def delete_topics(bootstrap: str, prefix: str) -> list[str]:
         return doomed
     finally:
         admin.close()
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as the Java client, kafka-python and
+    aiokafka compute it) puts a record with this key on."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions

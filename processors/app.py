@@ -138,14 +138,18 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
         for suffix, key, value in out.sends:
             track(await producer.send(names[suffix], key.encode(), value, None, None, None))
 
+    radius_m, window = s.dedupe_radius_m, timedelta(hours=s.dedupe_window_hours)
+
     @app.agent(t["reports"], supervisor_strategy=CrashingSupervisor)
     async def intake(stream: Any) -> None:
+        # Reports keyed by township (the API's intake.report_key) are filed right here, on the
+        # partition holding their township's recent cases; others go on to reports-located.
         async for event in stream.events():
             m = event.message
-            out = steps.intake_step(event.value, rt.ref, rt.clock(), m.topic, m.partition, m.offset)
+            out = steps.intake_and_file_step(event.value, rt.ref, recent_cases, rt.clock(),
+                                             m.topic, m.partition, m.offset,
+                                             topics.CASE_PARTITIONS, radius_m, window)
             await emit(out)
-
-    radius_m, window = s.dedupe_radius_m, timedelta(hours=s.dedupe_window_hours)
 
     @app.agent(t["reports-located"], supervisor_strategy=CrashingSupervisor)
     async def filing(stream: Any) -> None:

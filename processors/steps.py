@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gridflow import events as ev
+from gridflow import topics
 from gridflow.core import dedupe, eviction, intake
 from gridflow.core.case import CaseState, DeadlinePlanner, decide, new_case
 from gridflow.core.refdata import ReferenceData
@@ -43,19 +44,58 @@ def command(type_: str, case_id: str, at: datetime | str, data: dict[str, Any], 
 
 # --- intake (立案): validate and locate ---------------------------------------
 
+DEDUPE_RADIUS_M = 50.0
+DEDUPE_WINDOW = timedelta(hours=24)
+
+
 def intake_step(raw: bytes, ref: ReferenceData, now: datetime, source: str,
                 partition: int | None = None, offset: int | None = None) -> Outputs:
     """ReportSubmitted → ReportLocated (keyed by township), a refusal, or a dead letter."""
+    out, located, township = _intake(raw, ref, now, source, partition, offset)
+    if located is not None:
+        out.send("reports-located", township, located[0].encode())
+    return out
+
+
+def intake_and_file_step(raw: bytes, ref: ReferenceData, table: MutableMapping[str, Any],
+                         now: datetime, source: str, partition: int | None, offset: int | None,
+                         partitions: int, radius_m: float = DEDUPE_RADIUS_M,
+                         window: timedelta = DEDUPE_WINDOW) -> Outputs:
+    """ReportSubmitted → FileReport in one step (issue 16), when the record is on the partition
+    its township's key goes to (the API keys reports by township: intake.report_key): then this
+    partition holds the township's recent cases in `table`, and the report is validated,
+    located, checked for a near-duplicate and filed here, exactly as `intake_step` and
+    `filing_step_keyed` would have done it one hop apart (same ReportLocated id, same
+    FileReport). A record keyed otherwise (a log written before, a producer that keys by
+    report id) goes on to `<p>.reports-located` as before."""
+    out, located, township = _intake(raw, ref, now, source, partition, offset)
+    if located is None:
+        return out
+    if partition is None or topics.partition_of(township, partitions) != partition:
+        out.send("reports-located", township, located[0].encode())
+        return out
+    key = filing_key(township, located[2])
+    before = table.get(key) or []
+    live = _file(located, before, out, radius_m, window)
+    if live != before:
+        table[key] = live
+    return out
+
+
+def _intake(raw: bytes, ref: ReferenceData, now: datetime, source: str, partition: int | None,
+            offset: int | None) -> tuple[Outputs, _Located | None, str]:
+    """Validate and locate: a refusal or a dead letter in the outputs, or the ReportLocated
+    (as the filing step reads it) and its township."""
     out = Outputs()
     try:
         msg = decode_message(raw, frozenset({ev.REPORT_SUBMITTED}))
         report = intake.validate_report(msg.data, now=msg.at_dt)
     except SchemaError as exc:
         out.dead(source, partition, offset, raw, f"undecodable: {exc}", now)
-        return out
+        return out, None, ""
     except intake.ReportInvalid as exc:
         out.dead(source, partition, offset, raw, f"invalid report: {exc.field}: {exc.reason_en}", now)
-        return out
+        return out, None, ""
     filing = intake.file_report(ref, report, now=msg.at_dt)
     case_id = intake.case_id_for(report.report_id, msg.at_dt)
     if not filing.filed:
@@ -64,21 +104,20 @@ def intake_step(raw: bytes, ref: ReferenceData, now: datetime, source: str,
             "reason_zh": filing.reason_zh, "reason_en": filing.reason_en,
         }, cause=msg.id, actor=msg.actor)
         out.send("case-commands", case_id, cmd.encode())
-        return out
+        return out, None, ""
+    if report.lat is None or report.lon is None:  # a filed report was located: never here
+        out.dead(source, partition, offset, raw, "the report has no position (lat, lon)", now)
+        return out, None, ""
+    data = {"report": msg.data, **filing.to_dict()}
     located = Message(
         id=derived_id(msg.id, ev.REPORT_LOCATED), type=ev.REPORT_LOCATED, case_id=case_id,
-        at=msg.at, actor=msg.actor, causation_id=msg.id,
-        data={"report": msg.data, **filing.to_dict()},
+        at=msg.at, actor=msg.actor, causation_id=msg.id, data=data,
     )
-    out.send("reports-located", filing.township_code, located.encode())
-    return out
+    return out, (located, data, filing.category_code, report.lat, report.lon), \
+        filing.township_code
 
 
 # --- filing: near-duplicate detection per township, then FileReport -------------
-
-DEDUPE_RADIUS_M = 50.0
-DEDUPE_WINDOW = timedelta(hours=24)
-
 
 def filing_step(raw: bytes, candidates: list[dict[str, Any]], now: datetime, source: str,
                 partition: int | None = None, offset: int | None = None,

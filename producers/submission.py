@@ -167,7 +167,8 @@ def publish_report_sync(
     report_id = data["report_id"]
     photos_hash = upload.photos_hash() if upload else ""
     try:
-        c.publisher.publish(c.topic(topics.REPORTS), report_id, report_submitted(data, at))
+        key = intake.report_key(c.ref, report_id, data.get("lat"), data.get("lon"))
+        c.publisher.publish(c.topic(topics.REPORTS), key, report_submitted(data, at))
     except PublishError as exc:
         log.warning("report %s not published: %s", report_id, exc)
         # An ack that timed out may still be on the log: then its photos stay and the retry

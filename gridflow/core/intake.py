@@ -272,6 +272,21 @@ def case_id_for(report_id: str, filed_at: datetime) -> str:
     return f"AJ{filed_at.astimezone(CHINA_TZ):%Y%m%d}-{tag}"
 
 
+def report_key(ref: ReferenceData, report_id: str, lat: Any, lon: Any) -> str:
+    """The key a ReportSubmitted is published under: the code of the township its position is
+    in, or its report id when it has no position in the county.
+
+    Keyed by township, a report lands on the partition that holds its township's recent cases,
+    so the worker validates, locates, looks for a near-duplicate and files it in one step
+    (processors.steps.intake_and_file_step) instead of handing it through
+    `<p>.reports-located` first (issue 16). Pure and cheap: one point-in-polygon lookup."""
+    try:
+        grid = locate(ref, float(lat), float(lon))
+    except (TypeError, ValueError):
+        grid = None
+    return grid.township_code if grid is not None else report_id
+
+
 def _not_filed(report: Report, now: datetime, code: str, detail: str = "") -> Filing:
     zh, en = NOT_FILED_REASONS[code]
     return Filing(

@@ -18,6 +18,7 @@ from demo.live import read_topic
 from gridflow import topics
 from gridflow.events import decode_message
 from sinks.models import Photo, Report
+from tests.support.api import report_id_of
 
 WORKER = "gw0001"  # 赵建军, 石门村一组网格 (421099101201001)
 IN_GRID = {"latitude": 32.16, "longitude": 109.96, "accuracy": 12}
@@ -87,8 +88,8 @@ def test_a_worker_reports_with_two_photos_and_follows_the_case(
     assert report.photo_count == 2 and report.reporter.startswith("worker:GW0001@")
     [submitted] = [decode_message(r.value) for r in read_topic(
         site.settings.kafka_bootstrap, topics.REPORTS.name(site.settings.topic_prefix),
-        lambda rs: any(r.key == report.report_id.encode() for r in rs))
-        if r.key == report.report_id.encode()]
+        lambda rs: any(report_id_of(r) == report.report_id for r in rs))
+        if report_id_of(r) == report.report_id]
     device = submitted.data["device"]  # the phone's facts: accuracy, the originals' EXIF
     assert device["location_accuracy_m"] == 20 and device["location_source"] == "gps"
     assert [(p["lat"], p["lon"]) for p in device["photo_exif"]] == [(32.16, 109.96)] * 2

@@ -35,6 +35,7 @@ from gridflow.core.refdata import load_reference_data
 from gridflow.settings import Settings
 from processors.archive import thumbnail_key
 from producers.app import create_app
+from tests.support.api import report_id_of
 
 pytestmark = pytest.mark.integration
 
@@ -289,8 +290,8 @@ def world(apps: tuple[FastAPI, FastAPI, Any]) -> Iterator[World]:
         pipeline = InProcessPipeline(deps.engine, REF)
         [record] = [x for x in read_topic(settings.kafka_bootstrap,
                                           topics.REPORTS.name(settings.topic_prefix),
-                                          lambda rs: any(x.key == rid.encode() for x in rs))
-                    if x.key == rid.encode()]
+                                          lambda rs: any(report_id_of(x) == rid for x in rs))
+                    if report_id_of(x) == rid]
         pipeline.report(record.value, datetime.now(UTC))
         case_id = r.json()["case_id"]
         task_id = f"{case_id}-T01"

@@ -31,7 +31,7 @@ from gridflow.core.refdata import load_reference_data
 from gridflow.events import decode_message
 from gridflow.settings import Settings
 from producers.app import create_app
-from tests.support.api import ApiEnv, chinese
+from tests.support.api import ApiEnv, chinese, report_id_of
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def filed_case(env: ApiEnv, pipeline: InProcessPipeline) -> tuple[str, str, str]
     )
     assert r.status_code == 202, r.text
     rid = report["report_id"]
-    record = next(x for x in env.records(topics.REPORTS, rid) if x.key == rid.encode())
+    record = next(x for x in env.report_records(rid) if report_id_of(x) == rid)
     pipeline.report(record.value, datetime.now(UTC))
     case_id = r.json()["case_id"]
     return rid, case_id, f"{case_id}-T01"

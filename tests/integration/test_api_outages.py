@@ -14,7 +14,7 @@ from demo.live import LiveApi, read_topic
 from gridflow import topics
 from gridflow.settings import Settings
 from producers.app import create_app
-from tests.support.api import chinese
+from tests.support.api import chinese, report_id_of
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +49,6 @@ def test_object_store_down_answers_503_publishes_nothing_and_the_retry_succeeds(
     records = read_topic(stack_settings.kafka_bootstrap,
                          topics.REPORTS.name(stack_settings.topic_prefix),
                          lambda rs: len(rs) >= 1, timeout_s=60)
-    assert [rec.key for rec in records] == [report["report_id"].encode()]  # exactly once
+    assert [report_id_of(rec) for rec in records] == [report["report_id"]]  # exactly once
     real = stack.s3()
     assert len(list(real.list_objects(stack_settings.bucket_incoming, recursive=True))) == 2

@@ -28,7 +28,7 @@ from gridflow.core.refdata import load_reference_data
 from gridflow.events import REPORT_SUBMITTED, decode_message, derived_id
 from gridflow.settings import Settings
 from producers.app import Deps, create_app
-from tests.support.api import ApiEnv, chinese
+from tests.support.api import ApiEnv, chinese, report_id_of
 
 pytestmark = pytest.mark.integration
 
@@ -100,11 +100,11 @@ def sentinel(env: ApiEnv) -> str:
 
 def events(env: ApiEnv, until_report: str) -> list[Any]:
     """Every record on the reports topic, read until `until_report` shows up."""
-    return env.records(topics.REPORTS, until_report)
+    return env.report_records(until_report)
 
 
 def submitted(records: list[Any], report_id: str) -> list[Any]:
-    return [r for r in records if r.key == report_id.encode()]
+    return [r for r in records if report_id_of(r) == report_id]
 
 
 # --- accepted ------------------------------------------------------------------------------
@@ -306,7 +306,7 @@ def test_bad_upload_is_refused_in_chinese_leaving_no_photo_and_no_event(
     assert env.objects() == {}, "a refused upload must not leave photos behind"
     end = sentinel(env)
     records = events(env, end)
-    assert [r.key for r in records] == [end.encode()], "a refused upload must not be published"
+    assert [report_id_of(r) for r in records] == [end], "a refused upload must not be published"
 
 
 # --- Kafka down ---------------------------------------------------------------------------------
@@ -341,7 +341,7 @@ def test_kafka_unreachable_answers_503_keeps_nothing_and_the_retry_succeeds(
         lambda rs: len(rs) >= 1,
         timeout_s=60,
     )
-    assert [rec.key for rec in records] == [report["report_id"].encode()]
+    assert [report_id_of(rec) for rec in records] == [report["report_id"]]
     assert len(list(s3.list_objects(bucket, recursive=True))) == 2
 
 

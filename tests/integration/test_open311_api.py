@@ -21,6 +21,7 @@ from accounts.sample import SampleSessions
 from accounts.store import AccountStore
 from demo.live import InProcessPipeline, LiveApi, free_port, real_deps
 from gridflow import topics
+from gridflow.core import intake
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import decode_message
 from gridflow.settings import Settings
@@ -141,7 +142,9 @@ def test_a_complaint_is_published_and_answered_with_its_ticket(env: ApiEnv) -> N
     [record] = env.read(topics.REPORTS, lambda rs: len(rs) >= 1)
     msg = decode_message(record.value)
     d = msg.data
-    assert record.key == d["report_id"].encode() and msg.type == "ReportSubmitted"
+    # keyed by the township it is in (issue 16), so the worker files it in one step
+    assert record.key == intake.report_key(REF, d["report_id"], d["lat"], d["lon"]).encode()
+    assert record.key != d["report_id"].encode() and msg.type == "ReportSubmitted"
     assert msg.actor == d["reporter"] == "resident:resident-42"
     assert (d["source"], d["channel"], d["photos"]) == ("resident", "open311", [])
     assert d["category_code"] == REF.services["illegal-parking"].category_code

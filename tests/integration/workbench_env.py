@@ -29,7 +29,7 @@ from gridflow.core.refdata import load_reference_data
 from gridflow.events import decode_message
 from gridflow.settings import Settings
 from producers.app import create_app
-from tests.support.api import ApiEnv
+from tests.support.api import ApiEnv, report_id_of
 
 REF = load_reference_data()
 VILLAGE = "421099101201.cwh"  # 石门村村委会: E0102 in 石门村一组网格 goes here
@@ -118,7 +118,7 @@ class WorkbenchEnv(ApiEnv):
                            ("photos", ("a.jpg", photo(1), "image/jpeg"))])
         assert r.status_code == 202, r.text
         rid = report["report_id"]
-        [record] = [x for x in self.records(topics.REPORTS, rid) if x.key == rid.encode()]
+        [record] = [x for x in self.report_records(rid) if report_id_of(x) == rid]
         self.pipeline.report(record.value, self.clock())
         return str(r.json()["case_id"])
 

@@ -3,10 +3,20 @@ whether an answer speaks Chinese (`chinese`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 from demo.live import read_topic
+
+
+def report_id_of(record: Any) -> str:
+    """The report id of a record on `<p>.reports` ("" when it has none): the topic is keyed by
+    township (intake.report_key), so the id is read from the ReportSubmitted itself."""
+    try:
+        return str(json.loads(record.value)["data"]["report_id"])
+    except (TypeError, ValueError, KeyError):
+        return ""
 
 
 def chinese(text: str | None) -> bool:
@@ -46,6 +56,14 @@ class ApiEnv:
             lambda rs: any(r.key == want and (until is None or until(r)) for r in rs),
             timeout_s,
         )
+
+    def report_records(self, report_id: str, timeout_s: float = 60) -> list[Any]:
+        """Records of the reports topic, read until report `report_id` is among them (the topic
+        is keyed by township since issue 16, so the key does not name the report)."""
+        from gridflow import topics
+
+        return self.read(topics.REPORTS,
+                         lambda rs: any(report_id_of(r) == report_id for r in rs), timeout_s)
 
     def read(
         self, spec: Any, until: Callable[[list[Any]], bool], timeout_s: float = 60

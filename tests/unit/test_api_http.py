@@ -20,6 +20,7 @@ from sqlalchemy.pool import StaticPool
 from accounts.sample import SampleSessions
 from accounts.store import AccountStore
 from demo import images
+from gridflow.core import geo
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import Message
 from gridflow.settings import Settings
@@ -124,7 +125,10 @@ def test_accepted_report_uses_the_injected_clock(api: Api) -> None:
     assert r.status_code == 202, r.text
     assert r.json()["case_id"].startswith("AJ20261123-")
     [(topic, key, msg)] = api.publisher.sent
-    assert topic == "gridflow.reports" and key == "unit-report-0001"
+    # keyed by the township the report is in (issue 16): the worker files it in one step
+    grid = geo.locate(REF, 32.16, 109.96)
+    assert grid is not None and topic == "gridflow.reports" and key == grid.township_code
+    assert msg.data["report_id"] == "unit-report-0001"
     assert msg.at == "2026-11-23T09:30:00.000000Z" and len(msg.data["photos"]) == 2
     assert len(api.store.objects) == 2
 

@@ -117,6 +117,26 @@ def test_a_report_handed_on_by_located_refusal_or_dead_letter_is_not_lost() -> N
     assert e.outcomes[ev.CASE_NOT_FILED] == 1 and e.dead_lettered == 1
 
 
+def test_a_report_filed_in_one_step_is_handed_on_by_its_file_report() -> None:
+    """Issue 16: keyed by township, a report is filed where it is taken in, so no
+    ReportLocated is on the log; its FileReport is caused by the ReportLocated id derived from
+    the report's, and a FileReport caused by something else is no evidence."""
+    log = Log()
+    for rid in ("r1", "r2"):
+        log.put(NAMES.reports, report_msg(rid).encode(), key=b"330102001")
+    located_id = derived_id("R-r1", ev.REPORT_LOCATED)
+    log.put(NAMES.commands, file_msg("r1", cause=located_id).encode())
+    log.put(NAMES.events, filed_msg("r1").encode())
+    log.put(NAMES.commands, file_msg("r2", cause="L-somebody-else").encode())
+    log.put(NAMES.events, filed_msg("r2").encode())
+    rep = run(log, everything_committed(log))
+    h = hop(rep, cmp.INTAKE)
+    assert (h.records, h.handed_on, h.lost) == (2, 1, 1)
+    (lost,) = rep.lost
+    assert (lost.hop, lost.id) == (cmp.INTAKE, "R-r2")
+    assert hop(rep, cmp.FILING).records == 0
+
+
 def test_a_committed_report_with_nothing_downstream_is_lost() -> None:
     log = Log()
     whole(log, "r1")
