@@ -529,7 +529,7 @@ def topic_copies(settings: Settings) -> Counter[str]:
     """How many records each report id has on the reports topic."""
     from chaos.kill_worker import reports_topic_records
 
-    return Counter(r.key.decode() for r in reports_topic_records(settings))
+    return Counter(topics.report_id_of(r.value, r.key) for r in reports_topic_records(settings))
 
 
 # --- the outage scenarios' common frame (kafka-outage, storage-outage) ---------------------------

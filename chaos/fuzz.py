@@ -177,10 +177,10 @@ def seed_case(base_url: str, app: Any, callers: Callers) -> Known:
                         headers=callers.headers("POST", "/api/v1/reports"))
     answer.raise_for_status()
     rid = str(report["report_id"])
-    want = rid.encode()
-    [record] = [r for r in read_topic(c.settings.kafka_bootstrap,
-                                      topics.REPORTS.name(c.settings.topic_prefix),
-                                      lambda rs: any(r.key == want for r in rs)) if r.key == want]
+    [record] = [r for r in read_topic(
+        c.settings.kafka_bootstrap, topics.REPORTS.name(c.settings.topic_prefix),
+        lambda rs: any(topics.report_id_of(r.value) == rid for r in rs))
+        if topics.report_id_of(r.value) == rid]
     pipeline = InProcessPipeline(c.engine, c.ref)
     pipeline.report(record.value, datetime.now(UTC))
     case_id = str(answer.json()["case_id"])

@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 from demo.images import make_jpeg
 from gridflow import events as ev
 from gridflow import topics
+from gridflow.core.intake import report_key
 from gridflow.core.refdata import ReferenceData, load_reference_data
 from gridflow.events import Message, derived_id, iso
 from gridflow.settings import Settings
@@ -133,8 +134,9 @@ class ReportProducer(threading.Thread):
                 photo = upload_photo(store, self.settings.bucket_incoming, self.run_id, i)
                 msg = sample_report(self.ref, i, self.rng, self.run_id, photo,
                                     self.clock() if self.clock else None)
-                producer.send(name, key=msg.data["report_id"].encode(),
-                              value=msg.encode()).get(timeout=60)
+                key = report_key(self.ref, msg.data["report_id"], msg.data.get("lat"),
+                                 msg.data.get("lon"))  # as the API keys it
+                producer.send(name, key=key.encode(), value=msg.encode()).get(timeout=60)
                 self.sent.append(msg.data["report_id"])
                 i += 1
                 self.stop_event.wait(1.0 / self.rate)
@@ -170,7 +172,8 @@ def reports_topic_records(settings: Settings) -> Iterator[Any]:
 
 def reports_on_topic(settings: Settings) -> dict[str, tuple[int, int]]:
     """Every report id on the reports topic, with its partition and offset."""
-    return {r.key.decode(): (r.partition, r.offset) for r in reports_topic_records(settings)}
+    return {topics.report_id_of(r.value, r.key): (r.partition, r.offset)
+            for r in reports_topic_records(settings)}
 
 
 def report_rows(database_url: str) -> tuple[set[str], int]:

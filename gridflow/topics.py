@@ -173,3 +173,15 @@ def partition_of(key: str, partitions: int) -> int:
     from kafka.partitioner.default import murmur2
 
     return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def report_id_of(value: bytes | None, key: bytes | None = None) -> str:
+    """The report id of a record on `<p>.reports`: read from the ReportSubmitted itself, since
+    the topic is keyed by township (gridflow.core.intake.report_key); the key when the value is
+    not a report (an undecodable record, "" without a key)."""
+    import json
+
+    try:
+        return str(json.loads(value or b"")["data"]["report_id"])
+    except (TypeError, ValueError, KeyError):
+        return key.decode("utf-8", "replace") if key else ""

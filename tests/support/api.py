@@ -3,7 +3,6 @@ whether an answer speaks Chinese (`chinese`)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -13,10 +12,9 @@ from demo.live import read_topic
 def report_id_of(record: Any) -> str:
     """The report id of a record on `<p>.reports` ("" when it has none): the topic is keyed by
     township (intake.report_key), so the id is read from the ReportSubmitted itself."""
-    try:
-        return str(json.loads(record.value)["data"]["report_id"])
-    except (TypeError, ValueError, KeyError):
-        return ""
+    from gridflow import topics
+
+    return topics.report_id_of(record.value)
 
 
 def chinese(text: str | None) -> bool:
