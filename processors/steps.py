@@ -74,11 +74,7 @@ def intake_and_file_step(raw: bytes, ref: ReferenceData, table: MutableMapping[s
     if partition is None or topics.partition_of(township, partitions) != partition:
         out.send("reports-located", township, located[0].encode())
         return out
-    key = filing_key(township, located[2])
-    before = table.get(key) or []
-    live = _file(located, before, out, radius_m, window)
-    if live != before:
-        table[key] = live
+    _file_keyed(located, table, township, out, radius_m, window)
     return out
 
 
@@ -151,15 +147,22 @@ def filing_step_keyed(raw: bytes, table: MutableMapping[str, Any], township: str
     located = _decode_located(raw, out, source, partition, offset, now)
     if located is None:
         return out
+    _file_keyed(located, table, township, out, radius_m, window)
+    return out
+
+
+_Located = tuple[Message, dict[str, Any], str, float, float]
+
+
+def _file_keyed(located: _Located, table: MutableMapping[str, Any], township: str,
+                out: Outputs, radius_m: float, window: timedelta) -> None:
+    """File against the table entry of the report's township and category; write it back only
+    when it changed (one changelog record at most)."""
     key = filing_key(township, located[2])
     before = table.get(key) or []
     live = _file(located, before, out, radius_m, window)
     if live != before:
         table[key] = live
-    return out
-
-
-_Located = tuple[Message, dict[str, Any], str, float, float]
 
 
 def _decode_located(raw: bytes, out: Outputs, source: str, partition: int | None,
