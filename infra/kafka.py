@@ -184,7 +184,7 @@ class Kafka(Server):
             run_logged(
                 self.name,
                 [self._java(), *self._jvm_base(), "kafka.tools.StorageTool", "format",
-                 "-t", cluster_id, "-c", str(self.config_path)],
+                 f"--cluster-id={cluster_id}", "-c", str(self.config_path)],
                 self.log_path, "formatting Kafka storage", echo, timeout_s=120,
             )
 
@@ -334,8 +334,13 @@ def _admin(bootstrap: str, timeout_ms: int):  # type: ignore[no-untyped-def]
 
 
 def new_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (like kafka-storage random-uuid)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (like kafka-storage
+    random-uuid). Like Kafka's own Uuid.randomUuid it never starts with "-": one id in 64 would,
+    and a command line reads such an id as an option (CI once failed on "-XF058OiRFCZ03bQvpy9FQ")."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def java_major_version(java: str) -> int | None:
