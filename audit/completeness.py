@@ -7,8 +7,10 @@ that already travel on the log:
 
 1. `<p>.reports` → intake: a ReportSubmitted R is handed on by a ReportLocated or a RefuseReport
    command whose causation_id is R's id, by a FileReport caused by the ReportLocated id derived
-   from R's (a report filed in one step, keyed by township), or a dead letter naming R's
-   topic/partition/offset;
+   from R's (a report filed in one step, keyed by township), by case events, a refusal or a
+   command caused by the FileReport or RefuseReport id derived from R's (a report whose case
+   was decided in that same step, its ticket on the township's partition), or a dead letter
+   naming R's topic/partition/offset;
 2. `<p>.reports-located` → filing: a ReportLocated L by a FileReport caused by L, or a dead letter;
 3. `<p>.case-commands` → case processor: a command C by any case event or command caused by C,
    a CommandRefused naming C (data.command_id), or a dead letter. Decided without a trace by
@@ -58,7 +60,7 @@ HOP_LABELS = {
 }
 HOP_EVIDENCE = {
     INTAKE: "reports-located, case-commands (RefuseReport, or FileReport when filed in one "
-            "step) or the dead letters",
+            "step), case-events (when its case was decided in that step) or the dead letters",
     FILING: "case-commands (FileReport) or the dead letters",
     CASES: "case-events, case-commands or the dead letters",
     PHOTOS: "case-events (PhotoArchived) or case-commands (RecordPhotoArchived)",
@@ -397,8 +399,22 @@ class Completeness:
         # 1. reports → intake; a report filed in the same step (issue 16: keyed by township,
         # processors.steps.intake_and_file_step) has no ReportLocated on the log: its
         # FileReport is caused by the ReportLocated id derived from it.
-        one_hop = {mid for _, _, mid, _ in self._reports
-                   if mid and ev.derived_id(mid, ev.REPORT_LOCATED) in self._file_causes}
+        # A report whose case was decided in that same step (its case on the report's
+        # partition: intake.ticket_for) has no command on the log either: its FileReport's or
+        # RefuseReport's derived id caused case events (or a refusal, or a refiling command).
+        decided = (self._event_causes, self._command_causes, self._refused)
+        one_hop: set[str] = set()
+        for _, _, mid, rid in self._reports:
+            if not mid:
+                continue
+            located = ev.derived_id(mid, ev.REPORT_LOCATED)
+            file_cmd, refuse_cmd = (ev.derived_id(located, ev.FILE_REPORT),
+                                    ev.derived_id(mid, ev.REFUSE_REPORT))
+            if located in self._file_causes or any(
+                    file_cmd in ids or refuse_cmd in ids for ids in decided):
+                one_hop.add(mid)
+            if file_cmd in self._refused or refuse_cmd in self._refused:
+                ctx.refused_reports.add(rid)
         self._report_hop(ctx, ctx.hop(INTAKE, n.reports, commits.processor_group), proc,
                          self._reports, self._located_causes | self._refuse_causes | one_hop,
                          ev.REPORT_SUBMITTED, bool(cut & {n.located, n.commands}))

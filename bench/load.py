@@ -10,16 +10,16 @@ import random
 import struct
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
 from gridflow.core.geo import random_point_in
-from gridflow.core.intake import CHINA_TZ, report_key
+from gridflow.core.intake import CHINA_TZ, report_key, ticket_for
 from gridflow.core.refdata import ReferenceData, Worker, load_reference_data
-from gridflow.events import REPORT_SUBMITTED, Message, derived_id, iso
+from gridflow.events import REPORT_SUBMITTED, Message, decode_message, derived_id, iso
 
 PHOTO_BYTES = 300 * 1024
 
@@ -62,15 +62,23 @@ class County:
         }
 
     def keyed_report(self, i: int, run: str, at: datetime,
-                     by_report_id: bool = False) -> tuple[str, bytes]:
+                     keyed: str = "ticket") -> tuple[str, bytes]:
         """(key, value) of a resident's ReportSubmitted as the API publishes it: keyed by its
-        township (intake.report_key); `by_report_id` keys it as the API did before issue 16."""
+        township (intake.report_key), carrying the ticket answered (intake.ticket_for), whose
+        case lands on the township's partition. For comparison, `keyed="township"` leaves the
+        ticket out, as the API did in the first step of issue 16 (filed in one step, the case
+        decided one hop later), and `keyed="report_id"` keys it by report id as before issue 16
+        (two hops to the FileReport)."""
         value = self.resident_submitted(i, run, at)
         report_id = f"{run}-{i:07d}"
-        if by_report_id:
+        if keyed == "report_id":
             return report_id, value
-        data = json.loads(value)["data"]  # the spot is random: read it back from the report
-        return report_key(self.ref, report_id, data["lat"], data["lon"]), value
+        msg = decode_message(value)  # the spot is random: read it back from the report
+        lat, lon = msg.data["lat"], msg.data["lon"]
+        key = report_key(self.ref, report_id, lat, lon)
+        if keyed == "ticket":
+            value = replace(msg, case_id=ticket_for(self.ref, report_id, lat, lon, at)).encode()
+        return key, value
 
     def resident_submitted(self, i: int, run: str, at: datetime) -> bytes:
         """A resident's ReportSubmitted without photos, as the API publishes it."""

@@ -8,10 +8,12 @@ Reports are residents' complaints without photos (so the archive agent has nothi
 falls due during the run. Set GRIDFLOW_BENCH_PYSPY=<dir> to record py-spy profiles of the
 worker and the sink (speedscope JSON) while they run.
 
-Reports are keyed as the API keys them: by township (intake.report_key), so the worker files
-each in one step. GRIDFLOW_BENCH_REPORT_KEY=report_id keys them by report id as before issue
-16, which sends every report through `<p>.reports-located` (the two-hop path, for comparison
-in the same conditions).
+Reports are published as the API publishes them: keyed by township (intake.report_key), with
+the ticket placed on the township's partition (intake.ticket_for), so the worker takes each from
+report to its case's events in one step. For comparison in the same conditions,
+GRIDFLOW_BENCH_REPORT_KEY=township leaves the ticket out (filed in one step, the case decided
+one hop later: issue 16's first step) and GRIDFLOW_BENCH_REPORT_KEY=report_id keys them by
+report id as before issue 16 (through `<p>.reports-located` too).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ T0 = datetime(2026, 11, 2, 0, 30, tzinfo=UTC)
 PER_DAY = 1000
 TARGET_RATE = 5000
 TARGET_RATIO = 0.5
-BY_REPORT_ID = os.environ.get("GRIDFLOW_BENCH_REPORT_KEY", "township") == "report_id"
+REPORT_KEY = os.environ.get("GRIDFLOW_BENCH_REPORT_KEY", "ticket")
 
 
 def preload(bootstrap: str, topic: str, count: int, run: str) -> None:
@@ -58,7 +60,7 @@ def preload(bootstrap: str, topic: str, count: int, run: str) -> None:
     step = timedelta(days=1) / PER_DAY
     try:
         for i in range(count):
-            key, value = county.keyed_report(i, run, T0 + i * step, by_report_id=BY_REPORT_ID)
+            key, value = county.keyed_report(i, run, T0 + i * step, keyed=REPORT_KEY)
             producer.send(topic, key=key.encode(), value=value)
         producer.flush(timeout=300)
     finally:

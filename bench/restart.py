@@ -304,6 +304,7 @@ def put_reports(ctx: Context, settings: Any, numbers: range) -> set[str]:
 
     from bench.load import County
     from gridflow.core.intake import case_id_for
+    from gridflow.events import decode_message
 
     county, wanted = County(), set()
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
@@ -314,7 +315,7 @@ def put_reports(ctx: Context, settings: Any, numbers: range) -> set[str]:
             key, value = county.keyed_report(n, ctx.run_id, at)
             producer.send(topics.REPORTS.name(settings.topic_prefix), key=key.encode(),
                           value=value).get(timeout=60)
-            wanted.add(case_id_for(report_id, at))
+            wanted.add(decode_message(value).case_id or case_id_for(report_id, at))
     finally:
         producer.close()
     return wanted

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gridflow.core.partitioning import CASE_PARTITIONS as CASE_PARTITIONS  # re-exported
+
 FOREVER = -1
 WEEK_MS = 7 * 24 * 3600 * 1000
 
@@ -34,8 +36,8 @@ class TopicSpec:
         return cfg
 
 
-# Partition count of every case-keyed topic. Topics read together must agree.
-CASE_PARTITIONS = 4
+# CASE_PARTITIONS (from gridflow.core.partitioning): the partition count of every case-keyed
+# topic. Topics read together must agree.
 
 REPORTS = TopicSpec(
     "reports", CASE_PARTITIONS, FOREVER, False, "report_id",
@@ -170,9 +172,9 @@ def delete_topics(bootstrap: str, prefix: str) -> list[str]:
 def partition_of(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2, as the Java client, kafka-python and
     aiokafka compute it) puts a record with this key on."""
-    from kafka.partitioner.default import murmur2
+    from gridflow.core import partitioning
 
-    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+    return partitioning.partition_of(key, partitions)
 
 
 def report_id_of(value: bytes | None, key: bytes | None = None) -> str:

@@ -179,7 +179,7 @@ async def submit(c: Context, place: Place, request: Request,
     content = {k: fields[k] for k in ("service_code", "description", "phone", "name")}
     content["place"] = place.path()
     req_hash = request_hash(data["reporter"], content)
-    ticket = intake.case_id_for(fields["report_id"], now)
+    ticket = intake.ticket_for(c.ref, fields["report_id"], data.get("lat"), data.get("lon"), now)
     first = ticket_body(ticket, fields["report_id"])
     job = Submission(c, fields["report_id"], ticket, req_hash, first, now, data, upload,
                      extra=extra_data(place, fields))

@@ -119,7 +119,8 @@ def build_app(rt: Runtime, app_id: str | None = None) -> GridflowApp:
 
 
 def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
-    """Intake, filing and the case processor: report → located → command → case events."""
+    """Intake, filing and the case processor: a report → its case's events in one step (or,
+    keyed otherwise, report → located → command → case events)."""
     s = rt.settings
     kind = s.worker_store
     recent_cases = app.Table("recent-cases", default=None, partitions=topics.CASE_PARTITIONS,
@@ -140,17 +141,6 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
 
     radius_m, window = s.dedupe_radius_m, timedelta(hours=s.dedupe_window_hours)
 
-    @app.agent(t["reports"], supervisor_strategy=CrashingSupervisor)
-    async def intake(stream: Any) -> None:
-        # Reports keyed by township (the API's intake.report_key) are filed right here, on the
-        # partition holding their township's recent cases; others go on to reports-located.
-        async for event in stream.events():
-            m = event.message
-            out = steps.intake_and_file_step(event.value, rt.ref, recent_cases, rt.clock(),
-                                             m.topic, m.partition, m.offset,
-                                             topics.CASE_PARTITIONS, radius_m, window)
-            await emit(out)
-
     @app.agent(t["reports-located"], supervisor_strategy=CrashingSupervisor)
     async def filing(stream: Any) -> None:
         async for event in stream.events():
@@ -164,45 +154,65 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
     # the case agent then also follows the deadline ticks, which carry the domain time, and
     # keeps an index of finished cases by hour and a stub of each evicted case.
     evict_days = s.closed_case_evict_days if rt.deadlines is not None else 0.0
-    source: Any = t["case-commands"]
-    ticks_name = ""
+    reports_name, ticks_name = names["reports"], ""
+    source_names = [reports_name, names["case-commands"]]
     if evict_days > 0:
         closed_index = app.Table("closed-cases", default=None, partitions=topics.CASE_PARTITIONS,
                                  options=table_options(kind))
         evicted = app.Table("evicted-cases", default=None, partitions=topics.CASE_PARTITIONS,
                             options=table_options(kind))
         ticks_name = names["deadline-ticks"]
-        source = app.topic(names["case-commands"], ticks_name, key_type=bytes, value_type=bytes,
-                           key_serializer="raw", value_serializer="raw")
+        source_names.append(ticks_name)
+    # One agent, one ordered stream per partition, for the reports and the case commands (and
+    # the ticks): a report is validated, located, checked for a near-duplicate, filed and its
+    # case decided in one step when its case lands on the report's partition (issue 16: the API
+    # keys reports by township and places the ticket on that township's partition,
+    # intake.report_key and intake.ticket_for). All these topics have CASE_PARTITIONS
+    # partitions and are read by the same workers, so faust assigns partition p of each to the
+    # same worker (co-partitioned), and partition p of `cases` holds the cases keyed there.
+    source = app.topic(*source_names, key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw")
+
+    async def decide(raw: bytes, key: str, m: Any) -> None:
+        """A command for case `key` against the case table (as read from case-commands)."""
+        before = cases.get(key)
+        if before is None and evict_days > 0:
+            stub = evicted.get(key)
+            if stub is not None:
+                out, kept = steps.evicted_case_step(raw, stub, rt.clock(), m.topic,
+                                                    m.partition, m.offset)
+                if kept is not None:
+                    evicted[key] = kept
+                await emit(out)
+                return
+        out, state = steps.case_step(raw, before, rt.planner, rt.clock(), m.topic,
+                                     key, m.partition, m.offset)
+        if state is not None:
+            cases[key] = state
+            if evict_days > 0:
+                eviction.EvictionIndex(closed_index, f"p{m.partition}:").note(before, state)
+        await emit(out)
 
     @app.agent(source, supervisor_strategy=CrashingSupervisor)
     async def case_processor(stream: Any) -> None:
         async for event in stream.events():
             m = event.message
+            if m.topic == reports_name:
+                out = steps.intake_and_file_step(event.value, rt.ref, recent_cases, rt.clock(),
+                                                 m.topic, m.partition, m.offset,
+                                                 topics.CASE_PARTITIONS, radius_m, window)
+                here = out.take_commands_on(m.partition, topics.CASE_PARTITIONS)
+                await emit(out)
+                for key, value in here:
+                    await decide(value, key, m)
+                continue
             if m.topic == ticks_name:
                 now = eviction.tick_time(event.value)
                 if now is not None:
                     eviction.evict_due(cases, evicted, eviction.EvictionIndex(
                         closed_index, f"p{m.partition}:"), now, evict_days)
                 continue
-            key = (event.key or b"").decode("utf-8", "replace")
-            before = cases.get(key)
-            if before is None and evict_days > 0:
-                stub = evicted.get(key)
-                if stub is not None:
-                    out, kept = steps.evicted_case_step(event.value, stub, rt.clock(), m.topic,
-                                                        m.partition, m.offset)
-                    if kept is not None:
-                        evicted[key] = kept
-                    await emit(out)
-                    continue
-            out, state = steps.case_step(event.value, before, rt.planner, rt.clock(), m.topic,
-                                         key, m.partition, m.offset)
-            if state is not None:
-                cases[key] = state
-                if evict_days > 0:
-                    eviction.EvictionIndex(closed_index, f"p{m.partition}:").note(before, state)
-            await emit(out)
+            await decide(event.value, (event.key or b"").decode("utf-8", "replace"), m)
 
 
 def _install_archive(app: faust.App, t: dict[str, Any], rt: Runtime) -> None:

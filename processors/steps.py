@@ -29,6 +29,20 @@ class Outputs:
     def send(self, topic_suffix: str, key: str, value: bytes) -> None:
         self.sends.append((topic_suffix, key, value))
 
+    def take_commands_on(self, partition: int, partitions: int) -> list[tuple[str, bytes]]:
+        """Remove and return the case commands whose case id lands on `partition` (of
+        `partitions`): the agent that holds that partition's cases decides them at once,
+        in the order they were asked, instead of sending them round through case-commands."""
+        here: list[tuple[str, bytes]] = []
+        rest: list[tuple[str, str, bytes]] = []
+        for send in self.sends:
+            if send[0] == "case-commands" and topics.partition_of(send[1], partitions) == partition:
+                here.append((send[1], send[2]))
+            else:
+                rest.append(send)
+        self.sends = rest
+        return here
+
     def dead(self, source_topic: str, partition: int | None, offset: int | None, raw: bytes | None,
              reason: str, now: datetime) -> None:
         record = ev.dead_letter(source_topic, partition, offset, raw, reason, now)
@@ -92,8 +106,14 @@ def _intake(raw: bytes, ref: ReferenceData, now: datetime, source: str, partitio
     except intake.ReportInvalid as exc:
         out.dead(source, partition, offset, raw, f"invalid report: {exc.field}: {exc.reason_en}", now)
         return out, None, ""
-    filing = intake.file_report(ref, report, now=msg.at_dt)
-    case_id = intake.case_id_for(report.report_id, msg.at_dt)
+    if msg.case_id and not intake.CASE_ID_RE.match(msg.case_id):
+        out.dead(source, partition, offset, raw, f"invalid report: case_id: not a ticket number "
+                 f"(AJ<yyyymmdd>-<8 base32>): {msg.case_id[:40]!r}", now)
+        return out, None, ""
+    # The ticket the API answered travels with the report (intake.ticket_for); a report written
+    # before that has none, and gets the id it always got.
+    filing = intake.file_report(ref, report, now=msg.at_dt, case_id=msg.case_id)
+    case_id = filing.case_id
     if not filing.filed:
         cmd = command(ev.REFUSE_REPORT, case_id, msg.at, {
             "report": msg.data, "code": filing.reason_code,

@@ -387,7 +387,7 @@ async def _accept(c: Context, req: ResidentRequest) -> JSONResponse:
         intake.validate_report(req.data, now)
     except intake.ReportInvalid as exc:
         raise Open311Error(400, exc.reason_zh, f"{exc.field}: {exc.reason_en}") from exc
-    ticket = intake.case_id_for(req.report_id, now)
+    ticket = intake.ticket_for(c.ref, req.report_id, req.data.get("lat"), req.data.get("lon"), now)
     first = post_response(ticket, req.account_id)
     won = await claim(c, req.report_id, ticket, req.request_hash, first, now)
     if not won.won:

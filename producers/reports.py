@@ -298,7 +298,7 @@ async def _submit(c: Context, worker: Principal, reader: MultipartReader) -> JSO
         c.photo_limits,
         c.inspect,
     )
-    ticket = intake.case_id_for(report.report_id, now)
+    ticket = intake.ticket_for(c.ref, report.report_id, report.lat, report.lon, now)
     job = Submission(
         c, report.report_id, ticket, req_hash, accepted_body(report.report_id, ticket), now,
         data, upload,

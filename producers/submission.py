@@ -55,11 +55,13 @@ def request_hash(reporter: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json({"reporter": reporter, "payload": payload})).hexdigest()
 
 
-def report_submitted(data: dict[str, Any], at: datetime) -> Message:
+def report_submitted(data: dict[str, Any], at: datetime, case_id: str = "") -> Message:
+    """The event on `<p>.reports`; `case_id`: the ticket number answered (intake.ticket_for),
+    under which the worker files it."""
     return Message(
         id=derived_id("report", data["report_id"]),
         type=ev.REPORT_SUBMITTED,
-        case_id="",
+        case_id=case_id,
         at=iso(at),
         actor=data["reporter"],
         data=data,
@@ -167,8 +169,12 @@ def publish_report_sync(
     report_id = data["report_id"]
     photos_hash = upload.photos_hash() if upload else ""
     try:
-        key = intake.report_key(c.ref, report_id, data.get("lat"), data.get("lon"))
-        c.publisher.publish(c.topic(topics.REPORTS), key, report_submitted(data, at))
+        # Keyed by township, with the ticket answered (the same function of the same report and
+        # time as the route's): the worker files it in one step (issue 16).
+        lat, lon = data.get("lat"), data.get("lon")
+        key = intake.report_key(c.ref, report_id, lat, lon)
+        ticket = intake.ticket_for(c.ref, report_id, lat, lon, at)
+        c.publisher.publish(c.topic(topics.REPORTS), key, report_submitted(data, at, ticket))
     except PublishError as exc:
         log.warning("report %s not published: %s", report_id, exc)
         # An ack that timed out may still be on the log: then its photos stay and the retry

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from gridflow.core.geo import locate
+from gridflow.core.partitioning import CASE_PARTITIONS, partition_of
 from gridflow.core.refdata import ReferenceData
 from gridflow.core.routing import RouteDecision, route
 from gridflow.events import PhotoRef, SchemaError, iso, parse_ts
@@ -260,16 +261,56 @@ class Filing:
         return out
 
 
-def case_id_for(report_id: str, filed_at: datetime) -> str:
+CASE_ID_RE = re.compile(r"^AJ\d{8}-[A-Z2-7]{8}$")
+_PLACEMENT_TRIES = 64  # a case id misses its township's partition 64 times: 1 in 10^8 (of 4)
+
+
+def case_id_for(report_id: str, filed_at: datetime, township: str = "",
+                partitions: int = CASE_PARTITIONS) -> str:
     """Readable ticket number: AJ + local (UTC+8) date + '-' + 8 base32 chars of the report id hash.
 
-    Deterministic: the same report id on the same day always gets the same case id.
-    """
+    Deterministic: the same report id on the same day (and township) always gets the same case
+    id. With a township, the 8 characters are the first of sha256(report_id), sha256(report_id
+    + "#1"), ... whose case id Kafka's partitioner puts on the township's partition
+    (partitioning.partition_of), so the case's commands and events share the partition of the
+    township's reports and recent cases, and the worker files the report and decides the case
+    in one step (issue 16). Where a case id lands is only ever a matter of speed: commands are
+    routed by the case id whatever it is."""
     if filed_at.tzinfo is None:
         raise ValueError("filed_at must be timezone-aware")
-    digest = hashlib.sha256(report_id.encode("utf-8")).digest()
-    tag = base64.b32encode(digest[:5]).decode("ascii")  # 40 bits -> exactly 8 chars
-    return f"AJ{filed_at.astimezone(CHINA_TZ):%Y%m%d}-{tag}"
+    day = f"AJ{filed_at.astimezone(CHINA_TZ):%Y%m%d}-"
+    first = day + _tag(report_id)
+    if not township:
+        return first
+    want = partition_of(township, partitions)
+    if partition_of(first, partitions) == want:
+        return first
+    for attempt in range(1, _PLACEMENT_TRIES):
+        case_id = day + _tag(f"{report_id}#{attempt}")
+        if partition_of(case_id, partitions) == want:
+            return case_id
+    return first
+
+
+def _tag(text: str) -> str:
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return base64.b32encode(digest[:5]).decode("ascii")  # 40 bits -> exactly 8 chars
+
+
+def ticket_for(ref: ReferenceData, report_id: str, lat: Any, lon: Any, at: datetime) -> str:
+    """The ticket number (case id) the API answers for a report and publishes in its
+    ReportSubmitted: placed on the partition of the township its position is in
+    (`case_id_for`), or as before when it has none in the county. The worker files the report
+    under exactly this id."""
+    return case_id_for(report_id, at, _township_at(ref, lat, lon))
+
+
+def _township_at(ref: ReferenceData, lat: Any, lon: Any) -> str:
+    try:
+        grid = locate(ref, float(lat), float(lon))
+    except (TypeError, ValueError):
+        grid = None
+    return grid.township_code if grid is not None else ""
 
 
 def report_key(ref: ReferenceData, report_id: str, lat: Any, lon: Any) -> str:
@@ -280,47 +321,48 @@ def report_key(ref: ReferenceData, report_id: str, lat: Any, lon: Any) -> str:
     so the worker validates, locates, looks for a near-duplicate and files it in one step
     (processors.steps.intake_and_file_step) instead of handing it through
     `<p>.reports-located` first (issue 16). Pure and cheap: one point-in-polygon lookup."""
-    try:
-        grid = locate(ref, float(lat), float(lon))
-    except (TypeError, ValueError):
-        grid = None
-    return grid.township_code if grid is not None else report_id
+    return _township_at(ref, lat, lon) or report_id
 
 
-def _not_filed(report: Report, now: datetime, code: str, detail: str = "") -> Filing:
+def _not_filed(report: Report, now: datetime, case_id: str, code: str, detail: str = "",
+               ) -> Filing:
     zh, en = NOT_FILED_REASONS[code]
     return Filing(
-        filed=False, case_id=case_id_for(report.report_id, now), report_id=report.report_id,
+        filed=False, case_id=case_id or case_id_for(report.report_id, now),
+        report_id=report.report_id,
         reporter=report.reporter, category_code=report.category_code, filed_at=now,
         reason_code=code, reason_zh=zh, reason_en=f"{en}{detail}",
     )
 
 
-def file_report(ref: ReferenceData, report: Report, now: datetime) -> Filing:
-    """Decide a validated report: where it is (grid, village, township), who handles it."""
+def file_report(ref: ReferenceData, report: Report, now: datetime, case_id: str = "") -> Filing:
+    """Decide a validated report: where it is (grid, village, township), who handles it.
+    `case_id`: the ticket the API answered (`ticket_for`, carried by the ReportSubmitted);
+    without one (a log written before), `case_id_for` the report id and day."""
     category = ref.categories.get(report.category_code)
     if category is None:
-        return _not_filed(report, now, "unknown_category", f": {report.category_code}")
+        return _not_filed(report, now, case_id, "unknown_category", f": {report.category_code}")
     if not category.enabled:
-        return _not_filed(report, now, "category_disabled", f": {category.code} {category.note}")
+        return _not_filed(report, now, case_id, "category_disabled", f": {category.code} {category.note}")
     worker_grid = ""
     if report.reporter_kind == "worker":
         worker = ref.workers.get(report.reporter_id)
         if worker is None:
-            return _not_filed(report, now, "unknown_worker", f": {report.reporter_id}")
+            return _not_filed(report, now, case_id, "unknown_worker", f": {report.reporter_id}")
         if not worker.active:
-            return _not_filed(report, now, "worker_suspended", f": {report.reporter_id}")
+            return _not_filed(report, now, case_id, "worker_suspended", f": {report.reporter_id}")
         worker_grid = worker.grid_code
     severity = category.default_severity if report.severity is None else report.severity
     if severity not in category.severities:
-        return _not_filed(report, now, "severity_not_allowed",
+        return _not_filed(report, now, case_id, "severity_not_allowed",
                           f": {severity} not in {list(category.severities)}")
     grid = locate(ref, report.lat, report.lon)
     if grid is None:
-        return _not_filed(report, now, "outside_county", f": ({report.lat}, {report.lon})")
+        return _not_filed(report, now, case_id, "outside_county", f": ({report.lat}, {report.lon})")
     decision = route(ref, category.code, grid)
     return Filing(
-        filed=True, case_id=case_id_for(report.report_id, now), report_id=report.report_id,
+        filed=True, case_id=case_id or case_id_for(report.report_id, now),
+        report_id=report.report_id,
         reporter=report.reporter, category_code=category.code, filed_at=now,
         category_name=category.name, severity=severity, grid_code=grid.code,
         grid_name=grid.name, village_code=grid.village_code, township_code=grid.township_code,

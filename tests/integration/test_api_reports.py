@@ -125,7 +125,10 @@ def test_upload_with_two_jpegs_is_on_the_log_and_its_photos_in_the_bucket(env: A
     assert len(records) == 1
     msg = decode_message(records[0].value)
     assert msg.type == REPORT_SUBMITTED and msg.id == derived_id("report", rid)
-    assert msg.case_id == "" and msg.actor == f"worker:{WORKER.id}@{WORKER.grid_code}"
+    assert msg.actor == f"worker:{WORKER.id}@{WORKER.grid_code}"
+    # the ticket answered travels with the report, on its township's partition (issue 16)
+    assert msg.case_id == body["case_id"]
+    assert topics.partition_of(msg.case_id, topics.CASE_PARTITIONS) == records[0].partition
     d = msg.data
     assert d["source"] == "grid_worker" and d["channel"] == "app"
     assert d["reporter"] == msg.actor and d["worker_grid_code"] == WORKER.grid_code

@@ -14,7 +14,8 @@ from audit.completeness import Commits, LogNames
 from audit.segments import LogRecord
 from demo.histories import HoursPlanner, photo
 from gridflow import events as ev
-from gridflow.core import geo
+from gridflow import topics
+from gridflow.core import geo, intake
 from gridflow.core.refdata import load_reference_data
 from gridflow.events import Message, canonical_json, derived_id, iso
 from processors import steps
@@ -135,6 +136,33 @@ def test_a_report_filed_in_one_step_is_handed_on_by_its_file_report() -> None:
     (lost,) = rep.lost
     assert (lost.hop, lost.id) == (cmp.INTAKE, "R-r2")
     assert hop(rep, cmp.FILING).records == 0
+
+
+def test_a_report_decided_in_one_step_is_handed_on_by_its_cases_events() -> None:
+    """Issue 16: with its ticket on the township's partition, a report's case is decided where
+    it is taken in, so neither a ReportLocated nor a FileReport is on the log: the events (or a
+    refusal of) the FileReport id derived from the report's are its evidence, and so are those
+    of a RefuseReport decided in the same step. Events of another command are none."""
+    log = Log()
+    for rid in ("r1", "r2", "r3", "r4"):
+        log.put(NAMES.reports, report_msg(rid).encode(), key=b"330102001")
+    file_id = derived_id(derived_id("R-r1", ev.REPORT_LOCATED), ev.FILE_REPORT)
+    log.put(NAMES.events, filed_msg("r1", cause=file_id).encode())
+    refuse_id = derived_id("R-r2", ev.REFUSE_REPORT)
+    log.put(NAMES.events, filed_msg("r2", cause=refuse_id, type_=ev.CASE_NOT_FILED).encode())
+    file_id3 = derived_id(derived_id("R-r3", ev.REPORT_LOCATED), ev.FILE_REPORT)
+    log.put(NAMES.events, m("E-r3", ev.COMMAND_REFUSED, "AJ-r3", file_id3,
+                            command_id=file_id3).encode())
+    log.put(NAMES.events, filed_msg("r4", cause="F-somebody-else").encode())
+    rep = run(log, everything_committed(log))
+    h = hop(rep, cmp.INTAKE)
+    assert (h.records, h.handed_on, h.lost) == (4, 3, 1)
+    (lost,) = rep.lost
+    assert (lost.hop, lost.id) == (cmp.INTAKE, "R-r4")
+    e = rep.end_to_end
+    assert e.outcomes[ev.CASE_FILED] == 2 and e.outcomes[ev.CASE_NOT_FILED] == 1  # r1, r4; r2
+    assert e.refused == 1  # r3: its FileReport refused in that step
+    assert hop(rep, cmp.CASES).records == 0 and hop(rep, cmp.FILING).records == 0
 
 
 def test_a_committed_report_with_nothing_downstream_is_lost() -> None:
@@ -473,6 +501,52 @@ def test_the_real_steps_leave_nothing_lost_and_a_dropped_output_is_found() -> No
         if lost_hop != cmp.PHOTOS:
             assert rep.lost[0].report_id == "r-0000001"
             assert rep.end_to_end.lost == 1
+
+
+def test_the_real_one_step_path_leaves_nothing_lost_and_a_dropped_event_is_found() -> None:
+    """The case agent's path (processors.app): the report with its ticket, filed and decided
+    on its partition, nothing on case-commands but the archive's commands."""
+
+    class OneStep(Pipeline):
+        def report(self, rid: str, lat_lon: tuple[float, float] | None = None) -> None:
+            lat, lon = lat_lon or geo.representative_point(REF.grids[GRID])
+            worker = next(w for w in REF.workers.values() if w.grid_code == GRID and w.active)
+            actor = f"worker:{worker.id}"
+            msg = Message(id=derived_id("report", rid), type=ev.REPORT_SUBMITTED,
+                          case_id=intake.ticket_for(REF, rid, lat, lon, NOW), at=AT,
+                          actor=actor, data={
+                              "report_id": rid, "reporter": actor, "category_code": "E0102",
+                              "description": "路边垃圾堆积, 已三天无人清运", "lat": lat,
+                              "lon": lon, "captured_at": AT,
+                              "photos": [photo(f"reports/{rid}/0.jpg")]})
+            key = intake.report_key(REF, rid, lat, lon)
+            p = topics.partition_of(key, topics.CASE_PARTITIONS)
+            partition, offset = self.log.put(NAMES.reports, msg.encode(), p, key.encode())
+            out = steps.intake_and_file_step(msg.encode(), REF, {}, NOW, NAMES.reports,
+                                             partition, offset, topics.CASE_PARTITIONS)
+            for case, value in out.take_commands_on(partition, topics.CASE_PARTITIONS):
+                res, state = steps.case_step(value, self.states.get(case), HoursPlanner(), NOW,
+                                             NAMES.reports, case, partition, offset)
+                if state is not None:
+                    self.states[case] = state
+                self.emit(res)
+            self.emit(out)
+
+    pipe = OneStep()
+    pipe.report("r-ok-0001")
+    pipe.report("r-outside-01", (10.0, 10.0))  # outside: its RefuseReport goes round
+    rep = run(pipe.log, everything_committed(pipe.log))
+    assert rep.clean, [x.render() for x in rep.lost] + rep.end_to_end.missing
+    assert rep.end_to_end.outcomes == {ev.CASE_FILED: 1, ev.CASE_NOT_FILED: 1}
+    assert hop(rep, cmp.INTAKE).handed_on == 2
+    types = [ev.loads(r.value)["type"] for r in pipe.log.records if r.topic == NAMES.commands]
+    assert ev.FILE_REPORT not in types  # decided in the step, never sent round
+
+    pipe = OneStep(frozenset({ev.CASE_FILED, ev.TASK_DISPATCHED}))
+    pipe.report("r-0000001")
+    rep = run(pipe.log, everything_committed(pipe.log))
+    assert [(x.hop, x.kind) for x in rep.lost] == [(cmp.INTAKE, ev.REPORT_SUBMITTED)]
+    assert rep.lost[0].report_id == "r-0000001" and rep.end_to_end.lost == 1
 
 
 def test_group_names_are_the_workers_app_ids() -> None:

@@ -1,0 +1,173 @@
+"""A report decided in one step (issue 16, second step): the API places the ticket on the
+partition of the report's township (intake.ticket_for), so the case agent, which reads the
+reports and the case commands as one stream, decides the report's FileReport at once instead of
+sending it round through `<p>.case-commands` (processors.app, Outputs.take_commands_on). The
+case's events are exactly those the round trip gives."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kafka.partitioner.default import murmur2 as kafka_murmur2
+
+from bench.load import County
+from gridflow import events as ev
+from gridflow import topics
+from gridflow.core import intake, partitioning
+from gridflow.core.calendar import UNKNOWN_YEARS_WEEKDAYS, load_bundled_calendar
+from gridflow.core.sla import SlaPlanner, load_bundled_policy
+from gridflow.events import decode_message
+from processors import steps
+
+T0 = datetime(2026, 11, 2, 1, 0, tzinfo=UTC)
+N = topics.CASE_PARTITIONS
+COUNTY = County()
+PLANNER = SlaPlanner(load_bundled_policy(),
+                     replace(load_bundled_calendar(), unknown_years=UNKNOWN_YEARS_WEEKDAYS))
+
+
+def test_murmur2_is_kafkas() -> None:
+    for n in range(3000):
+        data = os.urandom(n % 41)
+        assert partitioning.murmur2(data) == kafka_murmur2(data)
+    for key in ("421099101", "AJ20261102-IIXGJVR6", "街道", ""):
+        assert partitioning.partition_of(key, N) == topics.partition_of(key, N)
+
+
+def test_a_ticket_lands_on_its_townships_partition_and_is_deterministic() -> None:
+    townships = sorted({g.township_code for g in COUNTY.ref.grids.values()})
+    assert len({partitioning.partition_of(t, N) for t in townships}) > 1, "sample spans partitions"
+    moved = 0
+    for i in range(300):
+        township = townships[i % len(townships)]
+        rid = f"R{i:07d}"
+        cid = intake.case_id_for(rid, T0, township)
+        assert intake.CASE_ID_RE.match(cid)
+        assert partitioning.partition_of(cid, N) == partitioning.partition_of(township, N)
+        assert cid == intake.case_id_for(rid, T0 + timedelta(hours=2), township)  # same day
+        assert cid.startswith("AJ20261102-")
+        moved += cid != intake.case_id_for(rid, T0)
+    # without a township the id is the one it always was; about 3 in 4 had to be drawn again
+    assert 150 < moved < 300
+    assert intake.case_id_for("R1", T0) == intake.case_id_for("R1", T0, "")
+
+
+def test_the_ticket_answered_is_the_case_filed() -> None:
+    key, raw = COUNTY.keyed_report(7, "hop", T0)
+    msg = decode_message(raw)
+    ticket = intake.ticket_for(COUNTY.ref, msg.data["report_id"], msg.data["lat"],
+                               msg.data["lon"], msg.at_dt)
+    assert msg.case_id == ticket
+    out = steps.intake_and_file_step(raw, COUNTY.ref, {}, T0, "reports",
+                                     topics.partition_of(key, N), 1, N)
+    [(topic, case_key, value)] = out.sends
+    assert (topic, case_key) == ("case-commands", ticket)
+    assert decode_message(value).case_id == ticket
+    # outside the county: no township, the id as before
+    assert intake.ticket_for(COUNTY.ref, "R1", 0.0, 0.0, T0) == intake.case_id_for("R1", T0)
+
+
+def test_a_malformed_ticket_is_a_dead_letter() -> None:
+    key, raw = COUNTY.keyed_report(1, "hop", T0)
+    bad = replace(decode_message(raw), case_id="DROP TABLE cases").encode()
+    out = steps.intake_and_file_step(bad, COUNTY.ref, {}, T0, "reports", 0, 9, N)
+    [(topic, _, value)] = out.sends
+    assert topic == "dead-letters"
+    dead = ev.loads(value)
+    assert "case_id" in dead["reason"] and dead["offset"] == 9
+
+
+def test_take_commands_on_keeps_order_and_leaves_the_rest() -> None:
+    out = steps.Outputs()
+    here = [k for k in (f"AJ20261102-{i:08d}" for i in range(40))
+            if topics.partition_of(k, N) == 1][:2]
+    there = next(k for k in (f"X{i}" for i in range(40)) if topics.partition_of(k, N) != 1)
+    out.send("dead-letters", "reports", b"d")
+    out.send("case-commands", here[0], b"a")
+    out.send("case-commands", there, b"b")
+    out.send("case-commands", here[1], b"c")
+    assert out.take_commands_on(1, N) == [(here[0], b"a"), (here[1], b"c")]
+    assert out.sends == [("dead-letters", "reports", b"d"), ("case-commands", there, b"b")]
+
+
+def _one_step(key: str, raw: bytes, recent: dict[str, Any], cases: dict[str, Any],
+              ) -> list[tuple[str, str, bytes]]:
+    """What the case agent does with a report (processors.app): intake and filing, then the
+    commands that land here decided at once."""
+    p = topics.partition_of(key, N)
+    out = steps.intake_and_file_step(raw, COUNTY.ref, recent, T0, "reports", p, 1, N)
+    here = out.take_commands_on(p, N)
+    sent = list(out.sends)
+    for case_id, value in here:
+        res, state = steps.case_step(value, cases.get(case_id), PLANNER, T0, "reports",
+                                     case_id, p, 1)
+        if state is not None:
+            cases[case_id] = state
+        sent += res.sends
+    return sent
+
+
+def _round_trip(key: str, raw: bytes, recent: dict[str, Any], cases: dict[str, Any],
+                ) -> list[tuple[str, str, bytes]]:
+    """The same report with every case command sent round through case-commands first."""
+    p = topics.partition_of(key, N)
+    out = steps.intake_and_file_step(raw, COUNTY.ref, recent, T0, "reports", p, 1, N)
+    sent: list[tuple[str, str, bytes]] = []
+    for topic, case_id, value in out.sends:
+        if topic != "case-commands":
+            sent.append((topic, case_id, value))
+            continue
+        res, state = steps.case_step(value, cases.get(case_id), PLANNER, T0, "case-commands",
+                                     case_id, p, 1)
+        if state is not None:
+            cases[case_id] = state
+        sent += res.sends
+    return sent
+
+
+def test_one_step_decides_exactly_what_the_round_trip_decides() -> None:
+    # 300 reports a minute apart, every third a near-duplicate of the one before it
+    recent_a: dict[str, Any] = {}
+    recent_b: dict[str, Any] = {}
+    cases_a: dict[str, Any] = {}
+    cases_b: dict[str, Any] = {}
+    merged = opened = 0
+    prev = b""
+    for i in range(300):
+        key, raw = COUNTY.keyed_report(i, "hop", T0 + timedelta(minutes=i))
+        if i % 3 == 2:
+            msg, before = decode_message(raw), decode_message(prev).data
+            data = {**msg.data, "lat": before["lat"] + 0.00005, "lon": before["lon"],
+                    "category_code": before["category_code"]}
+            ticket = intake.ticket_for(COUNTY.ref, data["report_id"], data["lat"], data["lon"],
+                                       msg.at_dt)
+            raw = replace(msg, data=data, case_id=ticket).encode()
+            key = intake.report_key(COUNTY.ref, data["report_id"], data["lat"], data["lon"])
+        prev = raw
+        one = _one_step(key, raw, recent_a, cases_a)
+        two = _round_trip(key, raw, recent_b, cases_b)
+        assert one == two  # the same events, byte for byte, in the same order
+        assert not [s for s in one if s[0] == "case-commands"], "nothing sent round"
+        types = [decode_message(v).type for t, _, v in one if t == "case-events"]
+        merged += ev.REPORT_MERGED in types
+        opened += ev.CASE_FILED in types
+    assert cases_a == cases_b and recent_a == recent_b
+    assert merged > 0 and opened > 0
+
+
+def test_a_report_whose_case_is_elsewhere_is_sent_round() -> None:
+    """A report written before the tickets (no case id in it) keeps the id it always had,
+    which lands anywhere: its FileReport goes through case-commands unless it lands here."""
+    sent_round = 0
+    for i in range(40):
+        key, raw = COUNTY.keyed_report(i, "old", T0, keyed="township")
+        p = topics.partition_of(key, N)
+        out = steps.intake_and_file_step(raw, COUNTY.ref, {}, T0, "reports", p, 1, N)
+        [(_, case_id, _)] = out.sends
+        here = out.take_commands_on(p, N)
+        assert bool(here) == (topics.partition_of(case_id, N) == p)
+        sent_round += not here
+    assert sent_round > 0
