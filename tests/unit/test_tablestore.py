@@ -17,6 +17,7 @@ from faust.types import TP
 
 from bootstrap import bootstrap
 from gridflow.settings import Settings, load_settings
+from processors import tablestore
 from processors.app import build_app
 from processors.tablestore import (
     STALE_AFTER_S,
@@ -47,10 +48,13 @@ def _in_event(partition: int) -> _Event:
     return event  # the caller keeps it alive while the weak reference is used
 
 
-def _ack(table: Any, partition: int, offset: int, key: str, value: Any) -> None:
+def _ack(table: Any, partition: int, offset: int, key: str, value: Any,
+         flush: bool = True) -> None:
     store = table.data
     store.on_changelog_acked(partition, offset, store._encode_key(key),
                              None if value is None else store._encode_value(value))
+    if flush:
+        store.flush_acked()
 
 
 def _on_disk(table: Any, partition: int, key: str) -> Any:
@@ -89,6 +93,52 @@ def test_a_change_reaches_disk_only_once_the_changelog_has_it(tmp_path):
     assert cases.data.pending_count() == 0
     assert _on_disk(cases, 2, "AJ1") == {"seq": 2}
     assert cases.data.persisted_offset(TP("x", 2)) == 11
+    del event
+
+
+def test_acknowledged_changes_are_written_in_batches_with_the_highest_offset(tmp_path):
+    app = _app(tmp_path)
+    cases = app.tables["cases"]
+    store = cases.data
+    event = _in_event(3)
+    for n in range(5):
+        cases.data[f"AJ{n}"] = {"seq": n}
+    cases.data["AJ0"] = {"seq": 9}  # a second change of one key
+    for offset, (key, seq) in enumerate([("AJ0", 0), ("AJ1", 1), ("AJ2", 2), ("AJ0", 9)]):
+        _ack(cases, 3, 100 + offset, key, {"seq": seq}, flush=False)
+    # acknowledged but not written yet: a SIGKILL now leaves the disk at an older prefix
+    assert _on_disk(cases, 3, "AJ1") is None and store.persisted_offset(TP("x", 3)) is None
+    assert cases.get("AJ0") == {"seq": 9} and cases.get("AJ4") == {"seq": 4}
+    assert store.pending_count() == 5
+    store.flush_acked()
+    assert [_on_disk(cases, 3, f"AJ{n}") for n in range(5)] == [
+        {"seq": 9}, {"seq": 1}, {"seq": 2}, None, None]
+    assert store.persisted_offset(TP("x", 3)) == 103
+    assert store.pending_count() == 2  # AJ3, AJ4: the changelog has not acknowledged them
+    assert cases.get("AJ3") == {"seq": 3} and cases.get("nobody") is None
+    # a full batch is written at once
+    for n in range(tablestore.FLUSH_EVERY):
+        cases.data[f"B{n}"] = n
+        _ack(cases, 3, 200 + n, f"B{n}", n, flush=False)
+    assert _on_disk(cases, 3, f"B{tablestore.FLUSH_EVERY - 1}") == tablestore.FLUSH_EVERY - 1
+    assert store.persisted_offset(TP("x", 3)) == 200 + tablestore.FLUSH_EVERY - 1
+    del event
+
+
+def test_a_get_reads_the_store_once(tmp_path, monkeypatch):
+    app = _app(tmp_path)
+    cases = app.tables["cases"]
+    event = _in_event(1)
+    cases.data["AJ7"] = {"seq": 7}
+    _ack(cases, 1, 5, "AJ7", {"seq": 7})
+    reads: list[str] = []
+    store = cases.data
+    for name in ("_get", "_contains"):
+        original = getattr(store, name)
+        monkeypatch.setattr(store, name, lambda k, _o=original, _n=name: (reads.append(_n),
+                                                                           _o(k))[1])
+    assert cases.get("AJ7") == {"seq": 7} and reads == ["_get"]
+    assert cases.get("none") is None and cases.get("none", 3) == 3
     del event
 
 
