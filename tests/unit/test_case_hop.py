@@ -93,6 +93,14 @@ def test_take_commands_on_keeps_order_and_leaves_the_rest() -> None:
     assert out.sends == [("dead-letters", "reports", b"d"), ("case-commands", there, b"b")]
 
 
+def _decide(value: bytes, case_id: str, cases: dict[str, Any], source: str,
+            p: int) -> list[tuple[str, str, bytes]]:
+    res, state = steps.case_step(value, cases.get(case_id), PLANNER, T0, source, case_id, p, 1)
+    if state is not None:
+        cases[case_id] = state
+    return res.sends
+
+
 def _one_step(key: str, raw: bytes, recent: dict[str, Any], cases: dict[str, Any],
               ) -> list[tuple[str, str, bytes]]:
     """What the case agent does with a report (processors.app): intake and filing, then the
@@ -102,11 +110,7 @@ def _one_step(key: str, raw: bytes, recent: dict[str, Any], cases: dict[str, Any
     here = out.take_commands_on(p, N)
     sent = list(out.sends)
     for case_id, value in here:
-        res, state = steps.case_step(value, cases.get(case_id), PLANNER, T0, "reports",
-                                     case_id, p, 1)
-        if state is not None:
-            cases[case_id] = state
-        sent += res.sends
+        sent += _decide(value, case_id, cases, "reports", p)
     return sent
 
 
@@ -117,14 +121,10 @@ def _round_trip(key: str, raw: bytes, recent: dict[str, Any], cases: dict[str, A
     out = steps.intake_and_file_step(raw, COUNTY.ref, recent, T0, "reports", p, 1, N)
     sent: list[tuple[str, str, bytes]] = []
     for topic, case_id, value in out.sends:
-        if topic != "case-commands":
+        if topic == "case-commands":
+            sent += _decide(value, case_id, cases, "case-commands", p)
+        else:
             sent.append((topic, case_id, value))
-            continue
-        res, state = steps.case_step(value, cases.get(case_id), PLANNER, T0, "case-commands",
-                                     case_id, p, 1)
-        if state is not None:
-            cases[case_id] = state
-        sent += res.sends
     return sent
 
 
