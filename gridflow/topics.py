@@ -8,6 +8,7 @@ topic with another partition count.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from gridflow.core.partitioning import CASE_PARTITIONS as CASE_PARTITIONS  # re-exported
 
@@ -136,9 +137,7 @@ def ensure_topics(bootstrap: str, prefix: str, timeout_s: float = 30.0,
             except TopicAlreadyExistsError:
                 pass
             created = [t.name for t in wanted]
-        described = admin.describe_topics([spec.name(prefix) for spec in CATALOGUE])
-        # kafka-python 2.x names the key "topic", 3.x "name"
-        by_name = {d.get("topic", d.get("name")): len(d["partitions"]) for d in described}
+        by_name = _partition_counts(admin, [spec.name(prefix) for spec in CATALOGUE], timeout_s)
         for spec in CATALOGUE:
             got = by_name.get(spec.name(prefix))
             if got is not None and got != spec.partitions:
@@ -167,6 +166,22 @@ def delete_topics(bootstrap: str, prefix: str) -> list[str]:
         return doomed
     finally:
         admin.close()
+
+
+def _partition_counts(admin: Any, names: list[str], timeout_s: float) -> dict[str, int]:
+    """Each topic's partition count as the cluster describes it. A topic just created can be
+    described with no partitions yet by a broker whose metadata lags the controller's (seen on
+    a three-broker cluster): described again, up to `timeout_s`, before its count is believed."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = admin.describe_topics(names)
+        # kafka-python 2.x names the key "topic", 3.x "name"
+        counts = {d.get("topic", d.get("name")): len(d["partitions"]) for d in described}
+        if all(counts.get(n) for n in names if n in counts) or time.monotonic() >= deadline:
+            return counts
+        time.sleep(0.2)
 
 
 def partition_of(key: str, partitions: int) -> int:
