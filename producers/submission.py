@@ -171,9 +171,10 @@ def publish_report_sync(
     try:
         # Keyed by township, with the ticket answered (the same function of the same report and
         # time as the route's): the worker files it in one step (issue 16).
-        lat, lon = data.get("lat"), data.get("lon")
-        key = intake.report_key(c.ref, report_id, lat, lon)
-        ticket = intake.ticket_for(c.ref, report_id, lat, lon, at)
+        # (report_key and ticket_for, from one point-in-polygon lookup)
+        township = intake.township_at(c.ref, data.get("lat"), data.get("lon"))
+        key = township or report_id
+        ticket = intake.case_id_for(report_id, at, township)
         c.publisher.publish(c.topic(topics.REPORTS), key, report_submitted(data, at, ticket))
     except PublishError as exc:
         log.warning("report %s not published: %s", report_id, exc)

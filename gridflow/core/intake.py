@@ -302,10 +302,11 @@ def ticket_for(ref: ReferenceData, report_id: str, lat: Any, lon: Any, at: datet
     ReportSubmitted: placed on the partition of the township its position is in
     (`case_id_for`), or as before when it has none in the county. The worker files the report
     under exactly this id."""
-    return case_id_for(report_id, at, _township_at(ref, lat, lon))
+    return case_id_for(report_id, at, township_at(ref, lat, lon))
 
 
-def _township_at(ref: ReferenceData, lat: Any, lon: Any) -> str:
+def township_at(ref: ReferenceData, lat: Any, lon: Any) -> str:
+    """The code of the township a position is in, or "" (none in the county, not a number)."""
     try:
         grid = locate(ref, float(lat), float(lon))
     except (TypeError, ValueError):
@@ -321,7 +322,7 @@ def report_key(ref: ReferenceData, report_id: str, lat: Any, lon: Any) -> str:
     so the worker validates, locates, looks for a near-duplicate and files it in one step
     (processors.steps.intake_and_file_step) instead of handing it through
     `<p>.reports-located` first (issue 16). Pure and cheap: one point-in-polygon lookup."""
-    return _township_at(ref, lat, lon) or report_id
+    return township_at(ref, lat, lon) or report_id
 
 
 def _not_filed(report: Report, now: datetime, case_id: str, code: str, detail: str = "",
