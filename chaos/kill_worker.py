@@ -293,6 +293,9 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
         producer.stop_event.set()
         worker.stop()
         sink.stop()
+        # The run's topics go with it (its logs and SQLite database stay in log_dir): left
+        # behind, every run added a dozen topics that each later broker start had to load.
+        topics.delete_topics(settings.kafka_bootstrap, prefix)
         report.seconds = time.monotonic() - t0
         report.worker_log = str(worker.log_path)
     return report

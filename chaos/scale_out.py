@@ -214,6 +214,7 @@ def run(settings: Settings, log_dir: Path, *, split: bool = False, seconds: floa
         producer.stop_event.set()
         for svc in [*procs.values(), sink]:
             svc.stop()
+        topics.delete_topics(settings.kafka_bootstrap, prefix)  # as chaos.kill_worker does
         report.seconds = time.monotonic() - t0
     return report
 

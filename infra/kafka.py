@@ -71,6 +71,9 @@ class Kafka(Server):
     name = "kafka"
     title = "Apache Kafka (KRaft)"
     start_timeout_s = 60.0
+    # Kafka logs every partition it loads; after a hard stop it recovers each one, and a
+    # broker with thousands of partitions (test topics never deleted) took over a minute.
+    start_cap_s = 900.0
     stop_timeout_s = 30.0
     _java_path: str | None = None
 
@@ -226,12 +229,16 @@ class Kafka(Server):
             "transaction.state.log.min.isr": str(min_isr),
             "transaction.state.log.num.partitions": "8",
             "group.initial.rebalance.delay.ms": "0",
-            # Faust creates its own changelog/repartition topics through the admin API;
-            # the catalogue topics are always created explicitly before any worker starts.
-            "auto.create.topics.enable": "true",
+            # Every topic is created explicitly: the catalogue's before any worker starts,
+            # faust's changelogs through the admin API. A client asking for a missing topic
+            # gets an error, not a new one-partition topic (which would break the keying and
+            # brought deleted test topics back when a client outlived its test).
+            "auto.create.topics.enable": "false",
             "delete.topic.enable": "true",
             "num.network.threads": "3",
             "num.io.threads": "4",
+            # Partitions are loaded (and after a hard stop, recovered) this many at a time
+            "num.recovery.threads.per.data.dir": "2",
         }
         if self.clustered:
             # A replica that was out of sync never becomes leader (no acknowledged write is

@@ -23,7 +23,8 @@ class Server(ABC):
     name: str = ""
     title: str = ""
     stop_signal: signal.Signals = signal.SIGTERM
-    start_timeout_s: float = 30.0
+    start_timeout_s: float = 30.0  # how long start-up may go without a line in its log
+    start_cap_s: float = 300.0  # how long start-up may take at most, log moving or not
     stop_timeout_s: float = 30.0
 
     def __init__(self, settings: Settings) -> None:

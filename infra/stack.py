@@ -27,6 +27,7 @@ from infra.procs import (
     PidRecord,
     ServerError,
     file_lock,
+    log_tail,
     port_bindable,
     process_start_ticks,
     record_for,
@@ -223,10 +224,18 @@ def _check_ports_free(server: Server) -> None:
 
 
 def _wait_healthy(item: Started, echo: Echo, cluster: Sequence[Started] = ()) -> None:
-    """Poll the health probe until the deadline; fail fast if the process exits, or (a node of
-    a cluster) if another node's process exited: the cluster cannot become healthy then."""
+    """Poll the health probe; fail fast if the process exits, or (a node of a cluster) if
+    another node's process exited: the cluster cannot become healthy then.
+
+    A server gets `start_timeout_s` of silence, not of start-up: while its log keeps growing
+    (Kafka loading thousands of partitions after a hard stop takes minutes) the wait goes on,
+    up to `start_cap_s` in all, and says every `PROGRESS_EVERY_S` what the server is doing.
+    A server that fails is stopped with its full stop timeout, so that Kafka shuts down
+    cleanly and does not have to recover its logs again on the next start."""
     server, record = item.server, item.record
-    deadline = item.t0 + server.start_timeout_s
+    size = _size(server.log_path)
+    heard = item.t0
+    next_note = item.t0 + PROGRESS_EVERY_S
     while True:
         if not record.alive():
             server.pid_path.unlink(missing_ok=True)
@@ -234,20 +243,53 @@ def _wait_healthy(item: Started, echo: Echo, cluster: Sequence[Started] = ()) ->
                               server.log_path)
         if server.healthy():
             break
+        now = time.monotonic()
+        grown = _size(server.log_path)
+        if grown != size:
+            size, heard = grown, now
         dead = [other.server.name for other in cluster
                 if other is not item and not other.record.alive()]
-        if dead or time.monotonic() > deadline:
+        silent = now - heard > server.start_timeout_s
+        capped = now - item.t0 > server.start_cap_s
+        if dead or silent or capped:
             if item.fresh:
-                stop_process(record, server.stop_signal, 10.0)
+                stop_process(record, server.stop_signal, server.stop_timeout_s)
                 server.pid_path.unlink(missing_ok=True)
             hint = " (stopped it)" if item.fresh else f" (pid {record.pid}; try `gridflow down`)"
-            why = (f"not healthy: node(s) {', '.join(dead)} of its cluster exited" if dead
-                   else f"not healthy within {server.start_timeout_s:.0f} s")
+            took = now - item.t0
+            if dead:
+                why = f"not healthy: node(s) {', '.join(dead)} of its cluster exited"
+            elif silent:
+                why = (f"not healthy after {took:.0f} s, its log silent for the last "
+                       f"{server.start_timeout_s:.0f} s")
+            else:
+                why = (f"not healthy within {server.start_cap_s:.0f} s, though its log kept "
+                       "growing")
             raise ServerError(server.name, why + hint, server.log_path)
+        if item.fresh and now >= next_note:
+            next_note = now + PROGRESS_EVERY_S
+            echo(f"{server.name}: still starting after {now - item.t0:.0f} s, log at "
+                 f"{size / 1e6:.1f} MB: {_last_line(server.log_path)}")
         time.sleep(0.25)
     took = time.monotonic() - item.t0
     how = f"up in {took:.1f} s" if item.fresh else "already running"
     echo(f"{server.name}: {how} at {server.address} (pid {record.pid})")
+
+
+PROGRESS_EVERY_S = 15.0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _last_line(path: Path, width: int = 140) -> str:
+    """The log's last line, shortened: what a slow start is busy with."""
+    line = log_tail(path, 1).strip()
+    return line if len(line) <= width else line[:width - 1] + "…"
 
 
 # --- down -----------------------------------------------------------------------
@@ -466,6 +508,12 @@ def leave_test_session(settings: Settings, echo: Echo = _quiet) -> list[str]:
         return _stop_all(list(reversed(servers(settings, owned))), echo)
 
 
+def only_test_session(settings: Settings) -> bool:
+    """True when no test session but this process's is running on this state dir."""
+    with stack_lock(settings, _quiet):
+        return not _other_live_sessions(settings)
+
+
 def _lease_path(settings: Settings) -> Path:
     return _leases_dir(settings) / f"{os.getpid()}.lease"
 
@@ -479,6 +527,8 @@ def _mark_owned(settings: Settings, names: set[str], echo: Echo) -> None:
 def _other_live_sessions(settings: Settings) -> bool:
     live = False
     for path in _leases_dir(settings).glob("*.lease"):
+        if path == _lease_path(settings):
+            continue
         record = PidRecord.read(path)
         if record is not None and record.alive():
             live = True

@@ -7,6 +7,7 @@ reused and left running); each test gets its own topics, buckets and databases.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -89,6 +90,8 @@ def stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
             started = infra_stack.join_test_session(settings, echo=_say)
         except (infra_stack.StackError, infra_stack.ServerError, TimeoutError) as exc:
             pytest.fail(f"the local stack did not come up:\n{exc}", pytrace=False)
+        if infra_stack.only_test_session(settings):
+            _sweep_test_topics(settings.kafka_bootstrap)
     try:
         yield Stack(settings, started)
     finally:
@@ -98,6 +101,29 @@ def stack(pytestconfig: pytest.Config) -> Iterator[Stack]:
 
 def _unique(tag: str = "t") -> str:
     return f"{tag}{uuid.uuid4().hex[:12]}"
+
+
+# The topic prefixes tests make: _unique() ("t" + 12 hex digits) and the module fixtures'
+# "b", "e", "w" + 11. Nothing else names a topic so (the demo's are "demo<time>", a run's
+# "bench…", "chaos-…", a deployment's "gridflow" or its own).
+TEST_TOPIC = re.compile(r"^(t[0-9a-f]{12}|[bew][0-9a-f]{11})[.-]")
+
+
+def _sweep_test_topics(bootstrap: str) -> None:
+    """Delete the topics earlier test sessions left behind (a session killed before its
+    teardown). Only called when no other test session is running, so none is in use; they
+    would otherwise pile up run after run, and a broker loads every one of them on start."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=60000)
+    try:
+        left = sorted(t for t in admin.list_topics() if TEST_TOPIC.match(t))
+        for i in range(0, len(left), 200):
+            admin.delete_topics(left[i:i + 200], timeout_ms=60000)
+    finally:
+        admin.close()
+    if left:
+        _say(f"deleted {len(left)} topics left behind by earlier test sessions")
 
 
 # --- Kafka --------------------------------------------------------------------------------
