@@ -230,10 +230,13 @@ class Kafka(Server):
             "transaction.state.log.num.partitions": "8",
             "group.initial.rebalance.delay.ms": "0",
             # Every topic is created explicitly: the catalogue's before any worker starts,
-            # faust's changelogs through the admin API. A client asking for a missing topic
-            # gets an error, not a new one-partition topic (which would break the keying and
-            # brought deleted test topics back when a client outlived its test).
-            "auto.create.topics.enable": "false",
+            # faust's changelogs through the admin API. Auto-creation stays on all the same:
+            # with it off, a worker that asks for a changelog faust has just created, before
+            # the broker's metadata has it, is told "unknown topic" rather than "not ready",
+            # counts 0 partitions and crashes (PartitionsMismatch; seen on a fresh start).
+            # Its cost, a deleted test topic brought back by a client that outlived its test,
+            # is swept at the next test session's start (tests/conftest.py).
+            "auto.create.topics.enable": "true",
             "delete.topic.enable": "true",
             "num.network.threads": "3",
             "num.io.threads": "4",
