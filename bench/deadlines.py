@@ -38,7 +38,7 @@ def build(open_count: int, due_per_tick: int) -> Any:
     calendar = replace(load_bundled_calendar(), unknown_years=UNKNOWN_YEARS_WEEKDAYS)
     book = DeadlineBook({}, {}, policy=load_bundled_policy(), calendar=calendar, namespace="p0:")
     period = max(1, open_count // due_per_tick)
-    buckets: dict[int, list[str]] = {}
+    buckets: dict[str, list[str]] = {}
     for i in range(open_count):
         minute = i % period
         breach = T0 + timedelta(minutes=minute, seconds=10)
@@ -49,11 +49,11 @@ def build(open_count: int, due_per_tick: int) -> Any:
                   Due(WARN, breach + timedelta(minutes=2 * period), 0.8)),
         )
         key, filed = entry.key, tuple(book._bucket_of(d.at) for d in entry.dues)
-        for b in filed:
-            buckets.setdefault(b, []).append(key)  # the same str: no copies left behind
+        for b in filed:  # the same str: no copies left behind
+            buckets.setdefault(book._shard_key(b, key), []).append(key)
         book.entries[key] = encode_entry(entry, filed, book.bucket_seconds)
-    for b, keys in buckets.items():
-        book.buckets[book._bucket_key(b)] = "\n".join(keys)
+    for bkey, keys in buckets.items():
+        book.buckets[bkey] = "\n".join(keys)
     book.buckets[book._cursor_key()] = {"low": book._bucket_of(T0), "primed": True}
     return book
 

@@ -37,6 +37,13 @@ def local(*args: int) -> datetime:
     return datetime(*args, tzinfo=CST)
 
 
+def minute_of(bucket_key: str) -> int | None:
+    """The minute of a bucket key: "<minute>" (a book from before the shards) or
+    "<minute>.<shard>"; None for the cursor."""
+    head = bucket_key.split(".")[0]
+    return int(head) if head.isdigit() else None
+
+
 class CountingMap(MutableMapping[str, Any]):
     """A dict that records which keys were read or written, and any full scans."""
 
@@ -242,12 +249,14 @@ def test_the_escalations_one_tick_files_write_each_bucket_once() -> None:
     breach = local(2026, 11, 23, 11, 0)
     items = book.pop_due(breach)
     assert [i.kind for i in items].count(BREACH) == 50
-    escalations = {str(b) for k in entries.data for b in book._decode(k, entries.data[k])[1]}
+    escalations = {b for k in entries.data for b in book._decode(k, entries.data[k])[1]}
     assert len(escalations) == 1
     escalation = escalations.pop()
-    assert buckets.writes[escalation] == 1
+    written = {k: n for k, n in buckets.writes.items() if minute_of(k) == escalation}
+    assert len(written) > 1 and set(written.values()) == {1}  # each shard written once
     # the keys reach their new bucket before they leave the one the breach was filed under
-    assert buckets.log.index(escalation) < buckets.log.index(str(book._bucket_of(breach)))
+    breach_parts = [i for i, k in enumerate(buckets.log) if minute_of(k) == book._bucket_of(breach)]
+    assert max(i for i, k in enumerate(buckets.log) if minute_of(k) == escalation) < min(breach_parts)
 
 
 # --- what a tick costs ------------------------------------------------------------------------
@@ -269,8 +278,8 @@ def test_pop_due_touches_only_due_buckets_and_fired_entries() -> None:
     assert entries.touched == fired_keys
     lo, hi = int(local(2026, 11, 2, 8, 29).timestamp() // 60), int(now.timestamp() // 60)
     # Firing a breach files the next escalation: that bucket is written too, nothing else.
-    scheduled = {str(b) for k in fired_keys for b in book._decode(k, entries.data[k])[1]}
-    outside = {k for k in buckets.touched - {"~cursor"} if not lo <= int(k) <= hi}
+    scheduled = {b for k in fired_keys for b in book._decode(k, entries.data[k])[1]}
+    outside = {m for k in buckets.touched - {"~cursor"} if not lo <= (m := minute_of(k) or 0) <= hi}
     assert outside <= scheduled
     assert entries.scans == 0 and buckets.scans == 0
     # The next tick a second later reads one bucket and the cursor only.
@@ -278,7 +287,7 @@ def test_pop_due_touches_only_due_buckets_and_fired_entries() -> None:
     buckets.touched.clear()
     assert book.pop_due(now + timedelta(seconds=1)) == []
     assert entries.touched == set()
-    assert buckets.touched <= {"~cursor", str(hi)}
+    assert {minute_of(k) for k in buckets.touched - {"~cursor"}} <= {hi}
 
 
 def test_a_tick_from_the_past_reads_nothing_and_keeps_the_cursor() -> None:
@@ -506,3 +515,68 @@ def test_fired_items_become_commands_the_case_accepts() -> None:
         out.extend(e.type for e in decision.events)
     assert out[:3] == [ev.DEADLINE_WARNED, ev.DEADLINE_WARNED, ev.DEADLINE_BREACHED]
     assert out[3:] and set(out[3:]) == {ev.TASK_ESCALATED}
+
+
+# --- minute buckets split in shards ---------------------------------------------------------
+
+
+def test_filing_a_burst_rewrites_a_shard_not_the_whole_minute() -> None:
+    """Four hundred clocks breaching in the same minute: each filing rewrites one shard, so no
+    bucket write carries more than a small share of the minute's keys."""
+    from gridflow.core.deadlines.book import SHARDS
+
+    sizes: list[int] = []
+
+    class Sizing(CountingMap):
+        def __setitem__(self, key: str, value: Any) -> None:
+            if minute_of(key) is not None:
+                sizes.append(len(value.split("\n")))
+            super().__setitem__(key, value)
+
+    buckets = Sizing()
+    book = DeadlineBook({}, buckets, policy=POLICY, calendar=CAL)
+    start = local(2026, 11, 23, 9, 0)
+    for i in range(400):
+        book.upsert(plan(f"T{i:03d}", start, stage="sign"))
+    breach_minute = book._bucket_of(local(2026, 11, 23, 11, 0))
+    parts = [k for k in buckets.data if minute_of(k) == breach_minute]
+    assert len(parts) == SHARDS
+    assert sum(len(buckets.data[k].split("\n")) for k in parts) == 400
+    assert max(sizes) <= 3 * 400 // SHARDS  # whole-minute rewrites would reach 400
+    items = book.pop_due(local(2026, 11, 23, 11, 0))
+    assert sorted(i.task_id for i in items if i.kind == BREACH) == [f"T{i:03d}" for i in range(400)]
+
+
+def test_a_book_from_before_the_shards_fires_and_cancels_its_unsharded_buckets() -> None:
+    """Buckets written before the split ("<minute>" holding every key of the minute) are read
+    and drained, a restated clock is not filed twice, and a cancel finds its key there."""
+    from gridflow.core.deadlines.codec import decode_entry
+
+    new = DeadlineBook({}, {}, policy=POLICY, calendar=CAL)
+    start = local(2026, 11, 23, 9, 0)
+    entries = [plan(f"T{i}", start, stage="sign") for i in range(6)]
+    for entry in entries:
+        new.upsert(entry)
+    # The same book as an old worker stored it: each minute's keys in one unsharded value.
+    legacy: dict[str, Any] = {}
+    for key, value in new.buckets.items():
+        minute = minute_of(key)
+        if minute is None:
+            legacy[key] = value
+        else:
+            legacy[str(minute)] = "\n".join(filter(None, [legacy.get(str(minute), ""), value]))
+    old = DeadlineBook(dict(new.entries), legacy, policy=POLICY, calendar=CAL)
+    assert all("." not in k for k in old.buckets)
+    old.upsert(entries[0])  # a redelivered event restates a clock: no second filing
+    assert all("." not in k for k in old.buckets)
+    assert old.cancel("T5", "sign") == 1
+    assert not any("T5#sign" in str(v) for v in old.buckets.values())
+    breach = local(2026, 11, 23, 11, 0)
+    assert sorted((i.task_id, i.kind) for i in old.peek_due(breach)) == sorted(
+        (i.task_id, i.kind) for i in old.pop_due(breach))
+    fired = [i for i in new.pop_due(breach) if i.task_id != "T5"]
+    assert old.pop_due(breach) == []  # popped once
+    assert {i.task_id for i in fired} == {f"T{i}" for i in range(5)}
+    for key, raw in old.entries.items():  # escalations filed since live in shards
+        for b in decode_entry(key, raw, old.bucket_seconds)[1]:
+            assert any(key in str(v) for k, v in old.buckets.items() if minute_of(k) == b)

@@ -8,6 +8,12 @@ the compact strings of gridflow.core.deadlines.codec, so a worker rebuilt from t
 loses nothing and fires nothing twice; item ids are deterministic, so a repeat after a crash is
 recognisable downstream.
 
+Each minute bucket is split into ``SHARDS`` shards by a hash of the entry key (``"<namespace><minute>.<shard>"``):
+filing or cancelling a clock rewrites one shard, a sixteenth of the minute's keys, where it
+rewrote the whole minute (thousands of keys when a burst of tasks shares a deadline minute;
+every rewrite is a changelog record of that size). Books written before the split keep their
+unsharded ``"<namespace><minute>"`` buckets; those are still read, and drain as they fire.
+
 A tick reads buckets ``low`` … ``now`` of the cursor (``"<namespace>~cursor"`` →
 ``{"low": n, "primed": bool}``: every bucket below ``low`` is empty; ``primed`` once ticking
 started, before that ``low`` follows the earliest filing) and moves ``low`` to now's minute. A
@@ -31,6 +37,7 @@ from collections.abc import MutableMapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
+from zlib import crc32
 
 from gridflow.core.calendar import WorkingCalendar
 from gridflow.core.deadlines.codec import (
@@ -58,6 +65,8 @@ from gridflow.core.deadlines.planning import (
 from gridflow.core.sla import STAGES, SlaPolicy, StageDeadline
 
 JsonMap = MutableMapping[str, Any]
+
+SHARDS = 16  # per minute bucket; like bucket_seconds, fixed for the life of the tables
 
 
 class DeadlineBook:
@@ -193,16 +202,16 @@ class DeadlineBook:
             # such bucket is written once, not once per fired entry, and before the fired keys
             # leave the buckets read (a key is in its new bucket before it leaves the old one).
             filed: dict[int, list[str]] = {}
-            rest: dict[int, list[str]] = {}
+            rest: dict[str, list[str]] = {}
             for b in range(int(cursor["low"]), last + 1):
                 items.extend(self._pop_bucket(b, now, last + 1, filed, rest))
             for b, keys in sorted(filed.items()):
                 self._bucket_extend(b, keys)
-            for b, keep in rest.items():
+            for bkey, keep in rest.items():
                 if keep:
-                    self.buckets[self._bucket_key(b)] = bucket_value(keep)
+                    self.buckets[bkey] = bucket_value(keep)
                 else:
-                    del self.buckets[self._bucket_key(b)]
+                    del self.buckets[bkey]
         if cursor != {"low": last, "primed": True}:
             self.buckets[self._cursor_key()] = {"low": last, "primed": True}
         return sorted(items, key=_item_order)
@@ -215,7 +224,7 @@ class DeadlineBook:
             return []
         items: list[DueItem] = []
         for b in range(int(cursor["low"]), self._bucket_of(now) + 1):
-            for key in bucket_keys(self.buckets.get(self._bucket_key(b))):
+            for key in self._keys_in(b):
                 raw = self.entries.get(key)
                 if raw is None:
                     continue
@@ -233,25 +242,26 @@ class DeadlineBook:
         now: datetime,
         next_bucket: int,
         filed: dict[int, list[str]],
-        rest: dict[int, list[str]],
+        rest: dict[str, list[str]],
     ) -> list[DueItem]:
-        """Fire what is due in bucket b; its new key list (if it changed) goes to `rest`."""
-        stored = self.buckets.get(self._bucket_key(b))
-        keys = bucket_keys(stored)
-        if not keys:
-            return []
+        """Fire what is due in bucket b; each of its stored parts whose key list changed goes
+        to `rest` with its new list."""
         items: list[DueItem] = []
-        keep: list[str] = []
-        for key in keys:
-            raw = self.entries.get(key)
-            if raw is None:
+        for bkey in self._parts_of(b):
+            keys = bucket_keys(self.buckets.get(bkey))
+            if not keys:
                 continue
-            fired, still_here = self._fire_entry(key, raw, b, now, next_bucket, filed)
-            items.extend(fired)
-            if still_here:
-                keep.append(key)
-        if keep != keys:
-            rest[b] = keep
+            keep: list[str] = []
+            for key in keys:
+                raw = self.entries.get(key)
+                if raw is None:
+                    continue
+                fired, still_here = self._fire_entry(key, raw, b, now, next_bucket, filed)
+                items.extend(fired)
+                if still_here:
+                    keep.append(key)
+            if keep != keys:
+                rest[bkey] = keep
         return items
 
     def _fire_entry(
@@ -374,30 +384,45 @@ class DeadlineBook:
         return new_buckets
 
     def _bucket_extend(self, b: int, keys: list[str]) -> None:
-        bkey = self._bucket_key(b)
-        stored = self.buckets.get(bkey)
-        if len(keys) == 1 and stored:
-            if not holds(stored, keys[0]):
-                self.buckets[bkey] = f"{stored}\n{keys[0]}"
-            return
-        present = bucket_keys(stored)
-        seen = set(present)
-        added = [k for k in dict.fromkeys(keys) if k not in seen]
-        if added:
-            self.buckets[bkey] = bucket_value([*present, *added])
+        """File keys under bucket b, each in its shard (one write per shard touched). A key
+        still in the bucket's unsharded part (a book from before the split) is not refiled."""
+        by_shard: dict[str, list[str]] = {}
+        for key in dict.fromkeys(keys):
+            by_shard.setdefault(self._shard_key(b, key), []).append(key)
+        legacy = self.buckets.get(self._bucket_key(b))
+        for bkey, group in by_shard.items():
+            stored = self.buckets.get(bkey)
+            added = [k for k in group
+                     if not (stored and holds(stored, k)) and not (legacy and holds(legacy, k))]
+            if not added:
+                continue
+            if stored:
+                self.buckets[bkey] = bucket_value([stored, *added])
+            else:
+                self.buckets[bkey] = bucket_value(added)
 
     def _bucket_remove(self, b: int, key: str) -> None:
-        bkey = self._bucket_key(b)
-        stored = self.buckets.get(bkey)
-        if not stored:
+        for bkey in (self._shard_key(b, key), self._bucket_key(b)):
+            stored = self.buckets.get(bkey)
+            if not stored or not holds(stored, key):
+                continue
+            rest = [k for k in bucket_keys(stored) if k != key]
+            if rest:
+                self.buckets[bkey] = bucket_value(rest)
+            else:
+                del self.buckets[bkey]
             return
-        if not holds(stored, key):
-            return
-        rest = [k for k in bucket_keys(stored) if k != key]
-        if rest:
-            self.buckets[bkey] = bucket_value(rest)
-        else:
-            del self.buckets[bkey]
+
+    def _keys_in(self, b: int) -> list[str]:
+        return [k for bkey in self._parts_of(b) for k in bucket_keys(self.buckets.get(bkey))]
+
+    def _parts_of(self, b: int) -> list[str]:
+        """Where bucket b's keys are stored: the unsharded part of a book from before the split,
+        then the shards."""
+        return [self._bucket_key(b), *(f"{self.namespace}{b}.{s}" for s in range(SHARDS))]
+
+    def _shard_key(self, b: int, key: str) -> str:
+        return f"{self.namespace}{b}.{crc32(key.encode()) % SHARDS}"
 
     def _floor(self) -> int | None:
         """The lowest bucket a new due may be filed under: the cursor, once ticking started."""
