@@ -22,3 +22,6 @@ def test_quick_bench_produces_figures(stack: object, tmp_path: Path) -> None:
     # --role archive): every photo of the run was archived, not only every task dispatched.
     e2e = next(f for f in figures if f.what.startswith("end to end"))
     assert e2e.raw.get("archive_lag_s") is not None, e2e.note
+    # and stepped the rate: every step it tried is in the figure, with its verdict
+    search = next(f for f in figures if f.what.startswith("end to end: the highest"))
+    assert search.raw["steps"] and all("held" in st for st in search.raw["steps"]), search.note
