@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ import faust
 from gridflow import events as ev
 from gridflow.core.calendar import WorkingCalendar
 from gridflow.core.deadlines import DeadlineBook, DueItem, command_for, follow_event
+from gridflow.core.deadlines.follow import FOLLOWED_TYPES
 from gridflow.core.sla import SlaPolicy
 from gridflow.events import iso, parse_ts
 from processors.app import CrashingSupervisor
@@ -81,6 +83,8 @@ class DeadlineRuntime:
                         if item.id not in sent:
                             await send(item)
                     continue
+                if not _may_move_a_clock(event.value):
+                    continue  # a case filed, a report merged, a photo archived: no clock
                 try:
                     msg = ev.decode_message(event.value, ev.EVENT_TYPES)
                     follow_event(book, msg, policy, calendar, department_levels)
@@ -95,6 +99,20 @@ class DeadlineRuntime:
             value = json.dumps({"now": iso(clock())}).encode()
             for p in range(ticks.partitions or 1):
                 await ticks.send(key=str(p).encode(), value=value, partition=p)
+
+
+# The envelope's type is its last key (canonical JSON, keys sorted): `..."type":"X"}`. What
+# precedes the final brace is a member of the outermost object, never a nested one's.
+_TYPE_AT_END = re.compile(rb'"type":"([A-Za-z]+)"}\s*$')
+
+
+def _may_move_a_clock(raw: bytes | None) -> bool:
+    """False only for a case event whose type, read off its end, is one no clock follows; a
+    record this cheap look cannot place (not canonical, not an event) is decoded in full."""
+    if not raw:
+        return True
+    found = _TYPE_AT_END.search(raw, max(0, len(raw) - 80))
+    return found is None or found.group(1).decode() in FOLLOWED_TYPES
 
 
 def _tick_time(raw: bytes) -> datetime | None:

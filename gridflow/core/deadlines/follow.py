@@ -17,6 +17,14 @@ from gridflow.core.deadlines.planning import DueItem, plan_deadlines
 from gridflow.core.sla import SlaPolicy
 from gridflow.events import Message, iso, parse_ts
 
+# The events that start, move or stop a stage clock; follow_event ignores every other type,
+# so a reader may skip those unread (`FOLLOWED_TYPES`, by the envelope's type).
+FOLLOWED: tuple[type[ct.Event], ...] = (
+    ct.TaskDispatched, ct.TaskSigned, ct.TaskProgressNoted, ct.TaskResolved, ct.TaskReopened,
+    ct.ExtensionGranted, ct.TaskVerified, ct.TaskCancelled, ct.TaskSentBack, ct.TaskClosed,
+)
+FOLLOWED_TYPES = frozenset(c.TYPE for c in FOLLOWED)
+
 
 def command_for(item: DueItem) -> Message:
     return Message(id=item.id, type=item.command_type, case_id=item.case_id, at=iso(item.fire_at),
@@ -32,7 +40,7 @@ def follow_event(book: DeadlineBook, event: Message, policy: SlaPolicy,
     Warnings already past when a clock is picked up (the resolve clock runs from
     dispatch but is watched from signing) are not replayed.
     """
-    if not event.known:
+    if event.type not in FOLLOWED_TYPES or not event.known:
         return
     e = event.body
     task_id = str(getattr(e, "task_id", ""))
