@@ -184,6 +184,36 @@ def _partition_counts(admin: Any, names: list[str], timeout_s: float) -> dict[st
         time.sleep(0.2)
 
 
+def wait_until_described(bootstrap: str, names: list[str], timeout_s: float = 30.0) -> list[str]:
+    """Describe the topics until the cluster's metadata gives each of them partitions, up to
+    `timeout_s`; returns those it still did not (none, normally). A topic is in the brokers'
+    metadata a moment after its creation is acknowledged; a client that asks in between is
+    told it does not exist (faust then counts a just-created changelog's partitions as 0)."""
+    import time
+
+    from kafka.admin import KafkaAdminClient
+
+    deadline = time.monotonic() + timeout_s
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="gridflow-admin",
+                             request_timeout_ms=int(max(1.0, timeout_s) * 1000))
+    try:
+        missing = list(names)
+        while missing:
+            try:
+                described = admin.describe_topics(missing)
+                ready = {d.get("topic", d.get("name")) for d in described
+                         if not d.get("error_code") and d.get("partitions")}
+            except Exception:  # an unknown topic can fail the whole request: ask again
+                ready = set()
+            missing = [n for n in missing if n not in ready]
+            if not missing or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        return missing
+    finally:
+        admin.close()
+
+
 def partition_of(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2, as the Java client, kafka-python and
     aiokafka compute it) puts a record with this key on."""

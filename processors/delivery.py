@@ -442,13 +442,41 @@ class GridflowRecovery(Recovery):
 
 
 class GridflowTableManager(TableManager):
-    """faust's table manager with GridflowRecovery."""
+    """faust's table manager with GridflowRecovery, and changelogs in the brokers' metadata
+    before the consumer subscribes to them.
+
+    faust creates each table's changelog topic at start-up and subscribes to it a moment
+    later. A consumer whose metadata request comes before the broker's metadata has the new
+    topic is told it does not exist: the group's assignment leaves it out, and the first write
+    to that table fails faust's partition check (0 partitions; seen on a fresh topic prefix
+    with the deadline tables, which are created last). So the changelogs are declared and
+    described until the cluster lists their partitions, before faust's own start of the
+    channels."""
 
     @property
     def recovery(self) -> Recovery:
         if self._recovery is None:
             self._recovery = GridflowRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
         return self._recovery
+
+    async def _update_channels(self) -> None:
+        from gridflow.topics import wait_until_described
+
+        tables = list(self.values())
+        for table in tables:
+            await table.changelog_topic.maybe_declare()
+        names = [table.changelog_topic.get_topic_name() for table in tables]
+        bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
+        if names:
+            missing = await asyncio.get_running_loop().run_in_executor(
+                None, wait_until_described, bootstrap, names, CHANGELOG_VISIBLE_TIMEOUT_S)
+            if missing:
+                log.warning("changelog topic(s) %s not in the cluster's metadata after %.0f s; "
+                            "starting anyway", ", ".join(missing), CHANGELOG_VISIBLE_TIMEOUT_S)
+        await super()._update_channels()
+
+
+CHANGELOG_VISIBLE_TIMEOUT_S = 30.0
 
 
 class GridflowApp(faust.App):

@@ -223,3 +223,26 @@ def test_local_state_too_old_to_trust_is_restored_afresh(tmp_path):
     assert _on_disk(cases, 3, "AJ9") is None  # too old: gone, restored from the changelog
     assert store.persisted_offset(TP(topic, 3)) is None
     del event
+
+
+def test_a_changelog_not_yet_in_the_consumers_metadata_is_no_partition_mismatch(
+        tmp_path, monkeypatch):
+    """faust counts a changelog its consumer's metadata does not list yet as 0 partitions (a
+    topic created at start-up a moment before the broker's metadata had it) and crashed the
+    agent on its first write. 0 leaves the check for a later write; a real mismatch fails."""
+    from faust.exceptions import PartitionsMismatch
+
+    app = _app(tmp_path)
+    buckets = app.tables["deadline-buckets"]
+    counts = {"tstore.case-events": 4, buckets.changelog_topic_name: 0}
+    monkeypatch.setattr(type(app.consumer), "topic_partitions",
+                        lambda self, topic: counts.get(topic))
+    buckets._verify_source_topic_partitions("tstore.case-events")  # not listed yet: no error
+    assert "tstore.case-events" not in buckets._verified_source_topics_for_partitions
+    counts[buckets.changelog_topic_name] = 4
+    buckets._verify_source_topic_partitions("tstore.case-events")
+    assert "tstore.case-events" in buckets._verified_source_topics_for_partitions
+    counts[buckets.changelog_topic_name] = 2
+    buckets._verified_source_topics_for_partitions.clear()
+    with pytest.raises(PartitionsMismatch):
+        buckets._verify_source_topic_partitions("tstore.case-events")
