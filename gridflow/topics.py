@@ -169,47 +169,40 @@ def delete_topics(bootstrap: str, prefix: str) -> list[str]:
 
 
 def _partition_counts(admin: Any, names: list[str], timeout_s: float) -> dict[str, int]:
-    """Each topic's partition count as the cluster describes it. A topic just created can be
-    described with no partitions yet by a broker whose metadata lags the controller's (seen on
-    a three-broker cluster): described again, up to `timeout_s`, before its count is believed."""
+    """Each topic's partition count as the cluster describes it (0: not listed yet). A topic
+    is in the brokers' metadata a moment after its creation is acknowledged: until then a
+    broker describes it with no partitions (seen on a three-broker cluster) or as unknown,
+    which can fail the whole request. So the topics are described again, up to `timeout_s`,
+    until each has partitions; a request still failing at the deadline raises."""
     import time
 
     deadline = time.monotonic() + timeout_s
+    counts: dict[str, int] = {}
     while True:
-        described = admin.describe_topics(names)
-        # kafka-python 2.x names the key "topic", 3.x "name"
-        counts = {d.get("topic", d.get("name")): len(d["partitions"]) for d in described}
-        if all(counts.get(n) for n in names if n in counts) or time.monotonic() >= deadline:
+        try:
+            # kafka-python 2.x names the key "topic", 3.x "name"
+            counts = {d.get("topic", d.get("name")): len(d.get("partitions") or ())
+                      for d in admin.describe_topics(names) if not d.get("error_code")}
+        except Exception:  # an unknown topic: ask again, until the deadline
+            if time.monotonic() >= deadline:
+                raise
+            counts = {}
+        if all(counts.get(n) for n in names) or time.monotonic() >= deadline:
             return counts
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 def wait_until_described(bootstrap: str, names: list[str], timeout_s: float = 30.0) -> list[str]:
-    """Describe the topics until the cluster's metadata gives each of them partitions, up to
-    `timeout_s`; returns those it still did not (none, normally). A topic is in the brokers'
-    metadata a moment after its creation is acknowledged; a client that asks in between is
-    told it does not exist (faust then counts a just-created changelog's partitions as 0)."""
-    import time
-
+    """Wait until the cluster's metadata lists each topic with its partitions (a client that
+    asks before is told the topic does not exist, and faust then counts a just-created
+    changelog's partitions as 0), up to `timeout_s`; returns those still not listed."""
     from kafka.admin import KafkaAdminClient
 
-    deadline = time.monotonic() + timeout_s
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="gridflow-admin",
                              request_timeout_ms=int(max(1.0, timeout_s) * 1000))
     try:
-        missing = list(names)
-        while missing:
-            try:
-                described = admin.describe_topics(missing)
-                ready = {d.get("topic", d.get("name")) for d in described
-                         if not d.get("error_code") and d.get("partitions")}
-            except Exception:  # an unknown topic can fail the whole request: ask again
-                ready = set()
-            missing = [n for n in missing if n not in ready]
-            if not missing or time.monotonic() >= deadline:
-                break
-            time.sleep(0.1)
-        return missing
+        counts = _partition_counts(admin, names, timeout_s)
+        return [n for n in names if not counts.get(n)]
     finally:
         admin.close()
 

@@ -468,8 +468,11 @@ class GridflowTableManager(TableManager):
         names = [table.changelog_topic.get_topic_name() for table in tables]
         bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
         if names:
-            missing = await asyncio.get_running_loop().run_in_executor(
-                None, wait_until_described, bootstrap, names, CHANGELOG_VISIBLE_TIMEOUT_S)
+            try:
+                missing = await asyncio.get_running_loop().run_in_executor(
+                    None, wait_until_described, bootstrap, names, CHANGELOG_VISIBLE_TIMEOUT_S)
+            except Exception as exc:  # the broker did not answer: faust's own start decides
+                missing = [f"{names} ({exc!r})"]
             if missing:
                 log.warning("changelog topic(s) %s not in the cluster's metadata after %.0f s; "
                             "starting anyway", ", ".join(missing), CHANGELOG_VISIBLE_TIMEOUT_S)
