@@ -135,6 +135,11 @@ class Settings:
     # case processor's table (a tombstone on its changelog; gridflow.core.eviction); a later
     # command for it is refused with code case_evicted. 0: kept for ever.
     closed_case_evict_days: float = 30.0
+    # The case processor files the stage clocks of the events it decides in the same step
+    # (processors.deadlines.ClockFollower), and marks those events so that the deadline agent
+    # only reads what an older worker wrote. Off: the deadline agent follows every case event
+    # from the log, as before (issue 16, step 4).
+    deadlines_inline: bool = True
 
     # Operators' view (gridflow.telemetry): the worker, the sink and the notifier each serve
     # Prometheus metrics on their own port (0: none) on `metrics_host`; the API serves them at
@@ -246,6 +251,7 @@ def load_settings() -> Settings:
         worker_store=_env("WORKER_STORE", base.worker_store),
         closed_case_evict_days=float(_env("CLOSED_CASE_EVICT_DAYS",
                                           str(base.closed_case_evict_days))),
+        deadlines_inline=_env_bool("DEADLINES_INLINE", base.deadlines_inline),
         metrics_host=_env("METRICS_HOST", base.metrics_host),
         worker_metrics_port=_env_int("WORKER_METRICS_PORT", base.worker_metrics_port),
         sink_metrics_port=_env_int("SINK_METRICS_PORT", base.sink_metrics_port),
@@ -274,7 +280,7 @@ _ENV_FIELDS = {
     "sink_fetch_wait_ms": "SINK_FETCH_WAIT_MS",
     "worker_session_timeout_s": "WORKER_SESSION_TIMEOUT_S",
     "worker_instance_id": "WORKER_INSTANCE_ID", "worker_store": "WORKER_STORE",
-    "closed_case_evict_days": "CLOSED_CASE_EVICT_DAYS",
+    "closed_case_evict_days": "CLOSED_CASE_EVICT_DAYS", "deadlines_inline": "DEADLINES_INLINE",
     "session_idle_minutes": "SESSION_IDLE_MINUTES", "session_max_hours": "SESSION_MAX_HOURS",
     "cookie_secure": "COOKIE_SECURE", "frame_ancestors": "FRAME_ANCESTORS",
     "trusted_proxies": "TRUSTED_PROXIES",

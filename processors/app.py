@@ -30,6 +30,7 @@ from gridflow.events import decode_message
 from gridflow.retry import outage_policy, retry_async
 from gridflow.settings import Settings
 from processors import steps
+from processors.deadlines import FOLLOWED_HEADERS
 from processors.delivery import GridflowApp
 from processors.tablestore import (
     GridflowTable,
@@ -130,14 +131,17 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
 
     names = {suffix: topic.get_topic_name() for suffix, topic in t.items()}
 
-    async def emit(out: steps.Outputs) -> None:
+    async def emit(out: steps.Outputs, clocks_filed: bool = False) -> None:
         # Straight to the producer: the values are bytes already, so faust's channel layer
         # (future messages, serializer lookups, sensors) is pure per-record cost here. Still
         # at least once: faust flushes the producer before it commits any consumed offset,
         # and the ledger refuses the commit if one of these sends failed (processors.delivery).
+        # `clocks_filed`: the case events carry the mark that their clocks are in the book.
         producer, track = app.producer, app.send_ledger.track
+        marked = FOLLOWED_HEADERS if clocks_filed else None
         for suffix, key, value in out.sends:
-            track(await producer.send(names[suffix], key.encode(), value, None, None, None))
+            headers = marked if suffix == "case-events" else None
+            track(await producer.send(names[suffix], key.encode(), value, None, None, headers))
 
     radius_m, window = s.dedupe_radius_m, timedelta(hours=s.dedupe_window_hours)
 
@@ -173,6 +177,11 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
     source = app.topic(*source_names, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
 
+    # The stage clocks of the events decided here are filed in the same step, into the book of
+    # this partition (issue 16, step 4): the deadline agent then skips these events.
+    follower = (rt.deadlines.follower(app, t, rt)
+                if rt.deadlines is not None and s.deadlines_inline else None)
+
     async def decide(raw: bytes, key: str, m: Any) -> None:
         """A command for case `key` against the case table (as read from case-commands)."""
         before = cases.get(key)
@@ -183,15 +192,19 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
                                                     m.partition, m.offset)
                 if kept is not None:
                     evicted[key] = kept
-                await emit(out)
+                await emit(out, follower is not None)  # a refusal: no clock to file
                 return
         out, state = steps.case_step(raw, before, rt.planner, rt.clock(), m.topic,
                                      key, m.partition, m.offset)
+        if follower is not None and out.events:
+            # Before the case's own write: its changelog record is queued after the book's,
+            # so a case state that reached Kafka has its clocks there too.
+            follower.follow(m.partition, out.events)
         if state is not None:
             cases[key] = state
             if evict_days > 0:
                 eviction.EvictionIndex(closed_index, f"p{m.partition}:").note(before, state)
-        await emit(out)
+        await emit(out, follower is not None)
 
     @app.agent(source, supervisor_strategy=CrashingSupervisor)
     async def case_processor(stream: Any) -> None:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 import faust
+from mode import CrashingSupervisor
 
 from gridflow import events as ev
 from gridflow.core.calendar import WorkingCalendar
@@ -25,12 +27,43 @@ from gridflow.core.deadlines import DeadlineBook, DueItem, command_for, follow_e
 from gridflow.core.deadlines.follow import FOLLOWED_TYPES
 from gridflow.core.sla import SlaPolicy
 from gridflow.events import iso, parse_ts
-from processors.app import CrashingSupervisor
 from processors.tablestore import table_options
 
 log = logging.getLogger("gridflow.deadlines")
 
 TICK_INTERVAL_S = 1.0
+
+
+# The header on a case event whose stage clocks the case processor filed as it decided it
+# (GRIDFLOW_DEADLINES_INLINE): the deadline agent skips such events unread.
+FOLLOWED_HEADER = "gf-clocks"
+FOLLOWED_HEADERS = [(FOLLOWED_HEADER, b"1")]
+
+
+class ClockFollower:
+    """Files the stage clocks of a case's new events into the deadline book of the partition
+    that decided them, in the case processor's own step (issue 16, step 4): the events are the
+    objects just decided, so nothing is read back from the log or decoded, and the book is
+    never behind the cases. The case processor's partition p holds exactly the cases whose
+    events land on partition p of case-events (both keyed by case id, the same count), whose
+    book the deadline agent keeps under the namespace "p<p>:"."""
+
+    def __init__(self, entries: Any, buckets: Any, policy: SlaPolicy, calendar: WorkingCalendar,
+                 department_levels: dict[str, str]) -> None:
+        self.entries, self.buckets = entries, buckets
+        self.policy, self.calendar = policy, calendar
+        self.department_levels = department_levels
+
+    def book(self, partition: int) -> DeadlineBook:
+        return DeadlineBook(self.entries, self.buckets, policy=self.policy,
+                            calendar=self.calendar, namespace=f"p{partition}:")
+
+    def follow(self, partition: int, events: list[ev.Message]) -> None:
+        book = None
+        for event in events:
+            if event.type in FOLLOWED_TYPES:
+                book = book or self.book(partition)
+                follow_event(book, event, self.policy, self.calendar, self.department_levels)
 
 
 class DeadlineRuntime:
@@ -41,14 +74,28 @@ class DeadlineRuntime:
         self.policy = policy
         self.calendar = calendar
         self.tick_interval_s = tick_interval_s
+        self._tables: tuple[Any, Any] | None = None
+
+    def tables(self, app: faust.App, t: dict[str, Any], rt: Any) -> tuple[Any, Any]:
+        """The book's two tables (entries, minute buckets), declared once per app."""
+        if self._tables is None:
+            kind = rt.settings.worker_store
+            self._tables = (
+                app.Table("deadline-entries", partitions=t["case-events"].partitions,
+                          options=table_options(kind)),
+                app.Table("deadline-buckets", partitions=t["case-events"].partitions,
+                          options=table_options(kind)))
+        return self._tables
+
+    def follower(self, app: faust.App, t: dict[str, Any], rt: Any) -> ClockFollower:
+        """What the case processor files its events' clocks with (GRIDFLOW_DEADLINES_INLINE)."""
+        entries, buckets = self.tables(app, t, rt)
+        return ClockFollower(entries, buckets, self.policy, self.calendar,
+                             {code: dept.level for code, dept in rt.ref.departments.items()})
 
     def install(self, app: faust.App, t: dict[str, Any], rt: Any) -> None:
         prefix = rt.settings.topic_prefix
-        kind = rt.settings.worker_store
-        entries = app.Table("deadline-entries", partitions=t["case-events"].partitions,
-                            options=table_options(kind))
-        buckets = app.Table("deadline-buckets", partitions=t["case-events"].partitions,
-                            options=table_options(kind))
+        entries, buckets = self.tables(app, t, rt)
         source = app.topic(f"{prefix}.case-events", f"{prefix}.deadline-ticks",
                            key_type=bytes, value_type=bytes, key_serializer="raw",
                            value_serializer="raw")
@@ -69,11 +116,11 @@ class DeadlineRuntime:
         async def deadlines(stream: Any) -> None:
             async for event in stream.events():
                 m = event.message
-                book = book_for(m.partition)
                 if m.topic == ticks_name:
                     now = _tick_time(event.value)
                     if now is None:
                         continue
+                    book = book_for(m.partition)
                     peeked = book.peek_due(now)
                     futures = [await send(item) for item in peeked]
                     for fut in futures:
@@ -83,11 +130,11 @@ class DeadlineRuntime:
                         if item.id not in sent:
                             await send(item)
                     continue
-                if not _may_move_a_clock(event.value):
-                    continue  # a case filed, a report merged, a photo archived: no clock
+                if _followed(m.headers) or not _may_move_a_clock(event.value):
+                    continue  # filed by the case processor; or a case filed, a photo archived..
                 try:
                     msg = ev.decode_message(event.value, ev.EVENT_TYPES)
-                    follow_event(book, msg, policy, calendar, department_levels)
+                    follow_event(book_for(m.partition), msg, policy, calendar, department_levels)
                 except (ev.SchemaError, KeyError, TypeError, ValueError) as exc:
                     log.warning("deadlines: skipped %s@%s: %s", m.partition, m.offset, exc)
 
@@ -99,6 +146,14 @@ class DeadlineRuntime:
             value = json.dumps({"now": iso(clock())}).encode()
             for p in range(ticks.partitions or 1):
                 await ticks.send(key=str(p).encode(), value=value, partition=p)
+
+
+def _followed(headers: Any) -> bool:
+    """Whether a case event carries FOLLOWED_HEADER (its clocks are filed already)."""
+    if not headers:
+        return False
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return any(k == FOLLOWED_HEADER for k, _ in pairs)
 
 
 # The envelope's type is its last key (canonical JSON, keys sorted): `..."type":"X"}`. What

@@ -25,6 +25,9 @@ class Outputs:
     """What a step asks its agent to send: (topic suffix, key, value bytes) triples."""
 
     sends: list[tuple[str, str, bytes]] = field(default_factory=list)
+    # The case events decided in this step, as objects (their bytes are among `sends`): what
+    # the case processor files stage clocks from (processors.deadlines.ClockFollower).
+    events: list[Message] = field(default_factory=list)
 
     def send(self, topic_suffix: str, key: str, value: bytes) -> None:
         self.sends.append((topic_suffix, key, value))
@@ -246,6 +249,7 @@ def case_step(raw: bytes, state: dict[str, Any] | None, planner: DeadlinePlanner
         out.send("case-commands", follow_up.case_id, follow_up.encode())
     for event in decision.events:
         out.send("case-events", cmd.case_id, event.encode())
+    out.events = decision.events
     return out, decision.state.to_dict()
 
 
@@ -272,6 +276,7 @@ def evicted_case_step(raw: bytes, stub: dict[str, Any], now: datetime, source: s
     decision = eviction.refuse_evicted(stub, cmd)
     for event in decision.events:
         out.send("case-events", cmd.case_id, event.encode())
+    out.events = decision.events
     return out, (eviction.stub_of(decision.state.to_dict(), stub) if decision.events else None)
 
 
