@@ -226,6 +226,9 @@ def run(ctx: Context) -> list[Figure]:
     # core's second by to see the ceiling of one process.
     per_report = {name: 1000 * used / count for name, used in cpu_used.items()}
     cpu_note = ", ".join(f"{name} {ms:.2f} ms" for name, ms in per_report.items())
+    # All the work, the deadline book and the sink's catching up included: a flow that defers
+    # work past the last task (a trailing agent) looks faster in `ours` than it is.
+    until_idle = rate(count, busy + tail_s)
     return [Figure(
         "processing (reports → cases and tasks in the database)", fmt_rate(ours, "reports/s"),
         f"{fmt_rate(base, 'events/s')} (aiokafka consume + produce)", ratio,
@@ -233,9 +236,10 @@ def run(ctx: Context) -> list[Figure]:
         ours >= TARGET_RATE and ratio >= TARGET_RATIO,
         f"{count:,} reports → {tasks:,} tasks in {busy:.1f} s after the first case appeared "
         f"(worker and sink start-up {startup:.1f} s not counted; {t_done - t_start:.1f} s in all); "
-        f"baseline {base_s:.1f} s; CPU per report: {cpu_note} "
+        f"baseline {base_s:.1f} s; {fmt_rate(until_idle, 'reports/s')} counted until the "
+        f"worker and sink were done; CPU per report: {cpu_note} "
         + (f"(counted until both were idle, {tail_s:.0f} s after the last task landed)" if idle
            else f"(counted up to {tail_s:.0f} s after the last task landed; still busy then)"),
         {"sizes": f"{count:,} reports", "ours_rate": ours, "baseline_rate": base,
-         "startup_s": startup, "busy_s": busy, "tasks": tasks,
+         "startup_s": startup, "busy_s": busy, "tasks": tasks, "rate_until_idle": until_idle,
          "cpu_ms_per_report": per_report, "tail_s": tail_s, "idle": idle})]

@@ -25,3 +25,7 @@ def test_quick_bench_produces_figures(stack: object, tmp_path: Path) -> None:
     # and stepped the rate: every step it tried is in the figure, with its verdict
     search = next(f for f in figures if f.what.startswith("end to end: the highest"))
     assert search.raw["steps"] and all("held" in st for st in search.raw["steps"]), search.note
+    # processing counts the whole work too (the deadline book and the sink's catching up),
+    # never faster than the rate up to the last task
+    proc = next(f for f in figures if f.what.startswith("processing"))
+    assert 0 < proc.raw["rate_until_idle"] <= proc.raw["ours_rate"], proc.note
