@@ -254,9 +254,12 @@ def test_the_escalations_one_tick_files_write_each_bucket_once() -> None:
     escalation = escalations.pop()
     written = {k: n for k, n in buckets.writes.items() if minute_of(k) == escalation}
     assert len(written) > 1 and set(written.values()) == {1}  # each shard written once
-    # the keys reach their new bucket before they leave the one the breach was filed under
-    breach_parts = [i for i, k in enumerate(buckets.log) if minute_of(k) == book._bucket_of(breach)]
-    assert max(i for i, k in enumerate(buckets.log) if minute_of(k) == escalation) < min(breach_parts)
+    # the keys reach their new bucket before they leave the one that listed them: their
+    # earliest due's (the first warning's); the breach's own minute never listed them
+    left = [i for i, k in enumerate(buckets.log) if minute_of(k) not in (None, escalation)]
+    first_warning = min(book._bucket_of(d.at) for d in plan("T00", start, stage="sign").dues)
+    assert left and {minute_of(buckets.log[i]) for i in left} == {first_warning}
+    assert max(i for i, k in enumerate(buckets.log) if minute_of(k) == escalation) < min(left)
 
 
 # --- what a tick costs ------------------------------------------------------------------------
@@ -538,8 +541,10 @@ def test_filing_a_burst_rewrites_a_shard_not_the_whole_minute() -> None:
     start = local(2026, 11, 23, 9, 0)
     for i in range(400):
         book.upsert(plan(f"T{i:03d}", start, stage="sign"))
-    breach_minute = book._bucket_of(local(2026, 11, 23, 11, 0))
-    parts = [k for k in buckets.data if minute_of(k) == breach_minute]
+    # every key is listed under its earliest due's minute (the first warning's), only there
+    first = min(book._bucket_of(d.at) for d in plan("T000", start, stage="sign").dues)
+    assert {minute_of(k) for k in buckets.data} - {None} == {first}
+    parts = [k for k in buckets.data if minute_of(k) == first]
     assert len(parts) == SHARDS
     assert sum(len(buckets.data[k].split("\n")) for k in parts) == 400
     assert max(sizes) <= 3 * 400 // SHARDS  # whole-minute rewrites would reach 400
@@ -580,3 +585,97 @@ def test_a_book_from_before_the_shards_fires_and_cancels_its_unsharded_buckets()
     for key, raw in old.entries.items():  # escalations filed since live in shards
         for b in decode_entry(key, raw, old.bucket_seconds)[1]:
             assert any(key in str(v) for k, v in old.buckets.items() if minute_of(k) == b)
+
+
+# --- a key listed under its earliest due only -------------------------------------------------
+
+
+def _list_under_every_due(book: DeadlineBook, task_id: str, stage: str) -> None:
+    """Lists a clock's key under the bucket of each of its dues, as books written before the
+    key was listed under its earliest due only keep their keys."""
+    key = f"{task_id}#{stage}"
+    _, filed = book._decode(key, book.entries[key])
+    for b in sorted(set(filed)):
+        book._bucket_extend(b, [key])
+
+
+def test_filing_a_clock_writes_its_entry_and_one_shard() -> None:
+    entries, buckets = CountingMap(), CountingMap()
+    book = DeadlineBook(entries, buckets, policy=POLICY, calendar=CAL)
+    start = local(2026, 11, 23, 9, 0)
+    book.upsert(plan("T00", start, stage="sign"))  # primes the cursor
+    buckets.writes.clear()
+    entry = book.upsert(plan("T01", start, stage="sign"))
+    assert len({book._bucket_of(d.at) for d in entry.dues}) >= 3  # warnings and breach apart
+    assert [minute_of(k) for k in buckets.writes] == [min(book._bucket_of(d.at) for d in entry.dues)]
+
+
+def test_the_key_moves_on_as_each_due_fires_and_each_fires_once() -> None:
+    book = DeadlineBook({}, {}, policy=POLICY, calendar=CAL)
+    start = local(2026, 11, 23, 9, 0)
+    entry = book.upsert(plan("T1", start, stage="sign"))
+    fired: list[tuple[str, float | int | None]] = []
+    t = start
+    while t < start + timedelta(days=20):
+        t += timedelta(minutes=7)
+        for item in book.pop_due(t):
+            fired.append((item.kind, item.fraction if item.kind == WARN else item.level))
+            assert item.fire_at <= t
+        listed = [k for k in book.buckets if not k.endswith("cursor")
+                  and "T1#sign" in book.buckets[k].split("\n")]
+        assert len(listed) <= 1  # never under more than one minute
+    warns = [f for f in fired if f[0] == WARN]
+    assert sorted(w[1] for w in warns) == sorted(d.fraction for d in entry.dues if d.kind == WARN)
+    assert [f[0] for f in fired].count(BREACH) == 1
+    levels = [f[1] for f in fired if f[0] == ESCALATE]
+    assert levels and levels == sorted(set(levels))  # the ladder, one level at a time, once each
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_book_listing_keys_under_every_due_fires_exactly_as_one_listing_the_earliest(
+        seed: int) -> None:
+    """The same clocks, ticked at the same (random, sometimes days apart) instants, with some
+    clocks cancelled, restated or progressed in between: a book whose keys are listed under
+    every due's bucket (an older book) and one listing each under its earliest due return the
+    same items at the same ticks, and the older one's extra listings drain as they fire."""
+    import random
+
+    rnd = random.Random(seed)
+    new = DeadlineBook({}, {}, policy=POLICY, calendar=CAL)
+    old = DeadlineBook({}, {}, policy=POLICY, calendar=CAL)
+    start = local(2026, 11, 23, 8, 30)
+    clocks = [(f"T{i:02d}", rnd.choice(["sign", "resolve"]),
+               start + timedelta(minutes=rnd.randrange(0, 600)), rnd.choice(["E0101", "E0301"]))
+              for i in range(40)]
+    for task_id, stage, at, code in clocks[:30]:
+        for book in (new, old):
+            book.upsert(plan(task_id, at, stage=stage, code=code))
+        _list_under_every_due(old, task_id, stage)
+    t = start
+    for step in range(60):
+        t += timedelta(minutes=rnd.choice([1, 5, 30, 90, 600, 3000]))
+        a, b = new.peek_due(t), old.peek_due(t)
+        got_new, got_old = new.pop_due(t), old.pop_due(t)
+        assert [i.id for i in got_new] == [i.id for i in a]
+        assert [i.id for i in got_old] == [i.id for i in b]
+        assert [i.id for i in got_new] == [i.id for i in got_old], (seed, step)
+        if step == 10:  # later clocks, and changes to some of the first ones
+            for task_id, stage, at, code in clocks[30:]:
+                for book in (new, old):
+                    book.upsert(plan(task_id, max(at, t), stage=stage, code=code))
+            for task_id, stage, _, _ in clocks[:5]:
+                assert new.cancel(task_id, stage) == old.cancel(task_id, stage)
+            for task_id, stage, _, _ in clocks[5:10]:
+                new.note_progress(task_id, stage, t)
+                old.note_progress(task_id, stage, t)
+    assert new.entries == old.entries
+    # every extra listing of the old book is gone once its due fired or its clock stopped
+    for book in (new, old):
+        for k, v in book.buckets.items():
+            if k.endswith("cursor"):
+                continue
+            for key in v.split("\n"):
+                raw = book.entries.get(key)
+                assert raw is not None, (k, key)
+                _, filed = book._decode(key, raw)
+                assert filed and min(filed) == minute_of(k), (k, key, filed)

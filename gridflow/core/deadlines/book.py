@@ -8,6 +8,14 @@ the compact strings of gridflow.core.deadlines.codec, so a worker rebuilt from t
 loses nothing and fires nothing twice; item ids are deterministic, so a repeat after a crash is
 recognisable downstream.
 
+A clock's key is listed under one bucket: its earliest pending due's. When that due fires, the
+key moves on to the bucket of the next one, so filing a clock writes its entry and one shard
+(it wrote one per due: the warnings and the breach usually fall in different minutes). A tick
+fires every due of a key it reads that is due and filed under a bucket the tick covers, so the
+later dues of a clock overdue for hours fire in the same tick, as before. Books written before
+this list a key under every due's bucket; a tick reading such a listing where nothing of the
+key is due drops it, so they drain as they fire.
+
 Each minute bucket is split into ``SHARDS`` shards by a hash of the entry key (``"<namespace><minute>.<shard>"``):
 filing or cancelling a clock rewrites one shard, a sixteenth of the minute's keys, where it
 rewrote the whole minute (thousands of keys when a burst of tasks shares a deadline minute;
@@ -147,8 +155,9 @@ class DeadlineBook:
             raw = self.entries.get(key)
             if raw is None:
                 continue
-            for b in sorted(set(self._decode(key, raw)[1])):
-                self._bucket_remove(b, key)
+            holder = _holder(self._decode(key, raw)[1])
+            if holder is not None:  # an older book's other listings drain as they are read
+                self._bucket_remove(holder, key)
             del self.entries[key]
             stopped += 1
         return stopped
@@ -222,19 +231,19 @@ class DeadlineBook:
         cursor = self.buckets.get(self._cursor_key())
         if cursor is None:
             return []
-        items: list[DueItem] = []
-        for b in range(int(cursor["low"]), self._bucket_of(now) + 1):
+        last = self._bucket_of(now)
+        items: dict[str, DueItem] = {}  # a key of an older book is listed under several
+        for b in range(int(cursor["low"]), last + 1):
             for key in self._keys_in(b):
                 raw = self.entries.get(key)
                 if raw is None:
                     continue
                 entry, filed = self._decode(key, raw)
-                items.extend(
-                    self._item(entry, d)
-                    for d, fb in zip(entry.dues, filed, strict=True)
-                    if fb == b and d.at <= now
-                )
-        return sorted(items, key=_item_order)
+                for d, fb in zip(entry.dues, filed, strict=True):
+                    if fb <= last and d.at <= now:
+                        item = self._item(entry, d)
+                        items[item.id] = item
+        return sorted(items.values(), key=_item_order)
 
     def _pop_bucket(
         self,
@@ -273,14 +282,17 @@ class DeadlineBook:
         next_bucket: int,
         filed: dict[int, list[str]],
     ) -> tuple[list[DueItem], bool]:
-        """Fire the entry's dues filed under bucket b that are due.
+        """Fire the entry's dues that are due and filed under a bucket this call reads (up to
+        `next_bucket`): the key is listed under its earliest due's bucket only, so the dues
+        filed under the later buckets of the call fire with it.
 
-        Returns the items and whether the entry still has a due filed under bucket b.
+        Returns the items and whether the entry is still to be listed under bucket b.
         """
         entry, buckets = self._decode(key, raw)
-        due_now = [d for d, fb in zip(entry.dues, buckets, strict=True) if fb == b and d.at <= now]
+        due_now = [d for d, fb in zip(entry.dues, buckets, strict=True)
+                   if fb < next_bucket and d.at <= now]
         if not due_now:
-            return [], b in buckets
+            return [], _holder(buckets) == b
         firing = set(due_now)
         remaining = [d for d in entry.dues if d not in firing]
         level = entry.level
@@ -295,7 +307,7 @@ class DeadlineBook:
         new_buckets = self._write(
             updated, raw, floor=next_bucket, owner_bucket=b, filed=filed, old=(entry, buckets)
         )
-        return items, b in new_buckets
+        return items, _holder(new_buckets) == b
 
     def _next_escalation(
         self, since: datetime, level: int | None, entry: DeadlineEntry, pending: list[Due]
@@ -369,18 +381,21 @@ class DeadlineBook:
         new_raw = encode_entry(entry, new_buckets, self.bucket_seconds)
         if new_raw == old_raw:
             return new_buckets
-        old_set = set(old[1]) if old else set()
-        new_set = set(new_buckets)
-        for b in sorted(old_set - new_set - {owner_bucket}):
-            self._bucket_remove(b, entry.key)
-        for b in sorted(new_set - old_set - {owner_bucket}):
+        # The key is listed under its earliest due's bucket only (`_holder`); it moves on to the
+        # next one as that due fires. A key of a book written before that is listed under every
+        # due's bucket: its other listings are dropped by the ticks that read them (an entry
+        # with nothing due there is not kept in a bucket other than its holder).
+        new_holder = _holder(new_buckets)
+        old_holder = _holder(old[1]) if old else None
+        if old_holder is not None and old_holder not in (new_holder, owner_bucket):
+            self._bucket_remove(old_holder, entry.key)
+        if new_holder is not None and new_holder != old_holder and new_holder != owner_bucket:
             if filed is None:
-                self._bucket_extend(b, [entry.key])
+                self._bucket_extend(new_holder, [entry.key])
+                self._note_filed(new_holder)
             else:
-                filed.setdefault(b, []).append(entry.key)
+                filed.setdefault(new_holder, []).append(entry.key)
         self.entries[entry.key] = new_raw
-        if new_set - old_set and filed is None:
-            self._note_filed(min(new_set - old_set))
         return new_buckets
 
     def _bucket_extend(self, b: int, keys: list[str]) -> None:
@@ -443,6 +458,11 @@ class DeadlineBook:
 
     def _cursor_key(self) -> str:
         return f"{self.namespace}{CURSOR}"
+
+
+def _holder(buckets: tuple[int, ...]) -> int | None:
+    """The bucket that lists an entry's key: its earliest due's (None: no due left)."""
+    return min(buckets) if buckets else None
 
 
 def _item_order(item: DueItem) -> tuple[Any, ...]:
