@@ -43,6 +43,7 @@ from gridflow import topics
 from gridflow.clock import scaled_spec
 from infra import services
 from infra.kafka import ensure_catalogue
+from processors.app import app_id_for
 
 FULL_REPORTS = 100_000
 T0 = datetime(2026, 11, 2, 0, 30, tzinfo=UTC)
@@ -126,6 +127,27 @@ async def bare_baseline(bootstrap: str, source: str, target: str, count: int) ->
         await producer.stop()
 
 
+def changelog_records(bootstrap: str, app_id: str) -> dict[str, int]:
+    """Records on each table's changelog of a worker group (faust names them
+    `<app id>-<table>-changelog`), by table: what the worker's state writes cost Kafka."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        head, tail = f"{app_id}-", "-changelog"
+        counts: dict[str, int] = {}
+        for name in sorted(consumer.topics()):
+            if not (name.startswith(head) and name.endswith(tail)):
+                continue
+            tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+            ends = consumer.end_offsets(tps)
+            starts = consumer.beginning_offsets(tps)
+            counts[name[len(head):-len(tail)]] = sum(ends[tp] - starts[tp] for tp in tps)
+        return counts
+    finally:
+        consumer.close()
+
+
 def _counts(engine: object) -> tuple[int, int, int]:
     with engine.connect() as conn:  # type: ignore[attr-defined]
         reports = int(conn.execute(text("SELECT count(*) FROM reports")).scalar() or 0)
@@ -207,6 +229,8 @@ def run(ctx: Context) -> list[Figure]:
             engine.dispose()
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
+        changelogs = changelog_records(ctx.settings.kafka_bootstrap,
+                                       app_id_for(prefix, pipeline=True))
     startup = (t_first or t_start) - t_start
     if t_done is None:
         elapsed = time.monotonic() - t_start
@@ -226,6 +250,8 @@ def run(ctx: Context) -> list[Figure]:
     # core's second by to see the ceiling of one process.
     per_report = {name: 1000 * used / count for name, used in cpu_used.items()}
     cpu_note = ", ".join(f"{name} {ms:.2f} ms" for name, ms in per_report.items())
+    per_table = {name: n / count for name, n in changelogs.items()}
+    changelog_note = ", ".join(f"{name} {r:.2f}" for name, r in per_table.items() if r >= 0.005)
     # All the work, the deadline book and the sink's catching up included: a flow that defers
     # work past the last task (a trailing agent) looks faster in `ours` than it is.
     until_idle = rate(count, busy + tail_s)
@@ -239,7 +265,9 @@ def run(ctx: Context) -> list[Figure]:
         f"baseline {base_s:.1f} s; {fmt_rate(until_idle, 'reports/s')} counted until the "
         f"worker and sink were done; CPU per report: {cpu_note} "
         + (f"(counted until both were idle, {tail_s:.0f} s after the last task landed)" if idle
-           else f"(counted up to {tail_s:.0f} s after the last task landed; still busy then)"),
+           else f"(counted up to {tail_s:.0f} s after the last task landed; still busy then)")
+        + f"; changelog records per report: {sum(per_table.values()):.2f} ({changelog_note})",
         {"sizes": f"{count:,} reports", "ours_rate": ours, "baseline_rate": base,
          "startup_s": startup, "busy_s": busy, "tasks": tasks, "rate_until_idle": until_idle,
+         "changelog_per_report": per_table,
          "cpu_ms_per_report": per_report, "tail_s": tail_s, "idle": idle})]

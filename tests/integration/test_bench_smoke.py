@@ -29,3 +29,6 @@ def test_quick_bench_produces_figures(stack: object, tmp_path: Path) -> None:
     # never faster than the rate up to the last task
     proc = next(f for f in figures if f.what.startswith("processing"))
     assert 0 < proc.raw["rate_until_idle"] <= proc.raw["ours_rate"], proc.note
+    # and counts what the worker's state writes cost Kafka: every report's case is written
+    per_table = proc.raw["changelog_per_report"]
+    assert per_table.get("cases", 0) > 0 and sum(per_table.values()) > per_table["cases"], per_table
