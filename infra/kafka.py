@@ -21,6 +21,8 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
+from kafka.errors import InvalidReplicationFactorError
+
 from gridflow.settings import Settings
 from gridflow.topics import CATALOGUE, ensure_topics, fitting_replication, min_insync_replicas
 from infra.procs import Echo, ServerError, file_lock, port_open, run_logged, split_host_port
@@ -296,8 +298,12 @@ class Kafka(Server):
     def provision(self, echo: Echo) -> None:
         if self.node != 1:
             return  # a cluster's catalogue is created once, through node 1 (to every node)
+        # The factor fits the cluster as configured, not as a broker's metadata shows it at
+        # this moment: a node registered a moment ago can still be fenced, and left out of the
+        # brokers a DescribeCluster lists (the topics were once created with 2 replicas of 3).
         created = ensure_catalogue(self.bootstrap, self.settings.topic_prefix,
-                                   replication=self.settings.kafka_replication)
+                                   replication=self.settings.kafka_replication
+                                   or fitting_replication(len(self.nodes)))
         prefix = self.settings.topic_prefix
         if created:
             echo(f"{self.name}: created topics {', '.join(created)}")
@@ -328,6 +334,12 @@ def ensure_catalogue(bootstrap: str, prefix: str, timeout_s: float = 30.0,
                 if "has 0 partitions" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+            except InvalidReplicationFactorError:
+                # fewer brokers unfenced than the factor asks (a node still catching up with
+                # the metadata log after registering): ask again until the deadline
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         admin.wait_for_topics(names, timeout_ms=max(1000, int((deadline - time.monotonic()) * 1000)))
     finally:
         admin.close()

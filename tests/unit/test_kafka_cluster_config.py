@@ -126,3 +126,56 @@ def test_a_topic_described_with_no_partitions_yet_is_described_again() -> None:
     admin = Admin()
     assert _partition_counts(admin, ["p.reports"], 5.0) == {"p.reports": 4}
     assert admin.calls == 3
+
+
+def test_a_cluster_provisions_its_topics_with_the_factor_of_its_configured_size(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not with what a broker's metadata lists at that moment: a node registered a moment ago
+    can still be fenced, and is then missing from DescribeCluster (once: 2 replicas of 3)."""
+    import infra.kafka as kafka_mod
+
+    asked: list[int] = []
+    monkeypatch.setattr(kafka_mod, "ensure_catalogue",
+                        lambda bootstrap, prefix, replication=0, **kw: asked.append(replication) or [])
+    three = Settings(state_dir=tmp_path, kafka_bootstrap="127.0.0.1:29092",
+                     kafka_controller_port=29093).with_brokers(3)
+    first = kafka_nodes(three)[0]
+    first.provision(lambda line: None)
+    [one] = kafka_nodes(Settings(state_dir=tmp_path / "one"))
+    one.provision(lambda line: None)
+    pinned = kafka_nodes(three.with_(kafka_replication=2))[0]
+    pinned.provision(lambda line: None)
+    assert asked == [3, 1, 2]
+
+
+def test_too_few_brokers_unfenced_yet_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kafka.errors import InvalidReplicationFactorError
+
+    import infra.kafka as kafka_mod
+
+    calls: list[int] = []
+
+    def ensure(bootstrap: str, prefix: str, timeout_s: float, replication: int = 0) -> list[str]:
+        calls.append(replication)
+        if len(calls) < 3:
+            raise InvalidReplicationFactorError("2 brokers alive, 3 asked")
+        return []
+
+    class Admin:
+        def list_topics(self) -> list[str]:
+            return []
+
+        def wait_for_topics(self, names: list[str], timeout_ms: int) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(kafka_mod, "ensure_topics", ensure)
+    monkeypatch.setattr(kafka_mod, "_admin", lambda *a, **kw: Admin())
+    monkeypatch.setattr(kafka_mod.time, "sleep", lambda s: None)
+    kafka_mod.ensure_catalogue("b:1", "p", timeout_s=30.0, replication=3)
+    assert calls == [3, 3, 3]
+    calls.clear()
+    with pytest.raises(InvalidReplicationFactorError):  # still too few at the deadline
+        kafka_mod.ensure_catalogue("b:1", "p", timeout_s=-1.0, replication=3)
