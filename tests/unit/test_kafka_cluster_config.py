@@ -135,8 +135,12 @@ def test_a_cluster_provisions_its_topics_with_the_factor_of_its_configured_size(
     import infra.kafka as kafka_mod
 
     asked: list[int] = []
-    monkeypatch.setattr(kafka_mod, "ensure_catalogue",
-                        lambda bootstrap, prefix, replication=0, **kw: asked.append(replication) or [])
+
+    def ensure(bootstrap: str, prefix: str, replication: int = 0, **kw: object) -> list[str]:
+        asked.append(replication)
+        return []
+
+    monkeypatch.setattr(kafka_mod, "ensure_catalogue", ensure)
     three = Settings(state_dir=tmp_path, kafka_bootstrap="127.0.0.1:29092",
                      kafka_controller_port=29093).with_brokers(3)
     first = kafka_nodes(three)[0]
