@@ -74,39 +74,31 @@ class DeadlineRuntime:
         self.policy = policy
         self.calendar = calendar
         self.tick_interval_s = tick_interval_s
-        self._tables: tuple[Any, Any] | None = None
+        self._follower: ClockFollower | None = None
 
-    def tables(self, app: faust.App, t: dict[str, Any], rt: Any) -> tuple[Any, Any]:
-        """The book's two tables (entries, minute buckets), declared once per app."""
-        if self._tables is None:
+    def follower(self, app: faust.App, t: dict[str, Any], rt: Any) -> ClockFollower:
+        """The book of the app (its two tables, entries and minute buckets, declared once):
+        what the case processor files its events' clocks with (GRIDFLOW_DEADLINES_INLINE) and
+        the deadline agent ticks and follows the log with."""
+        if self._follower is None:
             kind = rt.settings.worker_store
-            self._tables = (
+            self._follower = ClockFollower(
                 app.Table("deadline-entries", partitions=t["case-events"].partitions,
                           options=table_options(kind)),
                 app.Table("deadline-buckets", partitions=t["case-events"].partitions,
-                          options=table_options(kind)))
-        return self._tables
-
-    def follower(self, app: faust.App, t: dict[str, Any], rt: Any) -> ClockFollower:
-        """What the case processor files its events' clocks with (GRIDFLOW_DEADLINES_INLINE)."""
-        entries, buckets = self.tables(app, t, rt)
-        return ClockFollower(entries, buckets, self.policy, self.calendar,
-                             {code: dept.level for code, dept in rt.ref.departments.items()})
+                          options=table_options(kind)),
+                self.policy, self.calendar,
+                {code: dept.level for code, dept in rt.ref.departments.items()})
+        return self._follower
 
     def install(self, app: faust.App, t: dict[str, Any], rt: Any) -> None:
         prefix = rt.settings.topic_prefix
-        entries, buckets = self.tables(app, t, rt)
+        follower = self.follower(app, t, rt)
         source = app.topic(f"{prefix}.case-events", f"{prefix}.deadline-ticks",
                            key_type=bytes, value_type=bytes, key_serializer="raw",
                            value_serializer="raw")
         ticks_name = f"{prefix}.deadline-ticks"
         commands = t["case-commands"]
-        policy, calendar = self.policy, self.calendar
-        department_levels = {code: dept.level for code, dept in rt.ref.departments.items()}
-
-        def book_for(partition: int) -> DeadlineBook:
-            return DeadlineBook(entries, buckets, policy=policy, calendar=calendar,
-                                namespace=f"p{partition}:")
 
         async def send(item: DueItem) -> Any:
             cmd = command_for(item)
@@ -120,7 +112,7 @@ class DeadlineRuntime:
                     now = _tick_time(event.value)
                     if now is None:
                         continue
-                    book = book_for(m.partition)
+                    book = follower.book(m.partition)
                     peeked = book.peek_due(now)
                     futures = [await send(item) for item in peeked]
                     for fut in futures:
@@ -133,8 +125,8 @@ class DeadlineRuntime:
                 if _followed(m.headers) or not _may_move_a_clock(event.value):
                     continue  # filed by the case processor; or a case filed, a photo archived..
                 try:
-                    msg = ev.decode_message(event.value, ev.EVENT_TYPES)
-                    follow_event(book_for(m.partition), msg, policy, calendar, department_levels)
+                    follower.follow(m.partition, [ev.decode_message(event.value,
+                                                                     ev.EVENT_TYPES)])
                 except (ev.SchemaError, KeyError, TypeError, ValueError) as exc:
                     log.warning("deadlines: skipped %s@%s: %s", m.partition, m.offset, exc)
 

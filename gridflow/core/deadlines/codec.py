@@ -12,8 +12,9 @@ Both maps hold compact strings, so a million open stages take about 350 MB resid
   own minute. ``fired`` are comma-separated marks of the items already returned for this
   deadline: ``k`` plus the item id's detail (``w0.5``, ``b``, ``e2``). ``case`` is empty when
   the case id is the task id up to its last ``-`` (``AJ…-T01`` → ``AJ…``), else ``=<case_id>``.
-* ``buckets``: ``"<namespace><minute number>"`` → the keys of the entries with a due in that
-  minute, joined by newlines, plus ``"<namespace>~cursor"`` → ``{"low": n, "primed": bool}``
+* ``buckets``: ``"<namespace><minute number>.<shard>"`` → the keys of the entries whose
+  earliest pending due is filed under that minute (older books: every due's minute, and an
+  unsharded ``"<namespace><minute number>"``), joined by newlines, plus ``"<namespace>~cursor"`` → ``{"low": n, "primed": bool}``
   (gridflow.core.deadlines.book).
 
 Guarantee: `decode_entry(key, encode_entry(entry, buckets, s), s)` gives back the entry and
