@@ -238,14 +238,17 @@ def own_cpu_s() -> float:
 
 def spy(name: str, pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
     """py-spy recording `pid` for `seconds` into $GRIDFLOW_BENCH_PYSPY/<name>.speedscope.json,
-    when that variable is set (profiles of the child processes while a benchmark runs)."""
+    when that variable is set (profiles of the child processes while a benchmark runs). With
+    GRIDFLOW_BENCH_PYSPY_GIL=1 only threads holding the GIL are sampled: Python's CPU, without
+    the threads that wait."""
     out_dir = os.environ.get("GRIDFLOW_BENCH_PYSPY")
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not out_dir or not Path(exe).exists():
         return None
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [exe, "record", "-p", str(pid), "--subprocesses", "-d", str(int(seconds)), "-r", "50",
-         "-f", "speedscope",
+        [exe, "record", "-p", str(pid), "--subprocesses",
+         *(["--gil"] if os.environ.get("GRIDFLOW_BENCH_PYSPY_GIL") == "1" else []),
+         "-d", str(int(seconds)), "-r", "50", "-f", "speedscope",
          "-o", str(Path(out_dir) / f"{name}.speedscope.json")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -9,6 +9,7 @@ holds and goes on from there, retrying with capped backoff and saying so in the 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import queue
 import threading
@@ -170,6 +171,12 @@ class _SinkLoop:
 
     def _run_fast(self) -> bool:
         """The replay fast path; False if it does not apply or failed (nothing was written)."""
+        try:
+            return self._replay_fast()
+        finally:
+            gc.unfreeze()  # what the batches froze (below) is collectable again
+
+    def _replay_fast(self) -> bool:
         from sinks.replay_fast import NotEmpty, Replayer
 
         replayer = Replayer(self.sink.engine, self.sink.consumer, self.sink.until)
@@ -216,6 +223,11 @@ class _SinkLoop:
                         last.add(replayer.add_dead_letter_records(batch))
                     else:
                         last.add(replayer.add_case_records(batch))
+                # The fold holds every case until the end, so the heap grows with the log and
+                # each full collection would walk all of it again (about a tenth of a replay's
+                # time at 300,000 events). What the batches left is frozen: the collector no
+                # longer walks it. It is unfrozen when the replay ends, whatever the outcome.
+                gc.freeze()
                 self._progress(last, t0, None if reader is None else reader.lag())
                 if time.monotonic() - last_log >= LOG_EVERY_S:
                     last_log = time.monotonic()

@@ -3,6 +3,7 @@ build exactly the rows of the live, batch-by-batch sink."""
 
 from __future__ import annotations
 
+import gc
 import logging
 from datetime import timedelta
 from typing import Any
@@ -60,11 +61,20 @@ def produce(bootstrap: str, prefix: str, events: list[Any]) -> None:
         producer.close()
 
 
-def test_run_sink_replay_equals_the_batch_by_batch_drain(stack, topic_prefix, tmp_path, caplog):
+def counting_freezes(monkeypatch) -> list[int]:
+    """gc.freeze, counted: the fast path freezes what each batch leaves (sinks.runner)."""
+    calls, freeze = [], gc.freeze
+    monkeypatch.setattr(gc, "freeze", lambda: (calls.append(1), freeze())[1])
+    return calls
+
+
+def test_run_sink_replay_equals_the_batch_by_batch_drain(stack, topic_prefix, tmp_path, caplog,
+                                                         monkeypatch):
     cases = [sample.eventful_lifecycle(f"AJ{i:03d}", sample.T0 + timedelta(minutes=i))
              for i in range(10)]
     produce(stack.bootstrap, topic_prefix, [e for c in cases for e in c])
     caplog.set_level(logging.INFO, logger="gridflow.sinks.runner")
+    freezes = counting_freezes(monkeypatch)
     dumps = []
     # the fast path reads with aiokafka (sinks.runner._BulkReader), or with kafka-python when
     # the caller passes client settings of its own
@@ -77,6 +87,9 @@ def test_run_sink_replay_equals_the_batch_by_batch_drain(stack, topic_prefix, tm
                             consumer_config=config)
         assert progress.caught_up and progress.totals.applied == sum(len(c) for c in cases)
         assert "fast path" not in caplog.text  # taken, and it did not fail
+        # the fold's heap was frozen batch by batch, and is collectable again afterwards
+        assert bool(freezes) == replay and gc.get_freeze_count() == 0
+        freezes.clear()
         dumps.append(dump_all(engine))
         if replay:  # a replayed database goes on live, and finds nothing new
             again = run_sink(stack.settings, engine, "sql-sink", drain=True,
@@ -108,3 +121,25 @@ def test_run_sink_replay_until_is_a_snapshot(stack, topic_prefix, tmp_path):
             SqlSink(engine, "sql-sink").check_resumable()
         engine.dispose()
     assert dumps[0] == dumps[1]
+
+
+def test_a_failed_fast_replay_leaves_nothing_frozen(stack, topic_prefix, tmp_path, caplog,
+                                                    monkeypatch):
+    from sinks import replay_fast
+
+    events = sample.eventful_lifecycle("AJ1")
+    produce(stack.bootstrap, topic_prefix, events)
+    freezes = counting_freezes(monkeypatch)
+
+    def broken(self):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(replay_fast.Replayer, "finish", broken)
+    engine = make_engine(f"sqlite:///{tmp_path / 'failed.db'}")
+    create_schema(engine)
+    progress = run_sink(stack.settings, engine, "sql-sink", drain=True, replay=True,
+                        topic_prefix=topic_prefix, poll_timeout_ms=200)
+    engine.dispose()
+    assert "the replay fast path failed (OSError: disk full)" in caplog.text
+    assert progress.caught_up and progress.totals.applied == len(events)  # batch by batch
+    assert freezes and gc.get_freeze_count() == 0
