@@ -24,7 +24,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from accounts import credentials as cred
@@ -38,6 +49,19 @@ ACTIVE = "active"
 DISABLED = "disabled"
 LOCK_ACCOUNT = "account"
 LOCK_ADDRESS = "address"
+
+
+# The session, its person and their roles, for every request: built once (building and keying
+# the statement anew cost more than PostgreSQL's answer).
+_s, _a, _r = auth_sessions.c, accounts.c, account_roles.c
+_SESSION_QUERY = (
+    select(_s.account_id, _s.last_seen_at, _s.expires_at, _s.ended_at, _a.display_name,
+           _a.status, _r.role, _r.scope)
+    .join(accounts, _a.account_id == _s.account_id)
+    .join(account_roles, _r.account_id == _s.account_id, isouter=True)
+    .where(_s.session_hash == bindparam("digest"))
+    .order_by(_r.role, _r.scope)
+)
 
 
 @dataclass(frozen=True)
@@ -454,15 +478,8 @@ class AccountStore:
         now = self.clock()
         s = auth_sessions.c
         digest = cred.token_hash(token)
-        a, r = accounts.c, account_roles.c
-        query = (select(s.account_id, s.last_seen_at, s.expires_at, s.ended_at, a.display_name,
-                        a.status, r.role, r.scope)
-                 .join(accounts, a.account_id == s.account_id)
-                 .join(account_roles, r.account_id == s.account_id, isouter=True)
-                 .where(s.session_hash == digest)
-                 .order_by(r.role, r.scope))
         with self.engine.connect() as conn:  # one round trip: the session, its person, roles
-            rows = conn.execute(query).all()
+            rows = conn.execute(_SESSION_QUERY, {"digest": digest}).all()
         if not rows or rows[0].ended_at is not None:
             return None
         row = rows[0]
