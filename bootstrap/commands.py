@@ -52,7 +52,7 @@ def worker(loglevel: str, role: str, niceness: int) -> None:
 @click.option("--loglevel", default="info", show_default=True, type=LOGLEVELS)
 def sink(database_url: str | None, loglevel: str) -> None:
     """Apply case events and dead letters to the read models (at most once each)."""
-    from gridflow import telemetry
+    from gridflow import heap, telemetry
     from sinks.gauges import DatabaseReader, read_model_gauges
     from sinks.models import create_schema
     from sinks.runner import run_sink
@@ -75,6 +75,7 @@ def sink(database_url: str | None, loglevel: str) -> None:
     # sink keeps up, each transaction takes that long's events instead of a handful (the
     # per-transaction cost was most of the sink's CPU per report; docs/PERFORMANCE.md).
     fetch = {"fetch_min_bytes": 1 << 20, "fetch_max_wait_ms": settings.sink_fetch_wait_ms}
+    heap.settle()
     progress = run_sink(settings, engine, stop_event=stop, consumer_config=fetch,
                         observer=telemetry.sink_observer(settings.clock))
     click.echo(f"gridflow sink: stopped after {progress.totals.applied} events")

@@ -67,7 +67,7 @@ def runtime_for_role(pieces: WorkerPieces, role: str = "all",
 def run_worker(pieces: WorkerPieces, loglevel: str = "warning", role: str = "all") -> None:
     import faust
 
-    from gridflow import telemetry, topics
+    from gridflow import heap, telemetry, topics
 
     settings = pieces.settings
     # The replication factor of faust's own topics (changelogs, repartitions) is decided here,
@@ -98,5 +98,6 @@ def run_worker(pieces: WorkerPieces, loglevel: str = "warning", role: str = "all
     # ~7% of the worker's CPU (docs/PERFORMANCE.md). No spinner: records below the level are
     # not built at all, and "Ready" is logged at info instead.
     worker.spinner = None
+    heap.settle()
     worker.execute_from_commandline()
 

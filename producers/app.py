@@ -25,6 +25,7 @@ from accounts.access import public
 from accounts.roles import Principal
 from accounts.store import AccountStore
 from bootstrap import Bundle, bootstrap
+from gridflow import heap
 from gridflow.clock import Clock, wall_clock
 from gridflow.core.refdata import ReferenceData
 from gridflow.settings import Settings, settings_env
@@ -88,9 +89,11 @@ def build_deps(world: Bundle) -> Deps:
     )
 
 
-def create_app(settings: Settings, deps: Deps) -> FastAPI:
+def create_app(settings: Settings, deps: Deps, *, server: bool = False) -> FastAPI:
     """The FastAPI app. Creates the ingest_receipts table and the read-model schema if missing
-    (both idempotent), so the read routes answer before the first sink has run."""
+    (both idempotent), so the read routes answer before the first sink has run. `server`: the
+    app is this process's for its life (`serve`), so its start-up heap is frozen once started
+    (gridflow.heap); not for an app made in a process that goes on making others (tests)."""
     from sinks.models import create_schema
 
     receipts.create_tables(deps.engine)
@@ -114,6 +117,8 @@ def create_app(settings: Settings, deps: Deps) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if server:
+            heap.settle()
         yield
         deps.publisher.close()
 
@@ -165,7 +170,7 @@ def worker_app() -> FastAPI:
     """The app of one of several API worker processes: settings from the environment, which
     `serve` set to the settings it was given before starting the workers."""
     world = bootstrap()
-    return create_app(world.settings, build_deps(world))
+    return create_app(world.settings, build_deps(world), server=True)
 
 
 def prepare_database(settings: Settings) -> None:
@@ -197,7 +202,7 @@ def serve(settings: Settings, log_level: str = "info", workers: int | None = Non
             else uvicorn.config.LOGGING_CONFIG)
     workers = workers or default_workers()
     if workers == 1:
-        app = create_app(settings, build_deps(bootstrap(settings)))
+        app = create_app(settings, build_deps(bootstrap(settings)), server=True)
         uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level=log_level,
                     log_config=logs)
         return

@@ -69,7 +69,7 @@ class MemoryStore:
 
 
 class Api:
-    def __init__(self) -> None:
+    def __init__(self, server: bool = False) -> None:
         self.publisher, self.store = MemoryPublisher(), MemoryStore()
         self.now = NOW
         engine = create_engine(
@@ -78,7 +78,8 @@ class Api:
         accounts = AccountStore(engine, REF, hasher=PasswordHasher.from_parameters(CHEAPEST))
         deps = Deps(REF, self.publisher, self.store, engine, clock=lambda: self.now,
                     accounts=accounts)
-        self.client = TestClient(create_app(Settings(max_photo_bytes=200_000), deps))
+        self.client = TestClient(create_app(Settings(max_photo_bytes=200_000), deps,
+                                            server=server))
         self.worker = SampleSessions(accounts, "unit").bearer(WORKER.id)  # GW0001 signed in
 
     def upload(
