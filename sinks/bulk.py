@@ -56,7 +56,7 @@ def converters(table: Table, dialect: Dialect) -> list[tuple[str, Any, Callable[
     for c in table.columns:
         fn: Callable[[Any], Any] = same
         if isinstance(c.type, UTCDateTime):
-            fn = utc_text if dialect.name == "sqlite" else utc_datetime
+            fn = _remembered(utc_text if dialect.name == "sqlite" else utc_datetime)
         elif isinstance(c.type, JSON):
             if dialect.name == "sqlite":
                 def fn(v: Any, dumps: Callable[[Any], str] = serialize) -> Any:
@@ -68,6 +68,26 @@ def converters(table: Table, dialect: Dialect) -> list[tuple[str, Any, Callable[
                     return None if v is None else Jsonb(v, dumps)
         out.append((c.name, column_default(c), fn))
     return out
+
+
+def _remembered(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A timestamp conversion remembered per value: an event's time is in its ledger, history,
+    outcome and case rows (bounded: forgotten every 100,000 values). Equal values give equal
+    results: a datetime equal to another is the same instant, and the result is that instant."""
+    cache: dict[Any, Any] = {}
+
+    def convert(value: Any) -> Any:
+        try:
+            return cache[value]
+        except KeyError:
+            if len(cache) >= 100_000:
+                cache.clear()
+            out = cache[value] = fn(value)
+            return out
+        except TypeError:  # unhashable: not a timestamp the converter takes anyway
+            return fn(value)
+
+    return convert
 
 
 # json.dumps(o, ensure_ascii=False) builds a JSONEncoder per call; this one is built once.

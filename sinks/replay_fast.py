@@ -36,7 +36,6 @@ from sinks.models import (
     DeadLetter,
     SinkOffset,
     TaskHistory,
-    UTCDateTime,
     table_of,
 )
 from sinks.projector import Position, ProjectionError, ReadModels
@@ -48,6 +47,7 @@ from sinks.sql import (
     _decode_case_event,
     _decode_dead_letter,
     _optional_ts,
+    decode_hashed,
 )
 
 log = logging.getLogger("gridflow.sinks.replay_fast")
@@ -142,7 +142,7 @@ class Replayer:
             tp = (r.topic, r.partition)
             if r.offset + 1 > nxt.get(tp, 0):
                 nxt[tp] = r.offset + 1
-            quick = _decode_hashed(r.value)
+            quick = decode_hashed(r.value)
             if quick is not None:
                 m, at, digest = quick
             else:  # anything unusual: the live sink's decoding, its errors, its hashing
@@ -222,53 +222,6 @@ class Replayer:
         return self._writer
 
 
-# --- decoding and hashing, for the common case only ---------------------------------------
-
-def _decode_hashed(value: bytes | None) -> tuple[Message, datetime, str | None] | None:
-    """A case event decoded as sinks.sql._decode_case_event decodes it, its time (m.at_dt)
-    and its hash (gridflow.contract.envelope_hash, as Message.hash()), for a record
-    in the shape every producer writes (UTF-8 JSON object, envelope fields of their JSON
-    types). Anything else returns None and the caller takes the general path, which gives
-    the result or the error the live sink gives (a payload that does not match its type
-    included). The hash is computed from the decoded values, never taken from the record, so
-    a record whose bytes are not canonical, or altered, hashes exactly as in the live sink.
-    The digest is None where that encoding fails (the fold then fails as in the live sink).
-    """
-    if value is None or value[:1] != b"{" or value[1:2] in (b"", b"\x00"):
-        return None  # json.loads would not read it as UTF-8, or there is nothing to read
-    try:
-        obj = ev.loads(value)  # json.loads(value)'s result, through orjson where it is the same
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError
-        return None
-    if type(obj) is not dict:
-        return None
-    get = obj.get
-    id_, type_, at, actor = get("id"), get("type"), get("at"), get("actor")
-    case_id, data, schema = get("case_id"), get("data", {}), get("schema", ev.SCHEMA_VERSION)
-    seq, causation_id, prev_hash = get("seq", 0), get("causation_id", ""), get("prev_hash", "")
-    if not (type(id_) is str and id_ and type(type_) is str and type_ and type(at) is str
-            and at and type(actor) is str and actor and type(case_id) is str and case_id
-            and type(data) is dict and type(schema) is int and schema == ev.SCHEMA_VERSION
-            and type(seq) is int and type(causation_id) is str and type(prev_hash) is str):
-        return None
-    try:
-        at_dt = ev.parse_ts(at, "at")
-    except SchemaError:
-        return None
-    m = Message(id_, type_, case_id, at, actor, data, schema, causation_id, seq, prev_hash)
-    if type_ in ev.PAYLOADS:
-        try:
-            m.body  # noqa: B018 - the typed payload, checked as decode_message checks it
-        except SchemaError:
-            return None
-    try:
-        digest: str | None = ev.envelope_hash(id_, type_, case_id, at, actor, data, schema,
-                                              causation_id, seq, prev_hash)
-    except Exception:  # e.g. a lone surrogate: Message.hash() fails the same way in the fold
-        digest = None
-    return m, at_dt, digest
-
-
 _TABLES = tuple(
     table_of(model) for model in Base.__subclasses__() if model.__tablename__ != "schema_version"
 )
@@ -286,7 +239,7 @@ def _row_maker(table: Table, dialect: Any) -> tuple[list[str], Callable[[dict[st
         if fn is same:
             values.append(f"row[{name!r}]")
         else:
-            scope[f"c{i}"] = _memo(fn) if isinstance(table.c[name].type, UTCDateTime) else fn
+            scope[f"c{i}"] = fn
             values.append(f"c{i}(row[{name!r}])")
     # one tuple expression per table, compiled once: no per-column loop for each row
     source = (f"def make(row):\n"
@@ -295,25 +248,6 @@ def _row_maker(table: Table, dialect: Any) -> tuple[list[str], Callable[[dict[st
               f"    return ({', '.join(values)},)\n")
     exec(compile(source, f"<replay row maker: {table.name}>", "exec"), scope)
     return names, scope["make"]
-
-
-def _memo(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A timestamp conversion remembered per value: an event's time is in its ledger, history
-    and outcome rows (bounded: forgotten every 100,000 values)."""
-    cache: dict[Any, Any] = {}
-
-    def convert(value: Any) -> Any:
-        try:
-            return cache[value]
-        except KeyError:
-            if len(cache) >= 100_000:
-                cache.clear()
-            out = cache[value] = fn(value)
-            return out
-        except TypeError:  # unhashable: not a timestamp the converter takes anyway
-            return fn(value)
-
-    return convert
 
 
 class _Writer:

@@ -174,17 +174,16 @@ def _variants() -> list[bytes]:
 
 
 def test_the_quick_decoding_decodes_and_hashes_as_the_live_sink():
-    from sinks.replay_fast import _decode_hashed
-    from sinks.sql import _decode_case_event
+    from sinks.sql import _decode_case_event, decode_hashed
 
     quick = 0
     for raw in _variants():
         try:
             m = _decode_case_event(raw)
         except ev.SchemaError:
-            assert _decode_hashed(raw) is None, raw
+            assert decode_hashed(raw) is None, raw
             continue
-        got = _decode_hashed(raw)
+        got = decode_hashed(raw)
         if got is None:  # the general path decides
             continue
         quick += 1
