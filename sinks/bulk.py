@@ -48,11 +48,14 @@ def _upsert(table: Table, dialect_name: str) -> Insert:
     )
 
 
-def converters(table: Table, dialect: Dialect) -> list[tuple[str, Any, Callable[[Any], Any]]]:
+Converter = tuple[str, Any, Callable[[Any], Any]]  # column, default, to-driver function
+
+
+def converters(table: Table, dialect: Dialect) -> list[Converter]:
     """(column, default, to-driver function) per column: what the column types' bind
     processors do (sinks.models.UTCDateTime, JSON), without their per-row dispatch."""
     serialize = _prebuilt(getattr(dialect, "_json_serializer", None) or json.dumps)
-    out: list[tuple[str, Any, Callable[[Any], Any]]] = []
+    out: list[Converter] = []
     for c in table.columns:
         fn: Callable[[Any], Any] = same
         if isinstance(c.type, UTCDateTime):
@@ -114,9 +117,39 @@ def same(value: Any) -> Any:
     return value
 
 
+def row_maker(convert: list[Converter], name: str, as_dict: bool = False,
+              ) -> Callable[[dict[str, Any]], Any]:
+    """A function making a row's driver parameters, in `convert`'s order (a tuple) or by
+    column name (`as_dict`): what `fn(row.get(column, default))` per column gives, from one
+    expression compiled once per table instead of a loop over the columns for every row. A row
+    missing columns takes their defaults; a row with keys that are not columns is fine."""
+    defaults = {column: default for column, default, _ in convert}
+    scope: dict[str, Any] = {"defaults": defaults, "convert": convert}
+    values = []
+    for i, (column, _, fn) in enumerate(convert):
+        value = f"row[{column!r}]"
+        if fn is not same:
+            scope[f"c{i}"] = fn
+            value = f"c{i}({value})"
+        values.append(f"{column!r}: {value}" if as_dict else value)
+    built = f"{{{', '.join(values)}}}" if as_dict else f"({', '.join(values)},)"
+    slow = ("{c: fn(row.get(c, d)) for c, d, fn in convert}" if as_dict
+            else "tuple([fn(row.get(c, d)) for c, d, fn in convert])")
+    source = (f"def make(row):\n"
+              f"    try:\n"
+              f"        if len(row) != {len(convert)}:\n"
+              f"            row = {{**defaults, **row}}\n"
+              f"        return {built}\n"
+              f"    except KeyError:  # keys that are not columns, and columns missing\n"
+              f"        return {slow}\n")
+    exec(compile(source, f"<row maker: {name}>", "exec"), scope)
+    made: Callable[[dict[str, Any]], Any] = scope["make"]
+    return made
+
+
 @functools.cache
 def _bulk_statement(table: Table, kind: str, dialect: Dialect,
-                    ) -> tuple[str, list[tuple[str, Any, Callable[[Any], Any]]], bool]:
+                    ) -> tuple[str, Callable[[dict[str, Any]], Any]]:
     """The driver-level SQL of an insert of every column, and how to make its parameters."""
     stmt: Any = {
         "upsert": lambda: _upsert(table, dialect.name),
@@ -129,20 +162,12 @@ def _bulk_statement(table: Table, kind: str, dialect: Dialect,
     positional = compiled.positiontup is not None
     if positional:  # qmark (SQLite): parameters in the statement's order
         convert = [convert[order[name]] for name in compiled.positiontup]
-    return str(compiled), convert, positional
+    return str(compiled), row_maker(convert, f"{table.name} {kind}", as_dict=not positional)
 
 
 def bulk_write(session: Session, table: Table, kind: str, rows: list[dict[str, Any]]) -> None:
     """INSERT (kind "insert"), INSERT ... ON CONFLICT DO NOTHING ("insert_new") or the upsert
     ("upsert") of `rows` in the session's transaction, as one driver-level executemany."""
     conn = session.connection()
-    sql, convert, positional = _bulk_statement(table, kind, conn.dialect)
-    if positional:
-        params: list[Any] = [
-            tuple([fn(row.get(name, default)) for name, default, fn in convert])
-            for row in rows
-        ]
-    else:
-        params = [{name: fn(row.get(name, default)) for name, default, fn in convert}
-                  for row in rows]
-    conn.exec_driver_sql(sql, params)
+    sql, make = _bulk_statement(table, kind, conn.dialect)
+    conn.exec_driver_sql(sql, [make(row) for row in rows])

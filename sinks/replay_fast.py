@@ -28,7 +28,7 @@ from sqlalchemy import Engine, Table
 
 from gridflow import events as ev
 from gridflow.events import Message, SchemaError
-from sinks.bulk import converters, same
+from sinks.bulk import converters, row_maker
 from sinks.models import (
     Base,
     CaseEvent,
@@ -228,26 +228,10 @@ _TABLES = tuple(
 
 
 def _row_maker(table: Table, dialect: Any) -> tuple[list[str], Callable[[dict[str, Any]], tuple[Any, ...]]]:
-    """Column names, and a function making a row's driver values in that order (the same
-    conversions as the live sink's bulk_write: sinks.bulk.converters)."""
+    """Column names, and a function making a row's driver values in that order (the live
+    sink's conversions: sinks.bulk.converters and row_maker)."""
     convert = converters(table, dialect)
-    names = [name for name, _, _ in convert]
-    defaults = {name: default for name, default, _ in convert}
-    scope: dict[str, Any] = {"defaults": defaults}
-    values = []
-    for i, (name, _, fn) in enumerate(convert):
-        if fn is same:
-            values.append(f"row[{name!r}]")
-        else:
-            scope[f"c{i}"] = fn
-            values.append(f"c{i}(row[{name!r}])")
-    # one tuple expression per table, compiled once: no per-column loop for each row
-    source = (f"def make(row):\n"
-              f"    if len(row) != {len(names)}:  # a row lacking columns: defaults, as bulk_write does\n"
-              f"        row = {{**defaults, **row}}\n"
-              f"    return ({', '.join(values)},)\n")
-    exec(compile(source, f"<replay row maker: {table.name}>", "exec"), scope)
-    return names, scope["make"]
+    return [name for name, _, _ in convert], row_maker(convert, f"{table.name} replay")
 
 
 class _Writer:
