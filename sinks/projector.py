@@ -134,22 +134,17 @@ class ReadModels:
         ]
 
     # --- folding -------------------------------------------------------------------
-    def fold(self, m: Message, where: Position = NOWHERE, at: datetime | None = None,
-             digest: str | None = None) -> None:
-        """Apply one event. Raises ProjectionError (and changes nothing) if it cannot.
-
-        `at` (m.at_dt) and `digest` (m.hash()) may be passed in when the caller already
-        has them (the replay fast path); they are computed here otherwise.
-        """
+    def fold(self, m: Message, where: Position = NOWHERE) -> None:
+        """Apply one event. Raises ProjectionError (and changes nothing) if it cannot. The
+        message's time and hash are its own memoised m.at_dt and m.hash() (a decoder that
+        computed them already, sinks.sql.decode_hashed, leaves them there)."""
         if m.id not in self._preloaded:
             self.preload([m])
         for rows in self._tables:
             rows.begin()
         try:
-            if at is None:
-                at = m.at_dt
-            if digest is None:
-                digest = m.hash()
+            at = m.at_dt
+            digest = m.hash()
             case = self.case(m.case_id, at)
             advance_chain(case, m, digest, at)
             handler = HANDLERS.get(m.type)

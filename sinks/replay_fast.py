@@ -142,24 +142,23 @@ class Replayer:
             tp = (r.topic, r.partition)
             if r.offset + 1 > nxt.get(tp, 0):
                 nxt[tp] = r.offset + 1
-            quick = decode_hashed(r.value)
+            quick = decode_hashed(r.value)  # its time and hash are kept by the message
             if quick is not None:
-                m, at, digest = quick
+                m = quick[0]
             else:  # anything unusual: the live sink's decoding, its errors, its hashing
                 try:
                     m = _decode_case_event(r.value)
                 except SchemaError as exc:
                     self._dead(_dead_letter(r, f"undecodable case event: {exc}"), stats)
                     continue
-                at, digest = m.at_dt, None
             if m.id in seen:
                 stats.duplicates += 1
                 continue
-            if until is not None and at > until:
+            if until is not None and m.at_dt > until:
                 stats.after_until += 1
                 continue
             try:
-                models.fold(m, Position(r.topic, r.partition, r.offset), at, digest)
+                models.fold(m, Position(r.topic, r.partition, r.offset))
             except ProjectionError as exc:
                 log.error("dead-lettering %s at %s[%d]@%d: %s",
                           m.type, r.topic, r.partition, r.offset, exc)

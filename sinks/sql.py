@@ -91,17 +91,13 @@ class SqlSink:
             offsets = _Offsets(session, self, {r.topic for r in batch})
             dead: list[dict[str, Any]] = []
             fresh: list[tuple[Record, Message]] = []
-            # the time and hash of the messages decode_hashed read in one pass, by message
-            known: dict[int, tuple[datetime, str | None]] = {}
             for r in batch:
                 if not offsets.see(r):
                     stats.stale += 1
                     continue
-                quick = decode_hashed(r.value)
+                quick = decode_hashed(r.value)  # its time and hash are kept by the message
                 if quick is not None:
-                    m, at, digest = quick
-                    known[id(m)] = (at, digest)
-                    fresh.append((r, m))
+                    fresh.append((r, quick[0]))
                     continue
                 try:  # anything unusual: the general decoding, with its errors
                     fresh.append((r, _decode_case_event(r.value)))
@@ -113,8 +109,7 @@ class SqlSink:
             applied: list[tuple[Record, Message]] = []
             for r, m in todo:
                 try:
-                    models.fold(m, Position(r.topic, r.partition, r.offset),
-                                *known.get(id(m), (None, None)))
+                    models.fold(m, Position(r.topic, r.partition, r.offset))
                 except ProjectionError as exc:
                     log.error(
                         "dead-lettering %s at %s[%d]@%d: %s",
@@ -304,20 +299,19 @@ def decode_hashed(value: bytes | None) -> tuple[Message, datetime, str | None] |
             and type(data) is dict and type(schema) is int and schema == ev.SCHEMA_VERSION
             and type(seq) is int and type(causation_id) is str and type(prev_hash) is str):
         return None
+    m = Message(id_, type_, case_id, at, actor, data, schema, causation_id, seq, prev_hash)
     try:
-        at_dt = ev.parse_ts(at, "at")
+        at_dt = m.at_dt
     except SchemaError:
         return None
-    m = Message(id_, type_, case_id, at, actor, data, schema, causation_id, seq, prev_hash)
     if type_ in ev.PAYLOADS:
         try:
             m.body  # noqa: B018 - the typed payload, checked as decode_message checks it
         except SchemaError:
             return None
     try:
-        digest: str | None = ev.envelope_hash(id_, type_, case_id, at, actor, data, schema,
-                                              causation_id, seq, prev_hash)
-    except Exception:  # e.g. a lone surrogate: Message.hash() fails the same way in the fold
+        digest: str | None = m.hash()  # kept by the message: the fold asks for it again
+    except Exception:  # e.g. a lone surrogate: the fold's m.hash() fails the same way
         digest = None
     return m, at_dt, digest
 

@@ -221,7 +221,13 @@ class Message:
 
     @property
     def at_dt(self) -> datetime:
-        return parse_ts(self.at, "at")
+        """`at` as an aware UTC datetime (SchemaError if it is not ISO 8601 with an offset).
+        Memoised, as `encode` and `hash` are (a message is never changed after it is made)."""
+        at = self.__dict__.get("_at_dt")
+        if at is None:
+            at = parse_ts(self.at, "at")
+            object.__setattr__(self, "_at_dt", at)
+        return at
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,8 +245,13 @@ class Message:
         return encoded
 
     def hash(self) -> str:
-        """`envelope_hash` of this message (its canonical content, prev_hash included)."""
-        return _sha256(self.encode()).hexdigest()
+        """`envelope_hash` of this message (its canonical content, prev_hash included).
+        Memoised: the sinks and the worker ask for it more than once."""
+        digest = self.__dict__.get("_hash")
+        if digest is None:
+            digest = _sha256(self.encode()).hexdigest()
+            object.__setattr__(self, "_hash", digest)
+        return digest
 
 
 def decode_message(raw: bytes | str | dict[str, Any], allowed_types: frozenset[str] | None = None,
