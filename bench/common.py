@@ -9,6 +9,7 @@ import math
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -246,9 +247,28 @@ def spy(name: str, pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
     if not out_dir or not Path(exe).exists():
         return None
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
+    recorder = subprocess.Popen(
         [exe, "record", "-p", str(pid), "--subprocesses",
          *(["--gil"] if os.environ.get("GRIDFLOW_BENCH_PYSPY_GIL") == "1" else []),
          "-d", str(int(seconds)), "-r", "50", "-f", "speedscope",
          "-o", str(Path(out_dir) / f"{name}.speedscope.json")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _recorders.append(recorder)
+    return recorder
+
+
+_recorders: list[subprocess.Popen[bytes]] = []
+
+
+def stop_spies(timeout_s: float = 60) -> None:
+    """Ends every py-spy recording still running and waits for its file. Call it while the
+    targets still run: py-spy following subprocesses does not notice its target's exit and
+    would otherwise never write (it writes on SIGINT, as on Ctrl-C)."""
+    while _recorders:
+        recorder = _recorders.pop()
+        if recorder.poll() is None:
+            recorder.send_signal(signal.SIGINT)
+        try:
+            recorder.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            recorder.kill()

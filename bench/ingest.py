@@ -29,6 +29,7 @@ from bench.common import (
     s3_client,
     say,
     spy,
+    stop_spies,
     topic_prefix,
     tree_cpu_s,
 )
@@ -174,6 +175,7 @@ def run(ctx: Context) -> list[Figure]:
                                      photo_of, sample_tokens(db_url))
             api_cpu, client_cpu = tree_cpu_s(api_pid) - api_cpu0, own_cpu_s() - client_cpu0
         finally:
+            stop_spies()
             api.stop()
         accepted = [r for r in results if r[0] == 202]
         say(ctx.echo, f"ingest: {len(accepted)}/{count} accepted in {seconds:.1f} s; raw ...")

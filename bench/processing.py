@@ -35,6 +35,7 @@ from bench.common import (
     rate,
     say,
     spy,
+    stop_spies,
     topic_prefix,
     tree_cpu_s,
 )
@@ -185,7 +186,6 @@ def run(ctx: Context) -> list[Figure]:
         timeout_s = max(180.0, count / 50)
         t_start = time.monotonic()
         procs: list[services.Service] = []
-        spies = []
         t_first = t_done = None
         tail_s, idle = 0.0, False
         reports = tasks = wanted = 0
@@ -196,7 +196,7 @@ def run(ctx: Context) -> list[Figure]:
                                ("sink", ["sink", "--loglevel", "warning"])):
                 procs.append(services.start(name, args, settings, run_dir))
                 if procs[-1].proc is not None:
-                    spies.append(spy(name, procs[-1].proc.pid, min(timeout_s, 120)))
+                    spy(name, procs[-1].proc.pid, min(timeout_s, 120))
             last_said = time.monotonic()
             while time.monotonic() - t_start < timeout_s:
                 for p in procs:
@@ -221,11 +221,9 @@ def run(ctx: Context) -> list[Figure]:
                     break
                 time.sleep(0.25)
         finally:
+            stop_spies()
             for p in procs:
                 p.stop()
-            for recorder in spies:
-                if recorder is not None:
-                    recorder.wait(timeout=60)
             engine.dispose()
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{db}{suffix}").unlink(missing_ok=True)

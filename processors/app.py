@@ -128,6 +128,9 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
                              options=table_options(kind))
     cases = app.Table("cases", default=None, partitions=topics.CASE_PARTITIONS,
                       options=table_options(kind))
+    # Sent last at each commit: a case state in the changelog has the clocks and the other
+    # tables' changes of the same commit before it (processors.tablestore).
+    cases.flush_rank = 1  # type: ignore[attr-defined]  # a GridflowTable (app.Table)
 
     names = {suffix: topic.get_topic_name() for suffix, topic in t.items()}
 

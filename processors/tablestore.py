@@ -17,6 +17,17 @@ acknowledged value and its changelog offset to RocksDB in one batch. RocksDB the
 exactly a prefix of the changelog, as the memory store does after a restore, and the delivery
 guarantees of processors.delivery hold unchanged.
 
+**A key's changes reach the changelog once per commit** (issue 16). faust sends a changelog
+record for every write to a table; a township's recent cases, a minute's shard of the deadline
+book, a case touched by several commands are rewritten many times a second. `GridflowTable`
+keeps each changed key's last value (and the partition of the event that changed it) and sends
+it when the consumer commits (`send_unsent`, called by processors.delivery before the commit
+waits for every send), so a commit still never overtakes a change: a change that is not in
+the changelog belongs to a record whose offset is not committed, which is read and decided
+again, deterministically, after a crash. The tables are sent in `flush_rank` order, the case
+table last: its records follow the deadline book's and the other tables' of the same commit,
+so a case state that reached Kafka has its clocks there too.
+
 **One data directory per worker process.** `claim_data_dir` takes the first free slot
 `<faust_data_dir>/<app id>/w<N>` under an exclusive lock held for the life of the process
 (released by the kernel when the process dies, SIGKILL included), so two workers on one
@@ -33,7 +44,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +115,9 @@ class AckedRocksStore(faust_rocksdb.Store):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # key -> [partition, latest value (None: deleted), changes not yet on disk]
+        # key -> [partition, latest value (None: deleted), changelog records it waits for
+        # (those sent and not yet on disk, and one for a change not sent yet), whether the
+        # latest change is not sent yet]
         self._pending: dict[bytes, list[Any]] = {}
         self._acked: dict[int, _Acked] = {}  # partition -> acknowledged, not yet on disk
 
@@ -116,9 +129,18 @@ class AckedRocksStore(faust_rocksdb.Store):
             raise RuntimeError("a table change needs the event being processed (its partition)")
         entry = self._pending.get(key)
         if entry is None:
-            self._pending[key] = [event.message.partition, value, 1]
+            self._pending[key] = [event.message.partition, value, 1, True]
         else:
-            entry[0], entry[1], entry[2] = event.message.partition, value, entry[2] + 1
+            entry[0], entry[1] = event.message.partition, value
+            if not entry[3]:  # changes since the last send share the record still to be sent
+                entry[2], entry[3] = entry[2] + 1, True
+
+    def note_sent(self, key: bytes) -> None:
+        """The latest change of `key` is on its way to the changelog: a later change waits
+        for a record of its own."""
+        entry = self._pending.get(key)
+        if entry is not None:
+            entry[3] = False
 
     def _set(self, key: bytes, value: bytes | None) -> None:
         self._note(key, value)
@@ -268,8 +290,67 @@ class AckedRocksStore(faust_rocksdb.Store):
             super().revoke_partitions(table, tps)
 
 
+_DELETED = object()  # an unsent change that removes its key
+
+
 class GridflowTable(faust.Table):
-    """A faust table whose RocksDB store is `AckedRocksStore`."""
+    """A faust table whose RocksDB store is `AckedRocksStore` and whose changelog records are
+    sent once per key and commit (see the module doc)."""
+
+    flush_rank = 0  # tables are sent in this order at a commit (the case table: 1, last)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._unsent: dict[Any, tuple[int, Any]] = {}  # key -> (partition, value | _DELETED)
+        super().__init__(*args, **kwargs)
+
+    def on_key_set(self, key: Any, value: Any) -> None:
+        """Remember the change; `send_unsent` sends the key's last value at the commit."""
+        self._unsent[key] = (self._changed_partition(key), value)
+
+    def on_key_del(self, key: Any) -> None:
+        self._unsent[key] = (self._changed_partition(key), _DELETED)
+
+    def _changed_partition(self, key: Any) -> int:
+        partition = self.partition_for_key(key)
+        if partition is None:  # use_partitioner: the producer would pick one; never used here
+            raise TypeError(f"table {self.name}: changes need the event's partition")
+        return partition
+
+    async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP],
+                           generation_id: int = 0) -> None:
+        """Unsent changes of partitions this worker no longer has are dropped: the commit
+        faust made before the rebalance sent those of every record it committed, so these
+        belong to records the partition's next owner reads and decides again."""
+        gone = {tp.partition for tp in revoked if tp.topic in self.changelog_topic.topics}
+        if gone and self._unsent:
+            kept = {k: v for k, v in self._unsent.items() if v[0] not in gone}
+            if len(kept) < len(self._unsent):
+                log.info("%s: %d unsent change(s) of revoked partition(s) %s dropped",
+                         self.name, len(self._unsent) - len(kept), sorted(gone))
+            self._unsent = kept
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+
+    def unsent_count(self) -> int:
+        return len(self._unsent)
+
+    def send_unsent(self) -> int:
+        """Send every changed key's last value (a tombstone for a removed one) to the
+        changelog, in the order the keys were first changed; returns how many."""
+        unsent = self._unsent
+        if not unsent:
+            return 0
+        self._unsent = {}
+        store = self.data
+        acked = store if isinstance(store, AckedRocksStore) else None
+        for key, (partition, value) in unsent.items():
+            if value is _DELETED:
+                self.send_changelog(partition, key, None, value_serializer="raw")
+            else:
+                self.send_changelog(partition, key, value)
+            if acked is not None:
+                acked.note_sent(acked._encode_key(key))
+        return len(unsent)
+
 
     def _new_store_by_url(self, url: Any) -> Any:
         if str(url).startswith("rocksdb:"):
@@ -363,3 +444,11 @@ def consumer_instance_id(setting: str) -> str | None:
     """The consumer's group.instance.id for a resolved setting: None for dynamic membership."""
     value = setting.strip()
     return None if value in ("", DYNAMIC) else value
+
+
+def send_unsent_changes(tables: Iterable[Any]) -> int:
+    """Every table's unsent changes onto its changelog, the tables in `flush_rank` order (the
+    case table last); returns how many records were sent. Called before each commit."""
+    ours = sorted((t for t in tables if isinstance(t, GridflowTable)),
+                  key=lambda t: t.flush_rank)
+    return sum(t.send_unsent() for t in ours)

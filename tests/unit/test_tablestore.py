@@ -3,6 +3,7 @@ reads see the latest change, each worker process gets a data directory of its ow
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ def _app(tmp_path: Path, store: str = "rocksdb") -> Any:
 
 class _Event:
     def __init__(self, partition: int) -> None:
-        self.message = SimpleNamespace(partition=partition)
+        self.message = SimpleNamespace(partition=partition, topic="tstore.reports")
 
 
 def _in_event(partition: int) -> _Event:
@@ -55,6 +56,21 @@ def _ack(table: Any, partition: int, offset: int, key: str, value: Any,
                              None if value is None else store._encode_value(value))
     if flush:
         store.flush_acked()
+
+
+def _sent(app: Any) -> list[tuple[str, int, Any, Any]]:
+    """What the app's tables send to their changelogs from now on: (table, partition, key,
+    value), value None for a tombstone. Nothing reaches a producer."""
+    sent: list[tuple[str, int, Any, Any]] = []
+    for table in app.tables.values():
+        table._verified_source_topics_for_partitions.add("tstore.reports")
+
+        def send(partition: int, key: Any, value: Any, key_serializer: Any = None,
+                 value_serializer: Any = None, _name: str = table.name) -> None:
+            sent.append((_name, partition, key, value))
+
+        table.send_changelog = send
+    return sent
 
 
 def _on_disk(table: Any, partition: int, key: str) -> Any:
@@ -77,18 +93,22 @@ def test_the_store_setting_chooses_rocksdb_or_memory(tmp_path):
 
 def test_a_change_reaches_disk_only_once_the_changelog_has_it(tmp_path):
     app = _app(tmp_path)
+    sent = _sent(app)
     cases = app.tables["cases"]
     assert isinstance(cases.data, AckedRocksStore)
     event = _in_event(2)
-    cases.data["AJ1"] = {"seq": 1}
+    cases["AJ1"] = {"seq": 1}
     assert cases.data["AJ1"] == {"seq": 1}  # read back at once (from memory)
     assert _on_disk(cases, 2, "AJ1") is None  # a SIGKILL now loses nothing the log has
     assert cases.data.persisted_offset(TP("x", 2)) is None
-    cases.data["AJ1"] = {"seq": 2}  # a second change before the first is acknowledged
+    assert cases.send_unsent() == 1 and sent == [("cases", 2, "AJ1", {"seq": 1})]
+    cases["AJ1"] = {"seq": 2}  # a second change before the first is acknowledged
     _ack(cases, 2, 10, "AJ1", {"seq": 1})
     assert _on_disk(cases, 2, "AJ1") == {"seq": 1}
     assert cases.data["AJ1"] == {"seq": 2}  # the unacknowledged change still wins
     assert cases.data.persisted_offset(TP("x", 2)) == 10
+    assert cases.data.pending_count() == 1  # the second change waits for its own record
+    assert cases.send_unsent() == 1
     _ack(cases, 2, 11, "AJ1", {"seq": 2})
     assert cases.data.pending_count() == 0
     assert _on_disk(cases, 2, "AJ1") == {"seq": 2}
@@ -98,12 +118,15 @@ def test_a_change_reaches_disk_only_once_the_changelog_has_it(tmp_path):
 
 def test_acknowledged_changes_are_written_in_batches_with_the_highest_offset(tmp_path):
     app = _app(tmp_path)
+    _sent(app)
     cases = app.tables["cases"]
     store = cases.data
     event = _in_event(3)
     for n in range(5):
-        cases.data[f"AJ{n}"] = {"seq": n}
-    cases.data["AJ0"] = {"seq": 9}  # a second change of one key
+        cases[f"AJ{n}"] = {"seq": n}
+    assert cases.send_unsent() == 5
+    cases["AJ0"] = {"seq": 9}  # a second change of one key, after a commit
+    assert cases.send_unsent() == 1
     for offset, (key, seq) in enumerate([("AJ0", 0), ("AJ1", 1), ("AJ2", 2), ("AJ0", 9)]):
         _ack(cases, 3, 100 + offset, key, {"seq": seq}, flush=False)
     # acknowledged but not written yet: a SIGKILL now leaves the disk at an older prefix
@@ -118,7 +141,8 @@ def test_acknowledged_changes_are_written_in_batches_with_the_highest_offset(tmp
     assert cases.get("AJ3") == {"seq": 3} and cases.get("nobody") is None
     # a full batch is written at once
     for n in range(tablestore.FLUSH_EVERY):
-        cases.data[f"B{n}"] = n
+        cases[f"B{n}"] = n
+        cases.send_unsent()
         _ack(cases, 3, 200 + n, f"B{n}", n, flush=False)
     assert _on_disk(cases, 3, f"B{tablestore.FLUSH_EVERY - 1}") == tablestore.FLUSH_EVERY - 1
     assert store.persisted_offset(TP("x", 3)) == 200 + tablestore.FLUSH_EVERY - 1
@@ -144,12 +168,15 @@ def test_a_get_reads_the_store_once(tmp_path, monkeypatch):
 
 def test_a_delete_is_a_change_like_any_other(tmp_path):
     app = _app(tmp_path)
+    sent = _sent(app)
     cases = app.tables["cases"]
     event = _in_event(0)
-    cases.data["AJ2"] = {"seq": 5}
+    cases["AJ2"] = {"seq": 5}
+    cases.send_unsent()
     _ack(cases, 0, 3, "AJ2", {"seq": 5})
-    del cases.data["AJ2"]
+    del cases["AJ2"]
     assert "AJ2" not in cases.data and cases.data.get("AJ2") is None
+    assert cases.send_unsent() == 1 and sent[-1] == ("cases", 0, "AJ2", None)
     assert _on_disk(cases, 0, "AJ2") == {"seq": 5}  # until the tombstone is acknowledged
     _ack(cases, 0, 4, "AJ2", None)
     assert _on_disk(cases, 0, "AJ2") is None
@@ -159,13 +186,56 @@ def test_a_delete_is_a_change_like_any_other(tmp_path):
 
 def test_changes_of_a_partition_given_away_are_forgotten(tmp_path):
     app = _app(tmp_path)
+    sent = _sent(app)
     cases = app.tables["cases"]
     event = _in_event(1)
-    cases.data["AJ3"] = {"seq": 1}
+    cases["AJ3"] = {"seq": 1}
+    other = _in_event(2)
+    cases["AJ4"] = {"seq": 1}
     topic = cases.changelog_topic.get_topic_name()
-    cases.data.revoke_partitions(cases, {TP(topic, 1)})
+    asyncio.run(cases.on_rebalance(set(), {TP(topic, 1)}, set()))
+    assert cases.data.pending_count() == 1  # AJ4, of the partition still held
+    assert cases.send_unsent() == 1 and sent == [("cases", 2, "AJ4", {"seq": 1})]
+    del event, other
+
+
+def test_a_key_changed_many_times_reaches_the_changelog_once_per_commit(tmp_path):
+    app = _app(tmp_path)
+    sent = _sent(app)
+    cases, recent = app.tables["cases"], app.tables["recent-cases"]
+    event = _in_event(1)
+    for n in range(50):  # a township's recent cases, rewritten by every report
+        recent["T1|C"] = [n]
+        cases[f"AJ{n}"] = {"seq": n}
+    recent["T2|C"] = [1]
+    cases["AJ7"] = {"seq": 70}
+    del cases["AJ9"]
+    assert cases.unsent_count() == 50 and recent.unsent_count() == 2
+    assert sent == []  # nothing before the commit
+    assert tablestore.send_unsent_changes(app.tables.values()) == 52
+    # the case table last, each key once with its last value, in the order keys first changed
+    assert sent[:2] == [("recent-cases", 1, "T1|C", [49]), ("recent-cases", 1, "T2|C", [1])]
+    assert [s[2] for s in sent[2:]] == [f"AJ{n}" for n in range(50)]
+    assert sent[2 + 7] == ("cases", 1, "AJ7", {"seq": 70})
+    assert sent[2 + 9] == ("cases", 1, "AJ9", None)
+    assert {s[1] for s in sent} == {1}
+    assert tablestore.send_unsent_changes(app.tables.values()) == 0  # sent once
+    # the store: reads see the last change; one acknowledgement per key clears it
+    assert cases.get("AJ7") == {"seq": 70} and cases.get("AJ9") is None
+    for offset, (_, partition, key, value) in enumerate(sent[2:]):
+        _ack(cases, partition, offset, key, value, flush=False)
+    cases.data.flush_acked()
     assert cases.data.pending_count() == 0
+    assert _on_disk(cases, 1, "AJ7") == {"seq": 70} and _on_disk(cases, 1, "AJ9") is None
     del event
+
+
+def test_a_change_needs_the_event_it_belongs_to(tmp_path):
+    app = _app(tmp_path)
+    _sent(app)
+    _current_event.set(None)
+    with pytest.raises(TypeError, match="stream iteration"):
+        app.tables["cases"]["AJ1"] = {"seq": 1}
 
 
 def test_the_changelog_value_and_the_stored_bytes_are_the_same_encoding(tmp_path):
