@@ -135,12 +135,15 @@ class AckedRocksStore(faust_rocksdb.Store):
             if not entry[3]:  # changes since the last send share the record still to be sent
                 entry[2], entry[3] = entry[2] + 1, True
 
-    def note_sent(self, key: bytes) -> None:
-        """The latest change of `key` is on its way to the changelog: a later change waits
-        for a record of its own."""
+    def take_unsent(self, key: bytes) -> tuple[bool, bytes | None]:
+        """The latest change of `key`, as it is about to be sent to the changelog: (whether
+        there is one, its value bytes, None for a removal). A later change waits for a record
+        of its own."""
         entry = self._pending.get(key)
-        if entry is not None:
-            entry[3] = False
+        if entry is None or not entry[3]:
+            return False, None
+        entry[3] = False
+        return True, entry[1]
 
     def _set(self, key: bytes, value: bytes | None) -> None:
         self._note(key, value)
@@ -340,15 +343,23 @@ class GridflowTable(faust.Table):
         if not unsent:
             return 0
         self._unsent = {}
-        store = self.data
-        acked = store if isinstance(store, AckedRocksStore) else None
+        store, send = self.data, self.send_changelog
+        if isinstance(store, AckedRocksStore):
+            # The store holds each change encoded already: those very bytes are sent (the
+            # changelog's encoding is the store's), not the value encoded a second time.
+            take, encode_key = store.take_unsent, store._encode_key
+            for key, (partition, value) in unsent.items():
+                raw_key = encode_key(key)
+                found, raw = take(raw_key)
+                if not found:  # the store lost it (never here: every change goes to both)
+                    raw = None if value is _DELETED else store._encode_value(value)
+                send(partition, raw_key, raw, key_serializer="raw", value_serializer="raw")
+            return len(unsent)
         for key, (partition, value) in unsent.items():
             if value is _DELETED:
-                self.send_changelog(partition, key, None, value_serializer="raw")
+                send(partition, key, None, value_serializer="raw")
             else:
-                self.send_changelog(partition, key, value)
-            if acked is not None:
-                acked.note_sent(acked._encode_key(key))
+                send(partition, key, value)
         return len(unsent)
 
 

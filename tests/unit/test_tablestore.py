@@ -66,8 +66,14 @@ def _sent(app: Any) -> list[tuple[str, int, Any, Any]]:
         table._verified_source_topics_for_partitions.add("tstore.reports")
 
         def send(partition: int, key: Any, value: Any, key_serializer: Any = None,
-                 value_serializer: Any = None, _name: str = table.name) -> None:
-            sent.append((_name, partition, key, value))
+                 value_serializer: Any = None, _table: Any = table) -> None:
+            if key_serializer == "raw":  # the store's own bytes, sent as they are
+                assert isinstance(key, bytes), key
+                key = _table.data._decode_key(key)
+            if value is not None and value_serializer == "raw":
+                assert isinstance(value, bytes), value
+                value = _table.data._decode_value(value)
+            sent.append((_table.name, partition, key, value))
 
         table.send_changelog = send
     return sent
@@ -227,6 +233,40 @@ def test_a_key_changed_many_times_reaches_the_changelog_once_per_commit(tmp_path
     cases.data.flush_acked()
     assert cases.data.pending_count() == 0
     assert _on_disk(cases, 1, "AJ7") == {"seq": 70} and _on_disk(cases, 1, "AJ9") is None
+    del event
+
+
+def test_the_rocksdb_tables_send_the_bytes_their_store_holds(tmp_path, monkeypatch):
+    # one encoding per change: the changelog gets the store's bytes, not a second encoding
+    app = _app(tmp_path)
+    _sent(app)
+    cases = app.tables["cases"]
+    event = _in_event(0)
+    cases["AJ1"] = {"seq": 1}
+    calls: list[tuple[Any, ...]] = []
+    cases.send_changelog = lambda *a, **kw: calls.append((a, kw))
+    encoded: list[Any] = []
+    monkeypatch.setattr(cases.data, "_encode_value", lambda v: encoded.append(v) or b"")
+    assert cases.send_unsent() == 1 and encoded == []
+    (partition, key, value), kw = calls[0]
+    assert (partition, key, value) == (0, cases.data._encode_key("AJ1"),
+                                       cases.data._get(cases.data._encode_key("AJ1")))
+    assert kw == {"key_serializer": "raw", "value_serializer": "raw"}
+    del event
+
+
+def test_a_memory_table_sends_its_values_once_per_commit_too(tmp_path):
+    app = _app(tmp_path, "memory")
+    sent = _sent(app)
+    recent = app.tables["recent-cases"]
+    event = _in_event(3)
+    for n in range(5):
+        recent["T|C"] = [n]
+    recent["T|D"] = [1]
+    del recent["T|D"]
+    assert recent.get("T|C") == [4] and recent.get("T|D") is None
+    assert tablestore.send_unsent_changes(app.tables.values()) == 2
+    assert sent == [("recent-cases", 3, "T|C", [4]), ("recent-cases", 3, "T|D", None)]
     del event
 
 
