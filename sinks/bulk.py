@@ -54,7 +54,7 @@ Converter = tuple[str, Any, Callable[[Any], Any]]  # column, default, to-driver 
 def converters(table: Table, dialect: Dialect) -> list[Converter]:
     """(column, default, to-driver function) per column: what the column types' bind
     processors do (sinks.models.UTCDateTime, JSON), without their per-row dispatch."""
-    serialize = _prebuilt(getattr(dialect, "_json_serializer", None) or json.dumps)
+    serialize = getattr(dialect, "_json_serializer", None) or json.dumps
     out: list[Converter] = []
     for c in table.columns:
         fn: Callable[[Any], Any] = same
@@ -91,26 +91,6 @@ def _remembered(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
             return fn(value)
 
     return convert
-
-
-# json.dumps(o, ensure_ascii=False) builds a JSONEncoder per call; this one is built once.
-_DUMPS_NON_ASCII = json.JSONEncoder(ensure_ascii=False).encode
-
-
-def _prebuilt(serialize: Callable[[Any], str]) -> Callable[[Any], str]:
-    """The engine's JSON serializer, or the same encoder built once when it is
-    sinks.models.make_engine's default `lambda o: json.dumps(o, ensure_ascii=False)` (checked
-    by its code: that lambda, calling json.dumps with ensure_ascii=False and nothing else)."""
-    from sinks import models
-
-    code = getattr(serialize, "__code__", None)
-    if (code is not None and code in models.make_engine.__code__.co_consts
-            and getattr(serialize, "__closure__", None) is None
-            and code.co_names == ("json", "dumps")
-            and set(code.co_consts) <= {None, False, ("ensure_ascii",)}
-            and models.json is json):
-        return _DUMPS_NON_ASCII
-    return serialize
 
 
 def same(value: Any) -> Any:

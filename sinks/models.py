@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -400,9 +401,26 @@ def _to_4(conn: Connection) -> None:
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3, 3: _to_4}
 
 
+def json_text(value: Any) -> str:
+    """The JSON text a JSON column is written with: orjson's compact form, at about a sixth of
+    json.dumps's CPU (the sink writes several JSON values per event). What orjson refuses (keys
+    that are not strings, integers beyond 64 bits) is written by json.dumps as before. The
+    text differs from json.dumps's (no spaces; 1e16, not 1e+16) but reads back as the same
+    value; NaN and Infinity, which no event can carry (the canonical encoding refuses them),
+    would be written as null, valid JSON, where json.dumps wrote NaN."""
+    try:
+        return _orjson_dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(value, ensure_ascii=False)
+
+
+_orjson_dumps = orjson.dumps
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for the read models: SQLite gets WAL (readers never block the sink)."""
-    kwargs.setdefault("json_serializer", lambda o: json.dumps(o, ensure_ascii=False))
+    """An engine for the read models: SQLite gets WAL (readers never block the sink); JSON
+    columns are written by `json_text`."""
+    kwargs.setdefault("json_serializer", json_text)
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)

@@ -41,3 +41,33 @@ def dump(engine: Engine, tables: tuple[str, ...] = TABLES,
             out[table] = sorted(
                 sorted([k, show(v)] for k, v in r.items() if k not in skip) for r in found)
     return out
+
+
+def json_columns() -> dict[str, frozenset[str]]:
+    """The read-model tables' JSON columns, by table."""
+    from sqlalchemy import JSON
+
+    from sinks.models import Base
+
+    return {t.name: frozenset(c.name for c in t.columns if isinstance(c.type, JSON))
+            for t in Base.metadata.sorted_tables}
+
+
+def with_json_as_values(rows: dict[str, list[list[list[str]]]]) -> dict[str, list[list[list[str]]]]:
+    """A `dump` (its values shown with repr) whose JSON columns show the value their text
+    holds, in canonical JSON: two databases written with other JSON text (json.dumps's spaced
+    form before, the compact form since) compare equal when they hold the same values."""
+    import ast
+    import json
+
+    from gridflow.events import canonical_json
+
+    columns = json_columns()
+    out = {}
+    for table, table_rows in rows.items():
+        names = columns.get(table, frozenset())
+        out[table] = sorted(
+            [[k, v if k not in names or v == "None"
+              else canonical_json(json.loads(ast.literal_eval(v))).decode()]
+             for k, v in row] for row in table_rows)
+    return out

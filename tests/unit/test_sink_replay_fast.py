@@ -10,7 +10,7 @@ import pytest
 
 from demo import histories as sample
 from gridflow import events as ev
-from sinks import bulk, projector
+from sinks import projector
 from sinks.models import create_schema, make_engine
 from sinks.replay_fast import NotEmpty, Replayer
 from sinks.sql import Record, SnapshotError, SqlSink
@@ -238,15 +238,25 @@ def test_a_failed_write_fails_the_replay_and_leaves_the_database_empty(tmp_path,
     engine.dispose()
 
 
-def test_the_prebuilt_json_encoder_stands_in_only_for_make_engines_default():
+def test_json_columns_are_written_compact_and_read_back_as_the_same_values():
     import json
+    import math
+
+    import orjson
+
+    from sinks.models import json_text
 
     engine = make_engine("sqlite://")
-    default = engine.dialect._json_serializer
-    assert bulk._prebuilt(default) is bulk._DUMPS_NON_ASCII
-    for value in ({"b": "é中文", "a": [1.5, 1e16, -0.0, None, True, {"z": "\u2028\x00"}]}, [], "x"):
-        assert bulk._DUMPS_NON_ASCII(value) == default(value)
-    for other in (json.dumps, lambda o: json.dumps(o, ensure_ascii=False, sort_keys=True),
-                  lambda o: json.dumps(o)):
-        assert bulk._prebuilt(other) is other
+    assert engine.dialect._json_serializer is json_text
+    for value in ({"b": "é中文", "a": [1.5, 1e16, -0.0, 1e-05, None, True, {"z": "\u2028\x00"}]},
+                  [], "x", 12, {"n": 2**63 - 1}, {"t": ("a", 1)}):
+        text = json_text(value)
+        assert json.loads(text) == json.loads(json.dumps(value, ensure_ascii=False))
+        assert text == orjson.dumps(value).decode()  # compact, UTF-8
+    assert json_text({"b": "中"}) == '{"b":"中"}'  # UTF-8, not \u escapes
+    # what orjson refuses, json.dumps writes as before
+    assert json_text({1: "a", None: 2}) == json.dumps({1: "a", None: 2}, ensure_ascii=False)
+    assert json_text([2**70]) == "[1180591620717411303424]"
+    # NaN is no JSON: null, not json.dumps's NaN (no event carries one)
+    assert json_text([math.nan, math.inf]) == "[null,null]"
     engine.dispose()
