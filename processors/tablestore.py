@@ -17,16 +17,20 @@ acknowledged value and its changelog offset to RocksDB in one batch. RocksDB the
 exactly a prefix of the changelog, as the memory store does after a restore, and the delivery
 guarantees of processors.delivery hold unchanged.
 
-**A key's changes reach the changelog once per commit** (issue 16). faust sends a changelog
-record for every write to a table; a township's recent cases, a minute's shard of the deadline
-book, a case touched by several commands are rewritten many times a second. `GridflowTable`
-keeps each changed key's last value (and the partition of the event that changed it) and sends
-it when the consumer commits (`send_unsent`, called by processors.delivery before the commit
-waits for every send), so a commit still never overtakes a change: a change that is not in
-the changelog belongs to a record whose offset is not committed, which is read and decided
-again, deterministically, after a crash. The tables are sent in `flush_rank` order, the case
-table last: its records follow the deadline book's and the other tables' of the same commit,
-so a case state that reached Kafka has its clocks there too.
+**A table may send a key's changes once per commit** (issue 16). faust sends a changelog
+record for every write to a table; a township's recent cases are rewritten by every report.
+A `GridflowTable` made with `coalesce = True` keeps each changed key's last value (and the
+partition of the event that changed it) and sends it when the consumer commits
+(`send_unsent_changes`, called by processors.delivery before the commit waits for every
+send), so a commit still never overtakes a change: a change not in the changelog belongs to a
+record whose offset is not committed, which is read again after a crash. That is right only
+for a table that nothing outside its agent ever reacts to and that is rebuilt exactly by
+reading its input again in order (the recent cases: a function of the reports partition's
+prefix). Every other table sends each change in the step that made it, as faust does, from
+the bytes its store encoded: a case's state and its clocks must reach Kafka with the events
+decided from them, because the photo archive, the deadline ticks and the departments act on
+those events (a command for a case whose state a restart lost would be decided against
+nothing; docs/PERFORMANCE.md, step 5, "Tried and not kept").
 
 **One data directory per worker process.** `claim_data_dir` takes the first free slot
 `<faust_data_dir>/<app id>/w<N>` under an exclusive lock held for the life of the process
@@ -297,21 +301,31 @@ _DELETED = object()  # an unsent change that removes its key
 
 
 class GridflowTable(faust.Table):
-    """A faust table whose RocksDB store is `AckedRocksStore` and whose changelog records are
-    sent once per key and commit (see the module doc)."""
+    """A faust table whose RocksDB store is `AckedRocksStore`; its changelog records are sent
+    with each change, or, with `coalesce`, once per key and commit (see the module doc)."""
 
-    flush_rank = 0  # tables are sent in this order at a commit (the case table: 1, last)
+    coalesce = False  # True: a key's changes are sent once, at the next commit
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._unsent: dict[Any, tuple[int, Any]] = {}  # key -> (partition, value | _DELETED)
         super().__init__(*args, **kwargs)
 
     def on_key_set(self, key: Any, value: Any) -> None:
-        """Remember the change; `send_unsent` sends the key's last value at the commit."""
+        """Remember the change (sent after the store has it, or at the commit)."""
         self._unsent[key] = (self._changed_partition(key), value)
 
     def on_key_del(self, key: Any) -> None:
         self._unsent[key] = (self._changed_partition(key), _DELETED)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)  # on_key_set, then the store
+        if not self.coalesce:
+            self.send_unsent()
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        if not self.coalesce:
+            self.send_unsent()
 
     def _changed_partition(self, key: Any) -> int:
         partition = self.partition_for_key(key)
@@ -458,8 +472,6 @@ def consumer_instance_id(setting: str) -> str | None:
 
 
 def send_unsent_changes(tables: Iterable[Any]) -> int:
-    """Every table's unsent changes onto its changelog, the tables in `flush_rank` order (the
-    case table last); returns how many records were sent. Called before each commit."""
-    ours = sorted((t for t in tables if isinstance(t, GridflowTable)),
-                  key=lambda t: t.flush_rank)
-    return sum(t.send_unsent() for t in ours)
+    """Every table's unsent changes onto its changelog; returns how many records were sent.
+    Called before each commit."""
+    return sum(t.send_unsent() for t in tables if isinstance(t, GridflowTable))

@@ -107,14 +107,14 @@ def test_a_change_reaches_disk_only_once_the_changelog_has_it(tmp_path):
     assert cases.data["AJ1"] == {"seq": 1}  # read back at once (from memory)
     assert _on_disk(cases, 2, "AJ1") is None  # a SIGKILL now loses nothing the log has
     assert cases.data.persisted_offset(TP("x", 2)) is None
-    assert cases.send_unsent() == 1 and sent == [("cases", 2, "AJ1", {"seq": 1})]
+    assert sent == [("cases", 2, "AJ1", {"seq": 1})]  # sent with the change
     cases["AJ1"] = {"seq": 2}  # a second change before the first is acknowledged
+    assert sent[1:] == [("cases", 2, "AJ1", {"seq": 2})]
     _ack(cases, 2, 10, "AJ1", {"seq": 1})
     assert _on_disk(cases, 2, "AJ1") == {"seq": 1}
     assert cases.data["AJ1"] == {"seq": 2}  # the unacknowledged change still wins
     assert cases.data.persisted_offset(TP("x", 2)) == 10
     assert cases.data.pending_count() == 1  # the second change waits for its own record
-    assert cases.send_unsent() == 1
     _ack(cases, 2, 11, "AJ1", {"seq": 2})
     assert cases.data.pending_count() == 0
     assert _on_disk(cases, 2, "AJ1") == {"seq": 2}
@@ -130,9 +130,8 @@ def test_acknowledged_changes_are_written_in_batches_with_the_highest_offset(tmp
     event = _in_event(3)
     for n in range(5):
         cases[f"AJ{n}"] = {"seq": n}
-    assert cases.send_unsent() == 5
-    cases["AJ0"] = {"seq": 9}  # a second change of one key, after a commit
-    assert cases.send_unsent() == 1
+    cases["AJ0"] = {"seq": 9}  # a second change of one key
+    assert cases.unsent_count() == 0  # each sent with its change
     for offset, (key, seq) in enumerate([("AJ0", 0), ("AJ1", 1), ("AJ2", 2), ("AJ0", 9)]):
         _ack(cases, 3, 100 + offset, key, {"seq": seq}, flush=False)
     # acknowledged but not written yet: a SIGKILL now leaves the disk at an older prefix
@@ -148,7 +147,6 @@ def test_acknowledged_changes_are_written_in_batches_with_the_highest_offset(tmp
     # a full batch is written at once
     for n in range(tablestore.FLUSH_EVERY):
         cases[f"B{n}"] = n
-        cases.send_unsent()
         _ack(cases, 3, 200 + n, f"B{n}", n, flush=False)
     assert _on_disk(cases, 3, f"B{tablestore.FLUSH_EVERY - 1}") == tablestore.FLUSH_EVERY - 1
     assert store.persisted_offset(TP("x", 3)) == 200 + tablestore.FLUSH_EVERY - 1
@@ -178,11 +176,10 @@ def test_a_delete_is_a_change_like_any_other(tmp_path):
     cases = app.tables["cases"]
     event = _in_event(0)
     cases["AJ2"] = {"seq": 5}
-    cases.send_unsent()
     _ack(cases, 0, 3, "AJ2", {"seq": 5})
     del cases["AJ2"]
     assert "AJ2" not in cases.data and cases.data.get("AJ2") is None
-    assert cases.send_unsent() == 1 and sent[-1] == ("cases", 0, "AJ2", None)
+    assert sent[-1] == ("cases", 0, "AJ2", None)  # the tombstone, sent with the change
     assert _on_disk(cases, 0, "AJ2") == {"seq": 5}  # until the tombstone is acknowledged
     _ack(cases, 0, 4, "AJ2", None)
     assert _on_disk(cases, 0, "AJ2") is None
@@ -193,46 +190,49 @@ def test_a_delete_is_a_change_like_any_other(tmp_path):
 def test_changes_of_a_partition_given_away_are_forgotten(tmp_path):
     app = _app(tmp_path)
     sent = _sent(app)
-    cases = app.tables["cases"]
+    recent = app.tables["recent-cases"]
+    assert recent.coalesce
     event = _in_event(1)
-    cases["AJ3"] = {"seq": 1}
+    recent["T1|C"] = [1]
     other = _in_event(2)
-    cases["AJ4"] = {"seq": 1}
-    topic = cases.changelog_topic.get_topic_name()
-    asyncio.run(cases.on_rebalance(set(), {TP(topic, 1)}, set()))
-    assert cases.data.pending_count() == 1  # AJ4, of the partition still held
-    assert cases.send_unsent() == 1 and sent == [("cases", 2, "AJ4", {"seq": 1})]
+    recent["T2|C"] = [2]
+    topic = recent.changelog_topic.get_topic_name()
+    asyncio.run(recent.on_rebalance(set(), {TP(topic, 1)}, set()))
+    assert recent.data.pending_count() == 1  # T2|C, of the partition still held
+    assert recent.send_unsent() == 1 and sent == [("recent-cases", 2, "T2|C", [2])]
     del event, other
 
 
-def test_a_key_changed_many_times_reaches_the_changelog_once_per_commit(tmp_path):
+def test_the_recent_cases_reach_the_changelog_once_per_commit_the_cases_at_once(tmp_path):
+    # The recent cases are rewritten by every report: once per commit is enough, a crash reads
+    # the reports again. A case's state goes out with its change, as the events decided from it.
     app = _app(tmp_path)
     sent = _sent(app)
     cases, recent = app.tables["cases"], app.tables["recent-cases"]
+    assert recent.coalesce and not cases.coalesce
+    assert not app.tables["deadline-entries"].coalesce
+    assert not app.tables["deadline-buckets"].coalesce
     event = _in_event(1)
     for n in range(50):  # a township's recent cases, rewritten by every report
         recent["T1|C"] = [n]
         cases[f"AJ{n}"] = {"seq": n}
     recent["T2|C"] = [1]
-    cases["AJ7"] = {"seq": 70}
-    del cases["AJ9"]
-    assert cases.unsent_count() == 50 and recent.unsent_count() == 2
-    assert sent == []  # nothing before the commit
-    assert tablestore.send_unsent_changes(app.tables.values()) == 52
-    # the case table last, each key once with its last value, in the order keys first changed
-    assert sent[:2] == [("recent-cases", 1, "T1|C", [49]), ("recent-cases", 1, "T2|C", [1])]
-    assert [s[2] for s in sent[2:]] == [f"AJ{n}" for n in range(50)]
-    assert sent[2 + 7] == ("cases", 1, "AJ7", {"seq": 70})
-    assert sent[2 + 9] == ("cases", 1, "AJ9", None)
-    assert {s[1] for s in sent} == {1}
+    del recent["T2|C"]
+    recent["T3|C"] = [3]
+    assert [s[2] for s in sent] == [f"AJ{n}" for n in range(50)]  # the cases, at once
+    assert recent.unsent_count() == 3
+    assert tablestore.send_unsent_changes(app.tables.values()) == 3
+    # each key once with its last value, in the order the keys were first changed
+    assert sent[50:] == [("recent-cases", 1, "T1|C", [49]), ("recent-cases", 1, "T2|C", None),
+                         ("recent-cases", 1, "T3|C", [3])]
     assert tablestore.send_unsent_changes(app.tables.values()) == 0  # sent once
     # the store: reads see the last change; one acknowledgement per key clears it
-    assert cases.get("AJ7") == {"seq": 70} and cases.get("AJ9") is None
-    for offset, (_, partition, key, value) in enumerate(sent[2:]):
-        _ack(cases, partition, offset, key, value, flush=False)
-    cases.data.flush_acked()
-    assert cases.data.pending_count() == 0
-    assert _on_disk(cases, 1, "AJ7") == {"seq": 70} and _on_disk(cases, 1, "AJ9") is None
+    assert recent.get("T1|C") == [49] and recent.get("T2|C") is None
+    for offset, (_, partition, key, value) in enumerate(sent[50:]):
+        _ack(recent, partition, offset, key, value, flush=False)
+    recent.data.flush_acked()
+    assert recent.data.pending_count() == 0
+    assert _on_disk(recent, 1, "T1|C") == [49] and _on_disk(recent, 1, "T2|C") is None
     del event
 
 
@@ -242,12 +242,14 @@ def test_the_rocksdb_tables_send_the_bytes_their_store_holds(tmp_path, monkeypat
     _sent(app)
     cases = app.tables["cases"]
     event = _in_event(0)
-    cases["AJ1"] = {"seq": 1}
     calls: list[tuple[Any, ...]] = []
     cases.send_changelog = lambda *a, **kw: calls.append((a, kw))
+    encode = cases.data._encode_value
     encoded: list[Any] = []
-    monkeypatch.setattr(cases.data, "_encode_value", lambda v: encoded.append(v) or b"")
-    assert cases.send_unsent() == 1 and encoded == []
+    monkeypatch.setattr(cases.data, "_encode_value",
+                        lambda v: encoded.append(v) or encode(v))
+    cases["AJ1"] = {"seq": 1}
+    assert encoded == [{"seq": 1}]  # once, by the store
     (partition, key, value), kw = calls[0]
     assert (partition, key, value) == (0, cases.data._encode_key("AJ1"),
                                        cases.data._get(cases.data._encode_key("AJ1")))
