@@ -320,12 +320,12 @@ class GridflowTable(faust.Table):
     def __setitem__(self, key: Any, value: Any) -> None:
         super().__setitem__(key, value)  # on_key_set, then the store
         if not self.coalesce:
-            self.send_unsent()
+            self._send(key, *self._unsent.pop(key))
 
     def __delitem__(self, key: Any) -> None:
         super().__delitem__(key)
         if not self.coalesce:
-            self.send_unsent()
+            self._send(key, *self._unsent.pop(key))
 
     def _changed_partition(self, key: Any) -> int:
         partition = self.partition_for_key(key)
@@ -357,25 +357,26 @@ class GridflowTable(faust.Table):
         if not unsent:
             return 0
         self._unsent = {}
-        store, send = self.data, self.send_changelog
-        if isinstance(store, AckedRocksStore):
-            # The store holds each change encoded already: those very bytes are sent (the
-            # changelog's encoding is the store's), not the value encoded a second time.
-            take, encode_key = store.take_unsent, store._encode_key
-            for key, (partition, value) in unsent.items():
-                raw_key = encode_key(key)
-                found, raw = take(raw_key)
-                if not found:  # the store lost it (never here: every change goes to both)
-                    raw = None if value is _DELETED else store._encode_value(value)
-                send(partition, raw_key, raw, key_serializer="raw", value_serializer="raw")
-            return len(unsent)
         for key, (partition, value) in unsent.items():
-            if value is _DELETED:
-                send(partition, key, None, value_serializer="raw")
-            else:
-                send(partition, key, value)
+            self._send(key, partition, value)
         return len(unsent)
 
+    def _send(self, key: Any, partition: int, value: Any) -> None:
+        store = self.data
+        if not isinstance(store, AckedRocksStore):
+            if value is _DELETED:
+                self.send_changelog(partition, key, None, value_serializer="raw")
+            else:
+                self.send_changelog(partition, key, value)
+            return
+        # The store holds the change encoded already: those very bytes are sent (the
+        # changelog's encoding is the store's), not the value encoded a second time.
+        raw_key = store._encode_key(key)
+        found, raw = store.take_unsent(raw_key)
+        if not found:  # defensive (every change reaches both): never send None for a value
+            raw = None if value is _DELETED else store._encode_value(value)
+        self.send_changelog(partition, raw_key, raw, key_serializer="raw",
+                            value_serializer="raw")
 
     def _new_store_by_url(self, url: Any) -> Any:
         if str(url).startswith("rocksdb:"):
