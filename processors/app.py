@@ -190,12 +190,16 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
             if stub is not None:
                 out, kept = steps.evicted_case_step(raw, stub, rt.clock(), m.topic,
                                                     m.partition, m.offset)
+                await emit(out, follower is not None)  # a refusal: no clock to file
                 if kept is not None:
                     evicted[key] = kept
-                await emit(out, follower is not None)  # a refusal: no clock to file
                 return
         out, state = steps.case_step(raw, before, rt.planner, rt.clock(), m.topic,
                                      key, m.partition, m.offset)
+        # The output first, then the state: a table write goes to Kafka only after the sends
+        # made before it are acknowledged (processors.delivery.StateAfterOutput), so a state
+        # that holds this command's id never reaches the changelog without its events.
+        await emit(out, follower is not None)
         if follower is not None and out.events:
             # Before the case's own write: its changelog record is queued after the book's,
             # so a case state that reached Kafka has its clocks there too.
@@ -204,7 +208,6 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
             cases[key] = state
             if evict_days > 0:
                 eviction.EvictionIndex(closed_index, f"p{m.partition}:").note(before, state)
-        await emit(out, follower is not None)
 
     @app.agent(source, supervisor_strategy=CrashingSupervisor)
     async def case_processor(stream: Any) -> None:

@@ -113,14 +113,16 @@ class DeadlineRuntime:
                     if now is None:
                         continue
                     book = follower.book(m.partition)
-                    peeked = book.peek_due(now)
-                    futures = [await send(item) for item in peeked]
-                    for fut in futures:
-                        await fut
-                    sent = {item.id for item in peeked}
-                    for item in book.pop_due(now):
-                        if item.id not in sent:
-                            await send(item)
+                    # Every due command acknowledged before the book forgets its clock: a
+                    # clock gone from the changelog never leaves its command unsent. Clocks
+                    # filed meanwhile (the case processor runs during the awaits) are due too.
+                    sent: set[str] = set()
+                    while peeked := [i for i in book.peek_due(now) if i.id not in sent]:
+                        futures = [await send(item) for item in peeked]
+                        for fut in futures:
+                            await fut
+                        sent.update(item.id for item in peeked)
+                    book.pop_due(now)
                     continue
                 if _followed(m.headers) or not _may_move_a_clock(event.value):
                     continue  # filed by the case processor; or a case filed, a photo archived..

@@ -57,7 +57,8 @@ import asyncio
 import bisect
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 import faust
@@ -91,10 +92,21 @@ class SendLedger:
 
     def __init__(self) -> None:
         self._pending: list[asyncio.Future[Any]] = []
+        self.gate: StateAfterOutput | None = None  # set by GridflowApp._new_producer
 
     def track(self, fut: Awaitable[Any]) -> None:
-        """Remember a send's future (aiokafka's producer returns an asyncio.Future)."""
-        self._pending.append(cast("asyncio.Future[Any]", fut))
+        """Remember a direct send's future (aiokafka's producer returns an asyncio.Future);
+        table writes made after it wait for it (StateAfterOutput)."""
+        f = cast("asyncio.Future[Any]", fut)
+        self._pending.append(f)
+        if self.gate is not None:
+            self.gate.output(f)
+
+    def track_state(self, write: Any) -> None:
+        """Remember a table changelog write and hand it on through the gate."""
+        self._pending.append(write)
+        assert self.gate is not None
+        self.gate.state(write)
 
     def check(self) -> None:
         """Raise ProducerSendError if a finished send failed; forget the finished ones."""
@@ -127,6 +139,79 @@ class SendLedger:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+
+class StateAfterOutput:
+    """A table's changelog write goes to the producer only once every direct send an agent made
+    before it is acknowledged by Kafka: a state the changelog holds never runs ahead of the
+    output decided with it.
+
+    Without this, a case's new state (with the command's id among its `recent_commands`) and
+    the case's events went to the producer together, but aiokafka sends each partition's
+    batches as their linger expires or they fill, so the changelog's record could reach Kafka
+    in one produce request and the events in the next. A worker killed between the two came
+    back with the command in its state and read the command again: decided already, nothing
+    sent, the events lost (seen once in `tests/integration/test_kill_worker.py`: a
+    RecordPhotoArchived committed past with no PhotoArchived on the log). The agents therefore
+    send a decision's output first and write its state after (processors.app); writes wait
+    here, in order, for the sends made before them, and are then handed to faust's buffer as
+    before. A failed send fails the writes waiting on it, so the ledger refuses the commit.
+
+    The other order is harmless: output on the log whose state did not reach the changelog is
+    decided again from the older state after a restart, with the same ids and the same bytes
+    (decisions read their time from the command), and the sinks keep the first copy."""
+
+    def __init__(self, put: Callable[[Any], None]) -> None:
+        self._put = put
+        self._since: list[asyncio.Future[Any]] = []  # direct sends since the last write
+        self._groups: deque[tuple[list[asyncio.Future[Any]], list[Any]]] = deque()
+        self._releasing: asyncio.Task[None] | None = None
+
+    def output(self, fut: asyncio.Future[Any]) -> None:
+        """A direct send of an agent (its future resolves when Kafka acknowledges it)."""
+        since = self._since
+        since.append(fut)
+        if len(since) >= 4096:  # an agent that sends and writes no state: keep only what counts
+            self._since = [f for f in since
+                           if not f.done() or f.cancelled() or f.exception() is not None]
+
+    def state(self, write: Any) -> None:
+        """A table changelog write (faust's FutureMessage): to the buffer once the direct sends
+        made before it are acknowledged."""
+        barrier = [f for f in self._since if not f.done()]
+        failed = [f for f in self._since if f.done() and (f.cancelled() or f.exception())]
+        self._since = []
+        if failed:
+            barrier += failed  # released (as failed) in order, by _release
+        if not barrier and not self._groups:
+            self._put(write)
+            return
+        if barrier or not self._groups:
+            self._groups.append((barrier, [write]))
+        else:
+            self._groups[-1][1].append(write)
+        if self._releasing is None or self._releasing.done():
+            self._releasing = asyncio.ensure_future(self._release())
+
+    def __len__(self) -> int:
+        """Writes waiting."""
+        return sum(len(writes) for _, writes in self._groups)
+
+    async def _release(self) -> None:
+        while self._groups:
+            barrier, writes = self._groups[0]
+            waiting = [f for f in barrier if not f.done()]
+            if waiting:
+                await asyncio.wait(waiting)
+            self._groups.popleft()
+            bad = next((f for f in barrier if f.cancelled() or f.exception() is not None), None)
+            for write in writes:
+                if bad is None:
+                    self._put(write)
+                elif not write.done():
+                    why = "cancelled" if bad.cancelled() else repr(bad.exception())
+                    write.set_exception(ProducerSendError(
+                        f"table write not sent: an output sent before it failed ({why})"))
 
 
 def contiguous_commit(acked: list[int], base: int) -> tuple[int | None, int]:
@@ -502,11 +587,6 @@ class GridflowApp(faust.App):
         too, so no commit overtakes a change of an agent's state."""
         producer = super()._new_producer()
         buffer, ledger = producer.buffer, self.send_ledger
-        put = buffer.put
-
-        def tracked_put(fut: Any) -> None:
-            ledger.track(fut)
-            put(fut)
-
-        buffer.put = tracked_put  # type: ignore[method-assign]
+        ledger.gate = StateAfterOutput(buffer.put)
+        buffer.put = ledger.track_state  # type: ignore[method-assign]
         return producer

@@ -272,3 +272,75 @@ def test_answered_within_gives_up_on_a_call_that_never_returns() -> None:
     assert lost == (False, None)
     assert answered == (True, {"tp": [1]})
     assert cancelled  # the lost call is not left running
+
+
+def test_a_table_write_waits_for_the_sends_made_before_it():
+    # The case's events first, its state after: the state's changelog record is handed to the
+    # producer only once the events are acknowledged, never in an earlier produce request.
+    from processors.delivery import StateAfterOutput
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        put: list[str] = []
+        gate = StateAfterOutput(put.append)
+        events = [loop.create_future(), loop.create_future()]
+        for fut in events:
+            gate.output(fut)
+        gate.state("case state")
+        gate.state("clock")  # no send in between: waits with the one before, in order
+        later = loop.create_future()
+        gate.output(later)
+        gate.state("next case state")
+        await asyncio.sleep(0.01)
+        assert put == [] and len(gate) == 3
+        events[1].set_result("ok")
+        await asyncio.sleep(0.01)
+        assert put == []  # one of the two still unacknowledged
+        later.set_result("ok")  # acknowledged out of order: the older writes still go first
+        await asyncio.sleep(0.01)
+        assert put == []
+        events[0].set_result("ok")
+        await asyncio.sleep(0.01)
+        assert put == ["case state", "clock", "next case state"] and len(gate) == 0
+        gate.state("with nothing outstanding")  # straight through
+        assert put[-1] == "with nothing outstanding"
+
+    _run(scenario())
+
+
+def test_a_failed_send_fails_the_table_writes_after_it_and_refuses_the_commit():
+    from processors.delivery import StateAfterOutput
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        put: list[object] = []
+        ledger = SendLedger()
+        ledger.gate = StateAfterOutput(put.append)
+        event = loop.create_future()
+        ledger.track(event)
+        write = loop.create_future()
+        ledger.track_state(write)
+        event.set_exception(RuntimeError("broker gone"))
+        with pytest.raises(ProducerSendError):
+            await ledger.settle(timeout_s=5)
+        await asyncio.sleep(0.01)
+        assert put == [] and write.done()
+        assert isinstance(write.exception(), ProducerSendError)
+        assert "failed" in str(write.exception())
+
+    _run(scenario())
+
+
+def test_the_case_processor_sends_the_output_before_it_writes_the_state():
+    # processors.app.decide: emit, then the clocks and the case state (read from the source,
+    # so that a reordering there fails here and not only under kill -9).
+    import inspect
+
+    from processors import app as app_module
+
+    src = inspect.getsource(app_module._install_pipeline)
+    decide = src[src.index("async def decide"):src.index("@app.agent(source")]
+    assert decide.index("await emit(out, follower is not None)\n        if follower") \
+        < decide.index("cases[key] = state")
+    assert decide.index("await emit(out, follower is not None)  # a refusal") \
+        < decide.index("evicted[key] = kept")
