@@ -588,5 +588,5 @@ class GridflowApp(faust.App):
         producer = super()._new_producer()
         buffer, ledger = producer.buffer, self.send_ledger
         ledger.gate = StateAfterOutput(buffer.put)
-        buffer.put = ledger.track_state  # type: ignore[method-assign]
+        buffer.put = ledger.track_state  # type: ignore[method-assign,assignment]
         return producer
