@@ -123,8 +123,7 @@ def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[s
                   "thumbnail_key": tkey if status == "archived" else "", "exif": {}}
         if vid is not None:
             result.update(_recorded_versions(client, cfg, akey, tkey, vid, None))
-        return command(ev.RECORD_PHOTO_ARCHIVED, event.case_id, event.at, result,
-                       cause=f"{event.id}:{sha}:{ref.get('key')}")
+        return _recorded(event, sha, ref, result)
     problem = ""
     if len(data) != int(ref.get("size", -1)) or hashlib.sha256(data).hexdigest() != sha:
         problem = "sha256 or size does not match the claim check"
@@ -138,8 +137,7 @@ def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[s
     if problem or info is None:
         result = {**base, "status": "corrupt", "problem": problem, "archive_key": "",
                   "thumbnail_key": "", "exif": {}}
-        return command(ev.RECORD_PHOTO_ARCHIVED, event.case_id, event.at, result,
-                       cause=f"{event.id}:{sha}:{ref.get('key')}")
+        return _recorded(event, sha, ref, result)
     # Two conditional PUTs (no stat first: the keys are content-addressed, so "already there"
     # means "already archived"), the thumbnail's beside the locked copy's.
     thumb_put = _SIDE.submit(put_once, client, cfg.archive_bucket, tkey, thumb,
@@ -163,6 +161,15 @@ def archive_photo(client: Minio, cfg: ArchiveConfig, event: Message, ref: dict[s
     }
     result = {**base, "status": "archived", "archive_key": akey, "thumbnail_key": tkey,
               **versions, "width": info.width, "height": info.height, "exif": exif}
+    return _recorded(event, sha, ref, result)
+
+
+def _recorded(event: Message, sha: str, ref: dict[str, Any], result: dict[str, Any]) -> Message:
+    """The RecordPhotoArchived command for `event`'s photo `ref`: the event's time (domain
+    time), an id derived from the event and the photo, and the seq of the event, so that a
+    case whose state is behind the log waits for it (gridflow.core.case)."""
+    if event.seq:
+        result = {**result, "event_seq": event.seq}
     return command(ev.RECORD_PHOTO_ARCHIVED, event.case_id, event.at, result,
                    cause=f"{event.id}:{sha}:{ref.get('key')}")
 

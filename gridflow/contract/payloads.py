@@ -545,10 +545,19 @@ class RefuseReport(Command, frozen=True, kw_only=True):
 
 
 class RecordPhotoArchived(PhotoArchiveFacts, Command, frozen=True, kw_only=True):
-    """What the archive agent found and wrote (its fields become PhotoArchived's)."""
+    """What the archive agent found and wrote (its fields become PhotoArchived's).
+
+    `event_seq`: the seq of the case event whose photo this is. A case whose state is behind
+    it (its state lost in a crash after its events reached the log, and not decided again yet)
+    sends the command round once more, at most WAIT_LIMIT times (`waited`), instead of
+    deciding it against the older state (gridflow.core.case). Both absent in commands written
+    before they existed."""
 
     TYPE: ClassVar[str] = "RecordPhotoArchived"
     LABEL_ZH: ClassVar[str] = "照片归档"
+
+    event_seq: int | UnsetType = UNSET
+    waited: int | UnsetType = UNSET
 
 
 class TaskCommand(Command, frozen=True, kw_only=True):

@@ -416,8 +416,26 @@ def _refuse_report(b: _Builder, c: Message, d: ct.RefuseReport, planner: Deadlin
                            reason_en=given(d.reason_en)), actor=b.state.reporter)
 
 
+# How many times a RecordPhotoArchived goes round case-commands while the case's state is
+# behind the event it answers. After a crash the worker decides the lost inputs again within
+# its first reads, so a few rounds suffice; the limit only ends a wait that cannot end.
+WAIT_LIMIT = 100
+
+
 def _photo_archived(b: _Builder, c: Message, d: ct.RecordPhotoArchived,
                     planner: DeadlinePlanner) -> None:
+    behind = isinstance(d.event_seq, int) and b.state.seq < d.event_seq
+    waited = given(d.waited, 0)
+    if behind and waited < WAIT_LIMIT:
+        # The event is on the log and the state does not have it yet: the worker was killed
+        # after the event went out and before the state did (processors.delivery), and the
+        # input that decides them is being read again. Deciding now would put a PhotoArchived
+        # where that decision's events already are; the command goes round once more, with an
+        # id derived from its own, and comes back after them.
+        b.commands.append(Message(
+            id=derived_id(c.id, "wait"), type=c.type, case_id=c.case_id, at=c.at,
+            actor=c.actor, data={**c.data, "waited": waited + 1}, causation_id=c.id))
+        return
     if b.state.status == "new":
         raise Refused("unknown_case", "案件不存在", "no such case")
     # the facts the archive agent found, as it wrote them (a field it left out stays out)

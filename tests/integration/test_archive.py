@@ -38,7 +38,8 @@ def _upload(s3: Minio, bucket: str, key: str, data: bytes) -> dict[str, Any]:
 
 def _event(ref: dict[str, Any], at: datetime = NOW) -> Message:
     return Message(id="evt-1", type=ev.CASE_FILED, case_id="AJ-TEST-1", at=iso(at),
-                   actor="worker:W1", data={"report": {"report_id": "r1", "photos": [ref]}})
+                   actor="worker:W1", data={"report": {"report_id": "r1", "photos": [ref]}},
+                   seq=1)
 
 
 def _versions(s3: Minio, bucket: str) -> list[tuple[str, str | None]]:
@@ -105,6 +106,7 @@ def test_archive_writes_a_locked_copy_and_a_thumbnail_once(stack, buckets, cfg, 
     # locked for the retention period from the wall clock, not from the simulated time
     assert before + timedelta(days=1) <= retention.retain_until_date <= after + timedelta(days=1)
     assert cmd.at == iso(sim_now)  # the command keeps the event's (domain) time
+    assert d["event_seq"] == 1  # a case whose state is behind the event waits for it
     thumb = s3.get_object(buckets.archive, d["thumbnail_key"])
     try:
         assert Image.open(io.BytesIO(thumb.read())).size == (320, 240)

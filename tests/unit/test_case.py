@@ -503,3 +503,52 @@ def test_a_stored_state_without_assignees_still_loads():
     stored = state.to_dict()
     del stored["tasks"][tid]["assignee"]  # as written before tasks had assignees
     assert CaseState.from_dict(stored).tasks[tid].assignee == ""
+
+
+def _archived(event_seq=None, waited=None, case_id="AJ1"):
+    data = {"sha256": "a" * 64, "source_key": "k1", "status": "archived", "role": "before",
+            "report_id": "r1"}
+    if event_seq is not None:
+        data["event_seq"] = event_seq
+    if waited is not None:
+        data["waited"] = waited
+    return cmd(ev.RECORD_PHOTO_ARCHIVED, data, case_id=case_id)
+
+
+def test_a_photo_archived_for_an_event_the_state_has_is_recorded():
+    state, events = run(new_case("AJ1"), filed())
+    state, more = run(state, _archived(event_seq=events[0].seq))
+    assert types(more) == [ev.PHOTO_ARCHIVED]
+    assert "event_seq" not in more[0].data and "waited" not in more[0].data
+    _, old = run(state, _archived())  # a command written before event_seq existed
+    assert types(old) == [ev.PHOTO_ARCHIVED]
+
+
+def test_a_photo_archived_ahead_of_the_cases_state_goes_round_until_the_state_catches_up():
+    # The worker was killed after CaseFiled reached the log and before the case's state did;
+    # the archive answered the event. Deciding now would refuse it as "no such case" on the
+    # chain where the CaseFiled decided again is about to go: the command goes round instead.
+    from gridflow.core.case import WAIT_LIMIT
+
+    early = _archived(event_seq=1)
+    d = decide(new_case("AJ1"), early, PLANNER)
+    assert d.events == []
+    (again,) = d.commands
+    assert again.type == ev.RECORD_PHOTO_ARCHIVED and again.case_id == "AJ1"
+    assert again.causation_id == early.id and again.id != early.id
+    assert again.data == {**early.data, "waited": 1}
+    assert early.id in d.state.recent_commands  # a redelivery of it goes nowhere twice
+    assert decide(d.state, early, PLANNER).commands == []
+    # the report decided again: the next round records the photo after CaseFiled
+    state, events = run(d.state, filed())
+    assert types(events)[0] == ev.CASE_FILED and events[0].seq == 1
+    state, more = run(state, again)
+    assert types(more) == [ev.PHOTO_ARCHIVED] and more[0].seq == events[-1].seq + 1
+    # behind an existing case's later event (a ReportMerged, say) it waits the same way
+    ahead = decide(state, _archived(event_seq=state.seq + 1), PLANNER)
+    assert ahead.events == [] and len(ahead.commands) == 1
+    # a wait that cannot end ends: decided as before (an unknown case is refused)
+    last = decide(new_case("AJ2"), _archived(event_seq=1, waited=WAIT_LIMIT, case_id="AJ2"),
+                  PLANNER)
+    assert types(last.events) == [ev.COMMAND_REFUSED] and last.commands == []
+    assert last.events[0].data["code"] == "unknown_case"
