@@ -379,3 +379,32 @@ def test_a_case_state_waits_for_its_clocks_as_for_its_events():
         assert nxt not in put and len(gate) == 1
 
     _run(scenario())
+
+
+def test_a_fetch_is_handed_to_the_agents_oldest_first_each_partition_in_its_own_order(consumer):
+    # After a crash the case processor reads a partition's reports and commands again; taken
+    # oldest first, a report made after a command is decided after it, as it was the first time.
+    from types import SimpleNamespace
+
+    from processors.delivery import OldestFirst
+
+    c, _, _ = consumer
+    assert isinstance(c.scheduler, OldestFirst)  # the app's consumer uses it
+
+    def recs(topic, *stamps):
+        return [SimpleNamespace(topic=topic, offset=n, timestamp=t) for n, t in enumerate(stamps)]
+
+    reports, commands, ticks = TP("p.reports", 2), TP("p.case-commands", 2), TP("p.ticks", 2)
+    fetched = {reports: recs("r", 100, 300, 301, 250), commands: recs("c", 200, 299, 400),
+               ticks: recs("t", 50)}
+    order = [(tp.topic, r.offset) for tp, r in OldestFirst().iterate(fetched)]
+    assert order == [("p.ticks", 0), ("p.reports", 0), ("p.case-commands", 0),
+                     ("p.case-commands", 1), ("p.reports", 1), ("p.reports", 2),
+                     ("p.reports", 3),  # an older stamp later in its partition stays there
+                     ("p.case-commands", 2)]
+    for tp, batch in fetched.items():  # nothing lost, nothing twice, each partition in order
+        assert [r.offset for t, r in OldestFirst().iterate(fetched) if t == tp] == \
+            [r.offset for r in batch]
+    single = recs("r", 5, 1)
+    assert [r for _, r in OldestFirst().iterate({reports: single})] == single
+    assert list(OldestFirst().iterate({})) == []
