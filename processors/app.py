@@ -204,10 +204,9 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
         # that holds this command's id never reaches the changelog without its events.
         await emit(out, follower is not None)
         if follower is not None and out.events:
-            # Before the case's own write, which waits for the book's to be acknowledged: a
-            # case state that reached Kafka has its clocks there too.
+            # Before the case's own write: its changelog record is queued after the book's,
+            # so a case state that reached Kafka has its clocks there too.
             follower.follow(m.partition, out.events)
-            app.send_ledger.then()
         if state is not None:
             cases[key] = state
             if evict_days > 0:

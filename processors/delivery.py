@@ -106,11 +106,6 @@ class SendLedger:
         if self.gate is not None:
             self.gate.output(f)
 
-    def then(self) -> None:
-        """The table writes from now on wait for those made since the last direct send."""
-        if self.gate is not None:
-            self.gate.then()
-
     def track_state(self, write: Any) -> None:
         """Remember a table changelog write and hand it on through the gate."""
         self._pending.append(write)
@@ -168,17 +163,11 @@ class StateAfterOutput:
 
     The other order is harmless: output on the log whose state did not reach the changelog is
     decided again from the older state after a restart, with the same ids and the same bytes
-    (decisions read their time from the command), and the sinks keep the first copy.
-
-    One table's state can depend on another's in the same way: a case's state (its command
-    id) must not reach Kafka before the clocks of its tasks in the deadline book, or a restart
-    would drop the command again and never file them. `then()` makes the writes after it wait
-    for the writes made since the last direct send, as for a direct send."""
+    (decisions read their time from the command), and the sinks keep the first copy."""
 
     def __init__(self, put: Callable[[Any], None]) -> None:
         self._put = put
         self._since: list[asyncio.Future[Any]] = []  # direct sends since the last write
-        self._writes: list[Any] = []  # writes since the last direct send (for then())
         self._groups: deque[tuple[list[asyncio.Future[Any]], list[Any]]] = deque()
         self._releasing: asyncio.Task[None] | None = None
 
@@ -186,25 +175,13 @@ class StateAfterOutput:
         """A direct send of an agent (its future resolves when Kafka acknowledges it)."""
         since = self._since
         since.append(fut)
-        if self._writes:
-            self._writes = []
         if len(since) >= 4096:  # an agent that sends and writes no state: keep only what counts
             self._since = [f for f in since
                            if not f.done() or f.cancelled() or f.exception() is not None]
 
-    def then(self) -> None:
-        """The writes from now on wait for the writes made since the last direct send to be
-        acknowledged too (a case's state after its clocks)."""
-        self._since += [w for w in self._writes if not w.done()]
-        self._writes = []
-
     def state(self, write: Any) -> None:
         """A table changelog write (faust's FutureMessage): to the buffer once the direct sends
         made before it are acknowledged."""
-        writes = self._writes
-        writes.append(write)
-        if len(writes) >= 4096:  # writes with no direct send after them (an idle pipeline)
-            self._writes = [w for w in writes if not w.done()]
         barrier = [f for f in self._since if not f.done()]
         failed = [f for f in self._since if f.done() and (f.cancelled() or f.exception())]
         self._since = []

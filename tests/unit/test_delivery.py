@@ -346,41 +346,6 @@ def test_the_case_processor_sends_the_output_before_it_writes_the_state():
         < decide.index("evicted[key] = kept")
 
 
-def test_a_case_state_waits_for_its_clocks_as_for_its_events():
-    # processors.app.decide: events, then the deadline book's writes, then() and the case
-    # state: the state goes to the producer only once the book's records are acknowledged.
-    from processors.delivery import StateAfterOutput
-
-    async def scenario():
-        loop = asyncio.get_running_loop()
-        put: list[asyncio.Future[str]] = []
-        gate = StateAfterOutput(put.append)
-        event = loop.create_future()
-        gate.output(event)
-        clocks = [loop.create_future(), loop.create_future()]
-        for write in clocks:
-            gate.state(write)
-        gate.then()
-        case = loop.create_future()
-        gate.state(case)
-        event.set_result("ok")
-        await asyncio.sleep(0.01)
-        assert put == clocks  # the book's records go out; the case waits for their acks
-        clocks[0].set_result("ok")
-        await asyncio.sleep(0.01)
-        assert put == clocks
-        clocks[1].set_result("ok")
-        await asyncio.sleep(0.01)
-        assert put == [*clocks, case]
-        # then() with no write since the last direct send adds nothing to wait for
-        gate.output(loop.create_future())
-        gate.then()
-        gate.state(nxt := loop.create_future())
-        assert nxt not in put and len(gate) == 1
-
-    _run(scenario())
-
-
 def test_a_fetch_is_handed_to_the_agents_oldest_first_each_partition_in_its_own_order(consumer):
     # After a crash the case processor reads a partition's reports and commands again; taken
     # oldest first, a report made after a command is decided after it, as it was the first time.
