@@ -204,8 +204,8 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
         # that holds this command's id never reaches the changelog without its events.
         await emit(out, follower is not None)
         if follower is not None and out.events:
-            # Before the case's own write: its changelog record is queued after the book's,
-            # so a case state that reached Kafka has its clocks there too.
+            # Before the case's own write: its changelog record is queued after the book's
+            # (mostly in the same produce request; not guaranteed: docs/ARCHITECTURE.md).
             follower.follow(m.partition, out.events)
         if state is not None:
             cases[key] = state
