@@ -126,9 +126,6 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
     kind = s.worker_store
     recent_cases = app.Table("recent-cases", default=None, partitions=topics.CASE_PARTITIONS,
                              options=table_options(kind))
-    # Sent once per key and commit: only this agent reads it, and reading the reports again
-    # in order rebuilds it exactly (processors.tablestore).
-    recent_cases.coalesce = True  # type: ignore[attr-defined]  # a GridflowTable (app.Table)
     cases = app.Table("cases", default=None, partitions=topics.CASE_PARTITIONS,
                       options=table_options(kind))
 
