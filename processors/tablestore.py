@@ -186,7 +186,21 @@ class AckedRocksStore(faust_rocksdb.Store):
         could still hold a key whose deletion (an evicted case) it will never read again."""
         path = self.partition_path(partition)
         if path.exists():
-            db = super()._open_for_partition(partition)
+            try:
+                db = super()._open_for_partition(partition)
+            except Exception as exc:
+                # A worker killed while RocksDB was creating the database leaves a write-ahead
+                # log without a manifest ("Corruption: While creating a new Db, wal_dir
+                # contains existing log file"; seen in a 20-kill chaos run), and every later
+                # start failed on it. The disk holds at most a prefix of the changelog, so the
+                # changelog restores whatever is dropped here. Anything else (a lock held by
+                # another process) is raised.
+                if "Corruption" not in str(exc) and (path / "CURRENT").exists():
+                    raise
+                log.warning("%s: local state unreadable (%s); restoring it from the changelog",
+                            path, exc)
+                shutil.rmtree(path, ignore_errors=True)
+                return super()._open_for_partition(partition)
             raw = db.get(WRITTEN_AT_KEY)
             try:
                 age = time.time() - float(raw) if raw is not None else None

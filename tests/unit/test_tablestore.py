@@ -246,3 +246,22 @@ def test_a_changelog_not_yet_in_the_consumers_metadata_is_no_partition_mismatch(
     buckets._verified_source_topics_for_partitions.clear()
     with pytest.raises(PartitionsMismatch):
         buckets._verify_source_topic_partitions("tstore.case-events")
+
+
+def test_a_database_left_half_created_by_a_kill_is_restored_afresh(tmp_path):
+    # SIGKILL while RocksDB creates a partition's database leaves its write-ahead log without
+    # a manifest; opening it failed ("Corruption ... wal_dir contains existing log file") on
+    # every start after. The changelog has everything the disk could hold: start afresh.
+    app = _app(tmp_path)
+    cases = app.tables["cases"]
+    store = cases.data
+    path = store.partition_path(2)
+    path.mkdir(parents=True)
+    (path / "000008.log").write_bytes(b"\x00" * 64)  # what the kill left
+    event = _in_event(2)
+    store["AJ1"] = {"seq": 1}
+    _ack(cases, 2, 3, "AJ1", {"seq": 1})  # written: partition 2's database is opened
+    assert _on_disk(cases, 2, "AJ1") == {"seq": 1}
+    assert (path / "CURRENT").exists() and not (path / "000008.log").exists()
+    assert store.persisted_offset(TP("x", 2)) == 3
+    del event
