@@ -107,7 +107,7 @@ def create_dashboard(settings: Settings, engine: Any, ref: ReferenceData, clock:
         now = clock()
         with Session(engine) as session:
             return {**board_data(session, ref, now, board_townships(caller)),
-                    "notices": calendar_notices(settings, now)}
+                    "notices": calendar_notices(settings, now, staff=True)}
 
     @app.get("/", response_class=HTMLResponse, summary="督办看板 / supervisors' board")
     def board(request: Request, caller: Annotated[Principal, allow("board.read")]) -> str:

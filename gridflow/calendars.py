@@ -16,6 +16,7 @@ from gridflow.core.calendar import (
     REFDATA_DIR,
     CalendarError,
     WorkingCalendar,
+    calendar_end_notice_for_staff,
     calendar_end_warning,
     load_calendar_dir,
 )
@@ -45,12 +46,21 @@ def end_warning(calendar: WorkingCalendar, now: datetime, settings: Settings) ->
                                 _where(settings))
 
 
-def calendar_notices(settings: Settings, now: datetime) -> list[str]:
+def calendar_notices(settings: Settings, now: datetime, *, staff: bool = False) -> list[str]:
     """What operators must hear about the calendar as of `now`, in Chinese: that it ends
-    soon (or ended) and what to add, or why it cannot be loaded. Never raises."""
+    soon (or ended) and what to add, or why it cannot be loaded. Never raises.
+
+    `staff`: the notice for a page (the supervisors' board): what it means and who fixes it,
+    never the server's directories, files or errors, which `gridflow status` tells operators."""
     try:
         calendar = load_working_calendar(settings)
     except CalendarError as exc:
+        if staff:
+            return ["工作日历无法加载，期限计算将停止，请联系系统管理员（gridflow status 可查看原因）。"]
         return [f"工作日历无法加载，worker 将无法启动：{exc}"]
+    if staff:
+        notice = calendar_end_notice_for_staff(calendar,
+                                               now.astimezone(calendar.tzinfo).date())
+        return [notice] if notice else []
     warning = end_warning(calendar, now, settings)
     return [warning] if warning else []

@@ -96,7 +96,7 @@ async def board_page(
         export_csv=query("/s/board/indicators.csv", **params),
         export_xlsx=query("/s/board/indicators.xlsx", **params),
         cases_link=query("/s/cases", **params), map_link=query("/s/map", township=params["township"]),
-        notices=calendar_notices(c.settings, now),
+        notices=calendar_notices(c.settings, now, staff=True),
     )
 
 

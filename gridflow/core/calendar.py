@@ -296,19 +296,47 @@ def calendar_end_warning(calendar: WorkingCalendar, today: date, where: str,
     if not calendar.years:
         return (f"工作日历未配置任何年份，请在{where}添加 calendar_{today.year}.json"
                 f"（依据国务院办公厅关于{today.year}年部分节假日安排的通知）")
+    ending = _calendar_ending(calendar, today, days_ahead)
+    if ending is None:
+        return None
+    end, when, needed = ending
+    files = "、".join(f"calendar_{y}.json" for y in needed)
+    notices = "、".join(f"{y}年" for y in needed)
+    return (f"工作日历仅配置到 {end.isoformat()}（{when}），请在{where}添加 {files}"
+            f"（依据国务院办公厅关于{notices}部分节假日安排的通知，格式同 calendar_{end.year}.json，"
+            f"见 docs/CALENDAR.md），再重启 worker。未添加前，{end.year + 1}-01-01 起的期限按"
+            f"周一至周五计算，不计法定节假日和调休。")
+
+
+def calendar_end_notice_for_staff(calendar: WorkingCalendar, today: date,
+                                  days_ahead: int = WARN_DAYS_AHEAD) -> str | None:
+    """The same notice for the people on the pages (supervisors, departments): what it means
+    for their deadlines and who fixes it, without the server's directories and files, which
+    are the operators' (`calendar_end_warning`, `gridflow status`)."""
+    if not calendar.years:
+        return "工作日历未配置任何年份，期限无法按工作日计算，请联系系统管理员补充。"
+    ending = _calendar_ending(calendar, today, days_ahead)
+    if ending is None:
+        return None
+    end, when, needed = ending
+    years = "、".join(f"{y}年" for y in needed)
+    return (f"工作日历仅配置到 {end.isoformat()}（{when}），请系统管理员依据国务院办公厅关于"
+            f"{years}部分节假日安排的通知补充{years}的工作日历。补充前，{end.year + 1}-01-01 起的"
+            f"期限按周一至周五计算，不计法定节假日和调休。")
+
+
+def _calendar_ending(calendar: WorkingCalendar, today: date, days_ahead: int
+                     ) -> tuple[date, str, list[int]] | None:
+    """The last configured day, how far `today` is from it (Chinese) and the years to add;
+    None while that day is more than `days_ahead` days away."""
     last_year = max(calendar.years)
     end = date(last_year, 12, 31)
     left = (end - today).days
     if left > days_ahead:
         return None
     needed = list(range(last_year + 1, max(today.year, last_year + 1) + 1))
-    files = "、".join(f"calendar_{y}.json" for y in needed)
-    notices = "、".join(f"{y}年" for y in needed)
     when = f"还剩 {left} 天" if left >= 0 else f"已过期 {-left} 天"
-    return (f"工作日历仅配置到 {end.isoformat()}（{when}），请在{where}添加 {files}"
-            f"（依据国务院办公厅关于{notices}部分节假日安排的通知，格式同 calendar_{last_year}.json，"
-            f"见 docs/CALENDAR.md），再重启 worker。未添加前，{end.year + 1}-01-01 起的期限按"
-            f"周一至周五计算，不计法定节假日和调休。")
+    return end, when, needed
 
 
 # --- parsing -------------------------------------------------------------------

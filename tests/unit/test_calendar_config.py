@@ -144,7 +144,10 @@ def test_the_board_warns_in_chinese_by_its_clock_and_clears_once_the_year_is_add
         board, cal_dir) -> None:
     client, now = board
     page = client.get("/").text
-    assert WARNING in page and "calendar_2027.json" in page
+    assert WARNING in page and "请系统管理员" in page and "2027年" in page
+    # the server's directory and files are the operators' (gridflow status), not the page's
+    for internal in (str(cal_dir), "calendar_2027.json", "GRIDFLOW_CALENDAR_DIR", "refdata"):
+        assert internal not in page
     assert client.get("/api/board").json()["notices"][0].startswith(WARNING)
     now["at"] = OUTSIDE
     assert WARNING not in client.get("/").text
@@ -153,3 +156,24 @@ def test_the_board_warns_in_chinese_by_its_clock_and_clears_once_the_year_is_add
     add_2027(cal_dir)  # picked up without restarting the board
     assert WARNING not in client.get("/").text
 
+
+
+def test_a_broken_calendar_is_named_to_operators_and_not_shown_on_a_page(cal_dir) -> None:
+    (cal_dir / "calendar_2027.json").write_text("{not json", encoding="utf-8")
+    settings = Settings(calendar_dir=cal_dir)
+    (for_status,) = calendar_notices(settings, OUTSIDE)
+    assert "工作日历无法加载" in for_status and "calendar_2027.json" in for_status
+    (for_page,) = calendar_notices(settings, OUTSIDE, staff=True)
+    assert "工作日历无法加载" in for_page and "系统管理员" in for_page
+    assert "calendar_2027.json" not in for_page and str(cal_dir) not in for_page
+
+
+def test_the_pages_notice_says_what_the_operators_one_says_without_the_server(cal_dir) -> None:
+    settings = Settings(calendar_dir=cal_dir)
+    (ops,) = calendar_notices(settings, IN_WINDOW)
+    (staff,) = calendar_notices(settings, IN_WINDOW, staff=True)
+    assert ops.startswith(WARNING) and staff.startswith(WARNING)
+    assert "还剩 45 天" in ops and "还剩 45 天" in staff
+    assert "2027-01-01 起的期限按周一至周五计算" in ops and "2027-01-01 起的期限按周一至周五计算" in staff
+    assert str(cal_dir) in ops and str(cal_dir) not in staff
+    assert calendar_notices(settings, OUTSIDE, staff=True) == []
