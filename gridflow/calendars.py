@@ -58,9 +58,6 @@ def calendar_notices(settings: Settings, now: datetime, *, staff: bool = False) 
         if staff:
             return ["工作日历无法加载，期限计算将停止，请联系系统管理员（gridflow status 可查看原因）。"]
         return [f"工作日历无法加载，worker 将无法启动：{exc}"]
-    if staff:
-        notice = calendar_end_notice_for_staff(calendar,
-                                               now.astimezone(calendar.tzinfo).date())
-        return [notice] if notice else []
-    warning = end_warning(calendar, now, settings)
-    return [warning] if warning else []
+    notice = (calendar_end_notice_for_staff(calendar, now.astimezone(calendar.tzinfo).date())
+              if staff else end_warning(calendar, now, settings))
+    return [notice] if notice else []

@@ -174,17 +174,13 @@ class StateAfterOutput:
         since = self._since
         since.append(fut)
         if len(since) >= 4096:  # an agent that sends and writes no state: keep only what counts
-            self._since = [f for f in since
-                           if not f.done() or f.cancelled() or f.exception() is not None]
+            self._since = [f for f in since if _outstanding(f)]
 
     def state(self, write: Any) -> None:
         """A table changelog write (faust's FutureMessage): to the buffer once the direct sends
         made before it are acknowledged."""
-        barrier = [f for f in self._since if not f.done()]
-        failed = [f for f in self._since if f.done() and (f.cancelled() or f.exception())]
+        barrier = [f for f in self._since if _outstanding(f)]  # a failed one fails the write
         self._since = []
-        if failed:
-            barrier += failed  # released (as failed) in order, by _release
         if not barrier and not self._groups:
             self._put(write)
             return
@@ -214,6 +210,11 @@ class StateAfterOutput:
                     why = "cancelled" if bad.cancelled() else repr(bad.exception())
                     write.set_exception(ProducerSendError(
                         f"table write not sent: an output sent before it failed ({why})"))
+
+
+def _outstanding(fut: asyncio.Future[Any]) -> bool:
+    """A send a later table write must still wait for (not yet acknowledged) or fail with."""
+    return not fut.done() or fut.cancelled() or fut.exception() is not None
 
 
 def contiguous_commit(acked: list[int], base: int) -> tuple[int | None, int]:
