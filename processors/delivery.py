@@ -95,6 +95,15 @@ class SendLedger:
     def __init__(self) -> None:
         self._pending: list[asyncio.Future[Any]] = []
         self.gate: StateAfterOutput | None = None  # set by GridflowApp._new_producer
+        # Changelog topics whose writes are outputs themselves (`outputs_first`).
+        self._output_topics: set[str] = set()
+
+    def outputs_first(self, *tables: Any) -> None:
+        """The changelog writes of these tables are sent at once, and the table writes made
+        after them wait for them as for a direct send (StateAfterOutput.early): the deadline
+        book's clocks, so that a case's state never reaches the changelog before the clocks
+        decided with it (docs/ARCHITECTURE.md, item 8)."""
+        self._output_topics.update(t.changelog_topic.get_topic_name() for t in tables)
 
     def track(self, fut: Awaitable[Any]) -> None:
         """Remember a direct send's future (aiokafka's producer returns an asyncio.Future);
@@ -108,7 +117,10 @@ class SendLedger:
         """Remember a table changelog write and hand it on through the gate."""
         self._pending.append(write)
         assert self.gate is not None
-        self.gate.state(write)
+        if self._output_topics and _topic_of(write) in self._output_topics:
+            self.gate.early(write)
+        else:
+            self.gate.state(write)
 
     def check(self) -> None:
         """Raise ProducerSendError if a finished send failed; forget the finished ones."""
@@ -176,9 +188,17 @@ class StateAfterOutput:
         if len(since) >= 4096:  # an agent that sends and writes no state: keep only what counts
             self._since = [f for f in since if _outstanding(f)]
 
+    def early(self, write: asyncio.Future[Any]) -> None:
+        """A table changelog write that is an output itself: to the buffer at once, and the
+        writes after it wait for it as for a direct send. For the deadline book: a clock on the
+        changelog ahead of its case's events and state is filed again, under the same key, when
+        the input is decided again after a crash; a state without its clocks would never be."""
+        self._put(write)
+        self.output(write)
+
     def state(self, write: Any) -> None:
         """A table changelog write (faust's FutureMessage): to the buffer once the direct sends
-        made before it are acknowledged."""
+        (and early writes) made before it are acknowledged."""
         barrier = [f for f in self._since if _outstanding(f)]  # a failed one fails the write
         self._since = []
         if not barrier and not self._groups:
@@ -210,6 +230,13 @@ class StateAfterOutput:
                     why = "cancelled" if bad.cancelled() else repr(bad.exception())
                     write.set_exception(ProducerSendError(
                         f"table write not sent: an output sent before it failed ({why})"))
+
+
+def _topic_of(write: Any) -> str | None:
+    """The topic of a faust FutureMessage (None for anything else)."""
+    message = getattr(write, "message", None)
+    channel = getattr(message, "channel", None)
+    return None if channel is None else channel.get_topic_name()
 
 
 def _outstanding(fut: asyncio.Future[Any]) -> bool:

@@ -373,3 +373,58 @@ def test_a_fetch_is_handed_to_the_agents_oldest_first_each_partition_in_its_own_
     single = recs("r", 5, 1)
     assert [r for _, r in OldestFirst().iterate({reports: single})] == single
     assert list(OldestFirst().iterate({})) == []
+
+
+class _ChangelogWrite(asyncio.Future):
+    """A faust FutureMessage's shape: a future with the topic it goes to."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+        self.message = SimpleNamespace(channel=SimpleNamespace(get_topic_name=lambda: topic))
+
+
+def test_a_case_state_waits_for_its_clocks_which_go_at_once():
+    # The deadline book's writes are outputs themselves (SendLedger.outputs_first): sent with
+    # the events, not behind them, and the case's state written after them waits for both. A
+    # state on the changelog without its clocks would drop the command as a repeat after a
+    # crash and never file them; a clock ahead of its state is filed again under its key.
+    from types import SimpleNamespace
+
+    from processors.delivery import StateAfterOutput
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        put: list[object] = []
+        ledger = SendLedger()
+        ledger.gate = StateAfterOutput(put.append)
+        book = SimpleNamespace(changelog_topic=SimpleNamespace(get_topic_name=lambda: "p-book"))
+        ledger.outputs_first(book)
+        event = loop.create_future()
+        ledger.track(event)
+        clock = _ChangelogWrite("p-book")
+        ledger.track_state(clock)
+        assert put == [clock]  # at once: not behind the event
+        state = _ChangelogWrite("p-cases")
+        ledger.track_state(state)
+        await asyncio.sleep(0.01)
+        assert put == [clock]
+        event.set_result("ok")
+        await asyncio.sleep(0.01)
+        assert put == [clock]  # the clock is not acknowledged yet
+        clock.set_result("ok")
+        await asyncio.sleep(0.01)
+        assert put == [clock, state]
+        # a clock whose write fails fails the state behind it, and the commit is refused
+        clock2 = _ChangelogWrite("p-book")
+        ledger.track_state(clock2)
+        state2 = _ChangelogWrite("p-cases")
+        ledger.track_state(state2)
+        clock2.set_exception(RuntimeError("broker gone"))
+        await asyncio.sleep(0.01)
+        assert put == [clock, state, clock2] and isinstance(state2.exception(),
+                                                              ProducerSendError)
+        with pytest.raises(ProducerSendError):
+            await ledger.settle(timeout_s=5)
+
+    _run(scenario())

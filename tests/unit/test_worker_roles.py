@@ -87,3 +87,14 @@ def test_a_static_member_forgets_its_instance_id_when_it_stops_cleanly():
     thread._consumer = SimpleNamespace(_coordinator=Coordinator())
     thread._leave_on_close()
     assert thread._consumer._coordinator._group_instance_id is None
+
+
+def test_the_deadline_book_s_writes_go_before_the_case_state_they_were_decided_with():
+    # processors.delivery.SendLedger.outputs_first: the book's two changelogs, and no other
+    # table's (those wait for the outputs before them).
+    settings = load_settings()
+    app = build_app(runtime_for_role(bootstrap(settings), "pipeline"))
+    early = app.send_ledger._output_topics
+    assert len(early) == 2 and all("deadline-" in name for name in early)
+    others = {t.changelog_topic.get_topic_name() for t in app.tables.values()} - early
+    assert others and not any("deadline-" in name for name in others)
