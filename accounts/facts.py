@@ -47,6 +47,12 @@ def _case(session: Session, case_id: str, departments: frozenset[str] | None = N
                      frozenset(reporters), departments)
 
 
+def case_seq(engine: Engine, case_id: str) -> int | None:
+    """The seq of the case's last event in the read models (None: no such case there)."""
+    with Session(engine) as session:
+        return session.execute(select(Case.last_seq).where(Case.case_id == case_id)).scalar()
+
+
 def task_facts(engine: Engine, task_id: str) -> CaseFacts | None:
     """The task's case, with only the task's own department (a department acts on its tasks)."""
     with Session(engine) as session:

@@ -201,8 +201,8 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
         # that holds this command's id never reaches the changelog without its events.
         await emit(out, follower is not None)
         if follower is not None and out.events:
-            # Before the case's own write: its changelog record is queued after the book's
-            # (mostly in the same produce request; not guaranteed: docs/ARCHITECTURE.md).
+            # Before the case's own write: the book's records go out at once, with the events,
+            # and the case's state waits for them too (SendLedger.outputs_first).
             follower.follow(m.partition, out.events)
         if state is not None:
             cases[key] = state

@@ -206,9 +206,19 @@ async def publish_command(
 ) -> JSONResponse:
     target = data.get("task_id") or case_id
     command_id = command_id or command_id_for(actor, type_, target, idempotency_key)
-    msg = command_message(command_id, type_, case_id, actor, iso(c.clock()), data)
+    at = iso(c.clock())
+
+    def stamp_and_publish() -> None:
+        # The seq of the case's last event the read models hold: a worker whose state of the
+        # case is behind it (a crash lost the state, the input is read again) waits for it
+        # before deciding this command (gridflow.core.case.decide).
+        seen = facts.case_seq(c.engine, case_id)
+        stamped = {**data, "seen_seq": seen} if seen else data
+        msg = command_message(command_id, type_, case_id, actor, at, stamped)
+        c.publisher.publish(c.topic(topics.CASE_COMMANDS), case_id, msg)
+
     try:
-        await run_in_threadpool(c.publisher.publish, c.topic(topics.CASE_COMMANDS), case_id, msg)
+        await run_in_threadpool(stamp_and_publish)
     except PublishError as exc:
         raise NotPublished(
             "系统繁忙, 指令未提交, 请稍后重试",

@@ -560,7 +560,21 @@ class RecordPhotoArchived(PhotoArchiveFacts, Command, frozen=True, kw_only=True)
     waited: int | UnsetType = UNSET
 
 
-class TaskCommand(Command, frozen=True, kw_only=True):
+class PersonCommand(Command, frozen=True, kw_only=True):
+    """A command a person gives through the API (or one like it).
+
+    `seen_seq`: the seq of the case's last event in the read models when the API accepted it.
+    A case whose state is behind it lost that state in a crash after its events reached the
+    log, and the input that decided them is being read again: the command goes round
+    case-commands once more under its own id (`waited`, at most WAIT_LIMIT times) instead of
+    being decided against the older state (gridflow.core.case.decide). Both absent in commands
+    written before they existed."""
+
+    seen_seq: int | UnsetType = UNSET
+    waited: int | UnsetType = UNSET
+
+
+class TaskCommand(PersonCommand, frozen=True, kw_only=True):
     """A command about one task of the case (an unknown task id is refused with a reason)."""
 
     task_id: str | UnsetType = UNSET
@@ -615,7 +629,7 @@ class RejectTask(TaskCommand, frozen=True, kw_only=True):
     photos: Any = UNSET
 
 
-class RateCase(Command, frozen=True, kw_only=True):
+class RateCase(PersonCommand, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "RateCase"
     LABEL_ZH: ClassVar[str] = "回访评价"
 
@@ -646,7 +660,7 @@ class DecideExtension(TaskCommand, frozen=True, kw_only=True):
     reason: str | UnsetType = UNSET
 
 
-class WhistleCase(Command, frozen=True, kw_only=True):
+class WhistleCase(PersonCommand, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "WhistleCase"
     LABEL_ZH: ClassVar[str] = "吹哨报到"
 

@@ -228,6 +228,9 @@ def decide(state: CaseState, command: Message, planner: DeadlinePlanner) -> Deci
     """Apply one command to a case. Never raises for a bad command: refusals are events."""
     if command.id in state.recent_commands:
         return Decision(state, [])
+    again = _behind_what_was_seen(state, command)
+    if again is not None:
+        return Decision(state, [], [again])
     b = _Builder(state, command)
     handler = _HANDLERS.get(command.type)
     try:
@@ -420,6 +423,22 @@ def _refuse_report(b: _Builder, c: Message, d: ct.RefuseReport, planner: Deadlin
 # behind the event it answers. After a crash the worker decides the lost inputs again within
 # its first reads, so a few rounds suffice; the limit only ends a wait that cannot end.
 WAIT_LIMIT = 100
+
+
+def _behind_what_was_seen(state: CaseState, c: Message) -> Message | None:
+    """The command once more, if the person who gave it saw the case further on than this
+    state (`seen_seq`, stamped by the API from the read models): the worker was killed after
+    the case's events reached the log and before its state did (processors.delivery), and the
+    input that decides them again is still to come. Deciding now would refuse a task the
+    person saw, or put the command's events where that decision's are about to go again. The
+    copy keeps the command's id, so its outcome is the one the person waits for, and is not
+    remembered as decided; after WAIT_LIMIT rounds it is decided against the state as it is."""
+    seen, waited = c.data.get("seen_seq"), c.data.get("waited", 0)
+    if (type(seen) is not int or state.seq >= seen or type(waited) is not int
+            or waited >= WAIT_LIMIT):
+        return None
+    return Message(id=c.id, type=c.type, case_id=c.case_id, at=c.at, actor=c.actor,
+                   data={**c.data, "waited": waited + 1}, causation_id=c.id)
 
 
 def _photo_archived(b: _Builder, c: Message, d: ct.RecordPhotoArchived,

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from accounts import facts
 from accounts.people import county_people
 from accounts.roles import DEPT_STAFF
 from accounts.sample import SampleSessions
@@ -197,6 +198,9 @@ def test_a_task_is_signed_resolved_verified_and_rated(
         ).value
     )
     assert (msg.type, msg.actor, msg.data["task_id"]) == ("SignTask", f"dept:{VILLAGE}", task_id)
+    # stamped with the case's last seq in the read models: a worker whose state is behind it
+    # waits for it (gridflow.core.case.decide)
+    assert msg.data["seen_seq"] == facts.case_seq(pipeline.sink.engine, case_id) >= 2
     assert decided(env, pipeline, sign)["status"] == "accepted"
 
     after = [photo(11), photo(12)]

@@ -552,3 +552,44 @@ def test_a_photo_archived_ahead_of_the_cases_state_goes_round_until_the_state_ca
                   PLANNER)
     assert types(last.events) == [ev.COMMAND_REFUSED] and last.commands == []
     assert last.events[0].data["code"] == "unknown_case"
+
+
+def test_a_person_s_command_ahead_of_the_case_s_state_goes_round_under_its_own_id():
+    # A department signs a task it saw in the read models (the API stamps seen_seq, the case's
+    # last seq there). The worker was killed after the dispatch reached the log and before the
+    # case's state did; deciding the sign against the older state would refuse the task as
+    # unknown. It goes round under its own id (its outcome is the one the department waits
+    # for) until the report is decided again, then is decided as if nothing had happened.
+    from gridflow.core.case import WAIT_LIMIT
+
+    filing = filed()
+    state, events = run(new_case("AJ1"), filing)
+    tid = events[1].data["task_id"]
+    sign = cmd(ev.SIGN_TASK, {"task_id": tid, "seen_seq": events[-1].seq}, "dept:D-CG",
+               minutes=30)
+    lost = new_case("AJ1")  # the state the restarted worker has
+    d = decide(lost, sign, PLANNER)
+    assert d.events == [] and d.state == lost  # not remembered as decided
+    (again,) = d.commands
+    assert again.id == sign.id and again.type == ev.SIGN_TASK and again.case_id == "AJ1"
+    assert again.data == {**sign.data, "waited": 1} and again.at == sign.at
+    assert decide(d.state, again, PLANNER).commands[0].data["waited"] == 2  # still behind
+    # the report decided again, with the same events: the copy is decided, once
+    state2, events2 = run(lost, filing)
+    assert [e.hash() for e in events2] == [e.hash() for e in events]
+    done = decide(state2, again, PLANNER)
+    assert types(done.events) == [ev.TASK_SIGNED] and done.commands == []
+    assert done.events[0].causation_id == sign.id and sign.id in done.state.recent_commands
+    assert decide(done.state, sign, PLANNER).events == []  # the original, redelivered: nothing
+    # decided exactly as an unstamped command would be
+    plain = cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG", minutes=30)
+    plain_done = decide(state, plain, PLANNER)
+    assert types(plain_done.events) == types(done.events)
+    # a stamp at or behind the state changes nothing; a wait that cannot end ends
+    assert decide(state, sign, PLANNER).events[0].type == ev.TASK_SIGNED
+    last = decide(lost, cmd(ev.SIGN_TASK, {"task_id": tid, "seen_seq": 2, "waited": WAIT_LIMIT},
+                            "dept:D-CG"), PLANNER)
+    assert types(last.events) == [ev.COMMAND_REFUSED] and last.commands == []
+    # a stamp of the wrong type is ignored (the payload's own check refuses it)
+    odd = decide(lost, cmd(ev.SIGN_TASK, {"task_id": tid, "seen_seq": "2"}, "dept:D-CG"), PLANNER)
+    assert odd.commands == [] and types(odd.events) == [ev.COMMAND_REFUSED]
