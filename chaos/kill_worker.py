@@ -7,6 +7,11 @@ random moments — some in its first second, before its first commit, some mid-s
 restarted at once; the SQL sink is killed too, every `sink_every` cycles. Afterwards every
 report id on the reports topic must have its row in the read models (filed, merged or
 refused): anything else is lost, and the run says which, with its partition and offset.
+
+Meanwhile the departments sign every task the read models show dispatched, as the API would
+(stamped with the case's last seq there): a task dispatched just before a kill is one whose
+state the crash can lose while its dispatch is already on the log and in the read models.
+Every sign must be accepted, none refused because of a crash (docs/ARCHITECTURE.md, item 8).
 """
 
 from __future__ import annotations
@@ -36,7 +41,15 @@ from gridflow.events import Message, derived_id, iso
 from gridflow.settings import Settings
 from infra import services
 from objectstore import make_client
-from sinks.models import Case, Report, Task, create_schema, make_engine, table_of
+from sinks.models import (
+    Case,
+    CommandOutcome,
+    Report,
+    Task,
+    create_schema,
+    make_engine,
+    table_of,
+)
 
 # Up-times before a kill: a third in the first seconds (the first commit of a new group, a
 # rebalance still under way), the rest anywhere up to `max_up_s`.
@@ -57,11 +70,16 @@ class KillReport:
     worker_log: str = ""
     audit_clean: bool | None = None  # gridflow audit verify's verdict (None: not run)
     audit_lines: list[str] = field(default_factory=list)
+    signs_sent: int = 0
+    signs_accepted: int = 0
+    signs_refused: list[tuple[str, str]] = field(default_factory=list)  # (task id, code)
+    signs_undecided: list[str] = field(default_factory=list)  # task ids
 
     @property
     def clean(self) -> bool:
         return (not self.lost and self.duplicate_rows == 0 and self.kept == self.sent
-                and self.audit_clean is not False)
+                and self.audit_clean is not False and not self.signs_refused
+                and not self.signs_undecided and self.signs_accepted == self.signs_sent)
 
     def lines(self) -> list[str]:
         out = [
@@ -73,8 +91,18 @@ class KillReport:
             f"  duplicated report rows:                      {self.duplicate_rows}",
             f"  caught up after the last kill in:            {self.catch_up_s:.1f} s",
         ]
+        out += [
+            f"  tasks signed by their departments:           {self.signs_sent}",
+            f"  signs accepted:                              {self.signs_accepted}",
+            f"  signs refused / undecided:                   {len(self.signs_refused)} / "
+            f"{len(self.signs_undecided)}",
+        ]
         for partition, offset, report_id in self.lost[:20]:
             out.append(f"  LOST {report_id} at reports[{partition}]@{offset}")
+        for task_id, code in self.signs_refused[:20]:
+            out.append(f"  SIGN REFUSED {task_id}: {code}")
+        for task_id in self.signs_undecided[:20]:
+            out.append(f"  SIGN UNDECIDED {task_id}")
         return out + verdict_lines(self.audit_clean, self.audit_lines, self.clean)
 
 
@@ -151,6 +179,75 @@ class ReportProducer(threading.Thread):
         self.join(timeout_s)
         if self.error is not None:
             raise RuntimeError(f"producing reports failed: {self.error!r}")
+
+
+class Signer(threading.Thread):
+    """Signs each task the read models show dispatched, once, as its department would through
+    the API: a SignTask on case-commands stamped with the case's last seq in the read models
+    (producers.commands.publish_command), acknowledged (acks=all)."""
+
+    def __init__(self, settings: Settings, every_s: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.every_s = settings, every_s
+        self.signed: dict[str, str] = {}  # task id -> command id
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
+                                 enable_idempotence=True)
+        engine = make_engine(self.settings.database_url)
+        name = topics.CASE_COMMANDS.name(self.settings.topic_prefix)
+        tasks, cases = table_of(Task).c, table_of(Case).c
+        dispatched = (select(tasks.task_id, tasks.case_id, tasks.department, cases.last_seq)
+                      .join_from(table_of(Task), table_of(Case), tasks.case_id == cases.case_id)
+                      .where(tasks.state == "dispatched"))
+        try:
+            while not self.stop_event.wait(self.every_s):
+                try:
+                    with engine.connect() as conn:
+                        rows = conn.execute(dispatched).all()
+                except Exception:  # noqa: BLE001 - the sink has not made its tables yet
+                    continue
+                for task_id, case_id, department, seen in rows:
+                    if task_id in self.signed or self.stop_event.is_set():
+                        continue
+                    msg = Message(id=derived_id("chaos-sign", task_id), type=ev.SIGN_TASK,
+                                  case_id=case_id, at=iso(datetime.now(UTC)),
+                                  actor=f"dept:{department}",
+                                  data={"task_id": task_id, "seen_seq": seen})
+                    producer.send(name, key=case_id.encode(), value=msg.encode()).get(timeout=60)
+                    self.signed[task_id] = msg.id
+        except BaseException as exc:  # reported by the scenario, not lost in a thread
+            self.error = exc
+        finally:
+            producer.close()
+            engine.dispose()
+
+    def finish(self, timeout_s: float = 60.0) -> None:
+        self.stop_event.set()
+        self.join(timeout_s)
+        if self.error is not None:
+            raise RuntimeError(f"signing tasks failed: {self.error!r}")
+
+
+def sign_outcomes(database_url: str, signed: dict[str, str]) -> dict[str, tuple[bool, str]]:
+    """The outcome of each sign by task id: (accepted, refusal code)."""
+    engine = make_engine(database_url)
+    try:
+        out = table_of(CommandOutcome).c
+        wanted = {cid: tid for tid, cid in signed.items()}
+        found: dict[str, tuple[bool, str]] = {}
+        ids = list(wanted)
+        with engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                for cid, accepted, code in conn.execute(
+                        select(out.command_id, out.accepted, out.code)
+                        .where(out.command_id.in_(ids[i:i + 500]))):
+                    found[wanted[cid]] = (bool(accepted), code or "")
+        return found
+    finally:
+        engine.dispose()
 
 
 def reports_topic_records(settings: Settings) -> Iterator[Any]:
@@ -252,9 +349,11 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
         return services.start(name, args, settings, log_dir)
 
     producer = ReportProducer(settings, ref, rate, seed)
+    signer = Signer(settings)
     worker = start("worker", worker_args)
     sink = start("sink", ["sink"])
     producer.start()
+    signer.start()
     try:
         for cycle in range(1, cycles + 1):
             up = rng.choice(EARLY_UP_S) if cycle % 3 == 1 else rng.uniform(1.0, max_up_s)
@@ -270,6 +369,7 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
             echo(f"  cycle {cycle}/{cycles}: {what} killed after {up:.1f} s; "
                  f"{len(producer.sent)} reports acknowledged so far")
         producer.finish()
+        signer.finish()
         last_kill = time.monotonic()
         on_topic = reports_on_topic(settings)
         report.sent = len(on_topic)
@@ -283,7 +383,16 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
             if len(kept) == report.sent or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
+        report.signs_sent = len(signer.signed)
+        while True:  # every sign decided (it went on the topic before the last kill)
+            outcomes = sign_outcomes(settings.database_url, signer.signed)
+            if len(outcomes) == len(signer.signed) or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
         report.catch_up_s = time.monotonic() - last_kill
+        report.signs_accepted = sum(ok for ok, _ in outcomes.values())
+        report.signs_refused = sorted((t, code) for t, (ok, code) in outcomes.items() if not ok)
+        report.signs_undecided = sorted(signer.signed.keys() - outcomes.keys())
         report.kept = len(kept)
         report.duplicate_rows = repeats
         report.lost = sorted((*on_topic[rid], rid) for rid in on_topic.keys() - ids)
@@ -291,6 +400,7 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
             _audit(settings, report, echo)
     finally:
         producer.stop_event.set()
+        signer.stop_event.set()
         worker.stop()
         sink.stop()
         # The run's topics go with it (its logs and SQLite database stay in log_dir): left

@@ -1,5 +1,6 @@
 """Repeated SIGKILL of the worker (and the sink) under a stream of acknowledged reports: every
-report on the reports topic reaches the read models, once. The short form of
+report on the reports topic reaches the read models, once, and every task signed by its
+department meanwhile is signed. The short form of
 `gridflow chaos --scenario kill-worker` (the long form: `gridflow chaos --full`)."""
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def test_no_acknowledged_report_is_lost_when_the_worker_is_killed_again_and_agai
     assert result.lost == [], f"acknowledged reports lost; worker log: {result.worker_log}"
     assert result.kept == result.sent
     assert result.duplicate_rows == 0
+    # the departments signed every task they saw dispatched, some just before a kill: each
+    # sign accepted, none refused because the worker's state of its case was lost
+    assert result.signs_sent > 50, "too few tasks signed to mean anything"
+    assert result.signs_refused == [] and result.signs_undecided == []
+    assert result.signs_accepted == result.signs_sent
     # and the auditor's view agrees: read models equal a replay, chains intact, and every
     # record the worker's group committed past was handed on (audit.completeness)
     assert result.audit_clean, "\n".join(result.audit_lines)
