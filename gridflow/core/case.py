@@ -244,6 +244,13 @@ def decide(state: CaseState, command: Message, planner: DeadlinePlanner) -> Deci
     except Refused as r:
         b = _Builder(state, command)
         b.emit(_refusal(command, r.code, r.zh, r.en))
+    if not b.events and command.type in _CLOCK_COMMANDS and command.actor.startswith("system"):
+        # A stale deadline command is dropped and not remembered. Its clock fires it again
+        # under the same id if it comes back: after a crash, the command can be read before
+        # the input that files its task again (the state it finds is behind, so it looks
+        # stale), and remembering it would drop the real one. A repeat of one that applied
+        # is still remembered and dropped.
+        return Decision(state, [], b.commands)
     return b.finish()
 
 
@@ -671,6 +678,9 @@ def _assign(b: _Builder, c: Message, d: ct.AssignTask, planner: DeadlinePlanner)
         assignee_name=given(d.assignee_name)[:64], previous=task.assignee,
         by=given(d.by)[:64], by_name=given(d.by_name)[:64],
     ))
+
+
+_CLOCK_COMMANDS = frozenset({ev.WARN_DEADLINE, ev.BREACH_DEADLINE, ev.ESCALATE_TASK})
 
 
 def _deadline_applies(b: _Builder, d: ct.DeadlineCommand) -> TaskState | None:

@@ -593,3 +593,22 @@ def test_a_person_s_command_ahead_of_the_case_s_state_goes_round_under_its_own_i
     # a stamp of the wrong type is ignored (the payload's own check refuses it)
     odd = decide(lost, cmd(ev.SIGN_TASK, {"task_id": tid, "seen_seq": "2"}, "dept:D-CG"), PLANNER)
     assert odd.commands == [] and types(odd.events) == [ev.COMMAND_REFUSED]
+
+
+def test_a_stale_deadline_command_is_not_remembered_so_its_clock_can_fire_it_again():
+    # After a crash the deadline agent's command can be read before the report that files its
+    # task again: against the state it finds, it is stale and dropped. Remembering its id then
+    # would drop the same command when the re-filed clock fires it, and the warning would be
+    # lost. A command that applied is remembered: its repeat emits nothing.
+    state, tid = full_cycle()
+    due = state.tasks[tid].sign_due
+    warn = cmd(ev.WARN_DEADLINE, {"task_id": tid, "stage": "sign", "due_at": due, "fraction": 0.5})
+    lost = new_case("AJ1")
+    early = decide(lost, warn, PLANNER)
+    assert early.events == [] and warn.id not in early.state.recent_commands
+    applied = decide(state, warn, PLANNER)
+    assert types(applied.events) == [ev.DEADLINE_WARNED] and warn.id in applied.state.recent_commands
+    assert decide(applied.state, warn, PLANNER).events == []  # its repeat: nothing
+    # a person's escalation that changes nothing is remembered as before
+    esc = cmd(ev.ESCALATE_TASK, {"task_id": tid, "level": 0}, "supervisor:S1")
+    assert esc.id in decide(state, esc, PLANNER).state.recent_commands
