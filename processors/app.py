@@ -126,8 +126,12 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
     kind = s.worker_store
     recent_cases = app.Table("recent-cases", default=None, partitions=topics.CASE_PARTITIONS,
                              options=table_options(kind))
+    # Every table's changes are sent once per key and commit; the cases last, after the book
+    # and the recent cases of the same commit (processors.tablestore).
+    recent_cases.coalesce = True  # type: ignore[attr-defined]  # a GridflowTable (app.Table)
     cases = app.Table("cases", default=None, partitions=topics.CASE_PARTITIONS,
                       options=table_options(kind))
+    cases.coalesce, cases.flush_rank = True, 1  # type: ignore[attr-defined]
 
     names = {suffix: topic.get_topic_name() for suffix, topic in t.items()}
 
@@ -165,6 +169,8 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
                                  options=table_options(kind))
         evicted = app.Table("evicted-cases", default=None, partitions=topics.CASE_PARTITIONS,
                             options=table_options(kind))
+        for table in (closed_index, evicted):
+            table.coalesce, table.flush_rank = True, 1  # type: ignore[attr-defined]
         ticks_name = names["deadline-ticks"]
         source_names.append(ticks_name)
     # One agent, one ordered stream per partition, for the reports and the case commands (and
@@ -201,8 +207,8 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
         # that holds this command's id never reaches the changelog without its events.
         await emit(out, follower is not None)
         if follower is not None and out.events:
-            # Before the case's own write: the book's records go out at once, with the events,
-            # and the case's state waits for them too (SendLedger.outputs_first).
+            # The book's changes, like the case's, go out at the commit: the book's first, and
+            # the case's state waits for them as for its events (SendLedger.outputs_first).
             follower.follow(m.partition, out.events)
         if state is not None:
             cases[key] = state

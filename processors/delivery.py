@@ -71,6 +71,8 @@ from faust.types import TP
 from faust.types.transports import SchedulingStrategyT
 from mode import Service
 
+from processors.tablestore import send_unsent_changes
+
 log = logging.getLogger("gridflow.delivery")
 
 # How long a partition may have later records processed while its next one is not before it
@@ -504,9 +506,14 @@ class GridflowConsumer(faust_aiokafka.Consumer):
     # --- the commit itself ------------------------------------------------------------
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
-        """Called by faust right after its producer flush: wait for every send the agents made
-        so far (direct sends and table changelog writes); refuse, and crash the worker so it
-        restarts from the last good commit, if one failed or does not finish."""
+        """Called by faust right after its producer flush: send the tables' unsent changes,
+        then wait for every send the agents made so far (direct sends and table changelog
+        writes); refuse, and crash the worker so it restarts from the last good commit, if one
+        failed or does not finish."""
+        # The changes a table keeps until the commit go out first (processors.tablestore: one
+        # record per changed key), through the gate like every table write (StateAfterOutput),
+        # and the ledger waits for them with the rest.
+        send_unsent_changes(self.app.tables.values())
         ledger: SendLedger | None = getattr(self.app, "send_ledger", None)
         if ledger is not None:
             try:

@@ -17,6 +17,29 @@ acknowledged value and its changelog offset to RocksDB in one batch. RocksDB the
 exactly a prefix of the changelog, as the memory store does after a restore, and the delivery
 guarantees of processors.delivery hold unchanged.
 
+**A table may send a key's changes once per commit** (issue 16, steps 6 and 8). faust sends a
+changelog record for every write to a table; a township's recent cases, a minute's shard of
+the deadline book and a case touched by several commands are rewritten many times between
+commits. A `GridflowTable` made with `coalesce = True` keeps each changed key's last value (and
+the partition of the event that changed it) and sends it when the consumer commits
+(`send_unsent_changes`, called by processors.delivery before the commit waits for every send),
+so a commit still never overtakes a change: a change not in the changelog belongs to a record
+whose offset is not committed, which is read and decided again after a crash. The worker's
+tables all do (processors.app, processors.deadlines), in `flush_rank` order: the deadline book
+and the recent cases first, the cases and their eviction index last, so that a case's state
+waits for its clocks (processors.delivery.StateAfterOutput.early) as it waits for its events.
+A table that sends each change in the step that made it (`coalesce = False`) sends the bytes
+its store encoded.
+
+Holding a case's state back until the commit widens the window in which its events are on the
+log and its state is not, from milliseconds to a commit interval. Everything that acts on those
+events is guarded for it (docs/ARCHITECTURE.md, item 8): the photo archive's command carries
+the event's seq, a person's command the seq the read models showed, and a stale deadline
+command is not remembered, so each waits for, or is fired again after, the input decided again;
+inputs read again are decided oldest first. When step 6 first tried this, before those guards
+and before the gate, the kill test lost a command's events once; the cause was the state
+reaching the changelog before its events (step 7), not the holding back.
+
 **One data directory per worker process.** `claim_data_dir` takes the first free slot
 `<faust_data_dir>/<app id>/w<N>` under an exclusive lock held for the life of the process
 (released by the kernel when the process dies, SIGKILL included), so two workers on one
@@ -33,7 +56,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +127,9 @@ class AckedRocksStore(faust_rocksdb.Store):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # key -> [partition, latest value (None: deleted), changes not yet on disk]
+        # key -> [partition, latest value (None: deleted), changelog records it waits for
+        # (those sent and not yet on disk, and one for a change not sent yet), whether the
+        # latest change is not sent yet]
         self._pending: dict[bytes, list[Any]] = {}
         self._acked: dict[int, _Acked] = {}  # partition -> acknowledged, not yet on disk
 
@@ -116,9 +141,21 @@ class AckedRocksStore(faust_rocksdb.Store):
             raise RuntimeError("a table change needs the event being processed (its partition)")
         entry = self._pending.get(key)
         if entry is None:
-            self._pending[key] = [event.message.partition, value, 1]
+            self._pending[key] = [event.message.partition, value, 1, True]
         else:
-            entry[0], entry[1], entry[2] = event.message.partition, value, entry[2] + 1
+            entry[0], entry[1] = event.message.partition, value
+            if not entry[3]:  # changes since the last send share the record still to be sent
+                entry[2], entry[3] = entry[2] + 1, True
+
+    def take_unsent(self, key: bytes) -> tuple[bool, bytes | None]:
+        """The latest change of `key`, as it is about to be sent to the changelog: (whether
+        there is one, its value bytes, None for a removal). A later change waits for a record
+        of its own."""
+        entry = self._pending.get(key)
+        if entry is None or not entry[3]:
+            return False, None
+        entry[3] = False
+        return True, entry[1]
 
     def _set(self, key: bytes, value: bytes | None) -> None:
         self._note(key, value)
@@ -282,8 +319,87 @@ class AckedRocksStore(faust_rocksdb.Store):
             super().revoke_partitions(table, tps)
 
 
+_DELETED = object()  # an unsent change that removes its key
+
+
 class GridflowTable(faust.Table):
-    """A faust table whose RocksDB store is `AckedRocksStore`."""
+    """A faust table whose RocksDB store is `AckedRocksStore`; its changelog records are sent
+    with each change, or, with `coalesce`, once per key and commit (see the module doc)."""
+
+    coalesce = False  # True: a key's changes are sent once, at the next commit
+    flush_rank = 0  # the order tables send their unsent changes in at a commit
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._unsent: dict[Any, tuple[int, Any]] = {}  # key -> (partition, value | _DELETED)
+        super().__init__(*args, **kwargs)
+
+    def on_key_set(self, key: Any, value: Any) -> None:
+        """Remember the change (sent after the store has it, or at the commit)."""
+        self._unsent[key] = (self._changed_partition(key), value)
+
+    def on_key_del(self, key: Any) -> None:
+        self._unsent[key] = (self._changed_partition(key), _DELETED)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)  # on_key_set, then the store
+        if not self.coalesce:
+            self._send(key, *self._unsent.pop(key))
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        if not self.coalesce:
+            self._send(key, *self._unsent.pop(key))
+
+    def _changed_partition(self, key: Any) -> int:
+        partition = self.partition_for_key(key)
+        if partition is None:  # use_partitioner: the producer would pick one; never used here
+            raise TypeError(f"table {self.name}: changes need the event's partition")
+        return partition
+
+    async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP],
+                           generation_id: int = 0) -> None:
+        """Unsent changes of partitions this worker no longer has are dropped: the commit
+        faust made before the rebalance sent those of every record it committed, so these
+        belong to records the partition's next owner reads and decides again."""
+        gone = {tp.partition for tp in revoked if tp.topic in self.changelog_topic.topics}
+        if gone and self._unsent:
+            kept = {k: v for k, v in self._unsent.items() if v[0] not in gone}
+            if len(kept) < len(self._unsent):
+                log.info("%s: %d unsent change(s) of revoked partition(s) %s dropped",
+                         self.name, len(self._unsent) - len(kept), sorted(gone))
+            self._unsent = kept
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+
+    def unsent_count(self) -> int:
+        return len(self._unsent)
+
+    def send_unsent(self) -> int:
+        """Send every changed key's last value (a tombstone for a removed one) to the
+        changelog, in the order the keys were first changed; returns how many."""
+        unsent = self._unsent
+        if not unsent:
+            return 0
+        self._unsent = {}
+        for key, (partition, value) in unsent.items():
+            self._send(key, partition, value)
+        return len(unsent)
+
+    def _send(self, key: Any, partition: int, value: Any) -> None:
+        store = self.data
+        if not isinstance(store, AckedRocksStore):
+            if value is _DELETED:
+                self.send_changelog(partition, key, None, value_serializer="raw")
+            else:
+                self.send_changelog(partition, key, value)
+            return
+        # The store holds the change encoded already: those very bytes are sent (the
+        # changelog's encoding is the store's), not the value encoded a second time.
+        raw_key = store._encode_key(key)
+        found, raw = store.take_unsent(raw_key)
+        if not found:  # defensive (every change reaches both): never send None for a value
+            raw = None if value is _DELETED else store._encode_value(value)
+        self.send_changelog(partition, raw_key, raw, key_serializer="raw",
+                            value_serializer="raw")
 
     def _new_store_by_url(self, url: Any) -> Any:
         if str(url).startswith("rocksdb:"):
@@ -377,3 +493,10 @@ def consumer_instance_id(setting: str) -> str | None:
     """The consumer's group.instance.id for a resolved setting: None for dynamic membership."""
     value = setting.strip()
     return None if value in ("", DYNAMIC) else value
+
+
+def send_unsent_changes(tables: Iterable[Any]) -> int:
+    """Every table's unsent changes onto its changelog; returns how many records were sent.
+    Called before each commit."""
+    ours = sorted((t for t in tables if isinstance(t, GridflowTable)), key=lambda t: t.flush_rank)
+    return sum(t.send_unsent() for t in ours)

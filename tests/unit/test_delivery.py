@@ -428,3 +428,29 @@ def test_a_case_state_waits_for_its_clocks_which_go_at_once():
             await ledger.settle(timeout_s=5)
 
     _run(scenario())
+
+
+def test_a_commit_sends_the_tables_unsent_changes_before_it_waits_and_commits(consumer,
+                                                                              monkeypatch):
+    # processors.tablestore keeps each changed key's last value until the commit: it must be
+    # on its way before the ledger is waited for, and the offsets committed only after that.
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    from processors import delivery
+
+    c, tp, _ = consumer
+    order: list[object] = []
+    monkeypatch.setattr(delivery, "send_unsent_changes",
+                        lambda tables: order.append(("tables", list(tables))) or 0)
+
+    async def settle(timeout_s: float = 0) -> None:
+        order.append("settle")
+
+    async def base_commit(self, offsets):
+        order.append(("commit", dict(offsets)))
+        return True
+
+    monkeypatch.setattr(c.app.send_ledger, "settle", settle)
+    monkeypatch.setattr(faust_aiokafka.Consumer, "_commit", base_commit)
+    assert _run(c._commit({tp: 5}))
+    assert order == [("tables", list(c.app.tables.values())), "settle", ("commit", {tp: 5})]

@@ -3,6 +3,7 @@ reads see the latest change, each worker process gets a data directory of its ow
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ def _app(tmp_path: Path, store: str = "rocksdb") -> Any:
 
 class _Event:
     def __init__(self, partition: int) -> None:
-        self.message = SimpleNamespace(partition=partition)
+        self.message = SimpleNamespace(partition=partition, topic="tstore.reports")
 
 
 def _in_event(partition: int) -> _Event:
@@ -55,6 +56,27 @@ def _ack(table: Any, partition: int, offset: int, key: str, value: Any,
                              None if value is None else store._encode_value(value))
     if flush:
         store.flush_acked()
+
+
+def _sent(app: Any) -> list[tuple[str, int, Any, Any]]:
+    """What the app's tables send to their changelogs from now on: (table, partition, key,
+    value), value None for a tombstone. Nothing reaches a producer."""
+    sent: list[tuple[str, int, Any, Any]] = []
+    for table in app.tables.values():
+        table._verified_source_topics_for_partitions.add("tstore.reports")
+
+        def send(partition: int, key: Any, value: Any, key_serializer: Any = None,
+                 value_serializer: Any = None, _table: Any = table) -> None:
+            if key_serializer == "raw":  # the store's own bytes, sent as they are
+                assert isinstance(key, bytes), key
+                key = _table.data._decode_key(key)
+            if value is not None and value_serializer == "raw":
+                assert isinstance(value, bytes), value
+                value = _table.data._decode_value(value)
+            sent.append((_table.name, partition, key, value))
+
+        table.send_changelog = send
+    return sent
 
 
 def _on_disk(table: Any, partition: int, key: str) -> Any:
@@ -77,18 +99,23 @@ def test_the_store_setting_chooses_rocksdb_or_memory(tmp_path):
 
 def test_a_change_reaches_disk_only_once_the_changelog_has_it(tmp_path):
     app = _app(tmp_path)
+    sent = _sent(app)
     cases = app.tables["cases"]
+    cases.coalesce = False  # the path of a table that sends each change with it
     assert isinstance(cases.data, AckedRocksStore)
     event = _in_event(2)
-    cases.data["AJ1"] = {"seq": 1}
+    cases["AJ1"] = {"seq": 1}
     assert cases.data["AJ1"] == {"seq": 1}  # read back at once (from memory)
     assert _on_disk(cases, 2, "AJ1") is None  # a SIGKILL now loses nothing the log has
     assert cases.data.persisted_offset(TP("x", 2)) is None
-    cases.data["AJ1"] = {"seq": 2}  # a second change before the first is acknowledged
+    assert sent == [("cases", 2, "AJ1", {"seq": 1})]  # sent with the change
+    cases["AJ1"] = {"seq": 2}  # a second change before the first is acknowledged
+    assert sent[1:] == [("cases", 2, "AJ1", {"seq": 2})]
     _ack(cases, 2, 10, "AJ1", {"seq": 1})
     assert _on_disk(cases, 2, "AJ1") == {"seq": 1}
     assert cases.data["AJ1"] == {"seq": 2}  # the unacknowledged change still wins
     assert cases.data.persisted_offset(TP("x", 2)) == 10
+    assert cases.data.pending_count() == 1  # the second change waits for its own record
     _ack(cases, 2, 11, "AJ1", {"seq": 2})
     assert cases.data.pending_count() == 0
     assert _on_disk(cases, 2, "AJ1") == {"seq": 2}
@@ -98,12 +125,15 @@ def test_a_change_reaches_disk_only_once_the_changelog_has_it(tmp_path):
 
 def test_acknowledged_changes_are_written_in_batches_with_the_highest_offset(tmp_path):
     app = _app(tmp_path)
+    _sent(app)
     cases = app.tables["cases"]
+    cases.coalesce = False  # the path of a table that sends each change with it
     store = cases.data
     event = _in_event(3)
     for n in range(5):
-        cases.data[f"AJ{n}"] = {"seq": n}
-    cases.data["AJ0"] = {"seq": 9}  # a second change of one key
+        cases[f"AJ{n}"] = {"seq": n}
+    cases["AJ0"] = {"seq": 9}  # a second change of one key
+    assert cases.unsent_count() == 0  # each sent with its change
     for offset, (key, seq) in enumerate([("AJ0", 0), ("AJ1", 1), ("AJ2", 2), ("AJ0", 9)]):
         _ack(cases, 3, 100 + offset, key, {"seq": seq}, flush=False)
     # acknowledged but not written yet: a SIGKILL now leaves the disk at an older prefix
@@ -118,7 +148,7 @@ def test_acknowledged_changes_are_written_in_batches_with_the_highest_offset(tmp
     assert cases.get("AJ3") == {"seq": 3} and cases.get("nobody") is None
     # a full batch is written at once
     for n in range(tablestore.FLUSH_EVERY):
-        cases.data[f"B{n}"] = n
+        cases[f"B{n}"] = n
         _ack(cases, 3, 200 + n, f"B{n}", n, flush=False)
     assert _on_disk(cases, 3, f"B{tablestore.FLUSH_EVERY - 1}") == tablestore.FLUSH_EVERY - 1
     assert store.persisted_offset(TP("x", 3)) == 200 + tablestore.FLUSH_EVERY - 1
@@ -144,12 +174,15 @@ def test_a_get_reads_the_store_once(tmp_path, monkeypatch):
 
 def test_a_delete_is_a_change_like_any_other(tmp_path):
     app = _app(tmp_path)
+    sent = _sent(app)
     cases = app.tables["cases"]
+    cases.coalesce = False  # the path of a table that sends each change with it
     event = _in_event(0)
-    cases.data["AJ2"] = {"seq": 5}
+    cases["AJ2"] = {"seq": 5}
     _ack(cases, 0, 3, "AJ2", {"seq": 5})
-    del cases.data["AJ2"]
+    del cases["AJ2"]
     assert "AJ2" not in cases.data and cases.data.get("AJ2") is None
+    assert sent[-1] == ("cases", 0, "AJ2", None)  # the tombstone, sent with the change
     assert _on_disk(cases, 0, "AJ2") == {"seq": 5}  # until the tombstone is acknowledged
     _ack(cases, 0, 4, "AJ2", None)
     assert _on_disk(cases, 0, "AJ2") is None
@@ -159,13 +192,101 @@ def test_a_delete_is_a_change_like_any_other(tmp_path):
 
 def test_changes_of_a_partition_given_away_are_forgotten(tmp_path):
     app = _app(tmp_path)
-    cases = app.tables["cases"]
+    sent = _sent(app)
+    recent = app.tables["recent-cases"]
+    assert recent.coalesce
     event = _in_event(1)
-    cases.data["AJ3"] = {"seq": 1}
-    topic = cases.changelog_topic.get_topic_name()
-    cases.data.revoke_partitions(cases, {TP(topic, 1)})
-    assert cases.data.pending_count() == 0
+    recent["T1|C"] = [1]
+    other = _in_event(2)
+    recent["T2|C"] = [2]
+    topic = recent.changelog_topic.get_topic_name()
+    asyncio.run(recent.on_rebalance(set(), {TP(topic, 1)}, set()))
+    assert recent.data.pending_count() == 1  # T2|C, of the partition still held
+    assert recent.send_unsent() == 1 and sent == [("recent-cases", 2, "T2|C", [2])]
+    del event, other
+
+
+def test_every_table_reaches_the_changelog_once_per_key_and_commit_the_cases_last(tmp_path):
+    # A township's recent cases, a minute's shard of the deadline book, a case touched by
+    # several commands are rewritten many times between commits: each key goes once, with its
+    # last value, at the commit; the book before the cases, so that a case's state waits for
+    # its clocks (processors.delivery.StateAfterOutput.early).
+    app = _app(tmp_path)
+    sent = _sent(app)
+    tables = {name: app.tables[name] for name in
+              ("cases", "recent-cases", "deadline-entries", "deadline-buckets")}
+    assert all(t.coalesce for t in tables.values())
+    cases, recent, entries = tables["cases"], tables["recent-cases"], tables["deadline-entries"]
+    event = _in_event(1)
+    for n in range(50):
+        cases["AJ1"] = {"seq": n}  # a case touched by 50 commands
+        recent["T1|C"] = [n]
+        entries[f"clock{n % 2}"] = n
+    recent["T2|C"] = [1]
+    del recent["T2|C"]
+    assert sent == []  # nothing before the commit
+    assert cases.unsent_count() == 1 and recent.unsent_count() == 2
+    assert tablestore.send_unsent_changes(app.tables.values()) == 5
+    names = [s[0] for s in sent]
+    assert names.index("cases") == len(sent) - 1  # the case last, after the book
+    assert ("cases", 1, "AJ1", {"seq": 49}) in sent
+    assert ("deadline-entries", 1, "clock0", 48) in sent and ("deadline-entries", 1, "clock1", 49) in sent
+    assert [s for s in sent if s[0] == "recent-cases"] == [
+        ("recent-cases", 1, "T1|C", [49]), ("recent-cases", 1, "T2|C", None)]
+    assert tablestore.send_unsent_changes(app.tables.values()) == 0  # sent once
+    # the store: reads see the last change; one acknowledgement per key clears it
+    assert recent.get("T1|C") == [49] and recent.get("T2|C") is None
+    for offset, (_, partition, key, value) in enumerate(s for s in sent if s[0] == "recent-cases"):
+        _ack(recent, partition, offset, key, value, flush=False)
+    recent.data.flush_acked()
+    assert recent.data.pending_count() == 0
+    assert _on_disk(recent, 1, "T1|C") == [49] and _on_disk(recent, 1, "T2|C") is None
     del event
+
+
+def test_the_rocksdb_tables_send_the_bytes_their_store_holds(tmp_path, monkeypatch):
+    # one encoding per change: the changelog gets the store's bytes, not a second encoding
+    app = _app(tmp_path)
+    _sent(app)
+    cases = app.tables["cases"]
+    cases.coalesce = False  # the path of a table that sends each change with it
+    event = _in_event(0)
+    calls: list[tuple[Any, ...]] = []
+    cases.send_changelog = lambda *a, **kw: calls.append((a, kw))
+    encode = cases.data._encode_value
+    encoded: list[Any] = []
+    monkeypatch.setattr(cases.data, "_encode_value",
+                        lambda v: encoded.append(v) or encode(v))
+    cases["AJ1"] = {"seq": 1}
+    assert encoded == [{"seq": 1}]  # once, by the store
+    (partition, key, value), kw = calls[0]
+    assert (partition, key, value) == (0, cases.data._encode_key("AJ1"),
+                                       cases.data._get(cases.data._encode_key("AJ1")))
+    assert kw == {"key_serializer": "raw", "value_serializer": "raw"}
+    del event
+
+
+def test_a_memory_table_sends_its_values_once_per_commit_too(tmp_path):
+    app = _app(tmp_path, "memory")
+    sent = _sent(app)
+    recent = app.tables["recent-cases"]
+    event = _in_event(3)
+    for n in range(5):
+        recent["T|C"] = [n]
+    recent["T|D"] = [1]
+    del recent["T|D"]
+    assert recent.get("T|C") == [4] and recent.get("T|D") is None
+    assert tablestore.send_unsent_changes(app.tables.values()) == 2
+    assert sent == [("recent-cases", 3, "T|C", [4]), ("recent-cases", 3, "T|D", None)]
+    del event
+
+
+def test_a_change_needs_the_event_it_belongs_to(tmp_path):
+    app = _app(tmp_path)
+    _sent(app)
+    _current_event.set(None)
+    with pytest.raises(TypeError, match="stream iteration"):
+        app.tables["cases"]["AJ1"] = {"seq": 1}
 
 
 def test_the_changelog_value_and_the_stored_bytes_are_the_same_encoding(tmp_path):
