@@ -126,12 +126,11 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
     kind = s.worker_store
     recent_cases = app.Table("recent-cases", default=None, partitions=topics.CASE_PARTITIONS,
                              options=table_options(kind))
-    # Every table's changes are sent once per key and commit; the cases last, after the book
-    # and the recent cases of the same commit (processors.tablestore).
-    recent_cases.coalesce = True  # type: ignore[attr-defined]  # a GridflowTable (app.Table)
     cases = app.Table("cases", default=None, partitions=topics.CASE_PARTITIONS,
                       options=table_options(kind))
-    cases.coalesce, cases.flush_rank = True, 1  # type: ignore[attr-defined]
+    # Every table's changes are sent once per key and commit; the cases last, after the book
+    # and the recent cases of the same commit (processors.tablestore).
+    cases.flush_rank = 1  # type: ignore[attr-defined]  # a GridflowTable (app.Table)
 
     names = {suffix: topic.get_topic_name() for suffix, topic in t.items()}
 
@@ -170,7 +169,7 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
         evicted = app.Table("evicted-cases", default=None, partitions=topics.CASE_PARTITIONS,
                             options=table_options(kind))
         for table in (closed_index, evicted):
-            table.coalesce, table.flush_rank = True, 1  # type: ignore[attr-defined]
+            table.flush_rank = 1  # type: ignore[attr-defined]
         ticks_name = names["deadline-ticks"]
         source_names.append(ticks_name)
     # One agent, one ordered stream per partition, for the reports and the case commands (and

@@ -20,12 +20,12 @@ guarantees of processors.delivery hold unchanged.
 **A table may send a key's changes once per commit** (issue 16, steps 6 and 8). faust sends a
 changelog record for every write to a table; a township's recent cases, a minute's shard of
 the deadline book and a case touched by several commands are rewritten many times between
-commits. A `GridflowTable` made with `coalesce = True` keeps each changed key's last value (and
+commits. A `GridflowTable` (with `coalesce`, its default) keeps each changed key's last value (and
 the partition of the event that changed it) and sends it when the consumer commits
 (`send_unsent_changes`, called by processors.delivery before the commit waits for every send),
 so a commit still never overtakes a change: a change not in the changelog belongs to a record
 whose offset is not committed, which is read and decided again after a crash. The worker's
-tables all do (processors.app, processors.deadlines), in `flush_rank` order: the deadline book
+tables all do, in `flush_rank` order (processors.app): the deadline book
 and the recent cases first, the cases and their eviction index last, so that a case's state
 waits for its clocks (processors.delivery.StateAfterOutput.early) as it waits for its events.
 A table that sends each change in the step that made it (`coalesce = False`) sends the bytes
@@ -326,7 +326,7 @@ class GridflowTable(faust.Table):
     """A faust table whose RocksDB store is `AckedRocksStore`; its changelog records are sent
     with each change, or, with `coalesce`, once per key and commit (see the module doc)."""
 
-    coalesce = False  # True: a key's changes are sent once, at the next commit
+    coalesce = True  # a key's changes are sent once, at the next commit (False: with each)
     flush_rank = 0  # the order tables send their unsent changes in at a commit
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
