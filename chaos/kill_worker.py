@@ -74,6 +74,7 @@ class KillReport:
     signs_accepted: int = 0
     signs_refused: list[tuple[str, str]] = field(default_factory=list)  # (task id, code)
     signs_undecided: list[str] = field(default_factory=list)  # task ids
+    signer_read_error: str = ""  # the signer's last failure to read the read models
 
     @property
     def clean(self) -> bool:
@@ -103,6 +104,8 @@ class KillReport:
             out.append(f"  SIGN REFUSED {task_id}: {code}")
         for task_id in self.signs_undecided[:20]:
             out.append(f"  SIGN UNDECIDED {task_id}")
+        if self.signs_sent == 0 and self.signer_read_error:
+            out.append(f"  signer could not read the read models: {self.signer_read_error}")
         return out + verdict_lines(self.audit_clean, self.audit_lines, self.clean)
 
 
@@ -192,6 +195,7 @@ class Signer(threading.Thread):
         self.signed: dict[str, str] = {}  # task id -> command id
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
+        self.last_read_error = ""  # why the read models could not be read, last time
 
     def run(self) -> None:
         producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
@@ -207,7 +211,8 @@ class Signer(threading.Thread):
                 try:
                     with engine.connect() as conn:
                         rows = conn.execute(dispatched).all()
-                except Exception:  # noqa: BLE001 - the sink has not made its tables yet
+                except Exception as exc:  # noqa: BLE001 - e.g. the sink has not made its tables yet
+                    self.last_read_error = repr(exc)
                     continue
                 for task_id, case_id, department, seen in rows:
                     if task_id in self.signed or self.stop_event.is_set():
@@ -384,6 +389,7 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
                 break
             time.sleep(1.0)
         report.signs_sent = len(signer.signed)
+        report.signer_read_error = signer.last_read_error
         while True:  # every sign decided (it went on the topic before the last kill)
             outcomes = sign_outcomes(settings.database_url, signer.signed)
             if len(outcomes) == len(signer.signed) or time.monotonic() > deadline:
