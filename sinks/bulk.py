@@ -51,9 +51,11 @@ def _upsert(table: Table, dialect_name: str) -> Insert:
 Converter = tuple[str, Any, Callable[[Any], Any]]  # column, default, to-driver function
 
 
-def converters(table: Table, dialect: Dialect) -> list[Converter]:
+def converters(table: Table, dialect: Dialect, json_as_text: bool = False) -> list[Converter]:
     """(column, default, to-driver function) per column: what the column types' bind
-    processors do (sinks.models.UTCDateTime, JSON), without their per-row dispatch."""
+    processors do (sinks.models.UTCDateTime, JSON), without their per-row dispatch.
+    `json_as_text`: JSON columns as their text on PostgreSQL too (what a COPY of jsonb
+    reads, and a str crosses a process boundary where psycopg's Jsonb does not)."""
     serialize = getattr(dialect, "_json_serializer", None) or json.dumps
     out: list[Converter] = []
     for c in table.columns:
@@ -61,7 +63,7 @@ def converters(table: Table, dialect: Dialect) -> list[Converter]:
         if isinstance(c.type, UTCDateTime):
             fn = _remembered(utc_text if dialect.name == "sqlite" else utc_datetime)
         elif isinstance(c.type, JSON):
-            if dialect.name == "sqlite":
+            if dialect.name == "sqlite" or json_as_text:
                 def fn(v: Any, dumps: Callable[[Any], str] = serialize) -> Any:
                     return None if v is None else dumps(v)
             else:

@@ -131,6 +131,22 @@ class Replayer:
         self.write_s += time.perf_counter() - t
         self._writer = None
 
+    def ship_finals(self) -> None:
+        """A folding process's end (sinks.replay_parallel): the append-only rows left and the
+        final case, task, report and photo rows, through its writer (which ships them)."""
+        m = self.models
+        self._write_append_only(force=True)
+        for rows in (m.cases, m.tasks, m.reports, m.photos):
+            self._write(rows.table, list(rows.rows.values()))
+
+    def write_made(self, table: Table, values: list[tuple[Any, ...]]) -> None:
+        """Rows whose driver values a folding process made (sinks.replay_parallel), in the
+        column order of its row maker for this table, JSON columns as text."""
+        if values:
+            t = time.perf_counter()
+            self._need_writer().write_made(table, values)
+            self.write_s += time.perf_counter() - t
+
     # --- records ----------------------------------------------------------------------------
     def add_case_records(self, records: Iterable[Record]) -> BatchStats:
         """What SqlSink.apply_batch does with case-events records, in memory."""
@@ -256,6 +272,10 @@ class _Writer:
         raise NotImplementedError
 
     def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        self.write_made(table, map(self.maker(table)[1], rows))
+
+    def write_made(self, table: Table, values: Iterable[tuple[Any, ...]]) -> None:
+        """Rows as driver values, in the order of `maker(table)`'s columns."""
         raise NotImplementedError
 
     def commit(self) -> None:
@@ -287,13 +307,13 @@ class _SqliteWriter(_Writer):
         finally:
             cur.close()
 
-    def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
-        names, make = self.maker(table)
+    def write_made(self, table: Table, values: Iterable[tuple[Any, ...]]) -> None:
+        names = self.maker(table)[0]
         columns = ", ".join(f'"{n}"' for n in names)
         sql = f'INSERT INTO "{table.name}" ({columns}) VALUES ({", ".join("?" * len(names))})'
         cur = self.raw.cursor()
         try:
-            cur.executemany(sql, map(make, rows))
+            cur.executemany(sql, values)
         finally:
             cur.close()
 
@@ -318,9 +338,9 @@ class _PgWriter(_Writer):
         finally:
             cur.close()
 
-    def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
-        names, make = self.maker(table)
+    def write_made(self, table: Table, values: Iterable[tuple[Any, ...]]) -> None:
+        names = self.maker(table)[0]
         columns = ", ".join(f'"{n}"' for n in names)
         with self.raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({columns}) FROM STDIN') as copy:
-            for row in rows:
-                copy.write_row(make(row))
+            for row in values:
+                copy.write_row(row)

@@ -73,6 +73,7 @@ def run_sink(
     consumer_config: dict[str, Any] | None = None,
     replay: bool = False,
     observer: Callable[[list[tuple[Record, Any]]], None] | None = None,
+    replay_processes: int | None = None,
 ) -> Progress:
     """Consume case events and dead letters into the database behind `engine`.
 
@@ -91,7 +92,9 @@ def run_sink(
     row at all: the whole log folded in memory by the same fold and written once, in one
     transaction (sinks.replay_fast; the same rows, far fewer round trips). If the database
     is not empty, or the fast path fails, the batch-by-batch path below runs instead; a fast
-    replay stopped before it caught up leaves the database empty.
+    replay stopped before it caught up leaves the database empty. A large replay folds its
+    partitions in several processes (sinks.replay_parallel: one per core, from
+    PARALLEL_MIN_RECORDS records); `replay_processes` sets how many (1: this process only).
     """
     settings = settings or load_settings()
     stop = stop_event or threading.Event()
@@ -99,7 +102,7 @@ def run_sink(
     sink.check_resumable()
     prefix = topic_prefix or settings.topic_prefix
     options = _Options(from_beginning, drain, max_records, poll_timeout_ms, progress,
-                       replay and drain)
+                       replay and drain, replay_processes)
     backoff = Backoff(outage_policy(consumer_name, retry_max_s), stop, log,
                       "nothing is dropped: the sink resumes from the offsets stored with its rows")
     bootstrap = bootstrap or settings.kafka_bootstrap
@@ -129,6 +132,7 @@ class _Options:
     poll_timeout_ms: int
     progress: ProgressCallback | None
     replay: bool = False
+    replay_processes: int | None = None
 
 
 class _SinkLoop:
@@ -190,48 +194,23 @@ class _SinkLoop:
             log.warning("%s: cannot start the replay fast path (%s: %s): applying batch by batch",
                         self.sink.consumer, type(exc).__name__, exc)
             return False
-        t0 = last_log = time.monotonic()
+        t0 = time.monotonic()
+        dead_topic = self.names[1]
+        processes = 1
+        if self.bulk_read:
+            from sinks.replay_parallel import processes_for
+
+            processes = processes_for(sum(self.targets.values()),
+                                      sum(tp.topic != dead_topic for tp in self.targets),
+                                      self.options.replay_processes)
         reader = _BulkReader(self.bootstrap, self.sink.consumer, self.targets,
-                             self.options.poll_timeout_ms) if self.bulk_read else None
+                             self.options.poll_timeout_ms) if self.bulk_read and processes == 1 \
+            else None
         try:
-            dead_topic = self.names[1]
-            if reader is None:
-                self.kc.consumer.seek_to_beginning(*self.partitions)
+            if processes > 1:
+                self._fold_in_processes(replayer, processes, t0)
             else:
-                reader.start()
-            while not self.stop.is_set():
-                if reader is not None:
-                    polled = reader.get(self.options.poll_timeout_ms)
-                    if polled is None:
-                        break  # caught up
-                else:
-                    try:
-                        if self.kc.caught_up(self.targets):
-                            break
-                        polled = self.kc.consumer.poll(
-                            timeout_ms=self.options.poll_timeout_ms,
-                            max_records=max(self.options.max_records, 20000))
-                    except KafkaError as exc:
-                        self.backoff.wait("polling Kafka failed", exc)
-                        continue
-                self.backoff.reset()
-                if not polled:
-                    continue
-                last = BatchStats()
-                for tp, batch in polled.items():
-                    if tp.topic == dead_topic:
-                        last.add(replayer.add_dead_letter_records(batch))
-                    else:
-                        last.add(replayer.add_case_records(batch))
-                # The fold holds every case until the end, so the heap grows with the log and
-                # each full collection would walk all of it again (about a tenth of a replay's
-                # time at 300,000 events). What the batches left is frozen: the collector no
-                # longer walks it. It is unfrozen when the replay ends, whatever the outcome.
-                gc.freeze()
-                self._progress(last, t0, None if reader is None else reader.lag())
-                if time.monotonic() - last_log >= LOG_EVERY_S:
-                    last_log = time.monotonic()
-                    self._log()
+                self._fold_here(replayer, reader, t0)
             if reader is not None:
                 reader.close()
             if self.stop.is_set():
@@ -255,6 +234,68 @@ class _SinkLoop:
         if self.options.progress is not None:
             self.options.progress(self.state)
         return True
+
+    def _fold_here(self, replayer: Any, reader: _BulkReader | None, t0: float) -> None:
+        """The one-process fast path: every record read and folded here, rows written as
+        the fold's chunks fill."""
+        dead_topic, last_log = self.names[1], t0
+        if reader is None:
+            self.kc.consumer.seek_to_beginning(*self.partitions)
+        else:
+            reader.start()
+        while not self.stop.is_set():
+            if reader is not None:
+                polled = reader.get(self.options.poll_timeout_ms)
+                if polled is None:
+                    break  # caught up
+            else:
+                try:
+                    if self.kc.caught_up(self.targets):
+                        break
+                    polled = self.kc.consumer.poll(
+                        timeout_ms=self.options.poll_timeout_ms,
+                        max_records=max(self.options.max_records, 20000))
+                except KafkaError as exc:
+                    self.backoff.wait("polling Kafka failed", exc)
+                    continue
+            self.backoff.reset()
+            if not polled:
+                continue
+            last = BatchStats()
+            for tp, batch in polled.items():
+                if tp.topic == dead_topic:
+                    last.add(replayer.add_dead_letter_records(batch))
+                else:
+                    last.add(replayer.add_case_records(batch))
+            # The fold holds every case until the end, so the heap grows with the log and
+            # each full collection would walk all of it again (about a tenth of a replay's
+            # time at 300,000 events). What the batches left is frozen: the collector no
+            # longer walks it. It is unfrozen when the replay ends, whatever the outcome.
+            gc.freeze()
+            self._progress(last, t0, None if reader is None else reader.lag())
+            if time.monotonic() - last_log >= LOG_EVERY_S:
+                last_log = time.monotonic()
+                self._log()
+
+    def _fold_in_processes(self, replayer: Any, processes: int, t0: float) -> None:
+        """The fast path with the partitions folded in `processes` processes and the rows
+        written here (sinks.replay_parallel)."""
+        from sinks.replay_parallel import ParallelFold, split
+
+        groups = split(self.targets, self.names[1], processes)
+        log.info("%s: replaying %d records, folded in %d processes", self.sink.consumer,
+                 sum(self.targets.values()), len(groups))
+        last_log = [t0]
+
+        def progress(last: BatchStats, lag: int) -> None:
+            self._progress(last, t0, lag)
+            if time.monotonic() - last_log[0] >= LOG_EVERY_S:
+                last_log[0] = time.monotonic()
+                self._log()
+
+        ParallelFold(replayer, groups, bootstrap=self.bootstrap, dead_topic=self.names[1],
+                     poll_timeout_ms=self.options.poll_timeout_ms, stop=self.stop.is_set,
+                     progress=progress).run()
 
     def _progress(self, last: BatchStats, t0: float, lag: int | None = None) -> None:
         self.state.batches += 1

@@ -4,6 +4,7 @@ build exactly the rows of the live, batch-by-batch sink."""
 from __future__ import annotations
 
 import gc
+import json
 import logging
 from datetime import timedelta
 from typing import Any
@@ -77,18 +78,23 @@ def test_run_sink_replay_equals_the_batch_by_batch_drain(stack, topic_prefix, tm
     freezes = counting_freezes(monkeypatch)
     dumps = []
     # the fast path reads with aiokafka (sinks.runner._BulkReader), or with kafka-python when
-    # the caller passes client settings of its own
-    for name, replay, config in (("live", False, None), ("fast", True, None),
-                                 ("fast-kafka-python", True, {"fetch_min_bytes": 1})):
+    # the caller passes client settings of its own; or folds in processes
+    for name, replay, config, processes in (
+            ("live", False, None, None), ("fast", True, None, 1),
+            ("fast-kafka-python", True, {"fetch_min_bytes": 1}, None),
+            ("fast-2-processes", True, None, 2)):
         engine = make_engine(f"sqlite:///{tmp_path / f'{name}.db'}")
         create_schema(engine)
         progress = run_sink(stack.settings, engine, "sql-sink", drain=True, replay=replay,
                             topic_prefix=topic_prefix, poll_timeout_ms=200, max_records=50,
-                            consumer_config=config)
+                            consumer_config=config, replay_processes=processes)
         assert progress.caught_up and progress.totals.applied == sum(len(c) for c in cases)
         assert "fast path" not in caplog.text  # taken, and it did not fail
-        # the fold's heap was frozen batch by batch, and is collectable again afterwards
-        assert bool(freezes) == replay and gc.get_freeze_count() == 0
+        assert ("folded in 2 processes" in caplog.text) == (processes == 2)
+        caplog.clear()
+        # the fold's heap was frozen batch by batch (in the folding processes, when there
+        # are), and is collectable again afterwards
+        assert bool(freezes) == (replay and processes != 2) and gc.get_freeze_count() == 0
         freezes.clear()
         dumps.append(dump_all(engine))
         if replay:  # a replayed database goes on live, and finds nothing new
@@ -143,3 +149,114 @@ def test_a_failed_fast_replay_leaves_nothing_frozen(stack, topic_prefix, tmp_pat
     assert "the replay fast path failed (OSError: disk full)" in caplog.text
     assert progress.caught_up and progress.totals.applied == len(events)  # batch by batch
     assert freezes and gc.get_freeze_count() == 0
+
+
+# --- folded in processes (sinks.replay_parallel) -----------------------------------------------
+
+
+def test_replay_folded_in_processes_builds_the_live_rows_in_postgres(stack, topic_prefix, pg_url,
+                                                                   caplog):
+    """Cases on every partition, a record that cannot be decoded, a dead letter on its own
+    topic and an `until`: the rows of two folding processes are the live sink's."""
+    from gridflow.events import dead_letter
+
+    cases = [sample.eventful_lifecycle(f"AJ{i:03d}", sample.T0 + timedelta(minutes=i))
+             for i in range(12)]
+    produce(stack.bootstrap, topic_prefix, [e for c in cases for e in c])
+    producer = KafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    letter = dead_letter("x.reports", 0, 7, b"{oops", "not JSON", sample.T0)
+    producer.send(topics.DEAD_LETTERS.name(topic_prefix), value=json.dumps(letter).encode())
+    producer.flush(timeout=30)
+    producer.close()
+    caplog.set_level(logging.INFO, logger="gridflow.sinks.runner")
+    engine = make_engine(pg_url)
+    dumps = []
+    for until in (None, sample.T0 + timedelta(minutes=130)):
+        for replay, processes in ((False, None), (True, 2)):
+            drop_schema(engine)
+            create_schema(engine)
+            caplog.clear()
+            progress = run_sink(stack.settings, engine, "sql-sink", drain=True, replay=replay,
+                                topic_prefix=topic_prefix, poll_timeout_ms=200, until=until,
+                                replay_processes=processes)
+            assert progress.caught_up
+            assert ("folded in 2 processes" in caplog.text) == replay
+            assert "fast path" not in caplog.text  # taken, and it did not fail
+            dumps.append(dump_all(engine))
+    engine.dispose()
+    live_all, fast_all, live_until, fast_until = dumps
+    assert live_all["dead_letters"] and len(live_all["case_events"]) == sum(map(len, cases))
+    assert live_until["case_events"] != live_all["case_events"]
+    for table in TABLES:
+        assert fast_all[table] == live_all[table], table
+        assert fast_until[table] == live_until[table], table
+
+
+def test_an_event_on_two_partitions_fails_the_folds_and_the_log_is_applied_batch_by_batch(
+        stack, topic_prefix, tmp_path, caplog):
+    """The live sink applies an event id once, whichever partition holds it; folds apart,
+    each partition would apply it. The parent's insert refuses the second, the replay
+    fails as a whole and the batch-by-batch path builds the live rows."""
+    events = sample.eventful_lifecycle("AJ1")
+    name = topics.CASE_EVENTS.name(topic_prefix)
+    producer = KafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    for e in events:
+        producer.send(name, key=b"AJ1", value=e.encode(), partition=0)
+    producer.send(name, key=b"AJ1", value=events[0].encode(), partition=1)
+    producer.flush(timeout=30)
+    producer.close()
+    caplog.set_level(logging.INFO, logger="gridflow.sinks.runner")
+    dumps = []
+    for processes, replay in ((None, False), (2, True)):
+        engine = make_engine(f"sqlite:///{tmp_path / f'{processes}.db'}")
+        create_schema(engine)
+        progress = run_sink(stack.settings, engine, "sql-sink", drain=True, replay=replay,
+                            topic_prefix=topic_prefix, poll_timeout_ms=200,
+                            replay_processes=processes)
+        assert progress.caught_up and progress.totals.applied == len(events)
+        dumps.append(dump_all(engine))
+        engine.dispose()
+    assert "the replay fast path failed (IntegrityError" in caplog.text
+    assert dumps[0] == dumps[1]
+
+
+def test_a_folding_process_that_fails_fails_the_replay_and_leaves_nothing(tmp_path):
+    from kafka import TopicPartition
+
+    from sinks.replay_fast import Replayer
+    from sinks.replay_parallel import FoldFailed, ParallelFold
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    create_schema(engine)
+    replayer = Replayer(engine)
+    replayer.begin()
+    fold = ParallelFold(replayer, [{TopicPartition("x.case-events", 0): 5},
+                                   {TopicPartition("x.case-events", 1): 5}],
+                        bootstrap="127.0.0.1:1", dead_topic="x.dead-letters",
+                        poll_timeout_ms=200, stop=lambda: False, progress=lambda s, lag: None)
+    with pytest.raises(FoldFailed, match=r"gridflow-replay-fold-\d: Kafka"):
+        fold.run()
+    assert not fold.procs  # every process ended
+    replayer.abort()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM case_events")).scalar() == 0
+    engine.dispose()
+
+
+def test_a_stopped_parallel_fold_ends_its_processes(tmp_path):
+    from kafka import TopicPartition
+
+    from sinks.replay_fast import Replayer
+    from sinks.replay_parallel import ParallelFold
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    create_schema(engine)
+    replayer = Replayer(engine)
+    replayer.begin()
+    fold = ParallelFold(replayer, [{TopicPartition("x.case-events", 0): 5}],
+                        bootstrap="127.0.0.1:1", dead_topic="x.dead-letters",
+                        poll_timeout_ms=200, stop=lambda: True, progress=lambda s, lag: None)
+    assert fold.run() is False
+    assert not fold.procs
+    replayer.abort()
+    engine.dispose()

@@ -1,0 +1,243 @@
+"""A large replay folded in several processes, one group of partitions each, written by one.
+
+The replay fast path (sinks.replay_fast) spends most of its time in Python: decoding, hashing
+and folding each event (~35 µs) and making its driver rows (~5 µs), against the database's
+~15–25 µs. A case never leaves its partition, so the partitions of case-events can be folded
+apart: each folding process (`_fold`, started with the spawn method) reads its partitions
+with aiokafka and folds them with the live fold, exactly as the one-process fast path does,
+and ships the rows it makes (driver tuples, in chunks) to the parent over a pipe. The parent
+holds the one transaction and writes what arrives, while the folds go on.
+
+Guarantees, the same as the one-process fast path's:
+- the rows are the ones the live sink builds: every row comes from the same fold over the
+  same records of its partition, in the partition's order; what crosses partitions in the
+  live sink (an event id or a primary key seen on two partitions, which no producer of
+  gridflow writes) makes the parent's insert fail, and the caller then applies the log
+  batch by batch, as for any failure of the fast path;
+- one transaction: a replay that fails or is stopped leaves the database empty; a folding
+  process that dies, or reports an error, fails the replay;
+- the dead letters (first one per id wins, as in the live sink) and the consumer's offsets
+  are gathered from every process and written by the parent with the rest.
+
+Used by sinks.runner for a replay of at least PARALLEL_MIN_RECORDS records when the machine
+has more than one core and the topic more than one partition (or when asked for processes).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing
+import os
+import pickle
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import Any, cast
+
+from kafka import TopicPartition
+from sqlalchemy import Table
+
+from sinks.bulk import converters, row_maker
+from sinks.models import Base
+from sinks.replay_fast import CHUNK_ROWS, Replayer
+from sinks.sql import BatchStats
+
+log = logging.getLogger("gridflow.sinks.replay_parallel")
+
+PARALLEL_MIN_RECORDS = 200_000  # below this a process's start (~1 s of imports) is not repaid
+_TABLES = {t.name: t for t in Base.metadata.sorted_tables}
+
+
+def processes_for(records: int, case_partitions: int, requested: int | None) -> int:
+    """How many folding processes a replay of `records` over `case_partitions` takes: the
+    requested number (at most one per partition), or by default one per core for a large
+    log; 1 means the one-process fast path."""
+    if requested is not None:
+        return max(1, min(requested, case_partitions))
+    if records < PARALLEL_MIN_RECORDS:
+        return 1
+    return max(1, min(os.cpu_count() or 1, case_partitions))
+
+
+def split(targets: dict[TopicPartition, int], dead_topic: str, n: int,
+          ) -> list[dict[TopicPartition, int]]:
+    """The partitions in `n` groups of about equal records (largest first to the least
+    loaded); the dead-letters partitions (few records) go to the first group."""
+    groups: list[dict[TopicPartition, int]] = [{} for _ in range(n)]
+    load = [0] * n
+    cases = sorted((tp for tp in targets if tp.topic != dead_topic),
+                   key=lambda tp: (-targets[tp], tp.partition))
+    for tp in cases:
+        i = load.index(min(load))
+        groups[i][tp] = targets[tp]
+        load[i] += targets[tp]
+    for tp in targets:
+        if tp.topic == dead_topic:
+            groups[0][tp] = targets[tp]
+    return [g for g in groups if g]
+
+
+# --- the parent ----------------------------------------------------------------------------
+
+
+class FoldFailed(RuntimeError):
+    """A folding process reported an error or ended without finishing."""
+
+
+class ParallelFold:
+    """Runs the folding processes for `replayer` (begun: its transaction is open) and writes
+    what they ship; `run()` returns when all have finished (True) or `stop` was set (False).
+    The caller then calls replayer.finish() or replayer.abort(), as for the one-process path.
+    """
+
+    def __init__(self, replayer: Replayer, groups: list[dict[TopicPartition, int]], *,
+                 bootstrap: str, dead_topic: str, poll_timeout_ms: int,
+                 stop: Callable[[], bool],
+                 progress: Callable[[BatchStats, int], None]) -> None:
+        self.replayer, self.groups = replayer, groups
+        self.bootstrap, self.dead_topic = bootstrap, dead_topic
+        self.poll_timeout_ms, self.stop, self.progress = poll_timeout_ms, stop, progress
+        self.procs: dict[Connection, Any] = {}
+        self.lags: dict[Connection, int] = {}
+
+    def run(self) -> bool:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        dialect = self.replayer.engine.dialect.name
+        until = self.replayer.until
+        try:
+            for i, group in enumerate(self.groups):
+                parent_end, child_end = ctx.Pipe(duplex=False)
+                spec = {
+                    "bootstrap": self.bootstrap, "consumer": self.replayer.consumer,
+                    "until": until, "dialect": dialect, "dead_topic": self.dead_topic,
+                    "poll_timeout_ms": self.poll_timeout_ms,
+                    "targets": [(tp.topic, tp.partition, end) for tp, end in group.items()],
+                }
+                proc = ctx.Process(target=_fold, args=(child_end, spec), daemon=True,
+                                   name=f"gridflow-replay-fold-{i}")
+                proc.start()
+                child_end.close()  # the parent's copy: EOF reaches the parent when the child ends
+                self.procs[parent_end] = proc
+            return self._receive()
+        finally:
+            self._end_all()
+
+    def _receive(self) -> bool:
+        r = self.replayer
+        while self.procs:
+            if self.stop():
+                return False
+            for ready in wait(list(self.procs), timeout=0.5):
+                conn = cast(Connection, ready)
+                proc = self.procs[conn]
+                try:
+                    message = pickle.loads(conn.recv_bytes())
+                except EOFError:
+                    proc.join(timeout=5)
+                    raise FoldFailed(f"{proc.name} ended without finishing "
+                                     f"(exit code {proc.exitcode})") from None
+                kind = message[0]
+                if kind == "rows":
+                    r.write_made(_TABLES[message[1]], message[2])
+                elif kind == "progress":
+                    self.lags[conn] = message[2]
+                    self.progress(BatchStats(**message[1]), sum(self.lags.values()))
+                elif kind == "dead":
+                    for row in message[1]:
+                        r.dead.setdefault(row["id"], row)
+                elif kind == "next":
+                    r.next.update(message[1])
+                elif kind == "done":
+                    del self.procs[conn]
+                    conn.close()
+                    proc.join(timeout=30)
+                elif kind == "error":
+                    raise FoldFailed(f"{proc.name}: {message[1]}")
+                else:
+                    raise FoldFailed(f"{proc.name} sent {kind!r}")
+        return True
+
+    def _end_all(self) -> None:
+        for conn, proc in self.procs.items():
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(timeout=10)
+            conn.close()
+        self.procs.clear()
+
+
+# --- a folding process -------------------------------------------------------------------------
+
+
+class _Shipper:
+    """A replay_fast writer that makes each row's driver values (JSON columns as text) and
+    ships them to the parent in chunks, instead of writing them."""
+
+    def __init__(self, conn: Connection, dialect_name: str) -> None:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        self.conn = conn
+        self.dialect = (sqlite.dialect() if dialect_name == "sqlite"
+                        else postgresql.psycopg.dialect())
+        self.dialect._json_serializer = _json_serializer()
+        self.makers: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {}
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        make = self.makers.get(table.name)
+        if make is None:
+            make = self.makers[table.name] = row_maker(
+                converters(table, self.dialect, json_as_text=True), f"{table.name} shipped")
+        for i in range(0, len(rows), CHUNK_ROWS):
+            self.send(("rows", table.name, list(map(make, rows[i:i + CHUNK_ROWS]))))
+
+
+def _json_serializer() -> Callable[[Any], str]:
+    from sinks.models import json_text
+
+    return json_text
+
+
+def _fold(conn: Connection, spec: dict[str, Any]) -> None:
+    """A folding process: its partitions from the beginning to their end offsets, folded, and
+    every row shipped; then its dead letters, its offsets and "done" (or "error")."""
+    from sinks.runner import _BulkReader
+
+    shipper = _Shipper(conn, spec["dialect"])
+    try:
+        replayer = Replayer(None, spec["consumer"], spec["until"])  # type: ignore[arg-type]
+        replayer._writer = shipper  # type: ignore[assignment]
+        targets = {TopicPartition(t, p): end for t, p, end in spec["targets"]}
+        reader = _BulkReader(spec["bootstrap"], spec["consumer"], targets,
+                             spec["poll_timeout_ms"])
+        reader.start()
+        try:
+            while True:
+                polled = reader.get(spec["poll_timeout_ms"])
+                if polled is None:
+                    break
+                if not polled:
+                    continue
+                last = BatchStats()
+                for tp, batch in polled.items():
+                    if tp.topic == spec["dead_topic"]:
+                        last.add(replayer.add_dead_letter_records(batch))
+                    else:
+                        last.add(replayer.add_case_records(batch))
+                gc.freeze()  # what the fold holds is never walked again (see sinks.runner)
+                shipper.send(("progress", last.as_dict(), reader.lag()))
+        finally:
+            reader.close()
+        replayer.ship_finals()
+        shipper.send(("dead", list(replayer.dead.values())))
+        shipper.send(("next", dict(replayer.next)))
+        shipper.send(("done",))
+    except BaseException as exc:  # the parent fails the replay with this
+        try:
+            shipper.send(("error", f"{type(exc).__name__}: {exc}"))
+        except OSError:
+            pass  # the parent is gone
+    finally:
+        conn.close()

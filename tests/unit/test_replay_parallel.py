@@ -1,0 +1,28 @@
+"""How a replay's partitions are split among folding processes (sinks.replay_parallel)."""
+
+from __future__ import annotations
+
+from kafka import TopicPartition
+
+from sinks.replay_parallel import PARALLEL_MIN_RECORDS, processes_for, split
+
+
+def test_a_small_log_is_folded_in_one_process_a_large_one_in_one_per_core(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert processes_for(PARALLEL_MIN_RECORDS - 1, 8, None) == 1
+    assert processes_for(PARALLEL_MIN_RECORDS, 8, None) == 2
+    assert processes_for(PARALLEL_MIN_RECORDS, 1, None) == 1  # one partition: one fold
+    assert processes_for(10, 8, 3) == 3  # asked for
+    assert processes_for(10, 2, 3) == 2  # at most one per partition
+    assert processes_for(10, 8, 0) == 1
+
+
+def test_partitions_are_split_by_their_records_and_the_dead_letters_go_to_the_first():
+    tp = lambda p: TopicPartition("g.case-events", p)  # noqa: E731
+    dead = TopicPartition("g.dead-letters", 0)
+    targets = {tp(0): 100, tp(1): 10, tp(2): 60, tp(3): 50, dead: 3}
+    groups = split(targets, "g.dead-letters", 2)
+    assert groups == [{tp(0): 100, tp(1): 10, dead: 3}, {tp(2): 60, tp(3): 50}]  # 113 and 110
+    assert split(targets, "g.dead-letters", 8)[0] == {tp(0): 100, dead: 3}
+    assert len(split(targets, "g.dead-letters", 8)) == 4  # no empty group
+    assert sorted(p for g in split(targets, "g.dead-letters", 3) for p in g) == sorted(targets)
