@@ -21,6 +21,8 @@ Guarantees, the same as the one-process fast path's:
 
 Used by sinks.runner for a replay of at least PARALLEL_MIN_RECORDS records when the machine
 has more than one core and the topic more than one partition (or when asked for processes).
+Spawned processes import the calling program's main module, as any spawn-started process
+does: it must start its work under `if __name__ == "__main__":` (gridflow's commands do).
 """
 
 from __future__ import annotations
