@@ -32,6 +32,9 @@ import logging
 import multiprocessing
 import os
 import pickle
+import queue
+import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
@@ -101,8 +104,10 @@ class ParallelFold:
         self.poll_timeout_ms, self.stop, self.progress = poll_timeout_ms, stop, progress
         self.procs: dict[Connection, Any] = {}
         self.lags: dict[Connection, int] = {}
+        self.t0 = time.monotonic()
 
     def run(self) -> bool:
+        self.t0 = time.monotonic()
         ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads
         dialect = self.replayer.engine.dialect.name
         until = self.replayer.until
@@ -153,6 +158,9 @@ class ParallelFold:
                     del self.procs[conn]
                     conn.close()
                     proc.join(timeout=30)
+                    log.info("%s: %s finished folding after %.1f s (%s: %.1f s of its CPU)",
+                             r.consumer, proc.name, time.monotonic() - self.t0,
+                             ", ".join(f"{tp[0]}[{tp[1]}]" for tp in message[1]), message[2])
                 elif kind == "error":
                     raise FoldFailed(f"{proc.name}: {message[1]}")
                 else:
@@ -173,7 +181,13 @@ class ParallelFold:
 
 class _Shipper:
     """A replay_fast writer that makes each row's driver values (JSON columns as text) and
-    ships them to the parent in chunks, instead of writing them."""
+    ships them to the parent in chunks, instead of writing them.
+
+    Messages go out from a thread of their own, up to AHEAD of them queued: while the parent
+    writes another process's chunk the pipe is full, and a fold that sent itself would wait
+    (a profile of a folding process showed 2.9 of its 18 s in the pipe's write)."""
+
+    AHEAD = 16
 
     def __init__(self, conn: Connection, dialect_name: str) -> None:
         from sqlalchemy.dialects import postgresql, sqlite
@@ -183,9 +197,29 @@ class _Shipper:
                         else postgresql.psycopg.dialect())
         self.dialect._json_serializer = _json_serializer()
         self.makers: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {}
+        self.outbox: queue.Queue[bytes | None] = queue.Queue(maxsize=self.AHEAD)
+        self.failed: BaseException | None = None
+        self.thread = threading.Thread(target=self._send_all, name="replay-shipper",
+                                       daemon=True)
+        self.thread.start()
 
     def send(self, message: tuple[Any, ...]) -> None:
-        self.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        if self.failed is not None:
+            raise self.failed
+        self.outbox.put(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def close(self) -> None:
+        """Every message queued is sent (or the pipe failed) when this returns."""
+        self.outbox.put(None)
+        self.thread.join()
+
+    def _send_all(self) -> None:
+        while (blob := self.outbox.get()) is not None:
+            if self.failed is None:
+                try:
+                    self.conn.send_bytes(blob)
+                except BaseException as exc:  # the parent is gone: the fold stops at its next send
+                    self.failed = exc
 
     def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
         make = self.makers.get(table.name)
@@ -235,11 +269,12 @@ def _fold(conn: Connection, spec: dict[str, Any]) -> None:
         replayer.ship_finals()
         shipper.send(("dead", list(replayer.dead.values())))
         shipper.send(("next", dict(replayer.next)))
-        shipper.send(("done",))
+        shipper.send(("done", sorted(replayer.next), time.process_time()))
     except BaseException as exc:  # the parent fails the replay with this
         try:
             shipper.send(("error", f"{type(exc).__name__}: {exc}"))
         except OSError:
             pass  # the parent is gone
     finally:
+        shipper.close()
         conn.close()

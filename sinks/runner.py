@@ -219,8 +219,12 @@ class _SinkLoop:
                 log.info("%s: replay stopped before it caught up; nothing was written",
                          self.sink.consumer)
             else:
+                t_finish = time.monotonic()
                 replayer.finish()
                 self.state.caught_up = True
+                log.info("%s: replay written in one transaction after %.1f s (the final rows "
+                         "and the commit: %.1f s)", self.sink.consumer, time.monotonic() - t0,
+                         time.monotonic() - t_finish)
         except Exception as exc:
             if reader is not None:
                 reader.close()

@@ -26,3 +26,35 @@ def test_partitions_are_split_by_their_records_and_the_dead_letters_go_to_the_fi
     assert split(targets, "g.dead-letters", 8)[0] == {tp(0): 100, dead: 3}
     assert len(split(targets, "g.dead-letters", 8)) == 4  # no empty group
     assert sorted(p for g in split(targets, "g.dead-letters", 3) for p in g) == sorted(targets)
+
+
+def test_the_shipper_sends_in_order_from_its_thread_and_stops_when_the_parent_is_gone():
+    import pickle
+    import time
+    from multiprocessing import Pipe
+
+    import pytest
+
+    from sinks.replay_parallel import _Shipper
+
+    receiver, sender = Pipe(duplex=False)
+    shipper = _Shipper(sender, "sqlite")
+    got = []
+    for i in range(40):  # more than it queues: the reader below drains them
+        shipper.send(("progress", {"n": i}, 0))
+        if i % 8 == 7:
+            while receiver.poll(0.05):
+                got.append(pickle.loads(receiver.recv_bytes()))
+    shipper.close()
+    while receiver.poll(0.05):
+        got.append(pickle.loads(receiver.recv_bytes()))
+    assert [m[1]["n"] for m in got] == list(range(40))
+
+    receiver, sender = Pipe(duplex=False)
+    shipper = _Shipper(sender, "sqlite")
+    receiver.close()  # the parent is gone
+    with pytest.raises(OSError):
+        for _ in range(1000):
+            shipper.send(("rows", "cases", [("x" * 1000,)] * 100))
+            time.sleep(0.001)
+    shipper.close()  # returns: nothing more is sent
