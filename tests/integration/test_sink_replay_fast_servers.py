@@ -260,3 +260,52 @@ def test_a_stopped_parallel_fold_ends_its_processes(tmp_path):
     assert not fold.procs
     replayer.abort()
     engine.dispose()
+
+
+def test_a_folding_process_killed_fails_the_replay_and_the_log_is_applied_batch_by_batch(
+        stack, topic_prefix, tmp_path, caplog):
+    """SIGKILL of a folding process as soon as it is there: the parent sees its pipe end,
+    nothing of the replay is written, and the batch-by-batch path builds the live rows."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    cases = [sample.eventful_lifecycle(f"AJ{i:03d}", sample.T0 + timedelta(minutes=i))
+             for i in range(8)]
+    produce(stack.bootstrap, topic_prefix, [e for c in cases for e in c])
+    caplog.set_level(logging.INFO, logger="gridflow.sinks.runner")
+    killed: list[str] = []
+
+    def kill_first() -> None:
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            for child in multiprocessing.active_children():
+                if child.name.startswith("gridflow-replay-fold") and child.pid:
+                    os.kill(child.pid, signal.SIGKILL)
+                    killed.append(child.name)
+                    return
+            time.sleep(0.01)
+
+    dumps = []
+    for name, replay, processes in (("live", False, None), ("killed", True, 2)):
+        engine = make_engine(f"sqlite:///{tmp_path / f'{name}.db'}")
+        create_schema(engine)
+        killer = threading.Thread(target=kill_first) if replay else None
+        if killer is not None:
+            killer.start()
+        progress = run_sink(stack.settings, engine, "sql-sink", drain=True, replay=replay,
+                            topic_prefix=topic_prefix, poll_timeout_ms=200,
+                            replay_processes=processes)
+        if killer is not None:
+            killer.join()
+        assert progress.caught_up and progress.totals.applied == sum(map(len, cases))
+        dumps.append(dump_all(engine))
+        engine.dispose()
+    assert killed
+    assert "the replay fast path failed (FoldFailed: gridflow-replay-fold-" in caplog.text
+    assert "ended without finishing (exit code -9)" in caplog.text
+    assert not [c for c in multiprocessing.active_children()
+                if c.name.startswith("gridflow-replay-fold")]
+    assert dumps[0] == dumps[1]
