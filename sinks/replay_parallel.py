@@ -61,7 +61,16 @@ def processes_for(records: int, case_partitions: int, requested: int | None) -> 
         return max(1, min(requested, case_partitions))
     if records < PARALLEL_MIN_RECORDS:
         return 1
-    return max(1, min(os.cpu_count() or 1, case_partitions))
+    return max(1, min(usable_cores(), case_partitions))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container's cpuset
+    narrows), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count() or 1
 
 
 def split(targets: dict[TopicPartition, int], dead_topic: str, n: int,

@@ -8,13 +8,23 @@ from sinks.replay_parallel import PARALLEL_MIN_RECORDS, processes_for, split
 
 
 def test_a_small_log_is_folded_in_one_process_a_large_one_in_one_per_core(monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
     assert processes_for(PARALLEL_MIN_RECORDS - 1, 8, None) == 1
     assert processes_for(PARALLEL_MIN_RECORDS, 8, None) == 2
     assert processes_for(PARALLEL_MIN_RECORDS, 1, None) == 1  # one partition: one fold
     assert processes_for(10, 8, 3) == 3  # asked for
     assert processes_for(10, 2, 3) == 2  # at most one per partition
     assert processes_for(10, 8, 0) == 1
+
+
+def test_the_cores_are_the_ones_this_process_may_run_on(monkeypatch):
+    from sinks.replay_parallel import usable_cores
+
+    monkeypatch.setattr("os.cpu_count", lambda: 64)  # the host's
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3, 4})  # the container's cpuset
+    assert usable_cores() == 2
+    monkeypatch.delattr("os.sched_getaffinity")
+    assert usable_cores() == 64
 
 
 def test_partitions_are_split_by_their_records_and_the_dead_letters_go_to_the_first():
