@@ -18,6 +18,7 @@ until the end (about 1 KB per case and 100 B per event); the append-only rows on
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -114,10 +115,7 @@ class Replayer:
     def finish(self) -> None:
         """Write the final rows and the consumer's offsets, and commit (durably)."""
         w = self._need_writer()
-        m = self.models
-        self._write_append_only(force=True)
-        for rows in (m.cases, m.tasks, m.reports, m.photos):
-            self._write(rows.table, list(rows.rows.values()))
+        self.write_rows()
         if self.dead:
             self._write(table_of(DeadLetter), list(self.dead.values()))
         now = datetime.now(UTC)
@@ -131,9 +129,9 @@ class Replayer:
         self.write_s += time.perf_counter() - t
         self._writer = None
 
-    def ship_finals(self) -> None:
-        """A folding process's end (sinks.replay_parallel): the append-only rows left and the
-        final case, task, report and photo rows, through its writer (which ships them)."""
+    def write_rows(self) -> None:
+        """The append-only rows left and the final case, task, report and photo rows, through
+        the writer (a folding process's ships them: sinks.replay_parallel)."""
         m = self.models
         self._write_append_only(force=True)
         for rows in (m.cases, m.tasks, m.reports, m.photos):
@@ -148,6 +146,23 @@ class Replayer:
             self.write_s += time.perf_counter() - t
 
     # --- records ----------------------------------------------------------------------------
+    def add_polled(self, polled: dict[Any, list[Any]], dead_topic: str) -> BatchStats:
+        """One poll's records of every partition: dead letters from `dead_topic`, case events
+        from the others."""
+        last = BatchStats()
+        for tp, batch in polled.items():
+            if tp.topic == dead_topic:
+                last.add(self.add_dead_letter_records(batch))
+            else:
+                last.add(self.add_case_records(batch))
+        # The fold holds every case until the end, so the heap grows with the log and each
+        # full collection would walk all of it again (about a tenth of a replay's time at
+        # 300,000 events). What the batches left is frozen: the collector no longer walks it.
+        # The caller unfreezes it when the replay ends, whatever the outcome (a folding
+        # process ends with it).
+        gc.freeze()
+        return last
+
     def add_case_records(self, records: Iterable[Record]) -> BatchStats:
         """What SqlSink.apply_batch does with case-events records, in memory."""
         t0 = time.perf_counter()

@@ -27,7 +27,6 @@ does: it must start its work under `if __name__ == "__main__":` (gridflow's comm
 
 from __future__ import annotations
 
-import gc
 import logging
 import multiprocessing
 import os
@@ -43,7 +42,7 @@ from kafka import TopicPartition
 from sqlalchemy import Table
 
 from sinks.bulk import converters, row_maker
-from sinks.models import Base
+from sinks.models import Base, json_text
 from sinks.replay_fast import CHUNK_ROWS, Replayer
 from sinks.sql import BatchStats
 
@@ -204,7 +203,7 @@ class _Shipper:
         self.conn = conn
         self.dialect = (sqlite.dialect() if dialect_name == "sqlite"
                         else postgresql.psycopg.dialect())
-        self.dialect._json_serializer = _json_serializer()
+        self.dialect._json_serializer = json_text
         self.makers: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {}
         self.outbox: queue.Queue[bytes | None] = queue.Queue(maxsize=self.AHEAD)
         self.failed: BaseException | None = None
@@ -239,12 +238,6 @@ class _Shipper:
             self.send(("rows", table.name, list(map(make, rows[i:i + CHUNK_ROWS]))))
 
 
-def _json_serializer() -> Callable[[Any], str]:
-    from sinks.models import json_text
-
-    return json_text
-
-
 def _fold(conn: Connection, spec: dict[str, Any]) -> None:
     """A folding process: its partitions from the beginning to their end offsets, folded, and
     every row shipped; then its dead letters, its offsets and "done" (or "error")."""
@@ -265,17 +258,11 @@ def _fold(conn: Connection, spec: dict[str, Any]) -> None:
                     break
                 if not polled:
                     continue
-                last = BatchStats()
-                for tp, batch in polled.items():
-                    if tp.topic == spec["dead_topic"]:
-                        last.add(replayer.add_dead_letter_records(batch))
-                    else:
-                        last.add(replayer.add_case_records(batch))
-                gc.freeze()  # what the fold holds is never walked again (see sinks.runner)
+                last = replayer.add_polled(polled, spec["dead_topic"])
                 shipper.send(("progress", last.as_dict(), reader.lag()))
         finally:
             reader.close()
-        replayer.ship_finals()
+        replayer.write_rows()
         shipper.send(("dead", list(replayer.dead.values())))
         shipper.send(("next", dict(replayer.next)))
         shipper.send(("done", sorted(replayer.next), time.process_time()))

@@ -178,7 +178,7 @@ class _SinkLoop:
         try:
             return self._replay_fast()
         finally:
-            gc.unfreeze()  # what the batches froze (below) is collectable again
+            gc.unfreeze()  # what the batches froze (Replayer.add_polled) is collectable again
 
     def _replay_fast(self) -> bool:
         from sinks.replay_fast import NotEmpty, Replayer
@@ -265,17 +265,7 @@ class _SinkLoop:
             self.backoff.reset()
             if not polled:
                 continue
-            last = BatchStats()
-            for tp, batch in polled.items():
-                if tp.topic == dead_topic:
-                    last.add(replayer.add_dead_letter_records(batch))
-                else:
-                    last.add(replayer.add_case_records(batch))
-            # The fold holds every case until the end, so the heap grows with the log and
-            # each full collection would walk all of it again (about a tenth of a replay's
-            # time at 300,000 events). What the batches left is frozen: the collector no
-            # longer walks it. It is unfrozen when the replay ends, whatever the outcome.
-            gc.freeze()
+            last = replayer.add_polled(polled, dead_topic)
             self._progress(last, t0, None if reader is None else reader.lag())
             if time.monotonic() - last_log >= LOG_EVERY_S:
                 last_log = time.monotonic()
