@@ -309,6 +309,7 @@ def decode_hashed(value: bytes | None) -> tuple[Message, datetime, str | None] |
             m.body  # noqa: B018 - the typed payload, checked as decode_message checks it
         except SchemaError:
             return None
+    ev.keep_canonical(m, value, obj)  # a canonical record hashes as its own bytes
     try:
         digest: str | None = m.hash()  # kept by the message: the fold asks for it again
     except Exception:  # e.g. a lone surrogate: the fold's m.hash() fails the same way

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -49,7 +50,80 @@ def parse_ts(value: Any, field_name: str = "timestamp") -> datetime:
 
 
 def canonical_json(obj: Any) -> bytes:
+    """`json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))` as UTF-8:
+    the same bytes or the same exception, written by orjson where that gives the very same
+    (`_orjson_canonical`)."""
+    out = _orjson_canonical(obj)
+    if out is not None:
+        return out
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+# --- the canonical encoding through orjson, where it is the very same --------------------------
+#
+# orjson writes every value JSON can hold as the canonical encoder (json.dumps with sorted
+# keys, ensure_ascii=False, no spaces) writes it: every code point escaped or not alike, keys
+# sorted alike (by code point, which UTF-8's byte order keeps), integers alike. It differs in
+# - floats of magnitude below 1e-4 (but 0.0): json.dumps writes 1e-05, orjson 0.00001 or 1e-5;
+#   every float orjson writes otherwise than json.dumps holds "e-" or "0.0000" and a digit
+#   1-9 in orjson's output (_floats_may_differ; tests/unit/test_canonical_fast.py checks
+#   floats across the whole range);
+# - NaN and ±Infinity: json.dumps writes NaN / Infinity, orjson null;
+# - what orjson refuses to write (integers beyond 64 bits, lone surrogates, keys that are not
+#   str, nesting deeper than 255) or, with these options, hands back instead of writing
+#   (subclasses of str / int / float / dict / list, datetimes, dataclasses): json.dumps writes
+#   or refuses those by its own rules;
+# - a uuid.UUID and an Enum member that is neither a str nor an int, which orjson writes (as its
+#   string, as its value) and json.dumps refuses. No payload holds one (their data is built by
+#   msgspec.to_builtins or read from JSON), and what orjson writes reads back as a str or the
+#   value, which encodes to the same bytes again: a hash made from it stays the hash.
+# So an output of orjson without such a float and without "null" is json.dumps's, byte for byte;
+# anything else is written by json.dumps (a string holding one of those three only costs the
+# slower path).
+_orjson_dumps = orjson.dumps
+_CANONICAL_OPTIONS = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS
+                      | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
+def _orjson_canonical(obj: Any) -> bytes | None:
+    """canonical_json(obj) through orjson, or None where orjson's could differ from it."""
+    if not _ORJSON_AGREES:
+        return None
+    try:
+        out = _orjson_dumps(obj, option=_CANONICAL_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError: what it does not write (json.dumps decides)
+        return None
+    if _NULL(out) is not None or _floats_may_differ(out):
+        return None
+    return out
+
+
+# A float orjson may write otherwise than json.dumps: with a negative exponent (1e-5), or as
+# 0.0000d… (orjson writes [1e-5, 1e-4) so; json.dumps 1e-05). A timestamp's seconds
+# ("00.000000Z", in every event) do not match the second. One literal per pattern: re finds a
+# literal several times as fast as `in` does here, and an alternation many times slower.
+_NEGATIVE_EXPONENT = re.compile(rb"e-").search
+_BELOW_1E_4 = re.compile(rb"0\.0000[1-9]").search
+_NULL = re.compile(rb"null").search
+
+
+def _floats_may_differ(out: bytes) -> bool:
+    """Whether orjson's output `out` may hold a float that json.dumps writes otherwise (a string
+    that looks like one only costs the slower path)."""
+    return _NEGATIVE_EXPONENT(out) is not None or _BELOW_1E_4(out) is not None
+
+
+def _orjson_writes_floats_as_checked() -> bool:
+    """Whether this orjson writes floats as the one the rule above was checked against (3.11.7
+    and later: "1e+16", where earlier versions wrote "1e16"). If not, every value is written by
+    json.dumps: slower, never different."""
+    samples = [1e16, -1.2e30, 1.5e300, 1e21, 1e22, 9007199254740993.0, 123456.789, 0.1, 1 / 3,
+               2.5, -0.0, 0.0001, 0.00011, 1e-5, 5e-324, 1e-7, 2.0**-1074, 1.7976931348623157e308]
+    for f in samples:
+        out = _orjson_dumps([f])
+        if out != _CANONICAL([f]).encode() and not _floats_may_differ(out):
+            return False
+    return True
 
 
 # canonical_json's encoder, built once (json.dumps with options builds one per call)
@@ -63,7 +137,8 @@ def canonical_envelope(id: str, type: str, case_id: str, at: str, actor: str,  #
                        prev_hash: str) -> bytes:
     """The canonical bytes of a message: `canonical_json` of its ten envelope fields.
 
-    The envelope (ten keys in sorted order) is written here and only `data` goes through the
+    orjson writes them where that gives the very bytes (`_orjson_canonical`). Otherwise the
+    envelope (ten keys in sorted order) is written here and only `data` goes through the
     canonical encoder, which gives the very bytes of canonical_json(the whole dict) when every
     envelope field has its JSON type (str, and int for schema and seq); otherwise (a field of
     another type, from a record this build did not write) the whole dict is encoded.
@@ -71,6 +146,13 @@ def canonical_envelope(id: str, type: str, case_id: str, at: str, actor: str,  #
     if (type_of(id) is str and type_of(type) is str and type_of(case_id) is str
             and type_of(at) is str and type_of(actor) is str and type_of(causation_id) is str
             and type_of(prev_hash) is str and type_of(schema) is int and type_of(seq) is int):
+        out = _orjson_canonical({
+            "actor": actor, "at": at, "case_id": case_id, "causation_id": causation_id,
+            "data": data, "id": id, "prev_hash": prev_hash, "schema": schema, "seq": seq,
+            "type": type,
+        })
+        if out is not None:
+            return out
         return "".join((
             '{"actor":', _json_str(actor), ',"at":', _json_str(at),
             ',"case_id":', _json_str(case_id), ',"causation_id":', _json_str(causation_id),
@@ -83,6 +165,32 @@ def canonical_envelope(id: str, type: str, case_id: str, at: str, actor: str,  #
         "data": data, "id": id, "prev_hash": prev_hash, "schema": schema, "seq": seq,
         "type": type,
     })
+
+
+_ORJSON_AGREES = _orjson_writes_floats_as_checked()
+
+_ENVELOPE_KEYS = frozenset(("actor", "at", "case_id", "causation_id", "data", "id", "prev_hash",
+                            "schema", "seq", "type"))
+
+
+def keep_canonical(m: Message, raw: bytes, obj: dict[str, Any]) -> bool:
+    """Let `m`, decoded from `raw` (`obj` = loads(raw)), keep `raw` as its encoding when `raw`
+    is its canonical encoding already: its hash is then SHA-256 of the record's own bytes, with
+    no encoding of it again (5 µs per event in the sinks and the replay). That is so when `obj`
+    holds exactly the envelope's ten keys (canonical_envelope of their values is then
+    canonical_json(obj), whatever their types) and orjson writes `obj` back as `raw` with no
+    float it could write otherwise than the canonical encoder (`_floats_may_differ`; NaN and Infinity cannot compare equal, since orjson writes them as null,
+    which reads back as None). Returns whether it did."""
+    if (not _ORJSON_AGREES or obj.keys() != _ENVELOPE_KEYS or _floats_may_differ(raw)
+            or m.__dict__.get("_encoded") is not None):
+        return False
+    try:
+        if _orjson_dumps(obj, option=orjson.OPT_SORT_KEYS) != raw:
+            return False
+    except TypeError:  # orjson.JSONEncodeError: e.g. a lone surrogate, an integer beyond 64 bits
+        return False
+    object.__setattr__(m, "_encoded", raw)
+    return True
 
 
 def envelope_hash(id: str, type: str, case_id: str, at: str, actor: str,  # noqa: A002
