@@ -169,4 +169,5 @@ def dashboard(port: int | None) -> None:
     app = create_dashboard(settings, world.engine(), world.ref, world.clock, world.object_store)
     port = port or settings.api_port + 1
     click.echo(f"gridflow dashboard: http://{settings.api_host}:{port}/")
-    uvicorn.run(app, host=settings.api_host, port=port, log_level="warning")
+    uvicorn.run(app, host=settings.api_host, port=port, log_level="warning",
+                loop="asyncio")  # as the API's own server (producers.app.API_LOOP)

@@ -64,12 +64,31 @@ def runtime_for_role(pieces: WorkerPieces, role: str = "all",
                          with_pipeline=role != "archive", settings=settings)
 
 
+def use_event_loop(kind: str) -> str:
+    """Make `kind` ("uvloop" or "asyncio") the loop asyncio hands out from now on (faust and
+    aiokafka, and the consumer's own thread, take theirs from it). Returns the loop in use:
+    "asyncio" where uvloop is asked for and not installed."""
+    import asyncio
+
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("uvloop is not installed: the worker runs on asyncio's event loop")
+        else:
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            return "uvloop"
+    asyncio.set_event_loop_policy(None)  # asyncio's own
+    return "asyncio"
+
+
 def run_worker(pieces: WorkerPieces, loglevel: str = "warning", role: str = "all") -> None:
     import faust
 
     from gridflow import heap, telemetry, topics
 
     settings = pieces.settings
+    loop = use_event_loop(settings.worker_loop)  # before faust makes its loop
     # The replication factor of faust's own topics (changelogs, repartitions) is decided here,
     # once: GRIDFLOW_KAFKA_REPLICATION, or what fits the cluster (3 on three brokers).
     settings = settings.with_(kafka_replication=topics.replication_factor(
@@ -84,8 +103,8 @@ def run_worker(pieces: WorkerPieces, loglevel: str = "warning", role: str = "all
     # partitions straight back; a clean stop leaves the group (processors.delivery).
     instance_id = resolve_instance_id(settings.worker_instance_id, role, data_dir)
     settings = settings.with_(faust_data_dir=data_dir, worker_instance_id=instance_id)
-    log.info("worker data directory %s (store: %s), group member %s", data_dir,
-             settings.worker_store, instance_id)
+    log.info("worker data directory %s (store: %s, event loop: %s), group member %s", data_dir,
+             settings.worker_store, loop, instance_id)
     app = build_app(runtime_for_role(pieces, role, settings))
     telemetry.serve_metrics(settings.worker_metrics_port, settings.metrics_host,
                             telemetry.PipelineCollector(settings, consumers=(

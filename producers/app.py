@@ -186,6 +186,12 @@ def prepare_database(settings: Settings) -> None:
         engine.dispose()
 
 
+# The API's event loop: asyncio's own, whether or not uvloop is installed (uvicorn would take
+# uvloop where it is; the worker runs on it, but the API's CPU per upload measured the same on
+# either: docs/PERFORMANCE.md, step 10).
+API_LOOP = "asyncio"
+
+
 def serve(settings: Settings, log_level: str = "info", workers: int | None = None) -> None:
     """Run the API with uvicorn on settings.api_host:api_port until stopped.
 
@@ -204,7 +210,7 @@ def serve(settings: Settings, log_level: str = "info", workers: int | None = Non
     if workers == 1:
         app = create_app(settings, build_deps(bootstrap(settings)), server=True)
         uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level=log_level,
-                    log_config=logs)
+                    log_config=logs, loop=API_LOOP)
         return
     prepare_database(settings)
     os.environ.update(settings_env(settings))  # what the spawned workers load
@@ -217,6 +223,6 @@ def serve(settings: Settings, log_level: str = "info", workers: int | None = Non
     try:
         uvicorn.run("producers.app:worker_app", factory=True, workers=workers,
                     host=settings.api_host, port=settings.api_port, log_level=log_level,
-                    log_config=logs)
+                    log_config=logs, loop=API_LOOP)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

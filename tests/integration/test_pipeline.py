@@ -25,9 +25,10 @@ pytestmark = pytest.mark.integration
 REF = load_reference_data()
 
 
-@pytest.fixture
-def worker(stack_settings, tmp_path: Path) -> Iterator[services.Service]:
-    svc = start_worker(stack_settings, tmp_path)
+@pytest.fixture(params=["uvloop"])
+def worker(request, stack_settings, tmp_path: Path) -> Iterator[services.Service]:
+    """A worker on the event loop `request.param` (GRIDFLOW_WORKER_LOOP; uvloop by default)."""
+    svc = start_worker(stack_settings.with_(worker_loop=request.param), tmp_path)
     yield svc
     svc.stop()
 
@@ -57,7 +58,9 @@ def upload_report(s3, bucket: str, report_id: str, worker_id: str, category: str
     )
 
 
-def test_report_is_filed_dispatched_and_its_photos_archived(stack, stack_settings, buckets, worker):
+@pytest.mark.parametrize("worker", ["uvloop", "asyncio"], indirect=True)
+def test_report_is_filed_dispatched_and_its_photos_archived(request, stack, stack_settings,
+                                                             buckets, worker):
     s3 = stack.s3()
     prefix = stack_settings.topic_prefix
     grid = REF.grids[next(iter(REF.grids))]
@@ -103,6 +106,8 @@ def test_report_is_filed_dispatched_and_its_photos_archived(stack, stack_setting
 
     dead = consume_until(stack.bootstrap, f"{prefix}.dead-letters", lambda s: len(s) >= 1)
     assert dead[0]["original_encoding"] == "hex" and "undecodable" in dead[0]["reason"]
+    # the worker ran on the loop it was given
+    assert f"event loop: {request.node.callspec.params['worker']}" in worker.log_path.read_text()
 
 
 def test_report_outside_the_county_is_not_filed_with_a_reason(stack, stack_settings, buckets, worker):

@@ -98,3 +98,58 @@ def test_the_deadline_book_s_writes_go_before_the_case_state_they_were_decided_w
     assert len(early) == 2 and all("deadline-" in name for name in early)
     others = {t.changelog_topic.get_topic_name() for t in app.tables.values()} - early
     assert others and not any("deadline-" in name for name in others)
+
+
+def test_the_worker_runs_on_the_event_loop_it_is_given(monkeypatch):
+    import asyncio
+    import builtins
+    import logging
+
+    import uvloop
+
+    from processors.worker import use_event_loop
+
+    try:
+        assert use_event_loop("uvloop") == "uvloop"
+        assert isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+        loop = asyncio.new_event_loop()
+        assert isinstance(loop, uvloop.Loop)
+        loop.close()
+        assert use_event_loop("asyncio") == "asyncio"
+        assert not isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+
+        # uvloop missing (no Windows build): asyncio's loop, and the log says so
+        real_import = builtins.__import__
+
+        def no_uvloop(name, *args, **kwargs):
+            if name == "uvloop":
+                raise ImportError("No module named 'uvloop'")
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", no_uvloop)
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append  # type: ignore[method-assign]
+        logging.getLogger("gridflow.worker").addHandler(handler)
+        try:
+            assert use_event_loop("uvloop") == "asyncio"
+        finally:
+            logging.getLogger("gridflow.worker").removeHandler(handler)
+        assert any("uvloop is not installed" in r.getMessage() for r in records)
+        assert not isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+    finally:
+        asyncio.set_event_loop_policy(None)
+
+
+def test_the_worker_s_event_loop_is_a_setting(monkeypatch, tmp_path):
+    import pytest
+
+    from gridflow.settings import Settings, load_settings, settings_env
+
+    assert Settings().worker_loop == "uvloop"
+    monkeypatch.setenv("GRIDFLOW_WORKER_LOOP", "asyncio")
+    s = load_settings()
+    assert s.worker_loop == "asyncio"
+    assert settings_env(s)["GRIDFLOW_WORKER_LOOP"] == "asyncio"
+    with pytest.raises(ValueError, match="GRIDFLOW_WORKER_LOOP must be uvloop or asyncio"):
+        Settings(worker_loop="trio")
