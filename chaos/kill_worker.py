@@ -75,6 +75,7 @@ class KillReport:
     signs_refused: list[tuple[str, str]] = field(default_factory=list)  # (task id, code)
     signs_undecided: list[str] = field(default_factory=list)  # task ids
     signer_read_error: str = ""  # the signer's last failure to read the read models
+    signer_reads: tuple[int, int] = (0, 0)  # the signer's reads of the read models: answered, failed
 
     @property
     def clean(self) -> bool:
@@ -104,8 +105,10 @@ class KillReport:
             out.append(f"  SIGN REFUSED {task_id}: {code}")
         for task_id in self.signs_undecided[:20]:
             out.append(f"  SIGN UNDECIDED {task_id}")
-        if self.signs_sent == 0 and self.signer_read_error:
-            out.append(f"  signer could not read the read models: {self.signer_read_error}")
+        if self.signs_sent == 0:
+            answered, failed = self.signer_reads
+            out.append(f"  signer's reads of the read models: {answered} answered, {failed} failed"
+                       + (f" (last: {self.signer_read_error})" if self.signer_read_error else ""))
         return out + verdict_lines(self.audit_clean, self.audit_lines, self.clean)
 
 
@@ -196,6 +199,7 @@ class Signer(threading.Thread):
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self.last_read_error = ""  # why the read models could not be read, last time
+        self.reads = [0, 0]  # reads of the read models answered, failed
 
     def run(self) -> None:
         producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
@@ -213,7 +217,13 @@ class Signer(threading.Thread):
                         rows = conn.execute(dispatched).all()
                 except Exception as exc:  # noqa: BLE001 - e.g. the sink has not made its tables yet
                     self.last_read_error = repr(exc)
+                    self.reads[1] += 1
+                    # The next read on a new connection: a fresh clone's kill test once read
+                    # "no such table: tasks" for its whole run (70 s) while the sink wrote
+                    # tasks into that very file and other connections read them.
+                    engine.dispose()
                     continue
+                self.reads[0] += 1
                 for task_id, case_id, department, seen in rows:
                     if task_id in self.signed or self.stop_event.is_set():
                         continue
@@ -390,6 +400,7 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
             time.sleep(1.0)
         report.signs_sent = len(signer.signed)
         report.signer_read_error = signer.last_read_error
+        report.signer_reads = (signer.reads[0], signer.reads[1])
         while True:  # every sign decided (it went on the topic before the last kill)
             outcomes = sign_outcomes(settings.database_url, signer.signed)
             if len(outcomes) == len(signer.signed) or time.monotonic() > deadline:

@@ -30,8 +30,9 @@ def test_no_acknowledged_report_is_lost_when_the_worker_is_killed_again_and_agai
     assert result.duplicate_rows == 0
     # the departments signed every task they saw dispatched, some just before a kill: each
     # sign accepted, none refused because the worker's state of its case was lost
-    assert result.signs_sent > 50, ("too few tasks signed to mean anything; the signer's last "
-                                    f"read error: {result.signer_read_error or 'none'}")
+    assert result.signs_sent > 50, (
+        "too few tasks signed to mean anything; the signer's reads answered / failed: "
+        f"{result.signer_reads}, its last read error: {result.signer_read_error or 'none'}")
     assert result.signs_refused == [] and result.signs_undecided == []
     assert result.signs_accepted == result.signs_sent
     # and the auditor's view agrees: read models equal a replay, chains intact, and every
