@@ -21,7 +21,7 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
-from kafka.errors import InvalidReplicationFactorError
+from kafka.errors import InvalidReplicationFactorError, UnknownBrokerIdError
 
 from gridflow.settings import Settings
 from gridflow.topics import CATALOGUE, ensure_topics, fitting_replication, min_insync_replicas
@@ -334,9 +334,11 @@ def ensure_catalogue(bootstrap: str, prefix: str, timeout_s: float = 30.0,
                 if "has 0 partitions" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-            except InvalidReplicationFactorError:
+            except (InvalidReplicationFactorError, UnknownBrokerIdError):
                 # fewer brokers unfenced than the factor asks (a node still catching up with
-                # the metadata log after registering): ask again until the deadline
+                # the metadata log after registering), or a request for a node the client's
+                # metadata does not list yet (a fresh 3-node cluster once failed its start on
+                # UnknownBrokerIdError(3)): ask again until the deadline
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)

@@ -183,3 +183,36 @@ def test_too_few_brokers_unfenced_yet_is_asked_again(monkeypatch: pytest.MonkeyP
     calls.clear()
     with pytest.raises(InvalidReplicationFactorError):  # still too few at the deadline
         kafka_mod.ensure_catalogue("b:1", "p", timeout_s=-1.0, replication=3)
+
+
+def test_a_node_the_client_does_not_know_yet_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kafka.errors import UnknownBrokerIdError
+
+    import infra.kafka as kafka_mod
+
+    calls: list[int] = []
+
+    def ensure(bootstrap: str, prefix: str, timeout_s: float, replication: int = 0) -> list[str]:
+        calls.append(replication)
+        if len(calls) < 3:
+            raise UnknownBrokerIdError(3)
+        return []
+
+    class Admin:
+        def list_topics(self) -> list[str]:
+            return []
+
+        def wait_for_topics(self, names: list[str], timeout_ms: int) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(kafka_mod, "ensure_topics", ensure)
+    monkeypatch.setattr(kafka_mod, "_admin", lambda *a, **kw: Admin())
+    monkeypatch.setattr(kafka_mod.time, "sleep", lambda s: None)
+    kafka_mod.ensure_catalogue("b:1", "p", timeout_s=30.0, replication=3)
+    assert calls == [3, 3, 3]
+    calls.clear()
+    with pytest.raises(UnknownBrokerIdError):  # still unknown at the deadline
+        kafka_mod.ensure_catalogue("b:1", "p", timeout_s=-1.0, replication=3)
