@@ -187,8 +187,8 @@ def prepare_database(settings: Settings) -> None:
 
 
 # The API's event loop: asyncio's own, whether or not uvloop is installed (uvicorn would take
-# uvloop where it is; the worker runs on it, but the API's CPU per upload measured the same on
-# either: docs/PERFORMANCE.md, step 10).
+# uvloop where it is; the API's CPU per upload measured the same on either: docs/PERFORMANCE.md,
+# step 10).
 API_LOOP = "asyncio"
 
 

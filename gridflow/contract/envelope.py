@@ -179,8 +179,9 @@ def keep_canonical(m: Message, raw: bytes, obj: dict[str, Any]) -> bool:
     no encoding of it again (5 µs per event in the sinks and the replay). That is so when `obj`
     holds exactly the envelope's ten keys (canonical_envelope of their values is then
     canonical_json(obj), whatever their types) and orjson writes `obj` back as `raw` with no
-    float it could write otherwise than the canonical encoder (`_floats_may_differ`; NaN and Infinity cannot compare equal, since orjson writes them as null,
-    which reads back as None). Returns whether it did."""
+    float it could write otherwise than the canonical encoder (`_floats_may_differ`; NaN and
+    Infinity cannot compare equal: orjson writes them as null, which reads back as None).
+    Returns whether it did."""
     if (not _ORJSON_AGREES or obj.keys() != _ENVELOPE_KEYS or _floats_may_differ(raw)
             or m.__dict__.get("_encoded") is not None):
         return False
