@@ -16,9 +16,11 @@ Every sign must be accepted, none refused because of a crash (docs/ARCHITECTURE.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import random
+import re
 import threading
 import time
 import uuid
@@ -76,6 +78,8 @@ class KillReport:
     signs_undecided: list[str] = field(default_factory=list)  # task ids
     signer_read_error: str = ""  # the signer's last failure to read the read models
     signer_reads: tuple[int, int] = (0, 0)  # the signer's reads of the read models: answered, failed
+    worker_starts: int = 0  # worker processes started (faust's worker service)
+    ready_after_s: list[float] = field(default_factory=list)  # each start that got ready
 
     @property
     def clean(self) -> bool:
@@ -93,6 +97,11 @@ class KillReport:
             f"  duplicated report rows:                      {self.duplicate_rows}",
             f"  caught up after the last kill in:            {self.catch_up_s:.1f} s",
         ]
+        if self.ready_after_s:
+            ready = sorted(self.ready_after_s)
+            out.append(f"  workers ready after their start:             median "
+                       f"{ready[len(ready) // 2]:.1f} s, longest {ready[-1]:.1f} s "
+                       f"({len(ready)} of {self.worker_starts} starts ready before their kill)")
         out += [
             f"  tasks signed by their departments:           {self.signs_sent}",
             f"  signs accepted:                              {self.signs_accepted}",
@@ -110,6 +119,27 @@ class KillReport:
             out.append(f"  signer's reads of the read models: {answered} answered, {failed} failed"
                        + (f" (last: {self.signer_read_error})" if self.signer_read_error else ""))
         return out + verdict_lines(self.audit_clean, self.audit_lines, self.clean)
+
+
+_LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] \[(\d+)\] \[INFO\] "
+                       r"\[\^(?:Worker\]: Starting|---GridflowRecovery\]: Worker ready)",
+                       re.MULTILINE)
+
+
+def readiness(log_text: str) -> tuple[int, list[float]]:
+    """From a worker log (faust's lines, several processes one after another): how many worker
+    processes started, and for each that got ready, the seconds from faust's worker service
+    starting to its recovery's "Worker ready" (it reads every partition from then on)."""
+    started: dict[str, datetime] = {}
+    ready: list[float] = []
+    for match in _LOG_LINE.finditer(log_text):
+        at = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        pid = match.group(2)
+        if match.group(0).endswith("Starting"):
+            started[pid] = at
+        elif pid in started:
+            ready.append((at - started.pop(pid)).total_seconds())
+    return len(started) + len(ready), ready
 
 
 def sample_report(ref: ReferenceData, index: int, rng: random.Random, run: str,
@@ -421,6 +451,9 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
         topics.delete_topics(settings.kafka_bootstrap, prefix)
         report.seconds = time.monotonic() - t0
         report.worker_log = str(worker.log_path)
+        with contextlib.suppress(OSError):
+            report.worker_starts, report.ready_after_s = readiness(
+                worker.log_path.read_text(errors="replace"))
     return report
 
 

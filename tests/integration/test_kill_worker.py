@@ -32,7 +32,9 @@ def test_no_acknowledged_report_is_lost_when_the_worker_is_killed_again_and_agai
     # sign accepted, none refused because the worker's state of its case was lost
     assert result.signs_sent > 50, (
         "too few tasks signed to mean anything; the signer's reads answered / failed: "
-        f"{result.signer_reads}, its last read error: {result.signer_read_error or 'none'}")
+        f"{result.signer_reads}, its last read error: {result.signer_read_error or 'none'}; "
+        f"{len(result.ready_after_s)} of {result.worker_starts} worker starts were ready before "
+        f"their kill, after {sorted(result.ready_after_s)} s")
     assert result.signs_refused == [] and result.signs_undecided == []
     assert result.signs_accepted == result.signs_sent
     # and the auditor's view agrees: read models equal a replay, chains intact, and every

@@ -153,3 +153,25 @@ def test_the_worker_s_event_loop_is_a_setting(monkeypatch, tmp_path):
     assert settings_env(s)["GRIDFLOW_WORKER_LOOP"] == "uvloop"
     with pytest.raises(ValueError, match="GRIDFLOW_WORKER_LOOP must be uvloop or asyncio"):
         Settings(worker_loop="trio")
+
+
+def test_the_worker_s_fetch_is_held_briefly_so_a_recovery_s_offset_queries_do_not_wait():
+    """faust's consumer asks the broker to hold an empty fetch for 1.5 s; a restarted worker's
+    recovery sends its offset queries on the same connection, behind the held fetch, three
+    times over (processors.delivery.FETCH_MAX_WAIT_MS)."""
+    import asyncio
+
+    from processors.delivery import FETCH_MAX_WAIT_MS
+
+    settings = load_settings().with_(topic_prefix="roles")
+    app = build_app(runtime_for_role(bootstrap(settings), "pipeline"))
+
+    async def created() -> int:
+        consumer = app.consumer._thread._create_worker_consumer(app.consumer.transport)
+        try:
+            return consumer._fetch_max_wait_ms
+        finally:
+            await consumer.stop()  # never started: nothing to close but its client
+
+    assert FETCH_MAX_WAIT_MS <= 250
+    assert asyncio.run(created()) == FETCH_MAX_WAIT_MS
