@@ -131,13 +131,11 @@ class Settings:
     # across restarts (each worker process takes its own directory under faust_data_dir), or
     # "memory", rebuilt from the changelogs at every start.
     worker_store: str = "rocksdb"
-    # The event loop the worker runs on: "asyncio" (its own), or "uvloop" (libuv's, in C: the
-    # worker spends about a tenth less CPU per report; docs/PERFORMANCE.md, step 10). Not the
-    # default: on uvloop the kill test failed in two fresh clones (a restarted worker was
-    # often ready only ~6 s after its start, in three steps of 1.5 s, and processed almost
-    # nothing between the kills). Where uvloop is not installed (it has no Windows build) the
-    # worker says so and runs on asyncio's.
-    worker_loop: str = "asyncio"
+    # The event loop the worker runs on: "uvloop" (libuv's, in C: the worker spends about a
+    # tenth less CPU per report; docs/PERFORMANCE.md, steps 10 and 11) or "asyncio" (its own).
+    # Where uvloop is not installed (it has no Windows build) the worker says so and runs on
+    # asyncio's.
+    worker_loop: str = "uvloop"
     # A finished case (closed, or not filed) untouched this many days of domain time leaves the
     # case processor's table (a tombstone on its changelog; gridflow.core.eviction); a later
     # command for it is refused with code case_evicted. 0: kept for ever.

@@ -27,7 +27,7 @@ REF = load_reference_data()
 
 @pytest.fixture(params=["asyncio"])
 def worker(request, stack_settings, tmp_path: Path) -> Iterator[services.Service]:
-    """A worker on the event loop `request.param` (GRIDFLOW_WORKER_LOOP; asyncio by default)."""
+    """A worker on the event loop `request.param` (GRIDFLOW_WORKER_LOOP; uvloop by default)."""
     svc = start_worker(stack_settings.with_(worker_loop=request.param), tmp_path)
     yield svc
     svc.stop()

@@ -146,11 +146,11 @@ def test_the_worker_s_event_loop_is_a_setting(monkeypatch, tmp_path):
 
     from gridflow.settings import Settings, load_settings, settings_env
 
-    assert Settings().worker_loop == "asyncio"
-    monkeypatch.setenv("GRIDFLOW_WORKER_LOOP", "uvloop")
+    assert Settings().worker_loop == "uvloop"
+    monkeypatch.setenv("GRIDFLOW_WORKER_LOOP", "asyncio")
     s = load_settings()
-    assert s.worker_loop == "uvloop"
-    assert settings_env(s)["GRIDFLOW_WORKER_LOOP"] == "uvloop"
+    assert s.worker_loop == "asyncio"
+    assert settings_env(s)["GRIDFLOW_WORKER_LOOP"] == "asyncio"
     with pytest.raises(ValueError, match="GRIDFLOW_WORKER_LOOP must be uvloop or asyncio"):
         Settings(worker_loop="trio")
 
