@@ -77,9 +77,10 @@ def canonical_json(obj: Any) -> bytes:
 #   string, as its value) and json.dumps refuses. No payload holds one (their data is built by
 #   msgspec.to_builtins or read from JSON), and what orjson writes reads back as a str or the
 #   value, which encodes to the same bytes again: a hash made from it stays the hash.
-# So an output of orjson without such a float and without "null" is json.dumps's, byte for byte;
-# anything else is written by json.dumps (a string holding one of those three only costs the
-# slower path).
+# So an output of orjson without such a float, and without "null" or with "null" but no NaN or
+# infinity in the value (None is null in both; `_non_finite_in`), is json.dumps's, byte for
+# byte; anything else is written by json.dumps (a string holding "e-" or "0.0000d" only costs
+# the slower path).
 _orjson_dumps = orjson.dumps
 _CANONICAL_OPTIONS = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS
                       | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS)
@@ -93,9 +94,28 @@ def _orjson_canonical(obj: Any) -> bytes | None:
         out = _orjson_dumps(obj, option=_CANONICAL_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError: what it does not write (json.dumps decides)
         return None
-    if _NULL(out) is not None or _floats_may_differ(out):
+    if _floats_may_differ(out) or (_NULL(out) is not None and _non_finite_in(obj)):
         return None
     return out
+
+
+def _non_finite_in(obj: Any) -> bool:
+    """Whether `obj` holds a NaN or an infinity, which orjson writes as null (None is null in
+    both encoders). Only what orjson wrote is looked at: exact dicts, lists and floats (it
+    hands subclasses back, and _orjson_canonical then never gets here). A float x is finite
+    exactly when x - x == 0.0 (NaN - NaN and inf - inf are NaN)."""
+    stack = [obj]
+    pop, push_all = stack.pop, stack.extend
+    while stack:
+        value = pop()
+        kind = type_of(value)
+        if kind is dict:
+            push_all(value.values())
+        elif kind is list or kind is tuple:
+            push_all(value)
+        elif kind is float and value - value != 0.0:
+            return True
+    return False
 
 
 # A float orjson may write otherwise than json.dumps: with a negative exponent (1e-5), or as

@@ -102,6 +102,32 @@ def test_values_orjson_does_not_write_as_json_dumps_take_json_dumps(value: objec
 
 
 @pytest.mark.parametrize("value", [
+    {"routing_rule": None, "n": 1}, [None, [None, {"x": None}]], {"s": "null", "n": None},
+    (None, 1.5, "三"), {"t": (None, [0.25, None])},
+])
+def test_none_is_written_by_orjson_where_no_float_is_nan_or_infinite(value: object) -> None:
+    # None is null in both encoders: such a value takes the fast path (a TaskDispatched's
+    # "routing_rule": null sent half the worker's events to json.dumps)
+    assert E._orjson_canonical(value) == reference(value)
+
+
+@pytest.mark.parametrize("value", [
+    {"n": None, "x": [1, {"y": float("nan")}]}, (None, -math.inf), [None, (1, (math.inf,))],
+    {"a": {"b": {"c": [None, 2.0, float("-nan")]}}},
+])
+def test_a_nan_or_infinity_beside_none_is_written_by_json_dumps(value: object) -> None:
+    # orjson writes NaN and infinities as null too; json.dumps as NaN / Infinity
+    assert E._orjson_canonical(value) is None
+    assert canonical_json(value) == reference(value)
+    assert E._non_finite_in(value)
+
+
+def test_the_walk_finds_only_what_orjson_writes_as_null_and_json_dumps_does_not():
+    assert not E._non_finite_in({"a": [None, 0.0, -0.0, 1e308, 5e-324, "nan", {"b": None}]})
+    assert E._non_finite_in([[[[[float("inf")]]]]])
+
+
+@pytest.mark.parametrize("value", [
     ["\ud800"],  # a lone surrogate: json.dumps writes it, UTF-8 refuses it
     [datetime(2026, 1, 1, tzinfo=UTC)],  # not JSON: json.dumps refuses it
     {(1, 2): "tuple key"},
