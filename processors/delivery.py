@@ -671,6 +671,17 @@ class GridflowApp(faust.App):
     def _new_transport(self) -> GridflowTransport:
         return GridflowTransport(self.conf.broker_consumer, self)
 
+    def on_init_dependencies(self) -> Iterable[Any]:
+        """faust's own, less its Monitor as a sensor: the Monitor keeps statistics of every
+        record, table read and send (for faust's web views, which the worker does not serve,
+        and its metrics exporters, which it does not use: gridflow.telemetry has its own),
+        called through the sensors several times a record. The object stays: the consumer
+        still notes end offsets and commits in it."""
+        dependencies = super().on_init_dependencies()
+        if self.monitor in set(self.sensors):
+            self.sensors.remove(self.monitor)
+        return dependencies
+
     def _new_producer(self) -> Any:
         """faust's producer, with its buffer of table changelog writes tracked by the ledger
         too, so no commit overtakes a change of an agent's state."""

@@ -175,3 +175,16 @@ def test_the_worker_s_fetch_is_held_briefly_so_a_recovery_s_offset_queries_do_no
 
     assert FETCH_MAX_WAIT_MS <= 250
     assert asyncio.run(created()) == FETCH_MAX_WAIT_MS
+
+
+def test_faust_s_monitor_is_not_a_sensor_of_the_worker():
+    """faust's Monitor keeps per-record statistics that nothing here reads; the worker's app
+    leaves it out of the sensors (processors.delivery.GridflowApp.on_init_dependencies), and
+    the object is still there for the consumer's bookkeeping."""
+    settings = load_settings().with_(topic_prefix="roles")
+    app = build_app(runtime_for_role(bootstrap(settings), "pipeline"))
+    list(app.on_init_dependencies())
+    assert app.monitor not in set(app.sensors)
+    assert app.monitor.messages_received_total == 0  # still there, unstarted
+    list(app.on_init_dependencies())  # again (a restart of the app's service): still fine
+    assert app.monitor not in set(app.sensors)
