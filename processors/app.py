@@ -187,8 +187,9 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
     follower = (rt.deadlines.follower(app, t, rt)
                 if rt.deadlines is not None and s.deadlines_inline else None)
 
-    async def decide(raw: bytes, key: str, m: Any) -> None:
-        """A command for case `key` against the case table (as read from case-commands)."""
+    async def decide(raw: bytes, key: str, m: Any, made: Any = None) -> None:
+        """A command for case `key` against the case table (as read from case-commands, or
+        `made` by this step's intake: steps.Outputs.take_local_commands)."""
         before = cases.get(key)
         if before is None and evict_days > 0:
             stub = evicted.get(key)
@@ -200,7 +201,7 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
                     evicted[key] = kept
                 return
         out, state = steps.case_step(raw, before, rt.planner, rt.clock(), m.topic,
-                                     key, m.partition, m.offset)
+                                     key, m.partition, m.offset, made)
         # The output first, then the state: a table write goes to Kafka only after the sends
         # made before it are acknowledged (processors.delivery.StateAfterOutput), so a state
         # that holds this command's id never reaches the changelog without its events.
@@ -222,10 +223,10 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
                 out = steps.intake_and_file_step(event.value, rt.ref, recent_cases, rt.clock(),
                                                  m.topic, m.partition, m.offset,
                                                  topics.CASE_PARTITIONS, radius_m, window)
-                here = out.take_commands_on(m.partition, topics.CASE_PARTITIONS)
+                here = out.take_local_commands(m.partition, topics.CASE_PARTITIONS)
                 await emit(out)
-                for key, value in here:
-                    await decide(value, key, m)
+                for key, value, made in here:
+                    await decide(value, key, m, made)
                 continue
             if m.topic == ticks_name:
                 now = eviction.tick_time(event.value)

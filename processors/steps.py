@@ -28,23 +28,39 @@ class Outputs:
     # The case events decided in this step, as objects (their bytes are among `sends`): what
     # the case processor files stage clocks from (processors.deadlines.ClockFollower).
     events: list[Message] = field(default_factory=list)
+    # The messages a step made and sent (`send_message`), by the identity of their bytes in
+    # `sends`: a command decided at once on this partition is handed on as the object it was
+    # made as, not decoded again from its bytes (take_local_commands).
+    made: dict[int, Message] = field(default_factory=dict)
 
     def send(self, topic_suffix: str, key: str, value: bytes) -> None:
         self.sends.append((topic_suffix, key, value))
 
-    def take_commands_on(self, partition: int, partitions: int) -> list[tuple[str, bytes]]:
+    def send_message(self, topic_suffix: str, key: str, message: Message) -> None:
+        value = message.encode()
+        self.sends.append((topic_suffix, key, value))
+        self.made[id(value)] = message
+
+    def take_local_commands(self, partition: int, partitions: int,
+                            ) -> list[tuple[str, bytes, Message | None]]:
         """Remove and return the case commands whose case id lands on `partition` (of
         `partitions`): the agent that holds that partition's cases decides them at once,
-        in the order they were asked, instead of sending them round through case-commands."""
-        here: list[tuple[str, bytes]] = []
+        in the order they were asked, instead of sending them round through case-commands.
+        Each with the message it was made as (None for bytes sent as bytes)."""
+        here: list[tuple[str, bytes, Message | None]] = []
         rest: list[tuple[str, str, bytes]] = []
+        made = self.made
         for send in self.sends:
             if send[0] == "case-commands" and topics.partition_of(send[1], partitions) == partition:
-                here.append((send[1], send[2]))
+                here.append((send[1], send[2], made.get(id(send[2]))))
             else:
                 rest.append(send)
         self.sends = rest
         return here
+
+    def take_commands_on(self, partition: int, partitions: int) -> list[tuple[str, bytes]]:
+        """take_local_commands without the messages: (case id, bytes) each."""
+        return [(key, value) for key, value, _ in self.take_local_commands(partition, partitions)]
 
     def dead(self, source_topic: str, partition: int | None, offset: int | None, raw: bytes | None,
              reason: str, now: datetime) -> None:
@@ -122,7 +138,7 @@ def _intake(raw: bytes, ref: ReferenceData, now: datetime, source: str, partitio
             "report": msg.data, "code": filing.reason_code,
             "reason_zh": filing.reason_zh, "reason_en": filing.reason_en,
         }, cause=msg.id, actor=msg.actor)
-        out.send("case-commands", case_id, cmd.encode())
+        out.send_message("case-commands", case_id, cmd)
         return out, None, ""
     if report.lat is None or report.lon is None:  # a filed report was located: never here
         out.dead(source, partition, offset, raw, "the report has no position (lat, lon)", now)
@@ -221,7 +237,7 @@ def _file(located: _Located, candidates: list[dict[str, Any]], out: Outputs, rad
         live = [*live, {"case_id": case_id, "category_code": category, "lat": lat, "lon": lon,
                         "filed_at": msg.at}]
     cmd = command(ev.FILE_REPORT, case_id, msg.at, file_data, cause=msg.id, actor=msg.actor)
-    out.send("case-commands", case_id, cmd.encode())
+    out.send_message("case-commands", case_id, cmd)
     return live
 
 
@@ -229,11 +245,17 @@ def _file(located: _Located, candidates: list[dict[str, Any]], out: Outputs, rad
 
 def case_step(raw: bytes, state: dict[str, Any] | None, planner: DeadlinePlanner, now: datetime,
               source: str, key: str = "", partition: int | None = None, offset: int | None = None,
-              ) -> tuple[Outputs, dict[str, Any] | None]:
-    """A command → the case's new events (sent to case-events) and its new state."""
+              made: Message | None = None) -> tuple[Outputs, dict[str, Any] | None]:
+    """A command → the case's new events (sent to case-events) and its new state. `made`: the
+    command as the step that made it holds it (`raw` is its encoding), not decoded again."""
     out = Outputs()
     try:
-        cmd = decode_message(raw, ev.COMMAND_TYPES)
+        if made is None:
+            cmd = decode_message(raw, ev.COMMAND_TYPES)
+        else:  # checked as decode_message checks it (the typed body is then built once)
+            cmd = made
+            if cmd.type in ev.PAYLOADS:
+                cmd.body  # noqa: B018
         if not cmd.case_id:
             raise SchemaError("command has no case_id")
     except SchemaError as exc:

@@ -94,8 +94,9 @@ def test_take_commands_on_keeps_order_and_leaves_the_rest() -> None:
 
 
 def _decide(value: bytes, case_id: str, cases: dict[str, Any], source: str,
-            p: int) -> list[tuple[str, str, bytes]]:
-    res, state = steps.case_step(value, cases.get(case_id), PLANNER, T0, source, case_id, p, 1)
+            p: int, made: ev.Message | None = None) -> list[tuple[str, str, bytes]]:
+    res, state = steps.case_step(value, cases.get(case_id), PLANNER, T0, source, case_id, p, 1,
+                                 made)
     if state is not None:
         cases[case_id] = state
     return res.sends
@@ -104,13 +105,14 @@ def _decide(value: bytes, case_id: str, cases: dict[str, Any], source: str,
 def _one_step(key: str, raw: bytes, recent: dict[str, Any], cases: dict[str, Any],
               ) -> list[tuple[str, str, bytes]]:
     """What the case agent does with a report (processors.app): intake and filing, then the
-    commands that land here decided at once."""
+    commands that land here decided at once, each handed on as the message it was made as."""
     p = topics.partition_of(key, N)
     out = steps.intake_and_file_step(raw, COUNTY.ref, recent, T0, "reports", p, 1, N)
-    here = out.take_commands_on(p, N)
+    here = out.take_local_commands(p, N)
     sent = list(out.sends)
-    for case_id, value in here:
-        sent += _decide(value, case_id, cases, "reports", p)
+    for case_id, value, made in here:
+        assert made is not None and made.encode() == value
+        sent += _decide(value, case_id, cases, "reports", p, made)
     return sent
 
 
@@ -171,3 +173,38 @@ def test_a_report_whose_case_is_elsewhere_is_sent_round() -> None:
         assert bool(here) == (topics.partition_of(case_id, N) == p)
         sent_round += not here
     assert sent_round > 0
+
+
+def test_a_refused_report_is_decided_from_the_message_as_from_its_bytes() -> None:
+    # a position outside every grid: intake refuses it with a RefuseReport for its case, made
+    # here and decided here; decided from the message or from its bytes, the same events
+    key, raw = COUNTY.keyed_report(5, "far", T0)
+    msg = decode_message(raw)
+    far = replace(msg, data={**msg.data, "lat": 1.0, "lon": 1.0}).encode()
+    for p in range(N):
+        out = steps.intake_and_file_step(far, COUNTY.ref, {}, T0, "reports", p, 1, N)
+        here = out.take_local_commands(p, N)
+        if here:
+            break
+    [(case_id, value, made)] = here
+    assert made is not None and made.type == ev.REFUSE_REPORT and made.encode() == value
+    from_message, state_m = steps.case_step(value, None, PLANNER, T0, "reports", case_id, p, 1,
+                                            made)
+    from_bytes, state_b = steps.case_step(value, None, PLANNER, T0, "reports", case_id, p, 1)
+    assert from_message.sends == from_bytes.sends and from_message.sends
+    assert state_m == state_b
+
+
+def test_bytes_sent_as_bytes_have_no_message_and_a_bad_made_command_is_a_dead_letter() -> None:
+    out = steps.Outputs()
+    out.send("case-commands", "AJ20261102-AAAAAAAA", b"{}")
+    [(_, _, made)] = out.take_local_commands(topics.partition_of("AJ20261102-AAAAAAAA", N), N)
+    assert made is None
+    # a made command whose payload does not check is dead-lettered as decoding would have
+    bad = ev.Message(id="c1", type=ev.FILE_REPORT, case_id="AJ20261102-AAAAAAAA",
+                     at="2026-11-02T01:00:00.000000Z", actor="system", data={"report": 7})
+    res, state = steps.case_step(bad.encode(), None, PLANNER, T0, "reports", bad.case_id, 0, 1,
+                                 bad)
+    again, _ = steps.case_step(bad.encode(), None, PLANNER, T0, "reports", bad.case_id, 0, 1)
+    assert state is None and [t for t, _, _ in res.sends] == ["dead-letters"]
+    assert res.sends == again.sends
