@@ -30,8 +30,9 @@ class Outputs:
     events: list[Message] = field(default_factory=list)
     # The messages a step made and sent (`send_message`), by the identity of their bytes in
     # `sends`: a command decided at once on this partition is handed on as the object it was
-    # made as, not decoded again from its bytes (take_local_commands).
-    made: dict[int, Message] = field(default_factory=dict)
+    # made as, not decoded again from its bytes (take_local_commands). Each entry holds its
+    # bytes too, so no other object can take their identity while the entry is here.
+    made: dict[int, tuple[bytes, Message]] = field(default_factory=dict)
 
     def send(self, topic_suffix: str, key: str, value: bytes) -> None:
         self.sends.append((topic_suffix, key, value))
@@ -39,7 +40,7 @@ class Outputs:
     def send_message(self, topic_suffix: str, key: str, message: Message) -> None:
         value = message.encode()
         self.sends.append((topic_suffix, key, value))
-        self.made[id(value)] = message
+        self.made[id(value)] = (value, message)
 
     def take_local_commands(self, partition: int, partitions: int,
                             ) -> list[tuple[str, bytes, Message | None]]:
@@ -52,7 +53,8 @@ class Outputs:
         made = self.made
         for send in self.sends:
             if send[0] == "case-commands" and topics.partition_of(send[1], partitions) == partition:
-                here.append((send[1], send[2], made.get(id(send[2]))))
+                entry = made.get(id(send[2]))
+                here.append((send[1], send[2], None if entry is None else entry[1]))
             else:
                 rest.append(send)
         self.sends = rest

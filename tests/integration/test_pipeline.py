@@ -27,7 +27,8 @@ REF = load_reference_data()
 
 @pytest.fixture(params=["asyncio"])
 def worker(request, stack_settings, tmp_path: Path) -> Iterator[services.Service]:
-    """A worker on the event loop `request.param` (GRIDFLOW_WORKER_LOOP; uvloop by default)."""
+    """A worker on the event loop `request.param` (GRIDFLOW_WORKER_LOOP): asyncio's, the one
+    that is not the default; the other tests here, and the rest of the suite, run on uvloop."""
     svc = start_worker(stack_settings.with_(worker_loop=request.param), tmp_path)
     yield svc
     svc.stop()
