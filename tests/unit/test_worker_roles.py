@@ -175,6 +175,20 @@ def test_the_worker_s_fetch_is_held_briefly_so_a_recovery_s_offset_queries_do_no
 
     assert FETCH_MAX_WAIT_MS <= 250
     assert asyncio.run(created()) == FETCH_MAX_WAIT_MS
+    # the attribute set is the one aiokafka keeps the setting in and hands its fetcher at start
+    import inspect
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def kept() -> int:
+        consumer = AIOKafkaConsumer(fetch_max_wait_ms=1234)
+        try:
+            return consumer._fetch_max_wait_ms
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(kept()) == 1234
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
 
 
 def test_faust_s_monitor_is_not_a_sensor_of_the_worker():
