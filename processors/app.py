@@ -245,6 +245,8 @@ def _install_archive(app: faust.App, t: dict[str, Any], rt: Runtime) -> None:
     cfg = archive.ArchiveConfig(s.bucket_archive, s.archive_retention_days,
                                 s.max_photo_bytes, s.max_photo_pixels, s.archive_lock_mode)
 
+    app.reads_only([t["case-events"].get_topic_name()], _has_photo)
+
     @app.agent(t["case-events"], supervisor_strategy=CrashingSupervisor)
     async def photo_archive(stream: Any) -> None:
         # Events are taken a few at a time and their photos archived concurrently (bounded:
@@ -262,7 +264,7 @@ def _install_archive(app: faust.App, t: dict[str, Any], rt: Runtime) -> None:
             jobs = []
             for raw in batch:
                 if not raw or b'"sha256"' not in raw:
-                    continue  # no photo reference in it (every one carries its sha256)
+                    continue  # no photo reference in it (_has_photo)
                 try:
                     event = decode_message(raw, ev.EVENT_TYPES)
                 except ev.SchemaError:
@@ -284,6 +286,12 @@ def _install_archive(app: faust.App, t: dict[str, Any], rt: Runtime) -> None:
             if archived:  # one DeleteObjects request for the batch's incoming copies
                 await with_retry(f"remove {len(archived)} incoming photos",
                                  archive.remove_incoming_many, rt.object_store, archived)
+
+
+def _has_photo(message: Any) -> bool:
+    """Whether a case event may refer to a photo: every reference carries its sha256."""
+    raw = message.value
+    return bool(raw) and b'"sha256"' in raw
 
 
 def clock_for(settings: Settings) -> Clock:

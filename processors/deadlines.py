@@ -102,6 +102,9 @@ class DeadlineRuntime:
                            value_serializer="raw")
         ticks_name = f"{prefix}.deadline-ticks"
         commands = t["case-commands"]
+        reads_only = getattr(app, "reads_only", None)
+        if reads_only is not None:  # the events it skips are not handed to it at all
+            reads_only(source.topics, lambda m: m.topic == ticks_name or _needs_following(m))
 
         async def send(item: DueItem) -> Any:
             cmd = command_for(item)
@@ -127,7 +130,7 @@ class DeadlineRuntime:
                         sent.update(item.id for item in peeked)
                     book.pop_due(now)
                     continue
-                if _followed(m.headers) or not _may_move_a_clock(event.value):
+                if not _needs_following(m):
                     continue  # filed by the case processor; or a case filed, a photo archived..
                 try:
                     follower.follow(m.partition, [ev.decode_message(event.value,
@@ -143,6 +146,12 @@ class DeadlineRuntime:
             value = json.dumps({"now": iso(clock())}).encode()
             for p in range(ticks.partitions or 1):
                 await ticks.send(key=str(p).encode(), value=value, partition=p)
+
+
+def _needs_following(message: Any) -> bool:
+    """Whether the deadline agent follows a case event: not filed by the case processor, and
+    of a type that may move a clock."""
+    return not _followed(message.headers) and _may_move_a_clock(message.value)
 
 
 def _followed(headers: Any) -> bool:

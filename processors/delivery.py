@@ -66,6 +66,7 @@ import faust
 from faust.exceptions import ProducerSendError
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
+from faust.transport.conductor import Conductor
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.transports import SchedulingStrategyT
@@ -539,8 +540,55 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         return await super()._commit(offsets)
 
 
+RecordFilter = Callable[[Any], bool]
+
+
+class GridflowConductor(Conductor):
+    """faust's conductor, except that a record every subscribed agent would skip unread is
+    acknowledged here, without an event, a queue or a stream step for each of its agents.
+
+    An agent says which records it reads by `GridflowApp.reads_only(topics, accepts)`: for its
+    source's topic names, a predicate on the raw record (faust's transport Message: value
+    bytes and headers). The agent keeps its own check; this only spares the records that no
+    agent of the worker would look at (the case events the deadline agent finds filed already
+    and the photo archive finds without a photo: most of them) the cost of handing them out.
+    A record any agent reads is delivered to all of them, as before. Its acknowledgement is
+    the one a stream would have made: counted by the consumer's strict commit
+    (GridflowConsumer.ack) like any other."""
+
+    def _build_handler(self, tp: TP, channels: Any) -> Any:
+        deliver = super()._build_handler(tp, channels)
+        filters: dict[frozenset[str], RecordFilter] = getattr(self.app, "record_filters", {})
+        if not any(tp.topic in names for names in filters):
+            return deliver
+        app = self.app
+        of_channel: dict[Any, RecordFilter | None] = {}
+
+        def skipped(message: Any) -> bool:
+            if not channels:
+                return False
+            for chan in channels:
+                try:
+                    accepts = of_channel[chan]
+                except KeyError:
+                    accepts = of_channel[chan] = filters.get(frozenset(chan.topics))
+                if accepts is None or accepts(message):
+                    return False
+            return True
+
+        async def on_message(message: Any) -> None:
+            if skipped(message) and app.flow_control.is_active():
+                message.incref(1)
+                message.ack(app.consumer)
+                return
+            await deliver(message)
+
+        return on_message
+
+
 class GridflowTransport(faust_aiokafka.Transport):
     Consumer = GridflowConsumer
+    Conductor = GridflowConductor
 
 
 class GridflowRecovery(Recovery):
@@ -667,6 +715,12 @@ class GridflowApp(faust.App):
         super().__init__(*args, **kwargs)
         self.dense_topics = frozenset(dense_topics)
         self.send_ledger = SendLedger()
+        self.record_filters: dict[frozenset[str], RecordFilter] = {}
+
+    def reads_only(self, topics: Iterable[str], accepts: RecordFilter) -> None:
+        """The agent whose source is exactly `topics` reads only the records `accepts` passes
+        (GridflowConductor); it must skip the others itself too."""
+        self.record_filters[frozenset(topics)] = accepts
 
     def _new_transport(self) -> GridflowTransport:
         return GridflowTransport(self.conf.broker_consumer, self)

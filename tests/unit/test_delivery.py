@@ -454,3 +454,88 @@ def test_a_commit_sends_the_tables_unsent_changes_before_it_waits_and_commits(co
     monkeypatch.setattr(faust_aiokafka.Consumer, "_commit", base_commit)
     assert _run(c._commit({tp: 5}))
     assert order == [("tables", list(c.app.tables.values())), "settle", ("commit", {tp: 5})]
+
+
+# --- records no agent reads are acknowledged by the conductor (GridflowConductor) ----------
+
+class _Channel:
+    """An agent's source as the conductor sees it: its topic names."""
+
+    def __init__(self, *topics: str) -> None:
+        self.topics = topics
+
+
+def _record(app, offset, value, headers=()):
+    from faust.types.tuples import ConsumerMessage as TransportMessage
+
+    return TransportMessage("p.reports", 0, offset, 0.0, 0, list(headers), b"k", value, None,
+                            generation_id=app.consumer_generation_id)
+
+
+def _handler(app, monkeypatch, channels):
+    from faust.transport.conductor import Conductor
+
+    delivered: list[int] = []
+
+    async def deliver(message):  # faust's own handler: events, queues, streams
+        delivered.append(message.offset)
+
+    monkeypatch.setattr(Conductor, "_build_handler", lambda self, tp, chans: deliver)
+    conductor = app.topics
+    conductor._acking_topics.add("p.reports")
+    app.flow_control.resume()
+    return conductor._build_handler(TP("p.reports", 0), channels), delivered
+
+
+def test_a_record_every_agent_would_skip_is_acknowledged_without_being_handed_out(
+        consumer, monkeypatch):
+    c, tp, _ = consumer
+    app = c.app
+    app.reads_only(["p.reports"], lambda m: b"photo" in m.value)
+    app.reads_only(["p.reports", "p.deadline-ticks"], lambda m: m.headers == [])
+    archive, deadlines = _Channel("p.reports"), _Channel("p.reports", "p.deadline-ticks")
+    handler, delivered = _handler(app, monkeypatch, {archive, deadlines})
+    records = [_record(app, 0, b"plain", [("gf-clocks", b"1")]),
+               _record(app, 1, b"a photo", [("gf-clocks", b"1")]),  # the archive reads it
+               _record(app, 2, b"plain", []),  # the deadline agent reads it
+               _record(app, 3, b"plain", [("gf-clocks", b"1")])]
+    for record in records:
+        _run(handler(record))
+    assert delivered == [1, 2]  # to every agent, as before: each skips what it does not read
+    assert c._acked[tp] == [0, 3]  # the others counted as processed, in the strict commit
+    assert records[0].acked and not records[1].acked
+
+
+def test_a_record_is_handed_out_when_an_agent_reads_everything_or_the_flow_is_held(
+        consumer, monkeypatch):
+    c, tp, _ = consumer
+    app = c.app
+    app.reads_only(["p.reports"], lambda m: False)
+    filtered = _Channel("p.reports")
+    everything = _Channel("p.reports", "p.case-commands")  # no filter
+    handler, delivered = _handler(app, monkeypatch, {filtered, everything})
+    _run(handler(_record(app, 0, b"x")))
+    handler2, delivered2 = _handler(app, monkeypatch, {filtered})
+    app.flow_control.suspend()  # a rebalance: faust's handler waits; nothing counted here
+    _run(handler2(_record(app, 1, b"x")))
+    assert delivered == [0] and delivered2 == [1]
+    assert not c._acked[tp]
+
+
+def test_what_the_photo_archive_and_the_deadline_agent_read():
+    from types import SimpleNamespace
+
+    from processors.app import _has_photo
+    from processors.deadlines import FOLLOWED_HEADERS, _needs_following
+
+    def rec(value, headers=None):
+        return SimpleNamespace(value=value, headers=headers or [], topic="p.case-events")
+
+    assert _has_photo(rec(b'{"data":{"photos":[{"sha256":"ab"}]},"type":"CaseFiled"}'))
+    assert not _has_photo(rec(b'{"data":{"photos":[]},"type":"CaseFiled"}'))
+    assert not _has_photo(rec(None))
+    dispatched = b'{"data":{},"type":"TaskDispatched"}'
+    assert _needs_following(rec(dispatched))
+    assert not _needs_following(rec(dispatched, FOLLOWED_HEADERS))  # filed in the case's step
+    assert not _needs_following(rec(b'{"data":{},"type":"PhotoArchived"}'))  # moves no clock
+    assert _needs_following(rec(b"not canonical"))  # read in full to be sure
