@@ -131,6 +131,10 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
     # Every table's changes are sent once per key and commit; the cases last, after the book
     # and the recent cases of the same commit (processors.tablestore).
     cases.flush_rank = 1  # type: ignore[attr-defined]  # a GridflowTable (app.Table)
+    # Values read or written are remembered decoded: the steps never change a value they read
+    # or wrote in place (gridflow.core builds new ones: frozen dataclasses, copied lists).
+    for table in (recent_cases, cases):
+        table.read_cache = True  # type: ignore[attr-defined]
 
     names = {suffix: topic.get_topic_name() for suffix, topic in t.items()}
 
@@ -170,6 +174,7 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
                             options=table_options(kind))
         for table in (closed_index, evicted):
             table.flush_rank = 1  # type: ignore[attr-defined]
+            table.read_cache = True  # type: ignore[attr-defined]
         ticks_name = names["deadline-ticks"]
         source_names.append(ticks_name)
     # One agent, one ordered stream per partition, for the reports and the case commands (and

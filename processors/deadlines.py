@@ -89,6 +89,9 @@ class DeadlineRuntime:
                           options=table_options(kind)),
                 self.policy, self.calendar,
                 {code: dept.level for code, dept in rt.ref.departments.items()})
+            for table in (self._follower.entries, self._follower.buckets):
+                # the book stores strings and writes new cursors: its reads may be remembered
+                table.read_cache = True
             ledger = getattr(app, "send_ledger", None)
             if ledger is not None:  # a case's state waits for its clocks (docs/ARCHITECTURE.md, 8)
                 ledger.outputs_first(self._follower.entries, self._follower.buckets)

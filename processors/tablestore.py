@@ -320,6 +320,9 @@ class AckedRocksStore(faust_rocksdb.Store):
 
 
 _DELETED = object()  # an unsent change that removes its key
+_ABSENT = object()  # a key the store does not hold, as remembered by a table's read cache
+# Decoded values a table remembers, at most; then it forgets them all and starts again.
+READ_CACHE_SIZE = 4096
 
 
 class GridflowTable(faust.Table):
@@ -328,9 +331,14 @@ class GridflowTable(faust.Table):
 
     coalesce = True  # a key's changes are sent once, at the next commit (False: with each)
     flush_rank = 0  # the order tables send their unsent changes in at a commit
+    # Whether reads are answered from the values this table last read or wrote, decoded (see
+    # `get`). Only for a table whose users never change a value they read or wrote in place:
+    # the remembered object is the one handed out.
+    read_cache = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._unsent: dict[Any, tuple[int, Any]] = {}  # key -> (partition, value | _DELETED)
+        self._read: dict[Any, Any] = {}  # key -> decoded value | _ABSENT (`read_cache`)
         super().__init__(*args, **kwargs)
 
     def on_key_set(self, key: Any, value: Any) -> None:
@@ -342,13 +350,37 @@ class GridflowTable(faust.Table):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         super().__setitem__(key, value)  # on_key_set, then the store
+        if self.read_cache:
+            self._remember(key, value)
         if not self.coalesce:
             self._send(key, *self._unsent.pop(key))
 
     def __delitem__(self, key: Any) -> None:
         super().__delitem__(key)
+        if self.read_cache:
+            self._remember(key, _ABSENT)
         if not self.coalesce:
             self._send(key, *self._unsent.pop(key))
+
+    def _remember(self, key: Any, value: Any) -> None:
+        read = self._read
+        if len(read) >= READ_CACHE_SIZE and key not in read:
+            read.clear()
+        read[key] = value
+
+    def forget_reads(self) -> None:
+        """Drop the read cache: the store changed under the table (a changelog restored into
+        it, partitions assigned or revoked)."""
+        self._read.clear()
+
+    def apply_changelog_batch(self, batch: Any) -> None:
+        self._read.clear()
+        super().apply_changelog_batch(batch)
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        self._read.clear()
+        await super().on_recovery_completed(active_tps, standby_tps)
+        self._read.clear()
 
     def _changed_partition(self, key: Any) -> int:
         partition = self.partition_for_key(key)
@@ -361,6 +393,7 @@ class GridflowTable(faust.Table):
         """Unsent changes of partitions this worker no longer has are dropped: the commit
         faust made before the rebalance sent those of every record it committed, so these
         belong to records the partition's next owner reads and decides again."""
+        self._read.clear()
         gone = {tp.partition for tp in revoked if tp.topic in self.changelog_topic.topics}
         if gone and self._unsent:
             kept = {k: v for k, v in self._unsent.items() if v[0] not in gone}
@@ -369,6 +402,7 @@ class GridflowTable(faust.Table):
                          self.name, len(self._unsent) - len(kept), sorted(gone))
             self._unsent = kept
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        self._read.clear()
 
     def unsent_count(self) -> int:
         return len(self._unsent)
@@ -411,10 +445,26 @@ class GridflowTable(faust.Table):
 
     def get(self, key: Any, default: Any = None) -> Any:
         """One store lookup: faust's (Mapping.get through a table with `__missing__`) asks the
-        store whether the key is there, then for its value: two RocksDB reads per hit."""
+        store whether the key is there, then for its value: two RocksDB reads per hit.
+
+        With `read_cache`, none for a key this table read or wrote since it last forgot: the
+        decoded value (or the key's absence) is remembered, so a township's recent cases, the
+        deadline book's cursor and shards, and a case read again are neither looked up nor
+        decoded again. Every change goes through the table (`__setitem__`, `__delitem__`) and
+        is remembered as it is made; whatever changes the store otherwise (a changelog restored,
+        a rebalance) makes the table forget everything."""
         if self.default is not None:
             return super().get(key, default)
         self.on_key_get(key)
+        if self.read_cache:
+            value = self._read.get(key, _ABSENT)
+            if value is _ABSENT and key not in self._read:
+                try:
+                    value = self.data[key]
+                except KeyError:
+                    value = _ABSENT
+                self._remember(key, value)
+            return default if value is _ABSENT else value
         try:
             return self.data[key]
         except KeyError:

@@ -386,3 +386,81 @@ def test_a_database_left_half_created_by_a_kill_is_restored_afresh(tmp_path):
     assert (path / "CURRENT").exists() and not (path / "000008.log").exists()
     assert store.persisted_offset(TP("x", 2)) == 3
     del event
+
+
+def _counting_reads(monkeypatch, store: Any) -> list[bytes]:
+    reads: list[bytes] = []
+    original = store._get
+    monkeypatch.setattr(store, "_get", lambda k: (reads.append(k), original(k))[1])
+    return reads
+
+
+def test_the_worker_tables_remember_what_they_read_and_wrote(tmp_path, monkeypatch):
+    app = _app(tmp_path)
+    _sent(app)
+    cases = app.tables["cases"]
+    assert cases.read_cache and app.tables["recent-cases"].read_cache
+    event = _in_event(1)
+    cases.data["AJ7"] = {"seq": 7}  # in the store already (restored, say)
+    reads = _counting_reads(monkeypatch, cases.data)
+    assert cases.get("AJ7") == {"seq": 7} and len(reads) == 1
+    assert cases.get("AJ7") == {"seq": 7} and len(reads) == 1  # remembered, not read again
+    assert cases.get("none") is None and cases.get("none", 3) == 3 and len(reads) == 2
+    cases["AJ8"] = {"seq": 1}
+    assert cases.get("AJ8") == {"seq": 1} and len(reads) == 2  # as written
+    del cases["AJ7"]
+    assert cases.get("AJ7") is None and len(reads) == 2  # its removal too
+    assert "AJ7" not in cases and cases.data.get("AJ8") == {"seq": 1}  # the store agrees
+    del event
+
+
+def test_a_table_forgets_what_it_read_when_its_store_changes_under_it(tmp_path, monkeypatch):
+    app = _app(tmp_path)
+    _sent(app)
+    cases = app.tables["cases"]
+    event = _in_event(1)
+    cases["AJ1"] = {"seq": 1}
+    _ack(cases, 1, 5, "AJ1", {"seq": 1})  # on disk, nothing pending
+    assert cases.get("AJ1") == {"seq": 1}
+    reads = _counting_reads(monkeypatch, cases.data)
+    topic = cases.changelog_topic.get_topic_name()
+
+    def restored(value: Any) -> Any:  # a changelog record as recovery applies it
+        raw = cases.data._encode_value(value)
+        return SimpleNamespace(message=SimpleNamespace(
+            key=cases.data._encode_key("AJ1"), value=raw, partition=1, offset=9,
+            tp=TP(topic, 1)), key="AJ1", value=raw)
+
+    cases.apply_changelog_batch([restored({"seq": 2})])
+    assert cases.get("AJ1") == {"seq": 2} and len(reads) == 1
+    cases.data["AJ1"] = {"seq": 3}
+    asyncio.run(cases.on_recovery_completed(set(), set()))
+    assert cases.get("AJ1") == {"seq": 3} and len(reads) == 2
+    cases.data["AJ1"] = {"seq": 4}
+    asyncio.run(cases.on_rebalance({TP(topic, 1)}, set(), set()))
+    assert cases.get("AJ1") == {"seq": 4} and len(reads) == 3
+    del event
+
+
+def test_a_table_remembers_a_bounded_number_of_values(tmp_path, monkeypatch):
+    monkeypatch.setattr(tablestore, "READ_CACHE_SIZE", 10)
+    app = _app(tmp_path)
+    _sent(app)
+    recent = app.tables["recent-cases"]
+    event = _in_event(0)
+    for n in range(25):
+        recent[f"T{n}|C"] = [n]
+        assert len(recent._read) <= 10
+    assert recent.get("T3|C") == [3]  # forgotten, read from the store
+    del event
+
+
+def test_a_table_without_the_read_cache_reads_its_store_each_time(tmp_path, monkeypatch):
+    app = _app(tmp_path)
+    cases = app.tables["cases"]
+    cases.read_cache = False
+    event = _in_event(1)
+    cases.data["AJ7"] = {"seq": 7}
+    reads = _counting_reads(monkeypatch, cases.data)
+    assert cases.get("AJ7") == cases.get("AJ7") == {"seq": 7} and len(reads) == 2
+    del event
