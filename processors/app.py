@@ -242,7 +242,7 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
             await decide(event.value, (event.key or b"").decode("utf-8", "replace"), m)
 
 
-def _install_archive(app: faust.App, t: dict[str, Any], rt: Runtime) -> None:
+def _install_archive(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
     """The photo archive: follows case-events, sends RecordPhotoArchived commands."""
     from processors import archive
 
