@@ -612,3 +612,28 @@ def test_a_stale_deadline_command_is_not_remembered_so_its_clock_can_fire_it_aga
     # a person's escalation that changes nothing is remembered as before
     esc = cmd(ev.ESCALATE_TASK, {"task_id": tid, "level": 0}, "supervisor:S1")
     assert esc.id in decide(state, esc, PLANNER).state.recent_commands
+
+
+def test_a_state_is_evolved_as_dataclasses_replace_would_make_it():
+    from dataclasses import replace
+
+    import pytest
+
+    from gridflow.core.case import CaseState, TaskState, _evolve
+
+    task = TaskState("T1", "D1", "dispatched", "2026-03-02T01:00:00Z", "2026-03-02T05:00:00Z",
+                     pending_extension={"days": 2})
+    state = CaseState("C1", status="open", report_ids=("R1",), tasks={"T1": task}, seq=3)
+    for base, changes in ((state, {"seq": 4, "last_hash": "ab", "last_at": "x"}),
+                          (state, {"status": "closed", "rating": 5}),
+                          (state, {}),
+                          (task, {"state": "signed", "signed_at": "y"}),
+                          (task, {"pending_extension": None, "extensions": 1})):
+        made, expected = _evolve(base, **changes), replace(base, **changes)
+        assert made == expected and type(made) is type(expected)
+        assert made.__dict__ == expected.__dict__
+        assert made is not base and base == replace(base)  # the original is untouched
+    with pytest.raises(TypeError, match="no field"):
+        _evolve(state, sequence=5)
+    with pytest.raises(AttributeError):  # still frozen
+        _evolve(state, seq=1).seq = 2  # type: ignore[misc]
