@@ -67,6 +67,7 @@ from faust.exceptions import ProducerSendError
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.conductor import Conductor
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.transports import SchedulingStrategyT
@@ -314,6 +315,45 @@ async def answered_within(call: Awaitable[Any], limit_s: float) -> tuple[bool, A
     return False, None
 
 
+def step_once(coro: Any) -> tuple[bool, Any]:
+    """Run a coroutine up to its first suspension: (True, None) when it finished there (an
+    exception it raised is raised), else (False, what it awaits) to hand to `finish`."""
+    try:
+        awaited = coro.send(None)
+    except StopIteration:
+        return True, None
+    return False, awaited
+
+
+async def finish(coro: Any, awaited: Any) -> None:
+    """Drive a coroutine that `step_once` left suspended to its end, as an asyncio Task would:
+    wait for the future it awaits (a bare yield: one pass of the loop), resume it, again. The
+    future's outcome reaches the coroutine through its own await (Future.__await__ returns
+    the result or raises). Cancelling this cancels the future it waits on, as for a Task (the
+    coroutine's await then raises CancelledError), or throws CancelledError into it when that
+    future is done already or there is none."""
+    while True:
+        try:
+            if awaited is None:
+                await asyncio.sleep(0)
+            else:
+                awaited._asyncio_future_blocking = False
+                await awaited
+        except asyncio.CancelledError as cancel:
+            if awaited is None or not awaited.cancelled():  # this task was cancelled
+                try:
+                    awaited = coro.throw(cancel)
+                except StopIteration:
+                    return
+                continue
+        except Exception:  # noqa: S110 - the coroutine's own await raises it when resumed
+            pass
+        try:
+            awaited = coro.send(None)
+        except StopIteration:
+            return
+
+
 class GridflowConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """A static member that leaves the group when it stops cleanly.
 
@@ -517,6 +557,81 @@ class GridflowConsumer(faust_aiokafka.Consumer):
                             self._stalls.after_s, start)
                 self._rewinding.add(tp)
                 await self._rewind(tp, start)
+
+    # --- handing fetched records to the agents ----------------------------------------
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """faust's loop that hands each fetched record to the conductor, without four tasks
+        per record.
+
+        faust delivers every record as `wait_first(callback(message), suspend_flow.wait())`:
+        a task for the delivery, one for the suspend event, two for the service's stop and
+        crash events, and an asyncio.wait over them, so that a delivery stuck behind a held
+        flow gives way when a rebalance suspends it. A delivery almost never waits (the
+        conductor puts the record on a stream's queue), so here it is first run up to its first
+        suspension in this task (`step_once`); only one that does suspend goes on as faust's
+        does, its rest in a task of its own (`finish`), raced against the suspend event. The
+        rest of the loop is faust's (faust.transport.consumer.Consumer._drain_messages)."""
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        suspended = self.suspend_flow.is_set
+
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+
+        yield_every = 100
+        num_since_yield = 0
+        sleep = asyncio.sleep
+
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(CONSUMER_FETCHING)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)  # faust's: getmany may return at once, again and again
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        num_since_yield += 1
+                        if num_since_yield > yield_every:
+                            await sleep(0)
+                            num_since_yield = 0
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            delivery = callback(message)
+                            if suspended():
+                                await self.wait_first(delivery, self.suspend_flow.wait())
+                            else:
+                                done, awaited = step_once(delivery)
+                                if not done:
+                                    await self.wait_first(finish(delivery, awaited),
+                                                          self.suspend_flow.wait())
+                            set_read_offset(tp, offset)
+                    unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(CONSUMER_FETCHING)
 
     # --- the commit itself ------------------------------------------------------------
 

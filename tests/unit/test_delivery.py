@@ -539,3 +539,144 @@ def test_what_the_photo_archive_and_the_deadline_agent_read():
     assert not _needs_following(rec(dispatched, FOLLOWED_HEADERS))  # filed in the case's step
     assert not _needs_following(rec(b'{"data":{},"type":"PhotoArchived"}'))  # moves no clock
     assert _needs_following(rec(b"not canonical"))  # read in full to be sure
+
+
+# --- fetched records handed to the conductor without a task each (step_once, finish) -------
+
+def test_a_coroutine_that_never_waits_finishes_in_its_first_step():
+    from processors.delivery import step_once
+
+    seen: list[int] = []
+
+    async def deliver(n: int) -> None:
+        seen.append(n)
+
+    assert step_once(deliver(1)) == (True, None) and seen == [1]
+
+    async def broken() -> None:
+        raise ValueError("bad record")
+
+    with pytest.raises(ValueError, match="bad record"):
+        step_once(broken())
+
+
+def test_a_coroutine_that_waits_is_driven_to_its_end_as_a_task_would():
+    from processors.delivery import finish, step_once
+
+    async def scenario() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        first, second = loop.create_future(), loop.create_future()
+        seen: list[Any] = []
+
+        async def deliver() -> None:
+            seen.append("start")
+            seen.append(await first)
+            await asyncio.sleep(0)  # a bare yield
+            try:
+                await second
+            except KeyError as exc:
+                seen.append(f"raised {exc}")
+            seen.append("end")
+
+        coro = deliver()
+        done, awaited = step_once(coro)
+        assert not done and awaited is first and seen == ["start"]
+        task = asyncio.ensure_future(finish(coro, awaited))
+        await asyncio.sleep(0)
+        first.set_result("first")
+        await asyncio.sleep(0.01)
+        second.set_exception(KeyError("k"))
+        await asyncio.wait_for(task, 1)
+        return seen
+
+    assert _run(scenario()) == ["start", "first", "raised 'k'", "end"]
+
+
+def test_cancelling_the_rest_of_a_delivery_cancels_what_it_waits_for():
+    from processors.delivery import finish, step_once
+
+    async def scenario() -> tuple[list[str], bool, bool]:
+        loop = asyncio.get_running_loop()
+        blocked = loop.create_future()
+        seen: list[str] = []
+
+        async def deliver() -> None:
+            try:
+                await blocked
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+            seen.append("not reached")
+
+        coro = deliver()
+        _, awaited = step_once(coro)
+        task = asyncio.ensure_future(finish(coro, awaited))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return seen, blocked.cancelled(), task.cancelled()
+
+    assert _run(scenario()) == (["cancelled"], True, True)
+
+
+def _drain(consumer, monkeypatch, records, deliver):
+    """Run GridflowConsumer._drain_messages over one fetch of `records`, delivering each with
+    `deliver` (the conductor's part); returns the read offsets it set."""
+    from types import SimpleNamespace
+
+    c, tp, _ = consumer
+
+    async def scenario() -> dict[Any, int]:
+        from mode.utils.locks import Event
+
+        c.loop = asyncio.get_running_loop()  # the service's loop: the one running here
+        c.suspend_flow, c._stopped, c._crashed = Event(), Event(), Event()
+        fetcher = SimpleNamespace(_stopped=asyncio.Event())
+
+        async def getmany(timeout: float):
+            for record in records:
+                yield tp, record
+            fetcher._stopped.set()
+
+        monkeypatch.setattr(c, "getmany", getmany)
+        monkeypatch.setattr(c, "callback", deliver)
+        await asyncio.wait_for(c._drain_messages(fetcher), 5)
+        return dict(c._read_offset)
+
+    return _run(scenario()), tp
+
+
+def test_the_drain_hands_records_on_in_order_including_one_that_waits(consumer, monkeypatch):
+    seen: list[int] = []
+
+    async def deliver(message) -> None:
+        if message.offset == 1:
+            await asyncio.sleep(0.01)  # a full queue, say
+        seen.append(message.offset)
+
+    app = consumer[0].app
+    offsets, tp = _drain(consumer, monkeypatch, [_record(app, n, b"x") for n in range(4)],
+                         deliver)
+    assert seen == [0, 1, 2, 3] and offsets[tp] == 3
+
+
+def test_a_delivery_stuck_when_the_flow_is_suspended_gives_way(consumer, monkeypatch):
+    c = consumer[0]
+    seen: list[Any] = []
+
+    async def deliver(message) -> None:
+        if message.offset == 1:
+            asyncio.get_running_loop().call_later(0.02, lambda: c.suspend_flow.set())  # rebalance
+            try:
+                await asyncio.sleep(30)  # held behind the flow
+            except asyncio.CancelledError:
+                seen.append("given up")
+                raise
+        seen.append(message.offset)
+
+    offsets, tp = _drain(consumer, monkeypatch, [_record(c.app, n, b"x") for n in range(3)],
+                         deliver)
+    # faust's behaviour: the drain moves on; the record is not processed (so not acked, and
+    # read again from the committed offset after the rebalance)
+    assert seen[:2] == [0, "given up"] and offsets[tp] == 2
