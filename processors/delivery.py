@@ -97,6 +97,8 @@ SETTLE_TIMEOUT_S = 120.0
 # to the committed ones), so each of these waited behind a held fetch: a restarted worker took
 # three steps of ~1.5 s before it was ready whenever a fetch went out first, as under load.
 FETCH_MAX_WAIT_MS = 100
+# How many sends StateAfterOutput keeps before it drops those acknowledged already.
+PRUNE_SENDS_AT = 4096
 
 
 class SendLedger:
@@ -188,6 +190,7 @@ class StateAfterOutput:
     def __init__(self, put: Callable[[Any], None]) -> None:
         self._put = put
         self._since: list[asyncio.Future[Any]] = []  # direct sends since the last write
+        self._prune_at = PRUNE_SENDS_AT
         self._groups: deque[tuple[list[asyncio.Future[Any]], list[Any]]] = deque()
         self._releasing: asyncio.Task[None] | None = None
 
@@ -195,8 +198,12 @@ class StateAfterOutput:
         """A direct send of an agent (its future resolves when Kafka acknowledges it)."""
         since = self._since
         since.append(fut)
-        if len(since) >= 4096:  # an agent that sends and writes no state: keep only what counts
-            self._since = [f for f in since if _outstanding(f)]
+        if len(since) >= self._prune_at:
+            # An agent that sends and writes no state: keep only what counts. The next look is
+            # twice as far on as what is kept, so a burst of sends none of which is acknowledged
+            # yet (a commit's deadline book writes, `early`) is not scanned again at each send.
+            self._since = kept = [f for f in since if _outstanding(f)]
+            self._prune_at = max(PRUNE_SENDS_AT, 2 * len(kept))
 
     def early(self, write: asyncio.Future[Any]) -> None:
         """A table changelog write that is an output itself: to the buffer at once, and the
@@ -211,6 +218,7 @@ class StateAfterOutput:
         (and early writes) made before it are acknowledged."""
         barrier = [f for f in self._since if _outstanding(f)]  # a failed one fails the write
         self._since = []
+        self._prune_at = PRUNE_SENDS_AT
         if not barrier and not self._groups:
             self._put(write)
             return

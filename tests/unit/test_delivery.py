@@ -680,3 +680,38 @@ def test_a_delivery_stuck_when_the_flow_is_suspended_gives_way(consumer, monkeyp
     # faust's behaviour: the drain moves on; the record is not processed (so not acked, and
     # read again from the committed offset after the rebalance)
     assert seen[:2] == [0, "given up"] and offsets[tp] == 2
+
+
+def test_a_burst_of_unacknowledged_sends_is_not_scanned_again_at_each_send(monkeypatch):
+    import processors.delivery as delivery
+    from processors.delivery import StateAfterOutput
+
+    looks = 0
+    outstanding = delivery._outstanding
+
+    def counting(fut):
+        nonlocal looks
+        looks += 1
+        return outstanding(fut)
+
+    monkeypatch.setattr(delivery, "_outstanding", counting)
+
+    async def scenario() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        gate = StateAfterOutput(lambda write: None)
+        burst = [loop.create_future() for _ in range(20_000)]
+        for fut in burst:  # a commit's deadline book writes: none acknowledged yet
+            gate.output(fut)
+        kept_while_pending = len(gate._since)
+        for fut in burst:
+            fut.set_result(None)
+        for _ in range(delivery.PRUNE_SENDS_AT * 8):  # later sends, acknowledged at once
+            done = loop.create_future()
+            done.set_result(None)
+            gate.output(done)
+        return kept_while_pending, len(gate._since)
+
+    kept, later = _run(scenario())
+    assert kept == 20_000  # nothing dropped that a later state write must wait for
+    assert later < 2 * delivery.PRUNE_SENDS_AT  # the acknowledged ones are dropped again
+    assert looks < 5 * (20_000 + delivery.PRUNE_SENDS_AT * 8)  # linear, not ~10^8 looks
