@@ -4,6 +4,7 @@ record, none before the agents' output is delivered."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from faust.exceptions import ProducerSendError
