@@ -54,6 +54,20 @@ TARGET_RATIO = 0.5
 REPORT_KEY = os.environ.get("GRIDFLOW_BENCH_REPORT_KEY", "ticket")
 
 
+def worker_count() -> int:
+    """GRIDFLOW_BENCH_WORKERS: how many worker processes share the partitions (1 by default).
+    Their CPU per report is given each, and summed as `workers`."""
+    raw = os.environ.get("GRIDFLOW_BENCH_WORKERS", "1").strip() or "1"
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValueError(f"GRIDFLOW_BENCH_WORKERS must be a whole number, got {raw!r}") from None
+    if not 1 <= n <= topics.CASE_PARTITIONS:
+        raise ValueError(f"GRIDFLOW_BENCH_WORKERS must be 1..{topics.CASE_PARTITIONS} (one "
+                         f"partition each at most), got {n}")
+    return n
+
+
 IDLE_CPU_S = 0.05  # CPU seconds per second below which a process counts as idle
 
 
@@ -192,8 +206,9 @@ def run(ctx: Context) -> list[Figure]:
         cpu_first: dict[str, float] = {}
         cpu_used: dict[str, float] = {}
         try:
-            for name, args in (("worker", ["worker"]),
-                               ("sink", ["sink", "--loglevel", "warning"])):
+            workers = [("worker" if n == 0 else f"worker{n + 1}", ["worker"])
+                       for n in range(worker_count())]
+            for name, args in (*workers, ("sink", ["sink", "--loglevel", "warning"])):
                 procs.append(services.start(name, args, settings, run_dir))
                 if procs[-1].proc is not None:
                     spy(name, procs[-1].proc.pid, min(timeout_s, 120))
@@ -247,6 +262,9 @@ def run(ctx: Context) -> list[Figure]:
     # machine (it does not count the time spent waiting for a core), and what to divide a
     # core's second by to see the ceiling of one process.
     per_report = {name: 1000 * used / count for name, used in cpu_used.items()}
+    if sum(1 for name in per_report if name.startswith("worker")) > 1:
+        per_report["workers"] = sum(ms for name, ms in per_report.items()
+                                    if name.startswith("worker"))
     cpu_note = ", ".join(f"{name} {ms:.2f} ms" for name, ms in per_report.items())
     per_table = {name: n / count for name, n in changelogs.items()}
     changelog_note = ", ".join(f"{name} {r:.2f}" for name, r in per_table.items() if r >= 0.005)
