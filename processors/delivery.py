@@ -708,26 +708,6 @@ class GridflowConductor(Conductor):
 
         return on_message
 
-    def _compile_message_handler(self) -> Any:
-        """faust's: the handler of the record's partition, looked up under the lock that
-        guards the map while a rebalance rebuilds it, then called. The lookup takes the lock
-        only while someone holds it: with the loop single-threaded, nothing can change the map
-        between the check and the lookup (faust took and released the lock for every record)."""
-        if self.app.client_only:
-            return super()._compile_message_handler()
-        get_callback_for_tp = self._tp_to_callback.__getitem__
-        lock = self._tp_to_callback_lock
-
-        async def on_message(message: Any) -> Any:
-            if lock.locked():
-                async with lock:
-                    callback = get_callback_for_tp(message.tp)
-            else:
-                callback = get_callback_for_tp(message.tp)
-            return await callback(message)
-
-        return on_message
-
 
 class GridflowTransport(faust_aiokafka.Transport):
     Consumer = GridflowConsumer

@@ -716,28 +716,3 @@ def test_a_burst_of_unacknowledged_sends_is_not_scanned_again_at_each_send(monke
     assert kept == 20_000  # nothing dropped that a later state write must wait for
     assert later < 2 * delivery.PRUNE_SENDS_AT  # the acknowledged ones are dropped again
     assert looks < 5 * (20_000 + delivery.PRUNE_SENDS_AT * 8)  # linear, not ~10^8 looks
-
-
-def test_a_record_waits_for_the_handler_map_only_while_a_rebalance_rebuilds_it(consumer):
-    c, tp, _ = consumer
-    conductor = c.app.topics
-
-    async def scenario() -> list[str]:
-        seen: list[str] = []
-
-        async def handler(message) -> None:
-            seen.append(f"handled {message.offset}")
-
-        conductor._tp_to_callback_lock = lock = asyncio.Lock()
-        on_message = conductor._compile_message_handler()
-        conductor._tp_to_callback[tp] = handler
-        await on_message(_record(c.app, 0, b"x"))  # the lock free: straight to the handler
-        await lock.acquire()  # a rebalance rebuilding the map
-        waiting = asyncio.ensure_future(on_message(_record(c.app, 1, b"x")))
-        await asyncio.sleep(0.01)
-        seen.append("map rebuilt")
-        lock.release()
-        await asyncio.wait_for(waiting, 1)
-        return seen
-
-    assert _run(scenario()) == ["handled 0", "map rebuilt", "handled 1"]
