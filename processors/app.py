@@ -250,7 +250,7 @@ def _install_archive(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
     cfg = archive.ArchiveConfig(s.bucket_archive, s.archive_retention_days,
                                 s.max_photo_bytes, s.max_photo_pixels, s.archive_lock_mode)
 
-    app.reads_only([t["case-events"].get_topic_name()], _has_photo)
+    app.reads_only([t["case-events"].get_topic_name()], lambda m: _has_photo(m.value))
 
     @app.agent(t["case-events"], supervisor_strategy=CrashingSupervisor)
     async def photo_archive(stream: Any) -> None:
@@ -268,8 +268,8 @@ def _install_archive(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
         async for batch in stream.take(archive.BATCH, within=archive.BATCH_WITHIN_S):
             jobs = []
             for raw in batch:
-                if not raw or b'"sha256"' not in raw:
-                    continue  # no photo reference in it (_has_photo)
+                if not _has_photo(raw):
+                    continue
                 try:
                     event = decode_message(raw, ev.EVENT_TYPES)
                 except ev.SchemaError:
@@ -293,10 +293,9 @@ def _install_archive(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
                                  archive.remove_incoming_many, rt.object_store, archived)
 
 
-def _has_photo(message: Any) -> bool:
+def _has_photo(raw: bytes | None) -> bool:
     """Whether a case event may refer to a photo: every reference carries its sha256."""
-    raw = message.value
-    return bool(raw) and b'"sha256"' in raw
+    return raw is not None and b'"sha256"' in raw
 
 
 def clock_for(settings: Settings) -> Clock:

@@ -321,6 +321,7 @@ class AckedRocksStore(faust_rocksdb.Store):
 
 _DELETED = object()  # an unsent change that removes its key
 _ABSENT = object()  # a key the store does not hold, as remembered by a table's read cache
+_UNREAD = object()  # a key a table's read cache knows nothing of
 # Decoded values a table remembers, at most; then it forgets them all and starts again.
 READ_CACHE_SIZE = 4096
 
@@ -368,19 +369,13 @@ class GridflowTable(faust.Table):
             read.clear()
         read[key] = value
 
-    def forget_reads(self) -> None:
-        """Drop the read cache: the store changed under the table (a changelog restored into
-        it, partitions assigned or revoked)."""
-        self._read.clear()
-
     def apply_changelog_batch(self, batch: Any) -> None:
         self._read.clear()
         super().apply_changelog_batch(batch)
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
-        self._read.clear()
         await super().on_recovery_completed(active_tps, standby_tps)
-        self._read.clear()
+        self._read.clear()  # after: the store changed during it
 
     def _changed_partition(self, key: Any) -> int:
         partition = self.partition_for_key(key)
@@ -393,7 +388,6 @@ class GridflowTable(faust.Table):
         """Unsent changes of partitions this worker no longer has are dropped: the commit
         faust made before the rebalance sent those of every record it committed, so these
         belong to records the partition's next owner reads and decides again."""
-        self._read.clear()
         gone = {tp.partition for tp in revoked if tp.topic in self.changelog_topic.topics}
         if gone and self._unsent:
             kept = {k: v for k, v in self._unsent.items() if v[0] not in gone}
@@ -402,7 +396,7 @@ class GridflowTable(faust.Table):
                          self.name, len(self._unsent) - len(kept), sorted(gone))
             self._unsent = kept
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
-        self._read.clear()
+        self._read.clear()  # after: the store's partitions changed during it
 
     def unsent_count(self) -> int:
         return len(self._unsent)
@@ -457,8 +451,8 @@ class GridflowTable(faust.Table):
             return super().get(key, default)
         self.on_key_get(key)
         if self.read_cache:
-            value = self._read.get(key, _ABSENT)
-            if value is _ABSENT and key not in self._read:
+            value = self._read.get(key, _UNREAD)
+            if value is _UNREAD:
                 try:
                     value = self.data[key]
                 except KeyError:

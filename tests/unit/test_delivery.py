@@ -532,9 +532,9 @@ def test_what_the_photo_archive_and_the_deadline_agent_read():
     def rec(value, headers=None):
         return SimpleNamespace(value=value, headers=headers or [], topic="p.case-events")
 
-    assert _has_photo(rec(b'{"data":{"photos":[{"sha256":"ab"}]},"type":"CaseFiled"}'))
-    assert not _has_photo(rec(b'{"data":{"photos":[]},"type":"CaseFiled"}'))
-    assert not _has_photo(rec(None))
+    assert _has_photo(b'{"data":{"photos":[{"sha256":"ab"}]},"type":"CaseFiled"}')
+    assert not _has_photo(b'{"data":{"photos":[]},"type":"CaseFiled"}')
+    assert not _has_photo(None)
     dispatched = b'{"data":{},"type":"TaskDispatched"}'
     assert _needs_following(rec(dispatched))
     assert not _needs_following(rec(dispatched, FOLLOWED_HEADERS))  # filed in the case's step
