@@ -152,10 +152,16 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
 
     radius_m, window = s.dedupe_radius_m, timedelta(hours=s.dedupe_window_hours)
 
+    # Both agents decide from their tables, so a record must not be decided before the one
+    # ahead of it on its partition (processors.delivery.GridflowConsumer.in_order).
+    filing_in_order = app.in_order("filing", [names["reports-located"]])
+
     @app.agent(t["reports-located"], supervisor_strategy=CrashingSupervisor)
     async def filing(stream: Any) -> None:
         async for event in stream.events():
             m = event.message
+            if not filing_in_order(m):
+                continue
             key = (event.key or b"").decode("utf-8", "replace")
             out = steps.filing_step_keyed(event.value, recent_cases, key, rt.clock(), m.topic,
                                           m.partition, m.offset, radius_m, window)
@@ -220,10 +226,14 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
             if evict_days > 0:
                 eviction.EvictionIndex(closed_index, f"p{m.partition}:").note(before, state)
 
+    case_in_order = app.in_order("case_processor", source_names)
+
     @app.agent(source, supervisor_strategy=CrashingSupervisor)
     async def case_processor(stream: Any) -> None:
         async for event in stream.events():
             m = event.message
+            if not case_in_order(m):
+                continue
             if m.topic == reports_name:
                 out = steps.intake_and_file_step(event.value, rt.ref, recent_cases, rt.clock(),
                                                  m.topic, m.partition, m.offset,

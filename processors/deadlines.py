@@ -113,10 +113,18 @@ class DeadlineRuntime:
             cmd = command_for(item)
             return await commands.send(key=item.case_id.encode(), value=cmd.encode())
 
+        # Clocks are started, moved and stopped in the order of a case's events: none is
+        # followed before the one ahead of it (processors.delivery.GridflowConsumer.in_order).
+        ordered = getattr(app, "in_order", None)
+        in_order = (ordered("deadlines", source.topics) if ordered is not None
+                    else lambda m: True)
+
         @app.agent(source, name="deadlines", supervisor_strategy=CrashingSupervisor)
         async def deadlines(stream: Any) -> None:
             async for event in stream.events():
                 m = event.message
+                if not in_order(m):
+                    continue
                 if m.topic == ticks_name:
                     now = _tick_time(event.value)
                     if now is None:

@@ -46,6 +46,18 @@ Two more of faust's shortcuts left a worker alive but idle, with records waiting
    faust-streaming). `GridflowConsumerThread.getmany` gives a fetch FETCH_STUCK_AFTER_S beyond
    its own timeout, then asks again.
 
+7. A record faust drops between the fetch and an agent (any of the above, in a window none of
+   them closes) left the agent deciding the records after it first, and the dropped one only
+   after the rewind. A redelivery is safe because a decision made again from the same state
+   and the same input is the same; decided out of order it is not: a case's PhotoArchived
+   was decided once from the archive's first command and again, after a rebalance dropped
+   that command on the partition's new owner, from the archive's second one (the photo was
+   archived already, so it carried no dimensions), under the same event id with other
+   content (seen in the scale-out test: `gridflow audit verify` found the two). An agent
+   whose decisions depend on the order of its records asks `GridflowApp.in_order` first: a
+   record that is not the next of its partition for that agent is not decided and not counted
+   as processed, and the partition is rewound to the one that is.
+
 And, behind all of them, a watchdog (`GridflowConsumer._watch_stalls`): a dense partition whose
 fetch position has moved past its committed offset while no record of it is processed or in
 an agent's hands, and the whole worker is idle, for STALL_AFTER_S, is rewound.
@@ -58,6 +70,7 @@ import bisect
 import heapq
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
@@ -72,6 +85,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.transports import SchedulingStrategyT
 from mode import Service
+from mode.utils.futures import notify
 
 from processors.tablestore import send_unsent_changes
 
@@ -97,6 +111,11 @@ SETTLE_TIMEOUT_S = 120.0
 # to the committed ones), so each of these waited behind a held fetch: a restarted worker took
 # three steps of ~1.5 s before it was ready whenever a fetch went out first, as under load.
 FETCH_MAX_WAIT_MS = 100
+# An ordered agent that met a record ahead of the next one rewinds its partition once; while
+# the records fetched before the rewind drain, it asks again only after this long.
+ORDER_REWIND_AGAIN_S = 10.0
+# How many offsets the conductor acknowledged unread a partition keeps for its ordered agent.
+PASSED_KEPT = 4096
 # How many sends StateAfterOutput keeps before it drops those acknowledged already.
 PRUNE_SENDS_AT = 4096
 
@@ -425,6 +444,17 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         self._hole_since: dict[TP, float] = {}
         self._rewinding: set[TP] = set()
         self._stalls = StallWatch()
+        # In-order reading (`in_order`): per ordered agent, the next offset of each partition;
+        # the offsets the conductor acknowledged unread, of the topics an ordered agent reads;
+        # the records an ordered agent refused (never counted as processed); the last rewind
+        # of a partition for order (target, when), not repeated within ORDER_REWIND_AGAIN_S.
+        self._next_of: dict[str, dict[TP, int]] = {}
+        self._ordered_topics: set[str] = set()
+        self._passed: dict[TP, set[int]] = {}
+        self._refused: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._order_rewound: dict[TP, tuple[int, float]] = {}
+        for reader, names in getattr(self.app, "ordered_readers", {}).items():
+            self.ordered_reader(reader, names)
 
     def _new_consumer_thread(self) -> GridflowConsumerThread:
         return GridflowConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -445,6 +475,7 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         for tp, off in committed.items():
             if not self._dense(tp):
                 continue
+            self._forget_order(tp)
             start = off if off is not None and off >= 0 else earliest.get(tp)
             if start is not None and start >= 0:
                 self._base[tp] = start
@@ -462,11 +493,90 @@ class GridflowConsumer(faust_aiokafka.Consumer):
             self._base.pop(tp, None)
             self._hole_since.pop(tp, None)
             self._stalls.forget(tp)
+            self._forget_order(tp)
         await super().on_partitions_revoked(revoked)
 
     def _start_of(self, tp: TP) -> int | None:
         committed = self._committed_offset[tp]
         return committed if committed is not None else self._base.get(tp)
+
+    # --- in-order reading ---------------------------------------------------------------
+
+    def ordered_reader(self, reader: str, topics: Iterable[str]) -> None:
+        """Register an agent that reads `topics` in order (GridflowApp.in_order)."""
+        self._next_of.setdefault(reader, {})
+        self._ordered_topics.update(topics)
+
+    def in_order(self, reader: str, message: Any) -> bool:
+        """Whether `message` is the next record of its partition for `reader`: the one after
+        the last it was handed (or the partition's committed offset, after a rebalance or a
+        seek to the committed offsets), or an earlier one (read again after a rewind). The
+        offsets between that the conductor acknowledged unread (no agent reads them) count as
+        handed. A record further on is refused: not decided by the agent, never counted as
+        processed (`ack`), and the partition is rewound to the next one."""
+        tp = message.tp
+        offset = message.offset
+        nexts = self._next_of.get(reader)
+        if nexts is None:
+            nexts = self._next_of[reader] = {}
+        expected = nexts.get(tp)
+        if expected is None:
+            if not self._dense(tp):
+                return True
+            expected = self._start_of(tp)
+            if expected is None:  # not sought yet in this assignment: nothing to count from
+                nexts[tp] = offset + 1
+                return True
+        if offset > expected:
+            passed = self._passed.get(tp)
+            if passed is not None and all(o in passed for o in range(expected, offset)):
+                passed.difference_update(range(expected, offset))
+            else:
+                self._refused.add(message)
+                self._rewind_for_order(reader, tp, expected, offset)
+                return False
+        nexts[tp] = offset + 1
+        rewound = self._order_rewound.get(tp)
+        if rewound is not None and rewound[0] == offset:
+            del self._order_rewound[tp]  # the record the rewind was for: reached
+        return True
+
+    def passed_unread(self, message: Any) -> None:
+        """The conductor acknowledged `message` unread: for an ordered agent of its topic, as
+        if handed to it."""
+        if message.topic not in self._ordered_topics:
+            return
+        passed = self._passed.get(message.tp)
+        if passed is None:
+            passed = self._passed[message.tp] = set()
+        elif len(passed) >= PASSED_KEPT:
+            # Offsets no ordered agent will look back at again: below every agent's next one.
+            floor = min((n[message.tp] for n in self._next_of.values() if message.tp in n),
+                        default=None)
+            if floor is not None:
+                passed.difference_update([o for o in passed if o < floor])
+        passed.add(message.offset)
+
+    def _forget_order(self, tp: TP) -> None:
+        """After a rebalance or a seek to the committed offsets, each ordered agent counts the
+        partition from its committed offset again."""
+        for nexts in self._next_of.values():
+            nexts.pop(tp, None)
+        self._passed.pop(tp, None)
+        self._order_rewound.pop(tp, None)
+
+    def _rewind_for_order(self, reader: str, tp: TP, expected: int, offset: int) -> None:
+        now = time.monotonic()
+        last = self._order_rewound.get(tp)
+        if tp in self._rewinding or (
+                last is not None and last[0] == expected
+                and now - last[1] < ORDER_REWIND_AGAIN_S):
+            return  # the records from the rewind are on their way
+        self._order_rewound[tp] = (expected, now)
+        log.warning("%s: %s was handed record %d before %d; not decided, rewinding to %d",
+                    tp, reader, offset, expected, expected)
+        self._rewinding.add(tp)
+        asyncio.ensure_future(self._rewind(tp, expected))
 
     # --- what may be committed --------------------------------------------------------
 
@@ -478,6 +588,13 @@ class GridflowConsumer(faust_aiokafka.Consumer):
             message.generation_id != self.app.consumer_generation_id
             or not self.app.flow_control.is_active()
         ):
+            return False
+        if self._refused and message in self._refused:
+            # Refused by an ordered agent (`in_order`): done with, and not processed.
+            self._refused.discard(message)
+            message.acked = True
+            self._unacked_messages.discard(message)
+            notify(self._waiting_for_ack)
             return False
         return super().ack(message)
 
@@ -701,8 +818,14 @@ class GridflowConductor(Conductor):
 
         async def on_message(message: Any) -> None:
             if skipped(message) and app.flow_control.is_active():
+                consumer = app.consumer
                 message.incref(1)
-                message.ack(app.consumer)
+                message.ack(consumer)
+                # Skipped by content, so skipped whenever it is read: counts as handed to an
+                # ordered agent of the topic (GridflowConsumer.in_order).
+                passed_unread = getattr(consumer, "passed_unread", None)
+                if passed_unread is not None:
+                    passed_unread(message)
                 return
             await deliver(message)
 
@@ -839,11 +962,29 @@ class GridflowApp(faust.App):
         self.dense_topics = frozenset(dense_topics)
         self.send_ledger = SendLedger()
         self.record_filters: dict[frozenset[str], RecordFilter] = {}
+        self.ordered_readers: dict[str, frozenset[str]] = {}
 
     def reads_only(self, topics: Iterable[str], accepts: RecordFilter) -> None:
         """The agent whose source is exactly `topics` reads only the records `accepts` passes
         (GridflowConductor); it must skip the others itself too."""
         self.record_filters[frozenset(topics)] = accepts
+
+    def in_order(self, reader: str, topics: Iterable[str]) -> Callable[[Any], bool]:
+        """A check for an agent whose decisions depend on the order of its records: call it
+        with each record's message first and skip the record when it answers False (the
+        record comes again, in order: GridflowConsumer.in_order)."""
+        names = frozenset(topics)
+        self.ordered_readers[reader] = names  # a consumer made later registers it on_init
+        app = self
+        if isinstance(self._consumer, GridflowConsumer):
+            self._consumer.ordered_reader(reader, names)
+
+        def guard(message: Any) -> bool:
+            consumer = app.consumer
+            in_order = getattr(consumer, "in_order", None)
+            return True if in_order is None else cast(bool, in_order(reader, message))
+
+        return guard
 
     def _new_transport(self) -> GridflowTransport:
         return GridflowTransport(self.conf.broker_consumer, self)

@@ -47,6 +47,9 @@ PARTITIONS = int(env["T_PARTITIONS"])
 SEEK_DELAY_S = float(env.get("T_SEEK_DELAY", "0"))
 LOSE_FETCH = env.get("T_LOSE_FETCH") == "1"
 DROP_PARTITION = int(env.get("T_DROP_PARTITION", "-1"))
+# "partition:offset": the first reading of that one record is thrown away
+DROP_ONE = tuple(int(x) for x in env["T_DROP_ONE"].split(":")) if env.get("T_DROP_ONE") else None
+ORDERED = env.get("T_ORDERED") == "1"
 delivery.FETCH_STUCK_AFTER_S = 3.0
 delivery.STALL_AFTER_S = 4.0
 
@@ -74,8 +77,8 @@ class FaultyConsumer(GridflowConsumer):
             # The first reading of every record of one partition is thrown away between the
             # fetcher and the stream, as faust's queues cleared on resume do.
             key = (message.partition, message.offset)
-            if (message.topic == SOURCE and message.partition == DROP_PARTITION
-                    and key not in dropped):
+            if (message.topic == SOURCE and key not in dropped
+                    and (message.partition == DROP_PARTITION or key == DROP_ONE)):
                 dropped.add(key)
                 return
             await deliver(message)
@@ -121,9 +124,14 @@ source = app.topic(SOURCE, partitions=PARTITIONS, key_type=bytes, value_type=byt
 seen = app.Table("seen", default=int, partitions=PARTITIONS)
 
 
+in_order = app.in_order("slow", [SOURCE]) if ORDERED else (lambda m: True)
+
+
 @app.agent(source)
 async def slow(stream):
     async for event in stream.events():
+        if not in_order(event.message):
+            continue
         await asyncio.sleep(0.2)
         seen[event.key.decode()] += 1
         with open(env["T_DONE"], "a") as f:
@@ -199,6 +207,18 @@ def produce(bootstrap: str, topic: str, first: int, count: int) -> set[tuple[int
         return {(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)}
     finally:
         producer.close()
+
+
+def first_order(done: Path) -> dict[int, list[int]]:
+    """Each partition's offsets in the order the agent first processed them."""
+    order: dict[int, list[int]] = {}
+    seen: set[tuple[int, int]] = set()
+    for line in done.read_text().split():
+        p, o, _ = line.split(":")
+        if (int(p), int(o)) not in seen:
+            seen.add((int(p), int(o)))
+            order.setdefault(int(p), []).append(int(o))
+    return order
 
 
 def processed(done: Path) -> set[tuple[int, int]]:
@@ -278,4 +298,29 @@ def test_the_watchdog_rewinds_a_partition_whose_records_were_dropped(  # type: i
     wait_processed(started[-1], done, wanted)
     log = started[-1].text()
     assert "with the worker idle; rewinding to 0" in log, started[-1].tail()
+    started[-1].stop()
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+def test_an_ordered_agent_decides_a_dropped_record_before_the_ones_after_it(  # type: ignore[no-untyped-def]
+        stack, source, topic_prefix, tmp_path, started, ordered) -> None:
+    """The first reading of one record in the middle of a partition is thrown away between the
+    fetcher and the stream (as a rebalance's window once did on a partition's new owner).
+    An ordered agent (GridflowApp.in_order) refuses the records after it and rewinds the
+    partition at once: every record is processed, each partition's in order. An agent that
+    does not ask decides the later ones first (the check is able to see that)."""
+    done = tmp_path / "done.txt"
+    env = env_for(stack, source, tmp_path, f"{topic_prefix}-order{int(ordered)}",
+                  T_DROP_ONE="0:3", T_ORDERED="1" if ordered else "0")
+    wanted = produce(stack.bootstrap, source, 0, 30)
+    started.append(Worker(tmp_path, env, "order"))
+    wait_processed(started[-1], done, wanted)
+    order = first_order(done)
+    log = started[-1].text()
+    if ordered:
+        assert all(offsets == sorted(offsets) for offsets in order.values()), order
+        assert "slow was handed record 4 before 3; not decided, rewinding to 3" in log, \
+            started[-1].tail()
+    else:
+        assert order[0] != sorted(order[0]), order
     started[-1].stop()

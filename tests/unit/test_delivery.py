@@ -716,3 +716,152 @@ def test_a_burst_of_unacknowledged_sends_is_not_scanned_again_at_each_send(monke
     assert kept == 20_000  # nothing dropped that a later state write must wait for
     assert later < 2 * delivery.PRUNE_SENDS_AT  # the acknowledged ones are dropped again
     assert looks < 5 * (20_000 + delivery.PRUNE_SENDS_AT * 8)  # linear, not ~10^8 looks
+
+
+# --- an ordered agent decides each partition's records in order (GridflowConsumer.in_order) --
+
+def _message(c, tp, offset):
+    from faust.types.tuples import ConsumerMessage as TransportMessage
+
+    return TransportMessage(tp.topic, tp.partition, offset, 0.0, 0, [], b"k", b"v", None, tp=tp,
+                            generation_id=c.app.consumer_generation_id)
+
+
+@pytest.fixture
+def ordered(consumer, monkeypatch):
+    """The consumer with one ordered agent, its partition committed at 10 and the flow
+    running; the rewinds it asks for are recorded instead of sent to a broker."""
+    c, tp, leader = consumer
+    guard = c.app.in_order("case_processor", [tp.topic, leader.topic])
+    c._committed_offset[tp] = 10
+    c.app.topics._acking_topics.add(tp.topic)
+    c.app.flow_control.resume()
+    rewinds: list[tuple[TP, int]] = []
+
+    async def rewind(tp_: TP, offset: int) -> None:
+        rewinds.append((tp_, offset))
+        c._rewinding.discard(tp_)
+
+    monkeypatch.setattr(c, "_rewind", rewind)
+    return c, tp, leader, guard, rewinds
+
+
+def _handed(c, guard, message):
+    """An agent's turn with one record, as faust's stream runs it: the check, then the ack."""
+    c._unacked_messages.add(message)
+    ok = guard(message)
+    c.ack(message)
+    return ok
+
+
+def test_records_in_order_are_decided_and_counted(ordered):
+    c, tp, _, guard, rewinds = ordered
+    for offset in (10, 11, 12):
+        assert _handed(c, guard, _message(c, tp, offset))
+    assert c._acked[tp] == [10, 11, 12] and not rewinds
+    assert c._new_offset(tp) == 13
+
+
+def test_a_record_ahead_of_the_next_is_not_decided_nor_counted_and_the_partition_rewound(
+        ordered):
+    async def scenario():
+        c, tp, _, guard, rewinds = ordered
+        assert _handed(c, guard, _message(c, tp, 10))
+        later = [_message(c, tp, o) for o in (12, 13, 14)]  # 11 was lost on its way
+        assert [_handed(c, guard, m) for m in later] == [False, False, False]
+        await asyncio.sleep(0)
+        assert rewinds == [(tp, 11)]  # once, not once per record ahead
+        assert c._acked[tp] == [10]  # the refused ones are not processed...
+        assert all(m.acked for m in later)  # ...but done with: nothing waits for them
+        assert not any(m in c._unacked_messages for m in later)
+        assert c._new_offset(tp) == 11
+        c._committed_offset[tp] = 11  # committed
+        # The rewind brings 11 and what follows: decided, in order, and counted.
+        assert [_handed(c, guard, _message(c, tp, o)) for o in (11, 12, 13, 14)] == [True] * 4
+        assert c._new_offset(tp) == 15
+
+    _run(scenario())
+
+
+def test_a_rewind_for_order_is_asked_again_only_when_its_records_do_not_come(
+        ordered, monkeypatch):
+    import processors.delivery as delivery
+
+    async def scenario():
+        c, tp, _, guard, rewinds = ordered
+        now = [1000.0]
+        monkeypatch.setattr(delivery.time, "monotonic", lambda: now[0])
+        assert not _handed(c, guard, _message(c, tp, 12))
+        assert not _handed(c, guard, _message(c, tp, 13))  # fetched before the rewind
+        await asyncio.sleep(0)
+        assert rewinds == [(tp, 10)]
+        now[0] += delivery.ORDER_REWIND_AGAIN_S + 1  # the rewind's records never came
+        assert not _handed(c, guard, _message(c, tp, 14))
+        await asyncio.sleep(0)
+        assert rewinds == [(tp, 10), (tp, 10)]
+        assert _handed(c, guard, _message(c, tp, 10))
+        assert not _handed(c, guard, _message(c, tp, 12))  # a new hole at 11: at once
+        await asyncio.sleep(0)
+        assert rewinds == [(tp, 10), (tp, 10), (tp, 11)]
+
+    _run(scenario())
+
+
+def test_a_record_read_again_is_decided_again(ordered):
+    # A rewind of the commit's own (a hole, the stall watchdog) reads records again: a
+    # decision made again from the same input is the same, and the order holds from there.
+    c, tp, _, guard, rewinds = ordered
+    assert all(_handed(c, guard, _message(c, tp, o)) for o in (10, 11, 12))
+    assert all(_handed(c, guard, _message(c, tp, o)) for o in (10, 11, 12, 13))
+    assert not rewinds
+
+
+def test_records_the_conductor_acknowledged_unread_count_as_handed(ordered):
+    async def scenario():
+        c, tp, _, guard, rewinds = ordered
+        assert _handed(c, guard, _message(c, tp, 10))
+        for offset in (11, 12):
+            c.passed_unread(_message(c, tp, offset))
+        assert _handed(c, guard, _message(c, tp, 13))
+        assert not _handed(c, guard, _message(c, tp, 15))  # 14 was neither handed nor passed
+        assert not c._passed[tp]  # the passed offsets it used are forgotten
+        await asyncio.sleep(0)
+        assert rewinds == [(tp, 14)]
+
+    _run(scenario())
+
+
+def test_after_a_rebalance_a_partition_is_counted_from_its_committed_offset(ordered):
+    # The case from the scale-out test: the partition's new owner was handed the records after
+    # the two at its committed offset, decided them, and the photo's first command after its
+    # second one.
+    async def scenario():
+        c, tp, _, guard, rewinds = ordered
+        assert all(_handed(c, guard, _message(c, tp, o)) for o in (10, 11, 12))
+        await c.on_partitions_revoked({tp})
+        c._committed_offset[tp] = 15  # another worker's commit while it had the partition
+        assert _handed(c, guard, _message(c, tp, 15))
+        await c.on_partitions_revoked({tp})
+        c._committed_offset[tp] = 20
+        assert not _handed(c, guard, _message(c, tp, 22))
+        await asyncio.sleep(0)
+        assert rewinds == [(tp, 20)]
+
+    _run(scenario())
+
+
+def test_an_ordered_agent_reads_other_topics_as_they_come(ordered):
+    c, _, leader, guard, rewinds = ordered  # the leader topic is not dense: gaps are real
+    assert guard(_message(c, leader, 3)) and guard(_message(c, leader, 9))
+    assert not rewinds
+
+
+def test_the_case_processor_and_the_deadline_agent_read_in_order():
+    import inspect
+
+    from processors import app as app_module
+    from processors import deadlines
+
+    source = inspect.getsource(app_module._install_pipeline)
+    assert "if not case_in_order(m):" in source and "if not filing_in_order(m):" in source
+    assert "if not in_order(m):" in inspect.getsource(deadlines)
