@@ -865,3 +865,43 @@ def test_the_case_processor_and_the_deadline_agent_read_in_order():
     source = inspect.getsource(app_module._install_pipeline)
     assert "if not case_in_order(m):" in source and "if not filing_in_order(m):" in source
     assert "if not in_order(m):" in inspect.getsource(deadlines)
+
+
+# --- the producer's per-record shortcuts (RememberingPartitioner, aiokafka's loop lookup) ----
+
+def test_the_remembering_partitioner_answers_as_kafkas_default_does():
+    import random
+
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from gridflow.core.partitioning import partition_of
+    from processors.delivery import RememberingPartitioner
+
+    ours, kafkas = RememberingPartitioner(size=64), DefaultPartitioner()
+    rng = random.Random(7)
+    keys = [f"AJ20261116-{rng.getrandbits(40):010X}".encode() for _ in range(300)]
+    for count in (1, 3, 4, 12):
+        partitions = list(range(count))
+        for key in keys + keys:  # asked again: remembered (and forgotten past 64 keys)
+            assert ours(key, partitions, partitions) == kafkas(key, partitions, partitions)
+            if count == 4:
+                assert ours(key, partitions, partitions) == partition_of(key.decode())
+    # the index into the sorted partition list, as aiokafka's, not the partition number
+    assert ours(keys[0], [10, 11, 12, 13], []) == 10 + partition_of(keys[0].decode())
+    assert len(ours._known) <= 64
+    for _ in range(20):  # no key: a random available partition
+        assert ours(None, [0, 1, 2, 3], [2]) == 2
+
+
+def test_aiokafka_s_loop_lookup_is_the_running_loop_and_refuses_outside_one():
+    from aiokafka import util
+
+    import processors.delivery  # noqa: F401 - installs it
+
+    async def inside():
+        return util.get_running_loop() is asyncio.get_running_loop(), util.create_future()
+
+    same, fut = asyncio.run(inside())
+    assert same and isinstance(fut, asyncio.Future)
+    with pytest.raises(RuntimeError):
+        util.get_running_loop()
