@@ -454,6 +454,8 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         self._next_of: dict[str, dict[TP, int]] = {}
         self._ordered_topics: set[str] = set()
         self._passed: dict[TP, set[int]] = {}
+        self._passed_prune_at: dict[TP, int] = {}
+        self._readers_of: dict[str, list[str]] = {}  # topic -> its ordered agents
         self._refused: weakref.WeakSet[Any] = weakref.WeakSet()
         self._order_rewound: dict[TP, tuple[int, float]] = {}
         for reader, names in getattr(self.app, "ordered_readers", {}).items():
@@ -508,7 +510,11 @@ class GridflowConsumer(faust_aiokafka.Consumer):
     def ordered_reader(self, reader: str, topics: Iterable[str]) -> None:
         """Register an agent that reads `topics` in order (GridflowApp.in_order)."""
         self._next_of.setdefault(reader, {})
-        self._ordered_topics.update(topics)
+        for topic in topics:
+            self._ordered_topics.add(topic)
+            readers = self._readers_of.setdefault(topic, [])
+            if reader not in readers:
+                readers.append(reader)
 
     def in_order(self, reader: str, message: Any) -> bool:
         """Whether `message` is the next record of its partition for `reader`: the one after
@@ -549,15 +555,21 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         if handed to it."""
         if message.topic not in self._ordered_topics:
             return
-        passed = self._passed.get(message.tp)
+        tp = message.tp
+        passed = self._passed.get(tp)
         if passed is None:
-            passed = self._passed[message.tp] = set()
-        elif len(passed) >= PASSED_KEPT:
-            # Offsets no ordered agent will look back at again: below every agent's next one.
-            floor = min((n[message.tp] for n in self._next_of.values() if message.tp in n),
-                        default=None)
-            if floor is not None:
+            passed = self._passed[tp] = set()
+        elif len(passed) >= self._passed_prune_at.get(tp, PASSED_KEPT):
+            # Offsets no ordered agent will look back at again: below each one's next (its
+            # committed offset while it has been handed nothing, as when the conductor skips
+            # every record of the partition). The next look is twice as far on as what stays.
+            start = self._start_of(tp)
+            nexts = [self._next_of.get(r, {}).get(tp, start)
+                     for r in self._readers_of.get(tp.topic, ())]
+            if nexts and None not in nexts:
+                floor = min(cast(int, n) for n in nexts)
                 passed.difference_update([o for o in passed if o < floor])
+            self._passed_prune_at[tp] = max(PASSED_KEPT, 2 * len(passed))
         passed.add(message.offset)
 
     def _forget_order(self, tp: TP) -> None:
@@ -566,6 +578,7 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         for nexts in self._next_of.values():
             nexts.pop(tp, None)
         self._passed.pop(tp, None)
+        self._passed_prune_at.pop(tp, None)
         self._order_rewound.pop(tp, None)
 
     def _rewind_for_order(self, reader: str, tp: TP, expected: int, offset: int) -> None:

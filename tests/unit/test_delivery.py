@@ -831,6 +831,22 @@ def test_records_the_conductor_acknowledged_unread_count_as_handed(ordered):
     _run(scenario())
 
 
+def test_the_offsets_passed_unread_stay_few_when_the_agent_is_handed_nothing(ordered):
+    # With the deadlines filed inline, the conductor skips nearly every case event: the
+    # ordered agent is handed none, and what it will never look back at must not pile up.
+    import processors.delivery as delivery
+
+    c, tp, _, guard, rewinds = ordered
+    for offset in range(10, 10 + 10 * delivery.PASSED_KEPT):
+        c.passed_unread(_message(c, tp, offset))
+        if offset % 1000 == 0:
+            c._committed_offset[tp] = offset  # the skipped records' acks are committed
+    assert len(c._passed[tp]) <= 2 * delivery.PASSED_KEPT
+    # and what is kept still carries the agent over the gap to its next record
+    c._committed_offset[tp] = 10 + 10 * delivery.PASSED_KEPT - 500
+    assert _handed(c, guard, _message(c, tp, 10 + 10 * delivery.PASSED_KEPT))
+
+
 def test_after_a_rebalance_a_partition_is_counted_from_its_committed_offset(ordered):
     # The case from the scale-out test: the partition's new owner was handed the records after
     # the two at its committed offset, decided them, and the photo's first command after its
