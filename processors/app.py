@@ -152,8 +152,9 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
 
     radius_m, window = s.dedupe_radius_m, timedelta(hours=s.dedupe_window_hours)
 
-    # Both agents decide from their tables, so a record must not be decided before the one
-    # ahead of it on its partition (processors.delivery.GridflowConsumer.in_order).
+    # The filing agent and the case processor (below) decide from their tables, so neither
+    # decides a record before the one ahead of it on its partition
+    # (processors.delivery.GridflowConsumer.in_order).
     filing_in_order = app.in_order("filing", [names["reports-located"]])
 
     @app.agent(t["reports-located"], supervisor_strategy=CrashingSupervisor)

@@ -537,6 +537,13 @@ class GridflowConsumer(faust_aiokafka.Consumer):
                 nexts[tp] = offset + 1
                 return True
         if offset > expected:
+            # Every offset below the committed one was processed by each agent it was handed
+            # to, or passed unread (a refused or dropped record is never acknowledged), so the
+            # committed offset is as far as this agent need look back from.
+            start = self._start_of(tp)
+            if start is not None and start > expected:
+                expected = start
+        if offset > expected:
             passed = self._passed.get(tp)
             if passed is not None and all(o in passed for o in range(expected, offset)):
                 passed.difference_update(range(expected, offset))
@@ -560,14 +567,14 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         if passed is None:
             passed = self._passed[tp] = set()
         elif len(passed) >= self._passed_prune_at.get(tp, PASSED_KEPT):
-            # Offsets no ordered agent will look back at again: below each one's next (its
-            # committed offset while it has been handed nothing, as when the conductor skips
-            # every record of the partition). The next look is twice as far on as what stays.
+            # Offsets no ordered agent will look back at again: below each one's next, and
+            # below the committed offset (`in_order` looks back no further; an agent may have
+            # been handed nothing for a long while, as when the conductor skips nearly every
+            # record of the partition). The next look is twice as far on as what stays.
             start = self._start_of(tp)
-            nexts = [self._next_of.get(r, {}).get(tp, start)
-                     for r in self._readers_of.get(tp.topic, ())]
-            if nexts and None not in nexts:
-                floor = min(cast(int, n) for n in nexts)
+            if start is not None:
+                floor = min((max(self._next_of.get(r, {}).get(tp, start), start)
+                             for r in self._readers_of.get(tp.topic, ())), default=start)
                 passed.difference_update([o for o in passed if o < floor])
             self._passed_prune_at[tp] = max(PASSED_KEPT, 2 * len(passed))
         passed.add(message.offset)

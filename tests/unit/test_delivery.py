@@ -847,6 +847,22 @@ def test_the_offsets_passed_unread_stay_few_when_the_agent_is_handed_nothing(ord
     assert _handed(c, guard, _message(c, tp, 10 + 10 * delivery.PASSED_KEPT))
 
 
+def test_the_offsets_passed_unread_stay_few_after_the_agent_was_handed_one(ordered):
+    # The deadline agent is handed a case event now and then, and nothing for long stretches.
+    import processors.delivery as delivery
+
+    c, tp, _, guard, rewinds = ordered
+    assert _handed(c, guard, _message(c, tp, 10))
+    last = 11 + 10 * delivery.PASSED_KEPT
+    for offset in range(11, last):
+        c.passed_unread(_message(c, tp, offset))
+        if offset % 1000 == 0:
+            c._committed_offset[tp] = offset  # the skipped records' acks are committed
+    assert len(c._passed[tp]) <= 2 * delivery.PASSED_KEPT
+    assert _handed(c, guard, _message(c, tp, last))
+    assert not rewinds
+
+
 def test_after_a_rebalance_a_partition_is_counted_from_its_committed_offset(ordered):
     # The case from the scale-out test: the partition's new owner was handed the records after
     # the two at its committed offset, decided them, and the photo's first command after its
