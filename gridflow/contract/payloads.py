@@ -549,9 +549,10 @@ class RecordPhotoArchived(PhotoArchiveFacts, Command, frozen=True, kw_only=True)
 
     `event_seq`: the seq of the case event whose photo this is. A case whose state is behind
     it (its state lost in a crash after its events reached the log, and not decided again yet)
-    sends the command round once more, at most WAIT_LIMIT times (`waited`), instead of
-    deciding it against the older state (gridflow.core.case). Both absent in commands written
-    before they existed."""
+    holds the command in its state until it has that event, instead of deciding it against the
+    older state (gridflow.core.case.decide). `waited`: the rounds such a command went through
+    case-commands before commands waited in the state; written no more, read (at WAIT_LIMIT
+    it is decided as the state is). Both absent in commands written before they existed."""
 
     TYPE: ClassVar[str] = "RecordPhotoArchived"
     LABEL_ZH: ClassVar[str] = "照片归档"
@@ -565,10 +566,10 @@ class PersonCommand(Command, frozen=True, kw_only=True):
 
     `seen_seq`: the seq of the case's last event in the read models when the API accepted it.
     A case whose state is behind it lost that state in a crash after its events reached the
-    log, and the input that decided them is being read again: the command goes round
-    case-commands once more under its own id (`waited`, at most WAIT_LIMIT times) instead of
-    being decided against the older state (gridflow.core.case.decide). Both absent in commands
-    written before they existed."""
+    log, and the input that decided them is being read again: the case holds the command in
+    its state until it has that event, and then decides it under its own id, instead of
+    deciding it against the older state (gridflow.core.case.decide). `waited`: as in
+    RecordPhotoArchived, read only. Both absent in commands written before they existed."""
 
     seen_seq: int | UnsetType = UNSET
     waited: int | UnsetType = UNSET

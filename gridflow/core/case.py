@@ -20,7 +20,7 @@ from gridflow import events as ev
 from gridflow.contract import payloads as ct
 from gridflow.contract.payloads import UNSET, given
 from gridflow.core.sla import ExtensionLimit
-from gridflow.events import Message, SchemaError, derived_id, iso, parse_ts
+from gridflow.events import Message, SchemaError, decode_message, derived_id, iso, parse_ts
 
 # --- task states -------------------------------------------------------------
 DISPATCHED = "dispatched"  # 已派遣
@@ -149,6 +149,9 @@ class CaseState:
     last_hash: str = ""
     last_at: str = ""
     recent_commands: tuple[str, ...] = ()
+    # Commands that answer, or were given after seeing, an event this state does not have yet
+    # (their `to_dict` form, oldest first): decided as soon as the state reaches it (`decide`).
+    waiting: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready state (what `dataclasses.asdict` gives, built without its deep copy:
@@ -161,10 +164,12 @@ class CaseState:
     def from_dict(cls, d: dict[str, Any]) -> CaseState:
         tasks = {k: TaskState(**v) for k, v in d.get("tasks", {}).items()}
         return cls(
-            **{k: v for k, v in d.items() if k not in {"tasks", "report_ids", "recent_commands"}},
+            **{k: v for k, v in d.items()
+               if k not in {"tasks", "report_ids", "recent_commands", "waiting"}},
             tasks=tasks,
             report_ids=tuple(d.get("report_ids", ())),
             recent_commands=tuple(d.get("recent_commands", ())),
+            waiting=tuple(d.get("waiting", ())),
         )
 
 
@@ -247,12 +252,22 @@ def new_case(case_id: str) -> CaseState:
 
 
 def decide(state: CaseState, command: Message, planner: DeadlinePlanner) -> Decision:
-    """Apply one command to a case. Never raises for a bad command: refusals are events."""
-    if command.id in state.recent_commands:
+    """Apply one command to a case. Never raises for a bad command: refusals are events.
+
+    A command ahead of the state (`_ahead_of`: it answers, or its giver saw, an event the state
+    does not have yet) waits in the state (`waiting`), and so does every command after it but
+    a filing (what it may wait for); the decision that brings the state to that event decides
+    them, each under its own id, in the order they came (`_wake`)."""
+    if command.id in state.recent_commands or (
+            state.waiting and _is_waiting(state, command.id)):
         return Decision(state, [])
-    again = _behind_what_was_seen(state, command)
-    if again is not None:
-        return Decision(state, [], [again])
+    if _ahead_of(state, command) or (state.waiting and command.type not in _FILINGS):
+        return _wait(state, command, planner)
+    decision = _decide_now(state, command, planner)
+    return _wake(decision, planner) if decision.state.waiting else decision
+
+
+def _decide_now(state: CaseState, command: Message, planner: DeadlinePlanner) -> Decision:
     b = _Builder(state, command)
     handler = _HANDLERS.get(command.type)
     try:
@@ -448,42 +463,75 @@ def _refuse_report(b: _Builder, c: Message, d: ct.RefuseReport, planner: Deadlin
                            reason_en=given(d.reason_en)), actor=b.state.reporter)
 
 
-# How many times a RecordPhotoArchived goes round case-commands while the case's state is
-# behind the event it answers. After a crash the worker decides the lost inputs again within
-# its first reads, so a few rounds suffice; the limit only ends a wait that cannot end.
+# Waiting commands (`CaseState.waiting`). After a crash the worker decides the lost inputs
+# again within its first reads, so a case holds a waiting command for moments. The bound only
+# ends a wait that cannot end: a case holding WAITING_KEPT commands decides its oldest against
+# the state as it is when another comes (a pure rule: the same inputs, the same outcome).
+WAITING_KEPT = 32
+# Commands written while a waiting command went round case-commands (`waited`, before
+# commands waited in the state) and that many rounds on are decided against the state as it is.
 WAIT_LIMIT = 100
 
 
-def _behind_what_was_seen(state: CaseState, c: Message) -> Message | None:
-    """The command once more, if the person who gave it saw the case further on than this
-    state (`seen_seq`, stamped by the API from the read models): the worker was killed after
-    the case's events reached the log and before its state did (processors.delivery), and the
-    input that decides them again is still to come. Deciding now would refuse a task the
-    person saw, or put the command's events where that decision's are about to go again. The
-    copy keeps the command's id, so its outcome is the one the person waits for, and is not
-    remembered as decided; after WAIT_LIMIT rounds it is decided against the state as it is."""
-    seen, waited = c.data.get("seen_seq"), c.data.get("waited", 0)
-    if (type(seen) is not int or state.seq >= seen or type(waited) is not int
-            or waited >= WAIT_LIMIT):
-        return None
-    return Message(id=c.id, type=c.type, case_id=c.case_id, at=c.at, actor=c.actor,
-                   data={**c.data, "waited": waited + 1}, causation_id=c.id)
+def _ahead_of(state: CaseState, c: Message) -> bool:
+    """Whether `c` needs an event this state does not have yet: the worker was killed after the
+    case's events reached the log and before its state did (processors.delivery), and the input
+    that decides them again is still to come. Deciding now would put the command's events
+    where that decision's are about to go again, or refuse what its giver saw.
+
+    - A RecordPhotoArchived answers the event of seq `event_seq` (the photo archive's answer
+      to a CaseFiled or ReportMerged it read on the log).
+    - A person's command carries `seen_seq`, the case's last seq in the read models when the
+      API accepted it: a department signing a task whose dispatch it saw."""
+    data = c.data
+    need = data.get("event_seq") if c.type == ev.RECORD_PHOTO_ARCHIVED else data.get("seen_seq")
+    if type(need) is not int or state.seq >= need:
+        return False
+    waited = data.get("waited", 0)
+    return type(waited) is int and waited < WAIT_LIMIT
+
+
+# The filings: what a waiting command may wait for, so never held behind one.
+_FILINGS = frozenset({ev.FILE_REPORT, ev.REFUSE_REPORT})
+
+
+def _is_waiting(state: CaseState, command_id: str) -> bool:
+    return any(w.get("id") == command_id for w in state.waiting)
+
+
+def _wait(state: CaseState, command: Message, planner: DeadlinePlanner) -> Decision:
+    """`command` waits in the state (not remembered as decided: it is decided later under its
+    own id, so its outcome is the one its giver waits for, and its events' ids are the ones it
+    would have had). Past WAITING_KEPT, the oldest is decided against the state as it is."""
+    waiting = (*state.waiting, command.to_dict())
+    if len(waiting) <= WAITING_KEPT:
+        return Decision(_evolve(state, waiting=waiting), [])
+    oldest = decode_message(waiting[0], typed=False)
+    decision = _decide_now(_evolve(state, waiting=waiting[1:]), oldest, planner)
+    return _wake(decision, planner)
+
+
+def _wake(decision: Decision, planner: DeadlinePlanner) -> Decision:
+    """Decide, after `decision`, the waiting commands in the order they came, up to the first
+    one the state has still not reached (one decided may bring the state to the next). The
+    order is the order the first worker decided them in: they came on one partition of
+    case-commands, read in its order (processors.delivery.GridflowConsumer.in_order)."""
+    state, events, commands = decision.state, list(decision.events), list(decision.commands)
+    while state.waiting:
+        command = decode_message(state.waiting[0], typed=False)
+        if _ahead_of(state, command):
+            break
+        state = _evolve(state, waiting=state.waiting[1:])
+        if command.id not in state.recent_commands:
+            d = _decide_now(state, command, planner)
+            state = d.state
+            events += d.events
+            commands += d.commands
+    return Decision(state, events, commands)
 
 
 def _photo_archived(b: _Builder, c: Message, d: ct.RecordPhotoArchived,
                     planner: DeadlinePlanner) -> None:
-    behind = isinstance(d.event_seq, int) and b.state.seq < d.event_seq
-    waited = given(d.waited, 0)
-    if behind and waited < WAIT_LIMIT:
-        # The event is on the log and the state does not have it yet: the worker was killed
-        # after the event went out and before the state did (processors.delivery), and the
-        # input that decides them is being read again. Deciding now would put a PhotoArchived
-        # where that decision's events already are; the command goes round once more, with an
-        # id derived from its own, and comes back after them.
-        b.commands.append(Message(
-            id=derived_id(c.id, "wait"), type=c.type, case_id=c.case_id, at=c.at,
-            actor=c.actor, data={**c.data, "waited": waited + 1}, causation_id=c.id))
-        return
     if b.state.status == "new":
         raise Refused("unknown_case", "案件不存在", "no such case")
     # the facts the archive agent found, as it wrote them (a field it left out stays out)

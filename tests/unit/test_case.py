@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -524,44 +525,94 @@ def test_a_photo_archived_for_an_event_the_state_has_is_recorded():
     assert types(old) == [ev.PHOTO_ARCHIVED]
 
 
-def test_a_photo_archived_ahead_of_the_cases_state_goes_round_until_the_state_catches_up():
+def test_a_photo_archived_ahead_of_the_cases_state_waits_in_it_until_the_state_catches_up():
     # The worker was killed after CaseFiled reached the log and before the case's state did;
     # the archive answered the event. Deciding now would refuse it as "no such case" on the
-    # chain where the CaseFiled decided again is about to go: the command goes round instead.
-    from gridflow.core.case import WAIT_LIMIT
+    # chain where the CaseFiled decided again is about to go: it waits in the state instead,
+    # and the decision that files the case again decides it, with the ids and bytes it had.
+    filing = filed()
+    state, events = run(new_case("AJ1"), filing)
+    photo = _archived(event_seq=events[0].seq)
+    first, recorded = run(state, photo)  # how the first worker decided them
 
-    early = _archived(event_seq=1)
-    d = decide(new_case("AJ1"), early, PLANNER)
-    assert d.events == []
-    (again,) = d.commands
-    assert again.type == ev.RECORD_PHOTO_ARCHIVED and again.case_id == "AJ1"
-    assert again.causation_id == early.id and again.id != early.id
-    assert again.data == {**early.data, "waited": 1}
-    assert early.id in d.state.recent_commands  # a redelivery of it goes nowhere twice
-    assert decide(d.state, early, PLANNER).commands == []
-    # the report decided again: the next round records the photo after CaseFiled
-    state, events = run(d.state, filed())
-    assert types(events)[0] == ev.CASE_FILED and events[0].seq == 1
-    state, more = run(state, again)
-    assert types(more) == [ev.PHOTO_ARCHIVED] and more[0].seq == events[-1].seq + 1
+    lost = new_case("AJ1")  # the state the partition's next owner has
+    d = decide(lost, photo, PLANNER)
+    assert d.events == [] and d.commands == []
+    assert photo.id not in d.state.recent_commands and len(d.state.waiting) == 1
+    assert decide(d.state, photo, PLANNER).state.waiting == d.state.waiting  # a redelivery
+    stored = CaseState.from_dict(json.loads(json.dumps(d.state.to_dict())))  # the changelog's
+    again = decide(stored, filing, PLANNER)
+    assert [e.encode() for e in again.events] == [e.encode() for e in (*events, *recorded)]
+    assert again.state == first and again.state.waiting == ()
+    assert decide(again.state, photo, PLANNER).events == []  # decided: remembered
     # behind an existing case's later event (a ReportMerged, say) it waits the same way
-    ahead = decide(state, _archived(event_seq=state.seq + 1), PLANNER)
-    assert ahead.events == [] and len(ahead.commands) == 1
-    # a wait that cannot end ends: decided as before (an unknown case is refused)
-    last = decide(new_case("AJ2"), _archived(event_seq=1, waited=WAIT_LIMIT, case_id="AJ2"),
-                  PLANNER)
-    assert types(last.events) == [ev.COMMAND_REFUSED] and last.commands == []
-    assert last.events[0].data["code"] == "unknown_case"
+    ahead = decide(first, _archived(event_seq=first.seq + 1), PLANNER)
+    assert ahead.events == [] and len(ahead.state.waiting) == 1
 
 
-def test_a_person_s_command_ahead_of_the_case_s_state_goes_round_under_its_own_id():
+def test_waiting_commands_and_those_after_them_are_decided_in_the_order_they_came():
+    # The order the first worker decided them in: one partition of case-commands, in order.
+    filing = filed()
+    state, events = run(new_case("AJ1"), filing)
+    tid = events[1].data["task_id"]
+    photo = _archived(event_seq=1)
+    sign = cmd(ev.SIGN_TASK, {"task_id": tid, "seen_seq": events[-1].seq}, "dept:D-CG",
+               minutes=30)
+    note = cmd(ev.NOTE_PROGRESS, {"task_id": tid, "note": "在办"}, "dept:D-CG", minutes=40)
+    later = cmd(ev.RECORD_PHOTO_ARCHIVED, {"sha256": "b" * 64, "source_key": "k2",
+                                           "status": "archived", "event_seq": 9})
+    after = cmd(ev.NOTE_PROGRESS, {"task_id": tid, "note": "再办"}, "dept:D-CG", minutes=50)
+    lost = new_case("AJ1")
+    for c in (photo, sign, note, later, after):  # `note` needs nothing: it waits behind them
+        d = decide(lost, c, PLANNER)
+        assert d.events == [] and d.commands == []
+        lost = d.state
+    assert [w["id"] for w in lost.waiting] == [photo.id, sign.id, note.id, later.id, after.id]
+    d = decide(lost, filing, PLANNER)  # a filing is never held: it is what they wait for
+    assert [e.hash() for e in d.events[:len(events)]] == [e.hash() for e in events]
+    assert types(d.events[len(events):]) == [ev.PHOTO_ARCHIVED, ev.TASK_SIGNED,
+                                              ev.TASK_PROGRESS_NOTED]
+    assert [e.causation_id for e in d.events[len(events):]] == [photo.id, sign.id, note.id]
+    assert [e.seq for e in d.events] == list(range(1, len(d.events) + 1))
+    # `later` waits for an event no decision here reached, and holds `after` behind it
+    assert [w["id"] for w in d.state.waiting] == [later.id, after.id]
+    assert {photo.id, sign.id, note.id} <= set(d.state.recent_commands)
+    # the same as the first worker's decisions, one by one
+    first = state
+    for c in (photo, sign, note):
+        first = decide(first, c, PLANNER).state
+    assert d.state.tasks == first.tasks and d.state.last_hash == first.last_hash
+
+
+def test_a_wait_that_cannot_end_ends_within_a_bound():
+    from gridflow.core.case import WAIT_LIMIT, WAITING_KEPT
+
+    state = new_case("AJ2")
+    photos = [cmd(ev.RECORD_PHOTO_ARCHIVED, {"sha256": "a" * 64, "source_key": f"k{i}",
+                                             "status": "archived", "event_seq": 1},
+                  case_id="AJ2") for i in range(WAITING_KEPT + 1)]
+    for c in photos[:WAITING_KEPT]:
+        d = decide(state, c, PLANNER)
+        assert d.events == []
+        state = d.state
+    d = decide(state, photos[-1], PLANNER)  # one too many: the oldest is decided as it is
+    assert d.events[0].type == ev.COMMAND_REFUSED and d.events[0].data["code"] == "unknown_case"
+    assert d.events[0].causation_id == photos[0].id
+    # its refusal is seq 1, what the others wait for: they are decided after it, in order
+    assert [e.causation_id for e in d.events] == [c.id for c in photos]
+    assert types(d.events) == [ev.COMMAND_REFUSED] * len(photos) and d.state.waiting == ()
+    # a command written by the older rounds through case-commands, at their limit: decided now
+    old = decide(new_case("AJ3"), _archived(event_seq=1, waited=WAIT_LIMIT, case_id="AJ3"),
+                 PLANNER)
+    assert types(old.events) == [ev.COMMAND_REFUSED] and old.state.waiting == ()
+
+
+def test_a_person_s_command_ahead_of_the_case_s_state_waits_under_its_own_id():
     # A department signs a task it saw in the read models (the API stamps seen_seq, the case's
     # last seq there). The worker was killed after the dispatch reached the log and before the
     # case's state did; deciding the sign against the older state would refuse the task as
-    # unknown. It goes round under its own id (its outcome is the one the department waits
-    # for) until the report is decided again, then is decided as if nothing had happened.
-    from gridflow.core.case import WAIT_LIMIT
-
+    # unknown. It waits in the state until the report is decided again, then is decided under
+    # its own id (its outcome is the one the department waits for), as if nothing had happened.
     filing = filed()
     state, events = run(new_case("AJ1"), filing)
     tid = events[1].data["task_id"]
@@ -569,30 +620,26 @@ def test_a_person_s_command_ahead_of_the_case_s_state_goes_round_under_its_own_i
                minutes=30)
     lost = new_case("AJ1")  # the state the restarted worker has
     d = decide(lost, sign, PLANNER)
-    assert d.events == [] and d.state == lost  # not remembered as decided
-    (again,) = d.commands
-    assert again.id == sign.id and again.type == ev.SIGN_TASK and again.case_id == "AJ1"
-    assert again.data == {**sign.data, "waited": 1} and again.at == sign.at
-    assert decide(d.state, again, PLANNER).commands[0].data["waited"] == 2  # still behind
-    # the report decided again, with the same events: the copy is decided, once
-    state2, events2 = run(lost, filing)
-    assert [e.hash() for e in events2] == [e.hash() for e in events]
-    done = decide(state2, again, PLANNER)
-    assert types(done.events) == [ev.TASK_SIGNED] and done.commands == []
-    assert done.events[0].causation_id == sign.id and sign.id in done.state.recent_commands
+    assert d.events == [] and d.commands == [] and sign.id not in d.state.recent_commands
+    done = decide(d.state, filing, PLANNER)
+    assert [e.hash() for e in done.events[:len(events)]] == [e.hash() for e in events]
+    assert types(done.events[len(events):]) == [ev.TASK_SIGNED]
+    assert done.events[-1].causation_id == sign.id and sign.id in done.state.recent_commands
     assert decide(done.state, sign, PLANNER).events == []  # the original, redelivered: nothing
-    # decided exactly as an unstamped command would be
-    plain = cmd(ev.SIGN_TASK, {"task_id": tid}, "dept:D-CG", minutes=30)
-    plain_done = decide(state, plain, PLANNER)
-    assert types(plain_done.events) == types(done.events)
-    # a stamp at or behind the state changes nothing; a wait that cannot end ends
-    assert decide(state, sign, PLANNER).events[0].type == ev.TASK_SIGNED
-    last = decide(lost, cmd(ev.SIGN_TASK, {"task_id": tid, "seen_seq": 2, "waited": WAIT_LIMIT},
-                            "dept:D-CG"), PLANNER)
-    assert types(last.events) == [ev.COMMAND_REFUSED] and last.commands == []
+    # decided exactly as it is against the state that has the dispatch
+    direct = decide(state, sign, PLANNER)
+    assert [e.hash() for e in direct.events] == [e.hash() for e in done.events[len(events):]]
+    assert direct.state == done.state
     # a stamp of the wrong type is ignored (the payload's own check refuses it)
     odd = decide(lost, cmd(ev.SIGN_TASK, {"task_id": tid, "seen_seq": "2"}, "dept:D-CG"), PLANNER)
-    assert odd.commands == [] and types(odd.events) == [ev.COMMAND_REFUSED]
+    assert odd.state.waiting == () and types(odd.events) == [ev.COMMAND_REFUSED]
+    # a waiting command whose payload does not check is refused when it is reached
+    bad = cmd(ev.SIGN_TASK, {"task_id": 7, "seen_seq": 2}, "dept:D-CG", minutes=30)
+    w = decide(lost, bad, PLANNER)
+    assert len(w.state.waiting) == 1
+    woken = decide(w.state, filing, PLANNER)
+    assert types(woken.events)[-1] == ev.COMMAND_REFUSED
+    assert woken.events[-1].data["code"] == "bad_payload" and woken.state.waiting == ()
 
 
 def test_a_stale_deadline_command_is_not_remembered_so_its_clock_can_fire_it_again():
