@@ -199,9 +199,11 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
     follower = (rt.deadlines.follower(app, t, rt)
                 if rt.deadlines is not None and s.deadlines_inline else None)
 
-    async def decide(raw: bytes, key: str, m: Any, made: Any = None) -> None:
+    async def decide(raw: bytes, key: str, m: Any, made: Any = None, local: bool = False,
+                     ) -> None:
         """A command for case `key` against the case table (as read from case-commands, or
-        `made` by this step's intake: steps.Outputs.take_local_commands)."""
+        `local`: made by this step's intake, steps.Outputs.take_local_commands, with `made` the
+        message when it has one)."""
         before = cases.get(key)
         if before is None and evict_days > 0:
             stub = evicted.get(key)
@@ -213,7 +215,7 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
                     evicted[key] = kept
                 return
         out, state = steps.case_step(raw, before, rt.planner, rt.clock(), m.topic,
-                                     key, m.partition, m.offset, made)
+                                     key, m.partition, m.offset, made, in_order=not local)
         # The output first, then the state: a table write goes to Kafka only after the sends
         # made before it are acknowledged (processors.delivery.StateAfterOutput), so a state
         # that holds this command's id never reaches the changelog without its events.
@@ -242,7 +244,7 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
                 here = out.take_local_commands(m.partition, topics.CASE_PARTITIONS)
                 await emit(out)
                 for key, value, made in here:
-                    await decide(value, key, m, made)
+                    await decide(value, key, m, made, local=True)
                 continue
             if m.topic == ticks_name:
                 now = eviction.tick_time(event.value)

@@ -247,9 +247,12 @@ def _file(located: _Located, candidates: list[dict[str, Any]], out: Outputs, rad
 
 def case_step(raw: bytes, state: dict[str, Any] | None, planner: DeadlinePlanner, now: datetime,
               source: str, key: str = "", partition: int | None = None, offset: int | None = None,
-              made: Message | None = None) -> tuple[Outputs, dict[str, Any] | None]:
+              made: Message | None = None, in_order: bool = True,
+              ) -> tuple[Outputs, dict[str, Any] | None]:
     """A command → the case's new events (sent to case-events) and its new state. `made`: the
-    command as the step that made it holds it (`raw` is its encoding), not decoded again."""
+    command as the step that made it holds it (`raw` is its encoding), not decoded again.
+    `in_order=False`: made in this step from another topic's record, not read from
+    case-commands (gridflow.core.case.decide)."""
     out = Outputs()
     try:
         if made is None:
@@ -265,7 +268,7 @@ def case_step(raw: bytes, state: dict[str, Any] | None, planner: DeadlinePlanner
         return out, state
     current = CaseState.from_dict(state) if state else new_case(cmd.case_id)
     try:
-        decision = decide(current, cmd, planner)
+        decision = decide(current, cmd, planner, in_order=in_order)
     except (KeyError, TypeError, ValueError) as exc:  # a malformed payload of a known command
         out.dead(source, partition, offset, raw, f"malformed {cmd.type}: {exc!r}", now)
         return out, state

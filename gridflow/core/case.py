@@ -251,17 +251,21 @@ def new_case(case_id: str) -> CaseState:
     return CaseState(case_id=case_id)
 
 
-def decide(state: CaseState, command: Message, planner: DeadlinePlanner) -> Decision:
+def decide(state: CaseState, command: Message, planner: DeadlinePlanner, *,
+           in_order: bool = True) -> Decision:
     """Apply one command to a case. Never raises for a bad command: refusals are events.
 
     A command ahead of the state (`_ahead_of`: it answers, or its giver saw, an event the state
-    does not have yet) waits in the state (`waiting`), and so does every command after it but
-    a filing (what it may wait for); the decision that brings the state to that event decides
-    them, each under its own id, in the order they came (`_wake`)."""
+    does not have yet) waits in the state (`waiting`), and so does every command after it on
+    case-commands; the decision that brings the state to that event decides them, each under
+    its own id, in the order they came (`_wake`). `in_order=False`: the command was not read
+    from case-commands but made in this step from another topic's record (the intake's filing
+    of a report, processors.steps), so it has no place in their order and may be what they
+    wait for: it is decided at once."""
     if command.id in state.recent_commands or (
             state.waiting and _is_waiting(state, command.id)):
         return Decision(state, [])
-    if _ahead_of(state, command) or (state.waiting and command.type not in _FILINGS):
+    if _ahead_of(state, command) or (state.waiting and in_order):
         return _wait(state, command, planner)
     decision = _decide_now(state, command, planner)
     return _wake(decision, planner) if decision.state.waiting else decision
@@ -489,10 +493,6 @@ def _ahead_of(state: CaseState, c: Message) -> bool:
         return False
     waited = data.get("waited", 0)
     return type(waited) is int and waited < WAIT_LIMIT
-
-
-# The filings: what a waiting command may wait for, so never held behind one.
-_FILINGS = frozenset({ev.FILE_REPORT, ev.REFUSE_REPORT})
 
 
 def _is_waiting(state: CaseState, command_id: str) -> bool:

@@ -208,3 +208,33 @@ def test_bytes_sent_as_bytes_have_no_message_and_a_bad_made_command_is_a_dead_le
     again, _ = steps.case_step(bad.encode(), None, PLANNER, T0, "reports", bad.case_id, 0, 1)
     assert state is None and [t for t, _, _ in res.sends] == ["dead-letters"]
     assert res.sends == again.sends
+
+
+def test_a_report_read_again_files_its_case_at_once_and_wakes_the_commands_waiting_for_it(
+) -> None:
+    # After a crash lost a case's state, the photo archive's answer to its CaseFiled (on
+    # case-commands) can be read before the report (on reports) that files the case again. The
+    # answer waits in the state; the report's filing, made in the step, is not held behind it.
+    key, raw = COUNTY.keyed_report(3, "hop", T0)
+    p = topics.partition_of(key, N)
+    out = steps.intake_and_file_step(raw, COUNTY.ref, {}, T0, "reports", p, 1, N)
+    [(case_id, value, made)] = out.take_local_commands(p, N)
+    first, state = steps.case_step(value, None, PLANNER, T0, "reports", case_id, p, 1, made,
+                                   in_order=False)
+    filed = [decode_message(v) for _, _, v in first.sends]
+    assert filed[0].type == ev.CASE_FILED
+    photo = ev.Message(id="rpa-1", type=ev.RECORD_PHOTO_ARCHIVED, case_id=case_id,
+                       at=filed[0].at, actor="system:archive",
+                       data={"sha256": "a" * 64, "source_key": "k", "status": "archived",
+                             "event_seq": 1}).encode()
+    answered, _ = steps.case_step(photo, state, PLANNER, T0, "case-commands", case_id, p, 2)
+    lost: dict[str, Any] | None = None  # the next owner's state
+    held, lost = steps.case_step(photo, lost, PLANNER, T0, "case-commands", case_id, p, 2)
+    assert held.sends == [] and lost is not None and len(lost["waiting"]) == 1
+    # read from case-commands, a filing would wait behind it
+    behind, _ = steps.case_step(value, lost, PLANNER, T0, "case-commands", case_id, p, 3)
+    assert behind.sends == []
+    again, after = steps.case_step(value, lost, PLANNER, T0, "reports", case_id, p, 1, made,
+                                   in_order=False)
+    assert [v for _, _, v in again.sends] == [v for _, _, v in (*first.sends, *answered.sends)]
+    assert after is not None and not after["waiting"]
