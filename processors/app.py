@@ -228,6 +228,11 @@ def _install_pipeline(app: GridflowApp, t: dict[str, Any], rt: Runtime) -> None:
             cases[key] = state
             if evict_days > 0:
                 eviction.EvictionIndex(closed_index, f"p{m.partition}:").note(before, state)
+            waiting = state.get("waiting")
+            if waiting or (before is not None and before.get("waiting")):
+                log.info("case %s: %d command(s) waiting for events its state does not have "
+                         "yet (state at seq %s; %s@%s)", key, len(waiting or ()),
+                         state.get("seq"), m.topic, m.offset)
 
     case_in_order = app.in_order("case_processor", source_names)
 
