@@ -272,6 +272,8 @@ def case_step(raw: bytes, state: dict[str, Any] | None, planner: DeadlinePlanner
     except (KeyError, TypeError, ValueError) as exc:  # a malformed payload of a known command
         out.dead(source, partition, offset, raw, f"malformed {cmd.type}: {exc!r}", now)
         return out, state
+    for waited, reason in decision.malformed:  # a waiting command reached, not decidable
+        out.dead(source, partition, offset, waited, reason, now)
     for follow_up in decision.commands:
         out.send("case-commands", follow_up.case_id, follow_up.encode())
     for event in decision.events:

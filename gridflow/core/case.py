@@ -20,7 +20,15 @@ from gridflow import events as ev
 from gridflow.contract import payloads as ct
 from gridflow.contract.payloads import UNSET, given
 from gridflow.core.sla import ExtensionLimit
-from gridflow.events import Message, SchemaError, decode_message, derived_id, iso, parse_ts
+from gridflow.events import (
+    Message,
+    SchemaError,
+    canonical_json,
+    decode_message,
+    derived_id,
+    iso,
+    parse_ts,
+)
 
 # --- task states -------------------------------------------------------------
 DISPATCHED = "dispatched"  # 已派遣
@@ -201,6 +209,9 @@ class Decision:
     events: list[Message]
     # Commands for other cases that this decision hands on (a report for a closed case).
     commands: list[Message] = field(default_factory=list)
+    # Waiting commands this decision reached whose payload made `decide` raise (what a command
+    # decided at once is dead-lettered for, processors.steps): (the command's bytes, the reason).
+    malformed: list[tuple[bytes, str]] = field(default_factory=list)
 
 
 class _Builder:
@@ -506,28 +517,41 @@ def _wait(state: CaseState, command: Message, planner: DeadlinePlanner) -> Decis
     waiting = (*state.waiting, command.to_dict())
     if len(waiting) <= WAITING_KEPT:
         return Decision(_evolve(state, waiting=waiting), [])
-    oldest = decode_message(waiting[0], typed=False)
-    decision = _decide_now(_evolve(state, waiting=waiting[1:]), oldest, planner)
-    return _wake(decision, planner)
+    return _wake(Decision(_evolve(state, waiting=waiting), []), planner, force=1)
 
 
-def _wake(decision: Decision, planner: DeadlinePlanner) -> Decision:
+def _wake(decision: Decision, planner: DeadlinePlanner, force: int = 0) -> Decision:
     """Decide, after `decision`, the waiting commands in the order they came, up to the first
-    one the state has still not reached (one decided may bring the state to the next). The
-    order is the order the first worker decided them in: they came on one partition of
-    case-commands, read in its order (processors.delivery.GridflowConsumer.in_order)."""
+    one the state has still not reached (one decided may bring the state to the next); the
+    first `force` of them whether reached or not. The order is the order the first worker
+    decided them in: they came on one partition of case-commands, read in its order
+    (processors.delivery.GridflowConsumer.in_order). One whose payload makes the decision
+    raise is set aside as `malformed`, as a command decided at once would be dead-lettered."""
     state, events, commands = decision.state, list(decision.events), list(decision.commands)
+    malformed = list(decision.malformed)
     while state.waiting:
-        command = decode_message(state.waiting[0], typed=False)
-        if _ahead_of(state, command):
+        raw = state.waiting[0]
+        try:
+            command = decode_message(raw, typed=False)
+        except SchemaError as exc:  # defensive: it decoded when it came
+            state = _evolve(state, waiting=state.waiting[1:])
+            malformed.append((canonical_json(raw), f"undecodable waiting command: {exc}"))
+            continue
+        if force <= 0 and _ahead_of(state, command):
             break
+        force -= 1
         state = _evolve(state, waiting=state.waiting[1:])
-        if command.id not in state.recent_commands:
+        if command.id in state.recent_commands:
+            continue
+        try:
             d = _decide_now(state, command, planner)
-            state = d.state
-            events += d.events
-            commands += d.commands
-    return Decision(state, events, commands)
+        except (KeyError, TypeError, ValueError) as exc:  # a malformed payload of a known command
+            malformed.append((command.encode(), f"malformed {command.type}: {exc!r}"))
+            continue
+        state = d.state
+        events += d.events
+        commands += d.commands
+    return Decision(state, events, commands, malformed)
 
 
 def _photo_archived(b: _Builder, c: Message, d: ct.RecordPhotoArchived,

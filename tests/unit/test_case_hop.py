@@ -238,3 +238,44 @@ def test_a_report_read_again_files_its_case_at_once_and_wakes_the_commands_waiti
                                    in_order=False)
     assert [v for _, _, v in again.sends] == [v for _, _, v in (*first.sends, *answered.sends)]
     assert after is not None and not after["waiting"]
+
+
+def test_a_waiting_command_that_cannot_be_decided_is_dead_lettered_and_the_rest_decided(
+        monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A command decided at once whose payload makes the decision raise is dead-lettered
+    # (case_step). Reached while waiting, it is dead-lettered the same way by the decision that
+    # reached it, and that decision (the report's filing here) goes on.
+    from gridflow.core import case as case_core
+
+    key, raw = COUNTY.keyed_report(4, "hop", T0)
+    p = topics.partition_of(key, N)
+    out = steps.intake_and_file_step(raw, COUNTY.ref, {}, T0, "reports", p, 1, N)
+    [(case_id, value, made)] = out.take_local_commands(p, N)
+    at = decode_message(value).at
+    photo = ev.Message(id="rpa-2", type=ev.RECORD_PHOTO_ARCHIVED, case_id=case_id, at=at,
+                       actor="system:archive",
+                       data={"sha256": "d" * 64, "source_key": "k", "status": "archived",
+                             "event_seq": 1})
+    odd = ev.Message(id="odd-1", type=ev.RATE_CASE, case_id=case_id, at=at,
+                     actor="resident:13800000000", data={"score": 5})
+
+    def boom(b, c, d, planner):  # type: ignore[no-untyped-def]
+        raise TypeError("a payload the handler cannot take")
+
+    monkeypatch.setitem(case_core._HANDLERS, ev.RATE_CASE, boom)
+    state: dict[str, Any] | None = None
+    for c in (photo, odd):  # the rating waits behind the photo's answer
+        held, state = steps.case_step(c.encode(), state, PLANNER, T0, "case-commands", case_id,
+                                      p, 5)
+        assert held.sends == []
+    res, state = steps.case_step(value, state, PLANNER, T0, "reports", case_id, p, 9, made,
+                                 in_order=False)
+    kinds = [(topic, decode_message(v).type if topic == "case-events" else "")
+             for topic, _, v in res.sends]
+    events = [k for t, k in kinds if t == "case-events"]
+    assert events[0] == ev.CASE_FILED and events[-1] == ev.PHOTO_ARCHIVED
+    [dead_raw] = [v for topic, _, v in res.sends if topic == "dead-letters"]
+    dead = ev.loads(dead_raw)
+    assert "malformed RateCase" in dead["reason"] and dead["offset"] == 9
+    assert state is not None and not state["waiting"]
+    assert "odd-1" not in state["recent_commands"]
