@@ -20,15 +20,7 @@ from gridflow import events as ev
 from gridflow.contract import payloads as ct
 from gridflow.contract.payloads import UNSET, given
 from gridflow.core.sla import ExtensionLimit
-from gridflow.events import (
-    Message,
-    SchemaError,
-    canonical_json,
-    decode_message,
-    derived_id,
-    iso,
-    parse_ts,
-)
+from gridflow.events import Message, SchemaError, derived_id, iso, parse_ts
 
 # --- task states -------------------------------------------------------------
 DISPATCHED = "dispatched"  # 已派遣
@@ -530,13 +522,7 @@ def _wake(decision: Decision, planner: DeadlinePlanner, force: int = 0) -> Decis
     state, events, commands = decision.state, list(decision.events), list(decision.commands)
     malformed = list(decision.malformed)
     while state.waiting:
-        raw = state.waiting[0]
-        try:
-            command = decode_message(raw, typed=False)
-        except SchemaError as exc:  # defensive: it decoded when it came
-            state = _evolve(state, waiting=state.waiting[1:])
-            malformed.append((canonical_json(raw), f"undecodable waiting command: {exc}"))
-            continue
+        command = Message(**state.waiting[0])  # its envelope was checked when it came
         if force <= 0 and _ahead_of(state, command):
             break
         force -= 1
