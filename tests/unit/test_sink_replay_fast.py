@@ -260,3 +260,146 @@ def test_json_columns_are_written_compact_and_read_back_as_the_same_values():
     # NaN is no JSON: null, not json.dumps's NaN (no event carries one)
     assert json_text([math.nan, math.inf]) == "[null,null]"
     engine.dispose()
+
+
+# --- SQLite: the replay's transaction written with a rollback journal ---------------------------
+
+def _journal(path) -> tuple[str, int]:  # type: ignore[no-untyped-def]
+    """The file's journal mode and a new connection's synchronous setting, as the engine
+    opens it (make_engine's pragmas)."""
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            return (conn.exec_driver_sql("PRAGMA journal_mode").scalar(),
+                    conn.exec_driver_sql("PRAGMA synchronous").scalar())
+    finally:
+        engine.dispose()
+
+
+def _mode_of(replayer: Replayer) -> str:
+    cur = replayer._need_writer().raw.cursor()
+    try:
+        cur.execute("PRAGMA journal_mode")
+        return cur.fetchone()[0]
+    finally:
+        cur.close()
+
+
+def test_a_sqlite_replay_is_written_with_a_rollback_journal_and_the_file_is_wal_again(tmp_path):
+    records, dlq = stream()
+    want = live(f"sqlite:///{tmp_path / 'live.db'}", records, dlq)
+    path = tmp_path / "fast.db"
+    engine = make_engine(f"sqlite:///{path}")
+    create_schema(engine)
+    replayer = Replayer(engine, "sql-sink", chunk_rows=50)
+    replayer.begin()
+    assert _mode_of(replayer) == "delete"
+    for i in range(0, len(records), 97):
+        replayer.add_case_records(records[i:i + 97])
+    replayer.add_dead_letter_records(dlq)
+    replayer.finish()
+    assert dump(engine) == want
+    engine.dispose()
+    assert _journal(path) == ("wal", 1)  # WAL, synchronous=NORMAL
+    assert not (tmp_path / "fast.db-journal").exists()
+
+
+def test_an_aborted_sqlite_replay_leaves_the_file_empty_and_in_wal(tmp_path):
+    records, _ = stream()
+    path = tmp_path / "db.db"
+    engine = make_engine(f"sqlite:///{path}")
+    create_schema(engine)
+    replayer = Replayer(engine, "sql-sink", chunk_rows=10)
+    replayer.begin()
+    assert _mode_of(replayer) == "delete"
+    replayer.add_case_records(records)
+    replayer.abort()
+    assert all(not rows for rows in dump(engine).values())
+    engine.dispose()
+    assert _journal(path) == ("wal", 1)
+
+
+def test_with_another_connection_open_the_replay_keeps_wal_and_does_not_wait(tmp_path, caplog):
+    import logging
+    import sqlite3
+
+    records, dlq = stream()
+    want = live(f"sqlite:///{tmp_path / 'live.db'}", records, dlq)
+    path = tmp_path / "fast.db"
+    engine = make_engine(f"sqlite:///{path}")
+    create_schema(engine)
+    reader = sqlite3.connect(path)  # someone looking at the (empty) tables
+    assert reader.execute("SELECT count(*) FROM cases").fetchone() == (0,)
+    replayer = Replayer(engine, "sql-sink", chunk_rows=50)
+    with caplog.at_level(logging.INFO, logger="gridflow.sinks.replay_fast"):
+        replayer.begin()
+    assert _mode_of(replayer) == "wal"
+    assert "another connection has the database open" in caplog.text
+    cur = replayer._need_writer().raw.cursor()
+    cur.execute("PRAGMA busy_timeout")
+    assert cur.fetchone()[0] == 30000  # the engine's busy timeout is back
+    cur.close()
+    for i in range(0, len(records), 97):
+        replayer.add_case_records(records[i:i + 97])
+    replayer.add_dead_letter_records(dlq)
+    replayer.finish()
+    assert reader.execute("SELECT count(*) FROM case_events").fetchone()[0] == \
+        len(want["case_events"])  # WAL: the reader sees the commit
+    reader.close()
+    assert dump(engine) == want
+    engine.dispose()
+
+
+_KILLED_MID_REPLAY = """
+import os, signal, sys
+sys.path[:0] = [{root!r}]
+from tests.unit.test_sink_replay_fast import stream
+from sinks.models import make_engine
+from sinks.replay_fast import Replayer
+records, _ = stream()
+replayer = Replayer(make_engine({url!r}), "sql-sink", chunk_rows=10)
+replayer.begin()
+for _ in range(3):
+    replayer.add_case_records(records)  # chunks written inside the transaction
+print("written", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_replay_killed_mid_transaction_leaves_the_file_empty_and_replayable(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    path = tmp_path / "db.db"
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    create_schema(engine)
+    engine.dispose()
+    proc = subprocess.run([sys.executable, "-c", _KILLED_MID_REPLAY.format(root=root, url=url)],
+                          capture_output=True, text=True, timeout=120, cwd=root)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert "written" in proc.stdout
+    assert (tmp_path / "db.db-journal").exists()  # the hot journal of the killed transaction
+    engine = make_engine(url)  # the first connection rolls it back, and sets WAL again
+    assert all(not rows for rows in dump(engine).values())
+    engine.dispose()
+    assert _journal(path) == ("wal", 1)
+    records, dlq = stream()
+    assert fast_into_existing(url, records, dlq) == \
+        live(f"sqlite:///{tmp_path / 'live.db'}", records, dlq)
+
+
+def fast_into_existing(url: str, records: list[Record], dlq: list[Record]) -> dict[str, Any]:
+    engine = make_engine(url)
+    replayer = Replayer(engine, "sql-sink", chunk_rows=50)
+    replayer.begin()
+    for i in range(0, len(records), 97):
+        replayer.add_case_records(records[i:i + 97])
+    replayer.add_dead_letter_records(dlq)
+    replayer.finish()
+    out = dump(engine)
+    engine.dispose()
+    return out
