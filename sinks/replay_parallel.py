@@ -27,6 +27,7 @@ does: it must start its work under `if __name__ == "__main__":` (gridflow's comm
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -243,6 +244,12 @@ def _fold(conn: Connection, spec: dict[str, Any]) -> None:
     every row shipped; then its dead letters, its offsets and "done" (or "error")."""
     from sinks.runner import _BulkReader
 
+    # No collections in a folding process: what each batch leaves is frozen anyway
+    # (Replayer.add_polled), and the collector walking each batch's young rows and the records
+    # fetched ahead cost 3 µs per event at 1,000,000 events (46.5 against 43.5 µs of CPU, back
+    # to back). The cycles the reader's event loop leaves are kept until the process ends with
+    # the replay: +29 MB at 500,000 events.
+    gc.disable()
     shipper = _Shipper(conn, spec["dialect"])
     try:
         replayer = Replayer(None, spec["consumer"], spec["until"])  # type: ignore[arg-type]
