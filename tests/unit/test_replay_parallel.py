@@ -68,3 +68,27 @@ def test_the_shipper_sends_in_order_from_its_thread_and_stops_when_the_parent_is
             shipper.send(("rows", "cases", [("x" * 1000,)] * 100))
             time.sleep(0.001)
     shipper.close()  # returns: nothing more is sent
+
+
+def test_what_a_folding_process_ships_reads_back_as_it_was_sent():
+    import pickle
+    from datetime import UTC, datetime
+
+    from sinks.replay_parallel import _dumps
+
+    at = datetime(2026, 11, 2, 1, 0, tzinfo=UTC)
+    same = "AJ0001"  # one string in many rows, as a case id is
+    rows = [(f"ev{i}", same, i, "CaseFiled", at, '{"a":1}', None, True, 1.5, -(2**63))
+            for i in range(2000)]
+    messages = [
+        ("rows", "case_events", rows),
+        ("progress", {"records": 3, "applied": 2, "seconds": 0.25}, 17),
+        ("dead", [{"id": "d1", "reason": "不能解析", "value": b"\xff\x00", "at": at}]),
+        ("next", {("g.case-events", 0): 12, ("g.dead-letters", 0): 3}),
+        ("done", [("g.case-events", 0)], 1.75),
+        ("error", "RuntimeError: boom"),
+    ]
+    for message in messages:
+        assert pickle.loads(_dumps(message)) == message
+    got = pickle.loads(_dumps(messages[0]))[2]
+    assert [type(v) for v in got[7]] == [type(v) for v in rows[7]]
