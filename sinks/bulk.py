@@ -51,17 +51,21 @@ def _upsert(table: Table, dialect_name: str) -> Insert:
 Converter = tuple[str, Any, Callable[[Any], Any]]  # column, default, to-driver function
 
 
-def converters(table: Table, dialect: Dialect, json_as_text: bool = False) -> list[Converter]:
+def converters(table: Table, dialect: Dialect, json_as_text: bool = False,
+               times_as_text: bool = False) -> list[Converter]:
     """(column, default, to-driver function) per column: what the column types' bind
     processors do (sinks.models.UTCDateTime, JSON), without their per-row dispatch.
     `json_as_text`: JSON columns as their text on PostgreSQL too (what a COPY of jsonb
-    reads, and a str crosses a process boundary where psycopg's Jsonb does not)."""
+    reads, and a str crosses a process boundary where psycopg's Jsonb does not).
+    `times_as_text`: timestamps as ISO 8601 text with their offset on PostgreSQL too (what a
+    COPY of timestamptz reads as the same instant; see sinks.replay_parallel)."""
     serialize = getattr(dialect, "_json_serializer", None) or json.dumps
     out: list[Converter] = []
     for c in table.columns:
         fn: Callable[[Any], Any] = same
         if isinstance(c.type, UTCDateTime):
-            fn = _remembered(utc_text if dialect.name == "sqlite" else utc_datetime)
+            fn = _remembered(utc_text if dialect.name == "sqlite"
+                             else utc_iso if times_as_text else utc_datetime)
         elif isinstance(c.type, JSON):
             if dialect.name == "sqlite" or json_as_text:
                 def fn(v: Any, dumps: Callable[[Any], str] = serialize) -> Any:
@@ -97,6 +101,13 @@ def _remembered(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 def same(value: Any) -> Any:
     return value
+
+
+def utc_iso(value: Any) -> str | None:
+    """A timestamp as `utc_datetime` takes it, as ISO 8601 text in UTC with its offset and
+    every microsecond ("2026-11-02T01:00:00.000250+00:00")."""
+    moment = utc_datetime(value)
+    return None if moment is None else moment.isoformat()
 
 
 def row_maker(convert: list[Converter], name: str, as_dict: bool = False,

@@ -190,8 +190,9 @@ class ParallelFold:
 
 
 class _Shipper:
-    """A replay_fast writer that makes each row's driver values (JSON columns as text) and
-    ships them to the parent in chunks, instead of writing them.
+    """A replay_fast writer that makes each row's driver values (JSON columns and timestamps as
+    text, so that a chunk holds only what pickles fast: `_dumps`) and ships them to the parent
+    in chunks, instead of writing them.
 
     Messages go out from a thread of their own, up to AHEAD of them queued: while the parent
     writes another process's chunk the pipe is full, and a fold that sent itself would wait
@@ -235,17 +236,21 @@ class _Shipper:
         make = self.makers.get(table.name)
         if make is None:
             make = self.makers[table.name] = row_maker(
-                converters(table, self.dialect, json_as_text=True), f"{table.name} shipped")
+                converters(table, self.dialect, json_as_text=True, times_as_text=True),
+                f"{table.name} shipped")
         for i in range(0, len(rows), CHUNK_ROWS):
             self.send(("rows", table.name, list(map(make, rows[i:i + CHUNK_ROWS]))))
 
 
 def _dumps(message: tuple[Any, ...]) -> bytes:
-    """`pickle.dumps(message)` without the memo: every message is a tree of tuples, lists,
-    dicts and scalars (no object twice on one path, none holding itself), which the pickler's
-    fast mode writes as they are instead of remembering each one: 2.1 against 3.7 µs per event
-    for the rows' chunks, 6% more bytes (a string met twice is written twice), read back the
-    same (tests/unit/test_replay_parallel.py)."""
+    """`pickle.dumps(message)`; a chunk of rows without the memo. A chunk is a list of tuples
+    of str, int, float, bool and None (JSON and timestamps as text: `_Shipper.write`), which
+    the pickler's fast mode writes as they are instead of remembering each one: 2.1 against
+    3.7 µs per event, 6% more bytes (a string met twice is written twice), read back the same
+    (tests/unit/test_replay_parallel.py). Not for a datetime: without the memo its tzinfo is
+    written and read back anew each time (19.5 µs per event)."""
+    if message[0] != "rows":
+        return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     out = io.BytesIO()
     pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
     pickler.fast = True  # no memo

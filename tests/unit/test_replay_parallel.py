@@ -78,8 +78,8 @@ def test_what_a_folding_process_ships_reads_back_as_it_was_sent():
 
     at = datetime(2026, 11, 2, 1, 0, tzinfo=UTC)
     same = "AJ0001"  # one string in many rows, as a case id is
-    rows = [(f"ev{i}", same, i, "CaseFiled", at, '{"a":1}', None, True, 1.5, -(2**63))
-            for i in range(2000)]
+    rows = [(f"ev{i}", same, i, "CaseFiled", "2026-11-02T01:00:00.000250+00:00", '{"a":1}',
+             None, True, 1.5, -(2**63), "不能解析") for i in range(2000)]
     messages = [
         ("rows", "case_events", rows),
         ("progress", {"records": 3, "applied": 2, "seconds": 0.25}, 17),
@@ -92,3 +92,27 @@ def test_what_a_folding_process_ships_reads_back_as_it_was_sent():
         assert pickle.loads(_dumps(message)) == message
     got = pickle.loads(_dumps(messages[0]))[2]
     assert [type(v) for v in got[7]] == [type(v) for v in rows[7]]
+
+
+def test_timestamps_shipped_as_text_are_the_same_instants():
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from sqlalchemy.dialects import postgresql
+
+    from sinks.bulk import converters, utc_iso
+    from sinks.models import Base
+
+    assert utc_iso(None) is None
+    at = datetime(2026, 11, 2, 1, 0, 0, 250, tzinfo=UTC)
+    assert utc_iso(at) == "2026-11-02T01:00:00.000250+00:00"
+    east8 = at.astimezone(timezone(timedelta(hours=8)))
+    assert utc_iso(east8) == utc_iso(at) == utc_iso("2026-11-02T09:00:00.000250+08:00")
+    assert datetime.fromisoformat(utc_iso(datetime(2026, 1, 1, tzinfo=UTC))) == \
+        datetime(2026, 1, 1, tzinfo=UTC)
+    table = Base.metadata.tables["case_events"]
+    dialect = postgresql.psycopg.dialect()
+    live = {name: fn for name, _, fn in converters(table, dialect)}
+    shipped = {name: fn for name, _, fn in converters(table, dialect, json_as_text=True,
+                                                      times_as_text=True)}
+    assert live["at"](east8) == at
+    assert datetime.fromisoformat(shipped["at"](east8)) == at
