@@ -175,10 +175,15 @@ class _SinkLoop:
 
     def _run_fast(self) -> bool:
         """The replay fast path; False if it does not apply or failed (nothing was written)."""
+        collecting = gc.isenabled()
+        gc.disable()  # no collections while the log is folded (as in a folding process:
+        # sinks.replay_parallel._fold); what each batch leaves is frozen
         try:
             return self._replay_fast()
         finally:
             gc.unfreeze()  # what the batches froze (Replayer.add_polled) is collectable again
+            if collecting:
+                gc.enable()
 
     def _replay_fast(self) -> bool:
         from sinks.replay_fast import NotEmpty, Replayer

@@ -149,6 +149,35 @@ def test_a_failed_fast_replay_leaves_nothing_frozen(stack, topic_prefix, tmp_pat
     assert "the replay fast path failed (OSError: disk full)" in caplog.text
     assert progress.caught_up and progress.totals.applied == len(events)  # batch by batch
     assert freezes and gc.get_freeze_count() == 0
+    assert gc.isenabled()  # collections were off only while the fast path folded
+
+
+def test_the_fast_path_folds_without_collections_and_leaves_the_collector_as_it_found_it(
+        stack, topic_prefix, tmp_path, monkeypatch):
+    from sinks import replay_fast
+
+    produce(stack.bootstrap, topic_prefix, sample.eventful_lifecycle("AJ1"))
+    seen: list[bool] = []
+    fold = replay_fast.Replayer.add_polled
+
+    def watched(self, polled, dead_topic):  # type: ignore[no-untyped-def]
+        seen.append(gc.isenabled())
+        return fold(self, polled, dead_topic)
+
+    monkeypatch.setattr(replay_fast.Replayer, "add_polled", watched)
+    for enabled in (True, False):
+        (gc.enable if enabled else gc.disable)()
+        try:
+            engine = make_engine(f"sqlite:///{tmp_path / f'gc-{enabled}.db'}")
+            create_schema(engine)
+            progress = run_sink(stack.settings, engine, "sql-sink", drain=True, replay=True,
+                                topic_prefix=topic_prefix, poll_timeout_ms=200)
+            engine.dispose()
+            assert progress.caught_up and progress.totals.applied
+            assert gc.isenabled() is enabled
+        finally:
+            gc.enable()
+    assert seen and not any(seen)
 
 
 # --- folded in processes (sinks.replay_parallel) -----------------------------------------------
