@@ -79,11 +79,16 @@ def converters(table: Table, dialect: Dialect, json_as_text: bool = False,
     return out
 
 
+_CACHES: dict[Callable[[Any], Any], dict[Any, Any]] = {}
+
+
 def _remembered(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """A timestamp conversion remembered per value: an event's time is in its ledger, history,
     outcome and case rows (bounded: forgotten every 100,000 values). Equal values give equal
-    results: a datetime equal to another is the same instant, and the result is that instant."""
-    cache: dict[Any, Any] = {}
+    results: a datetime equal to another is the same instant, and the result is that instant.
+    Every column converted by `fn`, in every table, shares one memory: an instant met in the
+    ledger is not converted again for the task's row."""
+    cache = _CACHES.setdefault(fn, {})
 
     def convert(value: Any) -> Any:
         try:

@@ -63,3 +63,17 @@ def test_a_row_maker_gives_what_the_per_column_loop_gives(as_dict: bool) -> None
             want = ({c: fn(row.get(c, d)) for c, d, fn in convert} if as_dict
                     else tuple(fn(row.get(c, d)) for c, d, fn in convert))
             assert make(row) == want, (table.name, row)
+
+
+def test_every_column_converted_alike_shares_one_memory() -> None:
+    from sinks.models import Task, TaskHistory
+
+    dialect = sqlite.dialect()
+    at = datetime(2026, 11, 2, 1, 0, 0, 7, tzinfo=UTC)
+    ledger = {n: f for n, _, f in converters(table_of(CaseEvent), dialect)}["at"]
+    history = {n: f for n, _, f in converters(table_of(TaskHistory), dialect)}["at"]
+    task = {n: f for n, _, f in converters(table_of(Task), dialect)}["updated_at"]
+    first = ledger(at)
+    assert first == utc_text(at)
+    assert history(at) is first and task(at) is first  # converted once, not per column
+    assert utc_text(at) is not first  # (a conversion makes a new string each time)
