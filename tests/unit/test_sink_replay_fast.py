@@ -58,11 +58,15 @@ def live(url: str, records: list[Record], dlq: list[Record], **kw: Any) -> dict[
     return out
 
 
-def fast(url: str, records: list[Record], dlq: list[Record], **kw: Any) -> dict[str, Any]:
+def fast(url: str, records: list[Record], dlq: list[Record], begun: Any = None,
+         **kw: Any) -> dict[str, Any]:
+    """The fast path's rows; `begun(replayer)` is called once its transaction is open."""
     engine = make_engine(url)
     create_schema(engine)
     replayer = Replayer(engine, "sql-sink", chunk_rows=50, **kw)
     replayer.begin()
+    if begun is not None:
+        begun(replayer)
     for i in range(0, len(records), 97):
         replayer.add_case_records(records[i:i + 97])
     replayer.add_dead_letter_records(dlq)
@@ -289,17 +293,10 @@ def test_a_sqlite_replay_is_written_with_a_rollback_journal_and_the_file_is_wal_
     records, dlq = stream()
     want = live(f"sqlite:///{tmp_path / 'live.db'}", records, dlq)
     path = tmp_path / "fast.db"
-    engine = make_engine(f"sqlite:///{path}")
-    create_schema(engine)
-    replayer = Replayer(engine, "sql-sink", chunk_rows=50)
-    replayer.begin()
-    assert _mode_of(replayer) == "delete"
-    for i in range(0, len(records), 97):
-        replayer.add_case_records(records[i:i + 97])
-    replayer.add_dead_letter_records(dlq)
-    replayer.finish()
-    assert dump(engine) == want
-    engine.dispose()
+    modes: list[str] = []
+    got = fast(f"sqlite:///{path}", records, dlq, begun=lambda r: modes.append(_mode_of(r)))
+    assert modes == ["delete"]
+    assert got == want
     assert _journal(path) == ("wal", 1)  # WAL, synchronous=NORMAL
     assert not (tmp_path / "fast.db-journal").exists()
 
@@ -388,18 +385,4 @@ def test_a_replay_killed_mid_transaction_leaves_the_file_empty_and_replayable(tm
     engine.dispose()
     assert _journal(path) == ("wal", 1)
     records, dlq = stream()
-    assert fast_into_existing(url, records, dlq) == \
-        live(f"sqlite:///{tmp_path / 'live.db'}", records, dlq)
-
-
-def fast_into_existing(url: str, records: list[Record], dlq: list[Record]) -> dict[str, Any]:
-    engine = make_engine(url)
-    replayer = Replayer(engine, "sql-sink", chunk_rows=50)
-    replayer.begin()
-    for i in range(0, len(records), 97):
-        replayer.add_case_records(records[i:i + 97])
-    replayer.add_dead_letter_records(dlq)
-    replayer.finish()
-    out = dump(engine)
-    engine.dispose()
-    return out
+    assert fast(url, records, dlq) == live(f"sqlite:///{tmp_path / 'live.db'}", records, dlq)
