@@ -67,3 +67,42 @@ def test_a_session_that_stays_is_named(stack, database) -> None:  # type: ignore
 def test_a_database_that_is_not_there_is_fine(stack) -> None:  # type: ignore[no-untyped-def]
     drop_database(_admin(stack, stack.settings.postgres_user, stack.settings.postgres_db),
                   f"t_absent_{uuid.uuid4().hex[:8]}")
+
+
+def test_an_autovacuum_worker_on_the_database_does_not_stop_the_drop(stack, database) -> None:  # type: ignore[no-untyped-def]
+    """What a bulk load leaves behind (the replay benchmark's database after a million rows):
+    an autovacuum worker that stays longer than the retries. FORCE may not end it; the plain
+    drop that follows has the server end it."""
+    import time
+
+    admin, name = database
+    su = _admin(stack, SUPERUSER, "postgres")
+    with psycopg.connect(**su) as conn:  # type: ignore[arg-type]
+        conn.execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        with psycopg.connect(**{**admin, "dbname": name}) as conn:  # type: ignore[arg-type]
+            # a vacuum throttled to a page per tenth of a second: it stays on the database
+            conn.execute("CREATE TABLE slow (x int) WITH (autovacuum_vacuum_cost_delay = 100, "
+                         "autovacuum_vacuum_cost_limit = 1, autovacuum_vacuum_threshold = 0, "
+                         "autovacuum_vacuum_scale_factor = 0, autovacuum_analyze_threshold = 0, "
+                         "autovacuum_analyze_scale_factor = 0)")
+            conn.execute("INSERT INTO slow SELECT generate_series(1, 200000)")
+            conn.execute("DELETE FROM slow")
+        deadline, seen = time.monotonic() + 60, False
+        with psycopg.connect(**su) as conn:  # type: ignore[arg-type]
+            while not seen and time.monotonic() < deadline:
+                seen = conn.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = %s "
+                    "AND backend_type = 'autovacuum worker'", (name,)).fetchone() is not None
+                time.sleep(0.2)
+        assert seen, "no autovacuum worker came to the database within 60 s"
+        with psycopg.connect(**admin) as conn, \
+                pytest.raises(psycopg.errors.InsufficientPrivilege):  # type: ignore[arg-type]
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # what failed
+        drop_database(admin, name, attempts=2)
+        assert not _exists(stack, name)
+    finally:
+        with psycopg.connect(**su) as conn:  # type: ignore[arg-type]
+            conn.execute("ALTER SYSTEM RESET autovacuum_naptime")
+            conn.execute("SELECT pg_reload_conf()")
