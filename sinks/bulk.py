@@ -17,6 +17,7 @@ from sqlalchemy import JSON, Column, Dialect, Insert, Table, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from gridflow.events import iso
 from sinks.models import UTCDateTime, utc_datetime, utc_text
 
 
@@ -109,10 +110,10 @@ def same(value: Any) -> Any:
 
 
 def utc_iso(value: Any) -> str | None:
-    """A timestamp as `utc_datetime` takes it, as ISO 8601 text in UTC with its offset and
-    every microsecond ("2026-11-02T01:00:00.000250+00:00")."""
+    """A timestamp as `utc_datetime` takes it, as the events' ISO 8601 text (`iso`: UTC, every
+    microsecond, "2026-11-02T01:00:00.000250Z")."""
     moment = utc_datetime(value)
-    return None if moment is None else moment.isoformat()
+    return None if moment is None else iso(moment)
 
 
 def row_maker(convert: list[Converter], name: str, as_dict: bool = False,
