@@ -51,6 +51,99 @@ def test_fast_replay_into_postgres_builds_the_live_rows(pg_url: str):
         assert got[table] == want[table], table
 
 
+def schema_of(engine) -> list[tuple[str, ...]]:
+    """Every index (its definition) and constraint (its definition) of the database's tables."""
+    with engine.connect() as conn:
+        indexes = conn.execute(text(
+            "SELECT tablename, indexname, indexdef FROM pg_indexes "
+            "WHERE schemaname = current_schema()")).all()
+        constraints = conn.execute(text(
+            "SELECT t.relname, k.conname, pg_get_constraintdef(k.oid) FROM pg_constraint k "
+            "JOIN pg_class t ON t.oid = k.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+            "WHERE n.nspname = current_schema()")).all()
+    return sorted(tuple(r) for r in [*indexes, *constraints])
+
+
+def test_a_replay_into_postgres_builds_its_indexes_at_the_commit(pg_url: str):
+    """The indexes and keys are dropped inside the transaction (none while the rows go in, and
+    an index an operator added is among them) and the commit builds each again as it was."""
+    records, dlq = stream()
+    engine = make_engine(pg_url)
+    create_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE INDEX ix_operator_added ON case_events (at)"))
+    before = schema_of(engine)
+    assert any("ix_operator_added" in r[1] for r in before)
+    assert any("PRIMARY KEY (event_id)" in r[2] for r in before)
+    seen: list[Any] = []
+
+    def begun(replayer: Any) -> None:
+        with replayer._writer.raw.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() "
+                        "AND tablename = ANY(%s)", (list(TABLES),))
+            seen.append(cur.fetchone()[0])
+        seen.append(len(replayer._writer.rebuild))
+
+    got = fast(pg_url, records, dlq, begun=begun)
+    indexes = [r for r in before if r[0] in TABLES and r[2].startswith("CREATE ")]
+    assert seen == [0, len(indexes)]  # none while the rows went in; each built again, once
+    assert schema_of(engine) == before
+    assert got["case_events"]
+    engine.dispose()
+
+
+def test_a_failed_replay_into_postgres_leaves_its_indexes(pg_url: str):
+    """A duplicate key found when the commit builds the keys fails the replay: nothing is
+    written and every index and key is as it was."""
+    from sinks.models import DeadLetter, table_of
+
+    records, dlq = stream()
+    engine = make_engine(pg_url)
+    create_schema(engine)
+    before = schema_of(engine)
+
+    def begun(replayer: Any) -> None:  # a dead letter written now, and again at the finish
+        replayer.add_dead_letter_records(dlq[:1])
+        replayer._write(table_of(DeadLetter), list(replayer.dead.values()))
+
+    with pytest.raises(Exception, match="dead_letters_pkey|duplicate key"):
+        fast(pg_url, records, dlq, begun=begun)
+    assert schema_of(engine) == before
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM case_events")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM dead_letters")).scalar() == 0
+    engine.dispose()
+
+
+def test_a_replay_into_postgres_another_session_reads_keeps_the_indexes(pg_url: str, caplog):
+    """A session holding a read lock on a table: the replay does not wait for it (beyond the
+    lock timeout), writes through the indexes, and builds the live rows."""
+    import psycopg
+
+    records, dlq = stream()
+    engine = make_engine(pg_url)
+    create_schema(engine)
+    before = schema_of(engine)
+    reader = psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"))
+    reader.execute("SELECT count(*) FROM tasks").fetchone()  # its transaction stays open
+    caplog.set_level(logging.INFO, logger="gridflow.sinks.replay_fast")
+    rebuilt: list[int] = []
+    try:
+        got = fast(pg_url, records, dlq,
+                   begun=lambda r: rebuilt.append(len(r._writer.rebuild)))
+    finally:
+        reader.rollback()
+        reader.close()
+    assert rebuilt == [0]
+    assert "indexes stay in place" in caplog.text
+    assert schema_of(engine) == before
+    drop_schema(engine)
+    want = live(pg_url, records, dlq)
+    for table in TABLES:
+        assert got[table] == want[table], table
+    engine.dispose()
+
+
 def produce(bootstrap: str, prefix: str, events: list[Any]) -> None:
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     try:
