@@ -427,11 +427,12 @@ class _PgWriter(_Writer):
     transaction: `defer_indexes` drops every index and primary key or unique constraint of the
     tables (as they are in this database: whatever an operator added too) and `commit` creates
     each again from its definition, a sort of the whole table instead of a B-tree insertion per
-    row (PostgreSQL's backend 20.0 → 12.5 µs of CPU per event at 1,000,038 events; it builds with
-    its parallel workers; more maintenance_work_mem than its default 64 MB measured no faster). A duplicate key then fails the commit, and the replay leaves the
-    database empty, as any failure does. The drop holds the tables' ACCESS EXCLUSIVE locks until
-    the commit: a reader of this database waits for the replay instead of seeing its empty
-    tables. If another session holds a lock on one of them, the indexes stay in place
+    row (PostgreSQL's backend 20.0 → 12.5 µs of CPU per event at 1,000,038 events; it builds
+    with its parallel workers, and more maintenance_work_mem than the default measured no
+    faster). A duplicate key then fails the commit, and the replay leaves the database empty,
+    as any failure does. The drop holds the tables' ACCESS EXCLUSIVE locks until the commit: a
+    reader of this database waits for the replay instead of seeing its empty tables. If another
+    session holds a lock on one of them, the indexes stay in place
     (`DEFER_LOCK_TIMEOUT`) and the replay writes through them as before."""
 
     def begin(self) -> None:
