@@ -445,9 +445,11 @@ class _PgWriter(_Writer):
             cur.close()
 
     def defer_indexes(self) -> None:
-        from psycopg import errors
+        from psycopg import errors, sql
 
         with self.raw.cursor() as cur:
+            cur.execute("SELECT current_setting('lock_timeout')")
+            lock_timeout = cur.fetchone()[0]
             cur.execute("SAVEPOINT gridflow_defer_indexes")
             cur.execute("SELECT set_config('lock_timeout', %s, true)", (DEFER_LOCK_TIMEOUT,))
             try:
@@ -455,19 +457,21 @@ class _PgWriter(_Writer):
                 rebuild = []
                 for table, index, constraint, index_def, constraint_def in cur.fetchall():
                     if constraint is None:
-                        cur.execute(f'DROP INDEX "{index}"')
+                        cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index)))
                         rebuild.append(index_def)
-                    else:
-                        cur.execute(f'ALTER TABLE "{table}" DROP CONSTRAINT "{constraint}"')
-                        rebuild.append(
-                            f'ALTER TABLE "{table}" ADD CONSTRAINT "{constraint}" {constraint_def}')
+                        continue
+                    cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                        sql.Identifier(table), sql.Identifier(constraint)))
+                    rebuild.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                        sql.Identifier(table), sql.Identifier(constraint),
+                        sql.SQL(constraint_def)).as_string(cur))
             except errors.LockNotAvailable:
                 cur.execute("ROLLBACK TO SAVEPOINT gridflow_defer_indexes")
                 log.info("replay: another session holds a lock on the read-model tables; their "
                          "indexes stay in place")
                 rebuild = []
             cur.execute("RELEASE SAVEPOINT gridflow_defer_indexes")
-            cur.execute("SELECT set_config('lock_timeout', '0', true)")
+            cur.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
         self.rebuild = rebuild
 
     def commit(self) -> None:
