@@ -103,8 +103,7 @@ class Replayer:
             busy = [t.name for t in _TABLES if writer.has_rows(t)]
             if busy:
                 raise NotEmpty(f"the target holds rows ({', '.join(busy)})")
-            if isinstance(writer, _PgWriter):
-                writer.defer_indexes()
+            writer.prepare()
         except BaseException:
             writer.abort()
             raise
@@ -289,6 +288,9 @@ class _Writer:
     def begin(self) -> None:
         raise NotImplementedError
 
+    def prepare(self) -> None:
+        """Called once the transaction is open and every table found empty."""
+
     def write(self, table: Table, rows: list[dict[str, Any]]) -> None:
         self.write_made(table, map(self.maker(table)[1], rows))
 
@@ -424,7 +426,7 @@ class _PgWriter(_Writer):
 
     **Indexes built after the rows** (issue 16, step 15). Into an empty database the replay's
     tables get their rows first and their indexes and keys at the commit, in the same
-    transaction: `defer_indexes` drops every index and primary key or unique constraint of the
+    transaction: `prepare` drops every index and primary key or unique constraint of the
     tables (as they are in this database: whatever an operator added too) and `commit` creates
     each again from its definition, a sort of the whole table instead of a B-tree insertion per
     row (PostgreSQL's backend 20.0 → 12.5 µs of CPU per event at 1,000,038 events; it builds
@@ -444,7 +446,8 @@ class _PgWriter(_Writer):
         finally:
             cur.close()
 
-    def defer_indexes(self) -> None:
+    def prepare(self) -> None:
+        """The indexes and keys dropped until the commit (`_DEFERRABLE_INDEXES`)."""
         from psycopg import errors, sql
 
         with self.raw.cursor() as cur:
