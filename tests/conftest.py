@@ -22,6 +22,7 @@ from infra import stack as infra_stack
 from infra.kafka import ensure_catalogue
 from infra.minio import client as minio_client
 from infra.postgres import drop_database
+from tests.support.tenant import admin_connection, remove_bucket
 
 _install_error: list[str] = []
 
@@ -165,20 +166,7 @@ def buckets(stack: Stack, bucket_prefix: str) -> Iterator[Buckets]:
     s3.make_bucket(made.archive, object_lock=True)
     yield made
     for name in (made.incoming, made.archive):
-        _remove_bucket(s3, name)
-
-
-def _remove_bucket(s3, name: str) -> None:  # type: ignore[no-untyped-def]
-    from minio.deleteobjects import DeleteObject
-
-    versions = [DeleteObject(o.object_name, o.version_id)
-                for o in s3.list_objects(name, recursive=True, include_version=True)]
-    if versions:
-        errors = list(s3.remove_objects(name, versions, bypass_governance_mode=True))
-        if errors:
-            return  # e.g. COMPLIANCE-locked versions: the bucket has to stay
-    with contextlib.suppress(Exception):
-        s3.remove_bucket(name)
+        remove_bucket(s3, name)
 
 
 @pytest.fixture
@@ -200,8 +188,7 @@ def pg_url(stack: Stack) -> Iterator[str]:
 
     settings = stack.settings
     name = _unique("t_")
-    admin = dict(host="127.0.0.1", port=settings.postgres_port, user=settings.postgres_user,
-                 dbname=settings.postgres_db, autocommit=True, connect_timeout=10)
+    admin = admin_connection(settings)
     with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
         conn.execute(f'CREATE DATABASE "{name}"')
     yield (f"postgresql+psycopg://{settings.postgres_user}@127.0.0.1:{settings.postgres_port}/"

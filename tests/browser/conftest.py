@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from infra.postgres import drop_database
+from tests.support.tenant import tenant
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
@@ -237,51 +237,20 @@ class Site:
 def site(stack: Any) -> Iterator[Site]:
     """The API on this module's own topics, buckets and PostgreSQL database, the pipeline
     behind it; all removed afterwards, pass or fail."""
-    import psycopg
-
     from demo.live import LiveApi, real_deps
     from gridflow.core.refdata import load_reference_data
-    from gridflow.topics import delete_topics
-    from infra.kafka import ensure_catalogue
     from producers.app import create_app
 
-    tag = f"b{uuid.uuid4().hex[:11]}"
-    base = stack.settings
-    ensure_catalogue(stack.bootstrap, tag)
-    s3 = stack.s3()
-    incoming, archive = f"{tag}-incoming", f"{tag}-archive"
-    s3.make_bucket(incoming)
-    s3.make_bucket(archive, object_lock=True)
-    admin = dict(host="127.0.0.1", port=base.postgres_port, user=base.postgres_user,
-                 dbname=base.postgres_db, autocommit=True, connect_timeout=10)
-    with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
-        conn.execute(f'CREATE DATABASE "{tag}"')
-    db_url = f"postgresql+psycopg://{base.postgres_user}@127.0.0.1:{base.postgres_port}/{tag}"
-    settings = base.with_(topic_prefix=tag, bucket_incoming=incoming, bucket_archive=archive,
-                          database_url=db_url)
-    ref = load_reference_data(settings.refdata_dir)
-    deps = real_deps(settings, s3, ref)
-    try:
-        app = create_app(settings, deps)
-        with LiveApi(app) as api, Pump(stack.bootstrap, tag, deps.engine, ref) as pump:
-            yield Site(api.url, settings, deps, app, pump)
-    finally:
-        deps.engine.dispose()
-        delete_topics(stack.bootstrap, tag)
-        for bucket in (incoming, archive):
-            _remove_bucket(s3, bucket)
-        drop_database(admin, tag)
-
-
-def _remove_bucket(s3: Any, name: str) -> None:
-    from minio.deleteobjects import DeleteObject
-
-    versions = [DeleteObject(o.object_name, o.version_id)
-                for o in s3.list_objects(name, recursive=True, include_version=True)]
-    if versions and list(s3.remove_objects(name, versions, bypass_governance_mode=True)):
-        return
-    with contextlib.suppress(Exception):
-        s3.remove_bucket(name)
+    with tenant(stack, f"b{uuid.uuid4().hex[:11]}") as own:
+        settings = own.settings(stack.settings)
+        ref = load_reference_data(settings.refdata_dir)
+        deps = real_deps(settings, own.s3, ref)
+        try:
+            app = create_app(settings, deps)
+            with LiveApi(app) as api, Pump(stack.bootstrap, own.tag, deps.engine, ref) as pump:
+                yield Site(api.url, settings, deps, app, pump)
+        finally:
+            deps.engine.dispose()
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout_s: float = 30.0) -> Any:

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import SCREENSHOTS, _remove_bucket
+from conftest import SCREENSHOTS
 from openpyxl import load_workbook
 
 from accounts.sample import SampleSessions
@@ -34,7 +34,7 @@ from demo import images
 from gridflow.core import geo
 from gridflow.core.refdata import load_reference_data
 from infra import services
-from infra.postgres import drop_database
+from tests.support.tenant import tenant
 
 REF = load_reference_data()
 VILLAGE = "421099101201.cwh"  # 石门村村委会: E0102 in 石门村一组网格 goes here
@@ -122,50 +122,30 @@ class County:
 
 @pytest.fixture(scope="module")
 def county(stack: Any, browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[County]:
-    import psycopg
-
     from demo.live import free_port
-    from gridflow.topics import delete_topics
-    from infra.kafka import ensure_catalogue
     from sinks.models import make_engine
 
-    tag = f"w{uuid.uuid4().hex[:11]}"
     run_dir = tmp_path_factory.mktemp("workbench")
-    base = stack.settings
-    ensure_catalogue(stack.bootstrap, tag)
-    s3 = stack.s3()
-    incoming, archive = f"{tag}-incoming", f"{tag}-archive"
-    s3.make_bucket(incoming)
-    s3.make_bucket(archive, object_lock=True)
-    admin = dict(host="127.0.0.1", port=base.postgres_port, user=base.postgres_user,
-                 dbname=base.postgres_db, autocommit=True, connect_timeout=10)
-    with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
-        conn.execute(f'CREATE DATABASE "{tag}"')
-    db_url = f"postgresql+psycopg://{base.postgres_user}@127.0.0.1:{base.postgres_port}/{tag}"
-    settings = base.with_(topic_prefix=tag, bucket_incoming=incoming, bucket_archive=archive,
-                          database_url=db_url, api_port=free_port(), clock="wall",
-                          faust_data_dir=run_dir / "faust", archive_retention_days=1)
-    engine = make_engine(db_url)
-    procs: list[services.Service] = []
-    try:
-        procs = [
-            services.start("worker", ["worker", "--loglevel", "info"], settings, run_dir),
-            services.start("sink", ["sink"], settings, run_dir),
-            services.start("api", ["api", "--workers", "1"], settings, run_dir),
-        ]
-        url = settings.api_url
-        county = County(url, settings, SampleSessions(AccountStore(engine, REF), "browser"),
-                        procs, browser, os.environ.get("GRIDFLOW_SCREENSHOTS") == "1")
-        county.wait("the API to answer", lambda: _healthy(url), timeout_s=90)
-        yield county
-    finally:
-        for proc in procs:
-            proc.stop()
-        engine.dispose()
-        delete_topics(stack.bootstrap, tag)
-        for bucket in (incoming, archive):
-            _remove_bucket(s3, bucket)
-        drop_database(admin, tag)
+    with tenant(stack, f"w{uuid.uuid4().hex[:11]}") as own:
+        settings = own.settings(stack.settings, api_port=free_port(), clock="wall",
+                                faust_data_dir=run_dir / "faust", archive_retention_days=1)
+        engine = make_engine(own.database_url)
+        procs: list[services.Service] = []
+        try:
+            procs = [
+                services.start("worker", ["worker", "--loglevel", "info"], settings, run_dir),
+                services.start("sink", ["sink"], settings, run_dir),
+                services.start("api", ["api", "--workers", "1"], settings, run_dir),
+            ]
+            url = settings.api_url
+            county = County(url, settings, SampleSessions(AccountStore(engine, REF), "browser"),
+                            procs, browser, os.environ.get("GRIDFLOW_SCREENSHOTS") == "1")
+            county.wait("the API to answer", lambda: _healthy(url), timeout_s=90)
+            yield county
+        finally:
+            for proc in procs:
+                proc.stop()
+            engine.dispose()
 
 
 def _healthy(url: str) -> bool:

@@ -8,7 +8,6 @@ checks its photos in the object store."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -38,10 +37,9 @@ from gridflow.core.sla import REFDATA_DIR
 from gridflow.events import Message, iso
 from gridflow.settings import Settings
 from infra import services
-from infra.kafka import ensure_catalogue
-from infra.postgres import drop_database
 from processors.app import app_id_for
 from sinks.models import create_schema, make_engine
+from tests.support.tenant import tenant
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -277,74 +275,35 @@ def play_county(d: Driver, urls: list[str], capture: Any) -> str:
 
 @pytest.fixture(scope="module")
 def county(stack, tmp_path_factory) -> Iterator[CountyRun]:  # type: ignore[no-untyped-def]
-    import psycopg
-
     tmp = tmp_path_factory.mktemp("county")
-    prefix = f"t{uuid.uuid4().hex[:12]}"
-    ensure_catalogue(stack.bootstrap, prefix)
-    store = stack.s3()
-    incoming, archive = f"{prefix}-incoming", f"{prefix}-archive"
-    store.make_bucket(incoming)
-    store.make_bucket(archive, object_lock=True)
-    s = stack.settings
-    admin = dict(host="127.0.0.1", port=s.postgres_port, user=s.postgres_user,
-                 dbname=s.postgres_db, autocommit=True, connect_timeout=10)
-    pg_name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
-        conn.execute(f'CREATE DATABASE "{pg_name}"')
-    pg_url = f"postgresql+psycopg://{s.postgres_user}@127.0.0.1:{s.postgres_port}/{pg_name}"
-    sqlite_url = f"sqlite:///{tmp / 'live.db'}"
-    captured = tmp / "captured.db"
-    settings = s.with_(topic_prefix=prefix, bucket_incoming=incoming, bucket_archive=archive,
-                       database_url=sqlite_url, clock=scaled_spec(T0, 0))
-    for url in (sqlite_url, pg_url):
-        create_schema(make_engine(url))
-    procs = [start_worker(settings, tmp / "worker"),
-             services.start("sink-sqlite", ["sink"], settings, tmp),
-             services.start("sink-pg", ["sink", "--database", pg_url], settings, tmp)]
-    driver = Driver(settings, store, incoming)
-    driver.services = procs
+    with tenant(stack, f"t{uuid.uuid4().hex[:12]}") as own:
+        prefix, store, incoming, archive, pg_url = (own.tag, own.s3, own.incoming, own.archive,
+                                                    own.database_url)
+        sqlite_url = f"sqlite:///{tmp / 'live.db'}"
+        captured = tmp / "captured.db"
+        settings = own.settings(stack.settings, database_url=sqlite_url,
+                                clock=scaled_spec(T0, 0))
+        for url in (sqlite_url, pg_url):
+            create_schema(make_engine(url))
+        procs = [start_worker(settings, tmp / "worker"),
+                 services.start("sink-sqlite", ["sink"], settings, tmp),
+                 services.start("sink-pg", ["sink", "--database", pg_url], settings, tmp)]
+        driver = Driver(settings, store, incoming)
+        driver.services = procs
 
-    def capture() -> None:
-        with sqlite3.connect(tmp / "live.db") as live, sqlite3.connect(captured) as copy:
-            live.backup(copy)
+        def capture() -> None:
+            with sqlite3.connect(tmp / "live.db") as live, sqlite3.connect(captured) as copy:
+                live.backup(copy)
 
-    try:
-        photo_case = play_county(driver, [sqlite_url, pg_url], capture)
-        events = list(driver.seen)
-    finally:
-        driver.close()
-        for p in procs:
-            p.stop()
-    yield CountyRun(settings, prefix, sqlite_url, pg_url, f"sqlite:///{captured}", archive,
-                    photo_case, events)
-    drop_database(admin, pg_name)
-    _drop_topics(stack.bootstrap, prefix)
-    for bucket in (incoming, archive):
-        _drop_bucket(store, bucket)
-
-
-def _drop_topics(bootstrap: str, prefix: str) -> None:
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(prefix)]
-        with contextlib.suppress(Exception):
-            admin.delete_topics(doomed, timeout_ms=30000)
-    finally:
-        admin.close()
-
-
-def _drop_bucket(store: Any, bucket: str) -> None:
-    from minio.deleteobjects import DeleteObject
-
-    with contextlib.suppress(Exception):
-        versions = [DeleteObject(o.object_name, o.version_id)
-                    for o in store.list_objects(bucket, recursive=True, include_version=True)]
-        if versions:
-            list(store.remove_objects(bucket, versions, bypass_governance_mode=True))
-        store.remove_bucket(bucket)
+        try:
+            photo_case = play_county(driver, [sqlite_url, pg_url], capture)
+            events = list(driver.seen)
+        finally:
+            driver.close()
+            for p in procs:
+                p.stop()
+        yield CountyRun(settings, prefix, sqlite_url, pg_url, f"sqlite:///{captured}", archive,
+                        photo_case, events)
 
 
 def gridflow(*args: str, settings: Settings | None = None) -> subprocess.CompletedProcess[str]:
