@@ -448,7 +448,12 @@ def run(settings: Settings, log_dir: Path, *, cycles: int = 12, rate: float = 10
         sink.stop()
         # The run's topics go with it (its logs and SQLite database stay in log_dir): left
         # behind, every run added a dozen topics that each later broker start had to load.
-        topics.delete_topics(settings.kafka_bootstrap, prefix)
+        # A run whose audit found differences keeps them: they are the evidence (a case's
+        # records at every offset, where the read models keep each event's first copy only).
+        if report.audit_clean is False:
+            echo(f"  the run's topics are kept for inspection, under the prefix {prefix!r}")
+        else:
+            topics.delete_topics(settings.kafka_bootstrap, prefix)
         report.seconds = time.monotonic() - t0
         report.worker_log = str(worker.log_path)
         with contextlib.suppress(OSError):
