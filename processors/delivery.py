@@ -458,6 +458,12 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         self._readers_of: dict[str, list[str]] = {}  # topic -> its ordered agents
         self._refused: weakref.WeakSet[Any] = weakref.WeakSet()
         self._order_rewound: dict[TP, tuple[int, float]] = {}
+        self._topics_of: dict[str, set[str]] = {}  # ordered agent -> its topics
+        # Catching up after a seek to the committed offsets (`_catch_up_allows`): each ordered
+        # partition with records to read again, and its end offset at the seek, until its
+        # first record is handed to an agent; the time of a record the gate held back.
+        self._catch_up: dict[TP, int] = {}
+        self._held_at: dict[TP, float] = {}
         for reader, names in getattr(self.app, "ordered_readers", {}).items():
             self.ordered_reader(reader, names)
 
@@ -491,7 +497,24 @@ class GridflowConsumer(faust_aiokafka.Consumer):
                     # committed at 0) would keep the position the fetcher had reached, past
                     # records that faust may have dropped since.
                     await self._seek(tp, start)
+        await self._note_catch_up(committed)
         return committed
+
+    async def _note_catch_up(self, committed: Mapping[TP, int]) -> None:
+        """The ordered partitions that have records to read again (their end offset past the
+        committed one), for `_catch_up_allows`."""
+        ordered = [tp for tp in committed if tp.topic in self._ordered_topics and tp in self._base]
+        if not ordered:
+            return
+        try:
+            ends = await self.highwaters(*ordered)
+        except Exception as exc:  # without them each partition is read as before
+            log.warning("end offsets for the catch-up order not read: %r", exc)
+            return
+        for tp in ordered:
+            end, start = ends.get(tp), self._base.get(tp)
+            if end is not None and start is not None and end > start:
+                self._catch_up[tp] = end
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
@@ -510,6 +533,8 @@ class GridflowConsumer(faust_aiokafka.Consumer):
     def ordered_reader(self, reader: str, topics: Iterable[str]) -> None:
         """Register an agent that reads `topics` in order (GridflowApp.in_order)."""
         self._next_of.setdefault(reader, {})
+        topics = list(topics)
+        self._topics_of.setdefault(reader, set()).update(topics)
         for topic in topics:
             self._ordered_topics.add(topic)
             readers = self._readers_of.setdefault(topic, [])
@@ -551,6 +576,13 @@ class GridflowConsumer(faust_aiokafka.Consumer):
                 self._refused.add(message)
                 self._rewind_for_order(reader, tp, expected, offset)
                 return False
+        if self._catch_up and not self._catch_up_allows(reader, tp, message):
+            self._refused.add(message)
+            self._hold_for_catch_up(reader, tp, offset, message.timestamp)
+            return False
+        if self._catch_up:
+            self._catch_up.pop(tp, None)
+            self._held_at.pop(tp, None)
         nexts[tp] = offset + 1
         rewound = self._order_rewound.get(tp)
         if rewound is not None and rewound[0] == offset:
@@ -587,6 +619,59 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         self._passed.pop(tp, None)
         self._passed_prune_at.pop(tp, None)
         self._order_rewound.pop(tp, None)
+        self._catch_up.pop(tp, None)
+        self._held_at.pop(tp, None)
+
+    def _catch_up_allows(self, reader: str, tp: TP, message: Any) -> bool:
+        """Whether `message` (the next record of `tp` for `reader`) may be decided now, as
+        far as the agent's other topics of the same partition number are concerned.
+
+        After a crash the case processor reads again the reports and the commands its
+        predecessor had decided without committing them; their events may be on the log while
+        the case's state is not, and they must be decided again in the order they were made,
+        or a case's chain forks (a newer report merged into the case before an older sign
+        was decided again: the sign's event then came out a second time with another seq; a
+        20-kill chaos run, 2026-12-06). Within a fetch the records go oldest first
+        (`OldestFirst`), but the first records after a seek can come from one topic before the
+        other's are fetched at all. So while such a partition of another topic has records to
+        read again and none of them has been handed on yet, a record waits, unless that
+        partition's first record (one the gate held back) is no older than it."""
+        at = message.timestamp
+        nexts = self._next_of.get(reader, {})
+        for topic in self._topics_of.get(reader, ()):
+            if topic == tp.topic:
+                continue
+            other = TP(topic, tp.partition)
+            end = self._catch_up.get(other)
+            if end is None:
+                continue
+            position = nexts.get(other)
+            if position is None:
+                position = self._start_of(other)
+            if position is not None and position >= end:
+                del self._catch_up[other]  # nothing of it left to read again
+                self._held_at.pop(other, None)
+                continue
+            held = self._held_at.get(other)
+            if held is not None and held >= at:
+                continue
+            return False
+        return True
+
+    def _hold_for_catch_up(self, reader: str, tp: TP, offset: int, at: float) -> None:
+        """`tp`'s record `offset` waits for the agent's other topics (`_catch_up_allows`): the
+        partition is sought back to it, so it comes again (and what was fetched after it is
+        refused as ahead of it, without another rewind)."""
+        self._held_at[tp] = at
+        if tp in self._rewinding:
+            return  # the records from the last rewind are on their way
+        last = self._order_rewound.get(tp)
+        if last is None or last[0] != offset:
+            log.info("%s: %s holds record %d until the partition's other topics have been "
+                     "read again up to it (catching up after an assignment)", tp, reader, offset)
+        self._order_rewound[tp] = (offset, time.monotonic())
+        self._rewinding.add(tp)
+        asyncio.ensure_future(self._rewind(tp, offset))
 
     def _rewind_for_order(self, reader: str, tp: TP, expected: int, offset: int) -> None:
         now = time.monotonic()
