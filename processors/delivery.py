@@ -117,6 +117,9 @@ FETCH_MAX_WAIT_MS = 100
 # An ordered agent that met a record ahead of the next one rewinds its partition once; while
 # the records fetched before the rewind drain, it asks again only after this long.
 ORDER_REWIND_AGAIN_S = 10.0
+# After a seek, how long a fetch that brought one topic's records of a partition number waits
+# for the first records of the ordered agent's other topics of that number (`gather_catch_up`).
+CATCH_UP_WAIT_S = 2.0
 # How many offsets the conductor acknowledged unread a partition keeps for its ordered agent.
 PASSED_KEPT = 4096
 # How many sends StateAfterOutput keeps before it drops those acknowledged already.
@@ -423,6 +426,16 @@ class GridflowConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     lost_fetches = 0
 
     async def getmany(self, active_partitions: Any, timeout: float) -> Any:
+        """A fetch (`_getmany_once`); after a seek, with the first records of the ordered
+        agents' other topics gathered into it (GridflowConsumer.gather_catch_up)."""
+        records = await self._getmany_once(active_partitions, timeout)
+        consumer = self.consumer
+        if records and isinstance(consumer, GridflowConsumer) and consumer._catch_up:
+            records = await consumer.gather_catch_up(
+                records, lambda t: self._getmany_once(active_partitions, t), active_partitions)
+        return records
+
+    async def _getmany_once(self, active_partitions: Any, timeout: float) -> Any:
         """faust's fetch through the thread, asked again if it is never answered (shortcut 6).
 
         Records a lost fetch had taken from aiokafka's buffer, if it ever ran, are not
@@ -459,11 +472,10 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         self._refused: weakref.WeakSet[Any] = weakref.WeakSet()
         self._order_rewound: dict[TP, tuple[int, float]] = {}
         self._topics_of: dict[str, set[str]] = {}  # ordered agent -> its topics
-        # Catching up after a seek to the committed offsets (`_catch_up_allows`): each ordered
+        # Catching up after a seek to the committed offsets (`gather_catch_up`): each ordered
         # partition with records to read again, and its end offset at the seek, until its
-        # first record is handed to an agent; the time of a record the gate held back.
+        # first records are fetched.
         self._catch_up: dict[TP, int] = {}
-        self._held_at: dict[TP, float] = {}
         for reader, names in getattr(self.app, "ordered_readers", {}).items():
             self.ordered_reader(reader, names)
 
@@ -500,9 +512,74 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         await self._note_catch_up(committed)
         return committed
 
+    async def gather_catch_up(self, records: Mapping[Any, list[Any]],
+                              fetch: Callable[[float], Awaitable[Mapping[Any, list[Any]]]],
+                              active: Any = None) -> dict[Any, list[Any]]:
+        """`records` (a fetch), with the first records of the partitions it waits for fetched
+        into it, so that the agents get them oldest first together (`OldestFirst`).
+
+        After a crash the case processor reads again the reports and the commands its
+        predecessor had decided without committing them. Their events may be on the log while
+        the case's state is not, and they must be decided again in the order they were made,
+        or a case's chain forks: in a 20-kill chaos run (2026-12-06) a report merged into a
+        case before an older sign was decided again, whose TaskSigned then came out a second
+        time with another seq. Oldest first orders what one fetch holds, but the first fetch
+        after a seek can bring one topic's records of a partition number before any of the
+        other topic's. So a fetch with records of an ordered agent's topic waits, for at most
+        CATCH_UP_WAIT_S, for the first records of each of the agent's other topics of the same
+        partition number that has records to read again (`_note_catch_up`) and is being
+        fetched (`active`). Nothing is refused or sought: the records only come later,
+        together."""
+        merged = {tp: list(batch) for tp, batch in records.items()}
+        self._fetched(merged)
+        started = time.monotonic()
+        deadline = started + CATCH_UP_WAIT_S
+        waited_for = self._catch_up_waits(merged, active)
+        while (waiting := self._catch_up_waits(merged, active)):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.info("catching up after a seek: %s not fetched within %.0f s; the records "
+                         "fetched go on", ", ".join(sorted(f"{tp.topic}[{tp.partition}]"
+                                                            for tp in waiting)),
+                         CATCH_UP_WAIT_S)
+                for tp in waiting:
+                    self._catch_up.pop(tp, None)
+                break
+            more = await fetch(min(left, 0.2))
+            for tp, batch in (more or {}).items():
+                merged.setdefault(tp, []).extend(batch)
+            self._fetched(more or {})
+        if waited_for:
+            log.info("catching up after a seek: a fetch waited %.2f s for the first records of "
+                     "%s", time.monotonic() - started,
+                     ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in waited_for)))
+        return merged
+
+    def _fetched(self, records: Mapping[Any, list[Any]]) -> None:
+        for tp, batch in records.items():
+            if batch:
+                self._catch_up.pop(TP(tp.topic, tp.partition), None)
+
+    def _catch_up_waits(self, records: Mapping[Any, list[Any]], active: Any) -> set[TP]:
+        """The partitions `records` waits for: with records to read again, not fetched yet,
+        of a topic an ordered agent reads beside a topic `records` has records of."""
+        waits: set[TP] = set()
+        if not self._catch_up:
+            return waits
+        for tp, batch in records.items():
+            if not batch:
+                continue
+            for reader in self._readers_of.get(tp.topic, ()):
+                for topic in self._topics_of.get(reader, ()):
+                    other = TP(topic, tp.partition)
+                    if (topic != tp.topic and other in self._catch_up
+                            and (active is None or other in active)):
+                        waits.add(other)
+        return waits
+
     async def _note_catch_up(self, committed: Mapping[TP, int]) -> None:
         """The ordered partitions that have records to read again (their end offset past the
-        committed one), for `_catch_up_allows`."""
+        committed one), for `gather_catch_up`."""
         ordered = [tp for tp in committed if tp.topic in self._ordered_topics and tp in self._base]
         if not ordered:
             return
@@ -576,13 +653,6 @@ class GridflowConsumer(faust_aiokafka.Consumer):
                 self._refused.add(message)
                 self._rewind_for_order(reader, tp, expected, offset)
                 return False
-        if self._catch_up and not self._catch_up_allows(reader, tp, message):
-            self._refused.add(message)
-            self._hold_for_catch_up(reader, tp, offset, message.timestamp)
-            return False
-        if self._catch_up:
-            self._catch_up.pop(tp, None)
-            self._held_at.pop(tp, None)
         nexts[tp] = offset + 1
         rewound = self._order_rewound.get(tp)
         if rewound is not None and rewound[0] == offset:
@@ -620,58 +690,6 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         self._passed_prune_at.pop(tp, None)
         self._order_rewound.pop(tp, None)
         self._catch_up.pop(tp, None)
-        self._held_at.pop(tp, None)
-
-    def _catch_up_allows(self, reader: str, tp: TP, message: Any) -> bool:
-        """Whether `message` (the next record of `tp` for `reader`) may be decided now, as
-        far as the agent's other topics of the same partition number are concerned.
-
-        After a crash the case processor reads again the reports and the commands its
-        predecessor had decided without committing them; their events may be on the log while
-        the case's state is not, and they must be decided again in the order they were made,
-        or a case's chain forks (a newer report merged into the case before an older sign
-        was decided again: the sign's event then came out a second time with another seq; a
-        20-kill chaos run, 2026-12-06). Within a fetch the records go oldest first
-        (`OldestFirst`), but the first records after a seek can come from one topic before the
-        other's are fetched at all. So while such a partition of another topic has records to
-        read again and none of them has been handed on yet, a record waits, unless that
-        partition's first record (one the gate held back) is no older than it."""
-        at = message.timestamp
-        nexts = self._next_of.get(reader, {})
-        for topic in self._topics_of.get(reader, ()):
-            if topic == tp.topic:
-                continue
-            other = TP(topic, tp.partition)
-            end = self._catch_up.get(other)
-            if end is None:
-                continue
-            position = nexts.get(other)
-            if position is None:
-                position = self._start_of(other)
-            if position is not None and position >= end:
-                del self._catch_up[other]  # nothing of it left to read again
-                self._held_at.pop(other, None)
-                continue
-            held = self._held_at.get(other)
-            if held is not None and held >= at:
-                continue
-            return False
-        return True
-
-    def _hold_for_catch_up(self, reader: str, tp: TP, offset: int, at: float) -> None:
-        """`tp`'s record `offset` waits for the agent's other topics (`_catch_up_allows`): the
-        partition is sought back to it, so it comes again (and what was fetched after it is
-        refused as ahead of it, without another rewind)."""
-        self._held_at[tp] = at
-        if tp in self._rewinding:
-            return  # the records from the last rewind are on their way
-        last = self._order_rewound.get(tp)
-        if last is None or last[0] != offset:
-            log.info("%s: %s holds record %d until the partition's other topics have been "
-                     "read again up to it (catching up after an assignment)", tp, reader, offset)
-        self._order_rewound[tp] = (offset, time.monotonic())
-        self._rewinding.add(tp)
-        asyncio.ensure_future(self._rewind(tp, offset))
 
     def _rewind_for_order(self, reader: str, tp: TP, expected: int, offset: int) -> None:
         now = time.monotonic()

@@ -939,24 +939,24 @@ def test_aiokafka_s_loop_lookup_is_the_running_loop_and_refuses_outside_one():
         util.get_running_loop()
 
 
-# --- catching up after a seek: the agent's topics of one partition read again in the order
-# their records were made (GridflowConsumer._catch_up_allows) --------------------------------
+# --- catching up after a seek: the first fetch waits for the first records of the agent's other
+# topics of the same partition number (GridflowConsumer.gather_catch_up) -------------------------
 
 REPORTS, COMMANDS, TICKS = "p.reports", "p.case-commands", "p.deadline-ticks"
 
 
-def _stamped(c, tp, offset, at):
-    from faust.types.tuples import ConsumerMessage as TransportMessage
+class _Record:
+    def __init__(self, offset, timestamp):
+        self.offset, self.timestamp = offset, timestamp
 
-    return TransportMessage(tp.topic, tp.partition, offset, at, 0, [], b"k", b"v", None, tp=tp,
-                            generation_id=c.app.consumer_generation_id)
+    def __repr__(self):
+        return f"<{self.offset}@{self.timestamp}>"
 
 
 @pytest.fixture
 def catching_up(monkeypatch):
     """The case processor reading the reports, the commands and the ticks of partition 0,
-    each committed at 10 and sought there, with records up to `ends` to read again; the
-    rewinds it asks for are recorded."""
+    each committed at 10; `seek(ends)` notes which have records to read again."""
     from faust.types import TP
 
     from processors.delivery import GridflowApp, GridflowConsumer
@@ -965,107 +965,103 @@ def catching_up(monkeypatch):
                       web_enabled=False, dense_topics=[REPORTS, COMMANDS, TICKS])
     c = app.consumer
     assert isinstance(c, GridflowConsumer)
-    guard = app.in_order("case_processor", [REPORTS, COMMANDS, TICKS])
+    app.in_order("case_processor", [REPORTS, COMMANDS, TICKS])
     tps = {name: TP(name, 0) for name in (REPORTS, COMMANDS, TICKS)}
     for tp in tps.values():
-        c._committed_offset[tp] = 10
         c._base[tp] = 10
-        app.topics._acking_topics.add(tp.topic)
-    app.flow_control.resume()
-    rewinds: list[tuple[Any, int]] = []
 
-    async def rewind(tp_, offset):
-        rewinds.append((tp_, offset))
-        c._rewinding.discard(tp_)
-
-    monkeypatch.setattr(c, "_rewind", rewind)
-
-    async def seek(ends):
+    def seek(ends):
         async def highwaters(*partitions):
             return {tp: ends[tp.topic] for tp in partitions}
 
         monkeypatch.setattr(c, "highwaters", highwaters)
-        await c._note_catch_up({tp: 10 for tp in tps.values()})
+        _run(c._note_catch_up({tp: 10 for tp in tps.values()}))
 
-    return c, guard, tps, rewinds, seek
+    return c, tps, seek
 
 
-def test_a_newer_report_waits_for_the_older_command_read_again_after_a_crash(catching_up):
+def _fetches(*batches):
+    """A fetch function answering with `batches` in turn, then nothing; and its calls."""
+    calls = []
+
+    async def fetch(timeout):
+        calls.append(timeout)
+        return batches[len(calls) - 1] if len(calls) <= len(batches) else {}
+
+    return fetch, calls
+
+
+def test_the_first_fetch_after_a_crash_waits_for_the_older_command_and_hands_it_first(
+        catching_up):
     # The worker decided a sign (made at t=41) and was killed before its state was written;
-    # its successor fetched the reports first, with one made at t=47 for the same case.
-    async def scenario():
-        c, guard, tps, rewinds, seek = catching_up
-        await seek({REPORTS: 12, COMMANDS: 11, TICKS: 10})  # no tick to read again
-        report, command = tps[REPORTS], tps[COMMANDS]
-        assert not _handed(c, guard, _stamped(c, report, 10, 47.0))  # held back
-        assert not _handed(c, guard, _stamped(c, report, 11, 48.0))  # fetched after it
-        await asyncio.sleep(0)
-        assert rewinds == [(report, 10)]  # sought back once, to the held record
-        assert c._acked.get(report, []) == []  # nothing of it counted as processed
-        assert _handed(c, guard, _stamped(c, command, 10, 41.0))  # the older sign goes first
-        assert _handed(c, guard, _stamped(c, report, 10, 47.0))  # then the report, again
-        assert _handed(c, guard, _stamped(c, report, 11, 48.0))
-        assert not c._catch_up and not c._held_at
-        assert c._new_offset(report) == 12 and c._new_offset(command) == 11
+    # its successor's first fetch brought the reports only, with one made at t=47.
+    from processors.delivery import OldestFirst
 
-    _run(scenario())
-
-
-def test_a_report_older_than_the_commands_first_record_is_not_held(catching_up):
-    async def scenario():
-        c, guard, tps, rewinds, seek = catching_up
-        await seek({REPORTS: 12, COMMANDS: 12, TICKS: 10})
-        report, command = tps[REPORTS], tps[COMMANDS]
-        assert not _handed(c, guard, _stamped(c, command, 10, 50.0))  # the reports not read yet
-        assert _handed(c, guard, _stamped(c, report, 10, 45.0))  # older than the held command
-        assert _handed(c, guard, _stamped(c, command, 10, 50.0))  # the reports are flowing
-        await asyncio.sleep(0)
-        assert rewinds == [(command, 10)]
-
-    _run(scenario())
+    c, tps, seek = catching_up
+    seek({REPORTS: 12, COMMANDS: 11, TICKS: 10})  # no tick to read again
+    report, command = tps[REPORTS], tps[COMMANDS]
+    first = {report: [_Record(10, 47.0), _Record(11, 48.0)]}
+    fetch, calls = _fetches({}, {command: [_Record(10, 41.0)]})
+    merged = _run(c.gather_catch_up(first, fetch))
+    assert len(calls) == 2  # fetched until the commands came
+    order = [(tp.topic, r.offset) for tp, r in OldestFirst().iterate(merged)]
+    assert order == [(COMMANDS, 10), (REPORTS, 10), (REPORTS, 11)]
+    assert not c._catch_up  # both came: the next fetches go as they are
+    later = [_Record(12, 49.0)]
+    assert _run(c.gather_catch_up({report: later}, fetch)) == {report: later}
+    assert len(calls) == 2
 
 
-def test_three_topics_held_back_at_once_come_out_oldest_first(catching_up):
-    async def scenario():
-        c, guard, tps, rewinds, seek = catching_up
-        await seek({REPORTS: 11, COMMANDS: 11, TICKS: 11})
-        report, command, tick = tps[REPORTS], tps[COMMANDS], tps[TICKS]
-        decided = []
-        for tp, at in ((report, 10.0), (command, 5.0), (tick, 7.0)):  # each first of its topic
-            if _handed(c, guard, _stamped(c, tp, 10, at)):
-                decided.append(at)
-        assert decided == []  # each waits for a topic it cannot see yet
-        waiting = [(report, 10.0), (tick, 7.0), (command, 5.0)]
-        for _ in range(len(waiting)):  # the rewinds bring them again, newest first: no deadlock
-            for tp, at in list(waiting):
-                if _handed(c, guard, _stamped(c, tp, 10, at)):
-                    decided.append(at)
-                    waiting.remove((tp, at))
-        assert decided == [5.0, 7.0, 10.0]
-        assert not c._catch_up
-
-    _run(scenario())
+def test_a_fetch_waits_for_nothing_when_the_other_topics_have_nothing_to_read_again(
+        catching_up):
+    c, tps, seek = catching_up
+    seek({REPORTS: 13, COMMANDS: 10, TICKS: 10})  # the commands and ticks were all committed
+    fetch, calls = _fetches()
+    first = {tps[REPORTS]: [_Record(10, 50.0)]}
+    assert _run(c.gather_catch_up(first, fetch)) == first
+    assert calls == [] and not c._catch_up
 
 
-def test_nothing_waits_when_no_other_topic_has_records_to_read_again(catching_up):
-    c, guard, tps, rewinds, seek = catching_up
-    _run(seek({REPORTS: 13, COMMANDS: 10, TICKS: 10}))  # the commands and ticks were all committed
-    assert all(_handed(c, guard, _stamped(c, tps[REPORTS], o, 50.0 + o)) for o in (10, 11, 12))
-    assert not rewinds and not c._catch_up
+def test_a_fetch_waits_for_each_other_topic_once_and_at_most_catch_up_wait_s(
+        catching_up, monkeypatch):
+    import processors.delivery as delivery
+
+    c, tps, seek = catching_up
+    seek({REPORTS: 12, COMMANDS: 11, TICKS: 11})
+    now = [100.0]
+    monkeypatch.setattr(delivery.time, "monotonic", lambda: now[0])
+
+    async def fetch(timeout):  # the ticks come; the commands never do
+        now[0] += timeout
+        return {tps[TICKS]: [_Record(10, 45.0)]} if now[0] < 100.5 else {}
+
+    merged = _run(c.gather_catch_up({tps[REPORTS]: [_Record(10, 47.0)]}, fetch))
+    assert set(merged) == {tps[REPORTS], tps[TICKS]}
+    assert now[0] >= 100.0 + delivery.CATCH_UP_WAIT_S  # waited its limit for the commands...
+    assert not c._catch_up  # ...once: the next fetch goes on at once
+
+    async def never(timeout):
+        raise AssertionError("no wait")
+
+    later = [_Record(11, 48.0)]
+    assert _run(c.gather_catch_up({tps[REPORTS]: later}, never)) == {tps[REPORTS]: later}
 
 
-def test_a_partition_read_to_its_end_at_the_seek_no_longer_holds_the_others(catching_up):
-    c, guard, tps, rewinds, seek = catching_up
-    _run(seek({REPORTS: 12, COMMANDS: 11, TICKS: 10}))
-    c._next_of["case_processor"][tps[COMMANDS]] = 11  # its one record passed (conductor)
-    assert _handed(c, guard, _stamped(c, tps[REPORTS], 10, 47.0))
-    assert not rewinds
+def test_a_partition_not_being_fetched_is_not_waited_for(catching_up):
+    c, tps, seek = catching_up
+    seek({REPORTS: 12, COMMANDS: 11, TICKS: 10})
+
+    async def never(timeout):
+        raise AssertionError("no wait")
+
+    first = {tps[REPORTS]: [_Record(10, 47.0)]}
+    assert _run(c.gather_catch_up(first, never, active={tps[REPORTS], tps[TICKS]})) == first
 
 
 def test_a_seek_or_a_revoke_forgets_the_catch_up(catching_up):
-    c, guard, tps, rewinds, seek = catching_up
-    _run(seek({REPORTS: 12, COMMANDS: 11, TICKS: 10}))
+    c, tps, seek = catching_up
+    seek({REPORTS: 12, COMMANDS: 11, TICKS: 10})
     assert set(c._catch_up) == {tps[REPORTS], tps[COMMANDS]}
     for tp in tps.values():
         c._forget_order(tp)
-    assert not c._catch_up and not c._held_at
+    assert not c._catch_up
