@@ -471,7 +471,6 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         self._readers_of: dict[str, list[str]] = {}  # topic -> its ordered agents
         self._refused: weakref.WeakSet[Any] = weakref.WeakSet()
         self._order_rewound: dict[TP, tuple[int, float]] = {}
-        self._topics_of: dict[str, set[str]] = {}  # ordered agent -> its topics
         # Catching up after a seek to the committed offsets (`gather_catch_up`): each ordered
         # partition with records to read again, and its end offset at the seek, until its
         # first records are fetched.
@@ -534,8 +533,8 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         self._fetched(merged)
         started = time.monotonic()
         deadline = started + CATCH_UP_WAIT_S
-        waited_for = self._catch_up_waits(merged, active)
-        while (waiting := self._catch_up_waits(merged, active)):
+        waiting = waited_for = self._catch_up_waits(merged, active)
+        while waiting:
             left = deadline - time.monotonic()
             if left <= 0:
                 log.info("catching up after a seek: %s not fetched within %.0f s; the records "
@@ -545,10 +544,11 @@ class GridflowConsumer(faust_aiokafka.Consumer):
                 for tp in waiting:
                     self._catch_up.pop(tp, None)
                 break
-            more = await fetch(min(left, 0.2))
-            for tp, batch in (more or {}).items():
+            more = await fetch(min(left, 0.2)) or {}
+            for tp, batch in more.items():
                 merged.setdefault(tp, []).extend(batch)
-            self._fetched(more or {})
+            self._fetched(more)
+            waiting = self._catch_up_waits(merged, active)
         if waited_for:
             log.info("catching up after a seek: a fetch waited %.2f s for the first records of "
                      "%s", time.monotonic() - started,
@@ -566,11 +566,12 @@ class GridflowConsumer(faust_aiokafka.Consumer):
         waits: set[TP] = set()
         if not self._catch_up:
             return waits
+        topics_of = getattr(self.app, "ordered_readers", {})  # agent -> the topics it reads
         for tp, batch in records.items():
             if not batch:
                 continue
             for reader in self._readers_of.get(tp.topic, ()):
-                for topic in self._topics_of.get(reader, ()):
+                for topic in topics_of.get(reader, ()):
                     other = TP(topic, tp.partition)
                     if (topic != tp.topic and other in self._catch_up
                             and (active is None or other in active)):
@@ -610,8 +611,6 @@ class GridflowConsumer(faust_aiokafka.Consumer):
     def ordered_reader(self, reader: str, topics: Iterable[str]) -> None:
         """Register an agent that reads `topics` in order (GridflowApp.in_order)."""
         self._next_of.setdefault(reader, {})
-        topics = list(topics)
-        self._topics_of.setdefault(reader, set()).update(topics)
         for topic in topics:
             self._ordered_topics.add(topic)
             readers = self._readers_of.setdefault(topic, [])
